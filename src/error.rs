@@ -1,0 +1,77 @@
+//! The crate's one error type: every failure names the op and what was expected against what was found.
+
+use thiserror::Error;
+
+/// Every error incept returns.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum Error {
+    /// A tensor had the wrong shape for an op.
+    #[error("{op}: expected shape {expected}, found {found}")]
+    Shape {
+        /// The op that checked the shape, e.g. `conv2d input`.
+        op: String,
+        /// What the op needed, in words or as `[n, c, h, w]`.
+        expected: String,
+        /// What it was given.
+        found: String,
+    },
+    /// An op was configured with values it cannot run with.
+    #[error("{op}: invalid configuration: {reason}")]
+    Config {
+        /// The op that refused the configuration.
+        op: String,
+        /// Why, in one sentence.
+        reason: String,
+    },
+    /// A label was outside `0..classes`.
+    #[error("{op}: label {label} at batch index {index} is outside 0..{classes}")]
+    Label {
+        /// The op that read the label.
+        op: String,
+        /// Where in the batch.
+        index: usize,
+        /// The label found.
+        label: usize,
+        /// The number of classes the logits have.
+        classes: usize,
+    },
+}
+
+impl Error {
+    /// A shape error for `op`, built from anything printable.
+    pub fn shape(
+        op: &str,
+        expected: impl std::fmt::Display,
+        found: impl std::fmt::Display,
+    ) -> Self {
+        Error::Shape {
+            op: op.to_string(),
+            expected: expected.to_string(),
+            found: found.to_string(),
+        }
+    }
+
+    /// A configuration error for `op`.
+    pub fn config(op: &str, reason: impl std::fmt::Display) -> Self {
+        Error::Config {
+            op: op.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// `Result` with incept's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Checks that `found` equals `expected`, and names `op` and both shapes if not.
+pub(crate) fn expect_shape(op: &str, expected: &[usize], found: &[usize]) -> Result<()> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            op,
+            format!("{expected:?}"),
+            format!("{found:?}"),
+        ))
+    }
+}

@@ -1,0 +1,381 @@
+//! 2-D convolution (NCHW activations, `[out, in, kh, kw]` weights as PyTorch stores them): geometry, the
+//! choice of algorithm, and the ndarray-facing API. Each algorithm lives in its own file:
+//!
+//! | algorithm | file | when |
+//! | --- | --- | --- |
+//! | [`ConvAlgo::Naive`] | `naive.rs` | the f64 reference every other path is tested against |
+//! | [`ConvAlgo::Gemm1x1`] | `gemm_conv.rs` | 1×1, stride 1, no padding: the input already is the GEMM operand |
+//! | [`ConvAlgo::Im2colGemm`] | `im2col.rs` + `gemm_conv.rs` | everything else |
+
+mod gemm_conv;
+mod im2col;
+mod naive;
+
+use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4};
+
+use crate::error::{Error, Result, expect_shape};
+use crate::geometry::{Axis, Padding};
+use crate::tensor::{contiguous, dims4, with_contiguous_mut};
+
+/// How a convolution is computed. `Auto` lets [`choose_algo`] decide; any other value forces that
+/// algorithm (tests and benches do), and an algorithm that cannot run the geometry is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvAlgo {
+    /// Pick the fastest eligible algorithm.
+    #[default]
+    Auto,
+    /// Plain loops accumulating in f64: the reference.
+    Naive,
+    /// 1×1, stride 1, unpadded: one GEMM per image on the input as it lies.
+    Gemm1x1,
+    /// Lower each image to its im2col matrix, then one GEMM.
+    Im2colGemm,
+}
+
+/// The one place where an algorithm is chosen for a geometry.
+pub fn choose_algo(requested: ConvAlgo, g: &ConvGeometry) -> Result<ConvAlgo> {
+    match requested {
+        ConvAlgo::Auto if g.is_pointwise() => Ok(ConvAlgo::Gemm1x1),
+        ConvAlgo::Auto => Ok(ConvAlgo::Im2colGemm),
+        ConvAlgo::Gemm1x1 if !g.is_pointwise() => Err(Error::config(
+            "conv2d",
+            format!("Gemm1x1 needs a 1x1 kernel, stride 1 and no padding, found {g}"),
+        )),
+        algo => Ok(algo),
+    }
+}
+
+/// A convolution's shape and geometry, with no parameters: the weight `[out, in, kh, kw]` and the optional
+/// bias `[out]` are passed to each call, so the caller owns them (and their gradients).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conv2d {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// Stride `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// Dilation `[dh, dw]`.
+    pub dilation: [usize; 2],
+    /// Padding rule.
+    pub padding: Padding,
+    /// Algorithm request.
+    pub algo: ConvAlgo,
+}
+
+impl Conv2d {
+    /// A stride-1, unpadded, undilated convolution.
+    pub fn new(in_channels: usize, out_channels: usize, kernel: [usize; 2]) -> Self {
+        Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: [1, 1],
+            dilation: [1, 1],
+            padding: Padding::Valid,
+            algo: ConvAlgo::Auto,
+        }
+    }
+
+    /// Sets the stride.
+    pub fn with_stride(mut self, stride: [usize; 2]) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    /// Sets the padding.
+    pub fn with_padding(mut self, padding: Padding) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    /// Sets the dilation.
+    pub fn with_dilation(mut self, dilation: [usize; 2]) -> Self {
+        self.dilation = dilation;
+        self
+    }
+
+    /// Forces an algorithm.
+    pub fn with_algo(mut self, algo: ConvAlgo) -> Self {
+        self.algo = algo;
+        self
+    }
+
+    /// The weight's shape, `[out, in, kh, kw]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [
+            self.out_channels,
+            self.in_channels,
+            self.kernel[0],
+            self.kernel[1],
+        ]
+    }
+
+    /// Resolves the geometry for an input of shape `[n, c, h, w]`, checking channels and sizes.
+    pub fn geometry(&self, input: [usize; 4]) -> Result<ConvGeometry> {
+        let [batch, channels, h, w] = input;
+        if channels != self.in_channels {
+            return Err(Error::shape(
+                "conv2d input",
+                format!("[n, {}, h, w]", self.in_channels),
+                format!("{input:?}"),
+            ));
+        }
+        if self.in_channels == 0 || self.out_channels == 0 {
+            return Err(Error::config("conv2d", "channel counts must be at least 1"));
+        }
+        let p = self
+            .padding
+            .resolve([h, w], self.kernel, self.stride, self.dilation);
+        let op = "conv2d";
+        Ok(ConvGeometry {
+            batch,
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            h: Axis::new(
+                op,
+                h,
+                self.kernel[0],
+                self.stride[0],
+                self.dilation[0],
+                (p.top, p.bottom),
+                false,
+            )?,
+            w: Axis::new(
+                op,
+                w,
+                self.kernel[1],
+                self.stride[1],
+                self.dilation[1],
+                (p.left, p.right),
+                false,
+            )?,
+        })
+    }
+
+    /// The output shape for an input of shape `input`.
+    pub fn output_shape(&self, input: [usize; 4]) -> Result<[usize; 4]> {
+        Ok(self.geometry(input)?.output_shape())
+    }
+
+    /// `y = conv(x, w) + b`.
+    pub fn forward(
+        &self,
+        x: ArrayView4<f32>,
+        w: ArrayView4<f32>,
+        b: Option<ArrayView1<f32>>,
+    ) -> Result<Array4<f32>> {
+        let g = self.geometry(dims4(&x))?;
+        self.check_params(&w, b.as_ref())?;
+        let algo = choose_algo(self.algo, &g)?;
+        let (x, w) = (contiguous(&x), contiguous(&w));
+        let b = b.map(|b| b.to_vec());
+        let mut y = Array4::zeros(g.output_shape());
+        let y_slice = y.as_slice_mut().expect("fresh arrays are contiguous");
+        forward_slices(&g, algo, &x, &w, b.as_deref(), y_slice);
+        Ok(y)
+    }
+
+    /// The input gradient `dx` for an input of shape `input_shape`, given the output gradient `dy`.
+    pub fn backward_input(
+        &self,
+        w: ArrayView4<f32>,
+        dy: ArrayView4<f32>,
+        input_shape: [usize; 4],
+    ) -> Result<Array4<f32>> {
+        let g = self.geometry(input_shape)?;
+        self.check_params(&w, None)?;
+        expect_shape("conv2d output gradient", &g.output_shape(), dy.shape())?;
+        let algo = choose_algo(self.algo, &g)?;
+        let mut dx = Array4::zeros(input_shape);
+        let dx_slice = dx.as_slice_mut().expect("fresh arrays are contiguous");
+        backward_input_slices(&g, algo, &contiguous(&w), &contiguous(&dy), dx_slice);
+        Ok(dx)
+    }
+
+    /// Adds the weight gradient to `dw` (shape `[out, in, kh, kw]`).
+    pub fn backward_weight(
+        &self,
+        x: ArrayView4<f32>,
+        dy: ArrayView4<f32>,
+        dw: ArrayViewMut4<f32>,
+    ) -> Result<()> {
+        let g = self.geometry(dims4(&x))?;
+        expect_shape("conv2d output gradient", &g.output_shape(), dy.shape())?;
+        expect_shape("conv2d weight gradient", &self.weight_shape(), dw.shape())?;
+        let algo = choose_algo(self.algo, &g)?;
+        let (x, dy) = (contiguous(&x), contiguous(&dy));
+        with_contiguous_mut(dw, |dw| backward_weight_slices(&g, algo, &x, &dy, dw));
+        Ok(())
+    }
+
+    /// Adds the bias gradient (the sum of `dy` over batch and space) to `db` (shape `[out]`).
+    pub fn backward_bias(&self, dy: ArrayView4<f32>, db: ArrayViewMut1<f32>) -> Result<()> {
+        if dy.shape()[1] != self.out_channels {
+            return Err(Error::shape(
+                "conv2d output gradient",
+                format!("[n, {}, h, w]", self.out_channels),
+                format!("{:?}", dy.shape()),
+            ));
+        }
+        expect_shape("conv2d bias gradient", &[self.out_channels], db.shape())?;
+        let [n, c, h, w] = dims4(&dy);
+        let dy = contiguous(&dy);
+        with_contiguous_mut(db, |db| bias_grad(&dy, n, c, h * w, db));
+        Ok(())
+    }
+
+    fn check_params(&self, w: &ArrayView4<f32>, b: Option<&ArrayView1<f32>>) -> Result<()> {
+        expect_shape("conv2d weight", &self.weight_shape(), w.shape())?;
+        if let Some(b) = b {
+            expect_shape("conv2d bias", &[self.out_channels], b.shape())?;
+        }
+        Ok(())
+    }
+}
+
+/// A convolution resolved for one input shape: everything the kernels need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// The vertical axis.
+    pub h: Axis,
+    /// The horizontal axis.
+    pub w: Axis,
+}
+
+impl ConvGeometry {
+    /// `[n, out, oh, ow]`.
+    pub fn output_shape(&self) -> [usize; 4] {
+        [self.batch, self.out_channels, self.h.output, self.w.output]
+    }
+
+    /// `[n, in, h, w]`.
+    pub fn input_shape(&self) -> [usize; 4] {
+        [self.batch, self.in_channels, self.h.input, self.w.input]
+    }
+
+    /// Elements of one input image.
+    pub fn input_image_len(&self) -> usize {
+        self.in_channels * self.h.input * self.w.input
+    }
+
+    /// Elements of one output image.
+    pub fn output_image_len(&self) -> usize {
+        self.out_channels * self.output_pixels()
+    }
+
+    /// Output pixels per channel.
+    pub fn output_pixels(&self) -> usize {
+        self.h.output * self.w.output
+    }
+
+    /// The GEMM inner dimension: `in * kh * kw`.
+    pub fn patch_len(&self) -> usize {
+        self.in_channels * self.h.kernel * self.w.kernel
+    }
+
+    /// Multiply-adds times two for the forward pass: the FLOP count benches report.
+    pub fn forward_flops(&self) -> u64 {
+        2 * (self.batch * self.output_image_len() * self.patch_len()) as u64
+    }
+
+    /// 1×1, stride 1, unpadded: the input image is already the GEMM operand.
+    pub fn is_pointwise(&self) -> bool {
+        let unit = |a: &Axis| a.kernel == 1 && a.stride == 1 && a.pad_lo == 0 && a.pad_hi == 0;
+        unit(&self.h) && unit(&self.w)
+    }
+}
+
+impl std::fmt::Display for ConvGeometry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (h, w) = (&self.h, &self.w);
+        write!(
+            f,
+            "input {:?} -> output {:?}, kernel {}x{}, stride {}x{}, dilation {}x{}, pads top {} bottom {} left {} right {}",
+            self.input_shape(),
+            self.output_shape(),
+            h.kernel,
+            w.kernel,
+            h.stride,
+            w.stride,
+            h.dilation,
+            w.dilation,
+            h.pad_lo,
+            h.pad_hi,
+            w.pad_lo,
+            w.pad_hi
+        )
+    }
+}
+
+/// Forward on contiguous NCHW slices with a resolved algorithm; `y` is overwritten.
+pub fn forward_slices(
+    g: &ConvGeometry,
+    algo: ConvAlgo,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    debug_assert_eq!(x.len(), g.batch * g.input_image_len());
+    debug_assert_eq!(y.len(), g.batch * g.output_image_len());
+    match algo {
+        ConvAlgo::Naive => naive::forward(g, x, w, b, y),
+        ConvAlgo::Gemm1x1 | ConvAlgo::Auto | ConvAlgo::Im2colGemm => {
+            gemm_conv::forward(g, lowering(g, algo), x, w, b, y)
+        }
+    }
+}
+
+/// Input gradient on contiguous slices; `dx` is overwritten.
+pub fn backward_input_slices(
+    g: &ConvGeometry,
+    algo: ConvAlgo,
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+) {
+    match algo {
+        ConvAlgo::Naive => naive::backward_input(g, w, dy, dx),
+        _ => gemm_conv::backward_input(g, lowering(g, algo), w, dy, dx),
+    }
+}
+
+/// Weight gradient on contiguous slices, added to `dw`.
+pub fn backward_weight_slices(
+    g: &ConvGeometry,
+    algo: ConvAlgo,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+) {
+    match algo {
+        ConvAlgo::Naive => naive::backward_weight(g, x, dy, dw),
+        _ => gemm_conv::backward_weight(g, lowering(g, algo), x, dy, dw),
+    }
+}
+
+fn lowering(g: &ConvGeometry, algo: ConvAlgo) -> gemm_conv::Lowering {
+    if algo == ConvAlgo::Gemm1x1 || (algo == ConvAlgo::Auto && g.is_pointwise()) {
+        gemm_conv::Lowering::Direct
+    } else {
+        gemm_conv::Lowering::Im2col
+    }
+}
+
+/// `db[c] += sum over n and pixels of dy[n, c, pixel]`, shared by every algorithm (and by linear layers).
+pub(crate) fn bias_grad(dy: &[f32], batch: usize, channels: usize, pixels: usize, db: &mut [f32]) {
+    for image in dy.chunks_exact(channels * pixels).take(batch) {
+        for (db_c, plane) in db.iter_mut().zip(image.chunks_exact(pixels)) {
+            *db_c += plane.iter().map(|&v| v as f64).sum::<f64>() as f32;
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Softmax cross-entropy over logits `[n, classes]`, averaged over the batch, with optional label
+//! smoothing as PyTorch's `CrossEntropyLoss(label_smoothing=eps)`: the target puts `1 - eps + eps/C` on
+//! the label and `eps/C` on every other class.
+
+use ndarray::{Array2, ArrayView2};
+
+use crate::error::{Error, Result};
+use crate::tensor::contiguous;
+
+/// The loss settings.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SoftmaxCrossEntropy {
+    /// Label smoothing `eps` in `[0, 1]`.
+    pub label_smoothing: f32,
+}
+
+/// What [`SoftmaxCrossEntropy::backward`] needs.
+#[derive(Debug, Clone)]
+pub struct CrossEntropyCache {
+    /// Softmax probabilities `[n, classes]`.
+    pub probabilities: Array2<f32>,
+    labels: Vec<usize>,
+}
+
+impl SoftmaxCrossEntropy {
+    /// With label smoothing `eps`; an error unless `0 <= eps <= 1`.
+    pub fn new(label_smoothing: f32) -> Result<Self> {
+        if !(0.0..=1.0).contains(&label_smoothing) {
+            return Err(Error::config(
+                "cross_entropy",
+                format!("label smoothing must be in [0, 1], found {label_smoothing}"),
+            ));
+        }
+        Ok(SoftmaxCrossEntropy { label_smoothing })
+    }
+
+    /// The batch-mean loss, and the cache for backward.
+    pub fn forward(
+        &self,
+        logits: ArrayView2<f32>,
+        labels: &[usize],
+    ) -> Result<(f32, CrossEntropyCache)> {
+        let (n, classes) = (logits.shape()[0], logits.shape()[1]);
+        if labels.len() != n {
+            return Err(Error::shape(
+                "cross_entropy labels",
+                format!("{n} labels (one per logit row)"),
+                format!("{} labels", labels.len()),
+            ));
+        }
+        if n == 0 || classes == 0 {
+            return Err(Error::shape(
+                "cross_entropy logits",
+                "[n >= 1, classes >= 1]",
+                format!("{:?}", logits.shape()),
+            ));
+        }
+        for (index, &label) in labels.iter().enumerate() {
+            if label >= classes {
+                return Err(Error::Label {
+                    op: "cross_entropy".into(),
+                    index,
+                    label,
+                    classes,
+                });
+            }
+        }
+        let z = contiguous(&logits);
+        let eps = self.label_smoothing as f64;
+        let mut probabilities = Array2::zeros([n, classes]);
+        let mut total = 0.0f64;
+        for ((row, mut p), &label) in z
+            .chunks_exact(classes)
+            .zip(probabilities.rows_mut())
+            .zip(labels)
+        {
+            // log-softmax through the log-sum-exp of shifted logits, in f64.
+            let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            let log_sum = row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+            let log_p = |c: usize| row[c] as f64 - max - log_sum;
+            let smooth_term = (0..classes).map(log_p).sum::<f64>() / classes as f64;
+            total -= (1.0 - eps) * log_p(label) + eps * smooth_term;
+            for (c, pv) in p.iter_mut().enumerate() {
+                *pv = log_p(c).exp() as f32;
+            }
+        }
+        Ok((
+            (total / n as f64) as f32,
+            CrossEntropyCache {
+                probabilities,
+                labels: labels.to_vec(),
+            },
+        ))
+    }
+
+    /// `d loss / d logits = (softmax - target) / n`.
+    pub fn backward(&self, cache: &CrossEntropyCache) -> Array2<f32> {
+        let (n, classes) = cache.probabilities.dim();
+        let off = self.label_smoothing / classes as f32;
+        let mut grad = cache.probabilities.clone();
+        for (mut row, &label) in grad.rows_mut().into_iter().zip(&cache.labels) {
+            row.iter_mut().for_each(|v| *v = (*v - off) / n as f32);
+            row[label] -= (1.0 - self.label_smoothing) / n as f32;
+        }
+        grad
+    }
+}

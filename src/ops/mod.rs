@@ -1,0 +1,9 @@
+//! Every layer: forward and hand-written backward side by side, one module per op family.
+
+pub mod activation;
+pub mod batchnorm;
+pub mod conv;
+pub mod linear;
+pub mod loss;
+pub mod pool;
+pub mod shape;

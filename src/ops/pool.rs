@@ -1,0 +1,391 @@
+//! Max and average pooling with PyTorch's geometry (`ceil_mode`, padding per side, TF `SAME`), average
+//! pooling with or without the padding in the divisor, and global average pooling.
+
+use ndarray::{Array4, ArrayView4};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result, expect_shape};
+use crate::geometry::{Axis, Padding};
+use crate::tensor::{contiguous, dims4};
+
+/// The window shared by both pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolWindow {
+    /// Kernel `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// Stride `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// Padding rule (padding never wins a max and is counted in averages only if asked).
+    pub padding: Padding,
+    /// Round the output size up, as PyTorch's `ceil_mode=True`.
+    pub ceil_mode: bool,
+}
+
+impl PoolWindow {
+    /// An unpadded window rounding down.
+    pub fn new(kernel: [usize; 2], stride: [usize; 2]) -> Self {
+        PoolWindow {
+            kernel,
+            stride,
+            padding: Padding::Valid,
+            ceil_mode: false,
+        }
+    }
+
+    /// Sets the padding.
+    pub fn with_padding(mut self, padding: Padding) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    /// Sets `ceil_mode`.
+    pub fn with_ceil_mode(mut self, ceil_mode: bool) -> Self {
+        self.ceil_mode = ceil_mode;
+        self
+    }
+
+    /// Resolves the geometry for an input of shape `[n, c, h, w]`.
+    pub fn geometry(&self, op: &str, input: [usize; 4]) -> Result<PoolGeometry> {
+        let [batch, channels, h, w] = input;
+        let p = self
+            .padding
+            .resolve([h, w], self.kernel, self.stride, [1, 1]);
+        let h = Axis::new(
+            op,
+            h,
+            self.kernel[0],
+            self.stride[0],
+            1,
+            (p.top, p.bottom),
+            self.ceil_mode,
+        )?;
+        let w = Axis::new(
+            op,
+            w,
+            self.kernel[1],
+            self.stride[1],
+            1,
+            (p.left, p.right),
+            self.ceil_mode,
+        )?;
+        for a in [&h, &w] {
+            if a.pad_lo >= a.kernel || a.pad_hi >= a.kernel {
+                return Err(Error::config(
+                    op,
+                    format!(
+                        "padding {}+{} must be smaller than the kernel {}, or a window would see only padding",
+                        a.pad_lo, a.pad_hi, a.kernel
+                    ),
+                ));
+            }
+        }
+        Ok(PoolGeometry {
+            batch,
+            channels,
+            h,
+            w,
+        })
+    }
+}
+
+/// A pooling window resolved for one input shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolGeometry {
+    /// Images.
+    pub batch: usize,
+    /// Channels.
+    pub channels: usize,
+    /// The vertical axis.
+    pub h: Axis,
+    /// The horizontal axis.
+    pub w: Axis,
+}
+
+impl PoolGeometry {
+    /// `[n, c, oh, ow]`.
+    pub fn output_shape(&self) -> [usize; 4] {
+        [self.batch, self.channels, self.h.output, self.w.output]
+    }
+
+    /// `[n, c, h, w]`.
+    pub fn input_shape(&self) -> [usize; 4] {
+        [self.batch, self.channels, self.h.input, self.w.input]
+    }
+}
+
+/// The input positions window `o` covers along one axis, clipped to the real input.
+fn clipped(a: &Axis, o: usize) -> std::ops::Range<usize> {
+    let start = a.window_start(o);
+    let end = (start + a.kernel as isize).min(a.input as isize);
+    (start.max(0) as usize)..(end as usize)
+}
+
+/// Window size along one axis counting padding but not what lies beyond it (PyTorch's divisor).
+fn padded_extent(a: &Axis, o: usize) -> usize {
+    let start = a.window_start(o);
+    let end = (start + a.kernel as isize).min((a.input + a.pad_hi) as isize);
+    (end - start) as usize
+}
+
+/// Max pooling. Padding behaves as minus infinity; NaN propagates, as in PyTorch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPool2d {
+    /// The window.
+    pub window: PoolWindow,
+}
+
+/// What [`MaxPool2d::backward`] needs: where each maximum came from.
+#[derive(Debug, Clone)]
+pub struct MaxPoolCache {
+    geometry: PoolGeometry,
+    /// For each output, the index of its maximum within its input plane.
+    argmax: Vec<u32>,
+}
+
+impl MaxPool2d {
+    /// A max pool with kernel and stride.
+    pub fn new(kernel: [usize; 2], stride: [usize; 2]) -> Self {
+        MaxPool2d {
+            window: PoolWindow::new(kernel, stride),
+        }
+    }
+
+    /// Sets the padding.
+    pub fn with_padding(mut self, padding: Padding) -> Self {
+        self.window.padding = padding;
+        self
+    }
+
+    /// Sets `ceil_mode`.
+    pub fn with_ceil_mode(mut self, ceil_mode: bool) -> Self {
+        self.window.ceil_mode = ceil_mode;
+        self
+    }
+
+    /// The output shape for `input`.
+    pub fn output_shape(&self, input: [usize; 4]) -> Result<[usize; 4]> {
+        Ok(self.window.geometry("max_pool2d", input)?.output_shape())
+    }
+
+    /// The pooled output and the argmax cache for backward.
+    pub fn forward(&self, x: ArrayView4<f32>) -> Result<(Array4<f32>, MaxPoolCache)> {
+        let g = self.window.geometry("max_pool2d", dims4(&x))?;
+        if g.h.input * g.w.input > u32::MAX as usize {
+            return Err(Error::config(
+                "max_pool2d",
+                "an input plane of more than 2^32 pixels",
+            ));
+        }
+        let x = contiguous(&x);
+        let mut y = Array4::zeros(g.output_shape());
+        let mut argmax = vec![0u32; y.len()];
+        let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
+        if out_plane > 0 {
+            let y_slice = y.as_slice_mut().expect("fresh arrays are contiguous");
+            y_slice
+                .par_chunks_mut(out_plane)
+                .zip(argmax.par_chunks_mut(out_plane))
+                .enumerate()
+                .for_each(|(p, (y_plane, arg_plane))| {
+                    max_plane(&g, &x[p * in_plane..][..in_plane], y_plane, arg_plane)
+                });
+        }
+        Ok((
+            y,
+            MaxPoolCache {
+                geometry: g,
+                argmax,
+            },
+        ))
+    }
+
+    /// The input gradient: each output's gradient goes to the input that was its maximum.
+    pub fn backward(&self, cache: &MaxPoolCache, dy: ArrayView4<f32>) -> Result<Array4<f32>> {
+        let g = &cache.geometry;
+        expect_shape("max_pool2d output gradient", &g.output_shape(), dy.shape())?;
+        let dy = contiguous(&dy);
+        let mut dx = Array4::zeros(g.input_shape());
+        let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
+        if in_plane > 0 && out_plane > 0 {
+            let dx_slice = dx.as_slice_mut().expect("fresh arrays are contiguous");
+            dx_slice
+                .par_chunks_mut(in_plane)
+                .enumerate()
+                .for_each(|(p, dx_plane)| {
+                    let range = p * out_plane..(p + 1) * out_plane;
+                    for (&i, &d) in cache.argmax[range.clone()].iter().zip(&dy[range]) {
+                        dx_plane[i as usize] += d;
+                    }
+                });
+        }
+        Ok(dx)
+    }
+}
+
+fn max_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+    for oy in 0..g.h.output {
+        let rows = clipped(&g.h, oy);
+        for ox in 0..g.w.output {
+            let cols = clipped(&g.w, ox);
+            let (mut best, mut best_at) = (f32::NEG_INFINITY, rows.start * g.w.input + cols.start);
+            for iy in rows.clone() {
+                for ix in cols.clone() {
+                    let v = x[iy * g.w.input + ix];
+                    if v > best || v.is_nan() {
+                        (best, best_at) = (v, iy * g.w.input + ix);
+                        if v.is_nan() {
+                            break;
+                        }
+                    }
+                }
+            }
+            y[oy * g.w.output + ox] = best;
+            argmax[oy * g.w.output + ox] = best_at as u32;
+        }
+    }
+}
+
+/// Average pooling. With `count_include_pad` (PyTorch's default) padded pixels count in the divisor;
+/// without it (TF `SAME`) only real pixels do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AvgPool2d {
+    /// The window.
+    pub window: PoolWindow,
+    /// Whether padding counts in the divisor.
+    pub count_include_pad: bool,
+}
+
+impl AvgPool2d {
+    /// An average pool with kernel and stride, counting padding as PyTorch does by default.
+    pub fn new(kernel: [usize; 2], stride: [usize; 2]) -> Self {
+        AvgPool2d {
+            window: PoolWindow::new(kernel, stride),
+            count_include_pad: true,
+        }
+    }
+
+    /// Sets the padding.
+    pub fn with_padding(mut self, padding: Padding) -> Self {
+        self.window.padding = padding;
+        self
+    }
+
+    /// Sets `ceil_mode`.
+    pub fn with_ceil_mode(mut self, ceil_mode: bool) -> Self {
+        self.window.ceil_mode = ceil_mode;
+        self
+    }
+
+    /// Sets whether padding counts in the divisor.
+    pub fn with_count_include_pad(mut self, count: bool) -> Self {
+        self.count_include_pad = count;
+        self
+    }
+
+    /// The output shape for `input`.
+    pub fn output_shape(&self, input: [usize; 4]) -> Result<[usize; 4]> {
+        Ok(self.window.geometry("avg_pool2d", input)?.output_shape())
+    }
+
+    /// The divisor of output `(oy, ox)`.
+    fn divisor(&self, g: &PoolGeometry, oy: usize, ox: usize) -> f32 {
+        let count = if self.count_include_pad {
+            padded_extent(&g.h, oy) * padded_extent(&g.w, ox)
+        } else {
+            clipped(&g.h, oy).len() * clipped(&g.w, ox).len()
+        };
+        count as f32
+    }
+
+    /// The pooled output.
+    pub fn forward(&self, x: ArrayView4<f32>) -> Result<Array4<f32>> {
+        let g = self.window.geometry("avg_pool2d", dims4(&x))?;
+        let x = contiguous(&x);
+        let mut y = Array4::zeros(g.output_shape());
+        let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
+        if out_plane > 0 {
+            let y_slice = y.as_slice_mut().expect("fresh arrays are contiguous");
+            y_slice
+                .par_chunks_mut(out_plane)
+                .enumerate()
+                .for_each(|(p, y_plane)| {
+                    let x_plane = &x[p * in_plane..][..in_plane];
+                    for oy in 0..g.h.output {
+                        for ox in 0..g.w.output {
+                            let mut sum = 0.0f32;
+                            for iy in clipped(&g.h, oy) {
+                                sum += x_plane[iy * g.w.input..][clipped(&g.w, ox)]
+                                    .iter()
+                                    .sum::<f32>();
+                            }
+                            y_plane[oy * g.w.output + ox] = sum / self.divisor(&g, oy, ox);
+                        }
+                    }
+                });
+        }
+        Ok(y)
+    }
+
+    /// The input gradient for an input of shape `input_shape`.
+    pub fn backward(&self, dy: ArrayView4<f32>, input_shape: [usize; 4]) -> Result<Array4<f32>> {
+        let g = self.window.geometry("avg_pool2d", input_shape)?;
+        expect_shape("avg_pool2d output gradient", &g.output_shape(), dy.shape())?;
+        let dy = contiguous(&dy);
+        let mut dx = Array4::zeros(input_shape);
+        let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
+        if in_plane > 0 && out_plane > 0 {
+            let dx_slice = dx.as_slice_mut().expect("fresh arrays are contiguous");
+            dx_slice
+                .par_chunks_mut(in_plane)
+                .enumerate()
+                .for_each(|(p, dx_plane)| {
+                    let dy_plane = &dy[p * out_plane..][..out_plane];
+                    for oy in 0..g.h.output {
+                        for ox in 0..g.w.output {
+                            let share = dy_plane[oy * g.w.output + ox] / self.divisor(&g, oy, ox);
+                            for iy in clipped(&g.h, oy) {
+                                for d in &mut dx_plane[iy * g.w.input..][clipped(&g.w, ox)] {
+                                    *d += share;
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+        Ok(dx)
+    }
+}
+
+/// Global average pooling: `[n, c, h, w] -> [n, c, 1, 1]`, PyTorch's `AdaptiveAvgPool2d(1)`.
+pub fn global_avg_pool(x: ArrayView4<f32>) -> Result<Array4<f32>> {
+    let [n, c, h, w] = dims4(&x);
+    if h * w == 0 {
+        return Err(Error::shape(
+            "global_avg_pool",
+            "a non-empty feature map",
+            format!("{:?}", x.shape()),
+        ));
+    }
+    let x = contiguous(&x);
+    let means: Vec<f32> = x
+        .chunks_exact(h * w)
+        .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / (h * w) as f64) as f32)
+        .collect();
+    Ok(Array4::from_shape_vec([n, c, 1, 1], means).expect("one mean per plane"))
+}
+
+/// The gradient of [`global_avg_pool`]: each pixel receives `dy / (h * w)`.
+pub fn global_avg_pool_backward(
+    dy: ArrayView4<f32>,
+    input_shape: [usize; 4],
+) -> Result<Array4<f32>> {
+    let [n, c, h, w] = input_shape;
+    expect_shape("global_avg_pool output gradient", &[n, c, 1, 1], dy.shape())?;
+    let scale = 1.0 / (h * w) as f32;
+    let dy = contiguous(&dy);
+    let data: Vec<f32> = dy
+        .iter()
+        .flat_map(|&d| std::iter::repeat_n(d * scale, h * w))
+        .collect();
+    Ok(Array4::from_shape_vec(input_shape, data).expect("h * w values per plane"))
+}
