@@ -39,11 +39,7 @@ pub enum Error {
 
 impl Error {
     /// A shape error for `op`, built from anything printable.
-    pub fn shape(
-        op: &str,
-        expected: impl std::fmt::Display,
-        found: impl std::fmt::Display,
-    ) -> Self {
+    pub fn shape(op: &str, expected: impl std::fmt::Display, found: impl std::fmt::Display) -> Self {
         Error::Shape {
             op: op.to_string(),
             expected: expected.to_string(),
@@ -68,10 +64,6 @@ pub(crate) fn expect_shape(op: &str, expected: &[usize], found: &[usize]) -> Res
     if expected == found {
         Ok(())
     } else {
-        Err(Error::shape(
-            op,
-            format!("{expected:?}"),
-            format!("{found:?}"),
-        ))
+        Err(Error::shape(op, format!("{expected:?}"), format!("{found:?}")))
     }
 }

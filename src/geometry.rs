@@ -37,13 +37,7 @@ impl Padding {
     }
 
     /// Concrete pads for an input of `input` = `[h, w]`.
-    pub fn resolve(
-        self,
-        input: [usize; 2],
-        kernel: [usize; 2],
-        stride: [usize; 2],
-        dilation: [usize; 2],
-    ) -> Pads {
+    pub fn resolve(self, input: [usize; 2], kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2]) -> Pads {
         match self {
             Padding::Valid => Pads::default(),
             Padding::Explicit(p) => p,
@@ -118,9 +112,7 @@ impl Axis {
         if kernel == 0 || stride == 0 || dilation == 0 {
             return Err(Error::config(
                 op,
-                format!(
-                    "kernel, stride and dilation must be at least 1, found {kernel}, {stride}, {dilation}"
-                ),
+                format!("kernel, stride and dilation must be at least 1, found {kernel}, {stride}, {dilation}"),
             ));
         }
         let span = (kernel - 1) * dilation + 1;
@@ -164,9 +156,7 @@ impl Axis {
         let offset = k * self.dilation;
         // o*stride + offset >= pad_lo  and  o*stride + offset < pad_lo + input
         let lo = self.pad_lo.saturating_sub(offset).div_ceil(self.stride);
-        let hi = (self.pad_lo + self.input)
-            .saturating_sub(offset)
-            .div_ceil(self.stride);
+        let hi = (self.pad_lo + self.input).saturating_sub(offset).div_ceil(self.stride);
         let hi = hi.min(self.output);
         lo.min(hi)..hi
     }
@@ -185,19 +175,10 @@ mod tests {
     #[test]
     fn output_sizes_match_pytorch_and_tensorflow() {
         // 96 -> 48 for GoogLeNet's 7x7/2 stem with padding 3.
-        assert_eq!(
-            Axis::new("t", 96, 7, 2, 1, (3, 3), false).unwrap().output,
-            48
-        );
+        assert_eq!(Axis::new("t", 96, 7, 2, 1, (3, 3), false).unwrap().output, 48);
         // torchvision GoogLeNet: MaxPool2d(3, 2, ceil_mode=True) on 112 gives 56, floor gives 55.
-        assert_eq!(
-            Axis::new("t", 112, 3, 2, 1, (0, 0), true).unwrap().output,
-            56
-        );
-        assert_eq!(
-            Axis::new("t", 112, 3, 2, 1, (0, 0), false).unwrap().output,
-            55
-        );
+        assert_eq!(Axis::new("t", 112, 3, 2, 1, (0, 0), true).unwrap().output, 56);
+        assert_eq!(Axis::new("t", 112, 3, 2, 1, (0, 0), false).unwrap().output, 55);
         // ceil_mode drops a window that would start in the right padding: in 5, k 2, s 2, pad 1.
         assert_eq!(Axis::new("t", 5, 2, 2, 1, (1, 1), true).unwrap().output, 3);
         // TF SAME with stride 2 on an even input pads asymmetrically: 8, k3, s2 -> total 1 -> (0, 1).
@@ -205,10 +186,7 @@ mod tests {
         assert_eq!((p.top, p.bottom, p.left, p.right), (0, 1, 1, 1));
         assert_eq!(Axis::new("t", 8, 3, 2, 1, (0, 1), false).unwrap().output, 4);
         // Dilation widens the span.
-        assert_eq!(
-            Axis::new("t", 10, 3, 1, 2, (0, 0), false).unwrap().output,
-            6
-        );
+        assert_eq!(Axis::new("t", 10, 3, 1, 2, (0, 0), false).unwrap().output, 6);
         assert!(Axis::new("t", 2, 5, 1, 1, (0, 0), false).is_err());
         assert!(Axis::new("t", 2, 0, 1, 1, (0, 0), false).is_err());
     }
@@ -221,21 +199,12 @@ mod tests {
                     for dilation in 1..3 {
                         for lo in 0..3 {
                             for hi in 0..3 {
-                                let Ok(a) = Axis::new(
-                                    "t",
-                                    input,
-                                    kernel,
-                                    stride,
-                                    dilation,
-                                    (lo, hi),
-                                    false,
-                                ) else {
+                                let Ok(a) = Axis::new("t", input, kernel, stride, dilation, (lo, hi), false) else {
                                     continue;
                                 };
                                 for k in 0..kernel {
-                                    let expected: Vec<usize> = (0..a.output)
-                                        .filter(|&o| a.input_index(o, k).is_some())
-                                        .collect();
+                                    let expected: Vec<usize> =
+                                        (0..a.output).filter(|&o| a.input_index(o, k).is_some()).collect();
                                     let found: Vec<usize> = a.valid_outputs(k).collect();
                                     assert_eq!(expected, found, "{a:?} tap {k}");
                                 }

@@ -17,13 +17,7 @@ impl<'a> MatRef<'a> {
     }
 
     /// A matrix with explicit strides; panics if any element would lie outside `data`.
-    pub fn strided(
-        data: &'a [f32],
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-        col_stride: usize,
-    ) -> Self {
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Self {
         assert!(
             fits(data.len(), rows, cols, row_stride, col_stride),
             "matrix view exceeds its slice"
@@ -59,10 +53,7 @@ pub(crate) struct MatMut<'a> {
 impl<'a> MatMut<'a> {
     /// A dense row-major `rows x cols` matrix at the start of `data`; panics if `data` is too short.
     pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        assert!(
-            fits(data.len(), rows, cols, cols, 1),
-            "matrix view exceeds its slice"
-        );
+        assert!(fits(data.len(), rows, cols, cols, 1), "matrix view exceeds its slice");
         MatMut { data, rows, cols }
     }
 }
@@ -81,13 +72,7 @@ pub(crate) enum Threads {
 }
 
 /// `c = a * b`, or `c += a * b` when `accumulate` is set.
-pub(crate) fn matmul(
-    c: MatMut<'_>,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    accumulate: bool,
-    threads: Threads,
-) {
+pub(crate) fn matmul(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, accumulate: bool, threads: Threads) {
     assert_eq!((a.rows, b.cols), (c.rows, c.cols), "matmul output shape");
     assert_eq!(a.cols, b.rows, "matmul inner dimension");
     let (m, n, k) = (c.rows, c.cols, a.cols);
@@ -171,11 +156,7 @@ mod tests {
                 Threads::Pool,
             );
             for (x, y) in c.iter().zip(&expected) {
-                assert!(
-                    (x - 2.0 * y).abs() < 1e-4,
-                    "{m}x{n}x{k}: {x} vs {}",
-                    2.0 * y
-                );
+                assert!((x - 2.0 * y).abs() < 1e-4, "{m}x{n}x{k}: {x} vs {}", 2.0 * y);
             }
         }
     }

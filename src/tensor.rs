@@ -16,10 +16,7 @@ pub(crate) fn contiguous<'a, D: Dimension>(x: &'a ArrayView<'_, f32, D>) -> Cow<
 
 /// Runs `f` on the elements of `a` in logical order as one mutable slice, writing back through a copy
 /// when `a` is not contiguous.
-pub(crate) fn with_contiguous_mut<D: Dimension>(
-    mut a: ArrayViewMut<'_, f32, D>,
-    f: impl FnOnce(&mut [f32]),
-) {
+pub(crate) fn with_contiguous_mut<D: Dimension>(mut a: ArrayViewMut<'_, f32, D>, f: impl FnOnce(&mut [f32])) {
     if let Some(s) = a.as_slice_mut() {
         return f(s);
     }

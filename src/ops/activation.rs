@@ -10,10 +10,7 @@ pub fn relu<D: Dimension>(x: ArrayView<f32, D>) -> Array<f32, D> {
 }
 
 /// The ReLU input gradient from its *output* `y`: `dy` where `y > 0`, else 0 (PyTorch's choice at 0).
-pub fn relu_backward<D: Dimension>(
-    y: ArrayView<f32, D>,
-    dy: ArrayView<f32, D>,
-) -> Result<Array<f32, D>> {
+pub fn relu_backward<D: Dimension>(y: ArrayView<f32, D>, dy: ArrayView<f32, D>) -> Result<Array<f32, D>> {
     expect_shape("relu output gradient", y.shape(), dy.shape())?;
     Ok(Zip::from(&y)
         .and(&dy)
@@ -39,30 +36,19 @@ impl Dropout {
     /// Dropout with probability `p`; an error unless `0 <= p <= 1`.
     pub fn new(p: f32) -> Result<Self> {
         if !(0.0..=1.0).contains(&p) {
-            return Err(Error::config(
-                "dropout",
-                format!("p must be in [0, 1], found {p}"),
-            ));
+            return Err(Error::config("dropout", format!("p must be in [0, 1], found {p}")));
         }
         Ok(Dropout { p })
     }
 
     /// Training forward with a seeded mask: the same seed gives the same mask.
-    pub fn forward_train<D: Dimension>(
-        &self,
-        x: ArrayView<f32, D>,
-        seed: u64,
-    ) -> (Array<f32, D>, DropoutMask) {
+    pub fn forward_train<D: Dimension>(&self, x: ArrayView<f32, D>, seed: u64) -> (Array<f32, D>, DropoutMask) {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let keep = if self.p < 1.0 {
-            1.0 / (1.0 - self.p)
-        } else {
-            0.0
-        };
+        let keep = if self.p < 1.0 { 1.0 / (1.0 - self.p) } else { 0.0 };
         let factors: Vec<f32> = (0..x.len())
             .map(|_| if rng.f32() < self.p { 0.0 } else { keep })
             .collect();
-        let mut y = x.to_owned();
+        let mut y = x.as_standard_layout().into_owned();
         for (v, f) in y.iter_mut().zip(&factors) {
             *v *= f;
         }
@@ -76,13 +62,9 @@ impl Dropout {
     }
 
     /// The input gradient: `dy` times the mask's factors.
-    pub fn backward<D: Dimension>(
-        &self,
-        mask: &DropoutMask,
-        dy: ArrayView<f32, D>,
-    ) -> Result<Array<f32, D>> {
+    pub fn backward<D: Dimension>(&self, mask: &DropoutMask, dy: ArrayView<f32, D>) -> Result<Array<f32, D>> {
         expect_shape("dropout output gradient", &mask.shape, dy.shape())?;
-        let mut dx = dy.to_owned();
+        let mut dx = dy.as_standard_layout().into_owned();
         for (v, f) in dx.iter_mut().zip(&mask.factors) {
             *v *= f;
         }

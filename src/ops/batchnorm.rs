@@ -113,10 +113,7 @@ impl BatchNorm2d {
             .map(|ch| {
                 let planes = || (0..n).map(|i| &xs[(i * c + ch) * h * w..][..h * w]);
                 let mean = planes().flatten().map(|&v| v as f64).sum::<f64>() / m as f64;
-                let ss = planes()
-                    .flatten()
-                    .map(|&v| (v as f64 - mean).powi(2))
-                    .sum::<f64>();
+                let ss = planes().flatten().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>();
                 (mean, ss / m as f64)
             })
             .collect();
@@ -183,27 +180,24 @@ impl BatchNorm2d {
         let m = (n * h * w) as f64;
         let mut dx = Array4::zeros([n, c, h, w]);
         let dx_slice = dx.as_slice_mut().expect("fresh arrays are contiguous");
-        dx_slice
-            .par_chunks_mut(h * w)
-            .enumerate()
-            .for_each(|(p, plane)| {
-                let ch = p % c;
-                let (mean, rstd, g) = (cache.mean[ch], cache.rstd[ch] as f64, gamma[ch] as f64);
-                let (x_p, dy_p) = (&xs[p * h * w..][..h * w], &dys[p * h * w..][..h * w]);
-                if cache.batch_statistics {
-                    let (sum_dy, sum_dy_xhat) = sums[ch];
-                    let k = g * rstd / m;
-                    for ((d, &xv), &dyv) in plane.iter_mut().zip(x_p).zip(dy_p) {
-                        let xhat = (xv - mean) as f64 * rstd;
-                        *d = (k * (m * dyv as f64 - sum_dy - xhat * sum_dy_xhat)) as f32;
-                    }
-                } else {
-                    let k = (g * rstd) as f32;
-                    for (d, &dyv) in plane.iter_mut().zip(dy_p) {
-                        *d = k * dyv;
-                    }
+        dx_slice.par_chunks_mut(h * w).enumerate().for_each(|(p, plane)| {
+            let ch = p % c;
+            let (mean, rstd, g) = (cache.mean[ch], cache.rstd[ch] as f64, gamma[ch] as f64);
+            let (x_p, dy_p) = (&xs[p * h * w..][..h * w], &dys[p * h * w..][..h * w]);
+            if cache.batch_statistics {
+                let (sum_dy, sum_dy_xhat) = sums[ch];
+                let k = g * rstd / m;
+                for ((d, &xv), &dyv) in plane.iter_mut().zip(x_p).zip(dy_p) {
+                    let xhat = (xv - mean) as f64 * rstd;
+                    *d = (k * (m * dyv as f64 - sum_dy - xhat * sum_dy_xhat)) as f32;
                 }
-            });
+            } else {
+                let k = (g * rstd) as f32;
+                for (d, &dyv) in plane.iter_mut().zip(dy_p) {
+                    *d = k * dyv;
+                }
+            }
+        });
         Ok(dx)
     }
 
@@ -218,16 +212,11 @@ impl BatchNorm2d {
     ) -> Result<()> {
         self.check(
             x.shape(),
-            &[
-                ("gamma gradient", dgamma.shape()),
-                ("beta gradient", dbeta.shape()),
-            ],
+            &[("gamma gradient", dgamma.shape()), ("beta gradient", dbeta.shape())],
         )?;
         expect_shape("batch_norm2d output gradient", x.shape(), dy.shape())?;
         let sums = channel_sums(&contiguous(&x), &contiguous(&dy), dims4(&x), cache);
-        with_contiguous_mut(dbeta, |db| {
-            db.iter_mut().zip(&sums).for_each(|(d, s)| *d += s.0 as f32)
-        });
+        with_contiguous_mut(dbeta, |db| db.iter_mut().zip(&sums).for_each(|(d, s)| *d += s.0 as f32));
         with_contiguous_mut(dgamma, |dg| {
             dg.iter_mut().zip(&sums).for_each(|(d, s)| *d += s.1 as f32)
         });
@@ -258,28 +247,20 @@ fn normalize(
     let mut y = Array4::zeros([n, c, h, w]);
     let y_slice = y.as_slice_mut().expect("fresh arrays are contiguous");
     if h * w > 0 {
-        y_slice
-            .par_chunks_mut(h * w)
-            .enumerate()
-            .for_each(|(p, plane)| {
-                let ch = p % c;
-                let scale = gamma[ch] * cache.rstd[ch];
-                let shift = beta[ch] - cache.mean[ch] * scale;
-                for (yv, &xv) in plane.iter_mut().zip(&x[p * h * w..][..h * w]) {
-                    *yv = xv * scale + shift;
-                }
-            });
+        y_slice.par_chunks_mut(h * w).enumerate().for_each(|(p, plane)| {
+            let ch = p % c;
+            let scale = gamma[ch] * cache.rstd[ch];
+            let shift = beta[ch] - cache.mean[ch] * scale;
+            for (yv, &xv) in plane.iter_mut().zip(&x[p * h * w..][..h * w]) {
+                *yv = xv * scale + shift;
+            }
+        });
     }
     y
 }
 
 /// Per channel: `(sum(dy), sum(dy * xhat))` in f64.
-fn channel_sums(
-    x: &[f32],
-    dy: &[f32],
-    [n, c, h, w]: [usize; 4],
-    cache: &BatchNormCache,
-) -> Vec<(f64, f64)> {
+fn channel_sums(x: &[f32], dy: &[f32], [n, c, h, w]: [usize; 4], cache: &BatchNormCache) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {

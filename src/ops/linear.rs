@@ -36,18 +36,9 @@ impl Linear {
     }
 
     /// `y = x · Wᵀ + b`.
-    pub fn forward(
-        &self,
-        x: ArrayView2<f32>,
-        w: ArrayView2<f32>,
-        b: Option<ArrayView1<f32>>,
-    ) -> Result<Array2<f32>> {
+    pub fn forward(&self, x: ArrayView2<f32>, w: ArrayView2<f32>, b: Option<ArrayView1<f32>>) -> Result<Array2<f32>> {
         let n = self.check_input(x.shape())?;
-        expect_shape(
-            "linear weight",
-            &[self.out_features, self.in_features],
-            w.shape(),
-        )?;
+        expect_shape("linear weight", &[self.out_features, self.in_features], w.shape())?;
         let mut y = Array2::zeros([n, self.out_features]);
         if let Some(b) = &b {
             expect_shape("linear bias", &[self.out_features], b.shape())?;
@@ -72,17 +63,9 @@ impl Linear {
 
     /// `dx = dy · W`.
     pub fn backward_input(&self, w: ArrayView2<f32>, dy: ArrayView2<f32>) -> Result<Array2<f32>> {
-        expect_shape(
-            "linear weight",
-            &[self.out_features, self.in_features],
-            w.shape(),
-        )?;
+        expect_shape("linear weight", &[self.out_features, self.in_features], w.shape())?;
         let n = dy.shape()[0];
-        expect_shape(
-            "linear output gradient",
-            &[n, self.out_features],
-            dy.shape(),
-        )?;
+        expect_shape("linear output gradient", &[n, self.out_features], dy.shape())?;
         let mut dx = Array2::zeros([n, self.in_features]);
         let (ws, dys) = (contiguous(&w), contiguous(&dy));
         let dx_mat = MatMut::row_major(
@@ -101,18 +84,9 @@ impl Linear {
     }
 
     /// Adds `dyᵀ · x` to `dw`.
-    pub fn backward_weight(
-        &self,
-        x: ArrayView2<f32>,
-        dy: ArrayView2<f32>,
-        dw: ArrayViewMut2<f32>,
-    ) -> Result<()> {
+    pub fn backward_weight(&self, x: ArrayView2<f32>, dy: ArrayView2<f32>, dw: ArrayViewMut2<f32>) -> Result<()> {
         let n = self.check_input(x.shape())?;
-        expect_shape(
-            "linear output gradient",
-            &[n, self.out_features],
-            dy.shape(),
-        )?;
+        expect_shape("linear output gradient", &[n, self.out_features], dy.shape())?;
         expect_shape(
             "linear weight gradient",
             &[self.out_features, self.in_features],
@@ -136,16 +110,10 @@ impl Linear {
     /// Adds the column sums of `dy` to `db`.
     pub fn backward_bias(&self, dy: ArrayView2<f32>, db: ArrayViewMut1<f32>) -> Result<()> {
         let n = dy.shape()[0];
-        expect_shape(
-            "linear output gradient",
-            &[n, self.out_features],
-            dy.shape(),
-        )?;
+        expect_shape("linear output gradient", &[n, self.out_features], dy.shape())?;
         expect_shape("linear bias gradient", &[self.out_features], db.shape())?;
         let dys = contiguous(&dy);
-        with_contiguous_mut(db, |db| {
-            crate::ops::conv::bias_grad(&dys, n, self.out_features, 1, db)
-        });
+        with_contiguous_mut(db, |db| crate::ops::conv::bias_grad(&dys, n, self.out_features, 1, db));
         Ok(())
     }
 }

@@ -35,11 +35,7 @@ impl SoftmaxCrossEntropy {
     }
 
     /// The batch-mean loss, and the cache for backward.
-    pub fn forward(
-        &self,
-        logits: ArrayView2<f32>,
-        labels: &[usize],
-    ) -> Result<(f32, CrossEntropyCache)> {
+    pub fn forward(&self, logits: ArrayView2<f32>, labels: &[usize]) -> Result<(f32, CrossEntropyCache)> {
         let (n, classes) = (logits.shape()[0], logits.shape()[1]);
         if labels.len() != n {
             return Err(Error::shape(
@@ -69,18 +65,10 @@ impl SoftmaxCrossEntropy {
         let eps = self.label_smoothing as f64;
         let mut probabilities = Array2::zeros([n, classes]);
         let mut total = 0.0f64;
-        for ((row, mut p), &label) in z
-            .chunks_exact(classes)
-            .zip(probabilities.rows_mut())
-            .zip(labels)
-        {
+        for ((row, mut p), &label) in z.chunks_exact(classes).zip(probabilities.rows_mut()).zip(labels) {
             // log-softmax through the log-sum-exp of shifted logits, in f64.
             let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-            let log_sum = row
-                .iter()
-                .map(|&v| (v as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
+            let log_sum = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
             let log_p = |c: usize| row[c] as f64 - max - log_sum;
             let smooth_term = (0..classes).map(log_p).sum::<f64>() / classes as f64;
             total -= (1.0 - eps) * log_p(label) + eps * smooth_term;

@@ -47,9 +47,7 @@ impl PoolWindow {
     /// Resolves the geometry for an input of shape `[n, c, h, w]`.
     pub fn geometry(&self, op: &str, input: [usize; 4]) -> Result<PoolGeometry> {
         let [batch, channels, h, w] = input;
-        let p = self
-            .padding
-            .resolve([h, w], self.kernel, self.stride, [1, 1]);
+        let p = self.padding.resolve([h, w], self.kernel, self.stride, [1, 1]);
         let h = Axis::new(
             op,
             h,
@@ -79,12 +77,7 @@ impl PoolWindow {
                 ));
             }
         }
-        Ok(PoolGeometry {
-            batch,
-            channels,
-            h,
-            w,
-        })
+        Ok(PoolGeometry { batch, channels, h, w })
     }
 }
 
@@ -171,10 +164,7 @@ impl MaxPool2d {
     pub fn forward(&self, x: ArrayView4<f32>) -> Result<(Array4<f32>, MaxPoolCache)> {
         let g = self.window.geometry("max_pool2d", dims4(&x))?;
         if g.h.input * g.w.input > u32::MAX as usize {
-            return Err(Error::config(
-                "max_pool2d",
-                "an input plane of more than 2^32 pixels",
-            ));
+            return Err(Error::config("max_pool2d", "an input plane of more than 2^32 pixels"));
         }
         let x = contiguous(&x);
         let mut y = Array4::zeros(g.output_shape());
@@ -190,13 +180,7 @@ impl MaxPool2d {
                     max_plane(&g, &x[p * in_plane..][..in_plane], y_plane, arg_plane)
                 });
         }
-        Ok((
-            y,
-            MaxPoolCache {
-                geometry: g,
-                argmax,
-            },
-        ))
+        Ok((y, MaxPoolCache { geometry: g, argmax }))
     }
 
     /// The input gradient: each output's gradient goes to the input that was its maximum.
@@ -208,15 +192,12 @@ impl MaxPool2d {
         let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
         if in_plane > 0 && out_plane > 0 {
             let dx_slice = dx.as_slice_mut().expect("fresh arrays are contiguous");
-            dx_slice
-                .par_chunks_mut(in_plane)
-                .enumerate()
-                .for_each(|(p, dx_plane)| {
-                    let range = p * out_plane..(p + 1) * out_plane;
-                    for (&i, &d) in cache.argmax[range.clone()].iter().zip(&dy[range]) {
-                        dx_plane[i as usize] += d;
-                    }
-                });
+            dx_slice.par_chunks_mut(in_plane).enumerate().for_each(|(p, dx_plane)| {
+                let range = p * out_plane..(p + 1) * out_plane;
+                for (&i, &d) in cache.argmax[range.clone()].iter().zip(&dy[range]) {
+                    dx_plane[i as usize] += d;
+                }
+            });
         }
         Ok(dx)
     }
@@ -305,23 +286,18 @@ impl AvgPool2d {
         let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
         if out_plane > 0 {
             let y_slice = y.as_slice_mut().expect("fresh arrays are contiguous");
-            y_slice
-                .par_chunks_mut(out_plane)
-                .enumerate()
-                .for_each(|(p, y_plane)| {
-                    let x_plane = &x[p * in_plane..][..in_plane];
-                    for oy in 0..g.h.output {
-                        for ox in 0..g.w.output {
-                            let mut sum = 0.0f32;
-                            for iy in clipped(&g.h, oy) {
-                                sum += x_plane[iy * g.w.input..][clipped(&g.w, ox)]
-                                    .iter()
-                                    .sum::<f32>();
-                            }
-                            y_plane[oy * g.w.output + ox] = sum / self.divisor(&g, oy, ox);
+            y_slice.par_chunks_mut(out_plane).enumerate().for_each(|(p, y_plane)| {
+                let x_plane = &x[p * in_plane..][..in_plane];
+                for oy in 0..g.h.output {
+                    for ox in 0..g.w.output {
+                        let mut sum = 0.0f32;
+                        for iy in clipped(&g.h, oy) {
+                            sum += x_plane[iy * g.w.input..][clipped(&g.w, ox)].iter().sum::<f32>();
                         }
+                        y_plane[oy * g.w.output + ox] = sum / self.divisor(&g, oy, ox);
                     }
-                });
+                }
+            });
         }
         Ok(y)
     }
@@ -335,22 +311,19 @@ impl AvgPool2d {
         let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
         if in_plane > 0 && out_plane > 0 {
             let dx_slice = dx.as_slice_mut().expect("fresh arrays are contiguous");
-            dx_slice
-                .par_chunks_mut(in_plane)
-                .enumerate()
-                .for_each(|(p, dx_plane)| {
-                    let dy_plane = &dy[p * out_plane..][..out_plane];
-                    for oy in 0..g.h.output {
-                        for ox in 0..g.w.output {
-                            let share = dy_plane[oy * g.w.output + ox] / self.divisor(&g, oy, ox);
-                            for iy in clipped(&g.h, oy) {
-                                for d in &mut dx_plane[iy * g.w.input..][clipped(&g.w, ox)] {
-                                    *d += share;
-                                }
+            dx_slice.par_chunks_mut(in_plane).enumerate().for_each(|(p, dx_plane)| {
+                let dy_plane = &dy[p * out_plane..][..out_plane];
+                for oy in 0..g.h.output {
+                    for ox in 0..g.w.output {
+                        let share = dy_plane[oy * g.w.output + ox] / self.divisor(&g, oy, ox);
+                        for iy in clipped(&g.h, oy) {
+                            for d in &mut dx_plane[iy * g.w.input..][clipped(&g.w, ox)] {
+                                *d += share;
                             }
                         }
                     }
-                });
+                }
+            });
         }
         Ok(dx)
     }
@@ -375,17 +348,11 @@ pub fn global_avg_pool(x: ArrayView4<f32>) -> Result<Array4<f32>> {
 }
 
 /// The gradient of [`global_avg_pool`]: each pixel receives `dy / (h * w)`.
-pub fn global_avg_pool_backward(
-    dy: ArrayView4<f32>,
-    input_shape: [usize; 4],
-) -> Result<Array4<f32>> {
+pub fn global_avg_pool_backward(dy: ArrayView4<f32>, input_shape: [usize; 4]) -> Result<Array4<f32>> {
     let [n, c, h, w] = input_shape;
     expect_shape("global_avg_pool output gradient", &[n, c, 1, 1], dy.shape())?;
     let scale = 1.0 / (h * w) as f32;
     let dy = contiguous(&dy);
-    let data: Vec<f32> = dy
-        .iter()
-        .flat_map(|&d| std::iter::repeat_n(d * scale, h * w))
-        .collect();
+    let data: Vec<f32> = dy.iter().flat_map(|&d| std::iter::repeat_n(d * scale, h * w)).collect();
     Ok(Array4::from_shape_vec(input_shape, data).expect("h * w values per plane"))
 }

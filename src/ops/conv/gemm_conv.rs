@@ -47,116 +47,67 @@ where
     }
 }
 
-pub(super) fn forward(
-    g: &ConvGeometry,
-    lowering: Lowering,
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    y: &mut [f32],
-) {
+pub(super) fn forward(g: &ConvGeometry, lowering: Lowering, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
     let (k, pixels) = (g.patch_len(), g.output_pixels());
-    per_image(
-        g.batch,
-        y,
-        lowering.scratch_len(g),
-        |n, y_img, scratch, threads| {
-            let x_img = &x[n * g.input_image_len()..][..g.input_image_len()];
-            let col = match lowering {
-                Lowering::Direct => x_img,
-                Lowering::Im2col => {
-                    im2col(g, x_img, scratch);
-                    &*scratch
-                }
-            };
-            // The bias is written first and the product accumulated onto it: no second pass over y.
-            if let Some(b) = b {
-                for (row, &bias) in y_img.chunks_exact_mut(pixels).zip(b) {
-                    row.fill(bias);
-                }
-            }
-            let y_mat = MatMut::row_major(y_img, g.out_channels, pixels);
-            matmul(
-                y_mat,
-                MatRef::row_major(w, g.out_channels, k),
-                MatRef::row_major(col, k, pixels),
-                b.is_some(),
-                threads,
-            );
-        },
-    );
-}
-
-pub(super) fn backward_input(
-    g: &ConvGeometry,
-    lowering: Lowering,
-    w: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-) {
-    let (k, pixels) = (g.patch_len(), g.output_pixels());
-    per_image(
-        g.batch,
-        dx,
-        lowering.scratch_len(g),
-        |n, dx_img, scratch, threads| {
-            let dy_img = MatRef::row_major(&dy[n * g.output_image_len()..], g.out_channels, pixels);
-            let w_t = MatRef::row_major(w, g.out_channels, k).t();
-            match lowering {
-                Lowering::Direct => matmul(
-                    MatMut::row_major(dx_img, k, pixels),
-                    w_t,
-                    dy_img,
-                    false,
-                    threads,
-                ),
-                Lowering::Im2col => {
-                    matmul(
-                        MatMut::row_major(scratch, k, pixels),
-                        w_t,
-                        dy_img,
-                        false,
-                        threads,
-                    );
-                    dx_img.fill(0.0);
-                    col2im(g, scratch, dx_img);
-                }
-            }
-        },
-    );
-}
-
-pub(super) fn backward_weight(
-    g: &ConvGeometry,
-    lowering: Lowering,
-    x: &[f32],
-    dy: &[f32],
-    dw: &mut [f32],
-) {
-    let (k, pixels) = (g.patch_len(), g.output_pixels());
-    // dw += dy_img · col_imgᵀ, summed over the images in `images`.
-    let accumulate_images =
-        |images: std::ops::Range<usize>, dw: &mut [f32], col: &mut Vec<f32>, threads| {
-            for n in images {
-                let x_img = &x[n * g.input_image_len()..][..g.input_image_len()];
-                let col_t = match lowering {
-                    Lowering::Direct => MatRef::row_major(x_img, k, pixels).t(),
-                    Lowering::Im2col => {
-                        im2col(g, x_img, col);
-                        MatRef::row_major(col, k, pixels).t()
-                    }
-                };
-                let dy_img =
-                    MatRef::row_major(&dy[n * g.output_image_len()..], g.out_channels, pixels);
-                matmul(
-                    MatMut::row_major(dw, g.out_channels, k),
-                    dy_img,
-                    col_t,
-                    true,
-                    threads,
-                );
+    per_image(g.batch, y, lowering.scratch_len(g), |n, y_img, scratch, threads| {
+        let x_img = &x[n * g.input_image_len()..][..g.input_image_len()];
+        let col = match lowering {
+            Lowering::Direct => x_img,
+            Lowering::Im2col => {
+                im2col(g, x_img, scratch);
+                &*scratch
             }
         };
+        // The bias is written first and the product accumulated onto it: no second pass over y.
+        if let Some(b) = b {
+            for (row, &bias) in y_img.chunks_exact_mut(pixels).zip(b) {
+                row.fill(bias);
+            }
+        }
+        let y_mat = MatMut::row_major(y_img, g.out_channels, pixels);
+        matmul(
+            y_mat,
+            MatRef::row_major(w, g.out_channels, k),
+            MatRef::row_major(col, k, pixels),
+            b.is_some(),
+            threads,
+        );
+    });
+}
+
+pub(super) fn backward_input(g: &ConvGeometry, lowering: Lowering, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (k, pixels) = (g.patch_len(), g.output_pixels());
+    per_image(g.batch, dx, lowering.scratch_len(g), |n, dx_img, scratch, threads| {
+        let dy_img = MatRef::row_major(&dy[n * g.output_image_len()..], g.out_channels, pixels);
+        let w_t = MatRef::row_major(w, g.out_channels, k).t();
+        match lowering {
+            Lowering::Direct => matmul(MatMut::row_major(dx_img, k, pixels), w_t, dy_img, false, threads),
+            Lowering::Im2col => {
+                matmul(MatMut::row_major(scratch, k, pixels), w_t, dy_img, false, threads);
+                dx_img.fill(0.0);
+                col2im(g, scratch, dx_img);
+            }
+        }
+    });
+}
+
+pub(super) fn backward_weight(g: &ConvGeometry, lowering: Lowering, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let (k, pixels) = (g.patch_len(), g.output_pixels());
+    // dw += dy_img · col_imgᵀ, summed over the images in `images`.
+    let accumulate_images = |images: std::ops::Range<usize>, dw: &mut [f32], col: &mut Vec<f32>, threads| {
+        for n in images {
+            let x_img = &x[n * g.input_image_len()..][..g.input_image_len()];
+            let col_t = match lowering {
+                Lowering::Direct => MatRef::row_major(x_img, k, pixels).t(),
+                Lowering::Im2col => {
+                    im2col(g, x_img, col);
+                    MatRef::row_major(col, k, pixels).t()
+                }
+            };
+            let dy_img = MatRef::row_major(&dy[n * g.output_image_len()..], g.out_channels, pixels);
+            matmul(MatMut::row_major(dw, g.out_channels, k), dy_img, col_t, true, threads);
+        }
+    };
     let threads = rayon::current_num_threads();
     let scratch_len = lowering.scratch_len(g);
     if g.batch < threads.max(2) {

@@ -105,12 +105,7 @@ impl Conv2d {
 
     /// The weight's shape, `[out, in, kh, kw]`.
     pub fn weight_shape(&self) -> [usize; 4] {
-        [
-            self.out_channels,
-            self.in_channels,
-            self.kernel[0],
-            self.kernel[1],
-        ]
+        [self.out_channels, self.in_channels, self.kernel[0], self.kernel[1]]
     }
 
     /// Resolves the geometry for an input of shape `[n, c, h, w]`, checking channels and sizes.
@@ -126,9 +121,7 @@ impl Conv2d {
         if self.in_channels == 0 || self.out_channels == 0 {
             return Err(Error::config("conv2d", "channel counts must be at least 1"));
         }
-        let p = self
-            .padding
-            .resolve([h, w], self.kernel, self.stride, self.dilation);
+        let p = self.padding.resolve([h, w], self.kernel, self.stride, self.dilation);
         let op = "conv2d";
         Ok(ConvGeometry {
             batch,
@@ -161,12 +154,7 @@ impl Conv2d {
     }
 
     /// `y = conv(x, w) + b`.
-    pub fn forward(
-        &self,
-        x: ArrayView4<f32>,
-        w: ArrayView4<f32>,
-        b: Option<ArrayView1<f32>>,
-    ) -> Result<Array4<f32>> {
+    pub fn forward(&self, x: ArrayView4<f32>, w: ArrayView4<f32>, b: Option<ArrayView1<f32>>) -> Result<Array4<f32>> {
         let g = self.geometry(dims4(&x))?;
         self.check_params(&w, b.as_ref())?;
         let algo = choose_algo(self.algo, &g)?;
@@ -196,12 +184,7 @@ impl Conv2d {
     }
 
     /// Adds the weight gradient to `dw` (shape `[out, in, kh, kw]`).
-    pub fn backward_weight(
-        &self,
-        x: ArrayView4<f32>,
-        dy: ArrayView4<f32>,
-        dw: ArrayViewMut4<f32>,
-    ) -> Result<()> {
+    pub fn backward_weight(&self, x: ArrayView4<f32>, dy: ArrayView4<f32>, dw: ArrayViewMut4<f32>) -> Result<()> {
         let g = self.geometry(dims4(&x))?;
         expect_shape("conv2d output gradient", &g.output_shape(), dy.shape())?;
         expect_shape("conv2d weight gradient", &self.weight_shape(), dw.shape())?;
@@ -317,14 +300,7 @@ impl std::fmt::Display for ConvGeometry {
 }
 
 /// Forward on contiguous NCHW slices with a resolved algorithm; `y` is overwritten.
-pub fn forward_slices(
-    g: &ConvGeometry,
-    algo: ConvAlgo,
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    y: &mut [f32],
-) {
+pub fn forward_slices(g: &ConvGeometry, algo: ConvAlgo, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
     debug_assert_eq!(x.len(), g.batch * g.input_image_len());
     debug_assert_eq!(y.len(), g.batch * g.output_image_len());
     match algo {
@@ -336,13 +312,7 @@ pub fn forward_slices(
 }
 
 /// Input gradient on contiguous slices; `dx` is overwritten.
-pub fn backward_input_slices(
-    g: &ConvGeometry,
-    algo: ConvAlgo,
-    w: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-) {
+pub fn backward_input_slices(g: &ConvGeometry, algo: ConvAlgo, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     match algo {
         ConvAlgo::Naive => naive::backward_input(g, w, dy, dx),
         _ => gemm_conv::backward_input(g, lowering(g, algo), w, dy, dx),
@@ -350,13 +320,7 @@ pub fn backward_input_slices(
 }
 
 /// Weight gradient on contiguous slices, added to `dw`.
-pub fn backward_weight_slices(
-    g: &ConvGeometry,
-    algo: ConvAlgo,
-    x: &[f32],
-    dy: &[f32],
-    dw: &mut [f32],
-) {
+pub fn backward_weight_slices(g: &ConvGeometry, algo: ConvAlgo, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     match algo {
         ConvAlgo::Naive => naive::backward_weight(g, x, dy, dw),
         _ => gemm_conv::backward_weight(g, lowering(g, algo), x, dy, dw),

@@ -20,8 +20,7 @@ fn for_each_tap(g: &ConvGeometry, n: usize, mut f: impl FnMut(usize, usize, usiz
                                 continue;
                             };
                             let in_index = ((n * g.in_channels + ci) * h.input + iy) * w.input + ix;
-                            let w_index =
-                                ((co * g.in_channels + ci) * h.kernel + ky) * w.kernel + kx;
+                            let w_index = ((co * g.in_channels + ci) * h.kernel + ky) * w.kernel + kx;
                             f(in_index, w_index, out_index);
                         }
                     }

@@ -1,0 +1,89 @@
+//! Helpers shared by the integration tests: seeded random tensors, error measures, and a central-difference
+//! gradient checker.
+#![allow(dead_code)]
+
+use incept::ndarray::{Array, Array4, Dimension};
+
+/// A seeded array of values uniform in `[-1, 1)`.
+pub fn random<D: Dimension>(shape: D, seed: u64) -> Array<f32, D> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    Array::from_shape_simple_fn(shape, || rng.f32() * 2.0 - 1.0)
+}
+
+/// A seeded 4-D array with values uniform in `[-1, 1)`.
+pub fn random4(shape: [usize; 4], seed: u64) -> Array4<f32> {
+    random(incept::ndarray::Dim(shape), seed)
+}
+
+/// `max |a - b| / max(max |b|, floor)`: the worst error relative to the scale of the expected values.
+pub fn max_rel_error(found: &[f32], expected: &[f32], floor: f64) -> f64 {
+    assert_eq!(found.len(), expected.len(), "compared slices differ in length");
+    let scale = expected.iter().fold(floor, |m, &v| m.max((v as f64).abs()));
+    let worst = found
+        .iter()
+        .zip(expected)
+        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+    worst / scale
+}
+
+/// `||a - b||₂ / ||b||₂`: relative L2 error.
+pub fn rel_l2(found: &[f32], expected: &[f32]) -> f64 {
+    assert_eq!(found.len(), expected.len(), "compared slices differ in length");
+    let diff: f64 = found
+        .iter()
+        .zip(expected)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
+    let norm: f64 = expected.iter().map(|&b| (b as f64).powi(2)).sum();
+    (diff / norm.max(1e-300)).sqrt()
+}
+
+/// `sum(y * r)` in f64: the scalar whose gradient with respect to `y` is `r`.
+pub fn project(y: &[f32], r: &[f32]) -> f64 {
+    y.iter().zip(r).map(|(&a, &b)| a as f64 * b as f64).sum()
+}
+
+/// Central-difference gradient check of `analytic` = d loss / d `variable`.
+///
+/// Perturbs up to `max_probes` elements (all of them if there are fewer, else an evenly spread subset)
+/// by `±h`, evaluates `loss` each time, and returns the worst error relative to the largest analytic
+/// gradient magnitude. `variable` is restored afterwards.
+pub fn grad_check(
+    variable: &mut [f32],
+    analytic: &[f32],
+    h: f32,
+    max_probes: usize,
+    mut loss: impl FnMut(&[f32]) -> f64,
+) -> f64 {
+    assert_eq!(variable.len(), analytic.len());
+    let n = variable.len();
+    let step = n.div_ceil(max_probes.max(1)).max(1);
+    let scale = analytic.iter().fold(1e-6f64, |m, &g| m.max((g as f64).abs()));
+    let mut worst = 0f64;
+    for i in (0..n).step_by(step) {
+        let original = variable[i];
+        variable[i] = original + h;
+        let plus = loss(variable);
+        variable[i] = original - h;
+        let minus = loss(variable);
+        variable[i] = original;
+        // The step actually taken, after f32 rounding of `original ± h`.
+        let taken = ((original + h) as f64) - ((original - h) as f64);
+        let numeric = (plus - minus) / taken;
+        worst = worst.max((numeric - analytic[i] as f64).abs() / scale);
+    }
+    worst
+}
+
+/// Values in `[-1, 1)` whose pairwise gaps all exceed `gap`, so a perturbation of less than `gap / 2`
+/// never changes which element of a pooling window is the largest, nor the sign at a ReLU.
+pub fn well_separated(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut order: Vec<usize> = (0..len).collect();
+    rng.shuffle(&mut order);
+    // Spread over [-1, 1) and keep every value away from 0 as well.
+    order
+        .iter()
+        .map(|&k| -1.0 + 2.0 * (k as f32 + 0.5) / len as f32)
+        .collect()
+}
