@@ -55,7 +55,6 @@ pub fn grad_check(
     max_probes: usize,
     mut loss: impl FnMut(&[f32]) -> f64,
 ) -> f64 {
-    assert_eq!(variable.len(), analytic.len());
     let n = variable.len();
     let step = n.div_ceil(max_probes.max(1)).max(1);
     let scale = analytic.iter().fold(1e-6f64, |m, &g| m.max((g as f64).abs()));
@@ -69,10 +68,79 @@ pub fn grad_check(
         variable[i] = original;
         // The step actually taken, after f32 rounding of `original ± h`.
         let taken = ((original + h) as f64) - ((original - h) as f64);
-        let numeric = (plus - minus) / taken;
-        worst = worst.max((numeric - analytic[i] as f64).abs() / scale);
+        worst = worst.max(((plus - minus) / taken - analytic[i] as f64).abs() / scale);
     }
     worst
+}
+
+/// The outcome of [`grad_check_piecewise_linear`].
+#[derive(Debug, Clone, Copy)]
+pub struct GradCheck {
+    /// Worst error relative to the largest analytic gradient magnitude.
+    pub worst: f64,
+    /// Probes compared.
+    pub probes: usize,
+    /// Of those, probes measured one-sided because the other side left the linear piece.
+    pub one_sided: usize,
+    /// Probes given up because both sides left the piece even at `h / 100`.
+    pub skipped: usize,
+}
+
+/// [`grad_check`] for functions that are piecewise linear in each variable (convs, ReLUs, max pools):
+/// `loss` returns `None` when the perturbed point lies on another linear piece than the unperturbed one
+/// (a ReLU changed sign, a max changed place). On one piece any difference quotient is exact up to
+/// rounding, so a probe with one side off the piece uses the other side alone; with both sides off it
+/// retries at `h / 10` and `h / 100`, then is skipped and counted.
+pub fn grad_check_piecewise_linear(
+    variable: &mut [f32],
+    analytic: &[f32],
+    h: f32,
+    max_probes: usize,
+    mut loss: impl FnMut(&[f32]) -> Option<f64>,
+) -> GradCheck {
+    assert_eq!(variable.len(), analytic.len());
+    let base = loss(variable).expect("the unperturbed point lies on its own piece");
+    let n = variable.len();
+    let step = n.div_ceil(max_probes.max(1)).max(1);
+    let scale = analytic.iter().fold(1e-6f64, |m, &g| m.max((g as f64).abs()));
+    let mut result = GradCheck {
+        worst: 0.0,
+        probes: 0,
+        one_sided: 0,
+        skipped: 0,
+    };
+    for i in (0..n).step_by(step) {
+        let original = variable[i];
+        let mut numeric = None;
+        for h in [h, h / 10.0, h / 100.0] {
+            let (up, down) = (original + h, original - h);
+            variable[i] = up;
+            let plus = loss(variable);
+            variable[i] = down;
+            let minus = loss(variable);
+            variable[i] = original;
+            // Steps as actually taken, after f32 rounding.
+            let (up, down, at) = (up as f64, down as f64, original as f64);
+            numeric = match (plus, minus) {
+                (Some(p), Some(m)) => Some((p - m) / (up - down)),
+                (Some(p), None) => Some((p - base) / (up - at)),
+                (None, Some(m)) => Some((base - m) / (at - down)),
+                (None, None) => continue,
+            };
+            if plus.is_none() || minus.is_none() {
+                result.one_sided += 1;
+            }
+            break;
+        }
+        match numeric {
+            Some(numeric) => {
+                result.worst = result.worst.max((numeric - analytic[i] as f64).abs() / scale);
+                result.probes += 1;
+            }
+            None => result.skipped += 1,
+        }
+    }
+    result
 }
 
 /// Values in `[-1, 1)` whose pairwise gaps all exceed `gap`, so a perturbation of less than `gap / 2`
