@@ -2,6 +2,8 @@
 //! gradient checker.
 #![allow(dead_code)]
 
+pub mod fixture;
+
 use incept::ndarray::{Array, Array4, Dimension};
 
 /// A seeded array of values uniform in `[-1, 1)`.

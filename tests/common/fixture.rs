@@ -1,0 +1,87 @@
+//! Reads the PyTorch fixtures written by `fixtures/generate.py`: tensors named `<case>/<name>`, settings
+//! in the safetensors metadata under `<case>` as `key=value;key=value`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use incept::ndarray::{ArrayD, IxDyn};
+use safetensors::{Dtype, SafeTensors};
+
+pub struct Fixture {
+    name: String,
+    bytes: Vec<u8>,
+    settings: BTreeMap<String, HashMap<String, String>>,
+}
+
+impl Fixture {
+    pub fn open(name: &str) -> Fixture {
+        let path = format!("{}/fixtures/{name}.safetensors", env!("CARGO_MANIFEST_DIR"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e} (run fixtures/generate.py)"));
+        let (_, metadata) = SafeTensors::read_metadata(&bytes).expect("fixture header");
+        let settings = metadata
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(case, s)| {
+                let kv = s.split(';').filter(|p| !p.is_empty()).map(|p| {
+                    let (k, v) = p.split_once('=').expect("key=value");
+                    (k.to_string(), v.to_string())
+                });
+                (case, kv.collect())
+            })
+            .collect();
+        Fixture {
+            name: name.to_string(),
+            bytes,
+            settings,
+        }
+    }
+
+    /// Case names, sorted.
+    pub fn cases(&self) -> Vec<String> {
+        self.settings.keys().cloned().collect()
+    }
+
+    fn setting(&self, case: &str, key: &str) -> &str {
+        self.settings[case]
+            .get(key)
+            .unwrap_or_else(|| panic!("{}: case {case} has no setting {key}", self.name))
+    }
+
+    pub fn usizes(&self, case: &str, key: &str) -> Vec<usize> {
+        self.setting(case, key)
+            .split(',')
+            .map(|v| v.parse().expect("integer setting"))
+            .collect()
+    }
+
+    pub fn pair(&self, case: &str, key: &str) -> [usize; 2] {
+        self.usizes(case, key).try_into().expect("two values")
+    }
+
+    pub fn f32(&self, case: &str, key: &str) -> f32 {
+        self.setting(case, key).parse().expect("float setting")
+    }
+
+    pub fn flag(&self, case: &str, key: &str) -> bool {
+        self.setting(case, key) == "true"
+    }
+
+    pub fn text(&self, case: &str, key: &str) -> String {
+        self.setting(case, key).to_string()
+    }
+
+    pub fn tensor(&self, case: &str, name: &str) -> ArrayD<f32> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("fixture body");
+        let view = st
+            .tensor(&format!("{case}/{name}"))
+            .unwrap_or_else(|e| panic!("{}: {case}/{name}: {e}", self.name));
+        assert_eq!(view.dtype(), Dtype::F32, "{case}/{name}");
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        ArrayD::from_shape_vec(IxDyn(view.shape()), values).expect("shape matches data")
+    }
+}
