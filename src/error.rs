@@ -56,7 +56,7 @@ impl Error {
     }
 }
 
-/// `Result` with incept's [`Error`].
+/// `Result` with incept's [`Error`](enum@Error).
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Checks that `found` equals `expected`, and names `op` and both shapes if not.

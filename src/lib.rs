@@ -34,6 +34,8 @@
 //!
 //! Shape mistakes come back as [`Error::Shape`], naming the op, what it expected and what it found.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod geometry;
 pub(crate) mod matmul;

@@ -1,0 +1,174 @@
+//! Pooling, batch norm and linear against plain-loop f64 references written straight from PyTorch's
+//! definitions, on awkward shapes: channels {1, 3, 4, 13, 16, 17}, odd and non-square maps, stride 2,
+//! asymmetric padding, ceil mode. A failing case prints its whole geometry.
+
+mod common;
+
+use common::{max_rel_error, random, random4};
+use incept::Padding;
+use incept::ndarray::{Array1, Array2, Array4, Ix1, Ix2};
+use incept::ops::batchnorm::BatchNorm2d;
+use incept::ops::linear::Linear;
+use incept::ops::pool::{AvgPool2d, MaxPool2d, PoolWindow};
+
+const CHANNELS: [usize; 6] = [1, 3, 4, 13, 16, 17];
+const TOLERANCE: f64 = 1e-6;
+
+fn windows() -> Vec<(PoolWindow, [usize; 2])> {
+    let mut out = Vec::new();
+    let maps = [[9, 7], [6, 11], [12, 12], [5, 8], [13, 10]];
+    for &map in &maps {
+        for (kernel, stride) in [
+            ([3, 3], [2, 2]),
+            ([3, 3], [1, 1]),
+            ([2, 2], [2, 2]),
+            ([3, 2], [2, 1]),
+            ([5, 5], [3, 3]),
+        ] {
+            for padding in [
+                Padding::Valid,
+                Padding::symmetric(1, 1),
+                Padding::explicit(1, 0, 0, 1),
+                Padding::Same,
+            ] {
+                for ceil_mode in [false, true] {
+                    let w = PoolWindow {
+                        kernel,
+                        stride,
+                        padding,
+                        ceil_mode,
+                    };
+                    if w.geometry("test", [1, 1, map[0], map[1]]).is_ok() {
+                        out.push((w, map));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Window `o` of one axis in padded coordinates: `[o * stride - pad_lo, o * stride - pad_lo + kernel)`.
+fn taps(o: usize, stride: usize, pad_lo: usize, kernel: usize) -> impl Iterator<Item = isize> {
+    let start = (o * stride) as isize - pad_lo as isize;
+    start..start + kernel as isize
+}
+
+#[test]
+fn pools_match_plain_loop_references() {
+    let mut cases = 0;
+    let (mut worst_max, mut worst_avg) = (0f64, 0f64);
+    for (i, (window, [h, w])) in windows().into_iter().enumerate() {
+        let c = CHANNELS[i % CHANNELS.len()];
+        let input = [2, c, h, w];
+        let x = random4(input, i as u64);
+        let g = window.geometry("test", input).unwrap();
+        let (pt, pb, pl, pr) = (g.h.pad_lo, g.h.pad_hi, g.w.pad_lo, g.w.pad_hi);
+        let [_, _, oh, ow] = g.output_shape();
+        let what = format!("{window:?} on {input:?} (pads {pt} {pb} {pl} {pr}, output {oh}x{ow})");
+
+        let max_pool = MaxPool2d { window };
+        let (y, _) = max_pool.forward(x.view()).unwrap();
+        let expected_max = Array4::from_shape_fn([2, c, oh, ow], |(n, ch, oy, ox)| {
+            let mut best = f64::NEG_INFINITY;
+            for iy in taps(oy, window.stride[0], pt, window.kernel[0]) {
+                for ix in taps(ox, window.stride[1], pl, window.kernel[1]) {
+                    if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                        best = best.max(x[[n, ch, iy as usize, ix as usize]] as f64);
+                    }
+                }
+            }
+            best as f32
+        });
+        let err = max_rel_error(y.as_slice().unwrap(), expected_max.as_slice().unwrap(), 1e-3);
+        assert!(err <= TOLERANCE, "max pool error {err:.2e}: {what}");
+        worst_max = worst_max.max(err);
+
+        for include in [true, false] {
+            let avg_pool = AvgPool2d {
+                window,
+                count_include_pad: include,
+            };
+            let y = avg_pool.forward(x.view()).unwrap();
+            let expected = Array4::from_shape_fn([2, c, oh, ow], |(n, ch, oy, ox)| {
+                let (mut sum, mut real, mut padded) = (0f64, 0usize, 0usize);
+                for iy in taps(oy, window.stride[0], pt, window.kernel[0]) {
+                    for ix in taps(ox, window.stride[1], pl, window.kernel[1]) {
+                        // PyTorch counts taps inside the padded input, never beyond it (ceil mode's overhang).
+                        let in_padded = (-(pt as isize)..(h + pb) as isize).contains(&iy)
+                            && (-(pl as isize)..(w + pr) as isize).contains(&ix);
+                        padded += in_padded as usize;
+                        if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                            sum += x[[n, ch, iy as usize, ix as usize]] as f64;
+                            real += 1;
+                        }
+                    }
+                }
+                (sum / if include { padded } else { real } as f64) as f32
+            });
+            let err = max_rel_error(y.as_slice().unwrap(), expected.as_slice().unwrap(), 1e-3);
+            assert!(
+                err <= TOLERANCE,
+                "avg pool (count_include_pad {include}) error {err:.2e}: {what}"
+            );
+            worst_avg = worst_avg.max(err);
+        }
+        cases += 1;
+    }
+    eprintln!("pools vs plain loops over {cases} geometries: worst error max {worst_max:.1e}, avg {worst_avg:.1e}");
+}
+
+#[test]
+fn batch_norm_matches_a_plain_loop_reference() {
+    for (i, &c) in CHANNELS.iter().enumerate() {
+        let input = [3, c, 5 + i, 7];
+        let x = random4(input, i as u64) * 3.0 + 1.0;
+        let gamma = random(Ix1(c), 10 + i as u64);
+        let beta = random(Ix1(c), 20 + i as u64);
+        let (mut rm, mut rv) = (Array1::zeros(c), Array1::ones(c));
+        let bn = BatchNorm2d::new(c).with_eps(1e-3).with_momentum(0.1);
+        let (y, _) = bn
+            .forward_train(x.view(), gamma.view(), beta.view(), rm.view_mut(), rv.view_mut())
+            .unwrap();
+        let m = (3 * input[2] * 7) as f64;
+        for ch in 0..c {
+            let values: Vec<f64> = x
+                .slice(incept::ndarray::s![.., ch, .., ..])
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let mean = values.iter().sum::<f64>() / m;
+            let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / m;
+            let expected_y = |v: f64| (v - mean) / (var + 1e-3).sqrt() * gamma[ch] as f64 + beta[ch] as f64;
+            let ys: Vec<f32> = y.slice(incept::ndarray::s![.., ch, .., ..]).iter().copied().collect();
+            let want: Vec<f32> = values.iter().map(|&v| expected_y(v) as f32).collect();
+            let err = max_rel_error(&ys, &want, 1e-3);
+            assert!(err <= 1e-5, "batch norm channel {ch} of {input:?}: error {err:.2e}");
+            assert!(
+                (rm[ch] as f64 - 0.1 * mean).abs() < 1e-5,
+                "running mean, channel {ch} of {input:?}"
+            );
+            let unbiased = var * m / (m - 1.0);
+            assert!(
+                (rv[ch] as f64 - (0.9 + 0.1 * unbiased)).abs() < 1e-5,
+                "running var, channel {ch} of {input:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn linear_matches_a_plain_loop_reference() {
+    for (i, &(n, fin, fout)) in [(1, 1, 1), (3, 13, 4), (17, 16, 17), (5, 1024, 10)].iter().enumerate() {
+        let layer = Linear::new(fin, fout);
+        let x = random(Ix2(n, fin), i as u64);
+        let w = random(Ix2(fout, fin), 10 + i as u64);
+        let b = random(Ix1(fout), 20 + i as u64);
+        let y = layer.forward(x.view(), w.view(), Some(b.view())).unwrap();
+        let expected = Array2::from_shape_fn([n, fout], |(r, o)| {
+            ((0..fin).map(|k| x[[r, k]] as f64 * w[[o, k]] as f64).sum::<f64>() + b[o] as f64) as f32
+        });
+        let err = max_rel_error(y.as_slice().unwrap(), expected.as_slice().unwrap(), 1e-3);
+        assert!(err <= 1e-5, "linear {n}x{fin} -> {fout}: error {err:.2e}");
+    }
+}
