@@ -79,6 +79,19 @@ impl BatchNorm2d {
         Ok(())
     }
 
+    /// Checks a forward call: the input and gamma, beta, running mean and running variance.
+    fn check_forward(&self, x: &[usize], [gamma, beta, mean, var]: [&[usize]; 4]) -> Result<()> {
+        self.check(
+            x,
+            &[
+                ("gamma", gamma),
+                ("beta", beta),
+                ("running_mean", mean),
+                ("running_var", var),
+            ],
+        )
+    }
+
     /// Training-mode forward: normalizes with batch statistics and updates the running ones.
     pub fn forward_train(
         &self,
@@ -88,14 +101,9 @@ impl BatchNorm2d {
         mut running_mean: ArrayViewMut1<f32>,
         mut running_var: ArrayViewMut1<f32>,
     ) -> Result<(Array4<f32>, BatchNormCache)> {
-        self.check(
+        self.check_forward(
             x.shape(),
-            &[
-                ("gamma", gamma.shape()),
-                ("beta", beta.shape()),
-                ("running_mean", running_mean.shape()),
-                ("running_var", running_var.shape()),
-            ],
+            [gamma.shape(), beta.shape(), running_mean.shape(), running_var.shape()],
         )?;
         let [n, c, h, w] = dims4(&x);
         let m = n * h * w;
@@ -146,14 +154,9 @@ impl BatchNorm2d {
         running_mean: ArrayView1<f32>,
         running_var: ArrayView1<f32>,
     ) -> Result<(Array4<f32>, BatchNormCache)> {
-        self.check(
+        self.check_forward(
             x.shape(),
-            &[
-                ("gamma", gamma.shape()),
-                ("beta", beta.shape()),
-                ("running_mean", running_mean.shape()),
-                ("running_var", running_var.shape()),
-            ],
+            [gamma.shape(), beta.shape(), running_mean.shape(), running_var.shape()],
         )?;
         let cache = BatchNormCache {
             mean: running_mean.to_owned(),
