@@ -40,7 +40,7 @@ pub mod error;
 pub mod geometry;
 pub(crate) mod matmul;
 pub mod ops;
-pub(crate) mod tensor;
+pub mod tensor;
 
 pub use error::{Error, Result};
 pub use geometry::{Axis, Padding, Pads};

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use ndarray::{ArrayView, ArrayViewMut, Dimension};
+use rayon::prelude::*;
 
 /// The elements of `x` in logical (row-major) order, borrowed when `x` is contiguous.
 pub(crate) fn contiguous<'a, D: Dimension>(x: &'a ArrayView<'_, f32, D>) -> Cow<'a, [f32]> {
@@ -31,4 +32,162 @@ pub(crate) fn with_contiguous_mut<D: Dimension>(mut a: ArrayViewMut<'_, f32, D>,
 pub(crate) fn dims4<S: ndarray::Data>(x: &ndarray::ArrayBase<S, ndarray::Ix4>) -> [usize; 4] {
     let s = x.shape();
     [s[0], s[1], s[2], s[3]]
+}
+
+/// A batch of images inside a buffer: image `n` is `data[n * stride + offset..][..len]`. Dense batches
+/// have `offset = 0, stride = len`; a branch of an Inception block sees its channel slice of the
+/// concatenated output this way (`offset` = the channels before it, `stride` = all channels).
+#[derive(Clone, Copy)]
+pub struct Images<'a> {
+    data: &'a [f32],
+    offset: usize,
+    len: usize,
+    stride: usize,
+    count: usize,
+}
+
+impl<'a> Images<'a> {
+    /// `count` images of `len` values each, one after another.
+    pub fn dense(data: &'a [f32], count: usize, len: usize) -> Self {
+        Self::strided(data, count, len, len, 0)
+    }
+
+    /// `count` images of `len` values, image `n` at `n * stride + offset`. Panics if one would not fit.
+    pub fn strided(data: &'a [f32], count: usize, len: usize, stride: usize, offset: usize) -> Self {
+        assert!(offset + len <= stride.max(len), "image slice outside its stride");
+        assert!(
+            count == 0 || (count - 1) * stride + offset + len <= data.len(),
+            "images exceed their buffer"
+        );
+        Images {
+            data,
+            offset,
+            len,
+            stride,
+            count,
+        }
+    }
+
+    /// Image `n`.
+    #[inline]
+    pub fn get(&self, n: usize) -> &'a [f32] {
+        &self.data[n * self.stride + self.offset..][..self.len]
+    }
+
+    /// Number of images.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Values per image.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the images hold no values.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0 || self.count == 0
+    }
+}
+
+/// The writable counterpart of [`Images`].
+pub struct ImagesMut<'a> {
+    data: &'a mut [f32],
+    offset: usize,
+    len: usize,
+    stride: usize,
+    count: usize,
+}
+
+impl<'a> ImagesMut<'a> {
+    /// `count` images of `len` values each, one after another.
+    pub fn dense(data: &'a mut [f32], count: usize, len: usize) -> Self {
+        Self::strided(data, count, len, len, 0)
+    }
+
+    /// `count` images of `len` values, image `n` at `n * stride + offset`. Panics if one would not fit.
+    pub fn strided(data: &'a mut [f32], count: usize, len: usize, stride: usize, offset: usize) -> Self {
+        assert!(offset + len <= stride.max(len), "image slice outside its stride");
+        assert!(
+            count == 0 || (count - 1) * stride + offset + len <= data.len(),
+            "images exceed their buffer"
+        );
+        ImagesMut {
+            data,
+            offset,
+            len,
+            stride,
+            count,
+        }
+    }
+
+    /// Number of images.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Values per image.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the images hold no values.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0 || self.count == 0
+    }
+
+    /// Image `n`, writable.
+    #[inline]
+    pub fn get_mut(&mut self, n: usize) -> &mut [f32] {
+        &mut self.data[n * self.stride + self.offset..][..self.len]
+    }
+
+    /// Image `n`, read-only.
+    #[inline]
+    pub fn get(&self, n: usize) -> &[f32] {
+        &self.data[n * self.stride + self.offset..][..self.len]
+    }
+
+    /// Each image as a disjoint mutable slice, with its index, for parallel iteration.
+    pub fn par_iter_mut(&mut self) -> impl IndexedParallelIterator<Item = (usize, &mut [f32])> + '_ {
+        let (offset, len) = (self.offset, self.len);
+        let stride = self.stride.max(1);
+        self.data
+            .par_chunks_mut(stride)
+            .take(self.count)
+            .enumerate()
+            .map(move |(n, c)| (n, &mut c[offset..offset + len]))
+    }
+
+    /// Each image as a disjoint mutable slice, with its index, in order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut [f32])> + '_ {
+        let (offset, len) = (self.offset, self.len);
+        let stride = self.stride.max(1);
+        self.data
+            .chunks_mut(stride)
+            .take(self.count)
+            .enumerate()
+            .map(move |(n, c)| (n, &mut c[offset..offset + len]))
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with a zero-length-or-more scratch buffer of `len` values (contents unspecified) that is
+/// reused across calls on the same thread, so steady-state training allocates nothing. A nested call on
+/// the same thread (rayon may run another task while one waits) gets a fresh buffer instead of a panic.
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.with(|s| s.take());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let result = f(&mut buf[..len]);
+    SCRATCH.with(|s| {
+        let previous = s.take();
+        // Keep the larger of the two if a nested call left one behind.
+        s.set(if previous.len() > buf.len() { previous } else { buf });
+    });
+    result
 }

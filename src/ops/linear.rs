@@ -4,7 +4,7 @@ use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
 use crate::error::{Error, Result, expect_shape};
 use crate::matmul::{MatMut, MatRef, Threads, matmul};
-use crate::tensor::{contiguous, with_contiguous_mut};
+use crate::tensor::{Images, contiguous, with_contiguous_mut};
 
 /// A linear layer's shape; the weight `[out, in]` and bias `[out]` are passed to each call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +113,9 @@ impl Linear {
         expect_shape("linear output gradient", &[n, self.out_features], dy.shape())?;
         expect_shape("linear bias gradient", &[self.out_features], db.shape())?;
         let dys = contiguous(&dy);
-        with_contiguous_mut(db, |db| crate::ops::conv::bias_grad(&dys, n, self.out_features, 1, db));
+        with_contiguous_mut(db, |db| {
+            crate::ops::conv::bias_grad(Images::dense(&dys, n, self.out_features), self.out_features, 1, db)
+        });
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result, expect_shape};
 use crate::geometry::{Axis, Padding};
-use crate::tensor::{contiguous, dims4};
+use crate::tensor::{Images, ImagesMut, contiguous, dims4};
 
 /// The window shared by both pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +104,16 @@ impl PoolGeometry {
     pub fn input_shape(&self) -> [usize; 4] {
         [self.batch, self.channels, self.h.input, self.w.input]
     }
+
+    /// Values per input image.
+    pub fn input_image_len(&self) -> usize {
+        self.channels * self.h.input * self.w.input
+    }
+
+    /// Values per output image.
+    pub fn output_image_len(&self) -> usize {
+        self.channels * self.h.output * self.w.output
+    }
 }
 
 /// The input positions window `o` covers along one axis, clipped to the real input.
@@ -169,17 +179,14 @@ impl MaxPool2d {
         let x = contiguous(&x);
         let mut y = Array4::zeros(g.output_shape());
         let mut argmax = vec![0u32; y.len()];
-        let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
-        if out_plane > 0 {
-            let y_slice = y.as_slice_mut().expect("fresh arrays are contiguous");
-            y_slice
-                .par_chunks_mut(out_plane)
-                .zip(argmax.par_chunks_mut(out_plane))
-                .enumerate()
-                .for_each(|(p, (y_plane, arg_plane))| {
-                    max_plane(&g, &x[p * in_plane..][..in_plane], y_plane, arg_plane)
-                });
-        }
+        let y_slice = y.as_slice_mut().expect("fresh arrays are contiguous");
+        let mut y_images = ImagesMut::dense(y_slice, g.batch, g.output_image_len());
+        max_pool_forward(
+            &g,
+            Images::dense(&x, g.batch, g.input_image_len()),
+            &mut y_images,
+            &mut argmax,
+        );
         Ok((y, MaxPoolCache { geometry: g, argmax }))
     }
 
@@ -189,18 +196,52 @@ impl MaxPool2d {
         expect_shape("max_pool2d output gradient", &g.output_shape(), dy.shape())?;
         let dy = contiguous(&dy);
         let mut dx = Array4::zeros(g.input_shape());
-        let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
-        if in_plane > 0 && out_plane > 0 {
-            let dx_slice = dx.as_slice_mut().expect("fresh arrays are contiguous");
-            dx_slice.par_chunks_mut(in_plane).enumerate().for_each(|(p, dx_plane)| {
-                let range = p * out_plane..(p + 1) * out_plane;
-                for (&i, &d) in cache.argmax[range.clone()].iter().zip(&dy[range]) {
-                    dx_plane[i as usize] += d;
-                }
-            });
-        }
+        let dx_slice = dx.as_slice_mut().expect("fresh arrays are contiguous");
+        let mut dx_images = ImagesMut::dense(dx_slice, g.batch, g.input_image_len());
+        max_pool_backward(
+            g,
+            &cache.argmax,
+            Images::dense(&dy, g.batch, g.output_image_len()),
+            &mut dx_images,
+        );
         Ok(dx)
     }
+}
+
+/// Max pooling of a batch; `argmax` (one per output value, dense) records where each maximum came from
+/// within its input plane.
+pub fn max_pool_forward(g: &PoolGeometry, x: Images<'_>, y: &mut ImagesMut<'_>, argmax: &mut [u32]) {
+    let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
+    if out_plane == 0 {
+        return;
+    }
+    let out_len = g.output_image_len();
+    y.par_iter_mut()
+        .zip(argmax.par_chunks_mut(out_len))
+        .for_each(|((n, y_img), arg_img)| {
+            let planes = x.get(n).chunks_exact(in_plane).zip(y_img.chunks_exact_mut(out_plane));
+            for ((x_plane, y_plane), arg_plane) in planes.zip(arg_img.chunks_exact_mut(out_plane)) {
+                max_plane(g, x_plane, y_plane, arg_plane);
+            }
+        });
+}
+
+/// Adds the max-pool input gradient into `dx`.
+pub fn max_pool_backward(g: &PoolGeometry, argmax: &[u32], dy: Images<'_>, dx: &mut ImagesMut<'_>) {
+    let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
+    if in_plane == 0 || out_plane == 0 {
+        return;
+    }
+    let out_len = g.output_image_len();
+    dx.par_iter_mut().for_each(|(n, dx_img)| {
+        let arg_img = &argmax[n * out_len..][..out_len];
+        let planes = dx_img.chunks_exact_mut(in_plane).zip(dy.get(n).chunks_exact(out_plane));
+        for ((dx_plane, dy_plane), arg_plane) in planes.zip(arg_img.chunks_exact(out_plane)) {
+            for (&i, &d) in arg_plane.iter().zip(dy_plane) {
+                dx_plane[i as usize] += d;
+            }
+        }
+    });
 }
 
 fn max_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
@@ -283,22 +324,9 @@ impl AvgPool2d {
         let g = self.window.geometry("avg_pool2d", dims4(&x))?;
         let x = contiguous(&x);
         let mut y = Array4::zeros(g.output_shape());
-        let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
-        if out_plane > 0 {
-            let y_slice = y.as_slice_mut().expect("fresh arrays are contiguous");
-            y_slice.par_chunks_mut(out_plane).enumerate().for_each(|(p, y_plane)| {
-                let x_plane = &x[p * in_plane..][..in_plane];
-                for oy in 0..g.h.output {
-                    for ox in 0..g.w.output {
-                        let mut sum = 0.0f32;
-                        for iy in clipped(&g.h, oy) {
-                            sum += x_plane[iy * g.w.input..][clipped(&g.w, ox)].iter().sum::<f32>();
-                        }
-                        y_plane[oy * g.w.output + ox] = sum / self.divisor(&g, oy, ox);
-                    }
-                }
-            });
-        }
+        let y_slice = y.as_slice_mut().expect("fresh arrays are contiguous");
+        let mut y_images = ImagesMut::dense(y_slice, g.batch, g.output_image_len());
+        self.forward_images(&g, Images::dense(&x, g.batch, g.input_image_len()), &mut y_images);
         Ok(y)
     }
 
@@ -308,14 +336,44 @@ impl AvgPool2d {
         expect_shape("avg_pool2d output gradient", &g.output_shape(), dy.shape())?;
         let dy = contiguous(&dy);
         let mut dx = Array4::zeros(input_shape);
+        let dx_slice = dx.as_slice_mut().expect("fresh arrays are contiguous");
+        let mut dx_images = ImagesMut::dense(dx_slice, g.batch, g.input_image_len());
+        self.backward_images(&g, Images::dense(&dy, g.batch, g.output_image_len()), &mut dx_images);
+        Ok(dx)
+    }
+
+    /// Average pooling of a batch into `y`.
+    pub fn forward_images(&self, g: &PoolGeometry, x: Images<'_>, y: &mut ImagesMut<'_>) {
         let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
-        if in_plane > 0 && out_plane > 0 {
-            let dx_slice = dx.as_slice_mut().expect("fresh arrays are contiguous");
-            dx_slice.par_chunks_mut(in_plane).enumerate().for_each(|(p, dx_plane)| {
-                let dy_plane = &dy[p * out_plane..][..out_plane];
+        if out_plane == 0 {
+            return;
+        }
+        y.par_iter_mut().for_each(|(n, y_img)| {
+            for (x_plane, y_plane) in x.get(n).chunks_exact(in_plane).zip(y_img.chunks_exact_mut(out_plane)) {
                 for oy in 0..g.h.output {
                     for ox in 0..g.w.output {
-                        let share = dy_plane[oy * g.w.output + ox] / self.divisor(&g, oy, ox);
+                        let mut sum = 0.0f32;
+                        for iy in clipped(&g.h, oy) {
+                            sum += x_plane[iy * g.w.input..][clipped(&g.w, ox)].iter().sum::<f32>();
+                        }
+                        y_plane[oy * g.w.output + ox] = sum / self.divisor(g, oy, ox);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Adds the average-pool input gradient into `dx`.
+    pub fn backward_images(&self, g: &PoolGeometry, dy: Images<'_>, dx: &mut ImagesMut<'_>) {
+        let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
+        if in_plane == 0 || out_plane == 0 {
+            return;
+        }
+        dx.par_iter_mut().for_each(|(n, dx_img)| {
+            for (dx_plane, dy_plane) in dx_img.chunks_exact_mut(in_plane).zip(dy.get(n).chunks_exact(out_plane)) {
+                for oy in 0..g.h.output {
+                    for ox in 0..g.w.output {
+                        let share = dy_plane[oy * g.w.output + ox] / self.divisor(g, oy, ox);
                         for iy in clipped(&g.h, oy) {
                             for d in &mut dx_plane[iy * g.w.input..][clipped(&g.w, ox)] {
                                 *d += share;
@@ -323,9 +381,8 @@ impl AvgPool2d {
                         }
                     }
                 }
-            });
-        }
-        Ok(dx)
+            }
+        });
     }
 }
 
@@ -340,19 +397,38 @@ pub fn global_avg_pool(x: ArrayView4<f32>) -> Result<Array4<f32>> {
         ));
     }
     let x = contiguous(&x);
-    let means: Vec<f32> = x
-        .chunks_exact(h * w)
-        .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / (h * w) as f64) as f32)
-        .collect();
-    Ok(Array4::from_shape_vec([n, c, 1, 1], means).expect("one mean per plane"))
+    let mut y = Array4::zeros([n, c, 1, 1]);
+    let mut y_images = ImagesMut::dense(y.as_slice_mut().expect("fresh arrays are contiguous"), n, c);
+    global_avg_pool_forward(Images::dense(&x, n, c * h * w), h * w, &mut y_images);
+    Ok(y)
 }
 
 /// The gradient of [`global_avg_pool`]: each pixel receives `dy / (h * w)`.
 pub fn global_avg_pool_backward(dy: ArrayView4<f32>, input_shape: [usize; 4]) -> Result<Array4<f32>> {
     let [n, c, h, w] = input_shape;
     expect_shape("global_avg_pool output gradient", &[n, c, 1, 1], dy.shape())?;
-    let scale = 1.0 / (h * w) as f32;
     let dy = contiguous(&dy);
-    let data: Vec<f32> = dy.iter().flat_map(|&d| std::iter::repeat_n(d * scale, h * w)).collect();
-    Ok(Array4::from_shape_vec(input_shape, data).expect("h * w values per plane"))
+    let mut dx = Array4::zeros(input_shape);
+    let mut dx_images = ImagesMut::dense(dx.as_slice_mut().expect("fresh arrays are contiguous"), n, c * h * w);
+    global_avg_pool_backward_images(Images::dense(&dy, n, c), h * w, &mut dx_images);
+    Ok(dx)
+}
+
+/// Global average pooling of a batch: one mean per plane of `pixels` values.
+pub fn global_avg_pool_forward(x: Images<'_>, pixels: usize, y: &mut ImagesMut<'_>) {
+    y.par_iter_mut().for_each(|(n, y_img)| {
+        for (mean, plane) in y_img.iter_mut().zip(x.get(n).chunks_exact(pixels)) {
+            *mean = (plane.iter().map(|&v| v as f64).sum::<f64>() / pixels as f64) as f32;
+        }
+    });
+}
+
+/// Adds the global-average-pool input gradient into `dx`.
+pub fn global_avg_pool_backward_images(dy: Images<'_>, pixels: usize, dx: &mut ImagesMut<'_>) {
+    let scale = 1.0 / pixels as f32;
+    dx.par_iter_mut().for_each(|(n, dx_img)| {
+        for (plane, &d) in dx_img.chunks_exact_mut(pixels).zip(dy.get(n)) {
+            plane.iter_mut().for_each(|v| *v += d * scale);
+        }
+    });
 }

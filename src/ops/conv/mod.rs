@@ -15,7 +15,7 @@ use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4};
 
 use crate::error::{Error, Result, expect_shape};
 use crate::geometry::{Axis, Padding};
-use crate::tensor::{contiguous, dims4, with_contiguous_mut};
+use crate::tensor::{Images, ImagesMut, contiguous, dims4, with_contiguous_mut};
 
 /// How a convolution is computed. `Auto` lets [`choose_algo`] decide; any other value forces that
 /// algorithm (tests and benches do), and an algorithm that cannot run the geometry is an error.
@@ -162,7 +162,15 @@ impl Conv2d {
         let b = b.map(|b| b.to_vec());
         let mut y = Array4::zeros(g.output_shape());
         let y_slice = y.as_slice_mut().expect("fresh arrays are contiguous");
-        forward_slices(&g, algo, &x, &w, b.as_deref(), y_slice);
+        let mut y_images = ImagesMut::dense(y_slice, g.batch, g.output_image_len());
+        forward_images(
+            &g,
+            algo,
+            Images::dense(&x, g.batch, g.input_image_len()),
+            &w,
+            b.as_deref(),
+            &mut y_images,
+        );
         Ok(y)
     }
 
@@ -179,7 +187,15 @@ impl Conv2d {
         let algo = choose_algo(self.algo, &g)?;
         let mut dx = Array4::zeros(input_shape);
         let dx_slice = dx.as_slice_mut().expect("fresh arrays are contiguous");
-        backward_input_slices(&g, algo, &contiguous(&w), &contiguous(&dy), dx_slice);
+        let mut dx_images = ImagesMut::dense(dx_slice, g.batch, g.input_image_len());
+        let dy = contiguous(&dy);
+        backward_input_images(
+            &g,
+            algo,
+            &contiguous(&w),
+            Images::dense(&dy, g.batch, g.output_image_len()),
+            &mut dx_images,
+        );
         Ok(dx)
     }
 
@@ -190,7 +206,11 @@ impl Conv2d {
         expect_shape("conv2d weight gradient", &self.weight_shape(), dw.shape())?;
         let algo = choose_algo(self.algo, &g)?;
         let (x, dy) = (contiguous(&x), contiguous(&dy));
-        with_contiguous_mut(dw, |dw| backward_weight_slices(&g, algo, &x, &dy, dw));
+        let (x, dy) = (
+            Images::dense(&x, g.batch, g.input_image_len()),
+            Images::dense(&dy, g.batch, g.output_image_len()),
+        );
+        with_contiguous_mut(dw, |dw| backward_weight_images(&g, algo, x, dy, dw));
         Ok(())
     }
 
@@ -206,7 +226,7 @@ impl Conv2d {
         expect_shape("conv2d bias gradient", &[self.out_channels], db.shape())?;
         let [n, c, h, w] = dims4(&dy);
         let dy = contiguous(&dy);
-        with_contiguous_mut(db, |db| bias_grad(&dy, n, c, h * w, db));
+        with_contiguous_mut(db, |db| bias_grad(Images::dense(&dy, n, c * h * w), c, h * w, db));
         Ok(())
     }
 
@@ -299,28 +319,32 @@ impl std::fmt::Display for ConvGeometry {
     }
 }
 
-/// Forward on contiguous NCHW slices with a resolved algorithm; `y` is overwritten.
-pub fn forward_slices(g: &ConvGeometry, algo: ConvAlgo, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
-    debug_assert_eq!(x.len(), g.batch * g.input_image_len());
-    debug_assert_eq!(y.len(), g.batch * g.output_image_len());
+/// Forward on a batch of NCHW images with a resolved algorithm; `y` is overwritten.
+pub fn forward_images(
+    g: &ConvGeometry,
+    algo: ConvAlgo,
+    x: Images<'_>,
+    w: &[f32],
+    b: Option<&[f32]>,
+    y: &mut ImagesMut<'_>,
+) {
+    debug_assert_eq!((x.len(), y.len()), (g.input_image_len(), g.output_image_len()));
     match algo {
         ConvAlgo::Naive => naive::forward(g, x, w, b, y),
-        ConvAlgo::Gemm1x1 | ConvAlgo::Auto | ConvAlgo::Im2colGemm => {
-            gemm_conv::forward(g, lowering(g, algo), x, w, b, y)
-        }
+        _ => gemm_conv::forward(g, lowering(g, algo), x, w, b, y),
     }
 }
 
-/// Input gradient on contiguous slices; `dx` is overwritten.
-pub fn backward_input_slices(g: &ConvGeometry, algo: ConvAlgo, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+/// Adds the input gradient into `dx`.
+pub fn backward_input_images(g: &ConvGeometry, algo: ConvAlgo, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>) {
     match algo {
         ConvAlgo::Naive => naive::backward_input(g, w, dy, dx),
         _ => gemm_conv::backward_input(g, lowering(g, algo), w, dy, dx),
     }
 }
 
-/// Weight gradient on contiguous slices, added to `dw`.
-pub fn backward_weight_slices(g: &ConvGeometry, algo: ConvAlgo, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+/// Adds the weight gradient into `dw`.
+pub fn backward_weight_images(g: &ConvGeometry, algo: ConvAlgo, x: Images<'_>, dy: Images<'_>, dw: &mut [f32]) {
     match algo {
         ConvAlgo::Naive => naive::backward_weight(g, x, dy, dw),
         _ => gemm_conv::backward_weight(g, lowering(g, algo), x, dy, dw),
@@ -335,10 +359,11 @@ fn lowering(g: &ConvGeometry, algo: ConvAlgo) -> gemm_conv::Lowering {
     }
 }
 
-/// `db[c] += sum over n and pixels of dy[n, c, pixel]`, shared by every algorithm (and by linear layers).
-pub(crate) fn bias_grad(dy: &[f32], batch: usize, channels: usize, pixels: usize, db: &mut [f32]) {
-    for image in dy.chunks_exact(channels * pixels).take(batch) {
-        for (db_c, plane) in db.iter_mut().zip(image.chunks_exact(pixels)) {
+/// `db[c] += sum over images and pixels of dy[c, pixel]`, shared by every algorithm (and by linear
+/// layers, with one pixel).
+pub fn bias_grad(dy: Images<'_>, channels: usize, pixels: usize, db: &mut [f32]) {
+    for n in 0..dy.count() {
+        for (db_c, plane) in db.iter_mut().zip(dy.get(n).chunks_exact(pixels.max(1))).take(channels) {
             *db_c += plane.iter().map(|&v| v as f64).sum::<f64>() as f32;
         }
     }
