@@ -23,6 +23,30 @@ pub enum Error {
         /// Why, in one sentence.
         reason: String,
     },
+    /// An error inside one node of a graph.
+    #[error("node {node}: {source}")]
+    Node {
+        /// The node's name.
+        node: String,
+        /// What went wrong there.
+        source: Box<Error>,
+    },
+    /// A file could not be read or written, or held something other than what was expected.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What was wrong, naming what was expected and what was found.
+        reason: String,
+    },
+    /// Training produced a non-finite loss.
+    #[error("the loss became {loss} at step {step}; training stopped (the last good checkpoint is kept)")]
+    NonFiniteLoss {
+        /// The step (1-based) whose loss was not finite.
+        step: u64,
+        /// The loss value.
+        loss: f32,
+    },
     /// A label was outside `0..classes`.
     #[error("{op}: label {label} at batch index {index} is outside 0..{classes}")]
     Label {
@@ -44,6 +68,22 @@ impl Error {
             op: op.to_string(),
             expected: expected.to_string(),
             found: found.to_string(),
+        }
+    }
+
+    /// Attaches the name of the graph node where `self` happened.
+    pub fn in_node(self, node: &str) -> Self {
+        Error::Node {
+            node: node.to_string(),
+            source: Box::new(self),
+        }
+    }
+
+    /// A file error for `path`.
+    pub fn file(path: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
+        Error::File {
+            path: path.to_string(),
+            reason: reason.to_string(),
         }
     }
 

@@ -38,7 +38,9 @@
 
 pub mod error;
 pub mod geometry;
+pub mod graph;
 pub(crate) mod matmul;
+pub mod models;
 pub mod ops;
 pub mod tensor;
 

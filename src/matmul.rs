@@ -43,18 +43,32 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// A writable dense row-major matrix inside a slice.
+/// A writable row-major matrix inside a slice: element `(r, c)` is `data[r * row_stride + c]`.
 pub(crate) struct MatMut<'a> {
     data: &'a mut [f32],
     rows: usize,
     cols: usize,
+    row_stride: usize,
 }
 
 impl<'a> MatMut<'a> {
     /// A dense row-major `rows x cols` matrix at the start of `data`; panics if `data` is too short.
     pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        assert!(fits(data.len(), rows, cols, cols, 1), "matrix view exceeds its slice");
-        MatMut { data, rows, cols }
+        Self::strided(data, rows, cols, cols)
+    }
+
+    /// Rows `row_stride` apart; panics if any element would lie outside `data`.
+    pub fn strided(data: &'a mut [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        assert!(
+            fits(data.len(), rows, cols, row_stride, 1),
+            "matrix view exceeds its slice"
+        );
+        MatMut {
+            data,
+            rows,
+            cols,
+            row_stride,
+        }
     }
 }
 
@@ -81,7 +95,10 @@ pub(crate) fn matmul(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, accumulate: bo
     }
     if k == 0 {
         if !accumulate {
-            c.data[..m * n].fill(0.0);
+            c.data
+                .chunks_mut(c.row_stride)
+                .take(m)
+                .for_each(|row| row[..n].fill(0.0));
         }
         return;
     }
@@ -99,7 +116,7 @@ pub(crate) fn matmul(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, accumulate: bo
             k,
             c.data.as_mut_ptr(),
             1,
-            n as isize,
+            c.row_stride as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,

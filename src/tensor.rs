@@ -88,6 +88,17 @@ impl<'a> Images<'a> {
     pub fn is_empty(&self) -> bool {
         self.len == 0 || self.count == 0
     }
+
+    /// The batch as a `count x len` matrix, one image per row.
+    pub(crate) fn as_matrix(&self) -> crate::matmul::MatRef<'a> {
+        crate::matmul::MatRef::strided(
+            &self.data[self.offset.min(self.data.len())..],
+            self.count,
+            self.len,
+            self.stride,
+            1,
+        )
+    }
 }
 
 /// The writable counterpart of [`Images`].
@@ -134,6 +145,12 @@ impl<'a> ImagesMut<'a> {
     /// True when the images hold no values.
     pub fn is_empty(&self) -> bool {
         self.len == 0 || self.count == 0
+    }
+
+    /// The batch as a writable `count x len` matrix, one image per row.
+    pub(crate) fn as_matrix(&mut self) -> crate::matmul::MatMut<'_> {
+        let start = self.offset.min(self.data.len());
+        crate::matmul::MatMut::strided(&mut self.data[start..], self.count, self.len, self.stride)
     }
 
     /// Image `n`, writable.

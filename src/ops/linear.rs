@@ -4,7 +4,7 @@ use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
 use crate::error::{Error, Result, expect_shape};
 use crate::matmul::{MatMut, MatRef, Threads, matmul};
-use crate::tensor::{Images, contiguous, with_contiguous_mut};
+use crate::tensor::{Images, ImagesMut, contiguous, with_contiguous_mut};
 
 /// A linear layer's shape; the weight `[out, in]` and bias `[out]` are passed to each call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,5 +117,28 @@ impl Linear {
             crate::ops::conv::bias_grad(Images::dense(&dys, n, self.out_features), self.out_features, 1, db)
         });
         Ok(())
+    }
+}
+
+impl Linear {
+    /// `y = x · Wᵀ + b` on a batch of rows (one image per row, as flattened activations).
+    pub fn forward_images(&self, x: Images<'_>, w: &[f32], b: Option<&[f32]>, y: &mut ImagesMut<'_>) {
+        if let Some(b) = b {
+            y.iter_mut().for_each(|(_, row)| row.copy_from_slice(b));
+        }
+        let w_t = MatRef::row_major(w, self.out_features, self.in_features).t();
+        matmul(y.as_matrix(), x.as_matrix(), w_t, b.is_some(), Threads::Pool);
+    }
+
+    /// Adds `dy · W` into `dx`.
+    pub fn backward_input_images(&self, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>) {
+        let w = MatRef::row_major(w, self.out_features, self.in_features);
+        matmul(dx.as_matrix(), dy.as_matrix(), w, true, Threads::Pool);
+    }
+
+    /// Adds `dyᵀ · x` into `dw`.
+    pub fn backward_weight_images(&self, x: Images<'_>, dy: Images<'_>, dw: &mut [f32]) {
+        let dw = MatMut::row_major(dw, self.out_features, self.in_features);
+        matmul(dw, dy.as_matrix().t(), x.as_matrix(), true, Threads::Pool);
     }
 }

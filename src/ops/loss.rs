@@ -62,22 +62,11 @@ impl SoftmaxCrossEntropy {
             }
         }
         let z = contiguous(&logits);
-        let eps = self.label_smoothing as f64;
         let mut probabilities = Array2::zeros([n, classes]);
-        let mut total = 0.0f64;
-        for ((row, mut p), &label) in z.chunks_exact(classes).zip(probabilities.rows_mut()).zip(labels) {
-            // log-softmax through the log-sum-exp of shifted logits, in f64.
-            let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-            let log_sum = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-            let log_p = |c: usize| row[c] as f64 - max - log_sum;
-            let smooth_term = (0..classes).map(log_p).sum::<f64>() / classes as f64;
-            total -= (1.0 - eps) * log_p(label) + eps * smooth_term;
-            for (c, pv) in p.iter_mut().enumerate() {
-                *pv = log_p(c).exp() as f32;
-            }
-        }
+        let p = probabilities.as_slice_mut().expect("fresh arrays are contiguous");
+        let loss = forward_rows(&z, classes, classes, labels, self.label_smoothing, p);
         Ok((
-            (total / n as f64) as f32,
+            loss as f32,
             CrossEntropyCache {
                 probabilities,
                 labels: labels.to_vec(),
@@ -88,12 +77,57 @@ impl SoftmaxCrossEntropy {
     /// `d loss / d logits = (softmax - target) / n`.
     pub fn backward(&self, cache: &CrossEntropyCache) -> Array2<f32> {
         let (n, classes) = cache.probabilities.dim();
-        let off = self.label_smoothing / classes as f32;
-        let mut grad = cache.probabilities.clone();
-        for (mut row, &label) in grad.rows_mut().into_iter().zip(&cache.labels) {
-            row.iter_mut().for_each(|v| *v = (*v - off) / n as f32);
-            row[label] -= (1.0 - self.label_smoothing) / n as f32;
-        }
+        let mut grad = Array2::zeros([n, classes]);
+        let probabilities = cache.probabilities.as_slice().expect("built contiguous");
+        let g = grad.as_slice_mut().expect("fresh arrays are contiguous");
+        backward_rows(probabilities, &cache.labels, classes, self.label_smoothing, g, classes);
         grad
+    }
+}
+
+/// The batch-mean loss of `n` rows of `classes` logits (row `i` at `logits[i * stride..]`), writing the
+/// softmax probabilities densely into `probabilities`. Labels must already be checked to be in range.
+pub(crate) fn forward_rows(
+    logits: &[f32],
+    stride: usize,
+    classes: usize,
+    labels: &[usize],
+    label_smoothing: f32,
+    probabilities: &mut [f32],
+) -> f64 {
+    let eps = label_smoothing as f64;
+    let mut total = 0.0f64;
+    for (i, (&label, p)) in labels.iter().zip(probabilities.chunks_exact_mut(classes)).enumerate() {
+        let row = &logits[i * stride..][..classes];
+        // log-softmax through the log-sum-exp of shifted logits, in f64.
+        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let log_sum = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        let log_p = |c: usize| row[c] as f64 - max - log_sum;
+        let smooth_term = (0..classes).map(log_p).sum::<f64>() / classes as f64;
+        total -= (1.0 - eps) * log_p(label) + eps * smooth_term;
+        for (c, pv) in p.iter_mut().enumerate() {
+            *pv = log_p(c).exp() as f32;
+        }
+    }
+    total / labels.len().max(1) as f64
+}
+
+/// Writes `(softmax - target) / n` for rows of `classes` probabilities into `grad` (row stride `stride`).
+pub(crate) fn backward_rows(
+    probabilities: &[f32],
+    labels: &[usize],
+    classes: usize,
+    label_smoothing: f32,
+    grad: &mut [f32],
+    stride: usize,
+) {
+    let n = labels.len() as f32;
+    let off = label_smoothing / classes as f32;
+    for (i, (&label, p)) in labels.iter().zip(probabilities.chunks_exact(classes)).enumerate() {
+        let row = &mut grad[i * stride..][..classes];
+        for (g, &pv) in row.iter_mut().zip(p) {
+            *g = (pv - off) / n;
+        }
+        row[label] -= (1.0 - label_smoothing) / n;
     }
 }

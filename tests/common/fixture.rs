@@ -1,5 +1,5 @@
-//! Reads the PyTorch fixtures written by `fixtures/generate.py`: tensors named `<case>/<name>`, settings
-//! in the safetensors metadata under `<case>` as `key=value;key=value`.
+//! Reads the PyTorch fixtures written by `fixtures/generate*.py`: tensors named `<case>/<name>` (or any
+//! name), settings in the safetensors metadata under `<case>` as `key=value;key=value`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,43 +9,44 @@ use safetensors::{Dtype, SafeTensors};
 pub struct Fixture {
     name: String,
     bytes: Vec<u8>,
-    settings: BTreeMap<String, HashMap<String, String>>,
+    metadata: BTreeMap<String, String>,
 }
 
 impl Fixture {
     pub fn open(name: &str) -> Fixture {
         let path = format!("{}/fixtures/{name}.safetensors", env!("CARGO_MANIFEST_DIR"));
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e} (run fixtures/generate.py)"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e} (run fixtures/generate*.py)"));
         let (_, metadata) = SafeTensors::read_metadata(&bytes).expect("fixture header");
-        let settings = metadata
-            .metadata()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(case, s)| {
-                let kv = s.split(';').filter(|p| !p.is_empty()).map(|p| {
-                    let (k, v) = p.split_once('=').expect("key=value");
-                    (k.to_string(), v.to_string())
-                });
-                (case, kv.collect())
-            })
-            .collect();
+        let metadata = metadata.metadata().clone().unwrap_or_default().into_iter().collect();
         Fixture {
             name: name.to_string(),
             bytes,
-            settings,
+            metadata,
         }
     }
 
-    /// Case names, sorted.
-    pub fn cases(&self) -> Vec<String> {
-        self.settings.keys().cloned().collect()
+    /// A raw metadata entry.
+    pub fn metadata(&self, key: &str) -> &str {
+        self.metadata
+            .get(key)
+            .unwrap_or_else(|| panic!("{}: no metadata {key}", self.name))
     }
 
-    fn setting(&self, case: &str, key: &str) -> &str {
-        self.settings[case]
+    /// Case names (metadata keys), sorted.
+    pub fn cases(&self) -> Vec<String> {
+        self.metadata.keys().cloned().collect()
+    }
+
+    fn setting(&self, case: &str, key: &str) -> String {
+        let settings: HashMap<&str, &str> = self
+            .metadata(case)
+            .split(';')
+            .filter_map(|p| p.split_once('='))
+            .collect();
+        let value = settings
             .get(key)
-            .unwrap_or_else(|| panic!("{}: case {case} has no setting {key}", self.name))
+            .unwrap_or_else(|| panic!("{}: case {case} has no setting {key}", self.name));
+        value.to_string()
     }
 
     pub fn usizes(&self, case: &str, key: &str) -> Vec<usize> {
@@ -68,15 +69,18 @@ impl Fixture {
     }
 
     pub fn text(&self, case: &str, key: &str) -> String {
-        self.setting(case, key).to_string()
+        self.setting(case, key)
     }
 
     pub fn tensor(&self, case: &str, name: &str) -> ArrayD<f32> {
+        self.named(&format!("{case}/{name}"))
+    }
+
+    /// A tensor by its full name.
+    pub fn named(&self, name: &str) -> ArrayD<f32> {
         let st = SafeTensors::deserialize(&self.bytes).expect("fixture body");
-        let view = st
-            .tensor(&format!("{case}/{name}"))
-            .unwrap_or_else(|e| panic!("{}: {case}/{name}: {e}", self.name));
-        assert_eq!(view.dtype(), Dtype::F32, "{case}/{name}");
+        let view = st.tensor(name).unwrap_or_else(|e| panic!("{}: {name}: {e}", self.name));
+        assert_eq!(view.dtype(), Dtype::F32, "{name}");
         let values: Vec<f32> = view
             .data()
             .chunks_exact(4)

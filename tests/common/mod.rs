@@ -157,3 +157,21 @@ pub fn well_separated(len: usize, seed: u64) -> Vec<f32> {
         .map(|&k| -1.0 + 2.0 * (k as f32 + 0.5) / len as f32)
         .collect()
 }
+
+/// The weights `fixtures/generate_googlenet.py` gives parameter tensor number `p` of the state_dict:
+/// a Weyl sequence mapped to `±1/sqrt(fan_in)` (weights) or `±0.1` (biases), bit-identical to numpy's.
+pub fn formula_weights(p: usize, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let scale = if shape.len() > 1 {
+        1.0 / (shape[1..].iter().product::<usize>() as f64).sqrt()
+    } else {
+        0.1
+    };
+    let add = (p as u64) * 40503 + 12345;
+    (0..n as u64)
+        .map(|i| {
+            let u = (i.wrapping_mul(2654435761).wrapping_add(add) % (1u64 << 32)) as f64 / 4294967296.0;
+            ((2.0 * u - 1.0) * scale) as f32
+        })
+        .collect()
+}

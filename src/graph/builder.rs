@@ -1,0 +1,351 @@
+//! Declaring a graph: nodes in execution order, each with its layer, inputs, and per-image output shape
+//! `[channels, height, width]` inferred and checked as it is added.
+
+use crate::error::{Error, Result};
+use crate::ops::conv::Conv2d;
+use crate::ops::linear::Linear;
+use crate::ops::pool::{AvgPool2d, MaxPool2d};
+
+/// Index of a node in [`Graph::nodes`].
+pub type NodeId = usize;
+/// Index of a parameter in [`Graph::params`].
+pub type ParamId = usize;
+
+/// How a parameter starts out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Uniform in `[-bound, bound]`: PyTorch's default for conv and linear weights and biases is
+    /// `bound = 1 / sqrt(fan_in)` (kaiming-uniform with `a = sqrt(5)`).
+    Uniform {
+        /// Half-width of the interval.
+        bound: f32,
+    },
+    /// All zeros.
+    Zeros,
+    /// All ones.
+    Ones,
+}
+
+/// A named parameter: its PyTorch state_dict key, shape and initialisation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    /// The state_dict key, e.g. `2.0.p1_1.weight`.
+    pub name: String,
+    /// Shape, PyTorch layout.
+    pub shape: Vec<usize>,
+    /// Initialisation.
+    pub init: Init,
+}
+
+impl ParamSpec {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True for a parameter with no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a node computes.
+#[derive(Debug, Clone)]
+pub enum Layer {
+    /// The batch fed to the graph.
+    Input,
+    /// Convolution, optionally followed by a fused ReLU.
+    Conv {
+        /// Geometry.
+        conv: Conv2d,
+        /// Weight `[out, in, kh, kw]`.
+        weight: ParamId,
+        /// Bias `[out]`.
+        bias: Option<ParamId>,
+        /// Apply ReLU to the output.
+        relu: bool,
+    },
+    /// Fully connected layer on a flat input.
+    Linear {
+        /// Sizes.
+        linear: Linear,
+        /// Weight `[out, in]`.
+        weight: ParamId,
+        /// Bias `[out]`.
+        bias: Option<ParamId>,
+    },
+    /// Max pooling.
+    MaxPool(MaxPool2d),
+    /// Average pooling.
+    AvgPool(AvgPool2d),
+    /// Global average pooling to `[c, 1, 1]`.
+    GlobalAvgPool,
+    /// ReLU as a node of its own.
+    Relu,
+    /// Channel concatenation of the inputs.
+    Concat,
+    /// `[c, h, w] -> [c*h*w, 1, 1]`; shares its input's memory.
+    Flatten,
+}
+
+/// One node of a graph.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Unique name (the PyTorch module path where there is one).
+    pub name: String,
+    /// What it computes.
+    pub layer: Layer,
+    /// The nodes it reads.
+    pub inputs: Vec<NodeId>,
+    /// Output shape per image, `[c, h, w]`.
+    pub shape: [usize; 3],
+}
+
+impl Node {
+    /// Values per image of the output.
+    pub fn image_len(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A validated graph: nodes in execution order, parameters, the output node, and the nodes whose
+/// shapes a summary prints.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    /// Nodes, each after all of its inputs.
+    pub nodes: Vec<Node>,
+    /// Parameters, in state_dict order.
+    pub params: Vec<ParamSpec>,
+    /// The node whose output the graph returns.
+    pub output: NodeId,
+    /// `(label, node)` pairs marked for the summary's shape trace.
+    pub trace: Vec<(String, NodeId)>,
+}
+
+impl Graph {
+    /// The input shape per image.
+    pub fn input_shape(&self) -> [usize; 3] {
+        self.nodes[0].shape
+    }
+
+    /// The output length per image (classes, for a classifier).
+    pub fn output_len(&self) -> usize {
+        self.nodes[self.output].image_len()
+    }
+
+    /// Forward FLOPs per image (2 per multiply-add, convolutions and linear layers).
+    pub fn flops_per_image(&self) -> u64 {
+        self.nodes.iter().map(|n| self.node_flops(n)).sum()
+    }
+
+    /// Forward FLOPs per image of one node.
+    pub fn node_flops(&self, node: &Node) -> u64 {
+        match &node.layer {
+            Layer::Conv { conv, .. } => {
+                let [c, h, w] = self.nodes[node.inputs[0]].shape;
+                conv.geometry([1, c, h, w]).map(|g| g.forward_flops()).unwrap_or(0)
+            }
+            Layer::Linear { linear, .. } => 2 * (linear.in_features * linear.out_features) as u64,
+            _ => 0,
+        }
+    }
+
+    /// Total number of parameter values.
+    pub fn parameter_count(&self) -> usize {
+        self.params.iter().map(ParamSpec::len).sum()
+    }
+}
+
+/// Declares a graph node by node; every method checks shapes at once and names the node on error.
+#[derive(Debug, Default)]
+pub struct GraphBuilder {
+    nodes: Vec<Node>,
+    params: Vec<ParamSpec>,
+    trace: Vec<(String, NodeId)>,
+}
+
+impl GraphBuilder {
+    /// An empty graph; the first node added must be [`GraphBuilder::input`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(&mut self, name: &str, layer: Layer, inputs: Vec<NodeId>, shape: [usize; 3]) -> Result<NodeId> {
+        if self.nodes.iter().any(|n| n.name == name) {
+            return Err(Error::config("graph", format!("two nodes are named {name}")));
+        }
+        if let Some(&bad) = inputs.iter().find(|&&i| i >= self.nodes.len()) {
+            return Err(Error::config("graph", format!("node {bad} does not exist yet")).in_node(name));
+        }
+        self.nodes.push(Node {
+            name: name.to_string(),
+            layer,
+            inputs,
+            shape,
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    fn param(&mut self, name: String, shape: Vec<usize>, init: Init) -> Result<ParamId> {
+        if self.params.iter().any(|p| p.name == name) {
+            return Err(Error::config("graph", format!("two parameters are named {name}")));
+        }
+        self.params.push(ParamSpec { name, shape, init });
+        Ok(self.params.len() - 1)
+    }
+
+    /// The per-image output shape of `node`, `[c, h, w]`.
+    pub fn shape_of(&self, node: NodeId) -> Result<[usize; 3]> {
+        self.shape(node)
+    }
+
+    fn shape(&self, node: NodeId) -> Result<[usize; 3]> {
+        self.nodes
+            .get(node)
+            .map(|n| n.shape)
+            .ok_or_else(|| Error::config("graph", format!("node {node} does not exist yet")))
+    }
+
+    /// The graph's input, `[c, h, w]` per image.
+    pub fn input(&mut self, name: &str, shape: [usize; 3]) -> Result<NodeId> {
+        if !self.nodes.is_empty() {
+            return Err(Error::config("graph", "the input must be the first node").in_node(name));
+        }
+        if shape.contains(&0) {
+            return Err(Error::shape("graph input", "[c, h, w] all at least 1", format!("{shape:?}")).in_node(name));
+        }
+        self.add(name, Layer::Input, vec![], shape)
+    }
+
+    /// A convolution with parameters `{name}.weight` (and `{name}.bias`), optionally with a fused ReLU.
+    pub fn conv(&mut self, name: &str, x: NodeId, conv: Conv2d, bias: bool, relu: bool) -> Result<NodeId> {
+        let [c, h, w] = self.shape(x).map_err(|e| e.in_node(name))?;
+        let g = conv.geometry([1, c, h, w]).map_err(|e| e.in_node(name))?;
+        let fan_in = g.patch_len();
+        let init = Init::Uniform {
+            bound: 1.0 / (fan_in as f32).sqrt(),
+        };
+        let weight = self.param(format!("{name}.weight"), conv.weight_shape().to_vec(), init)?;
+        let bias = if bias {
+            Some(self.param(format!("{name}.bias"), vec![conv.out_channels], init)?)
+        } else {
+            None
+        };
+        let [_, c, h, w] = g.output_shape();
+        self.add(
+            name,
+            Layer::Conv {
+                conv,
+                weight,
+                bias,
+                relu,
+            },
+            vec![x],
+            [c, h, w],
+        )
+    }
+
+    /// A linear layer on a flat input (`[features, 1, 1]`, e.g. after [`GraphBuilder::flatten`]).
+    pub fn linear(&mut self, name: &str, x: NodeId, out_features: usize, bias: bool) -> Result<NodeId> {
+        let shape = self.shape(x).map_err(|e| e.in_node(name))?;
+        if shape[1] != 1 || shape[2] != 1 {
+            return Err(
+                Error::shape("linear input", "a flat input [features, 1, 1]", format!("{shape:?}")).in_node(name),
+            );
+        }
+        let linear = Linear::new(shape[0], out_features);
+        let init = Init::Uniform {
+            bound: 1.0 / (shape[0] as f32).sqrt(),
+        };
+        let weight = self.param(format!("{name}.weight"), vec![out_features, shape[0]], init)?;
+        let bias = if bias {
+            Some(self.param(format!("{name}.bias"), vec![out_features], init)?)
+        } else {
+            None
+        };
+        self.add(
+            name,
+            Layer::Linear { linear, weight, bias },
+            vec![x],
+            [out_features, 1, 1],
+        )
+    }
+
+    /// Max pooling.
+    pub fn max_pool(&mut self, name: &str, x: NodeId, pool: MaxPool2d) -> Result<NodeId> {
+        let [c, h, w] = self.shape(x).map_err(|e| e.in_node(name))?;
+        let [_, c, h, w] = pool.output_shape([1, c, h, w]).map_err(|e| e.in_node(name))?;
+        self.add(name, Layer::MaxPool(pool), vec![x], [c, h, w])
+    }
+
+    /// Average pooling.
+    pub fn avg_pool(&mut self, name: &str, x: NodeId, pool: AvgPool2d) -> Result<NodeId> {
+        let [c, h, w] = self.shape(x).map_err(|e| e.in_node(name))?;
+        let [_, c, h, w] = pool.output_shape([1, c, h, w]).map_err(|e| e.in_node(name))?;
+        self.add(name, Layer::AvgPool(pool), vec![x], [c, h, w])
+    }
+
+    /// Global average pooling to `[c, 1, 1]`.
+    pub fn global_avg_pool(&mut self, name: &str, x: NodeId) -> Result<NodeId> {
+        let [c, _, _] = self.shape(x).map_err(|e| e.in_node(name))?;
+        self.add(name, Layer::GlobalAvgPool, vec![x], [c, 1, 1])
+    }
+
+    /// A separate ReLU node (convolutions fuse theirs instead).
+    pub fn relu(&mut self, name: &str, x: NodeId) -> Result<NodeId> {
+        let shape = self.shape(x).map_err(|e| e.in_node(name))?;
+        self.add(name, Layer::Relu, vec![x], shape)
+    }
+
+    /// Concatenates along channels; all parts must share height and width.
+    pub fn concat(&mut self, name: &str, parts: &[NodeId]) -> Result<NodeId> {
+        let shapes = parts
+            .iter()
+            .map(|&p| self.shape(p))
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| e.in_node(name))?;
+        let Some(first) = shapes.first() else {
+            return Err(Error::config("concat", "at least one input is needed").in_node(name));
+        };
+        for (i, s) in shapes.iter().enumerate() {
+            if s[1..] != first[1..] {
+                let expected = format!("[c, {}, {}]", first[1], first[2]);
+                return Err(Error::shape(&format!("concat input {i}"), expected, format!("{s:?}")).in_node(name));
+            }
+        }
+        let channels = shapes.iter().map(|s| s[0]).sum();
+        self.add(name, Layer::Concat, parts.to_vec(), [channels, first[1], first[2]])
+    }
+
+    /// Flattens to `[c*h*w, 1, 1]`.
+    pub fn flatten(&mut self, name: &str, x: NodeId) -> Result<NodeId> {
+        let shape = self.shape(x).map_err(|e| e.in_node(name))?;
+        self.add(name, Layer::Flatten, vec![x], [shape.iter().product(), 1, 1])
+    }
+
+    /// Marks `node` for the summary's shape trace under `label`.
+    pub fn mark(&mut self, label: &str, node: NodeId) {
+        self.trace.push((label.to_string(), node));
+    }
+
+    /// Finishes the graph with `output` as its result.
+    pub fn build(self, output: NodeId) -> Result<Graph> {
+        if self
+            .nodes
+            .first()
+            .map(|n| !matches!(n.layer, Layer::Input))
+            .unwrap_or(true)
+        {
+            return Err(Error::config("graph", "a graph needs an input node first"));
+        }
+        if output >= self.nodes.len() {
+            return Err(Error::config("graph", format!("output node {output} does not exist")));
+        }
+        Ok(Graph {
+            nodes: self.nodes,
+            params: self.params,
+            output,
+            trace: self.trace,
+        })
+    }
+}

@@ -1,0 +1,471 @@
+//! Runs a planned graph: forward for inference or training, the loss, and backward in exact reverse
+//! order. Every buffer (activations, their gradients, max-pool argmaxes, softmax probabilities,
+//! parameter gradients) is allocated once for `capacity` images; batches up to that size reuse them.
+
+use super::builder::{Graph, Layer};
+use super::plan::{Place, Plan};
+use crate::error::{Error, Result};
+use crate::ops::conv::{self, ConvAlgo};
+use crate::ops::loss;
+use crate::ops::pool::{self, max_pool_backward, max_pool_forward};
+use rayon::prelude::*;
+
+use crate::tensor::{Images, ImagesMut};
+
+/// Inference or training behaviour (dropout, batch-norm statistics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Deterministic inference.
+    Eval,
+    /// Training: batch statistics, dropout on.
+    Train,
+}
+
+/// Loss and accuracy of one batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchLoss {
+    /// Batch-mean cross-entropy.
+    pub loss: f64,
+    /// Images whose largest logit is their label.
+    pub correct: usize,
+}
+
+/// The buffers of one graph and the code that runs it.
+pub struct Executor {
+    plan: Plan,
+    capacity: usize,
+    batch: usize,
+    algo: ConvAlgo,
+    acts: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+    argmax: Vec<Vec<u32>>,
+    probabilities: Vec<f32>,
+    labels: Vec<usize>,
+    label_smoothing: f32,
+    param_grads: Vec<Vec<f32>>,
+}
+
+fn images(bufs: &[Vec<f32>], p: Place, batch: usize) -> Images<'_> {
+    Images::strided(&bufs[p.buffer], batch, p.len, p.stride, p.offset)
+}
+
+fn images_mut(buf: &mut [f32], p: Place, batch: usize) -> ImagesMut<'_> {
+    ImagesMut::strided(buf, batch, p.len, p.stride, p.offset)
+}
+
+/// Runs `f` with `bufs[place.buffer]` taken out for writing and the rest readable. The plan guarantees
+/// no node reads the buffer it writes.
+fn with_buffer<R>(bufs: &mut [Vec<f32>], buffer: usize, f: impl FnOnce(&[Vec<f32>], &mut [f32]) -> R) -> R {
+    let mut out = std::mem::take(&mut bufs[buffer]);
+    let result = f(bufs, &mut out);
+    bufs[buffer] = out;
+    result
+}
+
+impl Executor {
+    /// Plans `graph` and allocates activation buffers for batches of up to `capacity` images. Gradient
+    /// buffers are allocated on the first backward pass, so inference-only executors never hold them.
+    pub fn new(graph: &Graph, capacity: usize) -> Result<Executor> {
+        if capacity == 0 {
+            return Err(Error::config("executor", "the batch capacity must be at least 1"));
+        }
+        let plan = Plan::new(graph);
+        let acts = plan
+            .buffer_image_len
+            .iter()
+            .map(|&len| vec![0.0; len * capacity])
+            .collect();
+        let argmax = graph
+            .nodes
+            .iter()
+            .map(|n| {
+                if matches!(n.layer, Layer::MaxPool(_)) {
+                    vec![0u32; n.image_len() * capacity]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        let classes = graph.output_len();
+        Ok(Executor {
+            plan,
+            capacity,
+            batch: 0,
+            algo: ConvAlgo::Auto,
+            acts,
+            grads: Vec::new(),
+            argmax,
+            probabilities: vec![0.0; classes * capacity],
+            labels: Vec::with_capacity(capacity),
+            label_smoothing: 0.0,
+            param_grads: graph.params.iter().map(|p| vec![0.0; p.len()]).collect(),
+        })
+    }
+
+    /// Forces one convolution algorithm everywhere (`Auto` restores the per-layer choice).
+    pub fn set_conv_algo(&mut self, algo: ConvAlgo) {
+        self.algo = algo;
+    }
+
+    /// The largest batch the buffers hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The plan the buffers follow.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Parameter gradients from the last backward pass, in [`Graph::params`] order.
+    pub fn param_grads(&self) -> &[Vec<f32>] {
+        &self.param_grads
+    }
+
+    /// The output of the last forward pass: `batch` rows of [`Graph::output_len`] values.
+    pub fn output(&self, graph: &Graph) -> Images<'_> {
+        images(&self.acts, self.plan.places[graph.output], self.batch)
+    }
+
+    /// Copies the output of the last forward pass into a dense vector (`batch * outputs`).
+    pub fn output_vec(&self, graph: &Graph) -> Vec<f32> {
+        let out = self.output(graph);
+        (0..out.count()).flat_map(|n| out.get(n).iter().copied()).collect()
+    }
+
+    fn check_params(graph: &Graph, params: &[Vec<f32>]) -> Result<()> {
+        if params.len() != graph.params.len() {
+            return Err(Error::config(
+                "executor",
+                format!(
+                    "{} parameter tensors, the graph has {}",
+                    params.len(),
+                    graph.params.len()
+                ),
+            ));
+        }
+        for (spec, value) in graph.params.iter().zip(params) {
+            if spec.len() != value.len() {
+                return Err(Error::shape(
+                    &format!("parameter {}", spec.name),
+                    format!("{:?} = {} values", spec.shape, spec.len()),
+                    format!("{} values", value.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the graph on `input` (`count` images of `c*h*w` values each).
+    pub fn forward(&mut self, graph: &Graph, params: &[Vec<f32>], input: Images<'_>, mode: Mode) -> Result<()> {
+        let _ = mode; // No layer of the current graphs behaves differently in training yet.
+        Self::check_params(graph, params)?;
+        let expected = graph.nodes[0].image_len();
+        if input.len() != expected {
+            let shape = graph.input_shape();
+            return Err(Error::shape(
+                "graph input",
+                format!("{shape:?} = {expected} values per image"),
+                format!("{} values per image", input.len()),
+            ));
+        }
+        if input.count() == 0 || input.count() > self.capacity {
+            return Err(Error::shape(
+                "graph input",
+                format!("a batch of 1 to {} images", self.capacity),
+                format!("{} images", input.count()),
+            ));
+        }
+        let batch = input.count();
+        self.batch = batch;
+        let places = &self.plan.places;
+        for (id, node) in graph.nodes.iter().enumerate() {
+            let p = places[id];
+            let input_place = node.inputs.first().map(|&i| places[i]);
+            let in_shape = node.inputs.first().map(|&i| graph.nodes[i].shape).unwrap_or(node.shape);
+            let [c, h, w] = in_shape;
+            let argmax = &mut self.argmax[id];
+            let algo = self.algo;
+            let run = |bufs: &[Vec<f32>], out: &mut [f32]| -> Result<()> {
+                let mut y = images_mut(out, p, batch);
+                match &node.layer {
+                    Layer::Input => {
+                        for n in 0..batch {
+                            y.get_mut(n).copy_from_slice(input.get(n));
+                        }
+                    }
+                    Layer::Conv {
+                        conv,
+                        weight,
+                        bias,
+                        relu,
+                    } => {
+                        let g = conv.geometry([batch, c, h, w])?;
+                        let algo = conv::choose_algo(if algo == ConvAlgo::Auto { conv.algo } else { algo }, &g)?;
+                        let x = images(bufs, input_place.expect("conv has an input"), batch);
+                        let b = bias.map(|b| params[b].as_slice());
+                        conv::forward_images(&g, algo, x, &params[*weight], b, &mut y);
+                        if *relu {
+                            y.par_iter_mut()
+                                .for_each(|(_, v)| v.iter_mut().for_each(|a| *a = a.max(0.0)));
+                        }
+                    }
+                    Layer::Linear { linear, weight, bias } => {
+                        let x = images(bufs, input_place.expect("linear has an input"), batch);
+                        linear.forward_images(x, &params[*weight], bias.map(|b| params[b].as_slice()), &mut y);
+                    }
+                    Layer::MaxPool(pool) => {
+                        let g = pool.window.geometry("max_pool2d", [batch, c, h, w])?;
+                        max_pool_forward(
+                            &g,
+                            images(bufs, input_place.expect("pool has an input"), batch),
+                            &mut y,
+                            argmax,
+                        );
+                    }
+                    Layer::AvgPool(pool) => {
+                        let g = pool.window.geometry("avg_pool2d", [batch, c, h, w])?;
+                        pool.forward_images(&g, images(bufs, input_place.expect("pool has an input"), batch), &mut y);
+                    }
+                    Layer::GlobalAvgPool => {
+                        let x = images(bufs, input_place.expect("pool has an input"), batch);
+                        pool::global_avg_pool_forward(x, h * w, &mut y);
+                    }
+                    Layer::Relu => {
+                        let x = images(bufs, input_place.expect("relu has an input"), batch);
+                        y.par_iter_mut().for_each(|(n, out)| {
+                            out.iter_mut().zip(x.get(n)).for_each(|(o, &v)| *o = v.max(0.0));
+                        });
+                    }
+                    Layer::Concat => {
+                        let mut offset = 0;
+                        for (k, &part) in node.inputs.iter().enumerate() {
+                            let pp = places[part];
+                            if !self.plan.in_place[id][k] {
+                                let x = images(bufs, pp, batch);
+                                for n in 0..batch {
+                                    y.get_mut(n)[offset..offset + pp.len].copy_from_slice(x.get(n));
+                                }
+                            }
+                            offset += pp.len;
+                        }
+                    }
+                    Layer::Flatten => {}
+                }
+                Ok(())
+            };
+            if matches!(node.layer, Layer::Flatten) {
+                continue;
+            }
+            with_buffer(&mut self.acts, p.buffer, run).map_err(|e| e.in_node(&node.name))?;
+        }
+        Ok(())
+    }
+
+    /// Softmax cross-entropy of the last forward's output against `labels`, batch-averaged, with label
+    /// smoothing `eps`; keeps the probabilities for [`Executor::backward`].
+    pub fn loss(&mut self, graph: &Graph, labels: &[usize], label_smoothing: f32) -> Result<BatchLoss> {
+        let classes = graph.output_len();
+        if labels.len() != self.batch {
+            return Err(Error::shape(
+                "loss labels",
+                format!("{} labels (one per image)", self.batch),
+                format!("{} labels", labels.len()),
+            ));
+        }
+        for (index, &label) in labels.iter().enumerate() {
+            if label >= classes {
+                return Err(Error::Label {
+                    op: "loss".into(),
+                    index,
+                    label,
+                    classes,
+                });
+            }
+        }
+        let p = self.plan.places[graph.output];
+        let logits = &self.acts[p.buffer][p.offset..];
+        let probabilities = &mut self.probabilities[..labels.len() * classes];
+        let loss = loss::forward_rows(logits, p.stride, classes, labels, label_smoothing, probabilities);
+        let out = images(&self.acts, p, self.batch);
+        let correct = (0..labels.len())
+            .filter(|&n| {
+                let row = out.get(n);
+                let best = (0..classes).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+                best == labels[n]
+            })
+            .count();
+        self.labels.clear();
+        self.labels.extend_from_slice(labels);
+        self.label_smoothing = label_smoothing;
+        Ok(BatchLoss { loss, correct })
+    }
+
+    /// Backward pass from the last [`Executor::loss`]: zeroes and fills every parameter gradient.
+    pub fn backward(&mut self, graph: &Graph, params: &[Vec<f32>]) -> Result<()> {
+        Self::check_params(graph, params)?;
+        if self.labels.len() != self.batch || self.batch == 0 {
+            return Err(Error::config(
+                "executor",
+                "backward needs a forward pass and a loss on the same batch first",
+            ));
+        }
+        let batch = self.batch;
+        if self.grads.is_empty() {
+            self.grads = self
+                .plan
+                .buffer_image_len
+                .iter()
+                .map(|&len| vec![0.0; len * self.capacity])
+                .collect();
+        }
+        for (g, &len) in self.grads.iter_mut().zip(&self.plan.buffer_image_len) {
+            g[..len * batch].fill(0.0);
+        }
+        for g in &mut self.param_grads {
+            g.fill(0.0);
+        }
+        let classes = graph.output_len();
+        let out = self.plan.places[graph.output];
+        loss::backward_rows(
+            &self.probabilities[..batch * classes],
+            &self.labels,
+            classes,
+            self.label_smoothing,
+            &mut self.grads[out.buffer][out.offset..],
+            out.stride,
+        );
+        let Executor {
+            acts,
+            grads,
+            argmax,
+            param_grads,
+            algo,
+            plan,
+            ..
+        } = self;
+        let places = &plan.places;
+        for (id, node) in graph.nodes.iter().enumerate().rev() {
+            let p = places[id];
+            let Some(&input) = node.inputs.first() else { continue };
+            let ip = places[input];
+            // The graph input needs no gradient: its producer skips computing one.
+            let input_needs_grad = !matches!(graph.nodes[input].layer, Layer::Input);
+            let [c, h, w] = graph.nodes[input].shape;
+            let result: Result<()> = match &node.layer {
+                Layer::Conv {
+                    conv,
+                    weight,
+                    bias,
+                    relu,
+                } => (|| {
+                    let g = conv.geometry([batch, c, h, w])?;
+                    let algo = conv::choose_algo(if *algo == ConvAlgo::Auto { conv.algo } else { *algo }, &g)?;
+                    if *relu {
+                        let y = images(acts, p, batch);
+                        let mut dy = images_mut(&mut grads[p.buffer], p, batch);
+                        dy.par_iter_mut().for_each(|(n, d)| {
+                            d.iter_mut().zip(y.get(n)).for_each(|(d, &y)| {
+                                if y <= 0.0 {
+                                    *d = 0.0
+                                }
+                            });
+                        });
+                    }
+                    let x = images(acts, ip, batch);
+                    let dy = images(grads, p, batch);
+                    conv::backward_weight_images(&g, algo, x, dy, &mut param_grads[*weight]);
+                    if let Some(b) = bias {
+                        conv::bias_grad(dy, g.out_channels, g.output_pixels(), &mut param_grads[*b]);
+                    }
+                    if input_needs_grad {
+                        with_buffer(grads, ip.buffer, |grads, dx| {
+                            let dy = images(grads, p, batch);
+                            conv::backward_input_images(&g, algo, &params[*weight], dy, &mut images_mut(dx, ip, batch));
+                        });
+                    }
+                    Ok(())
+                })(),
+                Layer::Linear { linear, weight, bias } => {
+                    let dy = images(grads, p, batch);
+                    linear.backward_weight_images(images(acts, ip, batch), dy, &mut param_grads[*weight]);
+                    if let Some(b) = bias {
+                        conv::bias_grad(dy, linear.out_features, 1, &mut param_grads[*b]);
+                    }
+                    if input_needs_grad {
+                        with_buffer(grads, ip.buffer, |grads, dx| {
+                            let dy = images(grads, p, batch);
+                            linear.backward_input_images(&params[*weight], dy, &mut images_mut(dx, ip, batch));
+                        });
+                    }
+                    Ok(())
+                }
+                Layer::MaxPool(pool) => (|| {
+                    let g = pool.window.geometry("max_pool2d", [batch, c, h, w])?;
+                    if input_needs_grad {
+                        with_buffer(grads, ip.buffer, |grads, dx| {
+                            max_pool_backward(&g, &argmax[id], images(grads, p, batch), &mut images_mut(dx, ip, batch))
+                        });
+                    }
+                    Ok(())
+                })(),
+                Layer::AvgPool(pool) => (|| {
+                    let g = pool.window.geometry("avg_pool2d", [batch, c, h, w])?;
+                    if input_needs_grad {
+                        with_buffer(grads, ip.buffer, |grads, dx| {
+                            pool.backward_images(&g, images(grads, p, batch), &mut images_mut(dx, ip, batch))
+                        });
+                    }
+                    Ok(())
+                })(),
+                Layer::GlobalAvgPool => {
+                    if input_needs_grad {
+                        with_buffer(grads, ip.buffer, |grads, dx| {
+                            let dy = images(grads, p, batch);
+                            pool::global_avg_pool_backward_images(dy, h * w, &mut images_mut(dx, ip, batch))
+                        });
+                    }
+                    Ok(())
+                }
+                Layer::Relu => {
+                    if input_needs_grad {
+                        let y = images(acts, p, batch);
+                        with_buffer(grads, ip.buffer, |grads, dx| {
+                            let dy = images(grads, p, batch);
+                            images_mut(dx, ip, batch).par_iter_mut().for_each(|(n, d)| {
+                                for ((d, &dy), &y) in d.iter_mut().zip(dy.get(n)).zip(y.get(n)) {
+                                    if y > 0.0 {
+                                        *d += dy;
+                                    }
+                                }
+                            });
+                        });
+                    }
+                    Ok(())
+                }
+                Layer::Concat => {
+                    let mut offset = 0;
+                    for (k, &part) in node.inputs.iter().enumerate() {
+                        let pp = places[part];
+                        let needs = !matches!(graph.nodes[part].layer, Layer::Input);
+                        if !plan.in_place[id][k] && needs {
+                            with_buffer(grads, pp.buffer, |grads, dx| {
+                                let dy = images(grads, p, batch);
+                                let mut dx = images_mut(dx, pp, batch);
+                                for n in 0..batch {
+                                    let src = &dy.get(n)[offset..offset + pp.len];
+                                    dx.get_mut(n).iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                                }
+                            });
+                        }
+                        offset += pp.len;
+                    }
+                    Ok(())
+                }
+                Layer::Flatten | Layer::Input => Ok(()),
+            };
+            result.map_err(|e| e.in_node(&node.name))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! The static graph: a model is declared once ([`GraphBuilder`]), its shapes are inferred and checked
+//! when it is built, a [`plan`] fixes every buffer, and an [`Executor`] runs inference and training on
+//! buffers allocated once for a maximum batch size, so a training step allocates nothing.
+
+mod builder;
+mod executor;
+pub mod plan;
+
+pub use builder::{Graph, GraphBuilder, Init, Layer, Node, NodeId, ParamId, ParamSpec};
+pub use executor::{Executor, Mode};

@@ -1,0 +1,103 @@
+//! The model zoo: each model is a graph builder whose parameter names are the PyTorch state_dict keys
+//! of its reference definition, so weights move between PyTorch and incept unchanged.
+
+mod googlenet_d2l;
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Init};
+
+pub use googlenet_d2l::googlenet_d2l;
+
+/// The models incept can build, by command-line name.
+pub const MODEL_NAMES: &[&str] = &["googlenet-d2l"];
+
+/// What a model is built for: input channels, input size and classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Input height and width.
+    pub size: [usize; 2],
+    /// Output classes.
+    pub classes: usize,
+}
+
+/// The chapter's defaults for a model: googlenet-d2l takes 1×96×96 and predicts 10 classes.
+pub fn default_config(name: &str) -> Result<ModelConfig> {
+    match name {
+        "googlenet-d2l" => Ok(ModelConfig {
+            in_channels: 1,
+            size: [96, 96],
+            classes: 10,
+        }),
+        _ => Err(unknown(name)),
+    }
+}
+
+fn unknown(name: &str) -> Error {
+    Error::config(
+        "model",
+        format!("unknown model {name:?}; expected one of {}", MODEL_NAMES.join(", ")),
+    )
+}
+
+/// Builds the graph of model `name`.
+pub fn build(name: &str, config: ModelConfig) -> Result<Graph> {
+    match name {
+        "googlenet-d2l" => googlenet_d2l(config),
+        _ => Err(unknown(name)),
+    }
+}
+
+/// A graph with its parameter values (in [`Graph::params`] order).
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The architecture.
+    pub graph: Graph,
+    /// One vector per parameter.
+    pub params: Vec<Vec<f32>>,
+}
+
+impl Model {
+    /// Parameters initialised as each spec says (PyTorch's defaults), from `seed`.
+    pub fn init(graph: Graph, seed: u64) -> Model {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let params = graph
+            .params
+            .iter()
+            .map(|p| match p.init {
+                Init::Uniform { bound } => (0..p.len()).map(|_| (rng.f32() * 2.0 - 1.0) * bound).collect(),
+                Init::Zeros => vec![0.0; p.len()],
+                Init::Ones => vec![1.0; p.len()],
+            })
+            .collect();
+        Model { graph, params }
+    }
+
+    /// The index of parameter `name`.
+    pub fn param_index(&self, name: &str) -> Option<usize> {
+        self.graph.params.iter().position(|p| p.name == name)
+    }
+}
+
+/// The chapter's per-block shape trace for one image: `output shape: [1, 64, 24, 24]`, ... `[1, 10]`
+/// (flattened and linear outputs print as 2-D, as in PyTorch).
+pub fn shape_trace(graph: &Graph) -> Vec<String> {
+    graph
+        .trace
+        .iter()
+        .map(|(_, id)| {
+            let node = &graph.nodes[*id];
+            let [c, h, w] = node.shape;
+            let flat = matches!(
+                node.layer,
+                crate::graph::Layer::Flatten | crate::graph::Layer::Linear { .. }
+            );
+            if flat {
+                format!("output shape: [1, {c}]")
+            } else {
+                format!("output shape: [1, {c}, {h}, {w}]")
+            }
+        })
+        .collect()
+}
