@@ -36,13 +36,18 @@
 
 #![warn(missing_docs)]
 
+pub mod data;
 pub mod error;
 pub mod geometry;
 pub mod graph;
+pub mod io;
 pub(crate) mod matmul;
 pub mod models;
 pub mod ops;
+pub mod optim;
+pub mod plot;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use geometry::{Axis, Padding, Pads};

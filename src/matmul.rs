@@ -178,3 +178,36 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod accumulate_tests {
+    use super::*;
+
+    #[test]
+    fn accumulates_onto_nonzero_output_for_conv_backward_shapes() {
+        let mut rng = fastrand::Rng::with_seed(9);
+        for &(m, n, k) in &[(832, 9, 256), (832, 9, 160), (528, 36, 64), (64, 9, 8), (17, 3, 5)] {
+            // c += aᵀ·b with a stored [k, m] (the transposed weight view of 1x1 backward).
+            let a: Vec<f32> = (0..k * m).map(|_| rng.f32() - 0.5).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.f32() - 0.5).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rng.f32() - 0.5).collect();
+            let mut c = c0.clone();
+            matmul(
+                MatMut::row_major(&mut c, m, n),
+                MatRef::row_major(&a, k, m).t(),
+                MatRef::row_major(&b, k, n),
+                true,
+                Threads::One,
+            );
+            let mut worst = 0f32;
+            for i in 0..m {
+                for j in 0..n {
+                    let exact: f64 =
+                        c0[i * n + j] as f64 + (0..k).map(|p| a[p * m + i] as f64 * b[p * n + j] as f64).sum::<f64>();
+                    worst = worst.max((c[i * n + j] - exact as f32).abs());
+                }
+            }
+            assert!(worst < 1e-4, "{m}x{n}x{k}: accumulate error {worst}");
+        }
+    }
+}

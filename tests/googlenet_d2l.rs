@@ -1,8 +1,9 @@
 //! googlenet-d2l against the chapter and against PyTorch's `googlenet_d2l` (fixtures from
 //! `fixtures/generate_googlenet.py`): parameter names, the shape trace, eval logits and the gradient of
-//! every parameter for one batch. The gradient reference is PyTorch in float64: on this batch PyTorch's
-//! own float32 gradients are up to 1.4e-2 away from it (near-tied max-pool windows and ReLUs round
-//! either way; see the generator), so float32 PyTorch would measure its noise, not our error.
+//! every parameter for one batch. The gradient reference is PyTorch in float64 on a 4x1x32x32 batch
+//! the generator checked to be well conditioned: no max-pool maximum or ReLU input within 1e-5
+//! (relative) of flipping. Where one is (every 96x96 batch tried had windows within 1e-7), the
+//! gradient depends on the last bit of rounding, and float32 engines legitimately disagree.
 
 mod common;
 
@@ -12,8 +13,12 @@ use incept::graph::{Executor, Mode};
 use incept::models::{self, Model};
 use incept::tensor::Images;
 
-fn pytorch_model(f: &Fixture) -> Model {
-    let graph = models::build("googlenet-d2l", models::default_config("googlenet-d2l").unwrap()).unwrap();
+fn pytorch_model(f: &Fixture, size: usize) -> Model {
+    let config = models::ModelConfig {
+        size: [size, size],
+        ..models::default_config("googlenet-d2l").unwrap()
+    };
+    let graph = models::build("googlenet-d2l", config).unwrap();
     let params = graph
         .params
         .iter()
@@ -58,7 +63,7 @@ fn values(f: &Fixture, name: &str) -> Vec<f32> {
 #[test]
 fn eval_logits_match_pytorch() {
     let f = Fixture::open("googlenet_d2l");
-    let model = pytorch_model(&f);
+    let model = pytorch_model(&f, 96);
     let x = values(&f, "x");
     let mut exec = Executor::new(&model.graph, 4).unwrap();
     exec.forward(&model.graph, &model.params, Images::dense(&x, 4, 96 * 96), Mode::Eval)
@@ -74,14 +79,14 @@ fn eval_logits_match_pytorch() {
 #[test]
 fn one_batch_gradients_of_every_parameter_match_pytorch() {
     let f = Fixture::open("googlenet_d2l");
-    let model = pytorch_model(&f);
-    let x = values(&f, "x");
+    let model = pytorch_model(&f, 32);
+    let x = values(&f, "x32");
     let labels: Vec<usize> = values(&f, "labels").iter().map(|&l| l as usize).collect();
     let mut exec = Executor::new(&model.graph, 4).unwrap();
-    exec.forward(&model.graph, &model.params, Images::dense(&x, 4, 96 * 96), Mode::Train)
+    exec.forward(&model.graph, &model.params, Images::dense(&x, 4, 32 * 32), Mode::Train)
         .unwrap();
     let loss = exec.loss(&model.graph, &labels, 0.0).unwrap();
-    let torch_loss = values(&f, "loss")[0] as f64;
+    let torch_loss = values(&f, "loss32")[0] as f64;
     assert!(
         (loss.loss - torch_loss).abs() <= 1e-5 * torch_loss.abs(),
         "loss {} vs PyTorch {torch_loss}",

@@ -127,6 +127,17 @@ impl Executor {
         images(&self.acts, self.plan.places[graph.output], self.batch)
     }
 
+    /// The output of node `node` from the last forward pass.
+    pub fn node_output(&self, node: usize) -> Images<'_> {
+        images(&self.acts, self.plan.places[node], self.batch)
+    }
+
+    /// The gradient of the loss with respect to node `node`'s output, from the last backward pass
+    /// (for a ReLU-fused convolution, the gradient before its ReLU once backward has passed it).
+    pub fn node_grad(&self, node: usize) -> Option<Images<'_>> {
+        (!self.grads.is_empty()).then(|| images(&self.grads, self.plan.places[node], self.batch))
+    }
+
     /// Copies the output of the last forward pass into a dense vector (`batch * outputs`).
     pub fn output_vec(&self, graph: &Graph) -> Vec<f32> {
         let out = self.output(graph);

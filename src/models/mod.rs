@@ -101,3 +101,32 @@ pub fn shape_trace(graph: &Graph) -> Vec<String> {
         })
         .collect()
 }
+
+/// The configuration a set of weights implies: input channels from the first convolution, classes from
+/// the classifier; the input size stays the default (it does not change any weight's shape).
+pub fn config_from_weights(name: &str, weights: &crate::io::checkpoint::TensorFile) -> Result<ModelConfig> {
+    let mut config = default_config(name)?;
+    let (stem, classifier) = match name {
+        "googlenet-d2l" => ("0.0.weight", "6.weight"),
+        _ => return Err(unknown(name)),
+    };
+    let shape = |key: &str| {
+        weights.tensors.get(key).map(|t| t.0.clone()).ok_or_else(|| {
+            Error::config(
+                name,
+                format!("the weights have no {key}, so they are not {name} weights"),
+            )
+        })
+    };
+    let stem_shape = shape(stem)?;
+    let classifier_shape = shape(classifier)?;
+    if stem_shape.len() != 4 || classifier_shape.len() != 2 {
+        return Err(Error::config(
+            name,
+            format!("{stem} must be 4-D and {classifier} 2-D, found {stem_shape:?} and {classifier_shape:?}"),
+        ));
+    }
+    config.in_channels = stem_shape[1];
+    config.classes = classifier_shape[0];
+    Ok(config)
+}

@@ -159,11 +159,11 @@ pub fn well_separated(len: usize, seed: u64) -> Vec<f32> {
 }
 
 /// The weights `fixtures/generate_googlenet.py` gives parameter tensor number `p` of the state_dict:
-/// a Weyl sequence mapped to `±1/sqrt(fan_in)` (weights) or `±0.1` (biases), bit-identical to numpy's.
+/// a Weyl sequence mapped to `±sqrt(6/fan_in)` (weights) or `±0.1` (biases), bit-identical to numpy's.
 pub fn formula_weights(p: usize, shape: &[usize]) -> Vec<f32> {
     let n: usize = shape.iter().product();
     let scale = if shape.len() > 1 {
-        1.0 / (shape[1..].iter().product::<usize>() as f64).sqrt()
+        (6.0 / shape[1..].iter().product::<usize>() as f64).sqrt()
     } else {
         0.1
     };

@@ -1,0 +1,423 @@
+//! The `incept` command: train, eval, predict, summary, bench.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use incept::data::{Dataset, idx, npy};
+use incept::graph::{Executor, Mode};
+use incept::io::checkpoint::TensorFile;
+use incept::models::{self, Model, ModelConfig};
+use incept::optim::Schedule;
+use incept::tensor::Images;
+use incept::train::{self, OptimizerKind, TrainConfig};
+use incept::{Error, Result};
+
+/// Where Debian's `dataset-fashion-mnist` package installs the four IDX files.
+const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+#[derive(Parser)]
+#[command(
+    name = "incept",
+    version,
+    about = "Train and run GoogLeNet/Inception networks on the CPU"
+)]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OptimizerArg {
+    Adam,
+    Sgd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScheduleArg {
+    Constant,
+    Step,
+    Cosine,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum BenchMode {
+    Infer,
+    Train,
+}
+
+#[derive(clap::Args)]
+struct DataArgs {
+    /// Directory with the (Fashion-)MNIST IDX files, .gz or raw.
+    #[arg(long, default_value = DEBIAN_FASHION_MNIST)]
+    data: PathBuf,
+    /// Your own data instead: float32 images [n, c, h, w] and int64 labels [n], as .npy (used for both
+    /// training and testing).
+    #[arg(long, num_args = 2, value_names = ["IMAGES", "LABELS"])]
+    data_npy: Option<Vec<PathBuf>>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model (defaults: the chapter's recipe for googlenet-d2l on Fashion-MNIST).
+    Train {
+        #[arg(long, default_value = "googlenet-d2l")]
+        model: String,
+        #[arg(long, default_value_t = 5)]
+        epochs: usize,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f32,
+        #[arg(long, value_enum, default_value = "adam")]
+        optimizer: OptimizerArg,
+        /// SGD momentum.
+        #[arg(long, default_value_t = 0.0)]
+        momentum: f32,
+        /// SGD Nesterov momentum.
+        #[arg(long)]
+        nesterov: bool,
+        #[arg(long, default_value_t = 0.0)]
+        weight_decay: f32,
+        #[arg(long, value_enum, default_value = "constant")]
+        schedule: ScheduleArg,
+        /// Step schedule: epochs between decays.
+        #[arg(long, default_value_t = 30)]
+        step_every: usize,
+        /// Step schedule: factor per decay.
+        #[arg(long, default_value_t = 0.1)]
+        step_gamma: f32,
+        #[arg(long, default_value_t = 0.0)]
+        label_smoothing: f32,
+        /// Input size (square) the images are resized to.
+        #[arg(long, default_value_t = 96)]
+        resize: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Use only the first N training images.
+        #[arg(long)]
+        train_limit: Option<usize>,
+        /// Use only the first N test images.
+        #[arg(long)]
+        test_limit: Option<usize>,
+        /// Stop after N steps in total.
+        #[arg(long)]
+        steps: Option<u64>,
+        #[arg(long)]
+        no_shuffle: bool,
+        /// Start from these weights (safetensors, PyTorch names).
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Checkpoint path (default: OUT/checkpoint.safetensors).
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Continue from a checkpoint saved by a run with the same settings.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Directory for the checkpoint, metrics.jsonl and metrics.svg.
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+        /// Hide the progress bar.
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Test loss and accuracy of saved weights.
+    Eval {
+        #[arg(long, default_value = "googlenet-d2l")]
+        model: String,
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long, default_value_t = 96)]
+        resize: usize,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long)]
+        test_limit: Option<usize>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Eval-mode logits [n, classes] of a .npy batch, written as float32 .npy.
+    Predict {
+        #[arg(long, default_value = "googlenet-d2l")]
+        model: String,
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// The per-block shape trace, parameter count and FLOPs per image.
+    Summary {
+        #[arg(long, default_value = "googlenet-d2l")]
+        model: String,
+        /// Input as NxCxHxW, e.g. 1x1x96x96.
+        #[arg(long)]
+        input: Option<String>,
+    },
+    /// Median time per batch and images per second.
+    Bench {
+        #[arg(long, default_value = "googlenet-d2l")]
+        model: String,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, value_enum, default_value = "infer")]
+        mode: BenchMode,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// One JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load_data(args: &DataArgs, classes: usize) -> Result<(Dataset, Dataset)> {
+    if let Some(paths) = &args.data_npy {
+        let data = npy::read_pair(&paths[0], &paths[1], classes)?;
+        return Ok((data.clone(), data));
+    }
+    if !args.data.exists() {
+        let hint = if args.data == Path::new(DEBIAN_FASHION_MNIST) {
+            "install Fashion-MNIST with `sudo apt-get install -y dataset-fashion-mnist`, or pass --data DIR"
+        } else {
+            "pass --data DIR with the four IDX files (train-images-idx3-ubyte[.gz], ...)"
+        };
+        return Err(Error::file(args.data.display(), format!("no such directory: {hint}")));
+    }
+    idx::read_dir(&args.data)
+}
+
+fn limit(data: Dataset, n: Option<usize>) -> Dataset {
+    match n {
+        Some(n) => data.truncate(n),
+        None => data,
+    }
+}
+
+fn load_model(name: &str, weights: &Path) -> Result<Model> {
+    let file = TensorFile::read(weights)?;
+    let config = models::config_from_weights(name, &file)?;
+    let graph = models::build(name, config)?;
+    let params = file.params_for(&graph, weights)?;
+    Ok(Model { graph, params })
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train {
+            model,
+            epochs,
+            batch,
+            lr,
+            optimizer,
+            momentum,
+            nesterov,
+            weight_decay,
+            schedule,
+            step_every,
+            step_gamma,
+            label_smoothing,
+            resize,
+            seed,
+            train_limit,
+            test_limit,
+            steps,
+            no_shuffle,
+            init,
+            save,
+            resume,
+            out,
+            quiet,
+            data,
+        } => {
+            let mut config = models::default_config(&model)?;
+            config.size = [resize, resize];
+            let (train_set, test_set) = load_data(&data, config.classes)?;
+            config.in_channels = train_set.shape[0];
+            let (train_set, test_set) = (limit(train_set, train_limit), limit(test_set, test_limit));
+            let schedule = match schedule {
+                ScheduleArg::Constant => Schedule::Constant,
+                ScheduleArg::Step => Schedule::Step {
+                    every: step_every,
+                    gamma: step_gamma,
+                },
+                ScheduleArg::Cosine => Schedule::Cosine { epochs, min_lr: 0.0 },
+            };
+            let optimizer = match optimizer {
+                OptimizerArg::Adam => OptimizerKind::Adam,
+                OptimizerArg::Sgd => OptimizerKind::Sgd { momentum, nesterov },
+            };
+            let cfg = TrainConfig {
+                model: model.clone(),
+                config,
+                epochs,
+                batch,
+                lr,
+                schedule,
+                optimizer,
+                weight_decay,
+                label_smoothing,
+                seed,
+                shuffle: !no_shuffle,
+                max_steps: steps,
+                init,
+                resume,
+                save: Some(save.unwrap_or_else(|| out.join("checkpoint.safetensors"))),
+                metrics: Some(out.join("metrics.jsonl")),
+                progress: !quiet,
+            };
+            println!(
+                "training {model} on {} images ({} test), {}x{}, batch {batch}, lr {lr}, {} epochs, {} threads",
+                train_set.len(),
+                test_set.len(),
+                resize,
+                resize,
+                epochs,
+                rayon::current_num_threads()
+            );
+            let report = train::train(&cfg, train_set, &test_set, |m| println!("{}", m.line()))?;
+            let save_path = cfg.save.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            println!(
+                "{} steps; checkpoint {save_path}; metrics {}",
+                report.global_step,
+                out.join("metrics.jsonl").display()
+            );
+        }
+        Command::Eval {
+            model,
+            weights,
+            resize,
+            batch,
+            test_limit,
+            data,
+        } => {
+            let mut m = load_model(&model, &weights)?;
+            if resize != m.graph.input_shape()[1] {
+                let config = ModelConfig {
+                    size: [resize, resize],
+                    ..models::config_from_weights(&model, &TensorFile::read(&weights)?)?
+                };
+                m.graph = models::build(&model, config)?;
+            }
+            let (_, test_set) = load_data(&data, m.graph.output_len())?;
+            let test_set = limit(test_set, test_limit);
+            let mut exec = Executor::new(&m.graph, batch.max(1))?;
+            let (loss, acc) = train::evaluate(&m, &test_set, batch, &mut exec)?;
+            println!("test loss {loss:.4}, test acc {acc:.4} ({} images)", test_set.len());
+        }
+        Command::Predict {
+            model,
+            weights,
+            input,
+            output,
+        } => {
+            let file = TensorFile::read(&weights)?;
+            let x = npy::read_images(&input)?;
+            let [n, c, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+            let config = ModelConfig {
+                size: [h, w],
+                ..models::config_from_weights(&model, &file)?
+            };
+            if c != config.in_channels {
+                return Err(Error::file(
+                    input.display(),
+                    format!(
+                        "images with {} channel(s), as the weights expect, found {c}",
+                        config.in_channels
+                    ),
+                ));
+            }
+            let graph = models::build(&model, config)?;
+            let params = file.params_for(&graph, &weights)?;
+            let x = x.as_standard_layout();
+            let mut exec = Executor::new(&graph, n.clamp(1, 128))?;
+            let mut logits = Vec::with_capacity(n * config.classes);
+            let data = x.as_slice().expect("standard layout");
+            for chunk in data.chunks(128 * c * h * w) {
+                let count = chunk.len() / (c * h * w);
+                exec.forward(&graph, &params, Images::dense(chunk, count, c * h * w), Mode::Eval)?;
+                logits.extend(exec.output_vec(&graph));
+            }
+            let logits =
+                incept::ndarray::Array2::from_shape_vec([n, config.classes], logits).expect("one row per image");
+            npy::write_matrix(&output, &logits)?;
+            println!("wrote {n} x {} logits to {}", config.classes, output.display());
+        }
+        Command::Summary { model, input } => {
+            let mut config = models::default_config(&model)?;
+            if let Some(spec) = input {
+                let dims: Vec<usize> = spec
+                    .split('x')
+                    .map(|d| d.trim().parse())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| {
+                        Error::config("summary", format!("--input must look like 1x1x96x96, found {spec:?}"))
+                    })?;
+                let [_, c, h, w] = dims[..] else {
+                    return Err(Error::config(
+                        "summary",
+                        format!("--input needs 4 sizes NxCxHxW, found {spec:?}"),
+                    ));
+                };
+                config.in_channels = c;
+                config.size = [h, w];
+            }
+            let graph = models::build(&model, config)?;
+            for line in models::shape_trace(&graph) {
+                println!("{line}");
+            }
+            println!("parameters: {}", graph.parameter_count());
+            println!("GFLOP per image (forward): {:.4}", graph.flops_per_image() as f64 / 1e9);
+        }
+        Command::Bench {
+            model,
+            batch,
+            mode,
+            warmup,
+            steps,
+            json,
+        } => {
+            let graph = models::build(&model, models::default_config(&model)?)?;
+            let mut m = Model::init(graph, 0);
+            let r = train::bench(&mut m, batch, mode == BenchMode::Train, warmup, steps)?;
+            let mode = if mode == BenchMode::Train { "train" } else { "infer" };
+            let threads = rayon::current_num_threads();
+            if json {
+                println!(
+                    "{{\"model\":\"{model}\",\"mode\":\"{mode}\",\"batch\":{batch},\"threads\":{threads},\"ms_per_batch\":{:.3},\"img_per_s\":{:.2}}}",
+                    r.ms_per_batch, r.img_per_s
+                );
+            } else {
+                println!(
+                    "{model} {mode} batch {batch}, {threads} threads: {:.1} ms per batch (median of {steps}), {:.1} img/s",
+                    r.ms_per_batch, r.img_per_s
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(threads) = cli.threads
+        && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()
+    {
+        eprintln!("error: could not start {threads} threads: {e}");
+        return ExitCode::FAILURE;
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Batches for one epoch, in a seeded order, resized on a background thread so the next batch is ready
+//! when the current training step ends.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::JoinHandle;
+
+use super::Dataset;
+use super::transforms::resize_bilinear;
+
+/// One batch, resized: `labels.len()` images of `channels * size[0] * size[1]` values.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Position of the batch in its epoch.
+    pub index: usize,
+    /// NCHW values.
+    pub images: Vec<f32>,
+    /// Labels.
+    pub labels: Vec<usize>,
+}
+
+/// The order of an epoch's images: shuffled from `(seed, epoch)`, or as stored.
+pub fn epoch_order(len: usize, shuffle: bool, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    if shuffle {
+        // A distinct, reproducible stream per epoch.
+        let mut rng = fastrand::Rng::with_seed(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        rng.shuffle(&mut order);
+    }
+    order
+}
+
+/// Yields the batches of one epoch (the last one may be smaller), starting at batch `first`, prepared
+/// on a background thread two batches ahead.
+pub struct Loader {
+    receiver: Receiver<Batch>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    /// Starts preparing batches of `batch` images from `data` in `order`, resized to `size`.
+    pub fn new(data: Arc<Dataset>, order: Vec<usize>, batch: usize, size: [usize; 2], first: usize) -> Loader {
+        let (sender, receiver) = sync_channel(2);
+        let worker = std::thread::spawn(move || {
+            let [c, h, w] = data.shape;
+            let out_len = c * size[0] * size[1];
+            for (index, chunk) in order.chunks(batch.max(1)).enumerate().skip(first) {
+                let mut images = vec![0.0; chunk.len() * out_len];
+                for (&i, dst) in chunk.iter().zip(images.chunks_exact_mut(out_len)) {
+                    let src = &data.images[i * data.image_len()..][..data.image_len()];
+                    resize_bilinear(src, c, [h, w], dst, size, data.from_bytes);
+                }
+                let labels = chunk.iter().map(|&i| data.labels[i]).collect();
+                if sender.send(Batch { index, images, labels }).is_err() {
+                    return; // The consumer stopped early.
+                }
+            }
+        });
+        Loader {
+            receiver,
+            worker: Some(worker),
+        }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        self.receiver.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Unblock the worker by dropping the receiver side first, then wait for it.
+        let (_, empty) = sync_channel(0);
+        self.receiver = empty;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}

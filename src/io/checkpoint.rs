@@ -1,0 +1,178 @@
+//! Safetensors checkpoints. Weights are stored under their PyTorch state_dict names, so a file saved
+//! from PyTorch (`safetensors.torch.save_file(model.state_dict(), path)`) loads directly and incept's
+//! checkpoints load into PyTorch. Optimizer state is stored as `optimizer.<slot>.<param name>`, and the
+//! training position and settings in the metadata. Files are written to `<path>.tmp` and renamed, so a
+//! crash never leaves a half-written checkpoint in place.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::optim::Optimizer;
+
+/// Tensors and metadata read from a safetensors file.
+#[derive(Debug, Clone, Default)]
+pub struct TensorFile {
+    /// Name -> (shape, values).
+    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// The file's metadata.
+    pub metadata: HashMap<String, String>,
+}
+
+const OPTIMIZER_PREFIX: &str = "optimizer.";
+
+impl TensorFile {
+    /// Reads `path`, accepting float32 tensors (and PyTorch's int64 `num_batches_tracked`, skipped).
+    pub fn read(path: &Path) -> Result<TensorFile> {
+        let bytes = std::fs::read(path).map_err(|e| Error::file(path.display(), e))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            Error::file(
+                path.display(),
+                format!("a safetensors file, but it is corrupt or truncated: {e}"),
+            )
+        })?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::file(path.display(), e))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            if name.ends_with("num_batches_tracked") {
+                continue;
+            }
+            if view.dtype() != Dtype::F32 {
+                return Err(Error::file(
+                    path.display(),
+                    format!("tensor {name}: expected dtype F32, found {:?}", view.dtype()),
+                ));
+            }
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            tensors.insert(name, (view.shape().to_vec(), values));
+        }
+        Ok(TensorFile {
+            tensors,
+            metadata: meta.metadata().clone().unwrap_or_default(),
+        })
+    }
+
+    /// The parameters of `graph` from this file, in graph order. Every missing, unexpected and misshaped
+    /// tensor is listed in one error.
+    pub fn params_for(&self, graph: &Graph, path: &Path) -> Result<Vec<Vec<f32>>> {
+        let mut problems = Vec::new();
+        for spec in &graph.params {
+            match self.tensors.get(&spec.name) {
+                None => problems.push(format!("missing {} {:?}", spec.name, spec.shape)),
+                Some((shape, _)) if *shape != spec.shape => problems.push(format!(
+                    "misshaped {}: expected {:?}, found {:?}",
+                    spec.name, spec.shape, shape
+                )),
+                Some(_) => {}
+            }
+        }
+        for name in self.tensors.keys() {
+            if !name.starts_with(OPTIMIZER_PREFIX) && !graph.params.iter().any(|p| &p.name == name) {
+                problems.push(format!("unexpected {name}"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::file(
+                path.display(),
+                format!("weights do not fit the model: {}", problems.join("; ")),
+            ));
+        }
+        Ok(graph.params.iter().map(|p| self.tensors[&p.name].1.clone()).collect())
+    }
+
+    /// The optimizer state saved for `graph`'s parameters, as `(slot, one vector per parameter)`.
+    pub fn optimizer_slots(&self, graph: &Graph, slots: &[&str], path: &Path) -> Result<Vec<(String, Vec<Vec<f32>>)>> {
+        slots
+            .iter()
+            .map(|slot| {
+                let values = graph
+                    .params
+                    .iter()
+                    .map(|p| {
+                        let key = format!("{OPTIMIZER_PREFIX}{slot}.{}", p.name);
+                        match self.tensors.get(&key) {
+                            Some((shape, v)) if *shape == p.shape => Ok(v.clone()),
+                            Some((shape, _)) => Err(Error::file(
+                                path.display(),
+                                format!("{key}: expected shape {:?}, found {shape:?}", p.shape),
+                            )),
+                            None => Err(Error::file(path.display(), format!("optimizer state {key} is missing"))),
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((slot.to_string(), values))
+            })
+            .collect()
+    }
+
+    /// A metadata value parsed as `T`, or an error naming the key.
+    pub fn meta<T: std::str::FromStr>(&self, key: &str, path: &Path) -> Result<T> {
+        let raw = self
+            .metadata
+            .get(key)
+            .ok_or_else(|| Error::file(path.display(), format!("metadata {key} is missing")))?;
+        raw.parse()
+            .map_err(|_| Error::file(path.display(), format!("metadata {key}: cannot parse {raw:?}")))
+    }
+}
+
+/// Writes weights (and optionally optimizer state) with `metadata`, atomically.
+pub fn save(
+    path: &Path,
+    graph: &Graph,
+    params: &[Vec<f32>],
+    optimizer: Option<&Optimizer>,
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
+    let mut named: Vec<(String, Vec<usize>, &[f32])> = graph
+        .params
+        .iter()
+        .zip(params)
+        .map(|(spec, v)| (spec.name.clone(), spec.shape.clone(), v.as_slice()))
+        .collect();
+    if let Some(opt) = optimizer {
+        for (slot, values) in opt.slots() {
+            for (spec, v) in graph.params.iter().zip(values) {
+                named.push((
+                    format!("{OPTIMIZER_PREFIX}{slot}.{}", spec.name),
+                    spec.shape.clone(),
+                    v.as_slice(),
+                ));
+            }
+        }
+    }
+    let views = named
+        .iter()
+        .map(|(name, shape, values)| {
+            let bytes: &[u8] = bytes_of(values);
+            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (name.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::file(path.display(), e))?;
+    let tmp = path.with_extension("safetensors.tmp");
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir.display(), e))?;
+    }
+    safetensors::serialize_to_file(views, Some(metadata.clone()), &tmp).map_err(|e| Error::file(tmp.display(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path.display(), e))
+}
+
+/// The little-endian bytes of an f32 slice.
+fn bytes_of(values: &[f32]) -> &[u8] {
+    const {
+        assert!(
+            cfg!(target_endian = "little"),
+            "checkpoints are written on little-endian machines"
+        )
+    };
+    // SAFETY: f32 has no padding or invalid bit patterns, u8 has alignment 1, and the length covers
+    // exactly the same memory; on little-endian targets (asserted above) these are safetensors' bytes.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values)) }
+}

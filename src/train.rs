@@ -1,0 +1,489 @@
+//! Training, evaluation and timing of a model on in-memory datasets: the engine behind `incept train`,
+//! `eval` and `bench`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::data::Dataset;
+use crate::data::loader::{Loader, epoch_order};
+use crate::data::transforms::resize_bilinear;
+use crate::error::{Error, Result};
+use crate::graph::{Executor, Mode};
+use crate::io::checkpoint::{TensorFile, save};
+use crate::models::{Model, ModelConfig};
+use crate::optim::{Adam, Optimizer, Schedule, Sgd};
+use crate::tensor::Images;
+
+/// Which optimizer to build.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerKind {
+    /// Adam with PyTorch's defaults and the given weight decay.
+    Adam,
+    /// SGD.
+    Sgd {
+        /// Momentum factor.
+        momentum: f32,
+        /// Nesterov momentum.
+        nesterov: bool,
+    },
+}
+
+/// Everything a training run needs besides the data.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// Model name (see [`crate::models::MODEL_NAMES`]).
+    pub model: String,
+    /// Model configuration (input channels, size, classes).
+    pub config: ModelConfig,
+    /// Epochs to run.
+    pub epochs: usize,
+    /// Images per batch.
+    pub batch: usize,
+    /// Base learning rate.
+    pub lr: f32,
+    /// Schedule applied to `lr` per epoch.
+    pub schedule: Schedule,
+    /// Optimizer.
+    pub optimizer: OptimizerKind,
+    /// L2 weight decay.
+    pub weight_decay: f32,
+    /// Label smoothing of the loss.
+    pub label_smoothing: f32,
+    /// Seed of initialisation and shuffling.
+    pub seed: u64,
+    /// Shuffle the training set each epoch.
+    pub shuffle: bool,
+    /// Stop after this many steps in total (counting steps before a resume).
+    pub max_steps: Option<u64>,
+    /// Initial weights (PyTorch names) instead of a seeded initialisation.
+    pub init: Option<PathBuf>,
+    /// Checkpoint to continue from.
+    pub resume: Option<PathBuf>,
+    /// Where to write the checkpoint after each epoch and at the end.
+    pub save: Option<PathBuf>,
+    /// JSON-lines metrics file (one line per epoch), with an SVG of the curves beside it.
+    pub metrics: Option<PathBuf>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// One epoch's figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochMetrics {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches (weighted by batch size).
+    pub train_loss: f64,
+    /// Training accuracy.
+    pub train_acc: f64,
+    /// Test loss (None when the run stopped mid-epoch).
+    pub test_loss: Option<f64>,
+    /// Test accuracy.
+    pub test_acc: Option<f64>,
+    /// Wall time of the epoch's training steps and test pass, seconds.
+    pub seconds: f64,
+    /// Training images per second.
+    pub images_per_second: f64,
+}
+
+impl EpochMetrics {
+    /// The chapter's line: `epoch 1, loss 1.1130, train acc 0.570, test acc 0.831, time 45.5 sec`.
+    pub fn line(&self) -> String {
+        let test = self
+            .test_acc
+            .map_or("test acc -".to_string(), |a| format!("test acc {a:.3}"));
+        format!(
+            "epoch {}, loss {:.4}, train acc {:.3}, {test}, time {:.1} sec",
+            self.epoch, self.train_loss, self.train_acc, self.seconds
+        )
+    }
+
+    fn json(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.6}"));
+        format!(
+            "{{\"epoch\":{},\"train_loss\":{:.6},\"train_acc\":{:.6},\"test_loss\":{},\"test_acc\":{},\"seconds\":{:.3},\"img_per_s\":{:.2}}}",
+            self.epoch,
+            self.train_loss,
+            self.train_acc,
+            opt(self.test_loss),
+            opt(self.test_acc),
+            self.seconds,
+            self.images_per_second
+        )
+    }
+}
+
+/// Position and running sums of a run, saved in checkpoints so `--resume` continues exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Position {
+    epoch: usize,
+    batch: usize,
+    global_step: u64,
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+    seconds: f64,
+}
+
+/// What a finished (or stopped) run returns.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// The trained model.
+    pub model: Model,
+    /// One entry per completed epoch (and one for a partial epoch stopped by `max_steps`).
+    pub epochs: Vec<EpochMetrics>,
+    /// Steps taken in total.
+    pub global_step: u64,
+}
+
+fn build_optimizer(cfg: &TrainConfig, lens: &[usize]) -> Optimizer {
+    match cfg.optimizer {
+        OptimizerKind::Adam => {
+            let mut adam = Adam::new(lens);
+            adam.weight_decay = cfg.weight_decay;
+            Optimizer::Adam(adam)
+        }
+        OptimizerKind::Sgd { momentum, nesterov } => {
+            Optimizer::Sgd(Sgd::new(lens, momentum, nesterov, cfg.weight_decay))
+        }
+    }
+}
+
+fn metadata(cfg: &TrainConfig, opt: &Optimizer, pos: &Position) -> HashMap<String, String> {
+    let c = cfg.config;
+    [
+        ("format", "incept-checkpoint-1".to_string()),
+        ("model", cfg.model.clone()),
+        ("in_channels", c.in_channels.to_string()),
+        ("classes", c.classes.to_string()),
+        ("height", c.size[0].to_string()),
+        ("width", c.size[1].to_string()),
+        ("optimizer", opt.name().to_string()),
+        ("optimizer_steps", opt.steps().to_string()),
+        ("seed", cfg.seed.to_string()),
+        ("batch", cfg.batch.to_string()),
+        ("shuffle", cfg.shuffle.to_string()),
+        ("epoch", pos.epoch.to_string()),
+        ("batch_in_epoch", pos.batch.to_string()),
+        ("global_step", pos.global_step.to_string()),
+        // Running sums of the unfinished epoch, in exact (hex) form.
+        ("loss_sum", format!("{:x}", pos.loss_sum.to_bits())),
+        ("correct", pos.correct.to_string()),
+        ("seen", pos.seen.to_string()),
+        ("seconds", format!("{:x}", pos.seconds.to_bits())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn restore(cfg: &TrainConfig, model: &mut Model, opt: &mut Optimizer, path: &Path) -> Result<Position> {
+    let file = TensorFile::read(path)?;
+    let check = |key: &str, expected: String| -> Result<()> {
+        let found: String = file.meta(key, path)?;
+        if found != expected {
+            return Err(Error::file(
+                path.display(),
+                format!("was saved with {key} {found}, this run has {expected}"),
+            ));
+        }
+        Ok(())
+    };
+    check("model", cfg.model.clone())?;
+    check("optimizer", opt.name().to_string())?;
+    check("batch", cfg.batch.to_string())?;
+    check("seed", cfg.seed.to_string())?;
+    check("shuffle", cfg.shuffle.to_string())?;
+    model.params = file.params_for(&model.graph, path)?;
+    let slots: Vec<&str> = opt.slots().iter().map(|s| s.0).collect();
+    let state = file.optimizer_slots(&model.graph, &slots, path)?;
+    opt.restore(file.meta("optimizer_steps", path)?, state)?;
+    let bits = |key: &str| -> Result<f64> {
+        let hex: String = file.meta(key, path)?;
+        u64::from_str_radix(&hex, 16)
+            .map(f64::from_bits)
+            .map_err(|_| Error::file(path.display(), format!("metadata {key}: bad value {hex:?}")))
+    };
+    Ok(Position {
+        epoch: file.meta("epoch", path)?,
+        batch: file.meta("batch_in_epoch", path)?,
+        global_step: file.meta("global_step", path)?,
+        loss_sum: bits("loss_sum")?,
+        correct: file.meta("correct", path)?,
+        seen: file.meta("seen", path)?,
+        seconds: bits("seconds")?,
+    })
+}
+
+/// Trains `cfg.model` on `train`, evaluating on `test` after each epoch. `report` receives each
+/// epoch's metrics as soon as they are known.
+pub fn train(
+    cfg: &TrainConfig,
+    train: Dataset,
+    test: &Dataset,
+    mut report: impl FnMut(&EpochMetrics),
+) -> Result<TrainReport> {
+    if cfg.batch == 0 || cfg.epochs == 0 {
+        return Err(Error::config("train", "batch and epochs must be at least 1"));
+    }
+    check_data("training data", &train, cfg.config)?;
+    check_data("test data", test, cfg.config)?;
+    let graph = crate::models::build(&cfg.model, cfg.config)?;
+    let mut model = Model::init(graph, cfg.seed);
+    if let Some(init) = &cfg.init {
+        model.params = TensorFile::read(init)?.params_for(&model.graph, init)?;
+    }
+    let lens: Vec<usize> = model.graph.params.iter().map(|p| p.len()).collect();
+    let mut opt = build_optimizer(cfg, &lens);
+    let mut pos = Position::default();
+    if let Some(resume) = &cfg.resume {
+        pos = restore(cfg, &mut model, &mut opt, resume)?;
+    }
+    let mut exec = Executor::new(&model.graph, cfg.batch)?;
+    let train = Arc::new(train);
+    let size = cfg.config.size;
+    let image_len = cfg.config.in_channels * size[0] * size[1];
+    let batches_per_epoch = train.len().div_ceil(cfg.batch);
+    let mut epochs = Vec::new();
+    let metadata_for = |opt: &Optimizer, pos: &Position| metadata(cfg, opt, pos);
+    let save_now = |model: &Model, opt: &Optimizer, pos: &Position| -> Result<()> {
+        match &cfg.save {
+            Some(path) => save(path, &model.graph, &model.params, Some(opt), &metadata_for(opt, pos)),
+            None => Ok(()),
+        }
+    };
+    while pos.epoch < cfg.epochs {
+        let lr = cfg.schedule.lr(cfg.lr, pos.epoch);
+        let order = epoch_order(train.len(), cfg.shuffle, cfg.seed, pos.epoch);
+        let bar = progress_bar(cfg.progress, batches_per_epoch as u64, pos.epoch + 1, cfg.epochs);
+        bar.set_position(pos.batch as u64);
+        let started = Instant::now();
+        let seconds_before = pos.seconds;
+        let mut stopped = false;
+        for batch in Loader::new(train.clone(), order, cfg.batch, size, pos.batch) {
+            let n = batch.labels.len();
+            exec.forward(
+                &model.graph,
+                &model.params,
+                Images::dense(&batch.images, n, image_len),
+                Mode::Train,
+            )?;
+            let loss = exec.loss(&model.graph, &batch.labels, cfg.label_smoothing)?;
+            if !loss.loss.is_finite() {
+                bar.abandon();
+                return Err(Error::NonFiniteLoss {
+                    step: pos.global_step + 1,
+                    loss: loss.loss as f32,
+                });
+            }
+            exec.backward(&model.graph, &model.params)?;
+            opt.step(&mut model.params, exec.param_grads(), lr);
+            pos.global_step += 1;
+            pos.batch = batch.index + 1;
+            pos.loss_sum += loss.loss * n as f64;
+            pos.correct += loss.correct;
+            pos.seen += n;
+            pos.seconds = seconds_before + started.elapsed().as_secs_f64();
+            bar.set_position(pos.batch as u64);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.3} {:.1} img/s",
+                pos.loss_sum / pos.seen as f64,
+                pos.correct as f64 / pos.seen as f64,
+                pos.seen as f64 / pos.seconds.max(1e-9)
+            ));
+            if cfg.max_steps.is_some_and(|m| pos.global_step >= m) {
+                stopped = pos.batch < batches_per_epoch;
+                break;
+            }
+        }
+        bar.finish_and_clear();
+        let train_seconds = pos.seconds;
+        let (test_loss, test_acc) = if stopped {
+            (None, None)
+        } else {
+            let (l, a) = evaluate(&model, test, cfg.batch, &mut exec)?;
+            (Some(l), Some(a))
+        };
+        let metrics = EpochMetrics {
+            epoch: pos.epoch + 1,
+            train_loss: pos.loss_sum / pos.seen.max(1) as f64,
+            train_acc: pos.correct as f64 / pos.seen.max(1) as f64,
+            test_loss,
+            test_acc,
+            seconds: seconds_before + started.elapsed().as_secs_f64(),
+            images_per_second: pos.seen as f64 / train_seconds.max(1e-9),
+        };
+        report(&metrics);
+        if let Some(path) = &cfg.metrics {
+            append_metrics(path, &metrics)?;
+        }
+        epochs.push(metrics);
+        if !stopped {
+            pos = Position {
+                epoch: pos.epoch + 1,
+                global_step: pos.global_step,
+                ..Position::default()
+            };
+        }
+        save_now(&model, &opt, &pos)?;
+        if cfg.max_steps.is_some_and(|m| pos.global_step >= m) {
+            break;
+        }
+    }
+    if let Some(path) = &cfg.metrics {
+        let all = read_metrics(path).unwrap_or_else(|_| epochs.clone());
+        crate::plot::curves(&path.with_extension("svg"), &all)?;
+    }
+    Ok(TrainReport {
+        model,
+        epochs,
+        global_step: pos.global_step,
+    })
+}
+
+fn check_data(what: &str, data: &Dataset, config: ModelConfig) -> Result<()> {
+    if data.is_empty() {
+        return Err(Error::config("train", format!("the {what} is empty")));
+    }
+    if data.shape[0] != config.in_channels {
+        return Err(Error::shape(
+            what,
+            format!("{} channel(s) per image, as the model takes", config.in_channels),
+            format!("{:?}", data.shape),
+        ));
+    }
+    if let Some((i, &l)) = data.labels.iter().enumerate().find(|&(_, &l)| l >= config.classes) {
+        return Err(Error::Label {
+            op: what.to_string(),
+            index: i,
+            label: l,
+            classes: config.classes,
+        });
+    }
+    Ok(())
+}
+
+fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "epoch {epoch}/{epochs} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"
+    ))
+    .expect("a valid progress template");
+    bar.set_style(style);
+    bar
+}
+
+/// Eval-mode loss and accuracy of `model` on `data`, resized to the model's input size.
+pub fn evaluate(model: &Model, data: &Dataset, batch: usize, exec: &mut Executor) -> Result<(f64, f64)> {
+    let [c, h, w] = model.graph.input_shape();
+    if data.shape[0] != c {
+        return Err(Error::shape(
+            "evaluation data",
+            format!("{c} channel(s) per image"),
+            format!("{:?}", data.shape),
+        ));
+    }
+    let batch = batch.min(exec.capacity()).max(1);
+    let (mut loss_sum, mut correct) = (0.0, 0usize);
+    let mut images = vec![0.0; batch * c * h * w];
+    for start in (0..data.len()).step_by(batch) {
+        let n = batch.min(data.len() - start);
+        for i in 0..n {
+            let src = &data.images[(start + i) * data.image_len()..][..data.image_len()];
+            let dst = &mut images[i * c * h * w..][..c * h * w];
+            resize_bilinear(src, c, [data.shape[1], data.shape[2]], dst, [h, w], data.from_bytes);
+        }
+        exec.forward(
+            &model.graph,
+            &model.params,
+            Images::dense(&images[..n * c * h * w], n, c * h * w),
+            Mode::Eval,
+        )?;
+        let l = exec.loss(&model.graph, &data.labels[start..start + n], 0.0)?;
+        loss_sum += l.loss * n as f64;
+        correct += l.correct;
+    }
+    Ok((loss_sum / data.len() as f64, correct as f64 / data.len() as f64))
+}
+
+fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir.display(), e))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::file(path.display(), e))?;
+    writeln!(f, "{}", m.json()).map_err(|e| Error::file(path.display(), e))
+}
+
+/// Reads back the metrics lines this module writes (for the plot after a resumed run).
+fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path.display(), e))?;
+    let field = |line: &str, key: &str| -> Option<f64> {
+        let rest = line.split(&format!("\"{key}\":")).nth(1)?;
+        rest.split([',', '}']).next()?.parse().ok()
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            Some(EpochMetrics {
+                epoch: field(l, "epoch")? as usize,
+                train_loss: field(l, "train_loss")?,
+                train_acc: field(l, "train_acc")?,
+                test_loss: field(l, "test_loss"),
+                test_acc: field(l, "test_acc"),
+                seconds: field(l, "seconds")?,
+                images_per_second: field(l, "img_per_s")?,
+            })
+        })
+        .collect())
+}
+
+/// Median milliseconds per batch and images per second of `steps` timed steps after `warmup` ones.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchResult {
+    /// Median wall time per batch, ms.
+    pub ms_per_batch: f64,
+    /// `batch / median`.
+    pub img_per_s: f64,
+}
+
+/// Times inference (`train = false`) or a full Adam training step on random data.
+pub fn bench(model: &mut Model, batch: usize, train: bool, warmup: usize, steps: usize) -> Result<BenchResult> {
+    let mut exec = Executor::new(&model.graph, batch)?;
+    let len = model.graph.nodes[0].image_len();
+    let mut rng = fastrand::Rng::with_seed(1);
+    let images: Vec<f32> = (0..batch * len).map(|_| rng.f32()).collect();
+    let classes = model.graph.output_len();
+    let labels: Vec<usize> = (0..batch).map(|i| i % classes).collect();
+    let lens: Vec<usize> = model.graph.params.iter().map(|p| p.len()).collect();
+    let mut opt = Optimizer::Adam(Adam::new(&lens));
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps.max(1) {
+        let t = Instant::now();
+        let mode = if train { Mode::Train } else { Mode::Eval };
+        exec.forward(&model.graph, &model.params, Images::dense(&images, batch, len), mode)?;
+        if train {
+            exec.loss(&model.graph, &labels, 0.0)?;
+            exec.backward(&model.graph, &model.params)?;
+            opt.step(&mut model.params, exec.param_grads(), 1e-3);
+        }
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    Ok(BenchResult {
+        ms_per_batch: median * 1e3,
+        img_per_s: batch as f64 / median,
+    })
+}
