@@ -116,3 +116,38 @@ fn one_batch_gradients_of_every_parameter_match_pytorch() {
         worst.0, worst.1
     );
 }
+
+#[test]
+fn incept_predict_on_weights_with_pytorch_names_matches_pytorch_logits() {
+    use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+    let f = Fixture::open("googlenet_d2l");
+    let model = pytorch_model(&f, 96);
+    let dir = std::env::temp_dir().join(format!("incept-predict-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The safetensors layout PyTorch's save_file writes: the state_dict keys, float32, no metadata.
+    incept::io::checkpoint::save(
+        &dir.join("w.safetensors"),
+        &model.graph,
+        &model.params,
+        None,
+        &Default::default(),
+    )
+    .unwrap();
+    let x = f.named("x").into_dimensionality::<incept::ndarray::Ix4>().unwrap();
+    x.write_npy(std::fs::File::create(dir.join("x.npy")).unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_incept"))
+        .arg("predict")
+        .arg("--weights")
+        .arg(dir.join("w.safetensors"))
+        .arg("--input")
+        .arg(dir.join("x.npy"))
+        .arg("--output")
+        .arg(dir.join("y.npy"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let y = incept::ndarray::Array2::<f32>::read_npy(std::fs::File::open(dir.join("y.npy")).unwrap()).unwrap();
+    assert_eq!(y.shape(), &[4, 10]);
+    let err = rel_l2(y.as_slice().unwrap(), &values(&f, "logits"));
+    assert!(err <= 1e-4, "incept predict logits differ from PyTorch by {err:.2e}");
+}
