@@ -34,16 +34,48 @@ pub(crate) fn dims4<S: ndarray::Data>(x: &ndarray::ArrayBase<S, ndarray::Ix4>) -
     [s[0], s[1], s[2], s[3]]
 }
 
-/// A batch of images inside a buffer: image `n` is `data[n * stride + offset..][..len]`. Dense batches
-/// have `offset = 0, stride = len`; a branch of an Inception block sees its channel slice of the
+/// Where a batch of images lies in a buffer: image `n` is `data[n * stride + offset..][..len]`. Dense
+/// batches have `offset = 0, stride = len`; a branch of an Inception block sees its channel slice of the
 /// concatenated output this way (`offset` = the channels before it, `stride` = all channels).
-#[derive(Clone, Copy)]
-pub struct Images<'a> {
-    data: &'a [f32],
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BatchLayout {
     offset: usize,
     len: usize,
     stride: usize,
     count: usize,
+}
+
+impl BatchLayout {
+    /// The layout, checked against a buffer of `buffer_len` values; panics if an image would not fit.
+    fn new(buffer_len: usize, count: usize, len: usize, stride: usize, offset: usize) -> Self {
+        assert!(offset + len <= stride.max(len), "image slice outside its stride");
+        assert!(
+            count == 0 || (count - 1) * stride + offset + len <= buffer_len,
+            "images exceed their buffer"
+        );
+        BatchLayout {
+            offset,
+            len,
+            stride,
+            count,
+        }
+    }
+
+    fn range(&self, n: usize) -> std::ops::Range<usize> {
+        let start = n * self.stride + self.offset;
+        start..start + self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0 || self.count == 0
+    }
+}
+
+/// A read-only batch of images inside a buffer (see [`ImagesMut`] for the writable one).
+#[derive(Clone, Copy)]
+pub struct Images<'a> {
+    data: &'a [f32],
+    layout: BatchLayout,
 }
 
 impl<'a> Images<'a> {
@@ -54,60 +86,44 @@ impl<'a> Images<'a> {
 
     /// `count` images of `len` values, image `n` at `n * stride + offset`. Panics if one would not fit.
     pub fn strided(data: &'a [f32], count: usize, len: usize, stride: usize, offset: usize) -> Self {
-        assert!(offset + len <= stride.max(len), "image slice outside its stride");
-        assert!(
-            count == 0 || (count - 1) * stride + offset + len <= data.len(),
-            "images exceed their buffer"
-        );
         Images {
+            layout: BatchLayout::new(data.len(), count, len, stride, offset),
             data,
-            offset,
-            len,
-            stride,
-            count,
         }
     }
 
     /// Image `n`.
     #[inline]
     pub fn get(&self, n: usize) -> &'a [f32] {
-        &self.data[n * self.stride + self.offset..][..self.len]
+        &self.data[self.layout.range(n)]
     }
 
     /// Number of images.
     pub fn count(&self) -> usize {
-        self.count
+        self.layout.count
     }
 
     /// Values per image.
     pub fn len(&self) -> usize {
-        self.len
+        self.layout.len
     }
 
     /// True when the images hold no values.
     pub fn is_empty(&self) -> bool {
-        self.len == 0 || self.count == 0
+        self.layout.is_empty()
     }
 
     /// The batch as a `count x len` matrix, one image per row.
     pub(crate) fn as_matrix(&self) -> crate::matmul::MatRef<'a> {
-        crate::matmul::MatRef::strided(
-            &self.data[self.offset.min(self.data.len())..],
-            self.count,
-            self.len,
-            self.stride,
-            1,
-        )
+        let l = self.layout;
+        crate::matmul::MatRef::strided(&self.data[l.offset.min(self.data.len())..], l.count, l.len, l.stride, 1)
     }
 }
 
-/// The writable counterpart of [`Images`].
+/// A writable batch of images inside a buffer, laid out as [`Images`].
 pub struct ImagesMut<'a> {
     data: &'a mut [f32],
-    offset: usize,
-    len: usize,
-    stride: usize,
-    count: usize,
+    layout: BatchLayout,
 }
 
 impl<'a> ImagesMut<'a> {
@@ -118,71 +134,73 @@ impl<'a> ImagesMut<'a> {
 
     /// `count` images of `len` values, image `n` at `n * stride + offset`. Panics if one would not fit.
     pub fn strided(data: &'a mut [f32], count: usize, len: usize, stride: usize, offset: usize) -> Self {
-        assert!(offset + len <= stride.max(len), "image slice outside its stride");
-        assert!(
-            count == 0 || (count - 1) * stride + offset + len <= data.len(),
-            "images exceed their buffer"
-        );
         ImagesMut {
+            layout: BatchLayout::new(data.len(), count, len, stride, offset),
             data,
-            offset,
-            len,
-            stride,
-            count,
         }
     }
 
     /// Number of images.
     pub fn count(&self) -> usize {
-        self.count
+        self.layout.count
     }
 
     /// Values per image.
     pub fn len(&self) -> usize {
-        self.len
+        self.layout.len
     }
 
     /// True when the images hold no values.
     pub fn is_empty(&self) -> bool {
-        self.len == 0 || self.count == 0
+        self.layout.is_empty()
     }
 
     /// The batch as a writable `count x len` matrix, one image per row.
     pub(crate) fn as_matrix(&mut self) -> crate::matmul::MatMut<'_> {
-        let start = self.offset.min(self.data.len());
-        crate::matmul::MatMut::strided(&mut self.data[start..], self.count, self.len, self.stride)
+        let l = self.layout;
+        let start = l.offset.min(self.data.len());
+        crate::matmul::MatMut::strided(&mut self.data[start..], l.count, l.len, l.stride)
     }
 
     /// Image `n`, writable.
     #[inline]
     pub fn get_mut(&mut self, n: usize) -> &mut [f32] {
-        &mut self.data[n * self.stride + self.offset..][..self.len]
+        let range = self.layout.range(n);
+        &mut self.data[range]
     }
 
     /// Image `n`, read-only.
     #[inline]
     pub fn get(&self, n: usize) -> &[f32] {
-        &self.data[n * self.stride + self.offset..][..self.len]
+        &self.data[self.layout.range(n)]
     }
 
     /// Each image as a disjoint mutable slice, with its index, for parallel iteration.
     pub fn par_iter_mut(&mut self) -> impl IndexedParallelIterator<Item = (usize, &mut [f32])> + '_ {
-        let (offset, len) = (self.offset, self.len);
-        let stride = self.stride.max(1);
+        let BatchLayout {
+            offset,
+            len,
+            stride,
+            count,
+        } = self.layout;
         self.data
-            .par_chunks_mut(stride)
-            .take(self.count)
+            .par_chunks_mut(stride.max(1))
+            .take(count)
             .enumerate()
             .map(move |(n, c)| (n, &mut c[offset..offset + len]))
     }
 
     /// Each image as a disjoint mutable slice, with its index, in order.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut [f32])> + '_ {
-        let (offset, len) = (self.offset, self.len);
-        let stride = self.stride.max(1);
+        let BatchLayout {
+            offset,
+            len,
+            stride,
+            count,
+        } = self.layout;
         self.data
-            .chunks_mut(stride)
-            .take(self.count)
+            .chunks_mut(stride.max(1))
+            .take(count)
             .enumerate()
             .map(move |(n, c)| (n, &mut c[offset..offset + len]))
     }

@@ -277,23 +277,7 @@ impl Executor {
     /// smoothing `eps`; keeps the probabilities for [`Executor::backward`].
     pub fn loss(&mut self, graph: &Graph, labels: &[usize], label_smoothing: f32) -> Result<BatchLoss> {
         let classes = graph.output_len();
-        if labels.len() != self.batch {
-            return Err(Error::shape(
-                "loss labels",
-                format!("{} labels (one per image)", self.batch),
-                format!("{} labels", labels.len()),
-            ));
-        }
-        for (index, &label) in labels.iter().enumerate() {
-            if label >= classes {
-                return Err(Error::Label {
-                    op: "loss".into(),
-                    index,
-                    label,
-                    classes,
-                });
-            }
-        }
+        loss::check_labels("loss", labels, self.batch, classes)?;
         let p = self.plan.places[graph.output];
         let logits = &self.acts[p.buffer][p.offset..];
         let probabilities = &mut self.probabilities[..labels.len() * classes];

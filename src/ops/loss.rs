@@ -37,13 +37,6 @@ impl SoftmaxCrossEntropy {
     /// The batch-mean loss, and the cache for backward.
     pub fn forward(&self, logits: ArrayView2<f32>, labels: &[usize]) -> Result<(f32, CrossEntropyCache)> {
         let (n, classes) = (logits.shape()[0], logits.shape()[1]);
-        if labels.len() != n {
-            return Err(Error::shape(
-                "cross_entropy labels",
-                format!("{n} labels (one per logit row)"),
-                format!("{} labels", labels.len()),
-            ));
-        }
         if n == 0 || classes == 0 {
             return Err(Error::shape(
                 "cross_entropy logits",
@@ -51,16 +44,7 @@ impl SoftmaxCrossEntropy {
                 format!("{:?}", logits.shape()),
             ));
         }
-        for (index, &label) in labels.iter().enumerate() {
-            if label >= classes {
-                return Err(Error::Label {
-                    op: "cross_entropy".into(),
-                    index,
-                    label,
-                    classes,
-                });
-            }
-        }
+        check_labels("cross_entropy", labels, n, classes)?;
         let z = contiguous(&logits);
         let mut probabilities = Array2::zeros([n, classes]);
         let p = probabilities.as_slice_mut().expect("fresh arrays are contiguous");
@@ -129,5 +113,25 @@ pub(crate) fn backward_rows(
             *g = (pv - off) / n;
         }
         row[label] -= (1.0 - label_smoothing) / n;
+    }
+}
+
+/// Checks there is one label per row and each is in `0..classes`, naming `op` and what was found.
+pub(crate) fn check_labels(op: &str, labels: &[usize], rows: usize, classes: usize) -> Result<()> {
+    if labels.len() != rows {
+        return Err(Error::shape(
+            &format!("{op} labels"),
+            format!("{rows} labels (one per row of logits)"),
+            format!("{} labels", labels.len()),
+        ));
+    }
+    match labels.iter().enumerate().find(|&(_, &label)| label >= classes) {
+        Some((index, &label)) => Err(Error::Label {
+            op: op.to_string(),
+            index,
+            label,
+            classes,
+        }),
+        None => Ok(()),
     }
 }
