@@ -65,6 +65,8 @@ pub struct TrainConfig {
     pub save: Option<PathBuf>,
     /// JSON-lines metrics file (one line per epoch), with an SVG of the curves beside it.
     pub metrics: Option<PathBuf>,
+    /// JSON-lines file with one line per training step (`step`, `loss`, `correct`, `images`).
+    pub step_log: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -281,6 +283,13 @@ pub fn train(
             exec.backward(&model.graph, &model.params)?;
             opt.step(&mut model.params, exec.param_grads(), lr);
             pos.global_step += 1;
+            if let Some(path) = &cfg.step_log {
+                let line = format!(
+                    "{{\"step\":{},\"loss\":{:.6},\"correct\":{},\"images\":{n}}}",
+                    pos.global_step, loss.loss, loss.correct
+                );
+                append_line(path, &line)?;
+            }
             pos.batch = batch.index + 1;
             pos.loss_sum += loss.loss * n as f64;
             pos.correct += loss.correct;
@@ -412,6 +421,11 @@ pub fn evaluate(model: &Model, data: &Dataset, batch: usize, exec: &mut Executor
 }
 
 fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {
+    append_line(path, &m.json())
+}
+
+/// Appends one line to `path`, creating the file and its directory if needed.
+fn append_line(path: &Path, line: &str) -> Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::file(dir.display(), e))?;
@@ -421,7 +435,7 @@ fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {
         .append(true)
         .open(path)
         .map_err(|e| Error::file(path.display(), e))?;
-    writeln!(f, "{}", m.json()).map_err(|e| Error::file(path.display(), e))
+    writeln!(f, "{line}").map_err(|e| Error::file(path.display(), e))
 }
 
 /// Reads back the metrics lines this module writes (for the plot after a resumed run).

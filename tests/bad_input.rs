@@ -240,6 +240,7 @@ fn a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(
         resume: None,
         save: Some(dir.join("ck.safetensors")),
         metrics: None,
+        step_log: None,
         progress: false,
     };
     train::train(&cfg, train_set.clone(), &test_set, |_| {}).unwrap();

@@ -49,6 +49,7 @@ fn config(batch: usize, max_steps: Option<u64>) -> TrainConfig {
         resume: None,
         save: None,
         metrics: None,
+        step_log: None,
         progress: false,
     }
 }

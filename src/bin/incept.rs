@@ -120,6 +120,9 @@ enum Command {
         /// Directory for the checkpoint, metrics.jsonl and metrics.svg.
         #[arg(long, default_value = "runs")]
         out: PathBuf,
+        /// Also write one JSON line per training step (step, loss, correct, images) to this file.
+        #[arg(long)]
+        step_log: Option<PathBuf>,
         /// Hide the progress bar.
         #[arg(long)]
         quiet: bool,
@@ -234,6 +237,7 @@ fn run(cli: Cli) -> Result<()> {
             save,
             resume,
             out,
+            step_log,
             quiet,
             data,
         } => {
@@ -271,6 +275,7 @@ fn run(cli: Cli) -> Result<()> {
                 resume,
                 save: Some(save.unwrap_or_else(|| out.join("checkpoint.safetensors"))),
                 metrics: Some(out.join("metrics.jsonl")),
+                step_log,
                 progress: !quiet,
             };
             println!(
