@@ -256,7 +256,8 @@ pub fn train(
             None => Ok(()),
         }
     };
-    while pos.epoch < cfg.epochs {
+    let steps_left = |pos: &Position| cfg.max_steps.is_none_or(|m| pos.global_step < m);
+    while pos.epoch < cfg.epochs && steps_left(&pos) {
         let lr = cfg.schedule.lr(cfg.lr, pos.epoch);
         let order = epoch_order(train.len(), cfg.shuffle, cfg.seed, pos.epoch);
         let bar = progress_bar(cfg.progress, batches_per_epoch as u64, pos.epoch + 1, cfg.epochs);
@@ -302,7 +303,7 @@ pub fn train(
                 pos.correct as f64 / pos.seen as f64,
                 pos.seen as f64 / pos.seconds.max(1e-9)
             ));
-            if cfg.max_steps.is_some_and(|m| pos.global_step >= m) {
+            if !steps_left(&pos) {
                 stopped = pos.batch < batches_per_epoch;
                 break;
             }
@@ -337,7 +338,7 @@ pub fn train(
             };
         }
         save_now(&model, &opt, &pos)?;
-        if cfg.max_steps.is_some_and(|m| pos.global_step >= m) {
+        if !steps_left(&pos) {
             break;
         }
     }
