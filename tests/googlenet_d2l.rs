@@ -2,7 +2,7 @@
 //! `fixtures/generate_googlenet.py`): parameter names, the shape trace, eval logits and the gradient of
 //! every parameter for one batch. The gradient reference is PyTorch in float64 on a 4x1x32x32 batch
 //! the generator checked to be well conditioned: no max-pool maximum or ReLU input within 1e-5
-//! (relative) of flipping. Where one is (every 96x96 batch tried had windows within 1e-7), the
+//! (relative) of flipping. Where one is (each of 120 batches tried at 96x96 had one), the
 //! gradient depends on the last bit of rounding, and float32 engines legitimately disagree.
 
 mod common;
