@@ -124,7 +124,7 @@ impl Executor {
 
     /// The output of the last forward pass: `batch` rows of [`Graph::output_len`] values.
     pub fn output(&self, graph: &Graph) -> Images<'_> {
-        images(&self.acts, self.plan.places[graph.output], self.batch)
+        self.node_output(graph.output)
     }
 
     /// The output of node `node` from the last forward pass.
@@ -282,7 +282,7 @@ impl Executor {
         let logits = &self.acts[p.buffer][p.offset..];
         let probabilities = &mut self.probabilities[..labels.len() * classes];
         let loss = loss::forward_rows(logits, p.stride, classes, labels, label_smoothing, probabilities);
-        let out = images(&self.acts, p, self.batch);
+        let out = self.output(graph);
         let correct = (0..labels.len())
             .filter(|&n| {
                 let row = out.get(n);
