@@ -3,9 +3,12 @@
 //! unexpected or misshaped tensors (all listed in one error), wrong input shapes, and a NaN loss (which
 //! stops training with the step named and the last good checkpoint kept).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::TempDir;
 use incept::data::{idx, npy};
 use incept::graph::{Executor, GraphBuilder, Mode};
 use incept::io::checkpoint::{TensorFile, save};
@@ -17,13 +20,6 @@ use incept::tensor::Images;
 use incept::train::{self, OptimizerKind, TrainConfig};
 use incept::{Error, Result};
 use ndarray_npy::WriteNpyExt;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("incept-bad-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn slice(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -37,7 +33,7 @@ fn message<T: std::fmt::Debug>(r: Result<T>) -> String {
 
 #[test]
 fn truncated_or_corrupt_idx_files_are_reported() {
-    let dir = temp_dir("idx");
+    let dir = TempDir::new("bad-idx");
     let labels = slice("train-labels-idx1-ubyte.gz");
     // A gzip stream cut in half.
     let gz = std::fs::read(slice("train-images-idx3-ubyte.gz")).unwrap();
@@ -74,7 +70,7 @@ fn truncated_or_corrupt_idx_files_are_reported() {
 
 #[test]
 fn npy_files_of_the_wrong_dtype_or_shape_are_reported() {
-    let dir = temp_dir("npy");
+    let dir = TempDir::new("bad-npy");
     let good_labels = dir.join("y.npy");
     Array1::from_vec(vec![1i64, 2])
         .write_npy(std::fs::File::create(&good_labels).unwrap())
@@ -117,7 +113,7 @@ fn npy_files_of_the_wrong_dtype_or_shape_are_reported() {
 
 #[test]
 fn weight_files_list_every_missing_unexpected_and_misshaped_tensor_at_once() {
-    let dir = temp_dir("weights");
+    let dir = TempDir::new("bad-weights");
     let graph = models::build("googlenet-d2l", models::default_config("googlenet-d2l").unwrap()).unwrap();
     let model = Model::init(graph.clone(), 0);
     // Write the weights under their names, minus `6.bias`, with `0.0.weight` misshaped and one extra.
@@ -213,7 +209,7 @@ fn wrong_input_shapes_name_the_node_or_the_input() {
 
 #[test]
 fn a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint() {
-    let dir = temp_dir("nan");
+    let dir = TempDir::new("bad-nan");
     let (train_set, test_set) = idx::read_dir(&slice("")).unwrap();
     let (train_set, test_set) = (train_set.truncate(4), test_set.truncate(4));
     let mut cfg = TrainConfig {
@@ -259,7 +255,7 @@ fn a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(
 
 #[test]
 fn the_command_line_reports_bad_input_without_panicking() {
-    let dir = temp_dir("cli");
+    let dir = TempDir::new("bad-cli");
     let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_incept")).args(args).output().unwrap();
     let out = run(&["train", "--data", "/nonexistent/fashion", "--quiet"]);
     let err = String::from_utf8_lossy(&out.stderr);

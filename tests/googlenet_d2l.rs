@@ -122,8 +122,7 @@ fn incept_predict_on_weights_with_pytorch_names_matches_pytorch_logits() {
     use ndarray_npy::{ReadNpyExt, WriteNpyExt};
     let f = Fixture::open("googlenet_d2l");
     let model = pytorch_model(&f, 96);
-    let dir = std::env::temp_dir().join(format!("incept-predict-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("predict");
     // The safetensors layout PyTorch's save_file writes: the state_dict keys, float32, no metadata.
     incept::io::checkpoint::save(
         &dir.join("w.safetensors"),

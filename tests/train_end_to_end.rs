@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::fixture::Fixture;
-use common::{formula_weights, rel_l2};
+use common::{TempDir, formula_weights, rel_l2};
 use incept::data::idx;
 use incept::graph::Executor;
 use incept::io::checkpoint::{TensorFile, save};
@@ -18,13 +18,6 @@ use incept::train::{self, OptimizerKind, TrainConfig};
 
 fn slice_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fashion-mnist-slice")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("incept-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn config(batch: usize, max_steps: Option<u64>) -> TrainConfig {
@@ -58,7 +51,7 @@ fn config(batch: usize, max_steps: Option<u64>) -> TrainConfig {
 fn training_on_the_fashion_slice_lowers_the_loss_and_eval_runs() {
     let (train_set, test_set) = idx::read_dir(&slice_dir()).unwrap();
     assert_eq!((train_set.len(), test_set.len()), (512, 256));
-    let dir = temp_dir("e2e");
+    let dir = TempDir::new("test-e2e");
     // PyTorch's default initialisation (the chapter's) sits on a plateau near ln 10 for ~24 steps
     // before the loss starts to fall; 48 steps clear it.
     let mut cfg = config(64, Some(48));
@@ -101,7 +94,7 @@ fn a_resumed_run_continues_exactly() {
     // 128 images in batches of 32: 4 steps per epoch, so step 3 is mid-epoch and step 6 in the next.
     let train_set = train_set.truncate(128);
     let test_set = test_set.truncate(32);
-    let dir = temp_dir("resume");
+    let dir = TempDir::new("test-resume");
     let straight = train::train(&config(32, Some(6)), train_set.clone(), &test_set, |_| {}).unwrap();
 
     let mut first = config(32, Some(3));
@@ -147,7 +140,7 @@ fn write_npy_i64(path: &Path, data: &[i64]) {
 #[test]
 fn one_sgd_step_from_the_command_line_changes_every_parameter_as_pytorch_backward_does() {
     let f = Fixture::open("googlenet_d2l");
-    let dir = temp_dir("sgd-step");
+    let dir = TempDir::new("test-sgd-step");
     let config = ModelConfig {
         size: [32, 32],
         ..models::default_config("googlenet-d2l").unwrap()
@@ -186,7 +179,7 @@ fn one_sgd_step_from_the_command_line_changes_every_parameter_as_pytorch_backwar
         .arg(dir.join("x.npy"))
         .arg(dir.join("y.npy"))
         .arg("--out")
-        .arg(&dir)
+        .arg(&*dir)
         .output()
         .unwrap();
     assert!(

@@ -175,3 +175,30 @@ pub fn formula_weights(p: usize, shape: &[usize]) -> Vec<f32> {
         })
         .collect()
 }
+
+/// A fresh directory under the system temp dir, removed (with its contents) when dropped, so test
+/// runs leave nothing behind.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Creates `incept-<name>-<pid>`, emptying it if a crashed run left it behind.
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("incept-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
