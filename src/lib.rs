@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod geometry;

@@ -1,5 +1,5 @@
-//! Training, evaluation and timing of a model on in-memory datasets: the engine behind `incept train`,
-//! `eval` and `bench`.
+//! Training and evaluation of a model on in-memory datasets: the engine behind `incept train` and
+//! `eval`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -460,45 +460,4 @@ fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
             })
         })
         .collect())
-}
-
-/// Median milliseconds per batch and images per second of `steps` timed steps after `warmup` ones.
-#[derive(Debug, Clone, Copy)]
-pub struct BenchResult {
-    /// Median wall time per batch, ms.
-    pub ms_per_batch: f64,
-    /// `batch / median`.
-    pub img_per_s: f64,
-}
-
-/// Times inference (`train = false`) or a full Adam training step on random data.
-pub fn bench(model: &mut Model, batch: usize, train: bool, warmup: usize, steps: usize) -> Result<BenchResult> {
-    let mut exec = Executor::new(&model.graph, batch)?;
-    let len = model.graph.nodes[0].image_len();
-    let mut rng = fastrand::Rng::with_seed(1);
-    let images: Vec<f32> = (0..batch * len).map(|_| rng.f32()).collect();
-    let classes = model.graph.output_len();
-    let labels: Vec<usize> = (0..batch).map(|i| i % classes).collect();
-    let lens: Vec<usize> = model.graph.params.iter().map(|p| p.len()).collect();
-    let mut opt = Optimizer::Adam(Adam::new(&lens));
-    let mut times = Vec::with_capacity(steps);
-    for i in 0..warmup + steps.max(1) {
-        let t = Instant::now();
-        let mode = if train { Mode::Train } else { Mode::Eval };
-        exec.forward(&model.graph, &model.params, Images::dense(&images, batch, len), mode)?;
-        if train {
-            exec.loss(&model.graph, &labels, 0.0)?;
-            exec.backward(&model.graph, &model.params)?;
-            opt.step(&mut model.params, exec.param_grads(), 1e-3);
-        }
-        if i >= warmup {
-            times.push(t.elapsed().as_secs_f64());
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    Ok(BenchResult {
-        ms_per_batch: median * 1e3,
-        img_per_s: batch as f64 / median,
-    })
 }

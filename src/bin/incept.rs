@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use incept::bench::{self, BenchOptions};
 use incept::data::{Dataset, idx, npy};
-use incept::graph::{Executor, Mode};
+use incept::graph::{BranchSchedule, Executor, Mode};
 use incept::io::checkpoint::TensorFile;
 use incept::models::{self, Model, ModelConfig};
 use incept::optim::Schedule;
@@ -178,7 +179,21 @@ enum Command {
         /// One JSON line instead of text.
         #[arg(long)]
         json: bool,
+        /// How Inception branches run: concurrently when the batch is smaller than the thread count
+        /// (auto), never, or always.
+        #[arg(long, value_enum, default_value = "auto")]
+        branches: Branches,
+        /// Also print where the time goes, node by node (forward and backward per step).
+        #[arg(long)]
+        profile: bool,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Branches {
+    Auto,
+    Sequential,
+    Concurrent,
 }
 
 fn load_data(args: &DataArgs, classes: usize) -> Result<(Dataset, Dataset)> {
@@ -388,10 +403,25 @@ fn run(cli: Cli) -> Result<()> {
             warmup,
             steps,
             json,
+            branches,
+            profile,
         } => {
             let graph = models::build(&model, models::default_config(&model)?)?;
             let mut m = Model::init(graph, 0);
-            let r = train::bench(&mut m, batch, mode == BenchMode::Train, warmup, steps)?;
+            let branches = match branches {
+                Branches::Auto => BranchSchedule::Auto,
+                Branches::Sequential => BranchSchedule::Sequential,
+                Branches::Concurrent => BranchSchedule::Concurrent,
+            };
+            let options = BenchOptions {
+                batch,
+                train: mode == BenchMode::Train,
+                warmup,
+                steps,
+                branches,
+                profile,
+            };
+            let r = bench::bench(&mut m, options)?;
             let mode = if mode == BenchMode::Train { "train" } else { "infer" };
             let threads = rayon::current_num_threads();
             if json {
@@ -404,6 +434,11 @@ fn run(cli: Cli) -> Result<()> {
                     "{model} {mode} batch {batch}, {threads} threads: {:.1} ms per batch (median of {steps}), {:.1} img/s",
                     r.ms_per_batch, r.img_per_s
                 );
+            }
+            if let Some(profile) = &r.profile {
+                for line in bench::profile_table(&m, profile, batch, steps.max(1)) {
+                    println!("{line}");
+                }
             }
         }
     }

@@ -2,13 +2,14 @@
 //! order. Every buffer (activations, their gradients, max-pool argmaxes, softmax probabilities,
 //! parameter gradients) is allocated once for `capacity` images; batches up to that size reuse them.
 
-use super::builder::{Graph, Layer};
-use super::plan::{Place, Plan};
+use super::builder::{Graph, Layer, Node, NodeId};
+use super::plan::{BranchGroup, Place, Plan};
 use crate::error::{Error, Result};
 use crate::ops::conv::{self, ConvAlgo};
 use crate::ops::loss;
 use crate::ops::pool::{self, max_pool_backward, max_pool_forward};
 use rayon::prelude::*;
+use std::time::{Duration, Instant};
 
 use crate::tensor::{Images, ImagesMut};
 
@@ -36,6 +37,8 @@ pub struct Executor {
     capacity: usize,
     batch: usize,
     algo: ConvAlgo,
+    branches: BranchSchedule,
+    profile: Option<Vec<NodeTime>>,
     acts: Vec<Vec<f32>>,
     grads: Vec<Vec<f32>>,
     argmax: Vec<Vec<u32>>,
@@ -43,6 +46,189 @@ pub struct Executor {
     labels: Vec<usize>,
     label_smoothing: f32,
     param_grads: Vec<Vec<f32>>,
+}
+
+/// How the forward pass runs the branches of an Inception block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BranchSchedule {
+    /// Concurrently when the batch has fewer images than there are threads, otherwise one op at a time
+    /// with the batch split across the cores.
+    #[default]
+    Auto,
+    /// One node at a time.
+    Sequential,
+    /// Branches concurrently, image by image.
+    Concurrent,
+}
+
+/// Time one node took, summed over the passes since profiling started.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NodeTime {
+    /// Forward passes timed.
+    pub calls: usize,
+    /// Total forward time.
+    pub forward: Duration,
+    /// Total backward time (the node's input, weight and bias gradients).
+    pub backward: Duration,
+}
+
+/// Computes one single-input node (`node`, reading node `input`'s output `x`) into `y`.
+#[allow(clippy::too_many_arguments)]
+fn forward_node(
+    graph: &Graph,
+    node: &Node,
+    input: NodeId,
+    x: Images<'_>,
+    y: &mut ImagesMut<'_>,
+    argmax: &mut [u32],
+    params: &[Vec<f32>],
+    algo: ConvAlgo,
+) -> Result<()> {
+    let [c, h, w] = graph.nodes[input].shape;
+    let batch = x.count();
+    match &node.layer {
+        Layer::Conv {
+            conv,
+            weight,
+            bias,
+            relu,
+        } => {
+            let g = conv.geometry([batch, c, h, w])?;
+            let algo = conv::choose_algo(if algo == ConvAlgo::Auto { conv.algo } else { algo }, &g)?;
+            let b = bias.map(|b| params[b].as_slice());
+            conv::forward_images(&g, algo, x, &params[*weight], b, y);
+            if *relu {
+                y.par_iter_mut()
+                    .for_each(|(_, v)| v.iter_mut().for_each(|a| *a = a.max(0.0)));
+            }
+        }
+        Layer::Linear { linear, weight, bias } => {
+            linear.forward_images(x, &params[*weight], bias.map(|b| params[b].as_slice()), y);
+        }
+        Layer::MaxPool(pool) => {
+            let g = pool.window.geometry("max_pool2d", [batch, c, h, w])?;
+            max_pool_forward(&g, x, y, argmax);
+        }
+        Layer::AvgPool(pool) => {
+            let g = pool.window.geometry("avg_pool2d", [batch, c, h, w])?;
+            pool.forward_images(&g, x, y);
+        }
+        Layer::GlobalAvgPool => pool::global_avg_pool_forward(x, h * w, y),
+        Layer::Relu => {
+            y.par_iter_mut().for_each(|(n, out)| {
+                out.iter_mut().zip(x.get(n)).for_each(|(o, &v)| *o = v.max(0.0));
+            });
+        }
+        Layer::Input | Layer::Concat | Layer::Flatten => unreachable!("{} is not a single-input op", node.name),
+    }
+    Ok(())
+}
+
+/// What running one branch group needs besides the buffers.
+struct BranchRun<'a> {
+    graph: &'a Graph,
+    params: &'a [Vec<f32>],
+    plan: &'a Plan,
+    algo: ConvAlgo,
+    batch: usize,
+}
+
+/// The buffers one chain of a branch group writes, taken out of the executor while it runs.
+struct ChainBuffers {
+    outputs: Vec<Vec<f32>>,
+    argmax: Vec<Vec<u32>>,
+}
+
+impl BranchRun<'_> {
+    /// Runs every chain of `group`, the chains concurrently, one image at a time (within an image the
+    /// concat's parts are disjoint slices, so the chains can write them without sharing anything).
+    fn forward(&self, group: &BranchGroup, acts: &mut [Vec<f32>], argmax: &mut [Vec<u32>]) -> Result<()> {
+        let places = &self.plan.places;
+        let cat = places[group.concat];
+        let mut concat_buffer = std::mem::take(&mut acts[cat.buffer]);
+        let mut chains: Vec<ChainBuffers> = group
+            .chains
+            .iter()
+            .map(|chain| ChainBuffers {
+                outputs: chain[..chain.len() - 1]
+                    .iter()
+                    .map(|&id| std::mem::take(&mut acts[places[id].buffer]))
+                    .collect(),
+                argmax: chain.iter().map(|&id| std::mem::take(&mut argmax[id])).collect(),
+            })
+            .collect();
+        let source = images(acts, places[group.source], self.batch);
+        let result = (0..self.batch).try_for_each(|n| {
+            let mut rest = &mut concat_buffer[n * cat.stride + cat.offset..][..cat.len];
+            let mut parts = Vec::with_capacity(chains.len());
+            for chain in &group.chains {
+                let len = places[chain[chain.len() - 1]].len;
+                let (part, tail) = rest.split_at_mut(len);
+                parts.push(part);
+                rest = tail;
+            }
+            let x = Images::strided(source.get(n), 1, source.len(), source.len(), 0);
+            chains
+                .par_iter_mut()
+                .zip(&group.chains)
+                .zip(parts)
+                .try_for_each(|((bufs, chain), part)| self.forward_chain(chain, bufs, n, x, part))
+        });
+        for (chain, bufs) in group.chains.iter().zip(chains) {
+            for (&id, buffer) in chain.iter().zip(bufs.outputs) {
+                acts[places[id].buffer] = buffer;
+            }
+            for (&id, a) in chain.iter().zip(bufs.argmax) {
+                argmax[id] = a;
+            }
+        }
+        acts[cat.buffer] = concat_buffer;
+        result
+    }
+
+    /// Runs one chain on image `n` of the source (`x`), its last node writing `part`.
+    fn forward_chain(
+        &self,
+        chain: &[NodeId],
+        bufs: &mut ChainBuffers,
+        n: usize,
+        x: Images<'_>,
+        part: &mut [f32],
+    ) -> Result<()> {
+        let (&last, inner) = chain.split_last().expect("a chain has at least one node");
+        let mut input = x;
+        for (k, (&id, buffer)) in inner.iter().zip(&mut bufs.outputs).enumerate() {
+            let len = self.graph.nodes[id].image_len();
+            let out = &mut buffer[n * len..][..len];
+            self.forward_image(id, input, out, &mut bufs.argmax[k], n)?;
+            input = Images::dense(out, 1, len);
+        }
+        self.forward_image(last, input, part, &mut bufs.argmax[inner.len()], n)
+    }
+
+    /// Runs node `id` on one image `x` (image `n` of the batch) into `out`.
+    fn forward_image(&self, id: NodeId, x: Images<'_>, out: &mut [f32], argmax: &mut [u32], n: usize) -> Result<()> {
+        let node = &self.graph.nodes[id];
+        let len = node.image_len();
+        // Only max pools keep argmaxes; the others have an empty vector.
+        let argmax = if argmax.is_empty() {
+            argmax
+        } else {
+            &mut argmax[n * len..][..len]
+        };
+        let mut y = ImagesMut::dense(out, 1, len);
+        forward_node(
+            self.graph,
+            node,
+            node.inputs[0],
+            x,
+            &mut y,
+            argmax,
+            self.params,
+            self.algo,
+        )
+        .map_err(|e| e.in_node(&node.name))
+    }
 }
 
 fn images(bufs: &[Vec<f32>], p: Place, batch: usize) -> Images<'_> {
@@ -92,6 +278,8 @@ impl Executor {
             capacity,
             batch: 0,
             algo: ConvAlgo::Auto,
+            branches: BranchSchedule::Auto,
+            profile: None,
             acts,
             grads: Vec::new(),
             argmax,
@@ -105,6 +293,22 @@ impl Executor {
     /// Forces one convolution algorithm everywhere (`Auto` restores the per-layer choice).
     pub fn set_conv_algo(&mut self, algo: ConvAlgo) {
         self.algo = algo;
+    }
+
+    /// Chooses how the forward pass schedules Inception branches.
+    pub fn set_branch_schedule(&mut self, schedule: BranchSchedule) {
+        self.branches = schedule;
+    }
+
+    /// Starts (or, with `false`, stops) timing every node; starting clears earlier times.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| vec![NodeTime::default(); self.plan.places.len()]);
+    }
+
+    /// Time spent per node since profiling started, in node order (`None` when not profiling). A
+    /// branch group run concurrently books its whole time on its concat node.
+    pub fn profile(&self) -> Option<&[NodeTime]> {
+        self.profile.as_deref()
     }
 
     /// The largest batch the buffers hold.
@@ -189,88 +393,90 @@ impl Executor {
         }
         let batch = input.count();
         self.batch = batch;
-        let places = &self.plan.places;
-        for (id, node) in graph.nodes.iter().enumerate() {
-            let p = places[id];
-            let input_place = node.inputs.first().map(|&i| places[i]);
-            let in_shape = node.inputs.first().map(|&i| graph.nodes[i].shape).unwrap_or(node.shape);
-            let [c, h, w] = in_shape;
-            let argmax = &mut self.argmax[id];
-            let algo = self.algo;
-            let run = |bufs: &[Vec<f32>], out: &mut [f32]| -> Result<()> {
-                let mut y = images_mut(out, p, batch);
-                match &node.layer {
-                    Layer::Input => {
-                        for n in 0..batch {
-                            y.get_mut(n).copy_from_slice(input.get(n));
-                        }
-                    }
-                    Layer::Conv {
-                        conv,
-                        weight,
-                        bias,
-                        relu,
-                    } => {
-                        let g = conv.geometry([batch, c, h, w])?;
-                        let algo = conv::choose_algo(if algo == ConvAlgo::Auto { conv.algo } else { algo }, &g)?;
-                        let x = images(bufs, input_place.expect("conv has an input"), batch);
-                        let b = bias.map(|b| params[b].as_slice());
-                        conv::forward_images(&g, algo, x, &params[*weight], b, &mut y);
-                        if *relu {
-                            y.par_iter_mut()
-                                .for_each(|(_, v)| v.iter_mut().for_each(|a| *a = a.max(0.0)));
-                        }
-                    }
-                    Layer::Linear { linear, weight, bias } => {
-                        let x = images(bufs, input_place.expect("linear has an input"), batch);
-                        linear.forward_images(x, &params[*weight], bias.map(|b| params[b].as_slice()), &mut y);
-                    }
-                    Layer::MaxPool(pool) => {
-                        let g = pool.window.geometry("max_pool2d", [batch, c, h, w])?;
-                        max_pool_forward(
-                            &g,
-                            images(bufs, input_place.expect("pool has an input"), batch),
-                            &mut y,
-                            argmax,
-                        );
-                    }
-                    Layer::AvgPool(pool) => {
-                        let g = pool.window.geometry("avg_pool2d", [batch, c, h, w])?;
-                        pool.forward_images(&g, images(bufs, input_place.expect("pool has an input"), batch), &mut y);
-                    }
-                    Layer::GlobalAvgPool => {
-                        let x = images(bufs, input_place.expect("pool has an input"), batch);
-                        pool::global_avg_pool_forward(x, h * w, &mut y);
-                    }
-                    Layer::Relu => {
-                        let x = images(bufs, input_place.expect("relu has an input"), batch);
-                        y.par_iter_mut().for_each(|(n, out)| {
-                            out.iter_mut().zip(x.get(n)).for_each(|(o, &v)| *o = v.max(0.0));
-                        });
-                    }
-                    Layer::Concat => {
-                        let mut offset = 0;
-                        for (k, &part) in node.inputs.iter().enumerate() {
-                            let pp = places[part];
-                            if !self.plan.in_place[id][k] {
-                                let x = images(bufs, pp, batch);
-                                for n in 0..batch {
-                                    y.get_mut(n)[offset..offset + pp.len].copy_from_slice(x.get(n));
-                                }
-                            }
-                            offset += pp.len;
-                        }
-                    }
-                    Layer::Flatten => {}
-                }
-                Ok(())
+        let concurrent = match self.branches {
+            BranchSchedule::Sequential => false,
+            BranchSchedule::Concurrent => true,
+            // One op cannot fill the cores when there are fewer images than threads.
+            BranchSchedule::Auto => batch < rayon::current_num_threads(),
+        };
+        let mut id = 0;
+        while id < graph.nodes.len() {
+            let group = if concurrent {
+                self.plan.branch_groups.iter().find(|g| g.first == id)
+            } else {
+                None
             };
-            if matches!(node.layer, Layer::Flatten) {
+            let started = self.profile.is_some().then(Instant::now);
+            if let Some(group) = group {
+                let run = BranchRun {
+                    graph,
+                    params,
+                    plan: &self.plan,
+                    algo: self.algo,
+                    batch,
+                };
+                run.forward(group, &mut self.acts, &mut self.argmax)?;
+                // The chains ran together: their time is booked on the concat, which has nothing
+                // left to do (its parts are in place).
+                let concat = group.concat;
+                self.record_forward(concat, started);
+                id = concat + 1;
                 continue;
             }
-            with_buffer(&mut self.acts, p.buffer, run).map_err(|e| e.in_node(&node.name))?;
+            self.forward_one(graph, params, id, input)?;
+            self.record_forward(id, started);
+            id += 1;
         }
         Ok(())
+    }
+
+    fn record_forward(&mut self, id: NodeId, started: Option<Instant>) {
+        if let (Some(t), Some(profile)) = (started, self.profile.as_mut()) {
+            profile[id].forward += t.elapsed();
+            profile[id].calls += 1;
+        }
+    }
+
+    /// Runs node `id` on the whole batch.
+    fn forward_one(&mut self, graph: &Graph, params: &[Vec<f32>], id: NodeId, input: Images<'_>) -> Result<()> {
+        let node = &graph.nodes[id];
+        let (batch, algo, places) = (self.batch, self.algo, &self.plan.places);
+        let p = places[id];
+        let in_place = &self.plan.in_place[id];
+        let argmax = &mut self.argmax[id];
+        let run = |bufs: &[Vec<f32>], out: &mut [f32]| -> Result<()> {
+            let mut y = images_mut(out, p, batch);
+            match &node.layer {
+                Layer::Input => {
+                    for n in 0..batch {
+                        y.get_mut(n).copy_from_slice(input.get(n));
+                    }
+                }
+                Layer::Concat => {
+                    let mut offset = 0;
+                    for (&part, &placed) in node.inputs.iter().zip(in_place) {
+                        let pp = places[part];
+                        if !placed {
+                            let x = images(bufs, pp, batch);
+                            for n in 0..batch {
+                                y.get_mut(n)[offset..offset + pp.len].copy_from_slice(x.get(n));
+                            }
+                        }
+                        offset += pp.len;
+                    }
+                }
+                _ => {
+                    let input = node.inputs[0];
+                    let x = images(bufs, places[input], batch);
+                    forward_node(graph, node, input, x, &mut y, argmax, params, algo)?;
+                }
+            }
+            Ok(())
+        };
+        if matches!(node.layer, Layer::Flatten) {
+            return Ok(());
+        }
+        with_buffer(&mut self.acts, p.buffer, run).map_err(|e| e.in_node(&node.name))
     }
 
     /// Softmax cross-entropy of the last forward's output against `labels`, batch-averaged, with label
@@ -337,12 +543,14 @@ impl Executor {
             param_grads,
             algo,
             plan,
+            profile,
             ..
         } = self;
         let places = &plan.places;
         for (id, node) in graph.nodes.iter().enumerate().rev() {
             let p = places[id];
             let Some(&input) = node.inputs.first() else { continue };
+            let started = profile.is_some().then(Instant::now);
             let ip = places[input];
             // The graph input needs no gradient: its producer skips computing one.
             let input_needs_grad = !matches!(graph.nodes[input].layer, Layer::Input);
@@ -460,6 +668,9 @@ impl Executor {
                 Layer::Flatten | Layer::Input => Ok(()),
             };
             result.map_err(|e| e.in_node(&node.name))?;
+            if let (Some(t), Some(profile)) = (started, profile.as_mut()) {
+                profile[id].backward += t.elapsed();
+            }
         }
         Ok(())
     }

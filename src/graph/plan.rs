@@ -30,6 +30,25 @@ pub struct Plan {
     pub buffer_image_len: Vec<usize>,
     /// Per concat node and input: true if the input already lives in its slice (no copy needed).
     pub in_place: Vec<Vec<bool>>,
+    /// Branch groups that may run concurrently, in node order.
+    pub branch_groups: Vec<BranchGroup>,
+}
+
+/// The branches of an Inception block, which the forward pass may run at the same time: chains of
+/// single-input nodes that start at one common `source`, each ending in a part that lives in its own
+/// channel slice of `concat`. Together the chains are exactly the nodes `first..concat`, so running the
+/// group replaces running those nodes in order; a chain's inner nodes each own their buffer and feed
+/// only the next node of the chain, so no two chains touch the same memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchGroup {
+    /// The node every chain reads.
+    pub source: NodeId,
+    /// The lowest node id of the chains.
+    pub first: NodeId,
+    /// The concat the chains feed, in its input order.
+    pub concat: NodeId,
+    /// Each chain's nodes in execution order; the last one is the concat's part.
+    pub chains: Vec<Vec<NodeId>>,
 }
 
 impl Plan {
@@ -97,10 +116,14 @@ impl Plan {
                 places[id] = places[node.inputs[0]];
             }
         }
+        let branch_groups = (0..nodes.len())
+            .filter_map(|id| branch_group(graph, id, &in_place))
+            .collect();
         Plan {
             places,
             buffer_image_len,
             in_place,
+            branch_groups,
         }
     }
 
@@ -108,4 +131,59 @@ impl Plan {
     pub fn values_per_image(&self) -> usize {
         self.buffer_image_len.iter().sum()
     }
+}
+
+/// The branch group ending in node `concat`, if it is a concat whose parts all live in place and whose
+/// branches are independent chains from one source.
+fn branch_group(graph: &Graph, concat: NodeId, in_place: &[Vec<bool>]) -> Option<BranchGroup> {
+    let nodes = &graph.nodes;
+    let node = &nodes[concat];
+    if !matches!(node.layer, Layer::Concat) || node.inputs.len() < 2 || !in_place[concat].iter().all(|&p| p) {
+        return None;
+    }
+    let mut consumers = vec![0usize; nodes.len()];
+    for n in nodes {
+        for &i in &n.inputs {
+            consumers[i] += 1;
+        }
+    }
+    let runs_alone = |id: NodeId| {
+        let n = &nodes[id];
+        n.inputs.len() == 1 && !matches!(n.layer, Layer::Input | Layer::Concat | Layer::Flatten)
+    };
+    let mut source = None;
+    let mut chains = Vec::new();
+    for &part in &node.inputs {
+        let mut chain = vec![part];
+        let mut at = part;
+        loop {
+            if !runs_alone(at) {
+                return None;
+            }
+            let input = nodes[at].inputs[0];
+            // The chain stops at the first node that is not private to it: that is the source.
+            if consumers[input] != 1 || !runs_alone(input) {
+                if *source.get_or_insert(input) != input {
+                    return None;
+                }
+                break;
+            }
+            chain.push(input);
+            at = input;
+        }
+        chain.reverse();
+        chains.push(chain);
+    }
+    let first = chains.iter().flatten().copied().min()?;
+    let members = chains.iter().map(Vec::len).sum::<usize>();
+    // The chains must be exactly the nodes between `first` and the concat, so nothing else runs there.
+    if members != concat - first {
+        return None;
+    }
+    Some(BranchGroup {
+        source: source?,
+        first,
+        concat,
+        chains,
+    })
 }

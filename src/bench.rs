@@ -1,0 +1,139 @@
+//! Timing a model: median time per batch for inference or a full Adam training step, and optionally
+//! where that time goes, node by node. The engine behind `incept bench`.
+
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::graph::{BranchSchedule, Executor, Layer, Mode, NodeTime};
+use crate::models::Model;
+use crate::optim::{Adam, Optimizer};
+use crate::tensor::Images;
+
+/// What to time.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchOptions {
+    /// Images per batch.
+    pub batch: usize,
+    /// A training step (forward, loss, backward, Adam) instead of inference.
+    pub train: bool,
+    /// Untimed steps first (buffers, caches, thread pool).
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// How Inception branches are scheduled.
+    pub branches: BranchSchedule,
+    /// Also time every node.
+    pub profile: bool,
+}
+
+/// Median milliseconds per batch and images per second of the timed steps.
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    /// Median wall time per batch, ms.
+    pub ms_per_batch: f64,
+    /// `batch / median`.
+    pub img_per_s: f64,
+    /// Per node, summed over the timed steps (with [`BenchOptions::profile`]).
+    pub profile: Option<Vec<NodeTime>>,
+}
+
+/// Times `options.steps` steps on random data after `options.warmup` untimed ones.
+pub fn bench(model: &mut Model, options: BenchOptions) -> Result<BenchResult> {
+    let BenchOptions { batch, train, .. } = options;
+    let mut exec = Executor::new(&model.graph, batch)?;
+    exec.set_branch_schedule(options.branches);
+    let len = model.graph.nodes[0].image_len();
+    let mut rng = fastrand::Rng::with_seed(1);
+    let images: Vec<f32> = (0..batch * len).map(|_| rng.f32()).collect();
+    let classes = model.graph.output_len();
+    let labels: Vec<usize> = (0..batch).map(|i| i % classes).collect();
+    let lens: Vec<usize> = model.graph.params.iter().map(|p| p.len()).collect();
+    let mut opt = Optimizer::Adam(Adam::new(&lens));
+    let steps = options.steps.max(1);
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..options.warmup + steps {
+        if i == options.warmup && options.profile {
+            exec.set_profiling(true);
+        }
+        let t = Instant::now();
+        let mode = if train { Mode::Train } else { Mode::Eval };
+        exec.forward(&model.graph, &model.params, Images::dense(&images, batch, len), mode)?;
+        if train {
+            exec.loss(&model.graph, &labels, 0.0)?;
+            exec.backward(&model.graph, &model.params)?;
+            opt.step(&mut model.params, exec.param_grads(), 1e-3);
+        }
+        if i >= options.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    Ok(BenchResult {
+        ms_per_batch: median * 1e3,
+        img_per_s: batch as f64 / median,
+        profile: exec.profile().map(<[NodeTime]>::to_vec),
+    })
+}
+
+/// The profile as a table, one line per node that took time, with each node's share of the total and
+/// its forward GFLOP/s. `steps` is the number of timed steps the profile sums over.
+pub fn profile_table(model: &Model, profile: &[NodeTime], batch: usize, steps: usize) -> Vec<String> {
+    let graph = &model.graph;
+    let per_step = |d: Duration| d.as_secs_f64() * 1e3 / steps.max(1) as f64;
+    let total: f64 = profile.iter().map(|t| per_step(t.forward) + per_step(t.backward)).sum();
+    let mut lines = vec![format!(
+        "{:<14} {:<24} {:>9} {:>9} {:>6} {:>9}",
+        "node", "op", "fwd ms", "bwd ms", "share", "fwd GF/s"
+    )];
+    for (node, t) in graph.nodes.iter().zip(profile) {
+        let (fwd, bwd) = (per_step(t.forward), per_step(t.backward));
+        if fwd + bwd == 0.0 {
+            continue;
+        }
+        let flops = graph.node_flops(node) as f64 * batch as f64;
+        let rate = if flops > 0.0 && fwd > 0.0 {
+            format!("{:.1}", flops / (fwd * 1e-3) / 1e9)
+        } else {
+            String::new()
+        };
+        lines.push(format!(
+            "{:<14} {:<24} {:>9.3} {:>9.3} {:>5.1}% {:>9}",
+            node.name,
+            describe(&node.layer),
+            fwd,
+            bwd,
+            100.0 * (fwd + bwd) / total,
+            rate
+        ));
+    }
+    lines.push(format!(
+        "{:<14} {:<24} {:>9.3} ms per step in nodes",
+        "total", "", total
+    ));
+    lines
+}
+
+/// A short name for a layer: `conv 3x3/1`, `max pool`, ...
+fn describe(layer: &Layer) -> String {
+    match layer {
+        Layer::Input => "input".into(),
+        Layer::Conv { conv, relu, .. } => {
+            let [kh, kw] = conv.kernel;
+            let [sh, _] = conv.stride;
+            format!(
+                "conv {kh}x{kw}/{sh} {}->{}{}",
+                conv.in_channels,
+                conv.out_channels,
+                if *relu { "+relu" } else { "" }
+            )
+        }
+        Layer::Linear { linear, .. } => format!("linear {}->{}", linear.in_features, linear.out_features),
+        Layer::MaxPool(_) => "max pool".into(),
+        Layer::AvgPool(_) => "avg pool".into(),
+        Layer::GlobalAvgPool => "global avg pool".into(),
+        Layer::Relu => "relu".into(),
+        Layer::Concat => "concat (+branches)".into(),
+        Layer::Flatten => "flatten".into(),
+    }
+}
