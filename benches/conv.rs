@@ -1,83 +1,86 @@
-//! Convolution forward and backward on real googlenet-d2l layer shapes (batch 128, 1×96×96 input),
-//! reported as FLOP/s: criterion's "elem/s" here counts floating-point operations (2 per multiply-add).
-//! Backward is the input gradient plus the weight gradient (twice the forward's work); the bias
-//! gradient is included in the time but not in the count.
+//! Convolution forward and backward on every distinct convolution shape of googlenet-d2l (batch 128,
+//! 1×96×96 input), with every algorithm that can run it, reported as FLOP/s: criterion's "elem/s" here
+//! counts floating-point operations (2 per multiply-add). Backward is the input gradient plus the
+//! weight gradient (twice the forward's work); the bias gradient is in the time, not in the count.
+//! Buffers are allocated once, outside the timed loop, as the executor does.
 //!
-//! `cargo bench --bench conv`; compare with `../shared/peers/bench_torch.py layers` run the same day.
+//! `cargo bench --bench conv` (all), `cargo bench --bench conv -- "3x3"` (a subset); compare with
+//! `../shared/peers/bench_torch.py layers` run the same day.
+
+use std::collections::BTreeSet;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use incept::Padding;
-use incept::ndarray::{Array1, Array4};
-use incept::ops::conv::Conv2d;
+use incept::graph::Layer;
+use incept::models;
+use incept::ops::conv::{self, Conv2d, ConvAlgo, ConvGeometry};
+use incept::tensor::{Images, ImagesMut};
 
-struct Layer {
-    name: &'static str,
-    conv: Conv2d,
-    input: [usize; 4],
+const BATCH: usize = 128;
+
+/// Every distinct (convolution, input shape) of a model, in network order, with a readable name.
+fn model_convs(model: &str) -> Vec<(String, Conv2d, ConvGeometry)> {
+    let graph = models::build(model, models::default_config(model).expect("known model")).expect("model builds");
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for node in &graph.nodes {
+        let Layer::Conv { conv, .. } = &node.layer else {
+            continue;
+        };
+        let [c, h, w] = graph.nodes[node.inputs[0]].shape;
+        let g = conv.geometry([BATCH, c, h, w]).expect("model geometry is valid");
+        if !seen.insert(format!("{g}")) {
+            continue;
+        }
+        let [kh, kw] = conv.kernel;
+        let name = format!(
+            "{model} {} {kh}x{kw}/{} {}->{} @{h}",
+            node.name, conv.stride[0], conv.in_channels, conv.out_channels
+        );
+        out.push((name, conv.clone(), g));
+    }
+    out
 }
 
-fn layers() -> Vec<Layer> {
-    let pad = |p| Padding::symmetric(p, p);
-    vec![
-        Layer {
-            name: "b1 7x7/2 1->64 @96",
-            conv: Conv2d::new(1, 64, [7, 7]).with_stride([2, 2]).with_padding(pad(3)),
-            input: [128, 1, 96, 96],
-        },
-        Layer {
-            name: "b2 3x3 64->192 @24",
-            conv: Conv2d::new(64, 192, [3, 3]).with_padding(pad(1)),
-            input: [128, 64, 24, 24],
-        },
-        Layer {
-            name: "b3 3x3 96->128 @12",
-            conv: Conv2d::new(96, 128, [3, 3]).with_padding(pad(1)),
-            input: [128, 96, 12, 12],
-        },
-        Layer {
-            name: "b3 5x5 16->32 @12",
-            conv: Conv2d::new(16, 32, [5, 5]).with_padding(pad(2)),
-            input: [128, 16, 12, 12],
-        },
-        Layer {
-            name: "b4 1x1 480->192 @6",
-            conv: Conv2d::new(480, 192, [1, 1]),
-            input: [128, 480, 6, 6],
-        },
-    ]
-}
-
-fn random(shape: [usize; 4], seed: u64) -> Array4<f32> {
+fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    Array4::from_shape_simple_fn(shape, || rng.f32() - 0.5)
+    (0..len).map(|_| rng.f32() - 0.5).collect()
 }
 
 fn conv_layers(c: &mut Criterion) {
-    for layer in layers() {
-        let conv = &layer.conv;
-        let g = conv.geometry(layer.input).expect("bench geometry is valid");
-        let x = random(layer.input, 1);
-        let w = random(conv.weight_shape(), 2);
-        let b = Array1::<f32>::zeros(conv.out_channels);
-        let dy = random(g.output_shape(), 3);
-        let mut dw = Array4::zeros(conv.weight_shape());
-        let mut db = Array1::zeros(conv.out_channels);
+    for (name, conv, g) in model_convs("googlenet-d2l") {
+        let (in_len, out_len) = (g.input_image_len(), g.output_image_len());
+        let x = values(BATCH * in_len, 1);
+        let w = values(conv.weight_shape().iter().product(), 2);
+        let b = vec![0.0; conv.out_channels];
+        let dy = values(BATCH * out_len, 3);
+        let mut y = vec![0.0; BATCH * out_len];
+        let mut dx = vec![0.0; BATCH * in_len];
+        let mut dw = vec![0.0; w.len()];
+        let mut db = vec![0.0; b.len()];
 
-        let mut group = c.benchmark_group(format!("conv {} b{}", layer.name, layer.input[0]));
+        let mut group = c.benchmark_group(format!("conv {name} b{BATCH}"));
         group.sample_size(10);
-        group.throughput(Throughput::Elements(g.forward_flops()));
-        group.bench_function(BenchmarkId::new("forward", "auto"), |bench| {
-            bench.iter(|| conv.forward(x.view(), w.view(), Some(b.view())).unwrap())
-        });
-        group.throughput(Throughput::Elements(2 * g.forward_flops()));
-        group.bench_function(BenchmarkId::new("backward", "auto"), |bench| {
-            bench.iter(|| {
-                let dx = conv.backward_input(w.view(), dy.view(), layer.input).unwrap();
-                conv.backward_weight(x.view(), dy.view(), dw.view_mut()).unwrap();
-                conv.backward_bias(dy.view(), db.view_mut()).unwrap();
-                dx
-            })
-        });
+        let algos = [ConvAlgo::Gemm1x1, ConvAlgo::Winograd, ConvAlgo::Im2colGemm];
+        for algo in algos.into_iter().filter(|a| a.supports(&g)) {
+            let label = format!("{algo:?}");
+            group.throughput(Throughput::Elements(g.forward_flops()));
+            group.bench_function(BenchmarkId::new("forward", &label), |bench| {
+                bench.iter(|| {
+                    let mut y = ImagesMut::dense(&mut y, BATCH, out_len);
+                    conv::forward_images(&g, algo, Images::dense(&x, BATCH, in_len), &w, Some(&b), &mut y);
+                })
+            });
+            group.throughput(Throughput::Elements(2 * g.forward_flops()));
+            group.bench_function(BenchmarkId::new("backward", &label), |bench| {
+                bench.iter(|| {
+                    let dy = Images::dense(&dy, BATCH, out_len);
+                    let mut dx = ImagesMut::dense(&mut dx, BATCH, in_len);
+                    conv::backward_input_images(&g, algo, &w, dy, &mut dx);
+                    conv::backward_weight_images(&g, algo, Images::dense(&x, BATCH, in_len), dy, &mut dw);
+                    conv::bias_grad(dy, g.out_channels, g.output_pixels(), &mut db);
+                })
+            });
+        }
         group.finish();
     }
 }

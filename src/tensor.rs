@@ -206,23 +206,51 @@ impl<'a> ImagesMut<'a> {
     }
 }
 
-thread_local! {
-    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+/// Independent scratch buffers per thread, so a kernel can hold one while it uses another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scratch {
+    /// Im2col matrices, Winograd tiles.
+    General,
+    /// Transformed Winograd weights, held across a whole convolution call.
+    WinogradWeights,
 }
 
-/// Runs `f` with a zero-length-or-more scratch buffer of `len` values (contents unspecified) that is
-/// reused across calls on the same thread, so steady-state training allocates nothing. A nested call on
-/// the same thread (rayon may run another task while one waits) gets a fresh buffer instead of a panic.
+thread_local! {
+    static SCRATCH: [std::cell::Cell<Vec<f32>>; 2] =
+        const { [std::cell::Cell::new(Vec::new()), std::cell::Cell::new(Vec::new())] };
+}
+
+/// Runs `f` with a scratch buffer of `len` values (contents unspecified) that is reused across calls on
+/// the same thread, so steady-state training allocates nothing. A nested call on the same thread (rayon
+/// may run another task while one waits) gets a fresh buffer instead of a panic.
 pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let mut buf = SCRATCH.with(|s| s.take());
+    with_scratch_in(Scratch::General, len, f)
+}
+
+/// Grows every thread's scratch (the pool's and the caller's) to at least `demand[slot]` values per
+/// slot, so which thread runs which task cannot make a later call allocate.
+pub(crate) fn reserve_scratch(demand: [usize; 2]) {
+    let reserve = || {
+        for (slot, len) in [Scratch::General, Scratch::WinogradWeights].into_iter().zip(demand) {
+            with_scratch_in(slot, len, |_| ());
+        }
+    };
+    rayon::broadcast(|_| reserve());
+    reserve();
+}
+
+/// [`with_scratch`] with the buffer of slot `slot`.
+pub(crate) fn with_scratch_in<R>(slot: Scratch, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let slot = slot as usize;
+    let mut buf = SCRATCH.with(|s| s[slot].take());
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
     let result = f(&mut buf[..len]);
     SCRATCH.with(|s| {
-        let previous = s.take();
+        let previous = s[slot].take();
         // Keep the larger of the two if a nested call left one behind.
-        s.set(if previous.len() > buf.len() { previous } else { buf });
+        s[slot].set(if previous.len() > buf.len() { previous } else { buf });
     });
     result
 }

@@ -74,11 +74,14 @@ fn every_algorithm_matches_the_naive_reference() {
         let mut dw_ref = Array4::zeros(conv.weight_shape());
         naive.backward_weight(x.view(), dy.view(), dw_ref.view_mut()).unwrap();
 
-        let mut algos = vec![ConvAlgo::Auto, ConvAlgo::Im2colGemm];
-        if conv.geometry(input).unwrap().is_pointwise() {
-            algos.push(ConvAlgo::Gemm1x1);
-        }
-        for algo in algos {
+        let g = conv.geometry(input).unwrap();
+        let algos = [
+            ConvAlgo::Auto,
+            ConvAlgo::Im2colGemm,
+            ConvAlgo::Gemm1x1,
+            ConvAlgo::Winograd,
+        ];
+        for algo in algos.into_iter().filter(|a| a.supports(&g)) {
             let fast = conv.clone().with_algo(algo);
             let what = format!("{algo:?} on {}", conv.geometry(input).unwrap());
             let y = fast.forward(x.view(), w.view(), Some(b.view())).unwrap();

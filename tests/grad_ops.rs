@@ -123,13 +123,14 @@ fn grad_conv2d_every_kernel_kind_and_algorithm() {
         ),
     ];
     for (i, (conv, input)) in cases.iter().enumerate() {
-        let pointwise = conv.geometry(*input).unwrap().is_pointwise();
-        let algos: &[ConvAlgo] = if pointwise {
-            &[ConvAlgo::Naive, ConvAlgo::Im2colGemm, ConvAlgo::Gemm1x1]
-        } else {
-            &[ConvAlgo::Naive, ConvAlgo::Im2colGemm]
-        };
-        for &algo in algos {
+        let g = conv.geometry(*input).unwrap();
+        let algos = [
+            ConvAlgo::Naive,
+            ConvAlgo::Im2colGemm,
+            ConvAlgo::Gemm1x1,
+            ConvAlgo::Winograd,
+        ];
+        for algo in algos.into_iter().filter(|a| a.supports(&g)) {
             let conv = conv.clone().with_algo(algo);
             let name = format!("conv2d {algo:?} {}", conv.geometry(*input).unwrap());
             report(&name, &check_conv(&conv, *input, 10 * i as u64), LINEAR_TOL);

@@ -85,11 +85,14 @@ fn conv2d_matches_pytorch_for_every_kernel_kind_and_algorithm() {
             vec![g.h.pad_lo, g.h.pad_hi, g.w.pad_lo, g.w.pad_hi],
             "{case}"
         );
-        let mut algos = vec![ConvAlgo::Naive, ConvAlgo::Im2colGemm, ConvAlgo::Auto];
-        if g.is_pointwise() {
-            algos.push(ConvAlgo::Gemm1x1);
-        }
-        for algo in algos {
+        let algos = [
+            ConvAlgo::Naive,
+            ConvAlgo::Im2colGemm,
+            ConvAlgo::Auto,
+            ConvAlgo::Gemm1x1,
+            ConvAlgo::Winograd,
+        ];
+        for algo in algos.into_iter().filter(|a| a.supports(&g)) {
             let conv = conv.clone().with_algo(algo);
             let y = conv.forward(x.view(), w.view(), Some(b.view())).unwrap();
             let dx = conv.backward_input(w.view(), dy.view(), input).unwrap();

@@ -11,7 +11,7 @@ use crate::ops::pool::{self, max_pool_backward, max_pool_forward};
 use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
-use crate::tensor::{Images, ImagesMut};
+use crate::tensor::{Images, ImagesMut, reserve_scratch};
 
 /// Inference or training behaviour (dropout, batch-norm statistics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,11 +96,7 @@ fn forward_node(
             let g = conv.geometry([batch, c, h, w])?;
             let algo = conv::choose_algo(if algo == ConvAlgo::Auto { conv.algo } else { algo }, &g)?;
             let b = bias.map(|b| params[b].as_slice());
-            conv::forward_images(&g, algo, x, &params[*weight], b, y);
-            if *relu {
-                y.par_iter_mut()
-                    .for_each(|(_, v)| v.iter_mut().for_each(|a| *a = a.max(0.0)));
-            }
+            conv::forward_images_fused(&g, algo, x, &params[*weight], b, *relu, y);
         }
         Layer::Linear { linear, weight, bias } => {
             linear.forward_images(x, &params[*weight], bias.map(|b| params[b].as_slice()), y);
@@ -231,6 +227,23 @@ impl BranchRun<'_> {
     }
 }
 
+/// The most scratch any convolution of `graph` takes on one thread at batch `capacity`, per slot.
+fn scratch_demand(graph: &Graph, capacity: usize) -> Result<[usize; 2]> {
+    let mut demand = [0, 0];
+    for node in &graph.nodes {
+        if let Layer::Conv { conv, .. } = &node.layer {
+            let [c, h, w] = graph.nodes[node.inputs[0]].shape;
+            let g = conv.geometry([capacity, c, h, w])?;
+            // Any algorithm may be forced later: reserve for the default and im2col both.
+            for algo in [conv::choose_algo(conv.algo, &g)?, ConvAlgo::Im2colGemm] {
+                let d = conv::scratch_demand(&g, algo);
+                demand = [demand[0].max(d[0]), demand[1].max(d[1])];
+            }
+        }
+    }
+    Ok(demand)
+}
+
 fn images(bufs: &[Vec<f32>], p: Place, batch: usize) -> Images<'_> {
     Images::strided(&bufs[p.buffer], batch, p.len, p.stride, p.offset)
 }
@@ -272,6 +285,7 @@ impl Executor {
                 }
             })
             .collect();
+        reserve_scratch(scratch_demand(graph, capacity)?);
         let classes = graph.output_len();
         Ok(Executor {
             plan,

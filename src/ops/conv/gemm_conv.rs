@@ -19,7 +19,7 @@ pub(super) enum Lowering {
 }
 
 impl Lowering {
-    fn scratch_len(self, g: &ConvGeometry) -> usize {
+    pub(super) fn scratch_len(self, g: &ConvGeometry) -> usize {
         match self {
             Lowering::Direct => 0,
             Lowering::Im2col => g.patch_len() * g.output_pixels(),
@@ -51,6 +51,7 @@ pub(super) fn forward(
     x: Images<'_>,
     w: &[f32],
     b: Option<&[f32]>,
+    relu: bool,
     y: &mut ImagesMut<'_>,
 ) {
     let (k, pixels) = (g.patch_len(), g.output_pixels());
@@ -76,6 +77,9 @@ pub(super) fn forward(
             b.is_some(),
             threads,
         );
+        if relu {
+            y_img.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
     });
 }
 

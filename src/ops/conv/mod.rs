@@ -5,11 +5,15 @@
 //! | --- | --- | --- |
 //! | [`ConvAlgo::Naive`] | `naive.rs` | the f64 reference every other path is tested against |
 //! | [`ConvAlgo::Gemm1x1`] | `gemm_conv.rs` | 1×1, stride 1, no padding: the input already is the GEMM operand |
+//! | [`ConvAlgo::Winograd`] | `winograd.rs` | 3×3, stride 1: F(4×4, 3×3), forward and input gradient |
 //! | [`ConvAlgo::Im2colGemm`] | `im2col.rs` + `gemm_conv.rs` | everything else |
+//!
+//! The weight gradient of a Winograd layer is computed by im2col + GEMM.
 
 mod gemm_conv;
 mod im2col;
 mod naive;
+mod winograd;
 
 use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4};
 
@@ -30,16 +34,34 @@ pub enum ConvAlgo {
     Gemm1x1,
     /// Lower each image to its im2col matrix, then one GEMM.
     Im2colGemm,
+    /// Winograd F(4×4, 3×3): 3×3 kernels, stride 1, no dilation, padding at most 2.
+    Winograd,
+}
+
+impl ConvAlgo {
+    /// Whether this algorithm can compute geometry `g` (`Auto` always can).
+    pub fn supports(self, g: &ConvGeometry) -> bool {
+        match self {
+            ConvAlgo::Gemm1x1 => g.is_pointwise(),
+            ConvAlgo::Winograd => winograd::eligible(g),
+            ConvAlgo::Auto | ConvAlgo::Naive | ConvAlgo::Im2colGemm => true,
+        }
+    }
 }
 
 /// The one place where an algorithm is chosen for a geometry.
 pub fn choose_algo(requested: ConvAlgo, g: &ConvGeometry) -> Result<ConvAlgo> {
     match requested {
         ConvAlgo::Auto if g.is_pointwise() => Ok(ConvAlgo::Gemm1x1),
+        ConvAlgo::Auto if winograd::eligible(g) => Ok(ConvAlgo::Winograd),
         ConvAlgo::Auto => Ok(ConvAlgo::Im2colGemm),
         ConvAlgo::Gemm1x1 if !g.is_pointwise() => Err(Error::config(
             "conv2d",
             format!("Gemm1x1 needs a 1x1 kernel, stride 1 and no padding, found {g}"),
+        )),
+        ConvAlgo::Winograd if !winograd::eligible(g) => Err(Error::config(
+            "conv2d",
+            format!("Winograd needs a 3x3 kernel, stride 1, no dilation and padding of at most 2, found {g}"),
         )),
         algo => Ok(algo),
     }
@@ -328,10 +350,31 @@ pub fn forward_images(
     b: Option<&[f32]>,
     y: &mut ImagesMut<'_>,
 ) {
+    forward_images_fused(g, algo, x, w, b, false, y);
+}
+
+/// [`forward_images`], with `relu` applied in the same pass over the output (while it is in cache)
+/// instead of in a second one.
+pub fn forward_images_fused(
+    g: &ConvGeometry,
+    algo: ConvAlgo,
+    x: Images<'_>,
+    w: &[f32],
+    b: Option<&[f32]>,
+    relu: bool,
+    y: &mut ImagesMut<'_>,
+) {
     debug_assert_eq!((x.len(), y.len()), (g.input_image_len(), g.output_image_len()));
     match algo {
-        ConvAlgo::Naive => naive::forward(g, x, w, b, y),
-        _ => gemm_conv::forward(g, lowering(g, algo), x, w, b, y),
+        ConvAlgo::Naive => {
+            naive::forward(g, x, w, b, y);
+            if relu {
+                y.iter_mut()
+                    .for_each(|(_, img)| img.iter_mut().for_each(|v| *v = v.max(0.0)));
+            }
+        }
+        ConvAlgo::Winograd => winograd::forward(g, x, w, b, y, relu),
+        _ => gemm_conv::forward(g, lowering(g, algo), x, w, b, relu, y),
     }
 }
 
@@ -339,6 +382,7 @@ pub fn forward_images(
 pub fn backward_input_images(g: &ConvGeometry, algo: ConvAlgo, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>) {
     match algo {
         ConvAlgo::Naive => naive::backward_input(g, w, dy, dx),
+        ConvAlgo::Winograd => winograd::backward_input(g, w, dy, dx),
         _ => gemm_conv::backward_input(g, lowering(g, algo), w, dy, dx),
     }
 }
@@ -348,6 +392,21 @@ pub fn backward_weight_images(g: &ConvGeometry, algo: ConvAlgo, x: Images<'_>, d
     match algo {
         ConvAlgo::Naive => naive::backward_weight(g, x, dy, dw),
         _ => gemm_conv::backward_weight(g, lowering(g, algo), x, dy, dw),
+    }
+}
+
+/// The largest scratch (per [`crate::tensor::Scratch`] slot) one thread takes in any pass of `algo` over
+/// `g`, so an executor can reserve it up front and a training step allocates nothing.
+pub fn scratch_demand(g: &ConvGeometry, algo: ConvAlgo) -> [usize; 2] {
+    let im2col = gemm_conv::Lowering::Im2col.scratch_len(g);
+    match algo {
+        ConvAlgo::Naive => [0, 0],
+        // The weight gradient of a Winograd layer goes through im2col.
+        ConvAlgo::Winograd => {
+            let [general, weights] = winograd::scratch_demand(g);
+            [general.max(im2col), weights]
+        }
+        _ => [lowering(g, algo).scratch_len(g), 0],
     }
 }
 

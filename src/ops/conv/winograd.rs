@@ -1,0 +1,406 @@
+//! Winograd F(4×4, 3×3) for 3×3, stride-1, undilated convolutions (Lavin & Gray 2016, with the
+//! interpolation points 0, ±1, ±2 and ∞). Each 4×4 output tile comes from a 6×6 input tile:
+//!
+//! ```text
+//! Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A
+//! ```
+//!
+//! Summed over input channels, the element-wise product becomes 36 independent matrix products
+//! `M[ξ] (out × tiles) = U[ξ] (out × in) · V[ξ] (in × tiles)`, one per point ξ of the 6×6 transform
+//! domain: 36 multiplies per tile and channel pair instead of 144. The transforms cost a few adds per
+//! element and are linear in the channel counts, not their product.
+//!
+//! The input gradient of a stride-1 3×3 convolution is again one (over the output gradient, with the
+//! weights flipped and in/out swapped, and the padding mirrored), so the same code serves backward.
+//!
+//! Work is done in chunks of images whose tiles together make one GEMM width. With at least as many
+//! chunks as threads the chunks run in parallel, each on one thread; otherwise one chunk at a time,
+//! with the transforms split across channels and the 36 products across threads.
+
+use rayon::prelude::*;
+
+use super::ConvGeometry;
+use crate::matmul::{MatMut, MatRef, Threads, matmul};
+use crate::tensor::{Images, ImagesMut, Scratch, with_scratch_in};
+
+/// Output tile side.
+const TILE: usize = 4;
+/// Input tile side: the output tile plus the kernel's reach.
+const WINDOW: usize = TILE + 2;
+/// Points of the transform domain, and so GEMMs per chunk.
+const POINTS: usize = WINDOW * WINDOW;
+/// Tiles per chunk the image grouping aims for: wide enough for an efficient GEMM, small enough that
+/// a chunk's transformed input and output stay in cache.
+const TARGET_TILES: usize = 96;
+
+/// True when Winograd can compute this geometry: a 3×3 kernel, stride 1, no dilation, and padding of
+/// at most 2 on every side (so the mirrored backward geometry is valid too).
+pub(super) fn eligible(g: &ConvGeometry) -> bool {
+    [&g.h, &g.w]
+        .iter()
+        .all(|a| a.kernel == 3 && a.stride == 1 && a.dilation == 1 && a.pad_lo <= 2 && a.pad_hi <= 2)
+}
+
+/// Scratch per slot (`[general, weights]`) a forward and an input-gradient pass over `g` take, at
+/// most, on any one thread.
+pub(super) fn scratch_demand(g: &ConvGeometry) -> [usize; 2] {
+    let weights = POINTS * g.in_channels * g.out_channels;
+    let chunk = |tiles: usize| {
+        let per_chunk = (TARGET_TILES / tiles.max(1)).clamp(1, g.batch.max(1));
+        POINTS * (g.in_channels + g.out_channels) * per_chunk * tiles
+    };
+    // Forward tiles the output; the input gradient tiles the input.
+    let forward = tiles(g).0 * tiles(g).1;
+    let backward = g.h.input.div_ceil(TILE) * g.w.input.div_ceil(TILE);
+    [chunk(forward).max(chunk(backward)), weights]
+}
+
+/// `y = conv(x, w) + b`, then with `relu` `y = max(y, 0)`.
+pub(super) fn forward(
+    g: &ConvGeometry,
+    x: Images<'_>,
+    w: &[f32],
+    b: Option<&[f32]>,
+    y: &mut ImagesMut<'_>,
+    relu: bool,
+) {
+    debug_assert!(eligible(g));
+    let (inputs, outputs) = (g.in_channels, g.out_channels);
+    with_scratch_in(Scratch::WinogradWeights, POINTS * outputs * inputs, |u| {
+        transform_weights(w, outputs, inputs, u);
+        run(g, x, u, b, y, Epilogue::Write { relu });
+    });
+}
+
+/// Adds the input gradient of the convolution `g` into `dx`: a Winograd convolution of `dy` with the
+/// flipped, transposed weights and the mirrored padding.
+pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>) {
+    debug_assert!(eligible(g));
+    let (inputs, outputs) = (g.in_channels, g.out_channels);
+    let mirror = |a: &crate::geometry::Axis| crate::geometry::Axis {
+        input: a.output,
+        pad_lo: 2 - a.pad_lo,
+        pad_hi: 2 - a.pad_hi,
+        output: a.input,
+        ..*a
+    };
+    let back = ConvGeometry {
+        batch: g.batch,
+        in_channels: outputs,
+        out_channels: inputs,
+        h: mirror(&g.h),
+        w: mirror(&g.w),
+    };
+    with_scratch_in(Scratch::WinogradWeights, POINTS * outputs * inputs, |u| {
+        // U of the backward convolution, from w'[c][o][ky][kx] = w[o][c][2-ky][2-kx], transformed
+        // straight from `w` without materializing w'.
+        u.par_chunks_mut(POINTS * outputs).enumerate().for_each(|(c, u_c)| {
+            for o in 0..outputs {
+                let k = &w[(o * inputs + c) * 9..][..9];
+                let flipped = [k[8], k[7], k[6], k[5], k[4], k[3], k[2], k[1], k[0]];
+                for (xi, value) in transform_kernel(&flipped).into_iter().enumerate() {
+                    u_c[xi * outputs + o] = value;
+                }
+            }
+        });
+        run(&back, dy, u, None, dx, Epilogue::Add);
+    });
+}
+
+/// `U[o][ξ][c] = (G w[o][c] Gᵀ)[ξ]`: per output channel, one row of every point's weight matrix.
+fn transform_weights(w: &[f32], outputs: usize, inputs: usize, u: &mut [f32]) {
+    debug_assert_eq!(w.len(), outputs * inputs * 9);
+    u.par_chunks_mut(POINTS * inputs).enumerate().for_each(|(o, u_o)| {
+        for (c, kernel) in w[o * inputs * 9..][..inputs * 9].chunks_exact(9).enumerate() {
+            let k: &[f32; 9] = kernel.try_into().expect("3x3 kernels");
+            for (xi, value) in transform_kernel(k).into_iter().enumerate() {
+                u_o[xi * inputs + c] = value;
+            }
+        }
+    });
+}
+
+/// `G g Gᵀ` for one 3×3 kernel, with
+///
+/// ```text
+/// G = [  1/4     0     0  ]
+///     [ -1/6  -1/6  -1/6  ]
+///     [ -1/6   1/6  -1/6  ]
+///     [ 1/24  1/12   1/6  ]
+///     [ 1/24 -1/12   1/6  ]
+///     [   0     0     1   ]
+/// ```
+#[inline]
+fn transform_kernel(k: &[f32; 9]) -> [f32; POINTS] {
+    let g = |v: [f32; 3]| -> [f32; 6] {
+        [
+            v[0] / 4.0,
+            -(v[0] + v[1] + v[2]) / 6.0,
+            -(v[0] - v[1] + v[2]) / 6.0,
+            v[0] / 24.0 + v[1] / 12.0 + v[2] / 6.0,
+            v[0] / 24.0 - v[1] / 12.0 + v[2] / 6.0,
+            v[2],
+        ]
+    };
+    // Columns first (G g), then rows ((G g) Gᵀ).
+    let cols: [[f32; 6]; 3] = std::array::from_fn(|j| g([k[j], k[3 + j], k[6 + j]]));
+    let mut out = [0.0; POINTS];
+    for i in 0..WINDOW {
+        let row = g([cols[0][i], cols[1][i], cols[2][i]]);
+        out[i * WINDOW..][..WINDOW].copy_from_slice(&row);
+    }
+    out
+}
+
+/// `Bᵀ d` for one 6-vector, with
+///
+/// ```text
+/// Bᵀ = [ 4  0 -5  0  1  0 ]
+///      [ 0 -4 -4  1  1  0 ]
+///      [ 0  4 -4 -1  1  0 ]
+///      [ 0 -2 -1  2  1  0 ]
+///      [ 0  2 -1 -2  1  0 ]
+///      [ 0  4  0 -5  0  1 ]
+/// ```
+#[inline(always)]
+fn input_1d(d: [f32; 6]) -> [f32; 6] {
+    [
+        4.0 * d[0] - 5.0 * d[2] + d[4],
+        -4.0 * (d[1] + d[2]) + d[3] + d[4],
+        4.0 * (d[1] - d[2]) - d[3] + d[4],
+        2.0 * (d[3] - d[1]) - d[2] + d[4],
+        2.0 * (d[1] - d[3]) - d[2] + d[4],
+        4.0 * d[1] - 5.0 * d[3] + d[5],
+    ]
+}
+
+/// `Aᵀ m` for one 6-vector, with
+///
+/// ```text
+/// Aᵀ = [ 1  1  1  1  1  0 ]
+///      [ 0  1 -1  2 -2  0 ]
+///      [ 0  1  1  4  4  0 ]
+///      [ 0  1 -1  8 -8  1 ]
+/// ```
+#[inline(always)]
+fn output_1d(m: [f32; 6]) -> [f32; 4] {
+    let (sum, diff) = (m[1] + m[2], m[1] - m[2]);
+    let (sum2, diff2) = (m[3] + m[4], m[3] - m[4]);
+    [
+        m[0] + sum + sum2,
+        diff + 2.0 * diff2,
+        sum + 4.0 * sum2,
+        diff + 8.0 * diff2 + m[5],
+    ]
+}
+
+/// What the output transform does with each value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Epilogue {
+    /// Overwrite the output with `value + bias`, rectified when `relu`.
+    Write { relu: bool },
+    /// Add `value` to the output (the input gradient accumulates).
+    Add,
+}
+
+/// Tiles of a geometry: `(tile rows, tile columns)`.
+fn tiles(g: &ConvGeometry) -> (usize, usize) {
+    (g.h.output.div_ceil(TILE), g.w.output.div_ceil(TILE))
+}
+
+/// Runs the transformed-weight convolution over the batch, chunk by chunk.
+fn run(g: &ConvGeometry, x: Images<'_>, u: &[f32], b: Option<&[f32]>, y: &mut ImagesMut<'_>, epilogue: Epilogue) {
+    let batch = x.count();
+    if batch == 0 || g.output_pixels() == 0 {
+        return;
+    }
+    let (th, tw) = tiles(g);
+    let per_image = th * tw;
+    // Keep in step with `scratch_demand`.
+    let per_chunk = (TARGET_TILES / per_image).clamp(1, batch);
+    let chunks = batch.div_ceil(per_chunk);
+    let scratch_len = POINTS * (g.in_channels + g.out_channels) * per_chunk * per_image;
+    let mut outs: Vec<&mut [f32]> = y.iter_mut().map(|(_, img)| img).collect();
+    let threads = rayon::current_num_threads();
+    if chunks >= threads {
+        outs.par_chunks_mut(per_chunk).enumerate().for_each(|(c, outs)| {
+            with_scratch_in(Scratch::General, scratch_len, |s| {
+                chunk(g, x, c * per_chunk, outs, u, b, s, epilogue, false)
+            })
+        });
+    } else {
+        with_scratch_in(Scratch::General, scratch_len, |s| {
+            for (c, outs) in outs.chunks_mut(per_chunk).enumerate() {
+                chunk(g, x, c * per_chunk, outs, u, b, s, epilogue, true);
+            }
+        });
+    }
+}
+
+/// One chunk: images `first..first + outs.len()` of `x` into `outs`. `parallel` splits the chunk's
+/// own work across the pool (when chunks are not already run in parallel).
+#[allow(clippy::too_many_arguments)]
+fn chunk(
+    g: &ConvGeometry,
+    x: Images<'_>,
+    first: usize,
+    outs: &mut [&mut [f32]],
+    u: &[f32],
+    b: Option<&[f32]>,
+    scratch: &mut [f32],
+    epilogue: Epilogue,
+    parallel: bool,
+) {
+    let (inputs, outputs) = (g.in_channels, g.out_channels);
+    let (th, tw) = tiles(g);
+    let n = outs.len() * th * tw;
+    let (v, m) = scratch.split_at_mut(POINTS * inputs * n);
+    let m = &mut m[..POINTS * outputs * n];
+
+    // V[c][ξ][t]: each channel's transformed tiles, contiguous per channel so channels split cleanly.
+    let transform_channel = |c: usize, v_c: &mut [f32]| {
+        for k in 0..outs.len() {
+            let plane = &x.get(first + k)[c * g.h.input * g.w.input..][..g.h.input * g.w.input];
+            input_tiles(g, plane, v_c, k * th * tw, n);
+        }
+    };
+    if parallel {
+        v.par_chunks_mut(POINTS * n)
+            .enumerate()
+            .for_each(|(c, v_c)| transform_channel(c, v_c));
+    } else {
+        v.chunks_mut(POINTS * n)
+            .enumerate()
+            .for_each(|(c, v_c)| transform_channel(c, v_c));
+    }
+
+    // M[ξ] = U[ξ] · V[ξ], with U[ξ] (out × in, row stride 36·in) and V[ξ] (in × tiles, row stride
+    // 36·tiles) read in place.
+    let product = |xi: usize, m_xi: &mut [f32]| {
+        matmul(
+            MatMut::row_major(m_xi, outputs, n),
+            MatRef::strided(&u[xi * inputs..], outputs, inputs, POINTS * inputs, 1),
+            MatRef::strided(&v[xi * n..], inputs, n, POINTS * n, 1),
+            false,
+            Threads::One,
+        );
+    };
+    if parallel {
+        m.par_chunks_mut(outputs * n)
+            .enumerate()
+            .for_each(|(xi, m_xi)| product(xi, m_xi));
+    } else {
+        m.chunks_mut(outputs * n)
+            .enumerate()
+            .for_each(|(xi, m_xi)| product(xi, m_xi));
+    }
+
+    // Y = Aᵀ M A per tile, plus the bias, channel by channel.
+    let planes = g.output_pixels();
+    let m = &*m;
+    for (k, out) in outs.iter_mut().enumerate() {
+        let write = |o: usize, plane: &mut [f32]| {
+            let bias = b.map_or(0.0, |b| b[o]);
+            output_tiles(g, m, o * n + k * th * tw, outputs * n, plane, bias, epilogue);
+        };
+        if parallel {
+            out.par_chunks_mut(planes).enumerate().for_each(|(o, p)| write(o, p));
+        } else {
+            out.chunks_mut(planes).enumerate().for_each(|(o, p)| write(o, p));
+        }
+    }
+}
+
+/// Transforms every tile of one input channel plane into `v_c[ξ * n + first_tile + t]`.
+fn input_tiles(g: &ConvGeometry, plane: &[f32], v_c: &mut [f32], first_tile: usize, n: usize) {
+    let (th, tw) = tiles(g);
+    let (h, w) = (g.h.input as isize, g.w.input as isize);
+    for ty in 0..th {
+        let y0 = (ty * TILE) as isize - g.h.pad_lo as isize;
+        for tx in 0..tw {
+            let x0 = (tx * TILE) as isize - g.w.pad_lo as isize;
+            let mut d = [[0.0f32; WINDOW]; WINDOW];
+            let inside = y0 >= 0 && x0 >= 0 && y0 + WINDOW as isize <= h && x0 + WINDOW as isize <= w;
+            if inside {
+                for (i, row) in d.iter_mut().enumerate() {
+                    let start = (y0 as usize + i) * w as usize + x0 as usize;
+                    row.copy_from_slice(&plane[start..start + WINDOW]);
+                }
+            } else {
+                for (i, row) in d.iter_mut().enumerate() {
+                    let iy = y0 + i as isize;
+                    if iy < 0 || iy >= h {
+                        continue;
+                    }
+                    for (j, value) in row.iter_mut().enumerate() {
+                        let ix = x0 + j as isize;
+                        if ix >= 0 && ix < w {
+                            *value = plane[(iy * w + ix) as usize];
+                        }
+                    }
+                }
+            }
+            // Bᵀ d B: columns, then rows.
+            let mut cols = [[0.0f32; WINDOW]; WINDOW];
+            for j in 0..WINDOW {
+                let t = input_1d(std::array::from_fn(|i| d[i][j]));
+                for i in 0..WINDOW {
+                    cols[i][j] = t[i];
+                }
+            }
+            let t = first_tile + ty * tw + tx;
+            for (i, row) in cols.iter().enumerate() {
+                let r = input_1d(*row);
+                for (j, &value) in r.iter().enumerate() {
+                    v_c[(i * WINDOW + j) * n + t] = value;
+                }
+            }
+        }
+    }
+}
+
+/// Writes (or adds) the output tiles of one channel, reading `m[ξ * point_stride + first + t]`.
+fn output_tiles(
+    g: &ConvGeometry,
+    m: &[f32],
+    first: usize,
+    point_stride: usize,
+    plane: &mut [f32],
+    bias: f32,
+    epilogue: Epilogue,
+) {
+    let (th, tw) = tiles(g);
+    let (oh, ow) = (g.h.output, g.w.output);
+    for ty in 0..th {
+        for tx in 0..tw {
+            let t = first + ty * tw + tx;
+            let mut tile = [[0.0f32; WINDOW]; WINDOW];
+            for (xi, value) in tile.iter_mut().flatten().enumerate() {
+                *value = m[xi * point_stride + t];
+            }
+            // Aᵀ M A: columns, then rows.
+            let mut cols = [[0.0f32; WINDOW]; TILE];
+            for j in 0..WINDOW {
+                let r = output_1d(std::array::from_fn(|i| tile[i][j]));
+                for i in 0..TILE {
+                    cols[i][j] = r[i];
+                }
+            }
+            let rows = TILE.min(oh - ty * TILE);
+            let width = TILE.min(ow - tx * TILE);
+            for (i, col) in cols.iter().enumerate().take(rows) {
+                let r = output_1d(*col);
+                let out = &mut plane[(ty * TILE + i) * ow + tx * TILE..][..width];
+                match epilogue {
+                    Epilogue::Write { relu: false } => {
+                        out.iter_mut().zip(&r).for_each(|(o, &v)| *o = v + bias);
+                    }
+                    Epilogue::Write { relu: true } => {
+                        out.iter_mut().zip(&r).for_each(|(o, &v)| *o = (v + bias).max(0.0));
+                    }
+                    Epilogue::Add => out.iter_mut().zip(&r).for_each(|(o, &v)| *o += v + bias),
+                }
+            }
+        }
+    }
+}
