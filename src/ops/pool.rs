@@ -216,12 +216,19 @@ pub fn max_pool_forward(g: &PoolGeometry, x: Images<'_>, y: &mut ImagesMut<'_>, 
         return;
     }
     let out_len = g.output_image_len();
+    // With fewer images than threads, the planes of each image are split across the pool instead.
+    let split_planes = y.count() < rayon::current_num_threads();
     y.par_iter_mut()
         .zip(argmax.par_chunks_mut(out_len))
         .for_each(|((n, y_img), arg_img)| {
-            let planes = x.get(n).chunks_exact(in_plane).zip(y_img.chunks_exact_mut(out_plane));
-            for ((x_plane, y_plane), arg_plane) in planes.zip(arg_img.chunks_exact_mut(out_plane)) {
-                max_plane(g, x_plane, y_plane, arg_plane);
+            let x_planes = x.get(n).par_chunks_exact(in_plane);
+            let planes = x_planes.zip(y_img.par_chunks_exact_mut(out_plane));
+            let planes = planes.zip(arg_img.par_chunks_exact_mut(out_plane));
+            let work = |((x_plane, y_plane), arg_plane)| max_plane(g, x_plane, y_plane, arg_plane);
+            if split_planes {
+                planes.for_each(work);
+            } else {
+                planes.with_min_len(usize::MAX).for_each(work);
             }
         });
 }
@@ -244,25 +251,34 @@ pub fn max_pool_backward(g: &PoolGeometry, argmax: &[u32], dy: Images<'_>, dx: &
     });
 }
 
+/// One plane. Taps are visited in row-major window order with a strict `>`, so ties go to the first
+/// maximum as in PyTorch; the inner loop runs over a whole output row for one tap, branch-free, so it
+/// vectorizes.
 fn max_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+    let (w_in, ow) = (g.w.input, g.w.output);
     for oy in 0..g.h.output {
         let rows = clipped(&g.h, oy);
-        for ox in 0..g.w.output {
-            let cols = clipped(&g.w, ox);
-            let (mut best, mut best_at) = (f32::NEG_INFINITY, rows.start * g.w.input + cols.start);
-            for iy in rows.clone() {
-                for ix in cols.clone() {
-                    let v = x[iy * g.w.input + ix];
-                    if v > best || v.is_nan() {
-                        (best, best_at) = (v, iy * g.w.input + ix);
-                        if v.is_nan() {
-                            break;
-                        }
-                    }
+        let y_row = &mut y[oy * ow..][..ow];
+        let arg_row = &mut argmax[oy * ow..][..ow];
+        for (ox, (best, at)) in y_row.iter_mut().zip(arg_row.iter_mut()).enumerate() {
+            *best = f32::NEG_INFINITY;
+            *at = (rows.start * w_in + clipped(&g.w, ox).start) as u32;
+        }
+        for iy in rows {
+            let x_row = &x[iy * w_in..][..w_in];
+            for kx in 0..g.w.kernel {
+                let valid = g.w.valid_outputs(kx);
+                let first_ix = g.w.input_index(valid.start, kx).unwrap_or(0);
+                let taps = x_row[first_ix..].iter().step_by(g.w.stride);
+                let outputs = y_row[valid.clone()].iter_mut().zip(&mut arg_row[valid.clone()]);
+                for (k, (v, (best, at))) in taps.zip(outputs).enumerate() {
+                    // PyTorch's rule: a NaN always takes over, so the last NaN of a window wins.
+                    let take = *v > *best || v.is_nan();
+                    let index = (iy * w_in + first_ix + k * g.w.stride) as u32;
+                    *best = if take { *v } else { *best };
+                    *at = if take { index } else { *at };
                 }
             }
-            y[oy * g.w.output + ox] = best;
-            argmax[oy * g.w.output + ox] = best_at as u32;
         }
     }
 }
@@ -431,4 +447,23 @@ pub fn global_avg_pool_backward_images(dy: Images<'_>, pixels: usize, dx: &mut I
             plane.iter_mut().for_each(|v| *v += d * scale);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_pool_ties_go_to_the_first_maximum_and_the_last_nan_wins() {
+        // One 2x4 plane, 2x2 windows at stride 2: [1 3 | nan 5]
+        //                                         [3 0 | 7 nan]
+        let x = Array4::from_shape_vec([1, 1, 2, 4], vec![1.0, 3.0, f32::NAN, 5.0, 3.0, 0.0, 7.0, f32::NAN]).unwrap();
+        let pool = MaxPool2d::new([2, 2], [2, 2]);
+        let (y, cache) = pool.forward(x.view()).unwrap();
+        assert_eq!(y[[0, 0, 0, 0]], 3.0);
+        assert!(y[[0, 0, 0, 1]].is_nan());
+        // The 3 at (0,1) comes before the 3 at (1,0); the NaNs are at (0,2) and (1,3), and PyTorch's
+        // kernel (`val > maxval || isnan(val)`) keeps the last.
+        assert_eq!(cache.argmax, [1, 7]);
+    }
 }
