@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
-use crate::graph::{BranchSchedule, Executor, Layer, Mode, NodeTime};
+use crate::graph::{BranchSchedule, Executor, Mode, NodeTime};
 use crate::models::Model;
 use crate::optim::{Adam, Optimizer};
 use crate::tensor::Images;
@@ -100,7 +100,7 @@ pub fn profile_table(model: &Model, profile: &[NodeTime], batch: usize, steps: u
         lines.push(format!(
             "{:<14} {:<24} {:>9.3} {:>9.3} {:>5.1}% {:>9}",
             node.name,
-            describe(&node.layer),
+            node.layer.describe(),
             fwd,
             bwd,
             100.0 * (fwd + bwd) / total,
@@ -111,29 +111,8 @@ pub fn profile_table(model: &Model, profile: &[NodeTime], batch: usize, steps: u
         "{:<14} {:<24} {:>9.3} ms per step in nodes",
         "total", "", total
     ));
-    lines
-}
-
-/// A short name for a layer: `conv 3x3/1`, `max pool`, ...
-fn describe(layer: &Layer) -> String {
-    match layer {
-        Layer::Input => "input".into(),
-        Layer::Conv { conv, relu, .. } => {
-            let [kh, kw] = conv.kernel;
-            let [sh, _] = conv.stride;
-            format!(
-                "conv {kh}x{kw}/{sh} {}->{}{}",
-                conv.in_channels,
-                conv.out_channels,
-                if *relu { "+relu" } else { "" }
-            )
-        }
-        Layer::Linear { linear, .. } => format!("linear {}->{}", linear.in_features, linear.out_features),
-        Layer::MaxPool(_) => "max pool".into(),
-        Layer::AvgPool(_) => "avg pool".into(),
-        Layer::GlobalAvgPool => "global avg pool".into(),
-        Layer::Relu => "relu".into(),
-        Layer::Concat => "concat (+branches)".into(),
-        Layer::Flatten => "flatten".into(),
+    if profile.iter().any(|t| t.concurrent > 0) {
+        lines.push("(a concat's forward time is that of its Inception branches, which ran concurrently)".into());
     }
+    lines
 }

@@ -14,7 +14,7 @@ use incept::graph::{Executor, GraphBuilder, Mode};
 use incept::io::checkpoint::{TensorFile, save};
 use incept::models::{self, Model, ModelConfig};
 use incept::ndarray::{Array1, Array3, Array4};
-use incept::ops::conv::Conv2d;
+use incept::ops::conv::{Conv2d, ConvAlgo};
 use incept::optim::Schedule;
 use incept::tensor::Images;
 use incept::train::{self, OptimizerKind, TrainConfig};
@@ -199,6 +199,22 @@ fn wrong_input_shapes_name_the_node_or_the_input() {
     );
     let m = message(b.conv("big", x, Conv2d::new(1, 8, [9, 9]), true, true));
     assert!(m.contains("node big") && m.contains("kernel span"), "{m}");
+    // An algorithm forced on a layer it cannot run is refused when the executor plans the graph.
+    let y = b
+        .conv(
+            "forced",
+            x,
+            Conv2d::new(1, 4, [3, 3]).with_algo(ConvAlgo::Gemm1x1),
+            true,
+            true,
+        )
+        .unwrap();
+    let graph = b.build(y).unwrap();
+    let m = message(Executor::new(&graph, 1).map(|_| ()));
+    assert!(
+        m.contains("node forced") && m.contains("Gemm1x1 needs a 1x1 kernel"),
+        "{m}"
+    );
     // Labels out of range.
     let x = vec![0f32; 96 * 96];
     exec.forward(&model.graph, &model.params, Images::dense(&x, 1, 96 * 96), Mode::Eval)

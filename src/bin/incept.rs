@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use incept::bench::{self, BenchOptions};
 use incept::data::{Dataset, idx, npy};
+use incept::graph::plan::Plan;
 use incept::graph::{BranchSchedule, Executor, Mode};
 use incept::io::checkpoint::TensorFile;
 use incept::models::{self, Model, ModelConfig};
@@ -163,6 +164,9 @@ enum Command {
         /// Input as NxCxHxW, e.g. 1x1x96x96.
         #[arg(long)]
         input: Option<String>,
+        /// Also list every convolution with the algorithm the plan chose for it.
+        #[arg(long)]
+        algos: bool,
     },
     /// Median time per batch and images per second.
     Bench {
@@ -370,7 +374,7 @@ fn run(cli: Cli) -> Result<()> {
             npy::write_matrix(&output, &logits)?;
             println!("wrote {n} x {} logits to {}", config.classes, output.display());
         }
-        Command::Summary { model, input } => {
+        Command::Summary { model, input, algos } => {
             let mut config = models::default_config(&model)?;
             if let Some(spec) = input {
                 let dims: Vec<usize> = spec
@@ -395,6 +399,26 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("parameters: {}", graph.parameter_count());
             println!("GFLOP per image (forward): {:.4}", graph.flops_per_image() as f64 / 1e9);
+            if algos {
+                let plan = Plan::new(&graph)?;
+                let total = graph.flops_per_image() as f64;
+                println!(
+                    "{:<14} {:<26} {:>9} {:<11} {:>6}",
+                    "conv", "op", "output", "algorithm", "FLOPs"
+                );
+                for (node, algo) in graph.nodes.iter().zip(&plan.conv_algos) {
+                    let Some(algo) = algo else { continue };
+                    let [_, h, w] = node.shape;
+                    println!(
+                        "{:<14} {:<26} {:>9} {:<11} {:>5.1}%",
+                        node.name,
+                        node.layer.describe(),
+                        format!("{h}x{w}"),
+                        format!("{algo:?}"),
+                        100.0 * graph.node_flops(node) as f64 / total
+                    );
+                }
+            }
         }
         Command::Bench {
             model,

@@ -108,6 +108,32 @@ impl Node {
     }
 }
 
+impl Layer {
+    /// A short description: `conv 3x3/1 64->192+relu`, `max pool`, ...
+    pub fn describe(&self) -> String {
+        match self {
+            Layer::Input => "input".into(),
+            Layer::Conv { conv, relu, .. } => {
+                let [kh, kw] = conv.kernel;
+                let [sh, _] = conv.stride;
+                format!(
+                    "conv {kh}x{kw}/{sh} {}->{}{}",
+                    conv.in_channels,
+                    conv.out_channels,
+                    if *relu { "+relu" } else { "" }
+                )
+            }
+            Layer::Linear { linear, .. } => format!("linear {}->{}", linear.in_features, linear.out_features),
+            Layer::MaxPool(_) => "max pool".into(),
+            Layer::AvgPool(_) => "avg pool".into(),
+            Layer::GlobalAvgPool => "global avg pool".into(),
+            Layer::Relu => "relu".into(),
+            Layer::Concat => "concat".into(),
+            Layer::Flatten => "flatten".into(),
+        }
+    }
+}
+
 /// A validated graph: nodes in execution order, parameters, the output node, and the nodes whose
 /// shapes a summary prints.
 #[derive(Debug, Clone)]

@@ -70,6 +70,9 @@ pub struct NodeTime {
     pub forward: Duration,
     /// Total backward time (the node's input, weight and bias gradients).
     pub backward: Duration,
+    /// Forward passes in which this node (a concat) ran its branches concurrently; their time is
+    /// booked here, on the concat.
+    pub concurrent: usize,
 }
 
 /// Computes one single-input node (`node`, reading node `input`'s output `x`) into `y`.
@@ -94,7 +97,7 @@ fn forward_node(
             relu,
         } => {
             let g = conv.geometry([batch, c, h, w])?;
-            let algo = conv::choose_algo(if algo == ConvAlgo::Auto { conv.algo } else { algo }, &g)?;
+            let algo = conv::choose_algo(algo, &g)?;
             let b = bias.map(|b| params[b].as_slice());
             conv::forward_images_fused(&g, algo, x, &params[*weight], b, *relu, y);
         }
@@ -221,9 +224,17 @@ impl BranchRun<'_> {
             &mut y,
             argmax,
             self.params,
-            self.algo,
+            node_algo(self.plan, self.algo, id),
         )
         .map_err(|e| e.in_node(&node.name))
+    }
+}
+
+/// The algorithm node `id` runs: the plan's choice, unless `forced` overrides it.
+fn node_algo(plan: &Plan, forced: ConvAlgo, id: NodeId) -> ConvAlgo {
+    match forced {
+        ConvAlgo::Auto => plan.conv_algos[id].unwrap_or(ConvAlgo::Auto),
+        algo => algo,
     }
 }
 
@@ -268,7 +279,7 @@ impl Executor {
         if capacity == 0 {
             return Err(Error::config("executor", "the batch capacity must be at least 1"));
         }
-        let plan = Plan::new(graph);
+        let plan = Plan::new(graph)?;
         let acts = plan
             .buffer_image_len
             .iter()
@@ -434,6 +445,9 @@ impl Executor {
                 // left to do (its parts are in place).
                 let concat = group.concat;
                 self.record_forward(concat, started);
+                if let Some(profile) = self.profile.as_mut() {
+                    profile[concat].concurrent += 1;
+                }
                 id = concat + 1;
                 continue;
             }
@@ -454,7 +468,8 @@ impl Executor {
     /// Runs node `id` on the whole batch.
     fn forward_one(&mut self, graph: &Graph, params: &[Vec<f32>], id: NodeId, input: Images<'_>) -> Result<()> {
         let node = &graph.nodes[id];
-        let (batch, algo, places) = (self.batch, self.algo, &self.plan.places);
+        let (batch, places) = (self.batch, &self.plan.places);
+        let algo = node_algo(&self.plan, self.algo, id);
         let p = places[id];
         let in_place = &self.plan.in_place[id];
         let argmax = &mut self.argmax[id];
@@ -577,7 +592,7 @@ impl Executor {
                     relu,
                 } => (|| {
                     let g = conv.geometry([batch, c, h, w])?;
-                    let algo = conv::choose_algo(if *algo == ConvAlgo::Auto { conv.algo } else { *algo }, &g)?;
+                    let algo = conv::choose_algo(node_algo(plan, *algo, id), &g)?;
                     if *relu {
                         let y = images(acts, p, batch);
                         let mut dy = images_mut(&mut grads[p.buffer], p, batch);

@@ -7,6 +7,8 @@
 //! of the same concat) is copied by the concat instead.
 
 use super::builder::{Graph, Layer, NodeId};
+use crate::error::Result;
+use crate::ops::conv::{self, ConvAlgo};
 
 /// Where a node's output lives: image `n` is `buffer[n * stride + offset..][..len]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub struct Plan {
     pub in_place: Vec<Vec<bool>>,
     /// Branch groups that may run concurrently, in node order.
     pub branch_groups: Vec<BranchGroup>,
+    /// Per node: the algorithm of a convolution (chosen once, here), `None` for other nodes.
+    pub conv_algos: Vec<Option<ConvAlgo>>,
 }
 
 /// The branches of an Inception block, which the forward pass may run at the same time: chains of
@@ -52,8 +56,8 @@ pub struct BranchGroup {
 }
 
 impl Plan {
-    /// Plans `graph`.
-    pub fn new(graph: &Graph) -> Plan {
+    /// Plans `graph`; fails if a convolution forces an algorithm that cannot run its geometry.
+    pub fn new(graph: &Graph) -> Result<Plan> {
         let nodes = &graph.nodes;
         // Pass 1: which nodes write straight into a concat, at which offset.
         let mut host: Vec<Option<(NodeId, usize)>> = vec![None; nodes.len()];
@@ -119,12 +123,24 @@ impl Plan {
         let branch_groups = (0..nodes.len())
             .filter_map(|id| branch_group(graph, id, &in_place))
             .collect();
-        Plan {
+        let conv_algos = nodes
+            .iter()
+            .map(|node| match &node.layer {
+                Layer::Conv { conv: c, .. } => {
+                    let [channels, h, w] = nodes[node.inputs[0]].shape;
+                    let g = c.geometry([1, channels, h, w]).map_err(|e| e.in_node(&node.name))?;
+                    Ok(Some(conv::choose_algo(c.algo, &g).map_err(|e| e.in_node(&node.name))?))
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Plan {
             places,
             buffer_image_len,
             in_place,
             branch_groups,
-        }
+            conv_algos,
+        })
     }
 
     /// Total f32 values of activations (or of gradients) per image.
