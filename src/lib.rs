@@ -42,6 +42,7 @@ pub mod error;
 pub mod geometry;
 pub mod graph;
 pub mod io;
+pub mod kernels;
 pub(crate) mod matmul;
 pub mod models;
 pub mod ops;

@@ -255,6 +255,19 @@ pub fn max_pool_backward(g: &PoolGeometry, argmax: &[u32], dy: Images<'_>, dx: &
 /// maximum as in PyTorch; the inner loop runs over a whole output row for one tap, branch-free, so it
 /// vectorizes.
 fn max_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+    struct Kernel<'a>(&'a PoolGeometry, &'a [f32], &'a mut [f32], &'a mut [u32]);
+    impl pulp::WithSimd for Kernel<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            max_plane_inline(self.0, self.1, self.2, self.3)
+        }
+    }
+    crate::kernels::vectorize(Kernel(g, x, y, argmax));
+}
+
+#[inline(always)]
+fn max_plane_inline(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
     let (w_in, ow) = (g.w.input, g.w.output);
     for oy in 0..g.h.output {
         let rows = clipped(&g.h, oy);

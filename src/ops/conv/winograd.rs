@@ -17,9 +17,11 @@
 //! chunks as threads the chunks run in parallel, each on one thread; otherwise one chunk at a time,
 //! with the transforms split across channels and the 36 products across threads.
 
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use super::ConvGeometry;
+use crate::kernels::vectorize;
 use crate::matmul::{MatMut, MatRef, Threads, matmul};
 use crate::tensor::{Images, ImagesMut, Scratch, with_scratch_in};
 
@@ -203,6 +205,32 @@ enum Epilogue {
     Add,
 }
 
+/// [`input_1d`] on `BLOCK` tiles at once: `out[a][b] = (Bᵀ d_b)[a]` with `d_b[i] = d[i][b]`.
+#[inline(always)]
+fn input_lanes(d: [&[f32; BLOCK]; WINDOW]) -> [[f32; BLOCK]; WINDOW] {
+    let mut out = [[0.0f32; BLOCK]; WINDOW];
+    for b in 0..BLOCK {
+        let r = input_1d(std::array::from_fn(|i| d[i][b]));
+        for (o, v) in out.iter_mut().zip(r) {
+            o[b] = v;
+        }
+    }
+    out
+}
+
+/// [`output_1d`] on `BLOCK` tiles at once: `out[r][b] = (Aᵀ m_b)[r]` with `m_b[a] = m[a][b]`.
+#[inline(always)]
+fn output_lanes(m: &[[f32; BLOCK]; WINDOW]) -> [[f32; BLOCK]; TILE] {
+    let mut out = [[0.0f32; BLOCK]; TILE];
+    for b in 0..BLOCK {
+        let r = output_1d(std::array::from_fn(|a| m[a][b]));
+        for (o, v) in out.iter_mut().zip(r) {
+            o[b] = v;
+        }
+    }
+    out
+}
+
 /// Tiles of a geometry: `(tile rows, tile columns)`.
 fn tiles(g: &ConvGeometry) -> (usize, usize) {
     (g.h.output.div_ceil(TILE), g.w.output.div_ceil(TILE))
@@ -311,48 +339,70 @@ fn chunk(
     }
 }
 
+/// Tiles transformed together along a tile row: the vertical half of each transform runs over this
+/// many tiles at once, as contiguous vectors.
+const BLOCK: usize = 16;
+
 /// Transforms every tile of one input channel plane into `v_c[ξ * n + first_tile + t]`.
+///
+/// Per block of tiles along a tile row: the horizontal transform (`d B`) of each of the 6 input rows,
+/// tile by tile, into `rows[i][j][tile]`; then the vertical one (`Bᵀ ·`) across the 6 rows, for all
+/// tiles of the block at once, straight into the 36 point rows of `v_c`.
 fn input_tiles(g: &ConvGeometry, plane: &[f32], v_c: &mut [f32], first_tile: usize, n: usize) {
+    struct Kernel<'a>(&'a ConvGeometry, &'a [f32], &'a mut [f32], usize, usize);
+    impl WithSimd for Kernel<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, _: S) {
+            input_tiles_inline(self.0, self.1, self.2, self.3, self.4)
+        }
+    }
+    vectorize(Kernel(g, plane, v_c, first_tile, n));
+}
+
+// `b` walks the lane dimension of several arrays at once.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn input_tiles_inline(g: &ConvGeometry, plane: &[f32], v_c: &mut [f32], first_tile: usize, n: usize) {
     let (th, tw) = tiles(g);
-    let (h, w) = (g.h.input as isize, g.w.input as isize);
+    let (h, w) = (g.h.input, g.w.input);
+    let mut points = v_c.chunks_exact_mut(n);
+    let points: [&mut [f32]; POINTS] = std::array::from_fn(|_| points.next().expect("36 point rows"));
+    let mut rows = [[[0.0f32; BLOCK]; WINDOW]; WINDOW];
     for ty in 0..th {
-        let y0 = (ty * TILE) as isize - g.h.pad_lo as isize;
-        for tx in 0..tw {
-            let x0 = (tx * TILE) as isize - g.w.pad_lo as isize;
-            let mut d = [[0.0f32; WINDOW]; WINDOW];
-            let inside = y0 >= 0 && x0 >= 0 && y0 + WINDOW as isize <= h && x0 + WINDOW as isize <= w;
-            if inside {
-                for (i, row) in d.iter_mut().enumerate() {
-                    let start = (y0 as usize + i) * w as usize + x0 as usize;
-                    row.copy_from_slice(&plane[start..start + WINDOW]);
-                }
-            } else {
-                for (i, row) in d.iter_mut().enumerate() {
-                    let iy = y0 + i as isize;
-                    if iy < 0 || iy >= h {
-                        continue;
-                    }
-                    for (j, value) in row.iter_mut().enumerate() {
-                        let ix = x0 + j as isize;
-                        if ix >= 0 && ix < w {
-                            *value = plane[(iy * w + ix) as usize];
-                        }
+        for block_start in (0..tw).step_by(BLOCK) {
+            let count = BLOCK.min(tw - block_start);
+            for (i, row) in rows.iter_mut().enumerate() {
+                let iy = (ty * TILE + i).checked_sub(g.h.pad_lo).filter(|&iy| iy < h);
+                let Some(iy) = iy else {
+                    row.iter_mut().for_each(|r| r[..count].fill(0.0));
+                    continue;
+                };
+                let line = &plane[iy * w..][..w];
+                for b in 0..count {
+                    let x0 = ((block_start + b) * TILE) as isize - g.w.pad_lo as isize;
+                    let d: [f32; WINDOW] = if x0 >= 0 && x0 as usize + WINDOW <= w {
+                        line[x0 as usize..][..WINDOW].try_into().expect("six values")
+                    } else {
+                        std::array::from_fn(|k| {
+                            let ix = x0 + k as isize;
+                            if ix >= 0 && (ix as usize) < w {
+                                line[ix as usize]
+                            } else {
+                                0.0
+                            }
+                        })
+                    };
+                    for (j, value) in input_1d(d).into_iter().enumerate() {
+                        row[j][b] = value;
                     }
                 }
             }
-            // Bᵀ d B: columns, then rows.
-            let mut cols = [[0.0f32; WINDOW]; WINDOW];
+            let t = first_tile + ty * tw + block_start;
             for j in 0..WINDOW {
-                let t = input_1d(std::array::from_fn(|i| d[i][j]));
-                for i in 0..WINDOW {
-                    cols[i][j] = t[i];
-                }
-            }
-            let t = first_tile + ty * tw + tx;
-            for (i, row) in cols.iter().enumerate() {
-                let r = input_1d(*row);
-                for (j, &value) in r.iter().enumerate() {
-                    v_c[(i * WINDOW + j) * n + t] = value;
+                let out = input_lanes(std::array::from_fn(|i| &rows[i][j]));
+                for (a, lanes) in out.iter().enumerate() {
+                    points[a * WINDOW + j][t..t + count].copy_from_slice(&lanes[..count]);
                 }
             }
         }
@@ -360,7 +410,33 @@ fn input_tiles(g: &ConvGeometry, plane: &[f32], v_c: &mut [f32], first_tile: usi
 }
 
 /// Writes (or adds) the output tiles of one channel, reading `m[ξ * point_stride + first + t]`.
+///
+/// Per block of tiles along a tile row: the vertical transform (`Aᵀ ·`) for all tiles of the block at
+/// once into `cols[r][j][tile]`, then the horizontal one (`· A`) tile by tile into the output rows.
 fn output_tiles(
+    g: &ConvGeometry,
+    m: &[f32],
+    first: usize,
+    point_stride: usize,
+    plane: &mut [f32],
+    bias: f32,
+    epilogue: Epilogue,
+) {
+    struct Kernel<'a>(&'a ConvGeometry, &'a [f32], usize, usize, &'a mut [f32], f32, Epilogue);
+    impl WithSimd for Kernel<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, _: S) {
+            output_tiles_inline(self.0, self.1, self.2, self.3, self.4, self.5, self.6)
+        }
+    }
+    vectorize(Kernel(g, m, first, point_stride, plane, bias, epilogue));
+}
+
+// `b` walks the lane dimension of several arrays at once.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn output_tiles_inline(
     g: &ConvGeometry,
     m: &[f32],
     first: usize,
@@ -371,34 +447,37 @@ fn output_tiles(
 ) {
     let (th, tw) = tiles(g);
     let (oh, ow) = (g.h.output, g.w.output);
+    let mut cols = [[[0.0f32; BLOCK]; WINDOW]; TILE];
     for ty in 0..th {
-        for tx in 0..tw {
-            let t = first + ty * tw + tx;
-            let mut tile = [[0.0f32; WINDOW]; WINDOW];
-            for (xi, value) in tile.iter_mut().flatten().enumerate() {
-                *value = m[xi * point_stride + t];
-            }
-            // Aᵀ M A: columns, then rows.
-            let mut cols = [[0.0f32; WINDOW]; TILE];
+        for block_start in (0..tw).step_by(BLOCK) {
+            let count = BLOCK.min(tw - block_start);
+            let t = first + ty * tw + block_start;
             for j in 0..WINDOW {
-                let r = output_1d(std::array::from_fn(|i| tile[i][j]));
-                for i in 0..TILE {
-                    cols[i][j] = r[i];
+                let mut lanes = [[0.0f32; BLOCK]; WINDOW];
+                for (a, lane) in lanes.iter_mut().enumerate() {
+                    lane[..count].copy_from_slice(&m[(a * WINDOW + j) * point_stride + t..][..count]);
+                }
+                let out = output_lanes(&lanes);
+                for (col, lane) in cols.iter_mut().zip(out) {
+                    col[j] = lane;
                 }
             }
             let rows = TILE.min(oh - ty * TILE);
-            let width = TILE.min(ow - tx * TILE);
-            for (i, col) in cols.iter().enumerate().take(rows) {
-                let r = output_1d(*col);
-                let out = &mut plane[(ty * TILE + i) * ow + tx * TILE..][..width];
-                match epilogue {
-                    Epilogue::Write { relu: false } => {
-                        out.iter_mut().zip(&r).for_each(|(o, &v)| *o = v + bias);
+            for (r, col) in cols.iter().enumerate().take(rows) {
+                let line = &mut plane[(ty * TILE + r) * ow..][..ow];
+                for b in 0..count {
+                    let x0 = (block_start + b) * TILE;
+                    let values = output_1d(std::array::from_fn(|j| col[j][b]));
+                    let out = &mut line[x0..][..TILE.min(ow - x0)];
+                    match epilogue {
+                        Epilogue::Write { relu: false } => {
+                            out.iter_mut().zip(&values).for_each(|(o, &v)| *o = v + bias);
+                        }
+                        Epilogue::Write { relu: true } => {
+                            out.iter_mut().zip(&values).for_each(|(o, &v)| *o = (v + bias).max(0.0));
+                        }
+                        Epilogue::Add => out.iter_mut().zip(&values).for_each(|(o, &v)| *o += v + bias),
                     }
-                    Epilogue::Write { relu: true } => {
-                        out.iter_mut().zip(&r).for_each(|(o, &v)| *o = (v + bias).max(0.0));
-                    }
-                    Epilogue::Add => out.iter_mut().zip(&r).for_each(|(o, &v)| *o += v + bias),
                 }
             }
         }
