@@ -46,3 +46,75 @@ pub(crate) fn vectorize<Op: pulp::WithSimd>(op: Op) -> Op::Output {
         pulp::Arch::new().dispatch(op)
     }
 }
+
+/// `x = max(x, 0)`.
+pub fn relu_in_place(x: &mut [f32]) {
+    struct Kernel<'a>(&'a mut [f32]);
+    impl pulp::WithSimd for Kernel<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            self.0.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+    vectorize(Kernel(x));
+}
+
+/// The ReLU backward through its output: `dy = 0` wherever `y <= 0`.
+pub fn relu_mask(dy: &mut [f32], y: &[f32]) {
+    struct Kernel<'a>(&'a mut [f32], &'a [f32]);
+    impl pulp::WithSimd for Kernel<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            for (d, &y) in self.0.iter_mut().zip(self.1) {
+                *d = if y > 0.0 { *d } else { 0.0 };
+            }
+        }
+    }
+    vectorize(Kernel(dy, y));
+}
+
+/// `dx += dy` wherever `y > 0` (a ReLU layer's input gradient, accumulated).
+pub fn relu_backward_add(dx: &mut [f32], dy: &[f32], y: &[f32]) {
+    struct Kernel<'a>(&'a mut [f32], &'a [f32], &'a [f32]);
+    impl pulp::WithSimd for Kernel<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            for ((d, &g), &y) in self.0.iter_mut().zip(self.1).zip(self.2) {
+                *d += if y > 0.0 { g } else { 0.0 };
+            }
+        }
+    }
+    vectorize(Kernel(dx, dy, y));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values around zero (and exactly zero, where `y > 0` decides) of odd length, so every kernel
+    /// also runs its remainder lanes.
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as u32 * 2654435761 + seed) % 7) as f32 - 3.0)
+            .collect()
+    }
+
+    #[test]
+    fn elementwise_kernels_match_plain_loops() {
+        let (x, y, g) = (values(37, 1), values(37, 2), values(37, 3));
+        let mut r = x.clone();
+        relu_in_place(&mut r);
+        assert_eq!(r, x.iter().map(|v| v.max(0.0)).collect::<Vec<_>>());
+        let mut d = g.clone();
+        relu_mask(&mut d, &y);
+        let masked: Vec<f32> = g.iter().zip(&y).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect();
+        assert_eq!(d, masked);
+        let mut acc = x.clone();
+        relu_backward_add(&mut acc, &g, &y);
+        let added: Vec<f32> = x.iter().zip(&masked).map(|(a, m)| a + m).collect();
+        assert_eq!(acc, added);
+    }
+}

@@ -56,3 +56,20 @@ fn max_pool_on_the_baseline_path_matches_a_plain_loop() {
     }
     assert_eq!(y_scalar, y_ref);
 }
+
+#[test]
+fn elementwise_kernels_on_the_baseline_path_match_plain_loops() {
+    kernels::set_scalar_only(true);
+    let x: Vec<f32> = (0..37).map(|i| (i % 7) as f32 - 3.0).collect();
+    let y: Vec<f32> = (0..37).map(|i| (i % 5) as f32 - 2.0).collect();
+    let mut r = x.clone();
+    kernels::relu_in_place(&mut r);
+    assert_eq!(r, x.iter().map(|v| v.max(0.0)).collect::<Vec<_>>());
+    let mut d = x.clone();
+    kernels::relu_mask(&mut d, &y);
+    let masked: Vec<f32> = x.iter().zip(&y).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect();
+    assert_eq!(d, masked);
+    let mut acc = y.clone();
+    kernels::relu_backward_add(&mut acc, &x, &y);
+    assert_eq!(acc, y.iter().zip(&masked).map(|(a, m)| a + m).collect::<Vec<_>>());
+}

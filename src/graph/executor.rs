@@ -5,6 +5,7 @@
 use super::builder::{Graph, Layer, Node, NodeId};
 use super::plan::{BranchGroup, Place, Plan};
 use crate::error::{Error, Result};
+use crate::kernels;
 use crate::ops::conv::{self, ConvAlgo};
 use crate::ops::loss;
 use crate::ops::pool::{self, max_pool_backward, max_pool_forward};
@@ -596,13 +597,7 @@ impl Executor {
                     if *relu {
                         let y = images(acts, p, batch);
                         let mut dy = images_mut(&mut grads[p.buffer], p, batch);
-                        dy.par_iter_mut().for_each(|(n, d)| {
-                            d.iter_mut().zip(y.get(n)).for_each(|(d, &y)| {
-                                if y <= 0.0 {
-                                    *d = 0.0
-                                }
-                            });
-                        });
+                        dy.par_iter_mut().for_each(|(n, d)| kernels::relu_mask(d, y.get(n)));
                     }
                     let x = images(acts, ip, batch);
                     let dy = images(grads, p, batch);
@@ -664,13 +659,9 @@ impl Executor {
                         let y = images(acts, p, batch);
                         with_buffer(grads, ip.buffer, |grads, dx| {
                             let dy = images(grads, p, batch);
-                            images_mut(dx, ip, batch).par_iter_mut().for_each(|(n, d)| {
-                                for ((d, &dy), &y) in d.iter_mut().zip(dy.get(n)).zip(y.get(n)) {
-                                    if y > 0.0 {
-                                        *d += dy;
-                                    }
-                                }
-                            });
+                            images_mut(dx, ip, batch)
+                                .par_iter_mut()
+                                .for_each(|(n, d)| kernels::relu_backward_add(d, dy.get(n), y.get(n)));
                         });
                     }
                     Ok(())

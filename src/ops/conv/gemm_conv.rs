@@ -78,7 +78,7 @@ pub(super) fn forward(
             threads,
         );
         if relu {
-            y_img.iter_mut().for_each(|v| *v = v.max(0.0));
+            crate::kernels::relu_in_place(y_img);
         }
     });
 }

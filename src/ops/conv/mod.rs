@@ -419,11 +419,15 @@ fn lowering(g: &ConvGeometry, algo: ConvAlgo) -> gemm_conv::Lowering {
 }
 
 /// `db[c] += sum over images and pixels of dy[c, pixel]`, shared by every algorithm (and by linear
-/// layers, with one pixel).
+/// layers, with one pixel). Channels are summed in parallel, each in f64 and in image order, so the
+/// result does not depend on the thread count.
 pub fn bias_grad(dy: Images<'_>, channels: usize, pixels: usize, db: &mut [f32]) {
-    for n in 0..dy.count() {
-        for (db_c, plane) in db.iter_mut().zip(dy.get(n).chunks_exact(pixels.max(1))).take(channels) {
-            *db_c += plane.iter().map(|&v| v as f64).sum::<f64>() as f32;
-        }
-    }
+    use rayon::prelude::*;
+    let pixels = pixels.max(1);
+    db[..channels].par_iter_mut().enumerate().for_each(|(c, db_c)| {
+        let total: f64 = (0..dy.count())
+            .map(|n| dy.get(n)[c * pixels..][..pixels].iter().map(|&v| v as f64).sum::<f64>())
+            .sum();
+        *db_c += total as f32;
+    });
 }
