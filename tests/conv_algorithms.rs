@@ -56,6 +56,17 @@ fn cases() -> Vec<(Conv2d, [usize; 4])> {
     for &(cin, cout) in &channels {
         cases.push((Conv2d::new(cin, cout, [1, 1]), [5, cin, 7, 3]));
     }
+    // Small maps with batches big enough that images are grouped several to a GEMM and the groups
+    // split across threads (weight-gradient partials), with a short last group.
+    cases.push((
+        Conv2d::new(4, 6, [3, 3]).with_padding(Padding::symmetric(1, 1)),
+        [20, 4, 6, 5],
+    ));
+    cases.push((Conv2d::new(5, 3, [1, 1]), [41, 5, 4, 4]));
+    cases.push((
+        Conv2d::new(3, 4, [5, 5]).with_padding(Padding::symmetric(2, 2)),
+        [9, 3, 3, 3],
+    ));
     cases
 }
 

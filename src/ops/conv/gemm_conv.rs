@@ -1,16 +1,25 @@
-//! Convolution as GEMM, one image at a time. With [`Lowering::Im2col`] each image is first lowered to its
-//! im2col matrix; with [`Lowering::Direct`] (1×1, stride 1, unpadded) the image already is that matrix.
+//! Convolution as GEMM. With [`Lowering::Im2col`] each image is lowered to its im2col matrix; with
+//! [`Lowering::Direct`] (1×1, stride 1, unpadded) the image already is that matrix.
 //!
-//! Work is split across the batch when there are at least as many images as threads (each GEMM then
-//! runs on one thread), otherwise each GEMM uses the whole pool: never both, so rayon does not nest.
-//! Scratch (im2col matrices, per-thread weight-gradient partials) is reused across calls.
+//! A large map gets one GEMM per image, reading and writing the image buffers in place. A small map
+//! (fewer than [`COLUMNS`] output pixels) would make a GEMM too narrow to run well and repack the
+//! weights for every image, so the lowered matrices of a chunk of images are laid side by side and one
+//! GEMM covers the chunk; outputs and output gradients are then copied between the chunk's matrix and
+//! the images.
+//!
+//! Chunks run in parallel (each GEMM on one thread) when there are at least as many chunks as threads,
+//! otherwise one at a time with each GEMM using the whole pool: never both, so rayon does not nest.
+//! Scratch (lowered matrices, per-thread weight-gradient partials) is reused across calls.
 
 use rayon::prelude::*;
 
 use super::ConvGeometry;
-use super::im2col::{col2im, im2col};
+use super::im2col::{Block, col2im, im2col};
 use crate::matmul::{MatMut, MatRef, Threads, matmul};
 use crate::tensor::{Images, ImagesMut, with_scratch};
+
+/// The GEMM width (output pixels of the images in one chunk) that small maps are grouped up to.
+const COLUMNS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Lowering {
@@ -18,30 +27,100 @@ pub(super) enum Lowering {
     Im2col,
 }
 
+/// How one call splits its batch: `per` images to a GEMM.
+#[derive(Debug, Clone, Copy)]
+struct Chunking {
+    per: usize,
+}
+
+impl Chunking {
+    fn new(g: &ConvGeometry) -> Chunking {
+        let pixels = g.output_pixels().max(1);
+        Chunking {
+            per: (COLUMNS / pixels).clamp(1, g.batch.max(1)),
+        }
+    }
+
+    /// Whether a chunk of `count` images can use its one image's buffers in place.
+    fn in_place(count: usize) -> bool {
+        count == 1
+    }
+}
+
 impl Lowering {
+    /// The scratch one thread takes for any pass over `g`: the chunk's lowered matrix (unless a lone
+    /// image is used in place) and its output matrix (unless written in place).
     pub(super) fn scratch_len(self, g: &ConvGeometry) -> usize {
-        match self {
-            Lowering::Direct => 0,
-            Lowering::Im2col => g.patch_len() * g.output_pixels(),
+        let chunking = Chunking::new(g);
+        let cols = chunking.per * g.output_pixels();
+        if Chunking::in_place(chunking.per) {
+            match self {
+                Lowering::Direct => 0,
+                Lowering::Im2col => g.patch_len() * cols,
+            }
+        } else {
+            (g.patch_len() + g.out_channels) * cols
         }
     }
 }
 
-/// Runs `f(image index, output image, scratch, threads)` for every image of `out`.
-fn per_image<F>(out: &mut ImagesMut<'_>, scratch_len: usize, f: F)
+/// Runs `f(first image, the chunk's images, scratch, threads)` over the chunks of `out`.
+fn for_each_chunk<F>(out: &mut ImagesMut<'_>, chunking: Chunking, scratch_len: usize, f: F)
 where
-    F: Fn(usize, &mut [f32], &mut [f32], Threads) + Sync,
+    F: Fn(usize, &mut [&mut [f32]], &mut [f32], Threads) + Sync,
 {
     if out.is_empty() {
         return;
     }
-    if out.count() >= rayon::current_num_threads() {
-        out.par_iter_mut()
-            .for_each(|(n, o)| with_scratch(scratch_len, |s| f(n, o, s, Threads::One)));
+    let per = chunking.per;
+    let mut images: Vec<&mut [f32]> = out.iter_mut().map(|(_, img)| img).collect();
+    if images.len().div_ceil(per) >= rayon::current_num_threads() {
+        images.par_chunks_mut(per).enumerate().for_each(|(c, chunk)| {
+            with_scratch(scratch_len, |s| f(c * per, chunk, s, Threads::One));
+        });
     } else {
         with_scratch(scratch_len, |s| {
-            out.iter_mut().for_each(|(n, o)| f(n, o, s, Threads::Pool))
+            for (c, chunk) in images.chunks_mut(per).enumerate() {
+                f(c * per, chunk, s, Threads::Pool);
+            }
         });
+    }
+}
+
+/// Lays images `first..first + count` of `x` side by side as the chunk's lowered matrix
+/// (`patch_len x count·pixels`) in `col`.
+fn lower(g: &ConvGeometry, lowering: Lowering, x: Images<'_>, first: usize, count: usize, col: &mut [f32]) {
+    let (k, pixels) = (g.patch_len(), g.output_pixels());
+    let cols = count * pixels;
+    for j in 0..count {
+        let image = x.get(first + j);
+        match lowering {
+            Lowering::Im2col => im2col(
+                g,
+                image,
+                col,
+                Block {
+                    row_stride: cols,
+                    column: j * pixels,
+                },
+            ),
+            Lowering::Direct => {
+                for (c, plane) in image.chunks_exact(pixels).enumerate().take(k) {
+                    col[c * cols + j * pixels..][..pixels].copy_from_slice(plane);
+                }
+            }
+        }
+    }
+}
+
+/// Copies images `first..first + count` of `dy` side by side into `out` (`out_channels x count·pixels`).
+fn gather_output_grad(g: &ConvGeometry, dy: Images<'_>, first: usize, count: usize, out: &mut [f32]) {
+    let pixels = g.output_pixels();
+    let cols = count * pixels;
+    for j in 0..count {
+        for (o, plane) in dy.get(first + j).chunks_exact(pixels).enumerate() {
+            out[o * cols + j * pixels..][..pixels].copy_from_slice(plane);
+        }
     }
 }
 
@@ -54,88 +133,173 @@ pub(super) fn forward(
     relu: bool,
     y: &mut ImagesMut<'_>,
 ) {
-    let (k, pixels) = (g.patch_len(), g.output_pixels());
-    per_image(y, lowering.scratch_len(g), |n, y_img, scratch, threads| {
-        let col = match lowering {
-            Lowering::Direct => x.get(n),
-            Lowering::Im2col => {
-                im2col(g, x.get(n), scratch);
-                &*scratch
+    let (k, m, pixels) = (g.patch_len(), g.out_channels, g.output_pixels());
+    let chunking = Chunking::new(g);
+    for_each_chunk(
+        y,
+        chunking,
+        lowering.scratch_len(g),
+        |first, images, scratch, threads| {
+            let count = images.len();
+            let cols = count * pixels;
+            let in_place = Chunking::in_place(count);
+            let (col_scratch, out_scratch) = scratch.split_at_mut(if in_place && lowering == Lowering::Direct {
+                0
+            } else {
+                k * cols
+            });
+            let col: &[f32] = if in_place && lowering == Lowering::Direct {
+                x.get(first)
+            } else {
+                lower(g, lowering, x, first, count, col_scratch);
+                col_scratch
+            };
+            let product = |out: &mut [f32]| {
+                // The bias is written first and the product accumulated onto it: no second pass.
+                if let Some(b) = b {
+                    for (row, &bias) in out.chunks_exact_mut(cols).zip(b) {
+                        row.fill(bias);
+                    }
+                }
+                matmul(
+                    MatMut::row_major(out, m, cols),
+                    MatRef::row_major(w, m, k),
+                    MatRef::row_major(&col[..k * cols], k, cols),
+                    b.is_some(),
+                    threads,
+                );
+            };
+            if in_place {
+                product(&mut *images[0]);
+            } else {
+                let out = &mut out_scratch[..m * cols];
+                product(out);
+                for (j, image) in images.iter_mut().enumerate() {
+                    for (o, plane) in image.chunks_exact_mut(pixels).enumerate() {
+                        plane.copy_from_slice(&out[o * cols + j * pixels..][..pixels]);
+                    }
+                }
             }
-        };
-        // The bias is written first and the product accumulated onto it: no second pass over y.
-        if let Some(b) = b {
-            for (row, &bias) in y_img.chunks_exact_mut(pixels).zip(b) {
-                row.fill(bias);
+            if relu {
+                images.iter_mut().for_each(|image| crate::kernels::relu_in_place(image));
             }
-        }
-        let y_mat = MatMut::row_major(y_img, g.out_channels, pixels);
-        matmul(
-            y_mat,
-            MatRef::row_major(w, g.out_channels, k),
-            MatRef::row_major(col, k, pixels),
-            b.is_some(),
-            threads,
-        );
-        if relu {
-            crate::kernels::relu_in_place(y_img);
-        }
-    });
+        },
+    );
 }
 
 /// Adds the input gradient into `dx`.
 pub(super) fn backward_input(g: &ConvGeometry, lowering: Lowering, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>) {
-    let (k, pixels) = (g.patch_len(), g.output_pixels());
-    per_image(dx, lowering.scratch_len(g), |n, dx_img, scratch, threads| {
-        let dy_img = MatRef::row_major(dy.get(n), g.out_channels, pixels);
-        let w_t = MatRef::row_major(w, g.out_channels, k).t();
-        match lowering {
-            Lowering::Direct => matmul(MatMut::row_major(dx_img, k, pixels), w_t, dy_img, true, threads),
-            Lowering::Im2col => {
-                matmul(MatMut::row_major(scratch, k, pixels), w_t, dy_img, false, threads);
-                col2im(g, scratch, dx_img);
+    let (k, m, pixels) = (g.patch_len(), g.out_channels, g.output_pixels());
+    let chunking = Chunking::new(g);
+    let w_t = MatRef::row_major(w, m, k).t();
+    for_each_chunk(
+        dx,
+        chunking,
+        lowering.scratch_len(g),
+        |first, images, scratch, threads| {
+            let count = images.len();
+            let cols = count * pixels;
+            if Chunking::in_place(count) {
+                let dy_img = MatRef::row_major(dy.get(first), m, pixels);
+                match lowering {
+                    Lowering::Direct => matmul(MatMut::row_major(images[0], k, pixels), w_t, dy_img, true, threads),
+                    Lowering::Im2col => {
+                        let dcol = &mut scratch[..k * pixels];
+                        matmul(MatMut::row_major(dcol, k, pixels), w_t, dy_img, false, threads);
+                        col2im(g, dcol, Block::dense(g), images[0]);
+                    }
+                }
+                return;
             }
-        }
-    });
+            let (dy_chunk, dcol) = scratch.split_at_mut(m * cols);
+            gather_output_grad(g, dy, first, count, dy_chunk);
+            let dcol = &mut dcol[..k * cols];
+            matmul(
+                MatMut::row_major(dcol, k, cols),
+                w_t,
+                MatRef::row_major(dy_chunk, m, cols),
+                false,
+                threads,
+            );
+            for (j, image) in images.iter_mut().enumerate() {
+                match lowering {
+                    Lowering::Im2col => col2im(
+                        g,
+                        dcol,
+                        Block {
+                            row_stride: cols,
+                            column: j * pixels,
+                        },
+                        image,
+                    ),
+                    Lowering::Direct => {
+                        for (c, plane) in image.chunks_exact_mut(pixels).enumerate().take(k) {
+                            let src = &dcol[c * cols + j * pixels..][..pixels];
+                            plane.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                        }
+                    }
+                }
+            }
+        },
+    );
 }
 
 /// Adds the weight gradient into `dw`.
 pub(super) fn backward_weight(g: &ConvGeometry, lowering: Lowering, x: Images<'_>, dy: Images<'_>, dw: &mut [f32]) {
-    let (k, pixels) = (g.patch_len(), g.output_pixels());
+    let (k, m, pixels) = (g.patch_len(), g.out_channels, g.output_pixels());
+    let chunking = Chunking::new(g);
     let scratch_len = lowering.scratch_len(g);
-    // dw += dy_img · col_imgᵀ, summed over the images in `images`.
+    // dw += dy_chunk · col_chunkᵀ, over the chunks of the images in `images`.
     let accumulate_images = |images: std::ops::Range<usize>, dw: &mut [f32], threads| {
-        with_scratch(scratch_len, |col| {
-            for n in images {
-                let col_t = match lowering {
-                    Lowering::Direct => MatRef::row_major(x.get(n), k, pixels).t(),
-                    Lowering::Im2col => {
-                        im2col(g, x.get(n), col);
-                        MatRef::row_major(col, k, pixels).t()
-                    }
+        with_scratch(scratch_len, |scratch| {
+            let mut first = images.start;
+            while first < images.end {
+                let count = chunking.per.min(images.end - first);
+                let cols = count * pixels;
+                let (dy_mat, col_mat) = if Chunking::in_place(count) {
+                    let col = match lowering {
+                        Lowering::Direct => x.get(first),
+                        Lowering::Im2col => {
+                            im2col(g, x.get(first), scratch, Block::dense(g));
+                            &scratch[..k * pixels]
+                        }
+                    };
+                    (dy.get(first), col)
+                } else {
+                    let (dy_chunk, col) = scratch.split_at_mut(m * cols);
+                    gather_output_grad(g, dy, first, count, dy_chunk);
+                    lower(g, lowering, x, first, count, col);
+                    (&*dy_chunk, &col[..k * cols])
                 };
-                let dy_img = MatRef::row_major(dy.get(n), g.out_channels, pixels);
-                matmul(MatMut::row_major(dw, g.out_channels, k), dy_img, col_t, true, threads);
+                matmul(
+                    MatMut::row_major(dw, m, k),
+                    MatRef::row_major(dy_mat, m, cols),
+                    MatRef::row_major(col_mat, k, cols).t(),
+                    true,
+                    threads,
+                );
+                first += count;
             }
         })
     };
     let threads = rayon::current_num_threads();
     let batch = x.count();
-    if batch < threads.max(2) {
+    let chunks = batch.div_ceil(chunking.per);
+    if chunks < threads.max(2) {
         accumulate_images(0..batch, dw, Threads::Pool);
         return;
     }
-    // One partial gradient per contiguous run of images, summed in a fixed order afterwards: the result
+    // One partial gradient per contiguous run of chunks, summed in a fixed order afterwards: the result
     // is deterministic for a given thread count, and no thread waits on another.
-    let per_chunk = batch.div_ceil(threads);
-    let chunks = batch.div_ceil(per_chunk);
+    let per_part = chunks.div_ceil(threads) * chunking.per;
+    let parts = batch.div_ceil(per_part);
     let len = dw.len();
-    // The partials live in a separate reusable buffer from the im2col scratch each task takes.
+    // The partials live in a separate reusable buffer from the scratch each task takes.
     let mut partials = std::mem::take(&mut *PARTIALS.lock().unwrap_or_else(|e| e.into_inner()));
     partials.clear();
-    partials.resize(chunks * len, 0.0);
-    partials.par_chunks_mut(len).enumerate().for_each(|(c, part)| {
-        accumulate_images(c * per_chunk..((c + 1) * per_chunk).min(batch), part, Threads::One);
+    partials.resize(parts * len, 0.0);
+    partials.par_chunks_mut(len).enumerate().for_each(|(p, part)| {
+        accumulate_images(p * per_part..((p + 1) * per_part).min(batch), part, Threads::One);
     });
     for part in partials.chunks_exact(len) {
         for (d, p) in dw.iter_mut().zip(part) {

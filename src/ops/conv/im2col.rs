@@ -5,9 +5,30 @@
 use super::ConvGeometry;
 use crate::geometry::Axis;
 
-/// Fills `col` (`patch_len x output_pixels`, row-major) from one image `x` (`in x h x w`).
-pub(super) fn im2col(g: &ConvGeometry, x: &[f32], col: &mut [f32]) {
-    for_each_row_segment(g, |plane, row_segment, iy, ox_range, kx| {
+/// Where one image's im2col block sits in a matrix that may hold several images side by side: row `r`
+/// of the block starts at `r * row_stride + column`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Block {
+    /// Values between consecutive rows of the matrix.
+    pub row_stride: usize,
+    /// The block's first column.
+    pub column: usize,
+}
+
+impl Block {
+    /// A matrix holding just this image's block.
+    pub fn dense(g: &ConvGeometry) -> Block {
+        Block {
+            row_stride: g.output_pixels(),
+            column: 0,
+        }
+    }
+}
+
+/// Fills one image's block of `col` (`patch_len` rows of `output_pixels` values) from the image `x`
+/// (`in x h x w`).
+pub(super) fn im2col(g: &ConvGeometry, x: &[f32], col: &mut [f32], block: Block) {
+    for_each_row_segment(g, block, |plane, row_segment, iy, ox_range, kx| {
         let Some(iy) = iy else {
             col[row_segment].fill(0.0);
             return;
@@ -28,9 +49,10 @@ pub(super) fn im2col(g: &ConvGeometry, x: &[f32], col: &mut [f32]) {
     });
 }
 
-/// Adds the rows of `col` back onto the pixels of one image gradient `dx` they were read from.
-pub(super) fn col2im(g: &ConvGeometry, col: &[f32], dx: &mut [f32]) {
-    for_each_row_segment(g, |plane, row_segment, iy, ox_range, kx| {
+/// Adds the rows of one image's block of `col` back onto the pixels of its gradient `dx` they were
+/// read from.
+pub(super) fn col2im(g: &ConvGeometry, col: &[f32], block: Block, dx: &mut [f32]) {
+    for_each_row_segment(g, block, |plane, row_segment, iy, ox_range, kx| {
         let Some(iy) = iy else { return };
         let src = &col[row_segment][ox_range.clone()];
         let dst = &mut dx[plane + iy * g.w.input..][..g.w.input];
@@ -57,15 +79,18 @@ fn first_input(w: &Axis, ox: usize, kx: usize) -> usize {
 /// padding row), the output columns whose reads are real pixels, and the horizontal tap.
 fn for_each_row_segment(
     g: &ConvGeometry,
+    block: Block,
     mut f: impl FnMut(usize, std::ops::Range<usize>, Option<usize>, std::ops::Range<usize>, usize),
 ) {
     let (h, w) = (&g.h, &g.w);
     let plane_len = h.input * w.input;
-    let mut offset = 0;
+    let mut row = 0;
     for ci in 0..g.in_channels {
         for ky in 0..h.kernel {
             for kx in 0..w.kernel {
                 let valid = w.valid_outputs(kx);
+                let mut offset = row * block.row_stride + block.column;
+                row += 1;
                 for oy in 0..h.output {
                     f(
                         ci * plane_len,

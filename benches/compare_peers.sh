@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# googlenet-d2l: incept against PyTorch 2.15 (CPU, oneDNN) and ONNX Runtime, measured in one run with
+# 2 threads each, medians; then the ratios the README quotes.
+#   benches/compare_peers.sh [PYTHON]   (PYTHON: the peer environment's python, default
+#                                        /tmp/peers-venv/bin/python; ../shared/peers/setup.sh builds it)
+# Peak RSS of each training process comes from getrusage on the child (Linux reports KiB).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${1:-/tmp/peers-venv/bin/python}
+cargo build --release --quiet --bin incept
+incept=target/release/incept
+out=$(mktemp)
+peak_rss() { # command... -> prints "peak_rss_mib: X" after running it
+  "$python" - "$@" <<'PY'
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True)
+print(f"peak_rss_mib: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f}")
+PY
+}
+{
+  echo "# incept"
+  peak_rss "$incept" --threads 2 bench --model googlenet-d2l --batch 128 --mode train --warmup 2 --steps 5 --json
+  "$incept" --threads 2 bench --model googlenet-d2l --batch 128 --mode infer --warmup 2 --steps 7 --json
+  "$incept" --threads 2 bench --model googlenet-d2l --batch 1 --mode infer --warmup 5 --steps 41 --json
+  echo "# PyTorch and ONNX Runtime (../shared/peers/bench_torch.py model ort train)"
+  THREADS=2 "$python" ../shared/peers/bench_torch.py model ort train 2>/dev/null | grep googlenet_d2l
+  # bench_torch.py's train section also trains two other models; the peak RSS comes from the same
+  # googlenet_d2l steps (batch 128, Adam, 2 warm-up + 4 timed) run alone.
+  peak_rss "$python" -c "
+import sys, torch; sys.path.insert(0, '../shared/reference'); import models
+torch.set_num_threads(2); torch.manual_seed(0)
+m = models.googlenet_d2l().train(); opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+x = torch.rand(128, 1, 96, 96); y = torch.randint(0, 10, (128,)); lossf = torch.nn.CrossEntropyLoss()
+for _ in range(6):
+    opt.zero_grad(); lossf(m(x), y).backward(); opt.step()
+"
+} | tee "$out"
+"$python" - "$out" <<'PY'
+import json, re, sys
+lines = open(sys.argv[1]).read().splitlines()
+ours = {}
+for l in lines:
+    if l.startswith("{"):
+        r = json.loads(l)
+        ours[(r["mode"], r["batch"])] = r
+rss = [float(l.split(":")[1]) for l in lines if l.startswith("peak_rss_mib")]
+peer = {k: float(v) for k, v in (l.split(": ") for l in lines if re.match(r"(torch|ort)_", l))}
+print("\n| figure | incept | PyTorch | ONNX Runtime | vs PyTorch | vs ORT |\n| --- | --- | --- | --- | --- | --- |")
+t = ours[("train", 128)]["img_per_s"]; pt = peer["torch_googlenet_d2l_train_b128_img_per_s"]
+print(f"| training step (Adam), batch 128, img/s | {t:.1f} | {pt:.1f} | | {t/pt:.2f}x | |")
+i = ours[("infer", 128)]["img_per_s"]
+print(f"| inference, batch 128, img/s | {i:.1f} | {peer['torch_googlenet_d2l_infer_b128_img_per_s']:.1f} | "
+      f"{peer['ort_googlenet_d2l_infer_b128_img_per_s']:.1f} | {i/peer['torch_googlenet_d2l_infer_b128_img_per_s']:.2f}x | "
+      f"{i/peer['ort_googlenet_d2l_infer_b128_img_per_s']:.2f}x |")
+l = ours[("infer", 1)]["ms_per_batch"]
+print(f"| inference, batch 1, latency ms (lower is better) | {l:.2f} | {peer['torch_googlenet_d2l_infer_b1_latency_ms']:.2f} | "
+      f"{peer['ort_googlenet_d2l_infer_b1_latency_ms']:.2f} | {l/peer['torch_googlenet_d2l_infer_b1_latency_ms']:.2f}x the time | "
+      f"{l/peer['ort_googlenet_d2l_infer_b1_latency_ms']:.2f}x the time |")
+if len(rss) == 2:
+    print(f"| peak RSS of the training process, batch 128, MiB | {rss[0]:.0f} | {rss[1]:.0f} | | {rss[0]/rss[1]:.2f}x | |")
+PY
