@@ -266,9 +266,22 @@ fn max_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
     crate::kernels::vectorize(Kernel(g, x, y, argmax));
 }
 
+/// The widest padded input row the fast path handles on the stack; wider rows take the plain loop.
+const MAX_ROW: usize = 1024;
+
 #[inline(always)]
 fn max_plane_inline(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
-    let (w_in, ow) = (g.w.input, g.w.output);
+    let (w_in, ow, sw, kw) = (g.w.input, g.w.output, g.w.stride, g.w.kernel);
+    // Every window of a row lies within `span` padded columns.
+    let span = (ow - 1) * sw + kw;
+    if span > MAX_ROW || g.w.dilation != 1 || g.h.dilation != 1 {
+        return max_plane_plain(g, x, y, argmax);
+    }
+    // One input row, padded with minus infinity and split into `sw` phases (`phases[p][i]` holds padded
+    // column `i * sw + p`), so that tap `kx` of every window of the row is the contiguous run
+    // `phases[kx % sw][kx / sw..][..ow]` and the loop over a row vectorizes.
+    let phase_len = span.div_ceil(sw);
+    let mut phases = [f32::NEG_INFINITY; MAX_ROW + 16];
     for oy in 0..g.h.output {
         let rows = clipped(&g.h, oy);
         let y_row = &mut y[oy * ow..][..ow];
@@ -279,19 +292,51 @@ fn max_plane_inline(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u3
         }
         for iy in rows {
             let x_row = &x[iy * w_in..][..w_in];
-            for kx in 0..g.w.kernel {
-                let valid = g.w.valid_outputs(kx);
-                let first_ix = g.w.input_index(valid.start, kx).unwrap_or(0);
-                let taps = x_row[first_ix..].iter().step_by(g.w.stride);
-                let outputs = y_row[valid.clone()].iter_mut().zip(&mut arg_row[valid.clone()]);
-                for (k, (v, (best, at))) in taps.zip(outputs).enumerate() {
+            for p in 0..sw {
+                for (i, slot) in phases[p * phase_len..][..phase_len].iter_mut().enumerate() {
+                    let ix = (i * sw + p) as isize - g.w.pad_lo as isize;
+                    *slot = if ix >= 0 && (ix as usize) < w_in {
+                        x_row[ix as usize]
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                }
+            }
+            for kx in 0..kw {
+                let taps = &phases[(kx % sw) * phase_len + kx / sw..][..ow];
+                // Input index of tap kx of window 0 (may be negative: such taps hold minus infinity
+                // and never win, so their index is never stored).
+                let base = (iy * w_in) as i64 + kx as i64 - g.w.pad_lo as i64;
+                for (ox, ((&v, best), at)) in taps.iter().zip(y_row.iter_mut()).zip(arg_row.iter_mut()).enumerate() {
                     // PyTorch's rule: a NaN always takes over, so the last NaN of a window wins.
-                    let take = *v > *best || v.is_nan();
-                    let index = (iy * w_in + first_ix + k * g.w.stride) as u32;
-                    *best = if take { *v } else { *best };
+                    let take = v > *best || v.is_nan();
+                    let index = (base + (ox * sw) as i64) as u32;
+                    *best = if take { v } else { *best };
                     *at = if take { index } else { *at };
                 }
             }
+        }
+    }
+}
+
+/// The same maximum by plain loops over each window (rows too wide for the fast path's buffer, or
+/// dilated windows).
+fn max_plane_plain(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+    for oy in 0..g.h.output {
+        let rows = clipped(&g.h, oy);
+        for ox in 0..g.w.output {
+            let cols = clipped(&g.w, ox);
+            let (mut best, mut best_at) = (f32::NEG_INFINITY, rows.start * g.w.input + cols.start);
+            for iy in rows.clone() {
+                for ix in cols.clone() {
+                    let v = x[iy * g.w.input + ix];
+                    if v > best || v.is_nan() {
+                        (best, best_at) = (v, iy * g.w.input + ix);
+                    }
+                }
+            }
+            y[oy * g.w.output + ox] = best;
+            argmax[oy * g.w.output + ox] = best_at as u32;
         }
     }
 }
