@@ -53,7 +53,10 @@ impl ConvAlgo {
 pub fn choose_algo(requested: ConvAlgo, g: &ConvGeometry) -> Result<ConvAlgo> {
     match requested {
         ConvAlgo::Auto if g.is_pointwise() => Ok(ConvAlgo::Gemm1x1),
-        ConvAlgo::Auto if winograd::eligible(g) => Ok(ConvAlgo::Winograd),
+        // Winograd is not chosen automatically yet: on every 3×3 layer of googlenet-d2l at batch 128
+        // (`cargo bench --bench conv -- 3x3/1`) im2col + GEMM was as fast or faster, forward and
+        // backward — Winograd's 36 narrow GEMMs (K = input channels) and its transforms, which miss
+        // cache, cost more than the 4× fewer multiplies save. It stays available to force.
         ConvAlgo::Auto => Ok(ConvAlgo::Im2colGemm),
         ConvAlgo::Gemm1x1 if !g.is_pointwise() => Err(Error::config(
             "conv2d",
