@@ -53,10 +53,11 @@ impl ConvAlgo {
 pub fn choose_algo(requested: ConvAlgo, g: &ConvGeometry) -> Result<ConvAlgo> {
     match requested {
         ConvAlgo::Auto if g.is_pointwise() => Ok(ConvAlgo::Gemm1x1),
-        // Winograd is not chosen automatically yet: on every 3×3 layer of googlenet-d2l at batch 128
-        // (`cargo bench --bench conv -- 3x3/1`) im2col + GEMM was as fast or faster, forward and
-        // backward — Winograd's 36 narrow GEMMs (K = input channels) and its transforms, which miss
-        // cache, cost more than the 4× fewer multiplies save. It stays available to force.
+        // Winograd is not chosen automatically yet: on googlenet-d2l's 3×3 layers at batch 128
+        // (`cargo bench --bench conv -- 3x3/1`) it ties with im2col + GEMM on 24×24 and 12×12 maps
+        // (within run-to-run noise) and is 1.5-3× slower on 6×6 and 3×3 maps — its 36 narrow GEMMs
+        // (K = input channels) and its transforms, which miss cache, cost what the 4× fewer
+        // multiplies save. It stays available to force.
         ConvAlgo::Auto => Ok(ConvAlgo::Im2colGemm),
         ConvAlgo::Gemm1x1 if !g.is_pointwise() => Err(Error::config(
             "conv2d",
