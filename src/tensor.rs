@@ -213,11 +213,17 @@ pub(crate) enum Scratch {
     General,
     /// Transformed Winograd weights, held across a whole convolution call.
     WinogradWeights,
+    /// Padded planes and running maxima of a max pool.
+    Pool,
 }
 
+/// Scratch per slot, in [`Scratch`] order.
+pub(crate) type ScratchDemand = [usize; 3];
+
 thread_local! {
-    static SCRATCH: [std::cell::Cell<Vec<f32>>; 2] =
-        const { [std::cell::Cell::new(Vec::new()), std::cell::Cell::new(Vec::new())] };
+    static SCRATCH: [std::cell::Cell<Vec<f32>>; 3] = const {
+        [std::cell::Cell::new(Vec::new()), std::cell::Cell::new(Vec::new()), std::cell::Cell::new(Vec::new())]
+    };
 }
 
 /// Runs `f` with a scratch buffer of `len` values (contents unspecified) that is reused across calls on
@@ -229,9 +235,12 @@ pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
 
 /// Grows every thread's scratch (the pool's and the caller's) to at least `demand[slot]` values per
 /// slot, so which thread runs which task cannot make a later call allocate.
-pub(crate) fn reserve_scratch(demand: [usize; 2]) {
+pub(crate) fn reserve_scratch(demand: ScratchDemand) {
     let reserve = || {
-        for (slot, len) in [Scratch::General, Scratch::WinogradWeights].into_iter().zip(demand) {
+        for (slot, len) in [Scratch::General, Scratch::WinogradWeights, Scratch::Pool]
+            .into_iter()
+            .zip(demand)
+        {
             with_scratch_in(slot, len, |_| ());
         }
     };

@@ -12,7 +12,7 @@ use crate::ops::pool::{self, max_pool_backward, max_pool_forward};
 use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
-use crate::tensor::{Images, ImagesMut, reserve_scratch};
+use crate::tensor::{Images, ImagesMut, ScratchDemand, reserve_scratch};
 
 /// Inference or training behaviour (dropout, batch-norm statistics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,18 +239,27 @@ fn node_algo(plan: &Plan, forced: ConvAlgo, id: NodeId) -> ConvAlgo {
     }
 }
 
-/// The most scratch any convolution of `graph` takes on one thread at batch `capacity`, per slot.
-fn scratch_demand(graph: &Graph, capacity: usize) -> Result<[usize; 2]> {
-    let mut demand = [0, 0];
+/// The most scratch any convolution or pool of `graph` takes on one thread at batch `capacity`, per
+/// slot.
+fn scratch_demand(graph: &Graph, capacity: usize) -> Result<ScratchDemand> {
+    let mut demand = [0; 3];
     for node in &graph.nodes {
-        if let Layer::Conv { conv, .. } = &node.layer {
-            let [c, h, w] = graph.nodes[node.inputs[0]].shape;
-            let g = conv.geometry([capacity, c, h, w])?;
-            // Any algorithm may be forced later: reserve for the default and im2col both.
-            for algo in [conv::choose_algo(conv.algo, &g)?, ConvAlgo::Im2colGemm] {
-                let d = conv::scratch_demand(&g, algo);
-                demand = [demand[0].max(d[0]), demand[1].max(d[1])];
+        let [c, h, w] = graph.nodes[node.inputs.first().copied().unwrap_or(0)].shape;
+        match &node.layer {
+            Layer::Conv { conv, .. } => {
+                let g = conv.geometry([capacity, c, h, w])?;
+                // Any algorithm may be forced later: reserve for the default and im2col both.
+                for algo in [conv::choose_algo(conv.algo, &g)?, ConvAlgo::Im2colGemm] {
+                    let [general, weights] = conv::scratch_demand(&g, algo);
+                    demand[0] = demand[0].max(general);
+                    demand[1] = demand[1].max(weights);
+                }
             }
+            Layer::MaxPool(pool) => {
+                let g = pool.window.geometry("max_pool2d", [capacity, c, h, w])?;
+                demand[2] = demand[2].max(pool::max_pool_scratch(&g));
+            }
+            _ => {}
         }
     }
     Ok(demand)

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result, expect_shape};
 use crate::geometry::{Axis, Padding};
-use crate::tensor::{Images, ImagesMut, contiguous, dims4};
+use crate::tensor::{Images, ImagesMut, Scratch, contiguous, dims4, with_scratch_in};
 
 /// The window shared by both pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,33 +255,37 @@ pub fn max_pool_backward(g: &PoolGeometry, argmax: &[u32], dy: Images<'_>, dx: &
 /// maximum as in PyTorch; the inner loop runs over a whole output row for one tap, branch-free, so it
 /// vectorizes.
 fn max_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
-    struct Kernel<'a>(&'a PoolGeometry, &'a [f32], &'a mut [f32], &'a mut [u32]);
+    struct Kernel<'a>(&'a PoolGeometry, &'a [f32], &'a mut [f32], &'a mut [u32], &'a mut [f32]);
     impl pulp::WithSimd for Kernel<'_> {
         type Output = ();
         #[inline(always)]
         fn with_simd<S: pulp::Simd>(self, _: S) {
-            max_plane_inline(self.0, self.1, self.2, self.3)
+            max_plane_inline(self.0, self.1, self.2, self.3, self.4)
         }
     }
-    crate::kernels::vectorize(Kernel(g, x, y, argmax));
+    with_scratch_in(Scratch::Pool, max_pool_scratch(g), |scratch| {
+        crate::kernels::vectorize(Kernel(g, x, y, argmax, scratch))
+    });
 }
 
-/// The widest padded input row the fast path handles on the stack; wider rows take the plain loop.
-const MAX_ROW: usize = 1024;
-
 #[inline(always)]
-fn max_plane_inline(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+fn max_plane_inline(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32], scratch: &mut [f32]) {
+    // The stride-1 path keeps winning taps as f32 (exact) in a table of at most 64 taps.
+    let small = (g.h.output + g.h.kernel) * (g.w.output + g.w.kernel) < 1 << 24 && g.h.kernel * g.w.kernel <= 64;
+    if g.h.stride == 1 && g.w.stride == 1 && g.h.dilation == 1 && g.w.dilation == 1 && small {
+        return max_plane_stride1(g, x, y, argmax, scratch);
+    }
     let (w_in, ow, sw, kw) = (g.w.input, g.w.output, g.w.stride, g.w.kernel);
     // Every window of a row lies within `span` padded columns.
     let span = (ow - 1) * sw + kw;
-    if span > MAX_ROW || g.w.dilation != 1 || g.h.dilation != 1 {
+    if g.w.dilation != 1 || g.h.dilation != 1 {
         return max_plane_plain(g, x, y, argmax);
     }
     // One input row, padded with minus infinity and split into `sw` phases (`phases[p][i]` holds padded
     // column `i * sw + p`), so that tap `kx` of every window of the row is the contiguous run
     // `phases[kx % sw][kx / sw..][..ow]` and the loop over a row vectorizes.
     let phase_len = span.div_ceil(sw);
-    let mut phases = [f32::NEG_INFINITY; MAX_ROW + 16];
+    let phases = &mut scratch[..phase_len * sw];
     for oy in 0..g.h.output {
         let rows = clipped(&g.h, oy);
         let y_row = &mut y[oy * ow..][..ow];
@@ -316,6 +320,75 @@ fn max_plane_inline(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u3
                 }
             }
         }
+    }
+}
+
+/// Stride 1 (the Inception pool branches): the plane is padded with minus infinity once, and outputs
+/// are computed on the padded width, so each tap `(ky, kx)` of every window is one contiguous run of
+/// the padded plane and the whole plane takes `kh·kw` long vectorized passes instead of short row
+/// loops.
+#[inline(always)]
+fn max_plane_stride1(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32], scratch: &mut [f32]) {
+    let (h, w, oh, ow) = (g.h.input, g.w.input, g.h.output, g.w.output);
+    let (kh, kw) = (g.h.kernel, g.w.kernel);
+    let (top, left) = (g.h.pad_lo, g.w.pad_lo);
+    let (hp, wp) = (oh + kh - 1, ow + kw - 1);
+    // Outputs on the padded width: q = oy·wp + ox, of which columns ox >= ow are discarded.
+    let n = (oh - 1) * wp + ow;
+    let (padded, rest) = scratch.split_at_mut(hp * wp);
+    let (best, at) = rest.split_at_mut(n);
+    // Window indices are kept as f32 (the caller checked they are exact).
+    let at = &mut at[..n];
+    padded.fill(f32::NEG_INFINITY);
+    best.fill(f32::NEG_INFINITY);
+    for r in top..(top + h).min(hp) {
+        let cols = left..(left + w).min(wp);
+        padded[r * wp..][cols.clone()].copy_from_slice(&x[(r - top) * w..][..cols.len()]);
+    }
+    // Outputs on the padded width: q = oy·wp + ox, of which columns ox >= ow are discarded.
+    // `at[q]` is the winning tap `ky·kw + kx` of window q (tap 0 until one wins).
+    at.fill(0.0);
+    let mut tap_offsets = [(0usize, 0usize); 64];
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let tap = ky * kw + kx;
+            tap_offsets[tap] = (ky, kx);
+            let taps = &padded[ky * wp + kx..][..n];
+            for ((&v, b), a) in taps.iter().zip(best.iter_mut()).zip(at.iter_mut()) {
+                // PyTorch's rule: a NaN always takes over, so the last NaN of a window wins.
+                let take = v > *b || v.is_nan();
+                *b = if take { v } else { *b };
+                *a = if take { tap as f32 } else { *a };
+            }
+        }
+    }
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let q = oy * wp + ox;
+            y[oy * ow + ox] = best[q];
+            // Back from the padded plane to the input plane; a window that never rose above minus
+            // infinity points at its first real element, as the other paths do.
+            let (ky, kx) = tap_offsets[at[q] as usize];
+            let (r, c) = (oy + ky, ox + kx);
+            let real = (top..top + h).contains(&r) && (left..left + w).contains(&c);
+            argmax[oy * ow + ox] = if real {
+                ((r - top) * w + c - left) as u32
+            } else {
+                (clipped(&g.h, oy).start * w + clipped(&g.w, ox).start) as u32
+            };
+        }
+    }
+}
+
+/// Scratch one max-pool plane takes (slot [`crate::tensor::Scratch::Pool`]).
+pub(crate) fn max_pool_scratch(g: &PoolGeometry) -> usize {
+    let (oh, ow) = (g.h.output.max(1), g.w.output.max(1));
+    if g.h.stride == 1 && g.w.stride == 1 {
+        let (hp, wp) = (oh + g.h.kernel - 1, ow + g.w.kernel - 1);
+        hp * wp + 2 * ((oh - 1) * wp + ow)
+    } else {
+        let span = (ow - 1) * g.w.stride + g.w.kernel;
+        span.div_ceil(g.w.stride) * g.w.stride
     }
 }
 

@@ -401,7 +401,7 @@ pub fn backward_weight_images(g: &ConvGeometry, algo: ConvAlgo, x: Images<'_>, d
 
 /// The largest scratch (per [`crate::tensor::Scratch`] slot) one thread takes in any pass of `algo` over
 /// `g`, so an executor can reserve it up front and a training step allocates nothing.
-pub fn scratch_demand(g: &ConvGeometry, algo: ConvAlgo) -> [usize; 2] {
+pub(crate) fn scratch_demand(g: &ConvGeometry, algo: ConvAlgo) -> [usize; 2] {
     let im2col = gemm_conv::Lowering::Im2col.scratch_len(g);
     match algo {
         ConvAlgo::Naive => [0, 0],
