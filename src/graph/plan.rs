@@ -120,8 +120,12 @@ impl Plan {
                 places[id] = places[node.inputs[0]];
             }
         }
+        let mut consumers = vec![0usize; nodes.len()];
+        for &i in nodes.iter().flat_map(|n| &n.inputs) {
+            consumers[i] += 1;
+        }
         let branch_groups = (0..nodes.len())
-            .filter_map(|id| branch_group(graph, id, &in_place))
+            .filter_map(|id| branch_group(graph, id, &in_place, &consumers))
             .collect();
         let conv_algos = nodes
             .iter()
@@ -151,17 +155,12 @@ impl Plan {
 
 /// The branch group ending in node `concat`, if it is a concat whose parts all live in place and whose
 /// branches are independent chains from one source.
-fn branch_group(graph: &Graph, concat: NodeId, in_place: &[Vec<bool>]) -> Option<BranchGroup> {
+/// `consumers[i]` counts the nodes reading node `i`.
+fn branch_group(graph: &Graph, concat: NodeId, in_place: &[Vec<bool>], consumers: &[usize]) -> Option<BranchGroup> {
     let nodes = &graph.nodes;
     let node = &nodes[concat];
     if !matches!(node.layer, Layer::Concat) || node.inputs.len() < 2 || !in_place[concat].iter().all(|&p| p) {
         return None;
-    }
-    let mut consumers = vec![0usize; nodes.len()];
-    for n in nodes {
-        for &i in &n.inputs {
-            consumers[i] += 1;
-        }
     }
     let runs_alone = |id: NodeId| {
         let n = &nodes[id];

@@ -47,14 +47,19 @@ pub(super) fn eligible(g: &ConvGeometry) -> bool {
 /// most, on any one thread.
 pub(super) fn scratch_demand(g: &ConvGeometry) -> [usize; 2] {
     let weights = POINTS * g.in_channels * g.out_channels;
-    let chunk = |tiles: usize| {
-        let per_chunk = (TARGET_TILES / tiles.max(1)).clamp(1, g.batch.max(1));
-        POINTS * (g.in_channels + g.out_channels) * per_chunk * tiles
-    };
-    // Forward tiles the output; the input gradient tiles the input.
+    // Forward tiles the output; the input gradient tiles the input (with in and out swapped, which
+    // leaves the chunk's scratch the same).
     let forward = tiles(g).0 * tiles(g).1;
     let backward = g.h.input.div_ceil(TILE) * g.w.input.div_ceil(TILE);
-    [chunk(forward).max(chunk(backward)), weights]
+    let scratch = |tiles| chunking(g, tiles, g.batch).1;
+    [scratch(forward).max(scratch(backward)), weights]
+}
+
+/// Images per chunk, and the chunk's scratch (its transformed input and its 36 products), for images
+/// of `tiles` tiles each in a batch of `batch`.
+fn chunking(g: &ConvGeometry, tiles: usize, batch: usize) -> (usize, usize) {
+    let per_chunk = (TARGET_TILES / tiles.max(1)).clamp(1, batch.max(1));
+    (per_chunk, POINTS * (g.in_channels + g.out_channels) * per_chunk * tiles)
 }
 
 /// `y = conv(x, w) + b`, then with `relu` `y = max(y, 0)`.
@@ -205,25 +210,16 @@ enum Epilogue {
     Add,
 }
 
-/// [`input_1d`] on `BLOCK` tiles at once: `out[a][b] = (Bᵀ d_b)[a]` with `d_b[i] = d[i][b]`.
+/// A 1-D transform `f` (`N` values to `M`) on `BLOCK` tiles at once: `out[r][b] = f(v_b)[r]` with
+/// `v_b[i] = columns[i][b]`. Written lane by lane so the loop over `b` vectorizes.
 #[inline(always)]
-fn input_lanes(d: [&[f32; BLOCK]; WINDOW]) -> [[f32; BLOCK]; WINDOW] {
-    let mut out = [[0.0f32; BLOCK]; WINDOW];
+fn lanes<const N: usize, const M: usize>(
+    columns: [&[f32; BLOCK]; N],
+    f: impl Fn([f32; N]) -> [f32; M],
+) -> [[f32; BLOCK]; M] {
+    let mut out = [[0.0f32; BLOCK]; M];
     for b in 0..BLOCK {
-        let r = input_1d(std::array::from_fn(|i| d[i][b]));
-        for (o, v) in out.iter_mut().zip(r) {
-            o[b] = v;
-        }
-    }
-    out
-}
-
-/// [`output_1d`] on `BLOCK` tiles at once: `out[r][b] = (Aᵀ m_b)[r]` with `m_b[a] = m[a][b]`.
-#[inline(always)]
-fn output_lanes(m: &[[f32; BLOCK]; WINDOW]) -> [[f32; BLOCK]; TILE] {
-    let mut out = [[0.0f32; BLOCK]; TILE];
-    for b in 0..BLOCK {
-        let r = output_1d(std::array::from_fn(|a| m[a][b]));
+        let r = f(std::array::from_fn(|i| columns[i][b]));
         for (o, v) in out.iter_mut().zip(r) {
             o[b] = v;
         }
@@ -243,11 +239,8 @@ fn run(g: &ConvGeometry, x: Images<'_>, u: &[f32], b: Option<&[f32]>, y: &mut Im
         return;
     }
     let (th, tw) = tiles(g);
-    let per_image = th * tw;
-    // Keep in step with `scratch_demand`.
-    let per_chunk = (TARGET_TILES / per_image).clamp(1, batch);
+    let (per_chunk, scratch_len) = chunking(g, th * tw, batch);
     let chunks = batch.div_ceil(per_chunk);
-    let scratch_len = POINTS * (g.in_channels + g.out_channels) * per_chunk * per_image;
     let mut outs: Vec<&mut [f32]> = y.iter_mut().map(|(_, img)| img).collect();
     let threads = rayon::current_num_threads();
     if chunks >= threads {
@@ -400,7 +393,7 @@ fn input_tiles_inline(g: &ConvGeometry, plane: &[f32], v_c: &mut [f32], first_ti
             }
             let t = first_tile + ty * tw + block_start;
             for j in 0..WINDOW {
-                let out = input_lanes(std::array::from_fn(|i| &rows[i][j]));
+                let out = lanes(std::array::from_fn(|i| &rows[i][j]), input_1d);
                 for (a, lanes) in out.iter().enumerate() {
                     points[a * WINDOW + j][t..t + count].copy_from_slice(&lanes[..count]);
                 }
@@ -453,11 +446,11 @@ fn output_tiles_inline(
             let count = BLOCK.min(tw - block_start);
             let t = first + ty * tw + block_start;
             for j in 0..WINDOW {
-                let mut lanes = [[0.0f32; BLOCK]; WINDOW];
-                for (a, lane) in lanes.iter_mut().enumerate() {
+                let mut m_lanes = [[0.0f32; BLOCK]; WINDOW];
+                for (a, lane) in m_lanes.iter_mut().enumerate() {
                     lane[..count].copy_from_slice(&m[(a * WINDOW + j) * point_stride + t..][..count]);
                 }
-                let out = output_lanes(&lanes);
+                let out = lanes(std::array::from_fn(|a| &m_lanes[a]), output_1d);
                 for (col, lane) in cols.iter_mut().zip(out) {
                     col[j] = lane;
                 }
