@@ -67,6 +67,24 @@ fn cases() -> Vec<(Conv2d, [usize; 4])> {
         Conv2d::new(3, 4, [5, 5]).with_padding(Padding::symmetric(2, 2)),
         [9, 3, 3, 3],
     ));
+    // Factorized 1xk / kx1: grouped small maps split across threads, asymmetric padding, and maps large
+    // enough (17x17 > 256 pixels) that a kx1 output is written in place.
+    cases.push((
+        Conv2d::new(4, 6, [1, 3]).with_padding(Padding::symmetric(0, 1)),
+        [20, 4, 6, 5],
+    ));
+    cases.push((
+        Conv2d::new(5, 3, [7, 1]).with_padding(Padding::explicit(3, 2, 0, 0)),
+        [9, 5, 8, 3],
+    ));
+    cases.push((
+        Conv2d::new(3, 5, [7, 1]).with_padding(Padding::symmetric(3, 0)),
+        [3, 3, 17, 17],
+    ));
+    cases.push((
+        Conv2d::new(3, 5, [1, 7]).with_padding(Padding::symmetric(0, 3)),
+        [3, 3, 17, 17],
+    ));
     cases
 }
 
@@ -91,6 +109,7 @@ fn every_algorithm_matches_the_naive_reference() {
             ConvAlgo::Im2colGemm,
             ConvAlgo::Gemm1x1,
             ConvAlgo::Winograd,
+            ConvAlgo::Factorized,
         ];
         for algo in algos.into_iter().filter(|a| a.supports(&g)) {
             let fast = conv.clone().with_algo(algo);

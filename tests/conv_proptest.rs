@@ -62,7 +62,7 @@ proptest! {
         let dx_ref = naive.backward_input(w.view(), dy.view(), input).unwrap();
         let mut dw_ref = Array4::zeros(conv.weight_shape());
         naive.backward_weight(x.view(), dy.view(), dw_ref.view_mut()).unwrap();
-        let algos = [ConvAlgo::Im2colGemm, ConvAlgo::Gemm1x1, ConvAlgo::Winograd];
+        let algos = [ConvAlgo::Im2colGemm, ConvAlgo::Gemm1x1, ConvAlgo::Winograd, ConvAlgo::Factorized];
         for algo in algos.into_iter().filter(|a| a.supports(&g)) {
             let fast = conv.clone().with_algo(algo);
             let y = fast.forward(x.view(), w.view(), Some(b.view())).unwrap();

@@ -91,6 +91,7 @@ fn conv2d_matches_pytorch_for_every_kernel_kind_and_algorithm() {
             ConvAlgo::Auto,
             ConvAlgo::Gemm1x1,
             ConvAlgo::Winograd,
+            ConvAlgo::Factorized,
         ];
         for algo in algos.into_iter().filter(|a| a.supports(&g)) {
             let conv = conv.clone().with_algo(algo);

@@ -1,50 +1,21 @@
 //! Convolution as GEMM. With [`Lowering::Im2col`] each image is lowered to its im2col matrix; with
 //! [`Lowering::Direct`] (1×1, stride 1, unpadded) the image already is that matrix.
 //!
-//! A large map gets one GEMM per image, reading and writing the image buffers in place. A small map
-//! (fewer than [`COLUMNS`] output pixels) would make a GEMM too narrow to run well and repack the
-//! weights for every image, so the lowered matrices of a chunk of images are laid side by side and one
-//! GEMM covers the chunk; outputs and output gradients are then copied between the chunk's matrix and
-//! the images.
-//!
-//! Chunks run in parallel (each GEMM on one thread) when there are at least as many chunks as threads,
-//! otherwise one at a time with each GEMM using the whole pool: never both, so rayon does not nest.
-//! Scratch (lowered matrices, per-thread weight-gradient partials) is reused across calls.
-
-use rayon::prelude::*;
+//! A large map gets one GEMM per image, reading and writing the image buffers in place. Small maps are
+//! grouped (`batching.rs`): the lowered matrices of a chunk of images are laid side by side and one GEMM
+//! covers the chunk; outputs and output gradients are then copied between the chunk's matrix and the
+//! images. Scratch (lowered matrices, weight-gradient partials) is reused across calls.
 
 use super::ConvGeometry;
+use super::batching::{Chunking, accumulate_weight_grad, for_each_chunk};
 use super::im2col::{Block, col2im, im2col};
-use crate::matmul::{MatMut, MatRef, Threads, matmul};
+use crate::matmul::{MatMut, MatRef, matmul};
 use crate::tensor::{Images, ImagesMut, with_scratch};
-
-/// The GEMM width (output pixels of the images in one chunk) that small maps are grouped up to.
-const COLUMNS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Lowering {
     Direct,
     Im2col,
-}
-
-/// How one call splits its batch: `per` images to a GEMM.
-#[derive(Debug, Clone, Copy)]
-struct Chunking {
-    per: usize,
-}
-
-impl Chunking {
-    fn new(g: &ConvGeometry) -> Chunking {
-        let pixels = g.output_pixels().max(1);
-        Chunking {
-            per: (COLUMNS / pixels).clamp(1, g.batch.max(1)),
-        }
-    }
-
-    /// Whether a chunk of `count` images can use its one image's buffers in place.
-    fn in_place(count: usize) -> bool {
-        count == 1
-    }
 }
 
 impl Lowering {
@@ -61,29 +32,6 @@ impl Lowering {
         } else {
             (g.patch_len() + g.out_channels) * cols
         }
-    }
-}
-
-/// Runs `f(first image, the chunk's images, scratch, threads)` over the chunks of `out`.
-fn for_each_chunk<F>(out: &mut ImagesMut<'_>, chunking: Chunking, scratch_len: usize, f: F)
-where
-    F: Fn(usize, &mut [&mut [f32]], &mut [f32], Threads) + Sync,
-{
-    if out.is_empty() {
-        return;
-    }
-    let per = chunking.per;
-    let mut images: Vec<&mut [f32]> = out.iter_mut().map(|(_, img)| img).collect();
-    if images.len().div_ceil(per) >= rayon::current_num_threads() {
-        images.par_chunks_mut(per).enumerate().for_each(|(c, chunk)| {
-            with_scratch(scratch_len, |s| f(c * per, chunk, s, Threads::One));
-        });
-    } else {
-        with_scratch(scratch_len, |s| {
-            for (c, chunk) in images.chunks_mut(per).enumerate() {
-                f(c * per, chunk, s, Threads::Pool);
-            }
-        });
     }
 }
 
@@ -282,32 +230,5 @@ pub(super) fn backward_weight(g: &ConvGeometry, lowering: Lowering, x: Images<'_
             }
         })
     };
-    let threads = rayon::current_num_threads();
-    let batch = x.count();
-    let chunks = batch.div_ceil(chunking.per);
-    if chunks < threads.max(2) {
-        accumulate_images(0..batch, dw, Threads::Pool);
-        return;
-    }
-    // One partial gradient per contiguous run of chunks, summed in a fixed order afterwards: the result
-    // is deterministic for a given thread count, and no thread waits on another.
-    let per_part = chunks.div_ceil(threads) * chunking.per;
-    let parts = batch.div_ceil(per_part);
-    let len = dw.len();
-    // The partials live in a separate reusable buffer from the scratch each task takes.
-    let mut partials = std::mem::take(&mut *PARTIALS.lock().unwrap_or_else(|e| e.into_inner()));
-    partials.clear();
-    partials.resize(parts * len, 0.0);
-    partials.par_chunks_mut(len).enumerate().for_each(|(p, part)| {
-        accumulate_images(p * per_part..((p + 1) * per_part).min(batch), part, Threads::One);
-    });
-    for part in partials.chunks_exact(len) {
-        for (d, p) in dw.iter_mut().zip(part) {
-            *d += p;
-        }
-    }
-    *PARTIALS.lock().unwrap_or_else(|e| e.into_inner()) = partials;
+    accumulate_weight_grad(x.count(), chunking, dw, accumulate_images);
 }
-
-/// Storage for weight-gradient partials, kept between calls so a training step does not allocate.
-static PARTIALS: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());

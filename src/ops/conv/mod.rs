@@ -6,10 +6,14 @@
 //! | [`ConvAlgo::Naive`] | `naive.rs` | the f64 reference every other path is tested against |
 //! | [`ConvAlgo::Gemm1x1`] | `gemm_conv.rs` | 1×1, stride 1, no padding: the input already is the GEMM operand |
 //! | [`ConvAlgo::Winograd`] | `winograd.rs` | 3×3, stride 1: F(4×4, 3×3), forward and input gradient |
+//! | [`ConvAlgo::Factorized`] | `factorized.rs` | 1×k and k×1, stride 1: one GEMM per tap on a padded copy |
 //! | [`ConvAlgo::Im2colGemm`] | `im2col.rs` + `gemm_conv.rs` | everything else |
 //!
-//! The weight gradient of a Winograd layer is computed by im2col + GEMM.
+//! The weight gradient of a Winograd layer is computed by im2col + GEMM. `batching.rs` holds how the
+//! GEMM-based algorithms split a batch into chunks and threads.
 
+mod batching;
+mod factorized;
 mod gemm_conv;
 mod im2col;
 mod naive;
@@ -36,6 +40,8 @@ pub enum ConvAlgo {
     Im2colGemm,
     /// Winograd F(4×4, 3×3): 3×3 kernels, stride 1, no dilation, padding at most 2.
     Winograd,
+    /// `1×k` or `k×1` (k > 1), stride 1, no dilation: one GEMM per tap on a padded copy of the input.
+    Factorized,
 }
 
 impl ConvAlgo {
@@ -44,6 +50,7 @@ impl ConvAlgo {
         match self {
             ConvAlgo::Gemm1x1 => g.is_pointwise(),
             ConvAlgo::Winograd => winograd::eligible(g),
+            ConvAlgo::Factorized => factorized::eligible(g),
             ConvAlgo::Auto | ConvAlgo::Naive | ConvAlgo::Im2colGemm => true,
         }
     }
@@ -58,6 +65,11 @@ pub fn choose_algo(requested: ConvAlgo, g: &ConvGeometry) -> Result<ConvAlgo> {
         // (within run-to-run noise) and is 1.5-3× slower on 6×6 and 3×3 maps — its 36 narrow GEMMs
         // (K = input channels) and its transforms, which miss cache, cost what the 4× fewer
         // multiplies save. It stays available to force.
+        // 1×7 / 7×1: one GEMM per tap on a padded copy beats lowering to a 7×-inflated im2col matrix on
+        // inception-v3's 17×17 layers (`cargo bench --bench conv -- inception-v3`, batch 32: forward
+        // 123 vs 114 and 136 vs 130 GFLOP/s, backward 115 vs 95 and 132 vs 121). With 3 taps
+        // (1×3 / 3×1 on 8×8 maps) im2col's one wide GEMM wins (137 vs 104, 148 vs 141 forward).
+        ConvAlgo::Auto if factorized::eligible(g) && g.h.kernel.max(g.w.kernel) >= 5 => Ok(ConvAlgo::Factorized),
         ConvAlgo::Auto => Ok(ConvAlgo::Im2colGemm),
         ConvAlgo::Gemm1x1 if !g.is_pointwise() => Err(Error::config(
             "conv2d",
@@ -66,6 +78,10 @@ pub fn choose_algo(requested: ConvAlgo, g: &ConvGeometry) -> Result<ConvAlgo> {
         ConvAlgo::Winograd if !winograd::eligible(g) => Err(Error::config(
             "conv2d",
             format!("Winograd needs a 3x3 kernel, stride 1, no dilation and padding of at most 2, found {g}"),
+        )),
+        ConvAlgo::Factorized if !factorized::eligible(g) => Err(Error::config(
+            "conv2d",
+            format!("Factorized needs a 1xk or kx1 kernel (k > 1), stride 1 and no dilation, found {g}"),
         )),
         algo => Ok(algo),
     }
@@ -378,6 +394,7 @@ pub fn forward_images_fused(
             }
         }
         ConvAlgo::Winograd => winograd::forward(g, x, w, b, y, relu),
+        ConvAlgo::Factorized => factorized::forward(g, x, w, b, relu, y),
         _ => gemm_conv::forward(g, lowering(g, algo), x, w, b, relu, y),
     }
 }
@@ -387,6 +404,7 @@ pub fn backward_input_images(g: &ConvGeometry, algo: ConvAlgo, w: &[f32], dy: Im
     match algo {
         ConvAlgo::Naive => naive::backward_input(g, w, dy, dx),
         ConvAlgo::Winograd => winograd::backward_input(g, w, dy, dx),
+        ConvAlgo::Factorized => factorized::backward_input(g, w, dy, dx),
         _ => gemm_conv::backward_input(g, lowering(g, algo), w, dy, dx),
     }
 }
@@ -395,6 +413,7 @@ pub fn backward_input_images(g: &ConvGeometry, algo: ConvAlgo, w: &[f32], dy: Im
 pub fn backward_weight_images(g: &ConvGeometry, algo: ConvAlgo, x: Images<'_>, dy: Images<'_>, dw: &mut [f32]) {
     match algo {
         ConvAlgo::Naive => naive::backward_weight(g, x, dy, dw),
+        ConvAlgo::Factorized => factorized::backward_weight(g, x, dy, dw),
         _ => gemm_conv::backward_weight(g, lowering(g, algo), x, dy, dw),
     }
 }
@@ -410,6 +429,7 @@ pub(crate) fn scratch_demand(g: &ConvGeometry, algo: ConvAlgo) -> [usize; 2] {
             let [general, weights] = winograd::scratch_demand(g);
             [general.max(im2col), weights]
         }
+        ConvAlgo::Factorized => [factorized::scratch_len(g), 0],
         _ => [lowering(g, algo).scratch_len(g), 0],
     }
 }
