@@ -90,6 +90,99 @@ pub fn relu_backward_add(dx: &mut [f32], dy: &[f32], y: &[f32]) {
     vectorize(Kernel(dx, dy, y));
 }
 
+/// `out = x * scale + shift` (batch norm's per-channel affine, forward and eval-mode backward).
+pub fn scale_shift(out: &mut [f32], x: &[f32], scale: f32, shift: f32) {
+    struct Kernel<'a>(&'a mut [f32], &'a [f32], f32, f32);
+    impl pulp::WithSimd for Kernel<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            let Kernel(out, x, scale, shift) = self;
+            out.iter_mut().zip(x).for_each(|(o, &v)| *o = v * scale + shift);
+        }
+    }
+    vectorize(Kernel(out, x, scale, shift));
+}
+
+/// Lanes of the f64 accumulators below: independent partial sums let the sums vectorize (a single
+/// running sum is a dependency chain the compiler must keep in order).
+const SUM_LANES: usize = 8;
+
+/// Per-lane f64 partial sums of `f(i)` over `0..len`, added up at the end.
+#[inline(always)]
+fn lane_sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut lanes = [0f64; SUM_LANES];
+    let full = len / SUM_LANES * SUM_LANES;
+    for base in (0..full).step_by(SUM_LANES) {
+        for (l, acc) in lanes.iter_mut().enumerate() {
+            *acc += f(base + l);
+        }
+    }
+    (full..len).for_each(|i| lanes[i - full] += f(i));
+    lanes.iter().sum()
+}
+
+/// `Σ x` in f64.
+pub fn sum(x: &[f32]) -> f64 {
+    struct Kernel<'a>(&'a [f32]);
+    impl pulp::WithSimd for Kernel<'_> {
+        type Output = f64;
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> f64 {
+            lane_sum(self.0.len(), |i| self.0[i] as f64)
+        }
+    }
+    vectorize(Kernel(x))
+}
+
+/// `Σ (x - mean)²` in f64: batch norm's variance pass, given the mean.
+pub fn squared_deviation(x: &[f32], mean: f64) -> f64 {
+    struct Kernel<'a>(&'a [f32], f64);
+    impl pulp::WithSimd for Kernel<'_> {
+        type Output = f64;
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> f64 {
+            let Kernel(x, mean) = self;
+            lane_sum(x.len(), |i| (x[i] as f64 - mean).powi(2))
+        }
+    }
+    vectorize(Kernel(x, mean))
+}
+
+/// `(Σ dy, Σ dy·(x - mean))` in f64: batch norm's backward sums (the second is `Σ dy·x̂ / rstd`).
+pub fn sum_and_dot_centered(dy: &[f32], x: &[f32], mean: f32) -> (f64, f64) {
+    struct Kernel<'a>(&'a [f32], &'a [f32], f32);
+    impl pulp::WithSimd for Kernel<'_> {
+        type Output = (f64, f64);
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> (f64, f64) {
+            let Kernel(dy, x, mean) = self;
+            let len = dy.len().min(x.len());
+            let sum = lane_sum(len, |i| dy[i] as f64);
+            let dot = lane_sum(len, |i| dy[i] as f64 * (x[i] - mean) as f64);
+            (sum, dot)
+        }
+    }
+    vectorize(Kernel(dy, x, mean))
+}
+
+/// `out = a·dy + b·(x - mean) + c`: batch norm's training-mode input gradient with its per-channel
+/// coefficients folded (the centring comes first so large activations do not cancel).
+pub fn affine_of_two(out: &mut [f32], dy: &[f32], x: &[f32], mean: f32, [a, b, c]: [f32; 3]) {
+    struct Kernel<'a>(&'a mut [f32], &'a [f32], &'a [f32], f32, [f32; 3]);
+    impl pulp::WithSimd for Kernel<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            let Kernel(out, dy, x, mean, [a, b, c]) = self;
+            for ((o, &g), &v) in out.iter_mut().zip(dy).zip(x) {
+                *o = a * g + b * (v - mean) + c;
+            }
+        }
+    }
+    vectorize(Kernel(out, dy, x, mean, [a, b, c]));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +209,28 @@ mod tests {
         relu_backward_add(&mut acc, &g, &y);
         let added: Vec<f32> = x.iter().zip(&masked).map(|(a, m)| a + m).collect();
         assert_eq!(acc, added);
+    }
+
+    #[test]
+    fn batch_norm_kernels_match_plain_loops() {
+        let (x, dy) = (values(45, 4), values(45, 5));
+        let mut out = vec![0.0; 45];
+        scale_shift(&mut out, &x, 0.5, -1.25);
+        assert_eq!(out, x.iter().map(|v| v * 0.5 - 1.25).collect::<Vec<_>>());
+        let (sum, squares) = (sum(&x), squared_deviation(&x, 0.25));
+        let exact_sum: f64 = x.iter().map(|&v| v as f64).sum();
+        let exact_squares: f64 = x.iter().map(|&v| (v as f64 - 0.25).powi(2)).sum();
+        assert!((sum - exact_sum).abs() < 1e-12 && (squares - exact_squares).abs() < 1e-12);
+        let (sum_dy, dot) = sum_and_dot_centered(&dy, &x, 0.5);
+        let exact_dot: f64 = dy.iter().zip(&x).map(|(&g, &v)| g as f64 * (v - 0.5) as f64).sum();
+        assert!((sum_dy - dy.iter().map(|&v| v as f64).sum::<f64>()).abs() < 1e-12);
+        assert!((dot - exact_dot).abs() < 1e-12);
+        affine_of_two(&mut out, &dy, &x, 0.5, [2.0, -0.5, 0.25]);
+        let want: Vec<f32> = dy
+            .iter()
+            .zip(&x)
+            .map(|(&g, &v)| 2.0 * g - 0.5 * (v - 0.5) + 0.25)
+            .collect();
+        assert_eq!(out, want);
     }
 }

@@ -1,4 +1,4 @@
-//! Pooling, batch norm and linear against plain-loop f64 references written straight from PyTorch's
+//! Pooling, batch norm, softmax cross-entropy and linear against plain-loop f64 references written straight from PyTorch's
 //! definitions, on awkward shapes: channels {1, 3, 4, 13, 16, 17}, odd and non-square maps, stride 2,
 //! asymmetric padding, ceil mode. A failing case prints its whole geometry.
 
@@ -6,8 +6,7 @@ mod common;
 
 use common::{max_rel_error, random, random4};
 use incept::Padding;
-use incept::ndarray::{Array1, Array2, Array4, Ix1, Ix2};
-use incept::ops::batchnorm::BatchNorm2d;
+use incept::ndarray::{Array2, Array4, Ix1, Ix2};
 use incept::ops::linear::Linear;
 use incept::ops::pool::{AvgPool2d, MaxPool2d, PoolWindow};
 
@@ -120,41 +119,14 @@ fn pools_match_plain_loop_references() {
 
 #[test]
 fn batch_norm_matches_a_plain_loop_reference() {
-    for (i, &c) in CHANNELS.iter().enumerate() {
-        let input = [3, c, 5 + i, 7];
-        let x = random4(input, i as u64) * 3.0 + 1.0;
-        let gamma = random(Ix1(c), 10 + i as u64);
-        let beta = random(Ix1(c), 20 + i as u64);
-        let (mut rm, mut rv) = (Array1::zeros(c), Array1::ones(c));
-        let bn = BatchNorm2d::new(c).with_eps(1e-3).with_momentum(0.1);
-        let (y, _) = bn
-            .forward_train(x.view(), gamma.view(), beta.view(), rm.view_mut(), rv.view_mut())
-            .unwrap();
-        let m = (3 * input[2] * 7) as f64;
-        for ch in 0..c {
-            let values: Vec<f64> = x
-                .slice(incept::ndarray::s![.., ch, .., ..])
-                .iter()
-                .map(|&v| v as f64)
-                .collect();
-            let mean = values.iter().sum::<f64>() / m;
-            let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / m;
-            let expected_y = |v: f64| (v - mean) / (var + 1e-3).sqrt() * gamma[ch] as f64 + beta[ch] as f64;
-            let ys: Vec<f32> = y.slice(incept::ndarray::s![.., ch, .., ..]).iter().copied().collect();
-            let want: Vec<f32> = values.iter().map(|&v| expected_y(v) as f32).collect();
-            let err = max_rel_error(&ys, &want, 1e-3);
-            assert!(err <= 1e-5, "batch norm channel {ch} of {input:?}: error {err:.2e}");
-            assert!(
-                (rm[ch] as f64 - 0.1 * mean).abs() < 1e-5,
-                "running mean, channel {ch} of {input:?}"
-            );
-            let unbiased = var * m / (m - 1.0);
-            assert!(
-                (rv[ch] as f64 - (0.9 + 0.1 * unbiased)).abs() < 1e-5,
-                "running var, channel {ch} of {input:?}"
-            );
-        }
-    }
+    let worst = common::checks::batch_norm_matches_plain_loops();
+    eprintln!("batch norm vs plain loops: worst relative error {worst:.2e}");
+}
+
+#[test]
+fn softmax_cross_entropy_matches_its_definition() {
+    let worst = common::checks::cross_entropy_matches_the_definition();
+    eprintln!("softmax cross-entropy vs the f64 definition: worst relative error {worst:.2e}");
 }
 
 #[test]

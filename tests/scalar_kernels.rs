@@ -73,3 +73,11 @@ fn elementwise_kernels_on_the_baseline_path_match_plain_loops() {
     kernels::relu_backward_add(&mut acc, &x, &y);
     assert_eq!(acc, y.iter().zip(&masked).map(|(a, m)| a + m).collect::<Vec<_>>());
 }
+
+#[test]
+fn batch_norm_cross_entropy_and_adam_on_the_baseline_path_match_their_references() {
+    kernels::set_scalar_only(true);
+    common::checks::batch_norm_matches_plain_loops();
+    common::checks::cross_entropy_matches_the_definition();
+    common::checks::optimizers_match_pytorch();
+}

@@ -10,6 +10,7 @@ use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut1};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result, expect_shape};
+use crate::kernels;
 use crate::tensor::{contiguous, dims4, with_contiguous_mut};
 
 /// Batch-norm settings; `gamma`, `beta` and the running statistics are passed to each call.
@@ -120,8 +121,8 @@ impl BatchNorm2d {
             .into_par_iter()
             .map(|ch| {
                 let planes = || (0..n).map(|i| &xs[(i * c + ch) * h * w..][..h * w]);
-                let mean = planes().flatten().map(|&v| v as f64).sum::<f64>() / m as f64;
-                let ss = planes().flatten().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>();
+                let mean = planes().map(kernels::sum).sum::<f64>() / m as f64;
+                let ss = planes().map(|p| kernels::squared_deviation(p, mean)).sum::<f64>();
                 (mean, ss / m as f64)
             })
             .collect();
@@ -189,16 +190,12 @@ impl BatchNorm2d {
             let (x_p, dy_p) = (&xs[p * h * w..][..h * w], &dys[p * h * w..][..h * w]);
             if cache.batch_statistics {
                 let (sum_dy, sum_dy_xhat) = sums[ch];
+                // dx = k·(m·dy - Σdy - x̂·Σdy·x̂) with x̂ = (x - mean)·rstd, coefficients folded in f64.
                 let k = g * rstd / m;
-                for ((d, &xv), &dyv) in plane.iter_mut().zip(x_p).zip(dy_p) {
-                    let xhat = (xv - mean) as f64 * rstd;
-                    *d = (k * (m * dyv as f64 - sum_dy - xhat * sum_dy_xhat)) as f32;
-                }
+                let coefficients = [k * m, -k * rstd * sum_dy_xhat, -k * sum_dy].map(|v| v as f32);
+                kernels::affine_of_two(plane, dy_p, x_p, mean, coefficients);
             } else {
-                let k = (g * rstd) as f32;
-                for (d, &dyv) in plane.iter_mut().zip(dy_p) {
-                    *d = k * dyv;
-                }
+                kernels::scale_shift(plane, dy_p, (g * rstd) as f32, 0.0);
             }
         });
         Ok(dx)
@@ -254,9 +251,7 @@ fn normalize(
             let ch = p % c;
             let scale = gamma[ch] * cache.rstd[ch];
             let shift = beta[ch] - cache.mean[ch] * scale;
-            for (yv, &xv) in plane.iter_mut().zip(&x[p * h * w..][..h * w]) {
-                *yv = xv * scale + shift;
-            }
+            kernels::scale_shift(plane, &x[p * h * w..][..h * w], scale, shift);
         });
     }
     y
@@ -268,15 +263,14 @@ fn channel_sums(x: &[f32], dy: &[f32], [n, c, h, w]: [usize; 4], cache: &BatchNo
         .into_par_iter()
         .map(|ch| {
             let (mean, rstd) = (cache.mean[ch], cache.rstd[ch] as f64);
-            let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
+            let (mut sum_dy, mut sum_dy_centered) = (0.0f64, 0.0f64);
             for i in 0..n {
                 let at = (i * c + ch) * h * w;
-                for (&xv, &dyv) in x[at..at + h * w].iter().zip(&dy[at..at + h * w]) {
-                    sum_dy += dyv as f64;
-                    sum_dy_xhat += dyv as f64 * (xv - mean) as f64 * rstd;
-                }
+                let (s, d) = kernels::sum_and_dot_centered(&dy[at..at + h * w], &x[at..at + h * w], mean);
+                sum_dy += s;
+                sum_dy_centered += d;
             }
-            (sum_dy, sum_dy_xhat)
+            (sum_dy, sum_dy_centered * rstd)
         })
         .collect()
 }

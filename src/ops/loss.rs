@@ -79,6 +79,51 @@ pub(crate) fn forward_rows(
     label_smoothing: f32,
     probabilities: &mut [f32],
 ) -> f64 {
+    struct Kernel<'a>(&'a [f32], usize, usize, &'a [usize], f32, &'a mut [f32]);
+    impl pulp::WithSimd for Kernel<'_> {
+        type Output = f64;
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> f64 {
+            let Kernel(logits, stride, classes, labels, smoothing, probabilities) = self;
+            forward_rows_body(logits, stride, classes, labels, smoothing, probabilities)
+        }
+    }
+    crate::kernels::vectorize(Kernel(logits, stride, classes, labels, label_smoothing, probabilities))
+}
+
+/// Writes `(softmax - target) / n` for rows of `classes` probabilities into `grad` (row stride `stride`).
+pub(crate) fn backward_rows(
+    probabilities: &[f32],
+    labels: &[usize],
+    classes: usize,
+    label_smoothing: f32,
+    grad: &mut [f32],
+    stride: usize,
+) {
+    struct Kernel<'a>(&'a [f32], &'a [usize], usize, f32, &'a mut [f32], usize);
+    impl pulp::WithSimd for Kernel<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            let Kernel(probabilities, labels, classes, smoothing, grad, stride) = self;
+            backward_rows_body(probabilities, labels, classes, smoothing, grad, stride);
+        }
+    }
+    crate::kernels::vectorize(Kernel(probabilities, labels, classes, label_smoothing, grad, stride));
+}
+
+// The loops themselves, inlined into each instruction set's build above. The exponentials and logarithm
+// are libm calls in f64 (the softmax of one batch is a few thousand values, a negligible share of a step);
+// the maxima, sums and the gradient vectorize.
+#[inline(always)]
+fn forward_rows_body(
+    logits: &[f32],
+    stride: usize,
+    classes: usize,
+    labels: &[usize],
+    label_smoothing: f32,
+    probabilities: &mut [f32],
+) -> f64 {
     let eps = label_smoothing as f64;
     let mut total = 0.0f64;
     for (i, (&label, p)) in labels.iter().zip(probabilities.chunks_exact_mut(classes)).enumerate() {
@@ -96,8 +141,8 @@ pub(crate) fn forward_rows(
     total / labels.len().max(1) as f64
 }
 
-/// Writes `(softmax - target) / n` for rows of `classes` probabilities into `grad` (row stride `stride`).
-pub(crate) fn backward_rows(
+#[inline(always)]
+fn backward_rows_body(
     probabilities: &[f32],
     labels: &[usize],
     classes: usize,

@@ -49,12 +49,43 @@ impl Adam {
             .zip(&mut self.exp_avg)
             .zip(&mut self.exp_avg_sq)
             .for_each(|(((p, g), m), v)| {
-                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                    let g = g + wd * *p;
-                    *m = b1 * *m + (1.0 - b1) * g;
-                    *v = b2 * *v + (1.0 - b2) * g * g;
-                    *p -= step_size * *m / (v.sqrt() / bias_correction2_sqrt + eps);
-                }
+                let coefficients = AdamCoefficients {
+                    b1,
+                    b2,
+                    eps,
+                    wd,
+                    step_size,
+                    bias_correction2_sqrt,
+                };
+                crate::kernels::vectorize(AdamKernel(p, g, m, v, coefficients));
             });
+    }
+}
+
+/// One step's scalars, the same for every element.
+#[derive(Clone, Copy)]
+struct AdamCoefficients {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    wd: f32,
+    step_size: f32,
+    bias_correction2_sqrt: f32,
+}
+
+/// The element-wise update of one parameter tensor, run through runtime SIMD dispatch.
+struct AdamKernel<'a>(&'a mut [f32], &'a [f32], &'a mut [f32], &'a mut [f32], AdamCoefficients);
+
+impl pulp::WithSimd for AdamKernel<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let AdamKernel(p, g, m, v, c) = self;
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let g = g + c.wd * *p;
+            *m = c.b1 * *m + (1.0 - c.b1) * g;
+            *v = c.b2 * *v + (1.0 - c.b2) * g * g;
+            *p -= c.step_size * *m / (v.sqrt() / c.bias_correction2_sqrt + c.eps);
+        }
     }
 }

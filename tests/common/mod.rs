@@ -2,6 +2,7 @@
 //! gradient checker.
 #![allow(dead_code)]
 
+pub mod checks;
 pub mod fixture;
 
 use incept::ndarray::{Array, Array4, Dimension};
