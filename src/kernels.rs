@@ -47,6 +47,43 @@ pub(crate) fn vectorize<Op: pulp::WithSimd>(op: Op) -> Op::Output {
     }
 }
 
+/// Sets flush-to-zero and denormals-are-zero on the calling thread: results too small for a normal f32
+/// become 0 and denormal inputs read as 0. Gradients far below the learning signal (Adam's squared
+/// gradients in a plateau, for one) would otherwise run through the slow denormal path; their values
+/// do not matter to training. A no-op on other architectures.
+pub fn flush_denormals_on_this_thread() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // MXCSR bit 15 is FTZ, bit 6 is DAZ.
+        let mut csr: u32 = 0;
+        // SAFETY: `stmxcsr` stores the 32-bit control register into `csr`, which is live and aligned;
+        // `ldmxcsr` loads it back with two mode bits set, touching no memory but `csr` and no other state.
+        unsafe {
+            std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack, preserves_flags));
+            csr |= (1 << 15) | (1 << 6);
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, preserves_flags, readonly));
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // FPCR bit 24 is FZ (flush to zero, inputs and outputs).
+        let mut fpcr: u64;
+        // SAFETY: reading and writing FPCR changes only this thread's floating-point mode.
+        unsafe {
+            std::arch::asm!("mrs {}, fpcr", out(reg) fpcr, options(nomem, nostack, preserves_flags));
+            fpcr |= 1 << 24;
+            std::arch::asm!("msr fpcr, {}", in(reg) fpcr, options(nomem, nostack, preserves_flags));
+        }
+    }
+}
+
+/// [`flush_denormals_on_this_thread`] on the calling thread and every thread of the current rayon pool
+/// (the `incept` command does this at start; library users choose).
+pub fn flush_denormals_everywhere() {
+    flush_denormals_on_this_thread();
+    rayon::broadcast(|_| flush_denormals_on_this_thread());
+}
+
 /// `x = max(x, 0)`.
 pub fn relu_in_place(x: &mut [f32]) {
     struct Kernel<'a>(&'a mut [f32]);

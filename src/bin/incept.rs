@@ -477,6 +477,7 @@ fn main() -> ExitCode {
         eprintln!("error: could not start {threads} threads: {e}");
         return ExitCode::FAILURE;
     }
+    incept::kernels::flush_denormals_everywhere();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
