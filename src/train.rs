@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Executor, Mode};
 use crate::io::checkpoint::{TensorFile, save};
 use crate::models::{Model, ModelConfig};
-use crate::optim::{Adam, Optimizer, Schedule, Sgd};
+use crate::optim::{Adam, Optimizer, RmsProp, Schedule, Sgd};
 use crate::tensor::Images;
 
 /// Which optimizer to build.
@@ -27,6 +27,17 @@ pub enum OptimizerKind {
         momentum: f32,
         /// Nesterov momentum.
         nesterov: bool,
+    },
+    /// RMSProp as PyTorch's, with the given weight decay.
+    RmsProp {
+        /// Decay of the squared-gradient average.
+        alpha: f32,
+        /// Added to the denominator.
+        eps: f32,
+        /// Momentum factor.
+        momentum: f32,
+        /// Normalize by the variance.
+        centered: bool,
     },
 }
 
@@ -150,6 +161,12 @@ fn build_optimizer(cfg: &TrainConfig, lens: &[usize]) -> Optimizer {
         OptimizerKind::Sgd { momentum, nesterov } => {
             Optimizer::Sgd(Sgd::new(lens, momentum, nesterov, cfg.weight_decay))
         }
+        OptimizerKind::RmsProp {
+            alpha,
+            eps,
+            momentum,
+            centered,
+        } => Optimizer::RmsProp(RmsProp::new(lens, alpha, eps, momentum, centered, cfg.weight_decay)),
     }
 }
 
@@ -219,6 +236,33 @@ fn restore(cfg: &TrainConfig, model: &mut Model, opt: &mut Optimizer, path: &Pat
     })
 }
 
+/// Rejects settings PyTorch's optimizers reject, naming the setting and the value found.
+fn check_optimizer(cfg: &TrainConfig) -> Result<()> {
+    let bad = |what: &str, expected: &str, found: f32| {
+        Err(Error::config(
+            "train",
+            format!("{what} must be {expected}, found {found}"),
+        ))
+    };
+    // False for NaN too.
+    let at_least_zero = |v: f32| v >= 0.0;
+    if !(at_least_zero(cfg.lr) && cfg.lr.is_finite()) {
+        return bad("the learning rate", "finite and at least 0", cfg.lr);
+    }
+    if !at_least_zero(cfg.weight_decay) {
+        return bad("weight decay", "at least 0", cfg.weight_decay);
+    }
+    match cfg.optimizer {
+        OptimizerKind::Sgd { momentum, .. } if !at_least_zero(momentum) => bad("momentum", "at least 0", momentum),
+        OptimizerKind::RmsProp { alpha, .. } if !(0.0..=1.0).contains(&alpha) => {
+            bad("RMSProp's alpha", "in [0, 1]", alpha)
+        }
+        OptimizerKind::RmsProp { eps, .. } if !at_least_zero(eps) => bad("RMSProp's eps", "at least 0", eps),
+        OptimizerKind::RmsProp { momentum, .. } if !at_least_zero(momentum) => bad("momentum", "at least 0", momentum),
+        _ => Ok(()),
+    }
+}
+
 /// Trains `cfg.model` on `train`, evaluating on `test` after each epoch. `report` receives each
 /// epoch's metrics as soon as they are known.
 pub fn train(
@@ -230,6 +274,7 @@ pub fn train(
     if cfg.batch == 0 || cfg.epochs == 0 {
         return Err(Error::config("train", "batch and epochs must be at least 1"));
     }
+    check_optimizer(cfg)?;
     check_data("training data", &train, cfg.config)?;
     check_data("test data", test, cfg.config)?;
     let graph = crate::models::build(&cfg.model, cfg.config)?;

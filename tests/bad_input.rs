@@ -312,6 +312,26 @@ fn the_command_line_reports_bad_input_without_panicking() {
     let out = run(&["summary", "--input", "1x96x96"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("NxCxHxW"), "{err}");
+    let slice_dir = format!("{}/fixtures/fashion-mnist-slice", env!("CARGO_MANIFEST_DIR"));
+    for (flag, value, expected) in [
+        ("--rmsprop-alpha", "1.5", "RMSProp's alpha must be in [0, 1], found 1.5"),
+        ("--rmsprop-eps", "-1", "RMSProp's eps must be at least 0, found -1"),
+        ("--lr", "NaN", "learning rate must be finite and at least 0, found NaN"),
+    ] {
+        let out = run(&[
+            "train",
+            "--optimizer",
+            "rmsprop",
+            &format!("{flag}={value}"),
+            "--data",
+            &slice_dir,
+            "--quiet",
+            "--out",
+            dir.join("bad-run").to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expected), "{flag} {value}: {err}");
+    }
     let out = run(&["train", "--model", "resnet-50"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -90,11 +90,30 @@ fn training_on_the_fashion_slice_lowers_the_loss_and_eval_runs() {
 
 #[test]
 fn a_resumed_run_continues_exactly() {
+    resumed_run_continues_exactly(OptimizerKind::Adam);
+}
+
+#[test]
+fn a_resumed_rmsprop_run_continues_exactly() {
+    // The Inception-v3 paper's settings, centered: every RMSProp buffer is saved and restored.
+    resumed_run_continues_exactly(OptimizerKind::RmsProp {
+        alpha: 0.9,
+        eps: 1.0,
+        momentum: 0.9,
+        centered: true,
+    });
+}
+
+fn resumed_run_continues_exactly(optimizer: OptimizerKind) {
     let (train_set, test_set) = idx::read_dir(&slice_dir()).unwrap();
     // 128 images in batches of 32: 4 steps per epoch, so step 3 is mid-epoch and step 6 in the next.
     let train_set = train_set.truncate(128);
     let test_set = test_set.truncate(32);
-    let dir = TempDir::new("test-resume");
+    let dir = TempDir::new(&format!("test-resume-{}", optimizer_name(optimizer)));
+    let config = |batch, steps| TrainConfig {
+        optimizer,
+        ..config(batch, steps)
+    };
     let straight = train::train(&config(32, Some(6)), train_set.clone(), &test_set, |_| {}).unwrap();
 
     let mut first = config(32, Some(3));
@@ -123,6 +142,14 @@ fn a_resumed_run_continues_exactly() {
         straight.epochs.last().unwrap().train_loss,
         resumed.epochs.last().unwrap().train_loss
     );
+}
+
+fn optimizer_name(kind: OptimizerKind) -> &'static str {
+    match kind {
+        OptimizerKind::Adam => "adam",
+        OptimizerKind::Sgd { .. } => "sgd",
+        OptimizerKind::RmsProp { .. } => "rmsprop",
+    }
 }
 
 fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) {

@@ -36,6 +36,7 @@ struct Cli {
 enum OptimizerArg {
     Adam,
     Sgd,
+    Rmsprop,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -76,12 +77,22 @@ enum Command {
         lr: f32,
         #[arg(long, value_enum, default_value = "adam")]
         optimizer: OptimizerArg,
-        /// SGD momentum.
+        /// SGD and RMSProp momentum.
         #[arg(long, default_value_t = 0.0)]
         momentum: f32,
         /// SGD Nesterov momentum.
         #[arg(long)]
         nesterov: bool,
+        /// RMSProp's decay of the squared-gradient average (PyTorch's default 0.99; the Inception-v3
+        /// paper's 0.9).
+        #[arg(long, default_value_t = 0.99)]
+        rmsprop_alpha: f32,
+        /// RMSProp's epsilon (PyTorch's default 1e-8; the Inception-v3 paper's 1.0).
+        #[arg(long, default_value_t = 1e-8)]
+        rmsprop_eps: f32,
+        /// Centered RMSProp (normalize by the gradient's variance).
+        #[arg(long)]
+        rmsprop_centered: bool,
         #[arg(long, default_value_t = 0.0)]
         weight_decay: f32,
         #[arg(long, value_enum, default_value = "constant")]
@@ -241,6 +252,9 @@ fn run(cli: Cli) -> Result<()> {
             optimizer,
             momentum,
             nesterov,
+            rmsprop_alpha,
+            rmsprop_eps,
+            rmsprop_centered,
             weight_decay,
             schedule,
             step_every,
@@ -276,6 +290,12 @@ fn run(cli: Cli) -> Result<()> {
             let optimizer = match optimizer {
                 OptimizerArg::Adam => OptimizerKind::Adam,
                 OptimizerArg::Sgd => OptimizerKind::Sgd { momentum, nesterov },
+                OptimizerArg::Rmsprop => OptimizerKind::RmsProp {
+                    alpha: rmsprop_alpha,
+                    eps: rmsprop_eps,
+                    momentum,
+                    centered: rmsprop_centered,
+                },
             };
             let cfg = TrainConfig {
                 model: model.clone(),

@@ -3,10 +3,12 @@
 //! it exactly.
 
 mod adam;
+mod rmsprop;
 mod schedule;
 mod sgd;
 
 pub use adam::Adam;
+pub use rmsprop::RmsProp;
 pub use schedule::Schedule;
 pub use sgd::Sgd;
 
@@ -19,6 +21,8 @@ pub enum Optimizer {
     Adam(Adam),
     /// SGD with momentum, Nesterov and weight decay.
     Sgd(Sgd),
+    /// RMSProp with momentum, centering and weight decay.
+    RmsProp(RmsProp),
 }
 
 impl Optimizer {
@@ -27,14 +31,16 @@ impl Optimizer {
         match self {
             Optimizer::Adam(o) => o.step(params, grads, lr),
             Optimizer::Sgd(o) => o.step(params, grads, lr),
+            Optimizer::RmsProp(o) => o.step(params, grads, lr),
         }
     }
 
-    /// The command-line name: `adam` or `sgd`.
+    /// The command-line name: `adam`, `sgd` or `rmsprop`.
     pub fn name(&self) -> &'static str {
         match self {
             Optimizer::Adam(_) => "adam",
             Optimizer::Sgd(_) => "sgd",
+            Optimizer::RmsProp(_) => "rmsprop",
         }
     }
 
@@ -43,6 +49,7 @@ impl Optimizer {
         match self {
             Optimizer::Adam(o) => o.steps,
             Optimizer::Sgd(o) => o.steps,
+            Optimizer::RmsProp(o) => o.steps,
         }
     }
 
@@ -51,6 +58,17 @@ impl Optimizer {
         match self {
             Optimizer::Adam(o) => vec![("exp_avg", &o.exp_avg[..]), ("exp_avg_sq", &o.exp_avg_sq[..])],
             Optimizer::Sgd(o) => vec![("momentum_buffer", &o.momentum_buffer[..])],
+            // Only the buffers the settings use: a run restored with other settings fails on the slot list.
+            Optimizer::RmsProp(o) => {
+                let mut slots = vec![("square_avg", &o.square_avg[..])];
+                if o.momentum != 0.0 {
+                    slots.push(("momentum_buffer", &o.momentum_buffer[..]));
+                }
+                if o.centered {
+                    slots.push(("grad_avg", &o.grad_avg[..]));
+                }
+                slots
+            }
         }
     }
 
@@ -73,6 +91,16 @@ impl Optimizer {
             }
             Optimizer::Sgd(o) => {
                 o.momentum_buffer = slots.next().unwrap_or_default();
+                o.steps = steps;
+            }
+            Optimizer::RmsProp(o) => {
+                o.square_avg = slots.next().unwrap_or_default();
+                if o.momentum != 0.0 {
+                    o.momentum_buffer = slots.next().unwrap_or_default();
+                }
+                if o.centered {
+                    o.grad_avg = slots.next().unwrap_or_default();
+                }
                 o.steps = steps;
             }
         }

@@ -4,12 +4,12 @@
 use incept::ndarray::{Array1, Array2, Ix1, Ix2, s};
 use incept::ops::batchnorm::BatchNorm2d;
 use incept::ops::loss::SoftmaxCrossEntropy;
-use incept::optim::{Adam, Optimizer, Sgd};
+use incept::optim::{Adam, Optimizer, RmsProp, Sgd};
 
 use super::fixture::Fixture;
 use super::{max_rel_error, random, random4, rel_l2};
 
-/// Adam and SGD against PyTorch over four updates from the same start and gradients
+/// Adam, SGD and RMSProp against PyTorch over four updates from the same start and gradients
 /// (`fixtures/generate.py`, `optim.safetensors`). Returns the worst relative error of the change.
 pub fn optimizers_match_pytorch() -> f64 {
     let f = Fixture::open("optim");
@@ -19,17 +19,28 @@ pub fn optimizers_match_pytorch() -> f64 {
         let mut params = vec![p0.clone()];
         let lr = f.f32(&case, "lr");
         let weight_decay = f.f32(&case, "weight_decay");
-        let mut opt = if f.text(&case, "kind") == "adam" {
-            let mut adam = Adam::new(&[p0.len()]);
-            adam.weight_decay = weight_decay;
-            Optimizer::Adam(adam)
-        } else {
-            Optimizer::Sgd(Sgd::new(
-                &[p0.len()],
+        let lens = [p0.len()];
+        let mut opt = match f.text(&case, "kind").as_str() {
+            "adam" => {
+                let mut adam = Adam::new(&lens);
+                adam.weight_decay = weight_decay;
+                Optimizer::Adam(adam)
+            }
+            "sgd" => Optimizer::Sgd(Sgd::new(
+                &lens,
                 f.f32(&case, "momentum"),
                 f.flag(&case, "nesterov"),
                 weight_decay,
-            ))
+            )),
+            "rmsprop" => Optimizer::RmsProp(RmsProp::new(
+                &lens,
+                f.f32(&case, "alpha"),
+                f.f32(&case, "eps"),
+                f.f32(&case, "momentum"),
+                f.flag(&case, "centered"),
+                weight_decay,
+            )),
+            kind => panic!("{case}: unknown optimizer kind {kind}"),
         };
         for step in 0..4 {
             let g: Vec<f32> = f.tensor(&case, &format!("g{step}")).iter().copied().collect();
