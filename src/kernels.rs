@@ -203,9 +203,9 @@ pub fn sum_and_dot_centered(dy: &[f32], x: &[f32], mean: f32) -> (f64, f64) {
     vectorize(Kernel(dy, x, mean))
 }
 
-/// `out = a·dy + b·(x - mean) + c`: batch norm's training-mode input gradient with its per-channel
-/// coefficients folded (the centring comes first so large activations do not cancel).
-pub fn affine_of_two(out: &mut [f32], dy: &[f32], x: &[f32], mean: f32, [a, b, c]: [f32; 3]) {
+/// `out += a·dy + b·(x - mean) + c`: batch norm's input gradient with its per-channel coefficients
+/// folded (the centring comes first so large activations do not cancel).
+pub fn add_affine_of_two(out: &mut [f32], dy: &[f32], x: &[f32], mean: f32, [a, b, c]: [f32; 3]) {
     struct Kernel<'a>(&'a mut [f32], &'a [f32], &'a [f32], f32, [f32; 3]);
     impl pulp::WithSimd for Kernel<'_> {
         type Output = ();
@@ -213,7 +213,7 @@ pub fn affine_of_two(out: &mut [f32], dy: &[f32], x: &[f32], mean: f32, [a, b, c
         fn with_simd<S: pulp::Simd>(self, _: S) {
             let Kernel(out, dy, x, mean, [a, b, c]) = self;
             for ((o, &g), &v) in out.iter_mut().zip(dy).zip(x) {
-                *o = a * g + b * (v - mean) + c;
+                *o += a * g + b * (v - mean) + c;
             }
         }
     }
@@ -262,11 +262,10 @@ mod tests {
         let exact_dot: f64 = dy.iter().zip(&x).map(|(&g, &v)| g as f64 * (v - 0.5) as f64).sum();
         assert!((sum_dy - dy.iter().map(|&v| v as f64).sum::<f64>()).abs() < 1e-12);
         assert!((dot - exact_dot).abs() < 1e-12);
-        affine_of_two(&mut out, &dy, &x, 0.5, [2.0, -0.5, 0.25]);
-        let want: Vec<f32> = dy
-            .iter()
-            .zip(&x)
-            .map(|(&g, &v)| 2.0 * g - 0.5 * (v - 0.5) + 0.25)
+        let before = out.clone();
+        add_affine_of_two(&mut out, &dy, &x, 0.5, [2.0, -0.5, 0.25]);
+        let want: Vec<f32> = (dy.iter().zip(&x).zip(&before))
+            .map(|((&g, &v), &o)| o + (2.0 * g - 0.5 * (v - 0.5) + 0.25))
             .collect();
         assert_eq!(out, want);
     }

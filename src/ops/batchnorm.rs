@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result, expect_shape};
 use crate::kernels;
-use crate::tensor::{contiguous, dims4, with_contiguous_mut};
+use crate::tensor::{Images, ImagesMut, contiguous, dims4, with_contiguous_mut};
 
 /// Batch-norm settings; `gamma`, `beta` and the running statistics are passed to each call.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,15 +25,22 @@ pub struct BatchNorm2d {
 }
 
 /// The per-channel statistics a forward pass normalized with, kept for backward.
-#[derive(Debug, Clone)]
-pub struct BatchNormCache {
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChannelStats {
     /// Mean per channel.
-    pub mean: Array1<f32>,
+    pub mean: Vec<f32>,
     /// `1 / sqrt(var + eps)` per channel.
-    pub rstd: Array1<f32>,
+    pub rstd: Vec<f32>,
+    /// The biased variance per channel (the batch's, or the running one in eval mode).
+    pub var: Vec<f32>,
     /// True if these are the batch's own statistics (training mode).
     pub batch_statistics: bool,
+    /// Values per channel the statistics were taken over (`n * h * w`).
+    pub count: usize,
 }
+
+/// What [`BatchNorm2d`]'s backward needs from its forward.
+pub type BatchNormCache = ChannelStats;
 
 /// The gradients of [`BatchNorm2d`]'s parameters.
 #[derive(Debug, Clone)]
@@ -99,51 +106,23 @@ impl BatchNorm2d {
         x: ArrayView4<f32>,
         gamma: ArrayView1<f32>,
         beta: ArrayView1<f32>,
-        mut running_mean: ArrayViewMut1<f32>,
-        mut running_var: ArrayViewMut1<f32>,
+        running_mean: ArrayViewMut1<f32>,
+        running_var: ArrayViewMut1<f32>,
     ) -> Result<(Array4<f32>, BatchNormCache)> {
         self.check_forward(
             x.shape(),
             [gamma.shape(), beta.shape(), running_mean.shape(), running_var.shape()],
         )?;
         let [n, c, h, w] = dims4(&x);
-        let m = n * h * w;
-        if m < 2 {
-            return Err(Error::shape(
-                "batch_norm2d input",
-                "more than one value per channel in training mode",
-                format!("{:?}", x.shape()),
-            ));
-        }
         let xs = contiguous(&x);
-        // Two passes in f64 per channel: mean, then the sum of squared deviations (no cancellation).
-        let stats: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let planes = || (0..n).map(|i| &xs[(i * c + ch) * h * w..][..h * w]);
-                let mean = planes().map(kernels::sum).sum::<f64>() / m as f64;
-                let ss = planes().map(|p| kernels::squared_deviation(p, mean)).sum::<f64>();
-                (mean, ss / m as f64)
-            })
-            .collect();
-        let mean: Array1<f32> = stats.iter().map(|s| s.0 as f32).collect();
-        let rstd: Array1<f32> = stats
-            .iter()
-            .map(|s| (1.0 / (s.1 + self.eps as f64).sqrt()) as f32)
-            .collect();
-        let momentum = self.momentum;
-        for (ch, (biased_mean, biased_var)) in stats.iter().enumerate() {
-            let unbiased = biased_var * m as f64 / (m - 1) as f64;
-            running_mean[ch] = (1.0 - momentum) * running_mean[ch] + momentum * *biased_mean as f32;
-            running_var[ch] = (1.0 - momentum) * running_var[ch] + momentum * unbiased as f32;
-        }
-        let cache = BatchNormCache {
-            mean,
-            rstd,
-            batch_statistics: true,
-        };
-        let y = normalize(&xs, [n, c, h, w], &cache, &gamma, &beta);
-        Ok((y, cache))
+        let x_images = Images::dense(&xs, n, c * h * w);
+        let mut stats = ChannelStats::default();
+        self.batch_statistics(x_images, h * w, &mut stats)?;
+        with_contiguous_mut(running_mean, |rm| {
+            with_contiguous_mut(running_var, |rv| self.update_running_statistics(&stats, rm, rv))
+        });
+        let y = self.normalize_array(x_images, [n, c, h, w], &stats, &gamma, &beta);
+        Ok((y, stats))
     }
 
     /// Eval-mode forward: normalizes with the running statistics.
@@ -159,13 +138,36 @@ impl BatchNorm2d {
             x.shape(),
             [gamma.shape(), beta.shape(), running_mean.shape(), running_var.shape()],
         )?;
-        let cache = BatchNormCache {
-            mean: running_mean.to_owned(),
-            rstd: running_var.mapv(|v| 1.0 / (v + self.eps).sqrt()),
-            batch_statistics: false,
-        };
-        let y = normalize(&contiguous(&x), dims4(&x), &cache, &gamma, &beta);
-        Ok((y, cache))
+        let [n, c, h, w] = dims4(&x);
+        let mut stats = ChannelStats::default();
+        self.running_statistics(&running_mean.to_vec(), &running_var.to_vec(), &mut stats);
+        let xs = contiguous(&x);
+        let y = self.normalize_array(Images::dense(&xs, n, c * h * w), [n, c, h, w], &stats, &gamma, &beta);
+        Ok((y, stats))
+    }
+
+    fn normalize_array(
+        &self,
+        x: Images<'_>,
+        shape: [usize; 4],
+        stats: &ChannelStats,
+        gamma: &ArrayView1<f32>,
+        beta: &ArrayView1<f32>,
+    ) -> Array4<f32> {
+        let [n, c, h, w] = shape;
+        let mut y = Array4::zeros(shape);
+        let y_slice = y.as_slice_mut().expect("fresh arrays are contiguous");
+        let (gamma, beta) = (gamma.to_vec(), beta.to_vec());
+        self.normalize_images(
+            x,
+            h * w,
+            stats,
+            &gamma,
+            &beta,
+            false,
+            &mut ImagesMut::dense(y_slice, n, c * h * w),
+        );
+        y
     }
 
     /// The input gradient.
@@ -180,24 +182,18 @@ impl BatchNorm2d {
         expect_shape("batch_norm2d output gradient", x.shape(), dy.shape())?;
         let [n, c, h, w] = dims4(&x);
         let (xs, dys) = (contiguous(&x), contiguous(&dy));
-        let sums = channel_sums(&xs, &dys, [n, c, h, w], cache);
-        let m = (n * h * w) as f64;
         let mut dx = Array4::zeros([n, c, h, w]);
         let dx_slice = dx.as_slice_mut().expect("fresh arrays are contiguous");
-        dx_slice.par_chunks_mut(h * w).enumerate().for_each(|(p, plane)| {
-            let ch = p % c;
-            let (mean, rstd, g) = (cache.mean[ch], cache.rstd[ch] as f64, gamma[ch] as f64);
-            let (x_p, dy_p) = (&xs[p * h * w..][..h * w], &dys[p * h * w..][..h * w]);
-            if cache.batch_statistics {
-                let (sum_dy, sum_dy_xhat) = sums[ch];
-                // dx = k·(m·dy - Σdy - x̂·Σdy·x̂) with x̂ = (x - mean)·rstd, coefficients folded in f64.
-                let k = g * rstd / m;
-                let coefficients = [k * m, -k * rstd * sum_dy_xhat, -k * sum_dy].map(|v| v as f32);
-                kernels::affine_of_two(plane, dy_p, x_p, mean, coefficients);
-            } else {
-                kernels::scale_shift(plane, dy_p, (g * rstd) as f32, 0.0);
-            }
-        });
+        let (mut dgamma, mut dbeta) = (vec![0.0; c], vec![0.0; c]);
+        self.backward_images(
+            Images::dense(&xs, n, c * h * w),
+            Images::dense(&dys, n, c * h * w),
+            h * w,
+            cache,
+            &gamma.to_vec(),
+            (&mut dgamma, &mut dbeta),
+            Some(&mut ImagesMut::dense(dx_slice, n, c * h * w)),
+        );
         Ok(dx)
     }
 
@@ -215,10 +211,21 @@ impl BatchNorm2d {
             &[("gamma gradient", dgamma.shape()), ("beta gradient", dbeta.shape())],
         )?;
         expect_shape("batch_norm2d output gradient", x.shape(), dy.shape())?;
-        let sums = channel_sums(&contiguous(&x), &contiguous(&dy), dims4(&x), cache);
-        with_contiguous_mut(dbeta, |db| db.iter_mut().zip(&sums).for_each(|(d, s)| *d += s.0 as f32));
+        let [n, c, h, w] = dims4(&x);
+        let (xs, dys) = (contiguous(&x), contiguous(&dy));
+        let gamma = vec![1.0; c];
         with_contiguous_mut(dgamma, |dg| {
-            dg.iter_mut().zip(&sums).for_each(|(d, s)| *d += s.1 as f32)
+            with_contiguous_mut(dbeta, |db| {
+                self.backward_images(
+                    Images::dense(&xs, n, c * h * w),
+                    Images::dense(&dys, n, c * h * w),
+                    h * w,
+                    cache,
+                    &gamma,
+                    (dg, db),
+                    None,
+                )
+            })
         });
         Ok(())
     }
@@ -234,43 +241,157 @@ impl BatchNorm2d {
         self.backward_params(x, dy, cache, dgamma.view_mut(), dbeta.view_mut())?;
         Ok(BatchNormParamGrads { dgamma, dbeta })
     }
-}
 
-/// `y = gamma * (x - mean) * rstd + beta`, per channel.
-fn normalize(
-    x: &[f32],
-    [n, c, h, w]: [usize; 4],
-    cache: &BatchNormCache,
-    gamma: &ArrayView1<f32>,
-    beta: &ArrayView1<f32>,
-) -> Array4<f32> {
-    let mut y = Array4::zeros([n, c, h, w]);
-    let y_slice = y.as_slice_mut().expect("fresh arrays are contiguous");
-    if h * w > 0 {
-        y_slice.par_chunks_mut(h * w).enumerate().for_each(|(p, plane)| {
-            let ch = p % c;
-            let scale = gamma[ch] * cache.rstd[ch];
-            let shift = beta[ch] - cache.mean[ch] * scale;
-            kernels::scale_shift(plane, &x[p * h * w..][..h * w], scale, shift);
+    // The slice-level passes, shared by the ndarray API above and the graph executor. Images hold
+    // `channels * pixels` values each.
+
+    /// The batch's statistics of `x` into `stats` (reusing its vectors): per channel, two passes in f64,
+    /// the mean and then the sum of squared deviations (no cancellation).
+    pub fn batch_statistics(&self, x: Images<'_>, pixels: usize, stats: &mut ChannelStats) -> Result<()> {
+        let count = x.count() * pixels;
+        if count < 2 {
+            return Err(Error::shape(
+                "batch_norm2d input",
+                "more than one value per channel in training mode",
+                format!("{} image(s) of {pixels} pixel(s)", x.count()),
+            ));
+        }
+        let c = self.channels;
+        stats.resize(c);
+        stats.batch_statistics = true;
+        stats.count = count;
+        let eps = self.eps as f64;
+        (stats
+            .mean
+            .par_iter_mut()
+            .zip(stats.rstd.par_iter_mut())
+            .zip(stats.var.par_iter_mut()))
+        .enumerate()
+        .for_each(|(ch, ((mean, rstd), var))| {
+            let m = (0..x.count())
+                .map(|n| kernels::sum(plane(x, n, ch, pixels)))
+                .sum::<f64>()
+                / count as f64;
+            let ss: f64 = (0..x.count())
+                .map(|n| kernels::squared_deviation(plane(x, n, ch, pixels), m))
+                .sum();
+            let v = ss / count as f64;
+            (*mean, *var, *rstd) = (m as f32, v as f32, (1.0 / (v + eps).sqrt()) as f32);
+        });
+        Ok(())
+    }
+
+    /// Eval-mode statistics: the running mean and variance.
+    pub fn running_statistics(&self, running_mean: &[f32], running_var: &[f32], stats: &mut ChannelStats) {
+        stats.resize(self.channels);
+        stats.batch_statistics = false;
+        stats.mean.copy_from_slice(running_mean);
+        stats.var.copy_from_slice(running_var);
+        for (r, &v) in stats.rstd.iter_mut().zip(running_var) {
+            *r = 1.0 / (v + self.eps).sqrt();
+        }
+    }
+
+    /// Moves the running statistics toward a batch's: the mean, and the *unbiased* variance.
+    pub fn update_running_statistics(&self, stats: &ChannelStats, running_mean: &mut [f32], running_var: &mut [f32]) {
+        let m = self.momentum;
+        let unbias = stats.count as f64 / (stats.count.max(2) - 1) as f64;
+        for ch in 0..self.channels {
+            running_mean[ch] = (1.0 - m) * running_mean[ch] + m * stats.mean[ch];
+            running_var[ch] = (1.0 - m) * running_var[ch] + m * (stats.var[ch] as f64 * unbias) as f32;
+        }
+    }
+
+    /// `y = gamma * (x - mean) * rstd + beta` per channel, then `max(y, 0)` if `relu`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn normalize_images(
+        &self,
+        x: Images<'_>,
+        pixels: usize,
+        stats: &ChannelStats,
+        gamma: &[f32],
+        beta: &[f32],
+        relu: bool,
+        y: &mut ImagesMut<'_>,
+    ) {
+        y.par_iter_mut().for_each(|(n, out)| {
+            let image = x.get(n);
+            for ch in 0..self.channels {
+                let scale = gamma[ch] * stats.rstd[ch];
+                let shift = beta[ch] - stats.mean[ch] * scale;
+                let out = &mut out[ch * pixels..][..pixels];
+                kernels::scale_shift(out, &image[ch * pixels..][..pixels], scale, shift);
+                if relu {
+                    kernels::relu_in_place(out);
+                }
+            }
         });
     }
-    y
+
+    /// Adds `d gamma` and `d beta` into `param_grads`, and the input gradient into `dx` if given.
+    /// With batch statistics, `dx = gamma·rstd/m · (m·dy - Σdy - x̂·Σdy·x̂)`; with running ones,
+    /// `dx = gamma·rstd·dy`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_images(
+        &self,
+        x: Images<'_>,
+        dy: Images<'_>,
+        pixels: usize,
+        stats: &ChannelStats,
+        gamma: &[f32],
+        (dgamma, dbeta): (&mut [f32], &mut [f32]),
+        dx: Option<&mut ImagesMut<'_>>,
+    ) {
+        // Per channel: (Σ dy, Σ dy·x̂) in f64.
+        let sums: Vec<(f64, f64)> = (0..self.channels)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut sum_dy, mut sum_centered) = (0.0f64, 0.0f64);
+                for n in 0..x.count() {
+                    let (s, d) = kernels::sum_and_dot_centered(
+                        plane(dy, n, ch, pixels),
+                        plane(x, n, ch, pixels),
+                        stats.mean[ch],
+                    );
+                    sum_dy += s;
+                    sum_centered += d;
+                }
+                (sum_dy, sum_centered * stats.rstd[ch] as f64)
+            })
+            .collect();
+        for (ch, &(sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
+            dbeta[ch] += sum_dy as f32;
+            dgamma[ch] += sum_dy_xhat as f32;
+        }
+        let Some(dx) = dx else { return };
+        let m = (x.count() * pixels) as f64;
+        dx.par_iter_mut().for_each(|(n, dx_image)| {
+            for (ch, &(sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
+                let (rstd, g) = (stats.rstd[ch] as f64, gamma[ch] as f64);
+                // dx = a·dy + b·(x - mean) + c, coefficients folded in f64.
+                let coefficients = if stats.batch_statistics {
+                    let k = g * rstd / m;
+                    [k * m, -k * rstd * sum_dy_xhat, -k * sum_dy].map(|v| v as f32)
+                } else {
+                    [(g * rstd) as f32, 0.0, 0.0]
+                };
+                let out = &mut dx_image[ch * pixels..][..pixels];
+                let (dy, x) = (plane(dy, n, ch, pixels), plane(x, n, ch, pixels));
+                kernels::add_affine_of_two(out, dy, x, stats.mean[ch], coefficients);
+            }
+        });
+    }
 }
 
-/// Per channel: `(sum(dy), sum(dy * xhat))` in f64.
-fn channel_sums(x: &[f32], dy: &[f32], [n, c, h, w]: [usize; 4], cache: &BatchNormCache) -> Vec<(f64, f64)> {
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let (mean, rstd) = (cache.mean[ch], cache.rstd[ch] as f64);
-            let (mut sum_dy, mut sum_dy_centered) = (0.0f64, 0.0f64);
-            for i in 0..n {
-                let at = (i * c + ch) * h * w;
-                let (s, d) = kernels::sum_and_dot_centered(&dy[at..at + h * w], &x[at..at + h * w], mean);
-                sum_dy += s;
-                sum_dy_centered += d;
-            }
-            (sum_dy, sum_dy_centered * rstd)
-        })
-        .collect()
+/// Channel `ch` of image `n`.
+fn plane(images: Images<'_>, n: usize, ch: usize, pixels: usize) -> &[f32] {
+    &images.get(n)[ch * pixels..][..pixels]
+}
+
+impl ChannelStats {
+    fn resize(&mut self, channels: usize) {
+        for v in [&mut self.mean, &mut self.rstd, &mut self.var] {
+            v.resize(channels, 0.0);
+        }
+    }
 }
