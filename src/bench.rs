@@ -60,6 +60,7 @@ pub fn bench(model: &mut Model, options: BenchOptions) -> Result<BenchResult> {
         exec.forward(&model.graph, &model.params, Images::dense(&images, batch, len), mode)?;
         if train {
             exec.loss(&model.graph, &labels, 0.0)?;
+            exec.update_running_statistics(&model.graph, &mut model.params)?;
             exec.backward(&model.graph, &model.params)?;
             opt.step(&mut model.params, exec.param_grads(), 1e-3);
         }

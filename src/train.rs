@@ -326,6 +326,7 @@ pub fn train(
                     loss: loss.loss as f32,
                 });
             }
+            exec.update_running_statistics(&model.graph, &mut model.params)?;
             exec.backward(&model.graph, &model.params)?;
             opt.step(&mut model.params, exec.param_grads(), lr);
             pos.global_step += 1;

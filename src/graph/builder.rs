@@ -2,6 +2,8 @@
 //! `[channels, height, width]` inferred and checked as it is added.
 
 use crate::error::{Error, Result};
+use crate::geometry::Pads;
+use crate::ops::batchnorm::BatchNorm2d;
 use crate::ops::conv::Conv2d;
 use crate::ops::linear::Linear;
 use crate::ops::pool::{AvgPool2d, MaxPool2d};
@@ -35,6 +37,9 @@ pub struct ParamSpec {
     pub shape: Vec<usize>,
     /// Initialisation.
     pub init: Init,
+    /// Learned by the optimizer. Batch norm's running statistics are not: the forward pass moves them,
+    /// they get no gradient, and optimizers leave them alone.
+    pub trainable: bool,
 }
 
 impl ParamSpec {
@@ -74,6 +79,23 @@ pub enum Layer {
         /// Bias `[out]`.
         bias: Option<ParamId>,
     },
+    /// Batch normalization, optionally followed by a fused ReLU.
+    BatchNorm {
+        /// Channels, eps and momentum.
+        bn: BatchNorm2d,
+        /// Scale `[c]` (PyTorch's `weight`).
+        gamma: ParamId,
+        /// Shift `[c]` (PyTorch's `bias`).
+        beta: ParamId,
+        /// Running mean `[c]` (not trainable).
+        running_mean: ParamId,
+        /// Running variance `[c]` (not trainable).
+        running_var: ParamId,
+        /// Apply ReLU to the output.
+        relu: bool,
+    },
+    /// Zero padding around each plane.
+    ZeroPad(Pads),
     /// Max pooling.
     MaxPool(MaxPool2d),
     /// Average pooling.
@@ -124,6 +146,8 @@ impl Layer {
                 )
             }
             Layer::Linear { linear, .. } => format!("linear {}->{}", linear.in_features, linear.out_features),
+            Layer::BatchNorm { relu, .. } => format!("batch norm{}", if *relu { "+relu" } else { "" }),
+            Layer::ZeroPad(_) => "zero pad".into(),
             Layer::MaxPool(_) => "max pool".into(),
             Layer::AvgPool(_) => "avg pool".into(),
             Layer::GlobalAvgPool => "global avg pool".into(),
@@ -176,9 +200,10 @@ impl Graph {
         }
     }
 
-    /// Total number of parameter values.
+    /// Total number of trainable parameter values (PyTorch's `sum(p.numel() for p in m.parameters())`;
+    /// batch norm's running statistics are buffers, not parameters).
     pub fn parameter_count(&self) -> usize {
-        self.params.iter().map(ParamSpec::len).sum()
+        self.params.iter().filter(|p| p.trainable).map(ParamSpec::len).sum()
     }
 }
 
@@ -213,10 +238,19 @@ impl GraphBuilder {
     }
 
     fn param(&mut self, name: String, shape: Vec<usize>, init: Init) -> Result<ParamId> {
+        self.add_param(name, shape, init, true)
+    }
+
+    fn add_param(&mut self, name: String, shape: Vec<usize>, init: Init, trainable: bool) -> Result<ParamId> {
         if self.params.iter().any(|p| p.name == name) {
             return Err(Error::config("graph", format!("two parameters are named {name}")));
         }
-        self.params.push(ParamSpec { name, shape, init });
+        self.params.push(ParamSpec {
+            name,
+            shape,
+            init,
+            trainable,
+        });
         Ok(self.params.len() - 1)
     }
 
@@ -295,6 +329,35 @@ impl GraphBuilder {
             vec![x],
             [out_features, 1, 1],
         )
+    }
+
+    /// Batch normalization with parameters `{name}.weight`, `{name}.bias` and running statistics
+    /// `{name}.running_mean`, `{name}.running_var` (PyTorch's names and initial values), optionally with
+    /// a fused ReLU.
+    pub fn batch_norm(&mut self, name: &str, x: NodeId, eps: f32, relu: bool) -> Result<NodeId> {
+        let shape = self.shape(x).map_err(|e| e.in_node(name))?;
+        let c = shape[0];
+        let bn = BatchNorm2d::new(c).with_eps(eps);
+        let gamma = self.param(format!("{name}.weight"), vec![c], Init::Ones)?;
+        let beta = self.param(format!("{name}.bias"), vec![c], Init::Zeros)?;
+        let running_mean = self.add_param(format!("{name}.running_mean"), vec![c], Init::Zeros, false)?;
+        let running_var = self.add_param(format!("{name}.running_var"), vec![c], Init::Ones, false)?;
+        let layer = Layer::BatchNorm {
+            bn,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            relu,
+        };
+        self.add(name, layer, vec![x], shape)
+    }
+
+    /// Pads each plane with zeros.
+    pub fn zero_pad(&mut self, name: &str, x: NodeId, pads: Pads) -> Result<NodeId> {
+        let [c, h, w] = self.shape(x).map_err(|e| e.in_node(name))?;
+        let shape = [c, h + pads.top + pads.bottom, w + pads.left + pads.right];
+        self.add(name, Layer::ZeroPad(pads), vec![x], shape)
     }
 
     /// Max pooling.

@@ -6,6 +6,7 @@ use super::builder::{Graph, Layer, Node, NodeId};
 use super::plan::{BranchGroup, Place, Plan};
 use crate::error::{Error, Result};
 use crate::kernels;
+use crate::ops::batchnorm::ChannelStats;
 use crate::ops::conv::{self, ConvAlgo};
 use crate::ops::loss;
 use crate::ops::pool::{self, max_pool_backward, max_pool_forward};
@@ -43,6 +44,10 @@ pub struct Executor {
     acts: Vec<Vec<f32>>,
     grads: Vec<Vec<f32>>,
     argmax: Vec<Vec<u32>>,
+    /// Per batch-norm node, the statistics its last forward pass normalized with.
+    bn_stats: Vec<ChannelStats>,
+    /// The mode of the last forward pass (backward and the running-statistics update follow it).
+    mode: Mode,
     probabilities: Vec<f32>,
     labels: Vec<usize>,
     label_smoothing: f32,
@@ -76,6 +81,14 @@ pub struct NodeTime {
     pub concurrent: usize,
 }
 
+/// What a node keeps from its forward pass for its backward pass, besides its output.
+struct Saved<'a> {
+    /// A max pool's argmaxes (empty for other nodes).
+    argmax: &'a mut [u32],
+    /// A batch norm's statistics.
+    stats: &'a mut ChannelStats,
+}
+
 /// Computes one single-input node (`node`, reading node `input`'s output `x`) into `y`.
 #[allow(clippy::too_many_arguments)]
 fn forward_node(
@@ -84,9 +97,10 @@ fn forward_node(
     input: NodeId,
     x: Images<'_>,
     y: &mut ImagesMut<'_>,
-    argmax: &mut [u32],
+    saved: Saved<'_>,
     params: &[Vec<f32>],
     algo: ConvAlgo,
+    mode: Mode,
 ) -> Result<()> {
     let [c, h, w] = graph.nodes[input].shape;
     let batch = x.count();
@@ -105,9 +119,35 @@ fn forward_node(
         Layer::Linear { linear, weight, bias } => {
             linear.forward_images(x, &params[*weight], bias.map(|b| params[b].as_slice()), y);
         }
+        Layer::BatchNorm {
+            bn,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            relu,
+        } => {
+            match mode {
+                Mode::Train => bn.batch_statistics(x, h * w, saved.stats)?,
+                Mode::Eval => bn.running_statistics(&params[*running_mean], &params[*running_var], saved.stats),
+            }
+            bn.normalize_images(x, h * w, saved.stats, &params[*gamma], &params[*beta], *relu, y);
+        }
+        Layer::ZeroPad(pads) => {
+            let out_w = w + pads.left + pads.right;
+            let out_plane = (h + pads.top + pads.bottom) * out_w;
+            y.par_iter_mut().for_each(|(n, out)| {
+                out.fill(0.0);
+                for (plane, src) in out.chunks_exact_mut(out_plane).zip(x.get(n).chunks_exact(h * w)) {
+                    for (row, src_row) in src.chunks_exact(w).enumerate() {
+                        plane[(row + pads.top) * out_w + pads.left..][..w].copy_from_slice(src_row);
+                    }
+                }
+            });
+        }
         Layer::MaxPool(pool) => {
             let g = pool.window.geometry("max_pool2d", [batch, c, h, w])?;
-            max_pool_forward(&g, x, y, argmax);
+            max_pool_forward(&g, x, y, saved.argmax);
         }
         Layer::AvgPool(pool) => {
             let g = pool.window.geometry("avg_pool2d", [batch, c, h, w])?;
@@ -137,12 +177,19 @@ struct BranchRun<'a> {
 struct ChainBuffers {
     outputs: Vec<Vec<f32>>,
     argmax: Vec<Vec<u32>>,
+    stats: Vec<ChannelStats>,
 }
 
 impl BranchRun<'_> {
     /// Runs every chain of `group`, the chains concurrently, one image at a time (within an image the
     /// concat's parts are disjoint slices, so the chains can write them without sharing anything).
-    fn forward(&self, group: &BranchGroup, acts: &mut [Vec<f32>], argmax: &mut [Vec<u32>]) -> Result<()> {
+    fn forward(
+        &self,
+        group: &BranchGroup,
+        acts: &mut [Vec<f32>],
+        argmax: &mut [Vec<u32>],
+        bn_stats: &mut [ChannelStats],
+    ) -> Result<()> {
         let places = &self.plan.places;
         let cat = places[group.concat];
         let mut concat_buffer = std::mem::take(&mut acts[cat.buffer]);
@@ -155,6 +202,7 @@ impl BranchRun<'_> {
                     .map(|&id| std::mem::take(&mut acts[places[id].buffer]))
                     .collect(),
                 argmax: chain.iter().map(|&id| std::mem::take(&mut argmax[id])).collect(),
+                stats: chain.iter().map(|&id| std::mem::take(&mut bn_stats[id])).collect(),
             })
             .collect();
         let source = images(acts, places[group.source], self.batch);
@@ -181,6 +229,9 @@ impl BranchRun<'_> {
             for (&id, a) in chain.iter().zip(bufs.argmax) {
                 argmax[id] = a;
             }
+            for (&id, stats) in chain.iter().zip(bufs.stats) {
+                bn_stats[id] = stats;
+            }
         }
         acts[cat.buffer] = concat_buffer;
         result
@@ -200,21 +251,35 @@ impl BranchRun<'_> {
         for (k, (&id, buffer)) in inner.iter().zip(&mut bufs.outputs).enumerate() {
             let len = self.graph.nodes[id].image_len();
             let out = &mut buffer[n * len..][..len];
-            self.forward_image(id, input, out, &mut bufs.argmax[k], n)?;
+            let saved = Saved {
+                argmax: &mut bufs.argmax[k],
+                stats: &mut bufs.stats[k],
+            };
+            self.forward_image(id, input, out, saved, n)?;
             input = Images::dense(out, 1, len);
         }
-        self.forward_image(last, input, part, &mut bufs.argmax[inner.len()], n)
+        let k = inner.len();
+        let saved = Saved {
+            argmax: &mut bufs.argmax[k],
+            stats: &mut bufs.stats[k],
+        };
+        self.forward_image(last, input, part, saved, n)
     }
 
-    /// Runs node `id` on one image `x` (image `n` of the batch) into `out`.
-    fn forward_image(&self, id: NodeId, x: Images<'_>, out: &mut [f32], argmax: &mut [u32], n: usize) -> Result<()> {
+    /// Runs node `id` on one image `x` (image `n` of the batch) into `out`, in eval mode (batch
+    /// statistics need the whole batch, so training never runs branches image by image).
+    fn forward_image(&self, id: NodeId, x: Images<'_>, out: &mut [f32], saved: Saved<'_>, n: usize) -> Result<()> {
         let node = &self.graph.nodes[id];
         let len = node.image_len();
         // Only max pools keep argmaxes; the others have an empty vector.
-        let argmax = if argmax.is_empty() {
-            argmax
+        let argmax = if saved.argmax.is_empty() {
+            saved.argmax
         } else {
-            &mut argmax[n * len..][..len]
+            &mut saved.argmax[n * len..][..len]
+        };
+        let saved = Saved {
+            argmax,
+            stats: saved.stats,
         };
         let mut y = ImagesMut::dense(out, 1, len);
         forward_node(
@@ -223,9 +288,10 @@ impl BranchRun<'_> {
             node.inputs[0],
             x,
             &mut y,
-            argmax,
+            saved,
             self.params,
             node_algo(self.plan, self.algo, id),
+            Mode::Eval,
         )
         .map_err(|e| e.in_node(&node.name))
     }
@@ -318,10 +384,17 @@ impl Executor {
             acts,
             grads: Vec::new(),
             argmax,
+            bn_stats: vec![ChannelStats::default(); graph.nodes.len()],
+            mode: Mode::Eval,
             probabilities: vec![0.0; classes * capacity],
             labels: Vec::with_capacity(capacity),
             label_smoothing: 0.0,
-            param_grads: graph.params.iter().map(|p| vec![0.0; p.len()]).collect(),
+            // Running statistics get no gradient: an empty one, which optimizers skip.
+            param_grads: graph
+                .params
+                .iter()
+                .map(|p| vec![0.0; if p.trainable { p.len() } else { 0 }])
+                .collect(),
         })
     }
 
@@ -408,7 +481,6 @@ impl Executor {
 
     /// Runs the graph on `input` (`count` images of `c*h*w` values each).
     pub fn forward(&mut self, graph: &Graph, params: &[Vec<f32>], input: Images<'_>, mode: Mode) -> Result<()> {
-        let _ = mode; // No layer of the current graphs behaves differently in training yet.
         Self::check_params(graph, params)?;
         let expected = graph.nodes[0].image_len();
         if input.len() != expected {
@@ -428,12 +500,17 @@ impl Executor {
         }
         let batch = input.count();
         self.batch = batch;
-        let concurrent = match self.branches {
-            BranchSchedule::Sequential => false,
-            BranchSchedule::Concurrent => true,
-            // One op cannot fill the cores when there are fewer images than threads.
-            BranchSchedule::Auto => batch < rayon::current_num_threads(),
-        };
+        self.mode = mode;
+        // Batch statistics need the whole batch at once, so branches that hold a batch norm cannot run
+        // image by image in training.
+        let batch_norm = graph.nodes.iter().any(|n| matches!(n.layer, Layer::BatchNorm { .. }));
+        let concurrent = !(mode == Mode::Train && batch_norm)
+            && match self.branches {
+                BranchSchedule::Sequential => false,
+                BranchSchedule::Concurrent => true,
+                // One op cannot fill the cores when there are fewer images than threads.
+                BranchSchedule::Auto => batch < rayon::current_num_threads(),
+            };
         let mut id = 0;
         while id < graph.nodes.len() {
             let group = if concurrent {
@@ -450,7 +527,7 @@ impl Executor {
                     algo: self.algo,
                     batch,
                 };
-                run.forward(group, &mut self.acts, &mut self.argmax)?;
+                run.forward(group, &mut self.acts, &mut self.argmax, &mut self.bn_stats)?;
                 // The chains ran together: their time is booked on the concat, which has nothing
                 // left to do (its parts are in place).
                 let concat = group.concat;
@@ -461,7 +538,7 @@ impl Executor {
                 id = concat + 1;
                 continue;
             }
-            self.forward_one(graph, params, id, input)?;
+            self.forward_one(graph, params, id, input, mode)?;
             self.record_forward(id, started);
             id += 1;
         }
@@ -476,13 +553,21 @@ impl Executor {
     }
 
     /// Runs node `id` on the whole batch.
-    fn forward_one(&mut self, graph: &Graph, params: &[Vec<f32>], id: NodeId, input: Images<'_>) -> Result<()> {
+    fn forward_one(
+        &mut self,
+        graph: &Graph,
+        params: &[Vec<f32>],
+        id: NodeId,
+        input: Images<'_>,
+        mode: Mode,
+    ) -> Result<()> {
         let node = &graph.nodes[id];
         let (batch, places) = (self.batch, &self.plan.places);
         let algo = node_algo(&self.plan, self.algo, id);
         let p = places[id];
         let in_place = &self.plan.in_place[id];
         let argmax = &mut self.argmax[id];
+        let stats = &mut self.bn_stats[id];
         let run = |bufs: &[Vec<f32>], out: &mut [f32]| -> Result<()> {
             let mut y = images_mut(out, p, batch);
             match &node.layer {
@@ -507,7 +592,8 @@ impl Executor {
                 _ => {
                     let input = node.inputs[0];
                     let x = images(bufs, places[input], batch);
-                    forward_node(graph, node, input, x, &mut y, argmax, params, algo)?;
+                    let saved = Saved { argmax, stats };
+                    forward_node(graph, node, input, x, &mut y, saved, params, algo, mode)?;
                 }
             }
             Ok(())
@@ -516,6 +602,32 @@ impl Executor {
             return Ok(());
         }
         with_buffer(&mut self.acts, p.buffer, run).map_err(|e| e.in_node(&node.name))
+    }
+
+    /// Moves every batch norm's running statistics in `params` toward the statistics of the last
+    /// forward pass, as PyTorch does during a training-mode forward. Call it once after each
+    /// [`Mode::Train`] forward (the training loop and `incept bench` do); after an eval forward it does
+    /// nothing.
+    pub fn update_running_statistics(&self, graph: &Graph, params: &mut [Vec<f32>]) -> Result<()> {
+        Self::check_params(graph, params)?;
+        if self.mode != Mode::Train {
+            return Ok(());
+        }
+        for (node, stats) in graph.nodes.iter().zip(&self.bn_stats) {
+            if let Layer::BatchNorm {
+                bn,
+                running_mean,
+                running_var,
+                ..
+            } = &node.layer
+            {
+                let [mean, var] = params
+                    .get_disjoint_mut([*running_mean, *running_var])
+                    .expect("running mean and variance are distinct parameters");
+                bn.update_running_statistics(stats, mean, var);
+            }
+        }
+        Ok(())
     }
 
     /// Softmax cross-entropy of the last forward's output against `labels`, batch-averaged, with label
@@ -579,6 +691,7 @@ impl Executor {
             acts,
             grads,
             argmax,
+            bn_stats,
             param_grads,
             algo,
             plan,
@@ -632,6 +745,51 @@ impl Executor {
                         with_buffer(grads, ip.buffer, |grads, dx| {
                             let dy = images(grads, p, batch);
                             linear.backward_input_images(&params[*weight], dy, &mut images_mut(dx, ip, batch));
+                        });
+                    }
+                    Ok(())
+                }
+                Layer::BatchNorm {
+                    bn, gamma, beta, relu, ..
+                } => {
+                    if *relu {
+                        let y = images(acts, p, batch);
+                        let mut dy = images_mut(&mut grads[p.buffer], p, batch);
+                        dy.par_iter_mut().for_each(|(n, d)| kernels::relu_mask(d, y.get(n)));
+                    }
+                    let x = images(acts, ip, batch);
+                    // Split borrows: the two parameter gradients are distinct vectors.
+                    let [dgamma, dbeta] = param_grads
+                        .get_disjoint_mut([*gamma, *beta])
+                        .expect("gamma and beta are distinct parameters");
+                    let stats = &bn_stats[id];
+                    if input_needs_grad {
+                        with_buffer(grads, ip.buffer, |grads, dx| {
+                            let dy = images(grads, p, batch);
+                            let dx = &mut images_mut(dx, ip, batch);
+                            bn.backward_images(x, dy, h * w, stats, &params[*gamma], (dgamma, dbeta), Some(dx));
+                        });
+                    } else {
+                        let dy = images(grads, p, batch);
+                        bn.backward_images(x, dy, h * w, stats, &params[*gamma], (dgamma, dbeta), None);
+                    }
+                    Ok(())
+                }
+                Layer::ZeroPad(pads) => {
+                    if input_needs_grad {
+                        let out_w = w + pads.left + pads.right;
+                        let out_plane = (h + pads.top + pads.bottom) * out_w;
+                        with_buffer(grads, ip.buffer, |grads, dx| {
+                            let dy = images(grads, p, batch);
+                            images_mut(dx, ip, batch).par_iter_mut().for_each(|(n, dx)| {
+                                let planes = dx.chunks_exact_mut(h * w).zip(dy.get(n).chunks_exact(out_plane));
+                                for (dx_plane, dy_plane) in planes {
+                                    for (row, dx_row) in dx_plane.chunks_exact_mut(w).enumerate() {
+                                        let src = &dy_plane[(row + pads.top) * out_w + pads.left..][..w];
+                                        dx_row.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                                    }
+                                }
+                            });
                         });
                     }
                     Ok(())

@@ -1,15 +1,19 @@
 //! The model zoo: each model is a graph builder whose parameter names are the PyTorch state_dict keys
 //! of its reference definition, so weights move between PyTorch and incept unchanged.
 
+mod googlenet_bn;
 mod googlenet_d2l;
+mod inception_tf_cifar;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Init};
 
+pub use googlenet_bn::{googlenet_bn, inception_v2};
 pub use googlenet_d2l::googlenet_d2l;
+pub use inception_tf_cifar::inception_tf_cifar;
 
 /// The models incept can build, by command-line name.
-pub const MODEL_NAMES: &[&str] = &["googlenet-d2l"];
+pub const MODEL_NAMES: &[&str] = &["googlenet-d2l", "googlenet-bn", "inception-v2", "inception-tf-cifar"];
 
 /// What a model is built for: input channels, input size and classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,14 +26,18 @@ pub struct ModelConfig {
     pub classes: usize,
 }
 
-/// The chapter's defaults for a model: googlenet-d2l takes 1×96×96 and predicts 10 classes.
+/// The chapter's defaults for a model: googlenet-d2l takes 1×96×96 (Fashion-MNIST), googlenet-bn and
+/// inception-v2 3×96×96 and inception-tf-cifar 3×32×32 (CIFAR-10); all predict 10 classes.
 pub fn default_config(name: &str) -> Result<ModelConfig> {
+    let config = |in_channels, size| ModelConfig {
+        in_channels,
+        size: [size, size],
+        classes: 10,
+    };
     match name {
-        "googlenet-d2l" => Ok(ModelConfig {
-            in_channels: 1,
-            size: [96, 96],
-            classes: 10,
-        }),
+        "googlenet-d2l" => Ok(config(1, 96)),
+        "googlenet-bn" | "inception-v2" => Ok(config(3, 96)),
+        "inception-tf-cifar" => Ok(config(3, 32)),
         _ => Err(unknown(name)),
     }
 }
@@ -45,6 +53,9 @@ fn unknown(name: &str) -> Error {
 pub fn build(name: &str, config: ModelConfig) -> Result<Graph> {
     match name {
         "googlenet-d2l" => googlenet_d2l(config),
+        "googlenet-bn" => googlenet_bn(config),
+        "inception-v2" => inception_v2(config),
+        "inception-tf-cifar" => inception_tf_cifar(config),
         _ => Err(unknown(name)),
     }
 }
@@ -108,6 +119,8 @@ pub fn config_from_weights(name: &str, weights: &crate::io::checkpoint::TensorFi
     let mut config = default_config(name)?;
     let (stem, classifier) = match name {
         "googlenet-d2l" => ("0.0.weight", "6.weight"),
+        "googlenet-bn" | "inception-v2" => ("0.0.0.weight", "6.weight"),
+        "inception-tf-cifar" => ("0.weight", "10.weight"),
         _ => return Err(unknown(name)),
     };
     let shape = |key: &str| {

@@ -26,7 +26,8 @@ pub enum Optimizer {
 }
 
 impl Optimizer {
-    /// Applies one update with learning rate `lr` to every parameter from its gradient.
+    /// Applies one update with learning rate `lr` to every parameter from its gradient. A parameter whose
+    /// gradient is empty (batch norm's running statistics) is left alone.
     pub fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], lr: f32) {
         match self {
             Optimizer::Adam(o) => o.step(params, grads, lr),

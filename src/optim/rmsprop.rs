@@ -110,7 +110,8 @@ impl pulp::WithSimd for Kernel<'_> {
         } = self;
         let centered = !a.is_empty();
         let with_momentum = !buf.is_empty();
-        for i in 0..p.len() {
+        // An empty gradient (batch norm's running statistics) leaves the parameter alone.
+        for i in 0..g.len().min(p.len()) {
             let grad = g[i] + s.weight_decay * p[i];
             v[i] = s.alpha * v[i] + (1.0 - s.alpha) * grad * grad;
             let second = if centered {
