@@ -158,3 +158,72 @@ fn inception_tf_cifar_matches_pytorch() {
     eval_logits_match("inception-tf-cifar");
     training_batch_matches("inception-tf-cifar");
 }
+
+/// A few Adam steps of `name` on 16 fixed random images with fixed labels: the training loss falls (the
+/// network starts memorizing them), the running statistics move, and evaluation runs.
+fn trains_for_a_few_steps(name: &str, size: usize) {
+    use incept::data::Dataset;
+    use incept::train::{self, OptimizerKind, TrainConfig};
+    let mut rng = fastrand::Rng::with_seed(7);
+    let data = Dataset {
+        images: (0..16 * 3 * size * size).map(|_| rng.f32()).collect(),
+        labels: (0..16).map(|i| i % 10).collect(),
+        shape: [3, size, size],
+        from_bytes: false,
+    };
+    let cfg = TrainConfig {
+        model: name.into(),
+        config: models::ModelConfig {
+            size: [size, size],
+            ..models::default_config(name).unwrap()
+        },
+        epochs: 8,
+        batch: 8,
+        lr: 1e-3,
+        schedule: incept::optim::Schedule::Constant,
+        optimizer: OptimizerKind::Adam,
+        weight_decay: 0.0,
+        label_smoothing: 0.0,
+        seed: 1,
+        shuffle: true,
+        max_steps: None,
+        init: None,
+        resume: None,
+        save: None,
+        metrics: None,
+        step_log: None,
+        progress: false,
+    };
+    let report = train::train(&cfg, data.clone(), &data, |_| {}).unwrap();
+    let (first, last) = (&report.epochs[0], report.epochs.last().unwrap());
+    eprintln!(
+        "{name}: training loss {:.3} -> {:.3} over {} steps",
+        first.train_loss, last.train_loss, report.global_step
+    );
+    assert!(
+        last.train_loss < 0.95 * first.train_loss,
+        "{name}: loss {} -> {}",
+        first.train_loss,
+        last.train_loss
+    );
+    let initial = Model::init(report.model.graph.clone(), cfg.seed);
+    for (spec, (now, before)) in report
+        .model
+        .graph
+        .params
+        .iter()
+        .zip(report.model.params.iter().zip(&initial.params))
+    {
+        assert!(now.iter().all(|v| v.is_finite()), "{}: not finite", spec.name);
+        if spec.name.ends_with("running_mean") {
+            assert_ne!(now, before, "{}: running statistics must move in training", spec.name);
+        }
+    }
+}
+
+#[test]
+fn every_family_model_trains_for_a_few_steps() {
+    trains_for_a_few_steps("inception-tf-cifar", 32);
+    trains_for_a_few_steps("inception-v2", 64);
+    trains_for_a_few_steps("googlenet-bn", 96);
+}
