@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use incept::bench::{self, BenchOptions};
-use incept::data::{Dataset, idx, npy};
+use incept::data::{Dataset, cifar, idx, npy};
 use incept::graph::plan::Plan;
 use incept::graph::{BranchSchedule, Executor, Mode};
 use incept::io::checkpoint::TensorFile;
@@ -52,9 +52,21 @@ enum BenchMode {
     Train,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DatasetArg {
+    /// (Fashion-)MNIST IDX files.
+    FashionMnist,
+    /// CIFAR-10's binary files (data_batch_1.bin ... data_batch_5.bin, test_batch.bin).
+    Cifar10,
+}
+
 #[derive(clap::Args)]
 struct DataArgs {
-    /// Directory with the (Fashion-)MNIST IDX files, .gz or raw.
+    /// The dataset's format.
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    dataset: DatasetArg,
+    /// Directory with the dataset's files: the (Fashion-)MNIST IDX files (.gz or raw), or CIFAR-10's
+    /// binary files.
     #[arg(long, default_value = DEBIAN_FASHION_MNIST)]
     data: PathBuf,
     /// Your own data instead: float32 images [n, c, h, w] and int64 labels [n], as .npy (used for both
@@ -215,6 +227,15 @@ fn load_data(args: &DataArgs, classes: usize) -> Result<(Dataset, Dataset)> {
     if let Some(paths) = &args.data_npy {
         let data = npy::read_pair(&paths[0], &paths[1], classes)?;
         return Ok((data.clone(), data));
+    }
+    if args.dataset == DatasetArg::Cifar10 {
+        if args.data == Path::new(DEBIAN_FASHION_MNIST) {
+            return Err(Error::config(
+                "data",
+                "--dataset cifar10 needs --data DIR, the directory with data_batch_1.bin ... test_batch.bin",
+            ));
+        }
+        return cifar::read_dir(&args.data);
     }
     if !args.data.exists() {
         let hint = if args.data == Path::new(DEBIAN_FASHION_MNIST) {
