@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::data::Dataset;
+use crate::data::augment::Augmentation;
 use crate::data::loader::{Loader, epoch_order};
 use crate::data::transforms::resize_bilinear;
 use crate::error::{Error, Result};
@@ -62,6 +63,8 @@ pub struct TrainConfig {
     pub weight_decay: f32,
     /// Label smoothing of the loss.
     pub label_smoothing: f32,
+    /// Training-image augmentation (none by default).
+    pub augmentation: Augmentation,
     /// Seed of initialisation and shuffling.
     pub seed: u64,
     /// Shuffle the training set each epoch.
@@ -310,7 +313,8 @@ pub fn train(
         let started = Instant::now();
         let seconds_before = pos.seconds;
         let mut stopped = false;
-        for batch in Loader::new(train.clone(), order, cfg.batch, size, pos.batch) {
+        let augment = (cfg.augmentation, cfg.seed, pos.epoch);
+        for batch in Loader::new(train.clone(), order, cfg.batch, size, pos.batch, augment) {
             let n = batch.labels.len();
             exec.forward(
                 &model.graph,

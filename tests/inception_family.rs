@@ -184,6 +184,7 @@ fn trains_for_a_few_steps(name: &str, size: usize) {
         optimizer: OptimizerKind::Adam,
         weight_decay: 0.0,
         label_smoothing: 0.0,
+        augmentation: Default::default(),
         seed: 1,
         shuffle: true,
         max_steps: None,

@@ -35,6 +35,7 @@ fn config(batch: usize, max_steps: Option<u64>) -> TrainConfig {
         optimizer: OptimizerKind::Adam,
         weight_decay: 0.0,
         label_smoothing: 0.0,
+        augmentation: Default::default(),
         seed: 3,
         shuffle: true,
         max_steps,
@@ -110,8 +111,10 @@ fn resumed_run_continues_exactly(optimizer: OptimizerKind) {
     let train_set = train_set.truncate(128);
     let test_set = test_set.truncate(32);
     let dir = TempDir::new(&format!("test-resume-{}", optimizer_name(optimizer)));
+    // Augmented, so the resume must also reproduce each image's crop and flip.
     let config = |batch, steps| TrainConfig {
         optimizer,
+        augmentation: incept::data::augment::Augmentation::crop_and_flip(),
         ..config(batch, steps)
     };
     let straight = train::train(&config(32, Some(6)), train_set.clone(), &test_set, |_| {}).unwrap();

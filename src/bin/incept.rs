@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use incept::bench::{self, BenchOptions};
+use incept::data::augment::Augmentation;
 use incept::data::{Dataset, cifar, idx, npy};
 use incept::graph::plan::Plan;
 use incept::graph::{BranchSchedule, Executor, Mode};
@@ -117,6 +118,10 @@ enum Command {
         step_gamma: f32,
         #[arg(long, default_value_t = 0.0)]
         label_smoothing: f32,
+        /// Augment training images: a random crop from the image padded by 4 pixels, and a random
+        /// horizontal flip (CIFAR-10's usual recipe), before the resize.
+        #[arg(long)]
+        augment: bool,
         /// Input size (square) the images are resized to.
         #[arg(long, default_value_t = 96)]
         resize: usize,
@@ -281,6 +286,7 @@ fn run(cli: Cli) -> Result<()> {
             step_every,
             step_gamma,
             label_smoothing,
+            augment,
             resize,
             seed,
             train_limit,
@@ -328,6 +334,11 @@ fn run(cli: Cli) -> Result<()> {
                 optimizer,
                 weight_decay,
                 label_smoothing,
+                augmentation: if augment {
+                    Augmentation::crop_and_flip()
+                } else {
+                    Augmentation::default()
+                },
                 seed,
                 shuffle: !no_shuffle,
                 max_steps: steps,

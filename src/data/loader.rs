@@ -6,6 +6,7 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
 use super::Dataset;
+use super::augment::Augmentation;
 use super::transforms::resize_bilinear;
 
 /// One batch, resized: `labels.len()` images of `channels * size[0] * size[1]` values.
@@ -38,16 +39,29 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts preparing batches of `batch` images from `data` in `order`, resized to `size`.
-    pub fn new(data: Arc<Dataset>, order: Vec<usize>, batch: usize, size: [usize; 2], first: usize) -> Loader {
+    /// Starts preparing batches of `batch` images from `data` in `order`, resized to `size`, each image
+    /// first augmented as `augment` says with draws from `(seed, epoch, image)`.
+    pub fn new(
+        data: Arc<Dataset>,
+        order: Vec<usize>,
+        batch: usize,
+        size: [usize; 2],
+        first: usize,
+        (augment, seed, epoch): (Augmentation, u64, usize),
+    ) -> Loader {
         let (sender, receiver) = sync_channel(2);
         let worker = std::thread::spawn(move || {
             let [c, h, w] = data.shape;
             let out_len = c * size[0] * size[1];
+            let mut augmented = vec![0.0; data.image_len()];
             for (index, chunk) in order.chunks(batch.max(1)).enumerate().skip(first) {
                 let mut images = vec![0.0; chunk.len() * out_len];
                 for (&i, dst) in chunk.iter().zip(images.chunks_exact_mut(out_len)) {
-                    let src = &data.images[i * data.image_len()..][..data.image_len()];
+                    let mut src = &data.images[i * data.image_len()..][..data.image_len()];
+                    if !augment.is_identity() {
+                        augment.apply(src, data.shape, &mut augmented, &mut Augmentation::rng(seed, epoch, i));
+                        src = &augmented;
+                    }
                     resize_bilinear(src, c, [h, w], dst, size, data.from_bytes);
                 }
                 let labels = chunk.iter().map(|&i| data.labels[i]).collect();

@@ -1,6 +1,7 @@
 //! Datasets: MNIST/Fashion-MNIST IDX files, CIFAR-10 binary files, user data as .npy, the resize
 //! transform, and a loader that prepares the next batch on another thread while the current one trains.
 
+pub mod augment;
 pub mod cifar;
 pub mod idx;
 pub mod loader;
