@@ -141,6 +141,20 @@ pub fn scale_shift(out: &mut [f32], x: &[f32], scale: f32, shift: f32) {
     vectorize(Kernel(out, x, scale, shift));
 }
 
+/// `x = x * scale + shift` in place.
+pub fn scale_shift_in_place(x: &mut [f32], scale: f32, shift: f32) {
+    struct Kernel<'a>(&'a mut [f32], f32, f32);
+    impl pulp::WithSimd for Kernel<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            let Kernel(x, scale, shift) = self;
+            x.iter_mut().for_each(|v| *v = *v * scale + shift);
+        }
+    }
+    vectorize(Kernel(x, scale, shift));
+}
+
 /// Lanes of the f64 accumulators below: independent partial sums let the sums vectorize (a single
 /// running sum is a dependency chain the compiler must keep in order).
 const SUM_LANES: usize = 8;

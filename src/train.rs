@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use crate::data::Dataset;
 use crate::data::augment::Augmentation;
-use crate::data::loader::{Loader, epoch_order};
-use crate::data::transforms::resize_bilinear;
+use crate::data::loader::{Loader, Prep, epoch_order};
+use crate::data::transforms::{Normalization, resize_bilinear};
 use crate::error::{Error, Result};
 use crate::graph::{Executor, Mode};
 use crate::io::checkpoint::{TensorFile, save};
@@ -65,6 +65,8 @@ pub struct TrainConfig {
     pub label_smoothing: f32,
     /// Training-image augmentation (none by default).
     pub augmentation: Augmentation,
+    /// Normalize every image per channel with the training set's mean and standard deviation.
+    pub normalize: bool,
     /// Seed of initialisation and shuffling.
     pub seed: u64,
     /// Shuffle the training set each epoch.
@@ -292,12 +294,19 @@ pub fn train(
         pos = restore(cfg, &mut model, &mut opt, resume)?;
     }
     let mut exec = Executor::new(&model.graph, cfg.batch)?;
+    let normalization = cfg.normalize.then(|| Normalization::of_dataset(&train));
     let train = Arc::new(train);
     let size = cfg.config.size;
     let image_len = cfg.config.in_channels * size[0] * size[1];
     let batches_per_epoch = train.len().div_ceil(cfg.batch);
     let mut epochs = Vec::new();
-    let metadata_for = |opt: &Optimizer, pos: &Position| metadata(cfg, opt, pos);
+    let metadata_for = |opt: &Optimizer, pos: &Position| {
+        let mut m = metadata(cfg, opt, pos);
+        if let Some(n) = &normalization {
+            m.insert("normalization".into(), n.to_metadata());
+        }
+        m
+    };
     let save_now = |model: &Model, opt: &Optimizer, pos: &Position| -> Result<()> {
         match &cfg.save {
             Some(path) => save(path, &model.graph, &model.params, Some(opt), &metadata_for(opt, pos)),
@@ -313,8 +322,14 @@ pub fn train(
         let started = Instant::now();
         let seconds_before = pos.seconds;
         let mut stopped = false;
-        let augment = (cfg.augmentation, cfg.seed, pos.epoch);
-        for batch in Loader::new(train.clone(), order, cfg.batch, size, pos.batch, augment) {
+        let prep = Prep {
+            size,
+            augment: cfg.augmentation,
+            normalization: normalization.clone(),
+            seed: cfg.seed,
+            epoch: pos.epoch,
+        };
+        for batch in Loader::new(train.clone(), order, cfg.batch, pos.batch, prep) {
             let n = batch.labels.len();
             exec.forward(
                 &model.graph,
@@ -363,7 +378,7 @@ pub fn train(
         let (test_loss, test_acc) = if stopped {
             (None, None)
         } else {
-            let (l, a) = evaluate(&model, test, cfg.batch, &mut exec)?;
+            let (l, a) = evaluate(&model, test, cfg.batch, normalization.as_ref(), &mut exec)?;
             (Some(l), Some(a))
         };
         let metrics = EpochMetrics {
@@ -438,8 +453,15 @@ fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif:
     bar
 }
 
-/// Eval-mode loss and accuracy of `model` on `data`, resized to the model's input size.
-pub fn evaluate(model: &Model, data: &Dataset, batch: usize, exec: &mut Executor) -> Result<(f64, f64)> {
+/// Eval-mode loss and accuracy of `model` on `data`, resized to the model's input size (and normalized,
+/// if the model was trained on normalized images).
+pub fn evaluate(
+    model: &Model,
+    data: &Dataset,
+    batch: usize,
+    normalization: Option<&Normalization>,
+    exec: &mut Executor,
+) -> Result<(f64, f64)> {
     let [c, h, w] = model.graph.input_shape();
     if data.shape[0] != c {
         return Err(Error::shape(
@@ -457,6 +479,9 @@ pub fn evaluate(model: &Model, data: &Dataset, batch: usize, exec: &mut Executor
             let src = &data.images[(start + i) * data.image_len()..][..data.image_len()];
             let dst = &mut images[i * c * h * w..][..c * h * w];
             resize_bilinear(src, c, [data.shape[1], data.shape[2]], dst, [h, w], data.from_bytes);
+            if let Some(n) = normalization {
+                n.apply(dst);
+            }
         }
         exec.forward(
             &model.graph,

@@ -246,6 +246,7 @@ fn a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(
         weight_decay: 0.0,
         label_smoothing: 0.0,
         augmentation: Default::default(),
+        normalize: false,
         seed: 0,
         shuffle: false,
         max_steps: None,

@@ -185,6 +185,7 @@ fn trains_for_a_few_steps(name: &str, size: usize) {
         weight_decay: 0.0,
         label_smoothing: 0.0,
         augmentation: Default::default(),
+        normalize: false,
         seed: 1,
         shuffle: true,
         max_steps: None,

@@ -36,6 +36,7 @@ fn config(batch: usize, max_steps: Option<u64>) -> TrainConfig {
         weight_decay: 0.0,
         label_smoothing: 0.0,
         augmentation: Default::default(),
+        normalize: false,
         seed: 3,
         shuffle: true,
         max_steps,
@@ -61,11 +62,11 @@ fn training_on_the_fashion_slice_lowers_the_loss_and_eval_runs() {
     // The loss of the untrained model on the training slice, measured the same way as afterwards.
     let untrained = Model::init(models::build("googlenet-d2l", cfg.config).unwrap(), cfg.seed);
     let mut exec = Executor::new(&untrained.graph, 64).unwrap();
-    let (before, _) = train::evaluate(&untrained, &train_set, 64, &mut exec).unwrap();
+    let (before, _) = train::evaluate(&untrained, &train_set, 64, None, &mut exec).unwrap();
     let report = train::train(&cfg, train_set.clone(), &test_set, |_| {}).unwrap();
     assert_eq!(report.global_step, 48);
-    let (after, train_acc) = train::evaluate(&report.model, &train_set, 64, &mut exec).unwrap();
-    let (test_loss, test_acc) = train::evaluate(&report.model, &test_set, 64, &mut exec).unwrap();
+    let (after, train_acc) = train::evaluate(&report.model, &train_set, 64, None, &mut exec).unwrap();
+    let (test_loss, test_acc) = train::evaluate(&report.model, &test_set, 64, None, &mut exec).unwrap();
     eprintln!(
         "fashion slice, 48 Adam steps at 32x32: train loss {before:.4} -> {after:.4} (acc {train_acc:.3}), test loss {test_loss:.4} acc {test_acc:.3}"
     );

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use incept::bench::{self, BenchOptions};
 use incept::data::augment::Augmentation;
+use incept::data::transforms::Normalization;
 use incept::data::{Dataset, cifar, idx, npy};
 use incept::graph::plan::Plan;
 use incept::graph::{BranchSchedule, Executor, Mode};
@@ -122,6 +123,10 @@ enum Command {
         /// horizontal flip (CIFAR-10's usual recipe), before the resize.
         #[arg(long)]
         augment: bool,
+        /// Normalize each channel with the training set's mean and standard deviation (recorded in the
+        /// checkpoint, so eval and predict apply it too).
+        #[arg(long)]
+        normalize: bool,
         /// Input size (square) the images are resized to.
         #[arg(long, default_value_t = 96)]
         resize: usize,
@@ -253,6 +258,15 @@ fn load_data(args: &DataArgs, classes: usize) -> Result<(Dataset, Dataset)> {
     idx::read_dir(&args.data)
 }
 
+/// The normalization a checkpoint's model was trained with, if any.
+fn checkpoint_normalization(weights: &Path) -> Result<Option<Normalization>> {
+    let file = TensorFile::read(weights)?;
+    file.metadata
+        .get("normalization")
+        .map(|text| Normalization::from_metadata(text).map_err(|e| Error::file(weights.display(), e)))
+        .transpose()
+}
+
 fn limit(data: Dataset, n: Option<usize>) -> Dataset {
     match n {
         Some(n) => data.truncate(n),
@@ -287,6 +301,7 @@ fn run(cli: Cli) -> Result<()> {
             step_gamma,
             label_smoothing,
             augment,
+            normalize,
             resize,
             seed,
             train_limit,
@@ -339,6 +354,7 @@ fn run(cli: Cli) -> Result<()> {
                 } else {
                     Augmentation::default()
                 },
+                normalize,
                 seed,
                 shuffle: !no_shuffle,
                 max_steps: steps,
@@ -385,7 +401,8 @@ fn run(cli: Cli) -> Result<()> {
             let (_, test_set) = load_data(&data, m.graph.output_len())?;
             let test_set = limit(test_set, test_limit);
             let mut exec = Executor::new(&m.graph, batch.max(1))?;
-            let (loss, acc) = train::evaluate(&m, &test_set, batch, &mut exec)?;
+            let normalization = checkpoint_normalization(&weights)?;
+            let (loss, acc) = train::evaluate(&m, &test_set, batch, normalization.as_ref(), &mut exec)?;
             println!("test loss {loss:.4}, test acc {acc:.4} ({} images)", test_set.len());
         }
         Command::Predict {
@@ -412,7 +429,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             let graph = models::build(&model, config)?;
             let params = file.params_for(&graph, &weights)?;
-            let x = x.as_standard_layout();
+            let mut x = x.as_standard_layout().into_owned();
+            if let Some(n) = checkpoint_normalization(&weights)? {
+                let image = c * h * w;
+                x.as_slice_mut()
+                    .expect("standard layout")
+                    .chunks_exact_mut(image)
+                    .for_each(|img| n.apply(img));
+            }
             let mut exec = Executor::new(&graph, n.clamp(1, 128))?;
             let mut logits = Vec::with_capacity(n * config.classes);
             let data = x.as_slice().expect("standard layout");

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use super::Dataset;
 use super::augment::Augmentation;
-use super::transforms::resize_bilinear;
+use super::transforms::{Normalization, resize_bilinear};
 
 /// One batch, resized: `labels.len()` images of `channels * size[0] * size[1]` values.
 #[derive(Debug, Clone)]
@@ -31,6 +31,22 @@ pub fn epoch_order(len: usize, shuffle: bool, seed: u64, epoch: usize) -> Vec<us
     order
 }
 
+/// How each image becomes a network input: augmented at its stored size (with draws from
+/// `(seed, epoch, image)`), resized to `size`, then normalized.
+#[derive(Debug, Clone)]
+pub struct Prep {
+    /// The network's input size.
+    pub size: [usize; 2],
+    /// Training augmentation.
+    pub augment: Augmentation,
+    /// Per-channel normalization after the resize.
+    pub normalization: Option<Normalization>,
+    /// The run's seed.
+    pub seed: u64,
+    /// The epoch (0-based).
+    pub epoch: usize,
+}
+
 /// Yields the batches of one epoch (the last one may be smaller), starting at batch `first`, prepared
 /// on a background thread two batches ahead.
 pub struct Loader {
@@ -39,16 +55,16 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts preparing batches of `batch` images from `data` in `order`, resized to `size`, each image
-    /// first augmented as `augment` says with draws from `(seed, epoch, image)`.
-    pub fn new(
-        data: Arc<Dataset>,
-        order: Vec<usize>,
-        batch: usize,
-        size: [usize; 2],
-        first: usize,
-        (augment, seed, epoch): (Augmentation, u64, usize),
-    ) -> Loader {
+    /// Starts preparing batches of `batch` images from `data` in `order`, from batch `first` on, as
+    /// `prep` says.
+    pub fn new(data: Arc<Dataset>, order: Vec<usize>, batch: usize, first: usize, prep: Prep) -> Loader {
+        let Prep {
+            size,
+            augment,
+            normalization,
+            seed,
+            epoch,
+        } = prep;
         let (sender, receiver) = sync_channel(2);
         let worker = std::thread::spawn(move || {
             let [c, h, w] = data.shape;
@@ -63,6 +79,9 @@ impl Loader {
                         src = &augmented;
                     }
                     resize_bilinear(src, c, [h, w], dst, size, data.from_bytes);
+                    if let Some(n) = &normalization {
+                        n.apply(dst);
+                    }
                 }
                 let labels = chunk.iter().map(|&i| data.labels[i]).collect();
                 if sender.send(Batch { index, images, labels }).is_err() {

@@ -50,6 +50,78 @@ pub fn resize_bilinear(
     }
 }
 
+/// Per-channel normalization `(x - mean) / std`, as torchvision's `Normalize`, with statistics taken
+/// from a training set. Checkpoints record it, so `incept eval` and `predict` apply the same one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalization {
+    /// Mean per channel.
+    pub mean: Vec<f32>,
+    /// Standard deviation per channel (a constant channel gets 1, so it is only centred).
+    pub std: Vec<f32>,
+}
+
+impl Normalization {
+    /// The per-channel mean and (population) standard deviation of every pixel of `data`, in f64.
+    pub fn of_dataset(data: &super::Dataset) -> Normalization {
+        let [c, h, w] = data.shape;
+        let plane = h * w;
+        let (mut sum, mut squares) = (vec![0f64; c], vec![0f64; c]);
+        for image in data.images.chunks_exact(c * plane) {
+            for (ch, values) in image.chunks_exact(plane).enumerate() {
+                sum[ch] += crate::kernels::sum(values);
+                squares[ch] += values.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
+            }
+        }
+        let count = (data.len() * plane).max(1) as f64;
+        let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+        let std = squares
+            .iter()
+            .zip(&mean)
+            .map(|(sq, m)| (sq / count - m * m).max(0.0).sqrt())
+            .map(|s| if s > 0.0 { s as f32 } else { 1.0 })
+            .collect();
+        Normalization {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            std,
+        }
+    }
+
+    /// Normalizes one image (`channels` planes of any size) in place.
+    pub fn apply(&self, image: &mut [f32]) {
+        let plane = image.len() / self.mean.len().max(1);
+        for ((values, &m), &s) in image.chunks_exact_mut(plane.max(1)).zip(&self.mean).zip(&self.std) {
+            crate::kernels::scale_shift_in_place(values, 1.0 / s, -m / s);
+        }
+    }
+
+    /// `mean,mean,...;std,std,...` for a checkpoint's metadata (each value round-trips exactly).
+    pub fn to_metadata(&self) -> String {
+        let list = |v: &[f32]| v.iter().map(f32::to_string).collect::<Vec<_>>().join(",");
+        format!("{};{}", list(&self.mean), list(&self.std))
+    }
+
+    /// Parses [`Normalization::to_metadata`]'s form.
+    pub fn from_metadata(text: &str) -> crate::error::Result<Normalization> {
+        let bad = || {
+            crate::error::Error::config(
+                "normalization",
+                format!("expected \"mean,...;std,...\", found {text:?}"),
+            )
+        };
+        let (mean, std) = text.split_once(';').ok_or_else(bad)?;
+        let parse = |list: &str| {
+            list.split(',')
+                .map(|v| v.trim().parse::<f32>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+        };
+        let (mean, std) = (parse(mean).map_err(|_| bad())?, parse(std).map_err(|_| bad())?);
+        if mean.len() != std.len() || mean.is_empty() || std.iter().any(|&s| s.is_nan() || s <= 0.0) {
+            return Err(bad());
+        }
+        Ok(Normalization { mean, std })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +153,28 @@ mod tests {
         let mut big = vec![0.0; 96 * 96];
         resize_bilinear(&constant, 1, [28, 28], &mut big, [96, 96], false);
         assert!(big.iter().all(|&v| (v - 0.4).abs() < 1e-6));
+    }
+
+    #[test]
+    fn normalization_uses_the_datasets_channel_statistics_and_round_trips() {
+        // Channel 0 holds 1, 3 (mean 2, std 1); channel 1 is constant 5 (std taken as 1).
+        let data = crate::data::Dataset {
+            images: vec![1.0, 1.0, 5.0, 5.0, 3.0, 3.0, 5.0, 5.0],
+            labels: vec![0, 1],
+            shape: [2, 1, 2],
+            from_bytes: false,
+        };
+        let n = Normalization::of_dataset(&data);
+        assert_eq!((n.mean.clone(), n.std.clone()), (vec![2.0, 5.0], vec![1.0, 1.0]));
+        let mut image = vec![1.0, 3.0, 5.0, 6.0];
+        n.apply(&mut image);
+        assert_eq!(image, vec![-1.0, 1.0, 0.0, 1.0]);
+        let odd = Normalization {
+            mean: vec![0.4914, 0.1 + 0.2],
+            std: vec![0.247, 1.0 / 3.0],
+        };
+        assert_eq!(Normalization::from_metadata(&odd.to_metadata()).unwrap(), odd);
+        assert!(Normalization::from_metadata("1,2;3").is_err());
+        assert!(Normalization::from_metadata("1;0").is_err());
     }
 }
