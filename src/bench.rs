@@ -35,6 +35,17 @@ pub struct BenchResult {
     pub img_per_s: f64,
     /// Per node, summed over the timed steps (with [`BenchOptions::profile`]).
     pub profile: Option<Vec<NodeTime>>,
+    /// Every timed step's wall time, seconds, in order.
+    pub times: Vec<f64>,
+}
+
+/// Mean and standard deviation of step times as the chapter's `time_compute` computes them:
+/// `mean = Σt / n`, `std = sqrt(Σt² / n - mean²)` (the population deviation).
+pub fn mean_and_std(times: &[f64]) -> (f64, f64) {
+    let n = times.len().max(1) as f64;
+    let mean = times.iter().sum::<f64>() / n;
+    let variance = times.iter().map(|t| t * t).sum::<f64>() / n - mean * mean;
+    (mean, variance.max(0.0).sqrt())
 }
 
 /// Times `options.steps` steps on random data after `options.warmup` untimed ones.
@@ -68,12 +79,14 @@ pub fn bench(model: &mut Model, options: BenchOptions) -> Result<BenchResult> {
             times.push(t.elapsed().as_secs_f64());
         }
     }
+    let in_order = times.clone();
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     Ok(BenchResult {
         ms_per_batch: median * 1e3,
         img_per_s: batch as f64 / median,
         profile: exec.profile().map(<[NodeTime]>::to_vec),
+        times: in_order,
     })
 }
 
@@ -116,4 +129,18 @@ pub fn profile_table(model: &Model, profile: &[NodeTime], batch: usize, steps: u
         lines.push("(a concat's forward time is that of its Inception branches, which ran concurrently)".into());
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_std_follow_the_chapters_formulas() {
+        let (mean, std) = mean_and_std(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(mean, 2.5);
+        // Population deviation: sqrt(7.5 - 6.25).
+        assert!((std - 1.25f64.sqrt()).abs() < 1e-12);
+        assert_eq!(mean_and_std(&[0.5; 10]), (0.5, 0.0));
+    }
 }

@@ -229,3 +229,32 @@ fn every_family_model_trains_for_a_few_steps() {
     trains_for_a_few_steps("inception-v2", 64);
     trains_for_a_few_steps("googlenet-bn", 96);
 }
+
+#[test]
+fn bench_with_the_chapters_protocol_reports_mean_and_deviation_over_100_steps() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_incept"))
+        .args([
+            "bench",
+            "--model",
+            "inception-tf-cifar",
+            "--batch",
+            "2",
+            "--protocol",
+            "chapter",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Steps 0, 10, ..., 90 printed, then the summary line.
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("step ")).count(),
+        10,
+        "{stdout}"
+    );
+    let summary = stdout.lines().last().unwrap();
+    assert!(
+        summary.contains("Forward across 100 steps") && summary.contains("+/-"),
+        "{summary}"
+    );
+}

@@ -223,7 +223,19 @@ enum Command {
         /// Also print where the time goes, node by node (forward and backward per step).
         #[arg(long)]
         profile: bool,
+        /// `chapter`: the chapter's `time_compute` (10 burn-in steps, then 100 timed ones, every 10th
+        /// printed, and the mean ± standard deviation seconds per batch), overriding --warmup/--steps.
+        #[arg(long, value_enum, default_value = "median")]
+        protocol: Protocol,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// The median of --steps timed steps after --warmup untimed ones.
+    Median,
+    /// The chapter's time_compute: 10 burn-in steps, 100 timed, mean ± standard deviation.
+    Chapter,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -505,7 +517,12 @@ fn run(cli: Cli) -> Result<()> {
             json,
             branches,
             profile,
+            protocol,
         } => {
+            let (warmup, steps) = match protocol {
+                Protocol::Median => (warmup, steps),
+                Protocol::Chapter => (10, 100),
+            };
             let graph = models::build(&model, models::default_config(&model)?)?;
             let mut m = Model::init(graph, 0);
             let branches = match branches {
@@ -524,7 +541,17 @@ fn run(cli: Cli) -> Result<()> {
             let r = bench::bench(&mut m, options)?;
             let mode = if mode == BenchMode::Train { "train" } else { "infer" };
             let threads = rayon::current_num_threads();
-            if json {
+            if protocol == Protocol::Chapter {
+                let info = if mode == "train" { "Forward-backward" } else { "Forward" };
+                for (i, t) in r.times.iter().enumerate().step_by(10) {
+                    println!("step {i}, duration={t:.5}");
+                }
+                let (mean, std) = bench::mean_and_std(&r.times);
+                println!(
+                    "{model} batch {batch}, {threads} threads: {info} across {} steps, {mean:.3} +/- {std:.3} sec per batch",
+                    r.times.len()
+                );
+            } else if json {
                 println!(
                     "{{\"model\":\"{model}\",\"mode\":\"{mode}\",\"batch\":{batch},\"threads\":{threads},\"ms_per_batch\":{:.3},\"img_per_s\":{:.2}}}",
                     r.ms_per_batch, r.img_per_s
