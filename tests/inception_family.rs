@@ -1,5 +1,6 @@
-//! googlenet-bn, inception-v2 and inception-tf-cifar against PyTorch's reference definitions
-//! (`fixtures/generate_family.py`): parameter names and count, eval logits, and one training-mode batch
+//! googlenet-bn, inception-v2, inception-tf-cifar and inception-v3 against PyTorch's definitions
+//! (`fixtures/generate_family.py`): parameter names and count, eval logits (running statistics calibrated
+//! on 16 other images, so the logits depend on the input), and one training-mode batch
 //! (loss, the gradient of every parameter against float64 PyTorch, and the batch-norm running statistics
 //! after it). The training batch is one the generator checked to have no max-pool maximum or ReLU input
 //! within 3e-6 (relative) of flipping.
@@ -8,7 +9,13 @@
 //! own float32 gradients land a median 3.7e-3 (googlenet-bn) and 1.7e-2 (inception-v2) from its float64
 //! ones on these batches, against 3e-7 for inception-tf-cifar, which has no batch norm. So each gradient
 //! must match float64 PyTorch to 1e-3, or to 10× PyTorch float32's own distance where that is larger. A
-//! running statistic likewise must match to 1e-4 or 10× PyTorch float32's distance. A
+//! Eval logits must match float64 PyTorch to 1e-4, or 3× PyTorch float32's own distance where larger
+//! (1.1e-4 googlenet-bn, 4.9e-4 inception-v2, 1.6e-3 inception-v3: batch norm at this initialization
+//! amplifies rounding with depth, in eval as well). Inception-v3 in training mode at its initialization is chaotic in the sense of batch-norm mean-field
+//! theory (gradients grow exponentially with depth): on its batch of 8 at 299×299, PyTorch's float32 and
+//! float64 gradients differ by a median 24%, from 3e-3 at the last block to 20-40% below Mixed_7b. Where
+//! PyTorch float32 is more than 5% off float64, only the gradient's size is compared (within 2×).
+//! A running statistic likewise must match to 1e-4 or 10× PyTorch float32's distance. A
 //! conv bias in front of a batch norm has an exactly-zero true gradient: there ours must be no larger
 //! than 10× PyTorch float32's rounding noise.
 
@@ -63,20 +70,70 @@ fn values(f: &Fixture, name: &str) -> Vec<f32> {
     f.named(name).iter().copied().collect()
 }
 
+/// `generate_family.py`'s `formula_input`: splitmix64 of the flat index, top 24 bits, in [0, 1).
+fn formula_input(len: usize) -> Vec<f32> {
+    (0..len as u64)
+        .map(|i| {
+            let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f64 / (1u64 << 24) as f64) as f32
+        })
+        .collect()
+}
+
+/// The fixture's input `name`, or for inception-v3 (whose 299×299 inputs are not stored) the formula's.
+fn input(f: &Fixture, name: &str, len: usize) -> Vec<f32> {
+    if f.metadata("margins_checked") == "false" {
+        formula_input(len)
+    } else {
+        values(f, name)
+    }
+}
+
+/// Turns dropout off: its draws cannot match another engine's (the generator sets PyTorch's to 0 too).
+fn without_dropout(model: &mut Model) {
+    for node in &mut model.graph.nodes {
+        if let incept::graph::Layer::Dropout(d) = &mut node.layer {
+            d.p = 0.0;
+        }
+    }
+}
+
 fn eval_logits_match(name: &str) {
     let f = Fixture::open(&name.replace('-', "_"));
     let size: usize = f.metadata("size").parse().unwrap();
     let model = pytorch_model(name, &f, size);
-    let x = values(&f, "x");
     let len = 3 * size * size;
-    let mut exec = Executor::new(&model.graph, 2).unwrap();
-    exec.forward(&model.graph, &model.params, Images::dense(&x, 2, len), Mode::Eval)
-        .unwrap();
-    let err = rel_l2(&exec.output_vec(&model.graph), &values(&f, "logits"));
-    eprintln!("{name} eval logits vs PyTorch: relative L2 error {err:.2e}");
+    let x = input(&f, "x", 2 * len);
+    let logits = values(&f, "logits");
+    // The two images' logits must differ, or the comparison says little about the convolutions.
+    let spread = rel_l2(&logits[..logits.len() / 2], &logits[logits.len() / 2..]);
     assert!(
-        err <= 1e-4,
-        "{name}: logits differ from PyTorch by {err:.2e} (relative L2) > 1e-4"
+        spread > 1e-2,
+        "{name}: the fixture's two images give near-identical logits ({spread:.1e})"
+    );
+    let mut model = model;
+    without_dropout(&mut model);
+    let mut exec = Executor::new(&model.graph, 2).unwrap();
+    // The generator's calibrated running statistics (a float64 training pass over 16 other images).
+    for (spec, value) in model.graph.params.iter().zip(&mut model.params) {
+        if !spec.trainable {
+            *value = values(&f, &format!("calibrated/{}", spec.name));
+        }
+    }
+    let x_images = Images::dense(&x, 2, len);
+    exec.forward(&model.graph, &model.params, x_images, Mode::Eval).unwrap();
+    let err = rel_l2(&exec.output_vec(&model.graph), &logits);
+    // Float64 logits are the reference; PyTorch's own float32 lands this far from them.
+    let limit = 1e-4f64.max(3.0 * values(&f, "logits_f32_error")[0] as f64);
+    eprintln!(
+        "{name} eval logits vs PyTorch float64: relative L2 error {err:.2e}, limit {limit:.1e} (the two images' logits differ by {spread:.2})"
+    );
+    assert!(
+        err <= limit,
+        "{name}: logits differ from PyTorch by {err:.2e} (relative L2) > {limit:.1e}"
     );
 }
 
@@ -84,9 +141,10 @@ fn training_batch_matches(name: &str) {
     let f = Fixture::open(&name.replace('-', "_"));
     let size: usize = f.metadata("grad_size").parse().unwrap();
     let mut model = pytorch_model(name, &f, size);
+    without_dropout(&mut model);
     let labels: Vec<usize> = values(&f, "labels").iter().map(|&l| l as usize).collect();
     let batch = labels.len();
-    let x = values(&f, "x_train");
+    let x = input(&f, "x_train", batch * 3 * size * size);
     let mut exec = Executor::new(&model.graph, batch).unwrap();
     exec.forward(
         &model.graph,
@@ -108,7 +166,7 @@ fn training_batch_matches(name: &str) {
     let samples: usize = f.metadata("samples").parse().unwrap();
     // The worst error as a fraction of its tensor's limit.
     let mut worst = (0f64, String::new());
-    let mut zero_like = 0;
+    let (mut zero_like, mut chaotic) = (0, 0);
     for ((spec, grad), value) in model.graph.params.iter().zip(exec.param_grads()).zip(&model.params) {
         let tensor = |kind: &str| values(&f, &format!("{kind}/{}", spec.name))[0] as f64;
         let (err, limit) = if !spec.trainable {
@@ -122,6 +180,12 @@ fn training_batch_matches(name: &str) {
                 // No meaningful float64 direction: a structurally zero gradient (bias before batch norm).
                 zero_like += 1;
                 (norm / tensor("f32_norm").max(1e-30), 10.0)
+            } else if f32_error > 0.05 {
+                // Chaotic: PyTorch's own float32 direction is off by more than 5%, so only the size is
+                // comparable (see the module docs).
+                chaotic += 1;
+                let ratio = norm / tensor("grad_norm");
+                (ratio.max(1.0 / ratio), 2.0)
             } else {
                 let count = samples.min(grad.len());
                 let ours: Vec<f32> = (0..count).map(|k| grad[k * grad.len() / count]).collect();
@@ -136,7 +200,7 @@ fn training_batch_matches(name: &str) {
         }
     }
     eprintln!(
-        "{name} one training batch vs PyTorch float64: worst {:.2} of its limit, {}; {zero_like} structurally zero gradients",
+        "{name} one training batch vs PyTorch float64: worst {:.2} of its limit, {}; {zero_like} structurally zero and {chaotic} chaotic gradients",
         worst.0, worst.1
     );
 }
@@ -151,6 +215,12 @@ fn googlenet_bn_matches_pytorch() {
 fn inception_v2_matches_pytorch() {
     eval_logits_match("inception-v2");
     training_batch_matches("inception-v2");
+}
+
+#[test]
+fn inception_v3_matches_pytorch() {
+    eval_logits_match("inception-v3");
+    training_batch_matches("inception-v3");
 }
 
 #[test]
@@ -228,6 +298,8 @@ fn every_family_model_trains_for_a_few_steps() {
     trains_for_a_few_steps("inception-tf-cifar", 32);
     trains_for_a_few_steps("inception-v2", 64);
     trains_for_a_few_steps("googlenet-bn", 96);
+    // 75×75, torchvision's smallest input (no auxiliary head there; the parity test trains it at 299).
+    trains_for_a_few_steps("inception-v3", 75);
 }
 
 #[test]

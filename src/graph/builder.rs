@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::geometry::Pads;
+use crate::ops::activation::Dropout;
 use crate::ops::batchnorm::BatchNorm2d;
 use crate::ops::conv::Conv2d;
 use crate::ops::linear::Linear;
@@ -96,6 +97,8 @@ pub enum Layer {
     },
     /// Zero padding around each plane.
     ZeroPad(Pads),
+    /// Inverted dropout in training, the identity in eval.
+    Dropout(Dropout),
     /// Max pooling.
     MaxPool(MaxPool2d),
     /// Average pooling.
@@ -148,6 +151,7 @@ impl Layer {
             Layer::Linear { linear, .. } => format!("linear {}->{}", linear.in_features, linear.out_features),
             Layer::BatchNorm { relu, .. } => format!("batch norm{}", if *relu { "+relu" } else { "" }),
             Layer::ZeroPad(_) => "zero pad".into(),
+            Layer::Dropout(d) => format!("dropout {}", d.p),
             Layer::MaxPool(_) => "max pool".into(),
             Layer::AvgPool(_) => "avg pool".into(),
             Layer::GlobalAvgPool => "global avg pool".into(),
@@ -168,6 +172,9 @@ pub struct Graph {
     pub params: Vec<ParamSpec>,
     /// The node whose output the graph returns.
     pub output: NodeId,
+    /// Auxiliary classifier heads and the weight of each one's loss in training (torchvision's
+    /// GoogLeNet 0.3, Inception-v3 0.4). They run only in training; eval returns `output` alone.
+    pub aux_outputs: Vec<(NodeId, f32)>,
     /// `(label, node)` pairs marked for the summary's shape trace.
     pub trace: Vec<(String, NodeId)>,
 }
@@ -213,6 +220,7 @@ pub struct GraphBuilder {
     nodes: Vec<Node>,
     params: Vec<ParamSpec>,
     trace: Vec<(String, NodeId)>,
+    aux_outputs: Vec<(NodeId, f32)>,
 }
 
 impl GraphBuilder {
@@ -353,6 +361,13 @@ impl GraphBuilder {
         self.add(name, layer, vec![x], shape)
     }
 
+    /// Dropout with probability `p` (an error unless `0 <= p <= 1`).
+    pub fn dropout(&mut self, name: &str, x: NodeId, p: f32) -> Result<NodeId> {
+        let shape = self.shape(x).map_err(|e| e.in_node(name))?;
+        let dropout = Dropout::new(p).map_err(|e| e.in_node(name))?;
+        self.add(name, Layer::Dropout(dropout), vec![x], shape)
+    }
+
     /// Pads each plane with zeros.
     pub fn zero_pad(&mut self, name: &str, x: NodeId, pads: Pads) -> Result<NodeId> {
         let [c, h, w] = self.shape(x).map_err(|e| e.in_node(name))?;
@@ -412,6 +427,13 @@ impl GraphBuilder {
         self.add(name, Layer::Flatten, vec![x], [shape.iter().product(), 1, 1])
     }
 
+    /// Makes `node` an auxiliary classifier whose loss counts `weight` times in training.
+    pub fn aux_output(&mut self, node: NodeId, weight: f32) -> Result<()> {
+        self.shape(node)?;
+        self.aux_outputs.push((node, weight));
+        Ok(())
+    }
+
     /// Marks `node` for the summary's shape trace under `label`.
     pub fn mark(&mut self, label: &str, node: NodeId) {
         self.trace.push((label.to_string(), node));
@@ -430,10 +452,21 @@ impl GraphBuilder {
         if output >= self.nodes.len() {
             return Err(Error::config("graph", format!("output node {output} does not exist")));
         }
+        for &(aux, _) in &self.aux_outputs {
+            if self.nodes[aux].shape != self.nodes[output].shape {
+                return Err(Error::shape(
+                    "auxiliary output",
+                    format!("the main output's shape {:?}", self.nodes[output].shape),
+                    format!("{:?}", self.nodes[aux].shape),
+                )
+                .in_node(&self.nodes[aux].name));
+            }
+        }
         Ok(Graph {
             nodes: self.nodes,
             params: self.params,
             output,
+            aux_outputs: self.aux_outputs,
             trace: self.trace,
         })
     }

@@ -48,7 +48,12 @@ pub struct Executor {
     bn_stats: Vec<ChannelStats>,
     /// The mode of the last forward pass (backward and the running-statistics update follow it).
     mode: Mode,
-    probabilities: Vec<f32>,
+    /// Dropout's seed for the current pass; each training forward moves it on.
+    dropout_seed: u64,
+    /// Softmax probabilities per loss head: the output's, then each auxiliary output's.
+    probabilities: Vec<Vec<f32>>,
+    /// Nodes the main output depends on; the others (auxiliary heads) are skipped in eval.
+    main_path: Vec<bool>,
     labels: Vec<usize>,
     label_smoothing: f32,
     param_grads: Vec<Vec<f32>>,
@@ -83,8 +88,10 @@ pub struct NodeTime {
 
 /// What a node keeps from its forward pass for its backward pass, besides its output.
 struct Saved<'a> {
-    /// A max pool's argmaxes (empty for other nodes).
+    /// A max pool's argmaxes, or a dropout's kept flags (empty for other nodes).
     argmax: &'a mut [u32],
+    /// A dropout's seed for this pass.
+    seed: u64,
     /// A batch norm's statistics.
     stats: &'a mut ChannelStats,
 }
@@ -148,6 +155,26 @@ fn forward_node(
         Layer::MaxPool(pool) => {
             let g = pool.window.geometry("max_pool2d", [batch, c, h, w])?;
             max_pool_forward(&g, x, y, saved.argmax);
+        }
+        Layer::Dropout(dropout) => {
+            let len = c * h * w;
+            if mode == Mode::Eval || dropout.p == 0.0 {
+                y.par_iter_mut().for_each(|(n, out)| out.copy_from_slice(x.get(n)));
+                saved.argmax.fill(1);
+            } else {
+                let keep = if dropout.p < 1.0 { 1.0 / (1.0 - dropout.p) } else { 0.0 };
+                y.par_iter_mut()
+                    .zip(saved.argmax.par_chunks_mut(len))
+                    .for_each(|((n, out), kept)| {
+                        // One stream per (pass, node, image): reproducible whatever the thread count.
+                        let mut rng =
+                            fastrand::Rng::with_seed(saved.seed ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        for ((o, &v), k) in out.iter_mut().zip(x.get(n)).zip(kept.iter_mut()) {
+                            *k = (rng.f32() >= dropout.p) as u32;
+                            *o = if *k == 1 { v * keep } else { 0.0 };
+                        }
+                    });
+            }
         }
         Layer::AvgPool(pool) => {
             let g = pool.window.geometry("avg_pool2d", [batch, c, h, w])?;
@@ -253,6 +280,7 @@ impl BranchRun<'_> {
             let out = &mut buffer[n * len..][..len];
             let saved = Saved {
                 argmax: &mut bufs.argmax[k],
+                seed: 0,
                 stats: &mut bufs.stats[k],
             };
             self.forward_image(id, input, out, saved, n)?;
@@ -261,6 +289,7 @@ impl BranchRun<'_> {
         let k = inner.len();
         let saved = Saved {
             argmax: &mut bufs.argmax[k],
+            seed: 0,
             stats: &mut bufs.stats[k],
         };
         self.forward_image(last, input, part, saved, n)
@@ -279,6 +308,7 @@ impl BranchRun<'_> {
         };
         let saved = Saved {
             argmax,
+            seed: 0,
             stats: saved.stats,
         };
         let mut y = ImagesMut::dense(out, 1, len);
@@ -295,6 +325,20 @@ impl BranchRun<'_> {
         )
         .map_err(|e| e.in_node(&node.name))
     }
+}
+
+/// Whether each node is needed for the graph's main output.
+fn main_path(graph: &Graph) -> Vec<bool> {
+    let mut needed = vec![false; graph.nodes.len()];
+    needed[graph.output] = true;
+    for id in (0..graph.nodes.len()).rev() {
+        if needed[id] {
+            for &input in &graph.nodes[id].inputs {
+                needed[input] = true;
+            }
+        }
+    }
+    needed
 }
 
 /// The algorithm node `id` runs: the plan's choice, unless `forced` overrides it.
@@ -365,7 +409,7 @@ impl Executor {
             .nodes
             .iter()
             .map(|n| {
-                if matches!(n.layer, Layer::MaxPool(_)) {
+                if matches!(n.layer, Layer::MaxPool(_) | Layer::Dropout(_)) {
                     vec![0u32; n.image_len() * capacity]
                 } else {
                     Vec::new()
@@ -386,7 +430,9 @@ impl Executor {
             argmax,
             bn_stats: vec![ChannelStats::default(); graph.nodes.len()],
             mode: Mode::Eval,
-            probabilities: vec![0.0; classes * capacity],
+            dropout_seed: 0,
+            probabilities: vec![vec![0.0; classes * capacity]; 1 + graph.aux_outputs.len()],
+            main_path: main_path(graph),
             labels: Vec::with_capacity(capacity),
             label_smoothing: 0.0,
             // Running statistics get no gradient: an empty one, which optimizers skip.
@@ -501,6 +547,9 @@ impl Executor {
         let batch = input.count();
         self.batch = batch;
         self.mode = mode;
+        if mode == Mode::Train {
+            self.dropout_seed = self.dropout_seed.wrapping_add(1).wrapping_mul(0x2545_F491_4F6C_DD1D);
+        }
         // Batch statistics need the whole batch at once, so branches that hold a batch norm cannot run
         // image by image in training.
         let batch_norm = graph.nodes.iter().any(|n| matches!(n.layer, Layer::BatchNorm { .. }));
@@ -538,6 +587,11 @@ impl Executor {
                 id = concat + 1;
                 continue;
             }
+            // Auxiliary heads only matter to the training loss.
+            if mode == Mode::Eval && !self.main_path[id] {
+                id += 1;
+                continue;
+            }
             self.forward_one(graph, params, id, input, mode)?;
             self.record_forward(id, started);
             id += 1;
@@ -568,6 +622,7 @@ impl Executor {
         let in_place = &self.plan.in_place[id];
         let argmax = &mut self.argmax[id];
         let stats = &mut self.bn_stats[id];
+        let seed = self.dropout_seed ^ (id as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
         let run = |bufs: &[Vec<f32>], out: &mut [f32]| -> Result<()> {
             let mut y = images_mut(out, p, batch);
             match &node.layer {
@@ -592,7 +647,7 @@ impl Executor {
                 _ => {
                     let input = node.inputs[0];
                     let x = images(bufs, places[input], batch);
-                    let saved = Saved { argmax, stats };
+                    let saved = Saved { argmax, seed, stats };
                     forward_node(graph, node, input, x, &mut y, saved, params, algo, mode)?;
                 }
             }
@@ -631,14 +686,19 @@ impl Executor {
     }
 
     /// Softmax cross-entropy of the last forward's output against `labels`, batch-averaged, with label
-    /// smoothing `eps`; keeps the probabilities for [`Executor::backward`].
+    /// smoothing `eps`; keeps the probabilities for [`Executor::backward`]. After a training forward,
+    /// each auxiliary head's loss is added with its weight (the accuracy counts the main output only).
     pub fn loss(&mut self, graph: &Graph, labels: &[usize], label_smoothing: f32) -> Result<BatchLoss> {
         let classes = graph.output_len();
         loss::check_labels("loss", labels, self.batch, classes)?;
-        let p = self.plan.places[graph.output];
-        let logits = &self.acts[p.buffer][p.offset..];
-        let probabilities = &mut self.probabilities[..labels.len() * classes];
-        let loss = loss::forward_rows(logits, p.stride, classes, labels, label_smoothing, probabilities);
+        let mut total = 0.0;
+        for (head, (node, weight)) in self.loss_heads(graph).into_iter().enumerate() {
+            let p = self.plan.places[node];
+            let logits = &self.acts[p.buffer][p.offset..];
+            let probabilities = &mut self.probabilities[head][..labels.len() * classes];
+            total +=
+                weight as f64 * loss::forward_rows(logits, p.stride, classes, labels, label_smoothing, probabilities);
+        }
         let out = self.output(graph);
         let correct = (0..labels.len())
             .filter(|&n| {
@@ -650,7 +710,19 @@ impl Executor {
         self.labels.clear();
         self.labels.extend_from_slice(labels);
         self.label_smoothing = label_smoothing;
-        Ok(BatchLoss { loss, correct })
+        Ok(BatchLoss { loss: total, correct })
+    }
+
+    /// The output and, after a training forward, the auxiliary heads, each with its loss weight.
+    fn loss_heads(&self, graph: &Graph) -> Vec<(NodeId, f32)> {
+        let aux = if self.mode == Mode::Train {
+            &graph.aux_outputs[..]
+        } else {
+            &[]
+        };
+        std::iter::once((graph.output, 1.0))
+            .chain(aux.iter().copied())
+            .collect()
     }
 
     /// Backward pass from the last [`Executor::loss`]: zeroes and fills every parameter gradient.
@@ -678,15 +750,23 @@ impl Executor {
             g.fill(0.0);
         }
         let classes = graph.output_len();
-        let out = self.plan.places[graph.output];
-        loss::backward_rows(
-            &self.probabilities[..batch * classes],
-            &self.labels,
-            classes,
-            self.label_smoothing,
-            &mut self.grads[out.buffer][out.offset..],
-            out.stride,
-        );
+        for (head, (node, weight)) in self.loss_heads(graph).into_iter().enumerate() {
+            let out = self.plan.places[node];
+            let grad = &mut self.grads[out.buffer][out.offset..];
+            loss::backward_rows(
+                &self.probabilities[head][..batch * classes],
+                &self.labels,
+                classes,
+                self.label_smoothing,
+                grad,
+                out.stride,
+            );
+            if weight != 1.0 {
+                for n in 0..batch {
+                    grad[n * out.stride..][..classes].iter_mut().for_each(|g| *g *= weight);
+                }
+            }
+        }
         let Executor {
             acts,
             grads,
@@ -696,12 +776,18 @@ impl Executor {
             algo,
             plan,
             profile,
+            mode,
+            main_path,
             ..
         } = self;
         let places = &plan.places;
         for (id, node) in graph.nodes.iter().enumerate().rev() {
             let p = places[id];
             let Some(&input) = node.inputs.first() else { continue };
+            // An auxiliary head skipped by an eval forward has nothing to pass back.
+            if *mode == Mode::Eval && !main_path[id] {
+                continue;
+            }
             let started = profile.is_some().then(Instant::now);
             let ip = places[input];
             // The graph input needs no gradient: its producer skips computing one.
@@ -772,6 +858,23 @@ impl Executor {
                     } else {
                         let dy = images(grads, p, batch);
                         bn.backward_images(x, dy, h * w, stats, &params[*gamma], (dgamma, dbeta), None);
+                    }
+                    Ok(())
+                }
+                Layer::Dropout(dropout) => {
+                    if input_needs_grad {
+                        let keep = if dropout.p < 1.0 { 1.0 / (1.0 - dropout.p) } else { 0.0 };
+                        let len = c * h * w;
+                        let kept = &argmax[id];
+                        with_buffer(grads, ip.buffer, |grads, dx| {
+                            let dy = images(grads, p, batch);
+                            images_mut(dx, ip, batch).par_iter_mut().for_each(|(n, dx)| {
+                                let flags = &kept[n * len..][..len];
+                                for ((d, &g), &k) in dx.iter_mut().zip(dy.get(n)).zip(flags) {
+                                    *d += if k == 1 { g * keep } else { 0.0 };
+                                }
+                            });
+                        });
                     }
                     Ok(())
                 }

@@ -4,6 +4,7 @@
 mod googlenet_bn;
 mod googlenet_d2l;
 mod inception_tf_cifar;
+mod inception_v3;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Init};
@@ -11,9 +12,16 @@ use crate::graph::{Graph, Init};
 pub use googlenet_bn::{googlenet_bn, inception_v2};
 pub use googlenet_d2l::googlenet_d2l;
 pub use inception_tf_cifar::inception_tf_cifar;
+pub use inception_v3::inception_v3;
 
 /// The models incept can build, by command-line name.
-pub const MODEL_NAMES: &[&str] = &["googlenet-d2l", "googlenet-bn", "inception-v2", "inception-tf-cifar"];
+pub const MODEL_NAMES: &[&str] = &[
+    "googlenet-d2l",
+    "googlenet-bn",
+    "inception-v2",
+    "inception-tf-cifar",
+    "inception-v3",
+];
 
 /// What a model is built for: input channels, input size and classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +46,7 @@ pub fn default_config(name: &str) -> Result<ModelConfig> {
         "googlenet-d2l" => Ok(config(1, 96)),
         "googlenet-bn" | "inception-v2" => Ok(config(3, 96)),
         "inception-tf-cifar" => Ok(config(3, 32)),
+        "inception-v3" => Ok(config(3, 299)),
         _ => Err(unknown(name)),
     }
 }
@@ -56,6 +65,7 @@ pub fn build(name: &str, config: ModelConfig) -> Result<Graph> {
         "googlenet-bn" => googlenet_bn(config),
         "inception-v2" => inception_v2(config),
         "inception-tf-cifar" => inception_tf_cifar(config),
+        "inception-v3" => inception_v3(config),
         _ => Err(unknown(name)),
     }
 }
@@ -121,6 +131,7 @@ pub fn config_from_weights(name: &str, weights: &crate::io::checkpoint::TensorFi
         "googlenet-d2l" => ("0.0.weight", "6.weight"),
         "googlenet-bn" | "inception-v2" => ("0.0.0.weight", "6.weight"),
         "inception-tf-cifar" => ("0.weight", "10.weight"),
+        "inception-v3" => ("Conv2d_1a_3x3.conv.weight", "fc.weight"),
         _ => return Err(unknown(name)),
     };
     let shape = |key: &str| {
