@@ -1,0 +1,127 @@
+//! Graph-level behaviour of dropout and auxiliary outputs: dropout zeroes about `p` of the values and
+//! scales the rest by `1/(1-p)` in training, passes them through in eval, and sends gradients back
+//! through the same mask; an auxiliary head adds its weighted loss in training only.
+
+use incept::graph::{Executor, GraphBuilder, Mode};
+use incept::models::Model;
+use incept::ops::conv::Conv2d;
+use incept::tensor::Images;
+
+fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..len).map(|_| rng.f32() * 2.0 - 1.0).collect()
+}
+
+#[test]
+fn dropout_masks_scales_and_passes_gradients_through_its_mask() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("input", [3, 16, 16]).unwrap();
+    let conv = b.conv("conv", x, Conv2d::new(3, 4, [1, 1]), true, false).unwrap();
+    let drop = b.dropout("drop", conv, 0.5).unwrap();
+    let flat = b.flatten("flat", drop).unwrap();
+    let out = b.linear("fc", flat, 3, true).unwrap();
+    let model = Model::init(b.build(out).unwrap(), 1);
+    let images = random(2 * 3 * 256, 2);
+    let mut exec = Executor::new(&model.graph, 2).unwrap();
+    let input = Images::dense(&images, 2, 3 * 256);
+
+    exec.forward(&model.graph, &model.params, input, Mode::Eval).unwrap();
+    let (conv_out, eval_out) = (exec.node_output(conv), exec.node_output(drop));
+    for n in 0..2 {
+        assert_eq!(conv_out.get(n), eval_out.get(n), "eval passes values through");
+    }
+
+    exec.forward(&model.graph, &model.params, input, Mode::Train).unwrap();
+    let (conv_out, train_out) = (exec.node_output(conv), exec.node_output(drop));
+    let mut kept = vec![Vec::new(); 2];
+    let mut zeros = 0;
+    for n in 0..2 {
+        for (&x, &y) in conv_out.get(n).iter().zip(train_out.get(n)) {
+            let keep = y != 0.0;
+            assert!(
+                y == 0.0 || y == 2.0 * x,
+                "a value is either dropped or doubled: {x} -> {y}"
+            );
+            zeros += !keep as usize;
+            kept[n].push(keep);
+        }
+    }
+    let fraction = zeros as f64 / 2048.0;
+    assert!(
+        (0.45..0.55).contains(&fraction),
+        "dropped {fraction} of the values, p = 0.5"
+    );
+
+    exec.loss(&model.graph, &[0, 2], 0.0).unwrap();
+    exec.backward(&model.graph, &model.params).unwrap();
+    let (d_conv, d_drop) = (exec.node_grad(conv).unwrap(), exec.node_grad(drop).unwrap());
+    for n in 0..2 {
+        for ((&dc, &dd), &keep) in d_conv.get(n).iter().zip(d_drop.get(n)).zip(&kept[n]) {
+            let expected = if keep { 2.0 * dd } else { 0.0 };
+            assert!((dc - expected).abs() <= 1e-6 * dd.abs().max(1e-3), "{dc} vs {expected}");
+        }
+    }
+    // A new training pass draws a new mask.
+    exec.forward(&model.graph, &model.params, input, Mode::Train).unwrap();
+    let again: Vec<bool> = exec.node_output(drop).get(0).iter().map(|&y| y != 0.0).collect();
+    assert_ne!(again, kept[0]);
+}
+
+#[test]
+fn an_auxiliary_head_adds_its_weighted_loss_in_training_only() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("input", [2, 4, 4]).unwrap();
+    let flat = b.flatten("flat", x).unwrap();
+    let main = b.linear("fc", flat, 5, true).unwrap();
+    let aux = b.linear("aux", flat, 5, true).unwrap();
+    b.aux_output(aux, 0.4).unwrap();
+    let model = Model::init(b.build(main).unwrap(), 3);
+    let images = random(3 * 32, 4);
+    let labels = [1, 4, 0];
+    let mut exec = Executor::new(&model.graph, 3).unwrap();
+    let input = Images::dense(&images, 3, 32);
+    // Cross-entropy of one head's logits, from the definition.
+    let ce = |logits: Images<'_>| -> f64 {
+        (0..3)
+            .map(|n| {
+                let row = logits.get(n);
+                let sum: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
+                sum.ln() - row[labels[n]] as f64
+            })
+            .sum::<f64>()
+            / 3.0
+    };
+    exec.forward(&model.graph, &model.params, input, Mode::Train).unwrap();
+    let train = exec.loss(&model.graph, &labels, 0.0).unwrap().loss;
+    let expected = ce(exec.node_output(main)) + 0.4 * ce(exec.node_output(aux));
+    assert!(
+        (train - expected).abs() < 1e-6,
+        "training loss {train} vs main + 0.4 aux {expected}"
+    );
+    exec.forward(&model.graph, &model.params, input, Mode::Eval).unwrap();
+    let eval = exec.loss(&model.graph, &labels, 0.0).unwrap().loss;
+    let expected = ce(exec.node_output(main));
+    assert!(
+        (eval - expected).abs() < 1e-6,
+        "eval loss {eval} vs the main head's {expected}"
+    );
+    // The auxiliary head's weight gradient is 0.4 times what it would be as a main head.
+    exec.forward(&model.graph, &model.params, input, Mode::Train).unwrap();
+    exec.loss(&model.graph, &labels, 0.0).unwrap();
+    exec.backward(&model.graph, &model.params).unwrap();
+    let aux_weight = model.param_index("aux.weight").unwrap();
+    let ours = exec.param_grads()[aux_weight].clone();
+    let mut alone = GraphBuilder::new();
+    let x = alone.input("input", [2, 4, 4]).unwrap();
+    let flat = alone.flatten("flat", x).unwrap();
+    let head = alone.linear("aux", flat, 5, true).unwrap();
+    let graph = alone.build(head).unwrap();
+    let params = vec![model.params[aux_weight].clone(), model.params[aux_weight + 1].clone()];
+    let mut single = Executor::new(&graph, 3).unwrap();
+    single.forward(&graph, &params, input, Mode::Train).unwrap();
+    single.loss(&graph, &labels, 0.0).unwrap();
+    single.backward(&graph, &params).unwrap();
+    for (a, s) in ours.iter().zip(&single.param_grads()[0]) {
+        assert!((a - 0.4 * s).abs() < 1e-6, "{a} vs 0.4 x {s}");
+    }
+}
