@@ -55,8 +55,8 @@ fn dropout_masks_scales_and_passes_gradients_through_its_mask() {
     exec.loss(&model.graph, &[0, 2], 0.0).unwrap();
     exec.backward(&model.graph, &model.params).unwrap();
     let (d_conv, d_drop) = (exec.node_grad(conv).unwrap(), exec.node_grad(drop).unwrap());
-    for n in 0..2 {
-        for ((&dc, &dd), &keep) in d_conv.get(n).iter().zip(d_drop.get(n)).zip(&kept[n]) {
+    for (n, kept) in kept.iter().enumerate() {
+        for ((&dc, &dd), &keep) in d_conv.get(n).iter().zip(d_drop.get(n)).zip(kept) {
             let expected = if keep { 2.0 * dd } else { 0.0 };
             assert!((dc - expected).abs() <= 1e-6 * dd.abs().max(1e-3), "{dc} vs {expected}");
         }
