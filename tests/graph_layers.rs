@@ -35,7 +35,7 @@ fn dropout_masks_scales_and_passes_gradients_through_its_mask() {
     let (conv_out, train_out) = (exec.node_output(conv), exec.node_output(drop));
     let mut kept = vec![Vec::new(); 2];
     let mut zeros = 0;
-    for n in 0..2 {
+    for (n, kept) in kept.iter_mut().enumerate() {
         for (&x, &y) in conv_out.get(n).iter().zip(train_out.get(n)) {
             let keep = y != 0.0;
             assert!(
@@ -43,7 +43,7 @@ fn dropout_masks_scales_and_passes_gradients_through_its_mask() {
                 "a value is either dropped or doubled: {x} -> {y}"
             );
             zeros += !keep as usize;
-            kept[n].push(keep);
+            kept.push(keep);
         }
     }
     let fraction = zeros as f64 / 2048.0;
