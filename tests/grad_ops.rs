@@ -25,7 +25,9 @@ use incept::ops::batchnorm::BatchNorm2d;
 use incept::ops::conv::{Conv2d, ConvAlgo};
 use incept::ops::linear::Linear;
 use incept::ops::loss::SoftmaxCrossEntropy;
-use incept::ops::pool::{AvgPool2d, MaxPool2d, global_avg_pool, global_avg_pool_backward};
+use incept::ops::pool::{
+    AvgPool2d, MaxPool2d, adaptive_avg_pool, adaptive_avg_pool_backward, global_avg_pool, global_avg_pool_backward,
+};
 use incept::ops::shape::{add_scaled, add_scaled_backward, concat_channels, flatten, flatten_backward, split_channels};
 
 const LINEAR_TOL: f64 = 5e-4;
@@ -225,6 +227,21 @@ fn grad_avg_pool2d_and_global_average() {
         project(slice(&global_avg_pool(x.view()).unwrap()), slice(&r))
     });
     report("global_avg_pool", &[("input", err)], LINEAR_TOL);
+    // Adaptive pooling with overlapping, uneven bins (14 -> 4 as torchvision GoogLeNet's auxiliary heads).
+    for (input, output) in [([2, 3, 14, 14], [4, 4]), ([1, 2, 5, 7], [3, 2])] {
+        let mut x = random4(input, 72);
+        let r = random4([input[0], input[1], output[0], output[1]], 73);
+        let dx = adaptive_avg_pool_backward(r.view(), input).unwrap();
+        let err = grad_check(x.as_slice_mut().unwrap(), slice(&dx), H, 10_000, |v| {
+            let x = Array4::from_shape_vec(input, v.to_vec()).unwrap();
+            project(slice(&adaptive_avg_pool(x.view(), output).unwrap()), slice(&r))
+        });
+        report(
+            &format!("adaptive_avg_pool {input:?} -> {output:?}"),
+            &[("input", err)],
+            LINEAR_TOL,
+        );
+    }
 }
 
 #[test]

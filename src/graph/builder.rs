@@ -105,6 +105,8 @@ pub enum Layer {
     AvgPool(AvgPool2d),
     /// Global average pooling to `[c, 1, 1]`.
     GlobalAvgPool,
+    /// Adaptive average pooling to `[c, oh, ow]` (PyTorch's bins).
+    AdaptiveAvgPool([usize; 2]),
     /// ReLU as a node of its own.
     Relu,
     /// Channel concatenation of the inputs.
@@ -155,6 +157,7 @@ impl Layer {
             Layer::MaxPool(_) => "max pool".into(),
             Layer::AvgPool(_) => "avg pool".into(),
             Layer::GlobalAvgPool => "global avg pool".into(),
+            Layer::AdaptiveAvgPool([h, w]) => format!("adaptive avg pool {h}x{w}"),
             Layer::Relu => "relu".into(),
             Layer::Concat => "concat".into(),
             Layer::Flatten => "flatten".into(),
@@ -387,6 +390,20 @@ impl GraphBuilder {
         let [c, h, w] = self.shape(x).map_err(|e| e.in_node(name))?;
         let [_, c, h, w] = pool.output_shape([1, c, h, w]).map_err(|e| e.in_node(name))?;
         self.add(name, Layer::AvgPool(pool), vec![x], [c, h, w])
+    }
+
+    /// Adaptive average pooling to `[c, oh, ow]`; the output may not be larger than the input.
+    pub fn adaptive_avg_pool(&mut self, name: &str, x: NodeId, output: [usize; 2]) -> Result<NodeId> {
+        let [c, h, w] = self.shape(x).map_err(|e| e.in_node(name))?;
+        if output.contains(&0) || output[0] > h || output[1] > w {
+            return Err(Error::shape(
+                "adaptive_avg_pool2d output size",
+                format!("1 to [{h}, {w}] (the input size)"),
+                format!("{output:?}"),
+            )
+            .in_node(name));
+        }
+        self.add(name, Layer::AdaptiveAvgPool(output), vec![x], [c, output[0], output[1]])
     }
 
     /// Global average pooling to `[c, 1, 1]`.

@@ -181,6 +181,7 @@ fn forward_node(
             pool.forward_images(&g, x, y);
         }
         Layer::GlobalAvgPool => pool::global_avg_pool_forward(x, h * w, y),
+        Layer::AdaptiveAvgPool(output) => pool::adaptive_avg_pool_forward(x, [h, w], *output, y),
         Layer::Relu => {
             y.par_iter_mut().for_each(|(n, out)| {
                 out.iter_mut().zip(x.get(n)).for_each(|(o, &v)| *o = v.max(0.0));
@@ -915,6 +916,15 @@ impl Executor {
                     }
                     Ok(())
                 })(),
+                Layer::AdaptiveAvgPool(output) => {
+                    if input_needs_grad {
+                        with_buffer(grads, ip.buffer, |grads, dx| {
+                            let dy = images(grads, p, batch);
+                            pool::adaptive_avg_pool_backward_images(dy, [h, w], *output, &mut images_mut(dx, ip, batch))
+                        });
+                    }
+                    Ok(())
+                }
                 Layer::GlobalAvgPool => {
                     if input_needs_grad {
                         with_buffer(grads, ip.buffer, |grads, dx| {

@@ -1,6 +1,7 @@
 //! The model zoo: each model is a graph builder whose parameter names are the PyTorch state_dict keys
 //! of its reference definition, so weights move between PyTorch and incept unchanged.
 
+mod googlenet;
 mod googlenet_bn;
 mod googlenet_d2l;
 mod inception_tf_cifar;
@@ -9,6 +10,7 @@ mod inception_v3;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Init};
 
+pub use googlenet::googlenet;
 pub use googlenet_bn::{googlenet_bn, inception_v2};
 pub use googlenet_d2l::googlenet_d2l;
 pub use inception_tf_cifar::inception_tf_cifar;
@@ -21,6 +23,7 @@ pub const MODEL_NAMES: &[&str] = &[
     "inception-v2",
     "inception-tf-cifar",
     "inception-v3",
+    "googlenet",
 ];
 
 /// What a model is built for: input channels, input size and classes.
@@ -47,6 +50,7 @@ pub fn default_config(name: &str) -> Result<ModelConfig> {
         "googlenet-bn" | "inception-v2" => Ok(config(3, 96)),
         "inception-tf-cifar" => Ok(config(3, 32)),
         "inception-v3" => Ok(config(3, 299)),
+        "googlenet" => Ok(config(3, 224)),
         _ => Err(unknown(name)),
     }
 }
@@ -66,6 +70,7 @@ pub fn build(name: &str, config: ModelConfig) -> Result<Graph> {
         "inception-v2" => inception_v2(config),
         "inception-tf-cifar" => inception_tf_cifar(config),
         "inception-v3" => inception_v3(config),
+        "googlenet" => googlenet(config),
         _ => Err(unknown(name)),
     }
 }
@@ -132,6 +137,7 @@ pub fn config_from_weights(name: &str, weights: &crate::io::checkpoint::TensorFi
         "googlenet-bn" | "inception-v2" => ("0.0.0.weight", "6.weight"),
         "inception-tf-cifar" => ("0.weight", "10.weight"),
         "inception-v3" => ("Conv2d_1a_3x3.conv.weight", "fc.weight"),
+        "googlenet" => ("conv1.conv.weight", "fc.weight"),
         _ => return Err(unknown(name)),
     };
     let shape = |key: &str| {

@@ -580,6 +580,95 @@ pub fn global_avg_pool_backward_images(dy: Images<'_>, pixels: usize, dx: &mut I
     });
 }
 
+/// PyTorch's adaptive-pooling bins along one axis: output `i` averages inputs
+/// `floor(i * input / output) .. ceil((i + 1) * input / output)` (bins may overlap or differ in size).
+pub fn adaptive_bins(input: usize, output: usize) -> Vec<std::ops::Range<usize>> {
+    (0..output)
+        .map(|i| i * input / output..((i + 1) * input).div_ceil(output))
+        .collect()
+}
+
+/// Adaptive average pooling of a batch of `[c, h, w]` images to `[c, oh, ow]` (PyTorch's
+/// `AdaptiveAvgPool2d((oh, ow))`).
+pub fn adaptive_avg_pool_forward(x: Images<'_>, [h, w]: [usize; 2], [oh, ow]: [usize; 2], y: &mut ImagesMut<'_>) {
+    let (rows, cols) = (adaptive_bins(h, oh), adaptive_bins(w, ow));
+    y.par_iter_mut().for_each(|(n, y_img)| {
+        for (plane, out) in x.get(n).chunks_exact(h * w).zip(y_img.chunks_exact_mut(oh * ow)) {
+            for (oy, r) in rows.iter().enumerate() {
+                for (ox, c) in cols.iter().enumerate() {
+                    let sum: f64 = r
+                        .clone()
+                        .map(|iy| {
+                            plane[iy * w + c.start..iy * w + c.end]
+                                .iter()
+                                .map(|&v| v as f64)
+                                .sum::<f64>()
+                        })
+                        .sum();
+                    out[oy * ow + ox] = (sum / (r.len() * c.len()) as f64) as f32;
+                }
+            }
+        }
+    });
+}
+
+/// Adds the adaptive-average-pool input gradient into `dx`.
+pub fn adaptive_avg_pool_backward_images(
+    dy: Images<'_>,
+    [h, w]: [usize; 2],
+    [oh, ow]: [usize; 2],
+    dx: &mut ImagesMut<'_>,
+) {
+    let (rows, cols) = (adaptive_bins(h, oh), adaptive_bins(w, ow));
+    dx.par_iter_mut().for_each(|(n, dx_img)| {
+        for (plane, d) in dx_img.chunks_exact_mut(h * w).zip(dy.get(n).chunks_exact(oh * ow)) {
+            for (oy, r) in rows.iter().enumerate() {
+                for (ox, c) in cols.iter().enumerate() {
+                    let share = d[oy * ow + ox] / (r.len() * c.len()) as f32;
+                    for iy in r.clone() {
+                        plane[iy * w + c.start..iy * w + c.end]
+                            .iter_mut()
+                            .for_each(|v| *v += share);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// [`adaptive_avg_pool_forward`] on an ndarray batch.
+pub fn adaptive_avg_pool(x: ArrayView4<f32>, output: [usize; 2]) -> Result<Array4<f32>> {
+    let [n, c, h, w] = dims4(&x);
+    if output.contains(&0) || output[0] > h || output[1] > w {
+        return Err(Error::shape(
+            "adaptive_avg_pool2d output size",
+            format!("1 to [{h}, {w}] (the input size)"),
+            format!("{output:?}"),
+        ));
+    }
+    let xs = contiguous(&x);
+    let mut y = Array4::zeros([n, c, output[0], output[1]]);
+    let mut y_images = ImagesMut::dense(
+        y.as_slice_mut().expect("fresh arrays are contiguous"),
+        n,
+        c * output[0] * output[1],
+    );
+    adaptive_avg_pool_forward(Images::dense(&xs, n, c * h * w), [h, w], output, &mut y_images);
+    Ok(y)
+}
+
+/// The input gradient of [`adaptive_avg_pool`].
+pub fn adaptive_avg_pool_backward(dy: ArrayView4<f32>, input_shape: [usize; 4]) -> Result<Array4<f32>> {
+    let [n, c, h, w] = input_shape;
+    let [_, _, oh, ow] = dims4(&dy);
+    expect_shape("adaptive_avg_pool2d output gradient", &[n, c, oh, ow], dy.shape())?;
+    let dys = contiguous(&dy);
+    let mut dx = Array4::zeros(input_shape);
+    let mut dx_images = ImagesMut::dense(dx.as_slice_mut().expect("fresh arrays are contiguous"), n, c * h * w);
+    adaptive_avg_pool_backward_images(Images::dense(&dys, n, c * oh * ow), [h, w], [oh, ow], &mut dx_images);
+    Ok(dx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,5 +685,17 @@ mod tests {
         // The 3 at (0,1) comes before the 3 at (1,0); the NaNs are at (0,2) and (1,3), and PyTorch's
         // kernel (`val > maxval || isnan(val)`) keeps the last.
         assert_eq!(cache.argmax, [1, 7]);
+    }
+
+    #[test]
+    fn adaptive_bins_are_pytorchs() {
+        // 14 -> 4 (torchvision GoogLeNet's auxiliary heads at 224x224): overlapping bins of 4.
+        assert_eq!(adaptive_bins(14, 4), [0..4, 3..7, 7..11, 10..14]);
+        assert_eq!(adaptive_bins(5, 3), [0..2, 1..4, 3..5]);
+        assert_eq!(adaptive_bins(8, 8), (0..8).map(|i| i..i + 1).collect::<Vec<_>>());
+        let x = Array4::from_shape_fn([1, 1, 5, 3], |(_, _, i, j)| (i * 3 + j) as f32);
+        let y = adaptive_avg_pool(x.view(), [3, 1]).unwrap();
+        // Rows 0-1, 1-3, 3-4 averaged over all 3 columns.
+        assert_eq!(y.iter().copied().collect::<Vec<_>>(), [2.5, 7.0, 11.5]);
     }
 }
