@@ -6,6 +6,7 @@ mod googlenet_bn;
 mod googlenet_d2l;
 mod inception_tf_cifar;
 mod inception_v3;
+mod inception_v4;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Init};
@@ -15,6 +16,7 @@ pub use googlenet_bn::{googlenet_bn, inception_v2};
 pub use googlenet_d2l::googlenet_d2l;
 pub use inception_tf_cifar::inception_tf_cifar;
 pub use inception_v3::inception_v3;
+pub use inception_v4::inception_v4;
 
 /// The models incept can build, by command-line name.
 pub const MODEL_NAMES: &[&str] = &[
@@ -24,6 +26,7 @@ pub const MODEL_NAMES: &[&str] = &[
     "inception-tf-cifar",
     "inception-v3",
     "googlenet",
+    "inception-v4",
 ];
 
 /// What a model is built for: input channels, input size and classes.
@@ -51,6 +54,7 @@ pub fn default_config(name: &str) -> Result<ModelConfig> {
         "inception-tf-cifar" => Ok(config(3, 32)),
         "inception-v3" => Ok(config(3, 299)),
         "googlenet" => Ok(config(3, 224)),
+        "inception-v4" => Ok(config(3, 299)),
         _ => Err(unknown(name)),
     }
 }
@@ -71,6 +75,7 @@ pub fn build(name: &str, config: ModelConfig) -> Result<Graph> {
         "inception-tf-cifar" => inception_tf_cifar(config),
         "inception-v3" => inception_v3(config),
         "googlenet" => googlenet(config),
+        "inception-v4" => inception_v4(config),
         _ => Err(unknown(name)),
     }
 }
@@ -138,6 +143,7 @@ pub fn config_from_weights(name: &str, weights: &crate::io::checkpoint::TensorFi
         "inception-tf-cifar" => ("0.weight", "10.weight"),
         "inception-v3" => ("Conv2d_1a_3x3.conv.weight", "fc.weight"),
         "googlenet" => ("conv1.conv.weight", "fc.weight"),
+        "inception-v4" => ("features.0.conv.weight", "last_linear.weight"),
         _ => return Err(unknown(name)),
     };
     let shape = |key: &str| {
