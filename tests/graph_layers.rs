@@ -125,3 +125,50 @@ fn an_auxiliary_head_adds_its_weighted_loss_in_training_only() {
         assert!((a - 0.4 * s).abs() < 1e-6, "{a} vs 0.4 x {s}");
     }
 }
+
+#[test]
+fn a_scaled_residual_add_passes_dy_to_the_residual_and_scale_dy_to_the_branch() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("input", [3, 5, 5]).unwrap();
+    let residual = b.conv("residual", x, Conv2d::new(3, 4, [1, 1]), true, false).unwrap();
+    let branch = b.conv("branch", x, Conv2d::new(3, 4, [1, 1]), true, false).unwrap();
+    let sum = b.add_scaled("add", residual, branch, 0.3, true).unwrap();
+    let flat = b.flatten("flat", sum).unwrap();
+    let out = b.linear("fc", flat, 3, true).unwrap();
+    let model = Model::init(b.build(out).unwrap(), 5);
+    let images = random(2 * 75, 6);
+    let mut exec = Executor::new(&model.graph, 2).unwrap();
+    exec.forward(&model.graph, &model.params, Images::dense(&images, 2, 75), Mode::Train)
+        .unwrap();
+    let (r, br, y) = (
+        exec.node_output(residual),
+        exec.node_output(branch),
+        exec.node_output(sum),
+    );
+    for n in 0..2 {
+        for ((&r, &b), &y) in r.get(n).iter().zip(br.get(n)).zip(y.get(n)) {
+            assert!(
+                (y - (r + 0.3 * b).max(0.0)).abs() < 1e-6,
+                "{y} vs relu({r} + 0.3 x {b})"
+            );
+        }
+    }
+    let y: Vec<Vec<f32>> = (0..2).map(|n| y.get(n).to_vec()).collect();
+    exec.loss(&model.graph, &[2, 0], 0.0).unwrap();
+    exec.backward(&model.graph, &model.params).unwrap();
+    let (dr, db, dy) = (
+        exec.node_grad(residual).unwrap(),
+        exec.node_grad(branch).unwrap(),
+        exec.node_grad(sum).unwrap(),
+    );
+    // The sum's gradient has been masked by its ReLU once backward has passed it.
+    for n in 0..2 {
+        for (((&dr, &db), &dy), &y) in dr.get(n).iter().zip(db.get(n)).zip(dy.get(n)).zip(&y[n]) {
+            let g = if y > 0.0 { dy } else { 0.0 };
+            assert!(
+                (dr - g).abs() < 1e-7 && (db - 0.3 * g).abs() < 1e-7,
+                "{dr}, {db} vs {g}"
+            );
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! googlenet-bn, inception-v2, inception-tf-cifar, inception-v3, torchvision's googlenet and timm's
-//! inception-v4 against their PyTorch definitions
+//! inception-v4 and inception-resnet-v2 against their PyTorch definitions
 //! (`fixtures/generate_family.py`): parameter names and count, eval logits (running statistics calibrated
 //! on 16 other images, so the logits depend on the input), and one training-mode batch
 //! (loss, the gradient of every parameter against float64 PyTorch, and the batch-norm running statistics
@@ -236,6 +236,12 @@ fn inception_v4_matches_pytorch() {
 }
 
 #[test]
+fn inception_resnet_v2_matches_pytorch() {
+    eval_logits_match("inception-resnet-v2");
+    training_batch_matches("inception-resnet-v2");
+}
+
+#[test]
 fn inception_v3_matches_pytorch() {
     eval_logits_match("inception-v3");
     training_batch_matches("inception-v3");
@@ -318,6 +324,7 @@ fn every_family_model_trains_for_a_few_steps() {
     trains_for_a_few_steps("googlenet-bn", 96);
     trains_for_a_few_steps("googlenet", 64);
     trains_for_a_few_steps("inception-v4", 75);
+    trains_for_a_few_steps("inception-resnet-v2", 75);
     // 75×75, torchvision's smallest input (no auxiliary head there; the parity test trains it at 299).
     trains_for_a_few_steps("inception-v3", 75);
 }

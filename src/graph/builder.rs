@@ -111,6 +111,13 @@ pub enum Layer {
     Relu,
     /// Channel concatenation of the inputs.
     Concat,
+    /// `inputs[0] + scale * inputs[1]` (Inception-ResNet's scaled residual), optionally followed by ReLU.
+    AddScaled {
+        /// Weight of the branch.
+        scale: f32,
+        /// Apply ReLU to the sum.
+        relu: bool,
+    },
     /// `[c, h, w] -> [c*h*w, 1, 1]`; shares its input's memory.
     Flatten,
 }
@@ -160,6 +167,7 @@ impl Layer {
             Layer::AdaptiveAvgPool([h, w]) => format!("adaptive avg pool {h}x{w}"),
             Layer::Relu => "relu".into(),
             Layer::Concat => "concat".into(),
+            Layer::AddScaled { scale, relu } => format!("add {scale}x{}", if *relu { "+relu" } else { "" }),
             Layer::Flatten => "flatten".into(),
         }
     }
@@ -436,6 +444,23 @@ impl GraphBuilder {
         }
         let channels = shapes.iter().map(|s| s[0]).sum();
         self.add(name, Layer::Concat, parts.to_vec(), [channels, first[1], first[2]])
+    }
+
+    /// `residual + scale * branch` (shapes must match), optionally followed by ReLU.
+    pub fn add_scaled(
+        &mut self,
+        name: &str,
+        residual: NodeId,
+        branch: NodeId,
+        scale: f32,
+        relu: bool,
+    ) -> Result<NodeId> {
+        let r = self.shape(residual).map_err(|e| e.in_node(name))?;
+        let bs = self.shape(branch).map_err(|e| e.in_node(name))?;
+        if r != bs {
+            return Err(Error::shape("residual branch", format!("{r:?}"), format!("{bs:?}")).in_node(name));
+        }
+        self.add(name, Layer::AddScaled { scale, relu }, vec![residual, branch], r)
     }
 
     /// Flattens to `[c*h*w, 1, 1]`.

@@ -187,7 +187,9 @@ fn forward_node(
                 out.iter_mut().zip(x.get(n)).for_each(|(o, &v)| *o = v.max(0.0));
             });
         }
-        Layer::Input | Layer::Concat | Layer::Flatten => unreachable!("{} is not a single-input op", node.name),
+        Layer::Input | Layer::Concat | Layer::Flatten | Layer::AddScaled { .. } => {
+            unreachable!("{} is not a single-input op", node.name)
+        }
     }
     Ok(())
 }
@@ -645,6 +647,20 @@ impl Executor {
                         offset += pp.len;
                     }
                 }
+                Layer::AddScaled { scale, relu } => {
+                    let (residual, branch) = (
+                        images(bufs, places[node.inputs[0]], batch),
+                        images(bufs, places[node.inputs[1]], batch),
+                    );
+                    y.par_iter_mut().for_each(|(n, out)| {
+                        for ((o, &r), &b) in out.iter_mut().zip(residual.get(n)).zip(branch.get(n)) {
+                            *o = r + scale * b;
+                        }
+                        if *relu {
+                            kernels::relu_in_place(out);
+                        }
+                    });
+                }
                 _ => {
                     let input = node.inputs[0];
                     let x = images(bufs, places[input], batch);
@@ -942,6 +958,26 @@ impl Executor {
                             images_mut(dx, ip, batch)
                                 .par_iter_mut()
                                 .for_each(|(n, d)| kernels::relu_backward_add(d, dy.get(n), y.get(n)));
+                        });
+                    }
+                    Ok(())
+                }
+                Layer::AddScaled { scale, relu } => {
+                    if *relu {
+                        let y = images(acts, p, batch);
+                        let mut dy = images_mut(&mut grads[p.buffer], p, batch);
+                        dy.par_iter_mut().for_each(|(n, d)| kernels::relu_mask(d, y.get(n)));
+                    }
+                    for (&part, factor) in node.inputs.iter().zip([1.0, *scale]) {
+                        if matches!(graph.nodes[part].layer, Layer::Input) {
+                            continue;
+                        }
+                        let pp = places[part];
+                        with_buffer(grads, pp.buffer, |grads, dx| {
+                            let dy = images(grads, p, batch);
+                            images_mut(dx, pp, batch).par_iter_mut().for_each(|(n, dx)| {
+                                dx.iter_mut().zip(dy.get(n)).for_each(|(d, &g)| *d += factor * g);
+                            });
                         });
                     }
                     Ok(())

@@ -4,6 +4,7 @@
 mod googlenet;
 mod googlenet_bn;
 mod googlenet_d2l;
+mod inception_resnet_v2;
 mod inception_tf_cifar;
 mod inception_v3;
 mod inception_v4;
@@ -14,6 +15,7 @@ use crate::graph::{Graph, Init};
 pub use googlenet::googlenet;
 pub use googlenet_bn::{googlenet_bn, inception_v2};
 pub use googlenet_d2l::googlenet_d2l;
+pub use inception_resnet_v2::inception_resnet_v2;
 pub use inception_tf_cifar::inception_tf_cifar;
 pub use inception_v3::inception_v3;
 pub use inception_v4::inception_v4;
@@ -27,6 +29,7 @@ pub const MODEL_NAMES: &[&str] = &[
     "inception-v3",
     "googlenet",
     "inception-v4",
+    "inception-resnet-v2",
 ];
 
 /// What a model is built for: input channels, input size and classes.
@@ -54,7 +57,7 @@ pub fn default_config(name: &str) -> Result<ModelConfig> {
         "inception-tf-cifar" => Ok(config(3, 32)),
         "inception-v3" => Ok(config(3, 299)),
         "googlenet" => Ok(config(3, 224)),
-        "inception-v4" => Ok(config(3, 299)),
+        "inception-v4" | "inception-resnet-v2" => Ok(config(3, 299)),
         _ => Err(unknown(name)),
     }
 }
@@ -76,6 +79,7 @@ pub fn build(name: &str, config: ModelConfig) -> Result<Graph> {
         "inception-v3" => inception_v3(config),
         "googlenet" => googlenet(config),
         "inception-v4" => inception_v4(config),
+        "inception-resnet-v2" => inception_resnet_v2(config),
         _ => Err(unknown(name)),
     }
 }
@@ -144,6 +148,7 @@ pub fn config_from_weights(name: &str, weights: &crate::io::checkpoint::TensorFi
         "inception-v3" => ("Conv2d_1a_3x3.conv.weight", "fc.weight"),
         "googlenet" => ("conv1.conv.weight", "fc.weight"),
         "inception-v4" => ("features.0.conv.weight", "last_linear.weight"),
+        "inception-resnet-v2" => ("conv2d_1a.conv.weight", "classif.weight"),
         _ => return Err(unknown(name)),
     };
     let shape = |key: &str| {
