@@ -7,16 +7,16 @@
 //! 14×14 stage to be at least 4×4; on smaller inputs they are left out.
 
 use super::ModelConfig;
+use super::blocks::basic_conv;
 use crate::error::Result;
 use crate::geometry::Padding;
 use crate::graph::{Graph, GraphBuilder, NodeId};
-use crate::ops::conv::Conv2d;
 use crate::ops::pool::MaxPool2d;
 
 /// Weight of each auxiliary classifier's loss in training.
 pub const AUX_WEIGHT: f32 = 0.3;
 
-/// `BasicConv2d`: `{name}.conv` (no bias), then `{name}.bn` with a fused ReLU.
+/// `BasicConv2d` with a square kernel and padding.
 fn basic(
     b: &mut GraphBuilder,
     name: &str,
@@ -26,12 +26,7 @@ fn basic(
     stride: usize,
     pad: usize,
 ) -> Result<NodeId> {
-    let in_c = b.shape_of(x)?[0];
-    let conv = Conv2d::new(in_c, out, [kernel, kernel])
-        .with_stride([stride, stride])
-        .with_padding(Padding::symmetric(pad, pad));
-    let y = b.conv(&format!("{name}.conv"), x, conv, false, false)?;
-    b.batch_norm(&format!("{name}.bn"), y, 1e-3, true)
+    basic_conv(b, name, x, out, [kernel, kernel], stride, [pad, pad])
 }
 
 fn ceil_pool(b: &mut GraphBuilder, name: &str, x: NodeId, kernel: usize, stride: usize, pad: usize) -> Result<NodeId> {

@@ -6,14 +6,11 @@
 //! (`0.0.0.weight`, `0.0.1.running_mean`, `2.0.branch3x3.1.0.weight`, ..., `6.bias`).
 
 use super::ModelConfig;
+use super::blocks;
 use crate::error::Result;
 use crate::geometry::Padding;
 use crate::graph::{Graph, GraphBuilder, NodeId};
-use crate::ops::conv::Conv2d;
 use crate::ops::pool::{AvgPool2d, MaxPool2d};
-
-/// Batch norm's eps in these networks.
-const BN_EPS: f32 = 1e-3;
 
 /// Which of the two networks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,12 +29,8 @@ fn conv_bn_relu(
     stride: usize,
     pad: usize,
 ) -> Result<NodeId> {
-    let in_c = b.shape_of(x)?[0];
-    let conv = Conv2d::new(in_c, out, [kernel, kernel])
-        .with_stride([stride, stride])
-        .with_padding(Padding::symmetric(pad, pad));
-    let y = b.conv(&format!("{name}.0"), x, conv, true, false)?;
-    b.batch_norm(&format!("{name}.1"), y, BN_EPS, true)
+    let (conv, bn) = (format!("{name}.0"), format!("{name}.1"));
+    blocks::conv_bn_relu(b, [&conv, &bn], x, out, [kernel, kernel], stride, [pad, pad], true)
 }
 
 /// The block's channels: `o1`, `(o2_1, o2_3)`, `(o3_1, o3_5)`, `o4` as in the reference.

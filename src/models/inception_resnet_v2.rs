@@ -6,29 +6,12 @@
 //! (`conv2d_1a.conv.weight`, `repeat.0.branch1.1.bn.running_mean`, `block8.conv2d.bias`, `classif.weight`).
 
 use super::ModelConfig;
+use super::blocks::basic_conv as cna;
 use crate::error::Result;
 use crate::geometry::Padding;
 use crate::graph::{Graph, GraphBuilder, NodeId};
 use crate::ops::conv::Conv2d;
 use crate::ops::pool::{AvgPool2d, MaxPool2d};
-
-/// `ConvNormAct`: `{name}.conv` (no bias), then `{name}.bn` with a fused ReLU.
-fn cna(
-    b: &mut GraphBuilder,
-    name: &str,
-    x: NodeId,
-    out: usize,
-    kernel: [usize; 2],
-    stride: usize,
-    pad: [usize; 2],
-) -> Result<NodeId> {
-    let in_c = b.shape_of(x)?[0];
-    let conv = Conv2d::new(in_c, out, kernel)
-        .with_stride([stride, stride])
-        .with_padding(Padding::symmetric(pad[0], pad[1]));
-    let y = b.conv(&format!("{name}.conv"), x, conv, false, false)?;
-    b.batch_norm(&format!("{name}.bn"), y, 1e-3, true)
-}
 
 const K1: [usize; 2] = [1, 1];
 const K3: [usize; 2] = [3, 3];

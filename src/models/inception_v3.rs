@@ -7,34 +7,16 @@
 //! is left out, as PyTorch could not run it either.
 
 use super::ModelConfig;
+use super::blocks::basic_conv as basic;
 use crate::error::Result;
 use crate::geometry::Padding;
 use crate::graph::{Graph, GraphBuilder, NodeId};
-use crate::ops::conv::Conv2d;
 use crate::ops::pool::{AvgPool2d, MaxPool2d};
 
 /// Weight of the auxiliary classifier's loss in training.
 pub const AUX_WEIGHT: f32 = 0.4;
 /// Dropout before the classifier.
 pub const DROPOUT: f32 = 0.5;
-
-/// `BasicConv2d`: `{name}.conv` (no bias), then `{name}.bn` with a fused ReLU.
-fn basic(
-    b: &mut GraphBuilder,
-    name: &str,
-    x: NodeId,
-    out: usize,
-    kernel: [usize; 2],
-    stride: usize,
-    pad: [usize; 2],
-) -> Result<NodeId> {
-    let in_c = b.shape_of(x)?[0];
-    let conv = Conv2d::new(in_c, out, kernel)
-        .with_stride([stride, stride])
-        .with_padding(Padding::symmetric(pad[0], pad[1]));
-    let y = b.conv(&format!("{name}.conv"), x, conv, false, false)?;
-    b.batch_norm(&format!("{name}.bn"), y, 1e-3, true)
-}
 
 fn k(n: usize) -> [usize; 2] {
     [n, n]

@@ -1,6 +1,7 @@
 //! The model zoo: each model is a graph builder whose parameter names are the PyTorch state_dict keys
 //! of its reference definition, so weights move between PyTorch and incept unchanged.
 
+mod blocks;
 mod googlenet;
 mod googlenet_bn;
 mod googlenet_d2l;
