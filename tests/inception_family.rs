@@ -357,3 +357,65 @@ fn bench_with_the_chapters_protocol_reports_mean_and_deviation_over_100_steps() 
         "{summary}"
     );
 }
+
+/// inception-v4 block by block at 75×75 (`generate_family.py inception-v4-blocks`): its logits say nothing
+/// at this initialization, but each block's output can be held to 10× PyTorch float32's own distance at
+/// that depth (1e-7 at the stem, growing to 1e-1 at the last block), or 1e-5. The stem, InceptionA,
+/// ReductionA and InceptionB blocks are thereby checked to 1e-3 or better.
+#[test]
+fn inception_v4_matches_pytorch_block_by_block() {
+    let f = Fixture::open("inception_v4_blocks");
+    let size: usize = f.metadata("size").parse().unwrap();
+    let config = models::ModelConfig {
+        size: [size, size],
+        ..models::default_config("inception-v4").unwrap()
+    };
+    let graph = models::build("inception-v4", config).unwrap();
+    let params = graph
+        .params
+        .iter()
+        .enumerate()
+        .map(|(p, spec)| {
+            if spec.trainable {
+                let values = formula_weights(p, &spec.shape);
+                let one_plus = spec.name.ends_with(".weight") && spec.shape.len() == 1;
+                if one_plus {
+                    values.iter().map(|v| 1.0 + v).collect()
+                } else {
+                    values
+                }
+            } else {
+                values(&f, &format!("calibrated/{}", spec.name))
+            }
+        })
+        .collect::<Vec<_>>();
+    let len = 3 * size * size;
+    let x = formula_input(2 * len);
+    let mut exec = Executor::new(&graph, 2).unwrap();
+    exec.forward(&graph, &params, Images::dense(&x, 2, len), Mode::Eval)
+        .unwrap();
+    let samples: usize = f.metadata("samples").parse().unwrap();
+    let blocks: usize = f.metadata("blocks").parse().unwrap();
+    let mut report = Vec::new();
+    for i in 0..blocks {
+        // The stem's first three blocks end in their batch norm; the others in their concat.
+        let name = if i < 3 {
+            format!("features.{i}.bn")
+        } else {
+            format!("features.{i}")
+        };
+        let id = graph.nodes.iter().position(|n| n.name == name).unwrap();
+        let out = exec.node_output(id);
+        let all: Vec<f32> = (0..2).flat_map(|n| out.get(n).to_vec()).collect();
+        let count = samples.min(all.len());
+        let ours: Vec<f32> = (0..count).map(|k| all[k * all.len() / count]).collect();
+        let err = rel_l2(&ours, &values(&f, &format!("block/{i}")));
+        let limit = 1e-5f64.max(10.0 * values(&f, &format!("block_f32_error/{i}"))[0] as f64);
+        assert!(err <= limit, "inception-v4 {name}: error {err:.2e} > {limit:.1e}");
+        report.push(format!("{err:.0e}"));
+    }
+    eprintln!(
+        "inception-v4 block outputs vs PyTorch float64, stem to last block: {}",
+        report.join(" ")
+    );
+}
