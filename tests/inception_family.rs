@@ -358,19 +358,18 @@ fn bench_with_the_chapters_protocol_reports_mean_and_deviation_over_100_steps() 
     );
 }
 
-/// inception-v4 block by block at 75×75 (`generate_family.py inception-v4-blocks`): its logits say nothing
-/// at this initialization, but each block's output can be held to 10× PyTorch float32's own distance at
-/// that depth (1e-7 at the stem, growing to 1e-1 at the last block), or 1e-5. The stem, InceptionA,
-/// ReductionA and InceptionB blocks are thereby checked to 1e-3 or better.
-#[test]
-fn inception_v4_matches_pytorch_block_by_block() {
-    let f = Fixture::open("inception_v4_blocks");
+/// A deep model block by block at 75×75 (`generate_family.py inception-v4-blocks inception-v3-blocks`):
+/// its logits say little at this initialization, but each block's output can be held to 10× PyTorch
+/// float32's own distance at that depth (1e-7 at the stem, growing to 1e-1 at inception-v4's last block),
+/// or 1e-5. Every block kind is thereby checked, the early ones to 1e-4 or better.
+fn matches_pytorch_block_by_block(name: &str) {
+    let f = Fixture::open(&format!("{}_blocks", name.replace('-', "_")));
     let size: usize = f.metadata("size").parse().unwrap();
     let config = models::ModelConfig {
         size: [size, size],
-        ..models::default_config("inception-v4").unwrap()
+        ..models::default_config(name).unwrap()
     };
-    let graph = models::build("inception-v4", config).unwrap();
+    let graph = models::build(name, config).unwrap();
     let params = graph
         .params
         .iter()
@@ -395,27 +394,30 @@ fn inception_v4_matches_pytorch_block_by_block() {
     exec.forward(&graph, &params, Images::dense(&x, 2, len), Mode::Eval)
         .unwrap();
     let samples: usize = f.metadata("samples").parse().unwrap();
-    let blocks: usize = f.metadata("blocks").parse().unwrap();
     let mut report = Vec::new();
-    for i in 0..blocks {
-        // The stem's first three blocks end in their batch norm; the others in their concat.
-        let name = if i < 3 {
-            format!("features.{i}.bn")
-        } else {
-            format!("features.{i}")
-        };
-        let id = graph.nodes.iter().position(|n| n.name == name).unwrap();
+    for (i, node) in f.metadata("nodes").split(',').enumerate() {
+        let id = graph.nodes.iter().position(|n| n.name == node).unwrap();
         let out = exec.node_output(id);
         let all: Vec<f32> = (0..2).flat_map(|n| out.get(n).to_vec()).collect();
         let count = samples.min(all.len());
         let ours: Vec<f32> = (0..count).map(|k| all[k * all.len() / count]).collect();
         let err = rel_l2(&ours, &values(&f, &format!("block/{i}")));
         let limit = 1e-5f64.max(10.0 * values(&f, &format!("block_f32_error/{i}"))[0] as f64);
-        assert!(err <= limit, "inception-v4 {name}: error {err:.2e} > {limit:.1e}");
+        assert!(err <= limit, "{name} {node}: error {err:.2e} > {limit:.1e}");
         report.push(format!("{err:.0e}"));
     }
     eprintln!(
-        "inception-v4 block outputs vs PyTorch float64, stem to last block: {}",
+        "{name} block outputs vs PyTorch float64, stem to last block: {}",
         report.join(" ")
     );
+}
+
+#[test]
+fn inception_v4_matches_pytorch_block_by_block() {
+    matches_pytorch_block_by_block("inception-v4");
+}
+
+#[test]
+fn inception_v3_matches_pytorch_block_by_block() {
+    matches_pytorch_block_by_block("inception-v3");
 }
