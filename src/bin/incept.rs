@@ -271,8 +271,7 @@ fn load_data(args: &DataArgs, classes: usize) -> Result<(Dataset, Dataset)> {
 }
 
 /// The normalization a checkpoint's model was trained with, if any.
-fn checkpoint_normalization(weights: &Path) -> Result<Option<Normalization>> {
-    let file = TensorFile::read(weights)?;
+fn checkpoint_normalization(file: &TensorFile, weights: &Path) -> Result<Option<Normalization>> {
     file.metadata
         .get("normalization")
         .map(|text| Normalization::from_metadata(text).map_err(|e| Error::file(weights.display(), e)))
@@ -284,14 +283,6 @@ fn limit(data: Dataset, n: Option<usize>) -> Dataset {
         Some(n) => data.truncate(n),
         None => data,
     }
-}
-
-fn load_model(name: &str, weights: &Path) -> Result<Model> {
-    let file = TensorFile::read(weights)?;
-    let config = models::config_from_weights(name, &file)?;
-    let graph = models::build(name, config)?;
-    let params = file.params_for(&graph, weights)?;
-    Ok(Model { graph, params })
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -402,18 +393,19 @@ fn run(cli: Cli) -> Result<()> {
             test_limit,
             data,
         } => {
-            let mut m = load_model(&model, &weights)?;
-            if resize != m.graph.input_shape()[1] {
-                let config = ModelConfig {
-                    size: [resize, resize],
-                    ..models::config_from_weights(&model, &TensorFile::read(&weights)?)?
-                };
-                m.graph = models::build(&model, config)?;
-            }
+            // One read of the weights: channels, classes, parameters and normalization all come from it.
+            let file = TensorFile::read(&weights)?;
+            let config = ModelConfig {
+                size: [resize, resize],
+                ..models::config_from_weights(&model, &file)?
+            };
+            let graph = models::build(&model, config)?;
+            let params = file.params_for(&graph, &weights)?;
+            let m = Model { graph, params };
             let (_, test_set) = load_data(&data, m.graph.output_len())?;
             let test_set = limit(test_set, test_limit);
             let mut exec = Executor::new(&m.graph, batch.max(1))?;
-            let normalization = checkpoint_normalization(&weights)?;
+            let normalization = checkpoint_normalization(&file, &weights)?;
             let (loss, acc) = train::evaluate(&m, &test_set, batch, normalization.as_ref(), &mut exec)?;
             println!("test loss {loss:.4}, test acc {acc:.4} ({} images)", test_set.len());
         }
@@ -442,7 +434,7 @@ fn run(cli: Cli) -> Result<()> {
             let graph = models::build(&model, config)?;
             let params = file.params_for(&graph, &weights)?;
             let mut x = x.as_standard_layout().into_owned();
-            if let Some(n) = checkpoint_normalization(&weights)? {
+            if let Some(n) = checkpoint_normalization(&file, &weights)? {
                 let image = c * h * w;
                 x.as_slice_mut()
                     .expect("standard layout")
