@@ -8,7 +8,7 @@
 mod common;
 
 use common::fixture::Fixture;
-use common::{formula_weights, rel_l2};
+use common::{assert_state_dict_names, formula_params, rel_l2};
 use incept::graph::{Executor, Mode};
 use incept::models::{self, Model};
 use incept::tensor::Images;
@@ -19,20 +19,9 @@ fn pytorch_model(f: &Fixture, size: usize) -> Model {
         ..models::default_config("googlenet-d2l").unwrap()
     };
     let graph = models::build("googlenet-d2l", config).unwrap();
-    let params = graph
-        .params
-        .iter()
-        .enumerate()
-        .map(|(p, spec)| formula_weights(p, &spec.shape))
-        .collect();
-    let model = Model { graph, params };
-    let names: Vec<&str> = f.metadata("param_names").split(',').collect();
-    let ours: Vec<&str> = model.graph.params.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(
-        ours, names,
-        "parameter names and order must be PyTorch's state_dict keys"
-    );
-    model
+    assert_state_dict_names(&graph, f, "googlenet-d2l");
+    let params = formula_params(&graph);
+    Model { graph, params }
 }
 
 #[test]

@@ -23,41 +23,21 @@
 mod common;
 
 use common::fixture::Fixture;
-use common::{formula_weights, rel_l2};
+use common::{assert_state_dict_names, formula_params, rel_l2};
 use incept::graph::{Executor, Mode};
 use incept::models::{self, Model};
 use incept::tensor::Images;
 
-/// The weights the generator gives the model: `formula_weights`, with batch norm's scale and running
-/// variance moved to `1 + f`.
+/// The model with the weights the generator gives it.
 fn pytorch_model(name: &str, f: &Fixture, size: usize) -> Model {
     let config = models::ModelConfig {
         size: [size, size],
         ..models::default_config(name).unwrap()
     };
     let graph = models::build(name, config).unwrap();
-    let params = graph
-        .params
-        .iter()
-        .enumerate()
-        .map(|(p, spec)| {
-            let values = formula_weights(p, &spec.shape);
-            let one_plus =
-                spec.name.ends_with("running_var") || (spec.name.ends_with(".weight") && spec.shape.len() == 1);
-            if one_plus {
-                values.iter().map(|v| 1.0 + v).collect()
-            } else {
-                values
-            }
-        })
-        .collect();
+    assert_state_dict_names(&graph, f, name);
+    let params = formula_params(&graph);
     let model = Model { graph, params };
-    let names: Vec<&str> = f.metadata("param_names").split(',').collect();
-    let ours: Vec<&str> = model.graph.params.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(
-        ours, names,
-        "{name}: parameter names and order must be PyTorch's state_dict keys"
-    );
     let parameters: usize = f.metadata("parameters").parse().unwrap();
     assert_eq!(
         model.graph.parameter_count(),
@@ -370,24 +350,13 @@ fn matches_pytorch_block_by_block(name: &str) {
         ..models::default_config(name).unwrap()
     };
     let graph = models::build(name, config).unwrap();
-    let params = graph
-        .params
-        .iter()
-        .enumerate()
-        .map(|(p, spec)| {
-            if spec.trainable {
-                let values = formula_weights(p, &spec.shape);
-                let one_plus = spec.name.ends_with(".weight") && spec.shape.len() == 1;
-                if one_plus {
-                    values.iter().map(|v| 1.0 + v).collect()
-                } else {
-                    values
-                }
-            } else {
-                values(&f, &format!("calibrated/{}", spec.name))
-            }
-        })
-        .collect::<Vec<_>>();
+    let mut params = formula_params(&graph);
+    // The generator's calibrated running statistics instead of the formula's.
+    for (spec, value) in graph.params.iter().zip(&mut params) {
+        if !spec.trainable {
+            *value = values(&f, &format!("calibrated/{}", spec.name));
+        }
+    }
     let len = 3 * size * size;
     let x = formula_input(2 * len);
     let mut exec = Executor::new(&graph, 2).unwrap();

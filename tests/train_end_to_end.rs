@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::fixture::Fixture;
-use common::{TempDir, formula_weights, rel_l2};
+use common::{TempDir, formula_params, rel_l2};
 use incept::data::idx;
 use incept::graph::Executor;
 use incept::io::checkpoint::{TensorFile, save};
@@ -177,12 +177,7 @@ fn one_sgd_step_from_the_command_line_changes_every_parameter_as_pytorch_backwar
         ..models::default_config("googlenet-d2l").unwrap()
     };
     let graph = models::build("googlenet-d2l", config).unwrap();
-    let params: Vec<Vec<f32>> = graph
-        .params
-        .iter()
-        .enumerate()
-        .map(|(p, s)| formula_weights(p, &s.shape))
-        .collect();
+    let params = formula_params(&graph);
     save(&dir.join("w.safetensors"), &graph, &params, None, &Default::default()).unwrap();
     let x: Vec<f32> = f.named("x32").iter().copied().collect();
     write_npy_f32(&dir.join("x.npy"), &[4, 1, 32, 32], &x);

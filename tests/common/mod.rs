@@ -177,6 +177,37 @@ pub fn formula_weights(p: usize, shape: &[usize]) -> Vec<f32> {
         .collect()
 }
 
+/// The parameters the fixture generators give a graph: [`formula_weights`] of each tensor's number, with
+/// batch norm's scale and running variance moved to `1 + f` (`generate_family.py`; googlenet-d2l has
+/// neither, so `generate_googlenet.py`'s plain formula is the same rule).
+pub fn formula_params(graph: &incept::graph::Graph) -> Vec<Vec<f32>> {
+    graph
+        .params
+        .iter()
+        .enumerate()
+        .map(|(p, spec)| {
+            let values = formula_weights(p, &spec.shape);
+            let one_plus =
+                spec.name.ends_with("running_var") || (spec.name.ends_with(".weight") && spec.shape.len() == 1);
+            if one_plus {
+                values.iter().map(|v| 1.0 + v).collect()
+            } else {
+                values
+            }
+        })
+        .collect()
+}
+
+/// Asserts that `graph`'s parameters are named and ordered as the fixture's PyTorch state_dict keys.
+pub fn assert_state_dict_names(graph: &incept::graph::Graph, f: &fixture::Fixture, what: &str) {
+    let names: Vec<&str> = f.metadata("param_names").split(',').collect();
+    let ours: Vec<&str> = graph.params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        ours, names,
+        "{what}: parameter names and order must be PyTorch's state_dict keys"
+    );
+}
+
 /// A fresh directory under the system temp dir, removed (with its contents) when dropped, so test
 /// runs leave nothing behind.
 pub struct TempDir(std::path::PathBuf);
