@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{BranchSchedule, Executor, Mode, NodeTime};
 use crate::models::Model;
 use crate::optim::{Adam, Optimizer};
@@ -51,6 +51,12 @@ pub fn mean_and_std(times: &[f64]) -> (f64, f64) {
 /// Times `options.steps` steps on random data after `options.warmup` untimed ones.
 pub fn bench(model: &mut Model, options: BenchOptions) -> Result<BenchResult> {
     let BenchOptions { batch, train, .. } = options;
+    if options.steps == 0 {
+        return Err(Error::config(
+            "bench",
+            "--steps must be at least 1: the median of no timed steps is undefined",
+        ));
+    }
     let mut exec = Executor::new(&model.graph, batch)?;
     exec.set_branch_schedule(options.branches);
     let len = model.graph.nodes[0].image_len();
@@ -60,7 +66,7 @@ pub fn bench(model: &mut Model, options: BenchOptions) -> Result<BenchResult> {
     let labels: Vec<usize> = (0..batch).map(|i| i % classes).collect();
     let lens: Vec<usize> = model.graph.params.iter().map(|p| p.len()).collect();
     let mut opt = Optimizer::Adam(Adam::new(&lens));
-    let steps = options.steps.max(1);
+    let steps = options.steps;
     let mut times = Vec::with_capacity(steps);
     for i in 0..options.warmup + steps {
         if i == options.warmup && options.profile {

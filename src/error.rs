@@ -40,12 +40,15 @@ pub enum Error {
         reason: String,
     },
     /// Training produced a non-finite loss.
-    #[error("the loss became {loss} at step {step}; training stopped (the last good checkpoint is kept)")]
+    #[error("the loss became {loss} at step {step}; training stopped ({kept})")]
     NonFiniteLoss {
         /// The step (1-based) whose loss was not finite.
         step: u64,
         /// The loss value.
         loss: f32,
+        /// What is left to restart from: the last checkpoint written (or resumed from), or that there
+        /// is none.
+        kept: String,
     },
     /// A label was outside `0..classes`.
     #[error("{op}: label {label} at batch index {index} is outside 0..{classes}")]

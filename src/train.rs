@@ -216,6 +216,20 @@ fn restore(cfg: &TrainConfig, model: &mut Model, opt: &mut Optimizer, path: &Pat
         Ok(())
     };
     check("model", cfg.model.clone())?;
+    check("in_channels", cfg.config.in_channels.to_string())?;
+    check("height", cfg.config.size[0].to_string())?;
+    check("width", cfg.config.size[1].to_string())?;
+    if file.metadata.contains_key("normalization") != cfg.normalize {
+        let (was, now) = if cfg.normalize {
+            ("without", "with")
+        } else {
+            ("with", "without")
+        };
+        return Err(Error::file(
+            path.display(),
+            format!("was saved by a run {was} --normalize, this run is {now} it"),
+        ));
+    }
     check("optimizer", opt.name().to_string())?;
     check("batch", cfg.batch.to_string())?;
     check("seed", cfg.seed.to_string())?;
@@ -241,7 +255,8 @@ fn restore(cfg: &TrainConfig, model: &mut Model, opt: &mut Optimizer, path: &Pat
     })
 }
 
-/// Rejects settings PyTorch's optimizers reject, naming the setting and the value found.
+/// Rejects settings PyTorch's optimizers reject, and label smoothing outside [0, 1), naming the setting
+/// and the value found.
 fn check_optimizer(cfg: &TrainConfig) -> Result<()> {
     let bad = |what: &str, expected: &str, found: f32| {
         Err(Error::config(
@@ -251,6 +266,9 @@ fn check_optimizer(cfg: &TrainConfig) -> Result<()> {
     };
     // False for NaN too.
     let at_least_zero = |v: f32| v >= 0.0;
+    if !(0.0..1.0).contains(&cfg.label_smoothing) {
+        return bad("label smoothing", "in [0, 1)", cfg.label_smoothing);
+    }
     if !(at_least_zero(cfg.lr) && cfg.lr.is_finite()) {
         return bad("the learning rate", "finite and at least 0", cfg.lr);
     }
@@ -293,6 +311,8 @@ pub fn train(
     if let Some(resume) = &cfg.resume {
         pos = restore(cfg, &mut model, &mut opt, resume)?;
     }
+    // The last checkpoint on disk and the step it holds: what a run stopped by a NaN loss leaves.
+    let mut kept: Option<(PathBuf, u64)> = cfg.resume.clone().map(|p| (p, pos.global_step));
     let mut exec = Executor::new(&model.graph, cfg.batch)?;
     let normalization = cfg.normalize.then(|| Normalization::of_dataset(&train));
     let train = Arc::new(train);
@@ -343,6 +363,14 @@ pub fn train(
                 return Err(Error::NonFiniteLoss {
                     step: pos.global_step + 1,
                     loss: loss.loss as f32,
+                    kept: match &kept {
+                        Some((path, step)) => {
+                            format!("the last good checkpoint, after step {step}, is {}", path.display())
+                        }
+                        None => {
+                            "no checkpoint was written before it: checkpoints are written after each epoch".to_string()
+                        }
+                    },
                 });
             }
             exec.update_running_statistics(&model.graph, &mut model.params)?;
@@ -403,6 +431,9 @@ pub fn train(
             };
         }
         save_now(&model, &opt, &pos)?;
+        if let Some(path) = &cfg.save {
+            kept = Some((path.clone(), pos.global_step));
+        }
         if !steps_left(&pos) {
             break;
         }

@@ -10,7 +10,7 @@ use incept::data::transforms::Normalization;
 use incept::data::{Dataset, cifar, idx, npy};
 use incept::graph::plan::Plan;
 use incept::graph::{BranchSchedule, Executor, Mode};
-use incept::io::checkpoint::TensorFile;
+use incept::io::checkpoint::{InputSize, Recorded, TensorFile, resolve};
 use incept::models::{self, Model, ModelConfig};
 use incept::optim::Schedule;
 use incept::tensor::Images;
@@ -81,8 +81,9 @@ struct DataArgs {
 enum Command {
     /// Train a model (defaults: the chapter's recipe for googlenet-d2l on Fashion-MNIST).
     Train {
-        #[arg(long, default_value = "googlenet-d2l")]
-        model: String,
+        /// The model (default googlenet-d2l, or the one a --resume checkpoint records).
+        #[arg(long)]
+        model: Option<String>,
         #[arg(long, default_value_t = 5)]
         epochs: usize,
         #[arg(long, default_value_t = 128)]
@@ -127,9 +128,12 @@ enum Command {
         /// checkpoint, so eval and predict apply it too).
         #[arg(long)]
         normalize: bool,
-        /// Input size (square) the images are resized to.
-        #[arg(long, default_value_t = 96)]
-        resize: usize,
+        /// Input size (square) the images are resized to. Default: the size a --resume checkpoint
+        /// records, else the images' own size for --data-npy, else the model's native size (96 for
+        /// googlenet-d2l, googlenet-bn and inception-v2, 32 for inception-tf-cifar, 224 for googlenet,
+        /// 299 for inception-v3, inception-v4 and inception-resnet-v2).
+        #[arg(long)]
+        resize: Option<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Use only the first N training images.
@@ -166,12 +170,15 @@ enum Command {
     },
     /// Test loss and accuracy of saved weights.
     Eval {
-        #[arg(long, default_value = "googlenet-d2l")]
-        model: String,
+        /// The model (default: the one the checkpoint records, else googlenet-d2l).
+        #[arg(long)]
+        model: Option<String>,
         #[arg(long)]
         weights: PathBuf,
-        #[arg(long, default_value_t = 96)]
-        resize: usize,
+        /// Input size (square) the test images are resized to (default: the checkpoint's, else the
+        /// model's native size).
+        #[arg(long)]
+        resize: Option<usize>,
         #[arg(long, default_value_t = 128)]
         batch: usize,
         #[arg(long)]
@@ -181,8 +188,9 @@ enum Command {
     },
     /// Eval-mode logits [n, classes] of a .npy batch, written as float32 .npy.
     Predict {
-        #[arg(long, default_value = "googlenet-d2l")]
-        model: String,
+        /// The model (default: the one the checkpoint records, else googlenet-d2l).
+        #[arg(long)]
+        model: Option<String>,
         #[arg(long)]
         weights: PathBuf,
         #[arg(long)]
@@ -278,10 +286,30 @@ fn checkpoint_normalization(file: &TensorFile, weights: &Path) -> Result<Option<
         .transpose()
 }
 
-fn limit(data: Dataset, n: Option<usize>) -> Dataset {
+/// The first `n` images of `data` (all without a limit); `flag` names the option for the error a limit of
+/// 0 gets.
+fn limit(data: Dataset, n: Option<usize>, flag: &str) -> Result<Dataset> {
     match n {
-        Some(n) => data.truncate(n),
-        None => data,
+        Some(0) => Err(Error::config(
+            flag,
+            format!("{flag} must be at least 1 (omit it to use every image)"),
+        )),
+        Some(n) => Ok(data.truncate(n)),
+        None => Ok(data),
+    }
+}
+
+/// The model a command runs: `--model`, or the one the checkpoint records; they must agree.
+fn resolve_model(flag: Option<String>, recorded: &Recorded, checkpoint: &Path) -> Result<String> {
+    resolve("model", flag, recorded.model.clone(), checkpoint, || {
+        Ok("googlenet-d2l".to_string())
+    })
+}
+
+fn square(side: Option<usize>) -> Result<Option<InputSize>> {
+    match side {
+        Some(0) => Err(Error::config("--resize", "--resize must be at least 1")),
+        other => Ok(other.map(|s| InputSize([s, s]))),
     }
 }
 
@@ -319,11 +347,31 @@ fn run(cli: Cli) -> Result<()> {
             quiet,
             data,
         } => {
+            // A resumed run continues the recorded one: model and input size come from its checkpoint.
+            let (recorded, checkpoint) = match &resume {
+                Some(path) => (Recorded::read(path)?, path.clone()),
+                None => (Recorded::default(), PathBuf::new()),
+            };
+            let model = resolve_model(model, &recorded, &checkpoint)?;
             let mut config = models::default_config(&model)?;
-            config.size = [resize, resize];
             let (train_set, test_set) = load_data(&data, config.classes)?;
             config.in_channels = train_set.shape[0];
-            let (train_set, test_set) = (limit(train_set, train_limit), limit(test_set, test_limit));
+            // Your own images train at their own size; a dataset at the model's native size.
+            let native = if data.data_npy.is_some() {
+                [train_set.shape[1], train_set.shape[2]]
+            } else {
+                config.size
+            };
+            let size = resolve(
+                "input size",
+                square(resize)?,
+                recorded.size.map(InputSize),
+                &checkpoint,
+                || Ok(InputSize(native)),
+            )?;
+            config.size = size.0;
+            let train_set = limit(train_set, train_limit, "--train-limit")?;
+            let test_set = limit(test_set, test_limit, "--test-limit")?;
             let schedule = match schedule {
                 ScheduleArg::Constant => Schedule::Constant,
                 ScheduleArg::Step => Schedule::Step {
@@ -369,11 +417,9 @@ fn run(cli: Cli) -> Result<()> {
                 progress: !quiet,
             };
             println!(
-                "training {model} on {} images ({} test), {}x{}, batch {batch}, lr {lr}, {} epochs, {} threads",
+                "training {model} on {} images ({} test), {size}, batch {batch}, lr {lr}, {} epochs, {} threads",
                 train_set.len(),
                 test_set.len(),
-                resize,
-                resize,
                 epochs,
                 rayon::current_num_threads()
             );
@@ -395,16 +441,27 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             // One read of the weights: channels, classes, parameters and normalization all come from it.
             let file = TensorFile::read(&weights)?;
-            let config = ModelConfig {
-                size: [resize, resize],
-                ..models::config_from_weights(&model, &file)?
-            };
+            let recorded = file.recorded(&weights)?;
+            let model = resolve_model(model, &recorded, &weights)?;
+            let mut config = models::config_from_weights(&model, &file)?;
+            let native = InputSize(config.size);
+            config.size = resolve(
+                "input size",
+                square(resize)?,
+                recorded.size.map(InputSize),
+                &weights,
+                || Ok(native),
+            )?
+            .0;
+            if batch == 0 {
+                return Err(Error::config("--batch", "--batch must be at least 1"));
+            }
             let graph = models::build(&model, config)?;
             let params = file.params_for(&graph, &weights)?;
             let m = Model { graph, params };
             let (_, test_set) = load_data(&data, m.graph.output_len())?;
-            let test_set = limit(test_set, test_limit);
-            let mut exec = Executor::new(&m.graph, batch.max(1))?;
+            let test_set = limit(test_set, test_limit, "--test-limit")?;
+            let mut exec = Executor::new(&m.graph, batch)?;
             let normalization = checkpoint_normalization(&file, &weights)?;
             let (loss, acc) = train::evaluate(&m, &test_set, batch, normalization.as_ref(), &mut exec)?;
             println!("test loss {loss:.4}, test acc {acc:.4} ({} images)", test_set.len());
@@ -416,8 +473,23 @@ fn run(cli: Cli) -> Result<()> {
             output,
         } => {
             let file = TensorFile::read(&weights)?;
+            let recorded = file.recorded(&weights)?;
+            let model = resolve_model(model, &recorded, &weights)?;
             let x = npy::read_images(&input)?;
             let [n, c, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+            if let Some(size) = recorded.size
+                && size != [h, w]
+            {
+                return Err(Error::file(
+                    input.display(),
+                    format!(
+                        "images of {}, the size {} was trained at, found {}; resize them first",
+                        InputSize(size),
+                        weights.display(),
+                        InputSize([h, w])
+                    ),
+                ));
+            }
             let config = ModelConfig {
                 size: [h, w],
                 ..models::config_from_weights(&model, &file)?
@@ -566,6 +638,10 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.threads == Some(0) {
+        eprintln!("error: --threads must be at least 1 (omit it to use every core)");
+        return ExitCode::FAILURE;
+    }
     if let Some(threads) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()
     {

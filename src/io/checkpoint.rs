@@ -24,6 +24,83 @@ pub struct TensorFile {
 
 const OPTIMIZER_PREFIX: &str = "optimizer.";
 
+/// What an incept checkpoint records about its model and inputs, so `eval`, `predict` and `--resume`
+/// need no flags to repeat it (every field is `None` for weights saved by PyTorch).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// The model name.
+    pub model: Option<String>,
+    /// Input channels.
+    pub in_channels: Option<usize>,
+    /// Input height and width.
+    pub size: Option<[usize; 2]>,
+    /// Whether the run normalized its inputs (the statistics are in the `normalization` entry).
+    pub normalized: bool,
+}
+
+impl Recorded {
+    /// Reads the entries of `metadata` (from the file at `path`, for errors).
+    pub fn from_metadata(metadata: &HashMap<String, String>, path: &Path) -> Result<Recorded> {
+        let number = |key: &str| -> Result<Option<usize>> {
+            metadata
+                .get(key)
+                .map(|raw| {
+                    raw.parse()
+                        .map_err(|_| Error::file(path.display(), format!("metadata {key}: cannot parse {raw:?}")))
+                })
+                .transpose()
+        };
+        let size = match (number("height")?, number("width")?) {
+            (Some(h), Some(w)) => Some([h, w]),
+            _ => None,
+        };
+        Ok(Recorded {
+            model: metadata.get("model").cloned(),
+            in_channels: number("in_channels")?,
+            size,
+            normalized: metadata.contains_key("normalization"),
+        })
+    }
+
+    /// Reads only what the checkpoint at `path` records.
+    pub fn read(path: &Path) -> Result<Recorded> {
+        Recorded::from_metadata(&TensorFile::read_metadata(path)?, path)
+    }
+}
+
+/// An input height and width, shown as `HxW`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputSize(pub [usize; 2]);
+
+impl std::fmt::Display for InputSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.0[0], self.0[1])
+    }
+}
+
+/// One setting from a flag, from a checkpoint, or a default: the flag and the checkpoint must agree
+/// (an error names both values), the checkpoint's value wins over the default.
+pub fn resolve<T: PartialEq + std::fmt::Display>(
+    what: &str,
+    flag: Option<T>,
+    recorded: Option<T>,
+    checkpoint: &Path,
+    default: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    match (flag, recorded) {
+        (Some(f), Some(r)) if f != r => Err(Error::config(
+            what,
+            format!(
+                "{} was written with {what} {r}, the command line asks for {f}; drop the flag to use the checkpoint's",
+                checkpoint.display()
+            ),
+        )),
+        (Some(f), _) => Ok(f),
+        (None, Some(r)) => Ok(r),
+        (None, None) => default(),
+    }
+}
+
 impl TensorFile {
     /// Reads `path`, accepting float32 tensors (and PyTorch's int64 `num_batches_tracked`, skipped).
     pub fn read(path: &Path) -> Result<TensorFile> {
@@ -57,6 +134,24 @@ impl TensorFile {
             tensors,
             metadata: meta.metadata().clone().unwrap_or_default(),
         })
+    }
+
+    /// Only the metadata of the safetensors file at `path`, without converting its tensors.
+    pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+        let bytes = std::fs::read(path).map_err(|e| Error::file(path.display(), e))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            Error::file(
+                path.display(),
+                format!("a safetensors file, but it is corrupt or truncated: {e}"),
+            )
+        })?;
+        Ok(meta.metadata().clone().unwrap_or_default())
+    }
+
+    /// What the file records about the run that wrote it (incept's checkpoints do; a PyTorch state_dict
+    /// records nothing).
+    pub fn recorded(&self, path: &Path) -> Result<Recorded> {
+        Recorded::from_metadata(&self.metadata, path)
     }
 
     /// The parameters of `graph` from this file, in graph order. Every missing, unexpected and misshaped
