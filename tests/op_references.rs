@@ -10,7 +10,8 @@ use incept::ndarray::{Array2, Array4, Ix1, Ix2};
 use incept::ops::linear::Linear;
 use incept::ops::pool::{AvgPool2d, MaxPool2d, PoolWindow};
 
-const CHANNELS: [usize; 6] = [1, 3, 4, 13, 16, 17];
+/// Channel counts, including ones that are not multiples of 8 or 16 (7, 182, 191).
+const CHANNELS: [usize; 9] = [1, 3, 4, 7, 13, 16, 17, 182, 191];
 const TOLERANCE: f64 = 1e-6;
 
 fn windows() -> Vec<(PoolWindow, [usize; 2])> {

@@ -34,7 +34,7 @@ fn conv_bn_relu(
 }
 
 /// The block's channels: `o1`, `(o2_1, o2_3)`, `(o3_1, o3_5)`, `o4` as in the reference.
-type Channels = (usize, (usize, usize), (usize, usize), usize);
+pub type Channels = (usize, (usize, usize), (usize, usize), usize);
 
 /// `cat(1x1, 3x3(1x1), 5x5(1x1) or 3x3(3x3(1x1)), 1x1(maxpool))`, every conv with BN and ReLU.
 fn inception(
@@ -59,6 +59,12 @@ fn inception(
     let p4 = b.max_pool(&format!("{name}.branch_pool.0"), x, pool)?;
     let p4 = conv_bn_relu(b, &format!("{name}.branch_pool.1"), p4, o4, 1, 1, 0)?;
     b.concat(name, &[p1, p2, p3, p4])
+}
+
+/// The chapter's `InceptionBN` block on `x` with the given channels, its nodes and parameters named
+/// under `name` as PyTorch names the module's (`{name}.branch1x1.0.weight`, ...).
+pub fn inception_bn_block(b: &mut GraphBuilder, name: &str, x: NodeId, channels: Channels) -> Result<NodeId> {
+    inception(b, Variant::GoogLeNetBn, name, x, channels)
 }
 
 fn down(b: &mut GraphBuilder, name: &str, x: NodeId) -> Result<NodeId> {

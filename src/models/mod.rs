@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, Init};
 
 pub use googlenet::googlenet;
-pub use googlenet_bn::{googlenet_bn, inception_v2};
+pub use googlenet_bn::{Channels, googlenet_bn, inception_bn_block, inception_v2};
 pub use googlenet_d2l::googlenet_d2l;
 pub use inception_resnet_v2::inception_resnet_v2;
 pub use inception_tf_cifar::inception_tf_cifar;

@@ -32,6 +32,11 @@ impl Fixture {
             .unwrap_or_else(|| panic!("{}: no metadata {key}", self.name))
     }
 
+    /// A metadata entry, or `default` when the fixture has none.
+    pub fn metadata_or<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
+        self.metadata.get(key).map_or(default, String::as_str)
+    }
+
     /// Case names (metadata keys), sorted.
     pub fn cases(&self) -> Vec<String> {
         self.metadata.keys().cloned().collect()

@@ -1,0 +1,153 @@
+//! One SGD step through the command line, as a user would run it, against float64 PyTorch:
+//! `incept train --model M --init W --data-npy X Y --optimizer sgd --lr 1 --momentum 0 --weight-decay 0
+//! --batch 4 --steps 1 --no-shuffle --save OUT`, with the family fixtures' weights and training batch
+//! (`fixtures/generate_family.py`). With lr 1 and no momentum, the change of each parameter is its
+//! gradient, held to 1e-3 or 10× how far float32-sized rounding moves it on this batch (PyTorch float32's
+//! distance, or float64's under the generator's perturbations), whichever is larger: the plan's fast
+//! algorithms round like any float32 engine, so a decision within rounding of its kink may flip (see
+//! `common/parity.rs`; `tests/inception_family.rs` holds every tensor to 1e-3 with float64-accumulating
+//! convolutions). The running statistics after the step must be float64 PyTorch's. No `--resize`: each model trains at the size of its images, which for
+//! inception-tf-cifar is its native 32×32.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::fixture::Fixture;
+use common::parity::values;
+use common::{TempDir, fixture_params, rel_l2};
+use incept::io::checkpoint::{TensorFile, save};
+use incept::models;
+use ndarray_npy::WriteNpyExt;
+
+fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) {
+    let a = incept::ndarray::ArrayD::from_shape_vec(shape, data.to_vec()).unwrap();
+    a.write_npy(std::fs::File::create(path).unwrap()).unwrap();
+}
+
+fn one_sgd_step_matches_float64_pytorch(name: &str) {
+    let f = Fixture::open(&name.replace('-', "_"));
+    let size: usize = f.metadata("grad_size").parse().unwrap();
+    let graph = models::build(
+        name,
+        models::ModelConfig {
+            size: [size, size],
+            ..models::default_config(name).unwrap()
+        },
+    )
+    .unwrap();
+    let params = fixture_params(&graph, &f);
+    let dir = TempDir::new(&format!("sgd-step-{name}"));
+    save(&dir.join("w.safetensors"), &graph, &params, None, &Default::default()).unwrap();
+    let labels: Vec<i64> = values(&f, "labels").iter().map(|&l| l as i64).collect();
+    let batch = labels.len();
+    write_npy_f32(&dir.join("x.npy"), &[batch, 3, size, size], &values(&f, "x_train"));
+    incept::ndarray::Array1::from_vec(labels)
+        .write_npy(std::fs::File::create(dir.join("y.npy")).unwrap())
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_incept"))
+        .args([
+            "train",
+            "--model",
+            name,
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1",
+            "--momentum",
+            "0",
+        ])
+        .args(["--weight-decay", "0", "--batch", &batch.to_string(), "--steps", "1"])
+        .args(["--no-shuffle", "--quiet"])
+        .arg("--init")
+        .arg(dir.join("w.safetensors"))
+        .arg("--data-npy")
+        .arg(dir.join("x.npy"))
+        .arg(dir.join("y.npy"))
+        .arg("--save")
+        .arg(dir.join("out.safetensors"))
+        .arg("--out")
+        .arg(&*dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "incept train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{size}x{size}")),
+        "{name} must train at its images' size {size}: {stdout}"
+    );
+    let path = dir.join("out.safetensors");
+    let trained = TensorFile::read(&path).unwrap();
+    assert_eq!(trained.metadata["height"], size.to_string());
+    let after = trained.params_for(&graph, &path).unwrap();
+    let samples: usize = f.metadata("samples").parse().unwrap();
+    let largest = graph
+        .params
+        .iter()
+        .filter(|p| p.trainable)
+        .map(|p| values(&f, &format!("grad_norm/{}", p.name))[0] as f64)
+        .fold(0.0, f64::max);
+    let mut worst = (0f64, String::new());
+    for ((spec, before), after) in graph.params.iter().zip(&params).zip(&after) {
+        let tensor = |kind: &str| values(&f, &format!("{kind}/{}", spec.name))[0] as f64;
+        let (err, limit) = if !spec.trainable {
+            let err = rel_l2(after, &values(&f, &format!("after/{}", spec.name)));
+            (err, 1e-4f64.max(10.0 * tensor("f32_error")))
+        } else {
+            // before - after = lr · gradient, up to the rounding of the subtraction.
+            let change: Vec<f32> = before
+                .iter()
+                .zip(after)
+                .map(|(&b, &a)| (b as f64 - a as f64) as f32)
+                .collect();
+            let norm = change.iter().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
+            if tensor("zero") == 1.0 {
+                // Zero in exact arithmetic; the subtraction's rounding (~1e-7 of the weight) is the floor.
+                let weights = before.iter().map(|&w| (w as f64).powi(2)).sum::<f64>().sqrt();
+                let noise = tensor("f32_norm").max(1e-7 * largest).max(1e-7 * weights);
+                (norm / noise, 10.0)
+            } else {
+                let count = samples.min(change.len());
+                let ours: Vec<f32> = (0..count).map(|k| change[k * change.len() / count]).collect();
+                let err = rel_l2(&ours, &values(&f, &format!("grad/{}", spec.name)));
+                let spread = tensor("f32_error").max(tensor("sensitivity"));
+                // The update rounds to the weights' precision: 1e-7 of the weight against the gradient.
+                let weights = before.iter().map(|&w| (w as f64).powi(2)).sum::<f64>().sqrt();
+                let rounding = 1e-7 * weights / tensor("grad_norm");
+                (err, 1e-3f64.max(10.0 * spread).max(10.0 * rounding))
+            }
+        };
+        assert!(
+            err <= limit,
+            "{name} {}: one SGD step differs from float64 PyTorch by {err:.2e} > {limit:.2e}",
+            spec.name
+        );
+        if err / limit > worst.0 {
+            worst = (err / limit, format!("{} {err:.2e} (limit {limit:.1e})", spec.name));
+        }
+    }
+    eprintln!(
+        "{name}: one SGD step from the command line vs float64 PyTorch, worst {:.2} of its limit: {}",
+        worst.0, worst.1
+    );
+}
+
+#[test]
+fn one_sgd_step_of_inception_tf_cifar_at_its_native_32x32_matches_float64_pytorch() {
+    one_sgd_step_matches_float64_pytorch("inception-tf-cifar");
+}
+
+#[test]
+fn one_sgd_step_of_googlenet_bn_matches_float64_pytorch() {
+    one_sgd_step_matches_float64_pytorch("googlenet-bn");
+}
+
+#[test]
+fn one_sgd_step_of_inception_v2_matches_float64_pytorch() {
+    one_sgd_step_matches_float64_pytorch("inception-v2");
+}
