@@ -27,6 +27,7 @@ p.add_argument("--seed", type=int, default=0)
 p.add_argument("--incept", default="target/release/incept")
 p.add_argument("--all", action="store_true", help="print every tensor, in state-dict order")
 p.add_argument("--threads", type=int, help="incept --threads")
+p.add_argument("--conv-algo", default="auto", help="incept train --conv-algo (naive: float64-accumulating convolutions)")
 p.add_argument("--keep", help="directory to keep the files in")
 a = p.parse_args()
 size = a.size or {"inception-tf-cifar": 32}.get(a.model, 96)
@@ -57,7 +58,7 @@ np.save(f"{d}/y.npy", y.numpy().astype(np.int64))
 cmd = [a.incept] + (["--threads", str(a.threads)] if a.threads else []) + ["train", "--model", a.model, "--init", f"{d}/init.safetensors", "--data-npy", f"{d}/x.npy",
        f"{d}/y.npy", "--optimizer", "sgd", "--lr", "1", "--momentum", "0", "--weight-decay", "0", "--batch",
        str(a.batch), "--steps", "1", "--no-shuffle", "--save", f"{d}/out.safetensors", "--out", f"{d}/run",
-       "--quiet"]
+       "--quiet", "--conv-algo", a.conv_algo]
 r = subprocess.run(cmd, capture_output=True, text=True)
 if r.returncode != 0:
     print(" ".join(cmd), "\n", r.stdout, r.stderr)

@@ -85,6 +85,9 @@ pub struct TrainConfig {
     pub step_log: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Convolution algorithm forced on every layer (`Auto`: the plan's choice per layer). `Naive`
+    /// accumulates in float64: slow, but its rounding is far below float32's, for checking gradients.
+    pub conv_algo: crate::ops::conv::ConvAlgo,
 }
 
 /// One epoch's figures.
@@ -314,6 +317,7 @@ pub fn train(
     // The last checkpoint on disk and the step it holds: what a run stopped by a NaN loss leaves.
     let mut kept: Option<(PathBuf, u64)> = cfg.resume.clone().map(|p| (p, pos.global_step));
     let mut exec = Executor::new(&model.graph, cfg.batch)?;
+    exec.set_conv_algo(cfg.conv_algo);
     let normalization = cfg.normalize.then(|| Normalization::of_dataset(&train));
     let train = Arc::new(train);
     let size = cfg.config.size;

@@ -256,6 +256,7 @@ fn a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(
         metrics: None,
         step_log: None,
         progress: false,
+        conv_algo: Default::default(),
     };
     train::train(&cfg, train_set.clone(), &test_set, |_| {}).unwrap();
     let good = std::fs::read(dir.join("ck.safetensors")).unwrap();

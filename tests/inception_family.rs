@@ -217,6 +217,7 @@ fn trains_for_a_few_steps(name: &str, size: usize) {
         metrics: None,
         step_log: None,
         progress: false,
+        conv_algo: Default::default(),
     };
     let report = train::train(&cfg, data.clone(), &data, |_| {}).unwrap();
     let (first, last) = (&report.epochs[0], report.epochs.last().unwrap());

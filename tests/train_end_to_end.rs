@@ -46,6 +46,7 @@ fn config(batch: usize, max_steps: Option<u64>) -> TrainConfig {
         metrics: None,
         step_log: None,
         progress: false,
+        conv_algo: Default::default(),
     }
 }
 

@@ -12,6 +12,7 @@ use incept::graph::plan::Plan;
 use incept::graph::{BranchSchedule, Executor, Mode};
 use incept::io::checkpoint::{InputSize, Recorded, TensorFile, resolve};
 use incept::models::{self, Model, ModelConfig};
+use incept::ops::conv::ConvAlgo;
 use incept::optim::Schedule;
 use incept::tensor::Images;
 use incept::train::{self, OptimizerKind, TrainConfig};
@@ -46,6 +47,18 @@ enum ScheduleArg {
     Constant,
     Step,
     Cosine,
+}
+
+/// Convolution algorithms that can run every layer, for `train --conv-algo`.
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum ConvAlgoArg {
+    /// Each layer's algorithm as the plan chose it.
+    Auto,
+    /// Plain loops accumulating in float64 (slow): rounding far below float32's, for checking gradients
+    /// against a float64 reference.
+    Naive,
+    /// im2col + GEMM on every layer.
+    Im2col,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -165,6 +178,9 @@ enum Command {
         /// Hide the progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Force one convolution algorithm on every layer.
+        #[arg(long, value_enum, default_value = "auto")]
+        conv_algo: ConvAlgoArg,
         #[command(flatten)]
         data: DataArgs,
     },
@@ -345,6 +361,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             step_log,
             quiet,
+            conv_algo,
             data,
         } => {
             // A resumed run continues the recorded one: model and input size come from its checkpoint.
@@ -415,6 +432,11 @@ fn run(cli: Cli) -> Result<()> {
                 metrics: Some(out.join("metrics.jsonl")),
                 step_log,
                 progress: !quiet,
+                conv_algo: match conv_algo {
+                    ConvAlgoArg::Auto => ConvAlgo::Auto,
+                    ConvAlgoArg::Naive => ConvAlgo::Naive,
+                    ConvAlgoArg::Im2col => ConvAlgo::Im2colGemm,
+                },
             };
             println!(
                 "training {model} on {} images ({} test), {size}, batch {batch}, lr {lr}, {} epochs, {} threads",
