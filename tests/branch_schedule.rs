@@ -76,3 +76,77 @@ fn concurrent_branches_match_sequential_outputs_and_gradients() {
         assert!(err <= 1e-6, "gradient of {}: differs by {err:e}", spec.name);
     }
 }
+
+/// A branch group with dropout in two of its chains, trained (no batch norm, so the branches may run
+/// image by image): the concurrent path must use the training mode and the same per-image dropout
+/// streams as the whole-batch path, so the masks, every output and every gradient agree.
+#[test]
+fn concurrent_branches_with_dropout_train_as_sequential_ones() {
+    use incept::geometry::Padding;
+    use incept::graph::GraphBuilder;
+    use incept::ops::conv::Conv2d;
+    use incept::ops::pool::MaxPool2d;
+    let mut b = GraphBuilder::new();
+    let x = b.input("input", [3, 8, 8]).unwrap();
+    let stem = b.conv("stem", x, Conv2d::new(3, 8, [1, 1]), true, true).unwrap();
+    let d1 = b.dropout("p1.drop", stem, 0.5).unwrap();
+    let p1 = b.conv("p1.conv", d1, Conv2d::new(8, 4, [1, 1]), true, true).unwrap();
+    let p2 = b
+        .conv(
+            "p2.conv",
+            stem,
+            Conv2d::new(8, 4, [3, 3]).with_padding(Padding::symmetric(1, 1)),
+            true,
+            true,
+        )
+        .unwrap();
+    let pool = MaxPool2d::new([3, 3], [1, 1]).with_padding(Padding::symmetric(1, 1));
+    let p3 = b.max_pool("p3.pool", stem, pool).unwrap();
+    let p3 = b.dropout("p3.drop", p3, 0.3).unwrap();
+    let cat = b.concat("cat", &[p1, p2, p3]).unwrap();
+    let g = b.global_avg_pool("gap", cat).unwrap();
+    let f = b.flatten("flat", g).unwrap();
+    let out = b.linear("fc", f, 10, true).unwrap();
+    let model = Model::init(b.build(out).unwrap(), 5);
+    let batch = 3;
+    let len = model.graph.nodes[0].image_len();
+    let x = random(incept::ndarray::Ix1(batch * len), 12)
+        .into_raw_vec_and_offset()
+        .0;
+    let labels = [2, 5, 9];
+    let run = |schedule| {
+        let mut exec = Executor::new(&model.graph, batch).unwrap();
+        assert_eq!(exec.plan().branch_groups.len(), 1, "the three chains form one group");
+        exec.set_branch_schedule(schedule);
+        // Two passes: the second has a dropout seed of its own.
+        for _ in 0..2 {
+            exec.forward(&model.graph, &model.params, Images::dense(&x, batch, len), Mode::Train)
+                .unwrap();
+        }
+        exec.loss(&model.graph, &labels, 0.0).unwrap();
+        exec.backward(&model.graph, &model.params).unwrap();
+        let outputs: Vec<Vec<f32>> = (0..model.graph.nodes.len())
+            .map(|id| {
+                let out = exec.node_output(id);
+                (0..batch).flat_map(|n| out.get(n).to_vec()).collect()
+            })
+            .collect();
+        (outputs, exec.param_grads().to_vec())
+    };
+    let (seq_out, seq_grads) = run(BranchSchedule::Sequential);
+    let (par_out, par_grads) = run(BranchSchedule::Concurrent);
+    for (id, (a, b)) in par_out.iter().zip(&seq_out).enumerate() {
+        let name = &model.graph.nodes[id].name;
+        if name.ends_with("drop") {
+            let zeros = |v: &[f32]| v.iter().map(|&x| x == 0.0).collect::<Vec<_>>();
+            assert_eq!(zeros(a), zeros(b), "{name}: the dropout masks differ");
+            assert!(a.contains(&0.0), "{name}: dropout dropped nothing");
+        }
+        let err = rel_l2(a, b);
+        assert!(err <= 1e-6, "node {name}: output differs by {err:e}");
+    }
+    for (spec, (a, b)) in model.graph.params.iter().zip(par_grads.iter().zip(&seq_grads)) {
+        let err = rel_l2(a, b);
+        assert!(err <= 1e-6, "gradient of {}: differs by {err:e}", spec.name);
+    }
+}

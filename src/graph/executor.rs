@@ -167,8 +167,7 @@ fn forward_node(
                     .zip(saved.argmax.par_chunks_mut(len))
                     .for_each(|((n, out), kept)| {
                         // One stream per (pass, node, image): reproducible whatever the thread count.
-                        let mut rng =
-                            fastrand::Rng::with_seed(saved.seed ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        let mut rng = fastrand::Rng::with_seed(image_seed(saved.seed, n));
                         for ((o, &v), k) in out.iter_mut().zip(x.get(n)).zip(kept.iter_mut()) {
                             *k = (rng.f32() >= dropout.p) as u32;
                             *o = if *k == 1 { v * keep } else { 0.0 };
@@ -194,6 +193,16 @@ fn forward_node(
     Ok(())
 }
 
+/// Dropout's seed for node `id` in the pass seeded `pass_seed`.
+fn node_seed(pass_seed: u64, id: NodeId) -> u64 {
+    pass_seed ^ (id as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
+/// Dropout's seed for image `n` within a node's seed: the stream the whole-batch pass gives image `n`.
+fn image_seed(node_seed: u64, n: usize) -> u64 {
+    node_seed ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// What running one branch group needs besides the buffers.
 struct BranchRun<'a> {
     graph: &'a Graph,
@@ -201,6 +210,10 @@ struct BranchRun<'a> {
     plan: &'a Plan,
     algo: ConvAlgo,
     batch: usize,
+    /// The pass's mode (training runs branches concurrently only when no batch norm needs the batch).
+    mode: Mode,
+    /// Dropout's seed for this pass.
+    pass_seed: u64,
 }
 
 /// The buffers one chain of a branch group writes, taken out of the executor while it runs.
@@ -298,8 +311,9 @@ impl BranchRun<'_> {
         self.forward_image(last, input, part, saved, n)
     }
 
-    /// Runs node `id` on one image `x` (image `n` of the batch) into `out`, in eval mode (batch
-    /// statistics need the whole batch, so training never runs branches image by image).
+    /// Runs node `id` on one image `x` (image `n` of the batch) into `out`, in the pass's mode, with the
+    /// dropout stream the whole-batch pass would give image `n` (batch statistics need the whole batch,
+    /// so a graph with batch norm never trains branches image by image).
     fn forward_image(&self, id: NodeId, x: Images<'_>, out: &mut [f32], saved: Saved<'_>, n: usize) -> Result<()> {
         let node = &self.graph.nodes[id];
         let len = node.image_len();
@@ -309,9 +323,10 @@ impl BranchRun<'_> {
         } else {
             &mut saved.argmax[n * len..][..len]
         };
+        // The single image is image 0 of its call: fold its place in the batch into the seed.
         let saved = Saved {
             argmax,
-            seed: 0,
+            seed: image_seed(node_seed(self.pass_seed, id), n),
             stats: saved.stats,
         };
         let mut y = ImagesMut::dense(out, 1, len);
@@ -324,7 +339,7 @@ impl BranchRun<'_> {
             saved,
             self.params,
             node_algo(self.plan, self.algo, id),
-            Mode::Eval,
+            self.mode,
         )
         .map_err(|e| e.in_node(&node.name))
     }
@@ -578,6 +593,8 @@ impl Executor {
                     plan: &self.plan,
                     algo: self.algo,
                     batch,
+                    mode,
+                    pass_seed: self.dropout_seed,
                 };
                 run.forward(group, &mut self.acts, &mut self.argmax, &mut self.bn_stats)?;
                 // The chains ran together: their time is booked on the concat, which has nothing
@@ -625,7 +642,7 @@ impl Executor {
         let in_place = &self.plan.in_place[id];
         let argmax = &mut self.argmax[id];
         let stats = &mut self.bn_stats[id];
-        let seed = self.dropout_seed ^ (id as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let seed = node_seed(self.dropout_seed, id);
         let run = |bufs: &[Vec<f32>], out: &mut [f32]| -> Result<()> {
             let mut y = images_mut(out, p, batch);
             match &node.layer {
