@@ -5,11 +5,12 @@
 use super::builder::{Graph, Layer, Node, NodeId};
 use super::plan::{BranchGroup, Place, Plan};
 use crate::error::{Error, Result};
-use crate::kernels;
+use crate::ops::activation;
 use crate::ops::batchnorm::ChannelStats;
 use crate::ops::conv::{self, ConvAlgo};
 use crate::ops::loss;
 use crate::ops::pool::{self, max_pool_backward, max_pool_forward};
+use crate::ops::shape;
 use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
@@ -90,8 +91,10 @@ pub struct NodeTime {
 struct Saved<'a> {
     /// A max pool's argmaxes, or a dropout's kept flags (empty for other nodes).
     argmax: &'a mut [u32],
-    /// A dropout's seed for this pass.
+    /// A dropout's seed for this pass and node.
     seed: u64,
+    /// The batch index of `x`'s first image (images run one at a time in concurrent branches).
+    first_image: usize,
     /// A batch norm's statistics.
     stats: &'a mut ChannelStats,
 }
@@ -140,52 +143,22 @@ fn forward_node(
             }
             bn.normalize_images(x, h * w, saved.stats, &params[*gamma], &params[*beta], *relu, y);
         }
-        Layer::ZeroPad(pads) => {
-            let out_w = w + pads.left + pads.right;
-            let out_plane = (h + pads.top + pads.bottom) * out_w;
-            y.par_iter_mut().for_each(|(n, out)| {
-                out.fill(0.0);
-                for (plane, src) in out.chunks_exact_mut(out_plane).zip(x.get(n).chunks_exact(h * w)) {
-                    for (row, src_row) in src.chunks_exact(w).enumerate() {
-                        plane[(row + pads.top) * out_w + pads.left..][..w].copy_from_slice(src_row);
-                    }
-                }
-            });
-        }
+        Layer::ZeroPad(pads) => shape::zero_pad_images(x, [h, w], *pads, y),
         Layer::MaxPool(pool) => {
             let g = pool.window.geometry("max_pool2d", [batch, c, h, w])?;
             max_pool_forward(&g, x, y, saved.argmax);
         }
-        Layer::Dropout(dropout) => {
-            let len = c * h * w;
-            if mode == Mode::Eval || dropout.p == 0.0 {
-                y.par_iter_mut().for_each(|(n, out)| out.copy_from_slice(x.get(n)));
-                saved.argmax.fill(1);
-            } else {
-                let keep = if dropout.p < 1.0 { 1.0 / (1.0 - dropout.p) } else { 0.0 };
-                y.par_iter_mut()
-                    .zip(saved.argmax.par_chunks_mut(len))
-                    .for_each(|((n, out), kept)| {
-                        // One stream per (pass, node, image): reproducible whatever the thread count.
-                        let mut rng = fastrand::Rng::with_seed(image_seed(saved.seed, n));
-                        for ((o, &v), k) in out.iter_mut().zip(x.get(n)).zip(kept.iter_mut()) {
-                            *k = (rng.f32() >= dropout.p) as u32;
-                            *o = if *k == 1 { v * keep } else { 0.0 };
-                        }
-                    });
-            }
-        }
+        Layer::Dropout(dropout) => match mode {
+            Mode::Train => dropout.forward_images(x, y, saved.argmax, saved.seed, saved.first_image),
+            Mode::Eval => dropout.identity_images(x, y, saved.argmax),
+        },
         Layer::AvgPool(pool) => {
             let g = pool.window.geometry("avg_pool2d", [batch, c, h, w])?;
             pool.forward_images(&g, x, y);
         }
         Layer::GlobalAvgPool => pool::global_avg_pool_forward(x, h * w, y),
         Layer::AdaptiveAvgPool(output) => pool::adaptive_avg_pool_forward(x, [h, w], *output, y),
-        Layer::Relu => {
-            y.par_iter_mut().for_each(|(n, out)| {
-                out.iter_mut().zip(x.get(n)).for_each(|(o, &v)| *o = v.max(0.0));
-            });
-        }
+        Layer::Relu => activation::relu_images(x, y),
         Layer::Input | Layer::Concat | Layer::Flatten | Layer::AddScaled { .. } => {
             unreachable!("{} is not a single-input op", node.name)
         }
@@ -196,11 +169,6 @@ fn forward_node(
 /// Dropout's seed for node `id` in the pass seeded `pass_seed`.
 fn node_seed(pass_seed: u64, id: NodeId) -> u64 {
     pass_seed ^ (id as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
-}
-
-/// Dropout's seed for image `n` within a node's seed: the stream the whole-batch pass gives image `n`.
-fn image_seed(node_seed: u64, n: usize) -> u64 {
-    node_seed ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// What running one branch group needs besides the buffers.
@@ -297,6 +265,7 @@ impl BranchRun<'_> {
             let saved = Saved {
                 argmax: &mut bufs.argmax[k],
                 seed: 0,
+                first_image: n,
                 stats: &mut bufs.stats[k],
             };
             self.forward_image(id, input, out, saved, n)?;
@@ -306,6 +275,7 @@ impl BranchRun<'_> {
         let saved = Saved {
             argmax: &mut bufs.argmax[k],
             seed: 0,
+            first_image: n,
             stats: &mut bufs.stats[k],
         };
         self.forward_image(last, input, part, saved, n)
@@ -323,10 +293,10 @@ impl BranchRun<'_> {
         } else {
             &mut saved.argmax[n * len..][..len]
         };
-        // The single image is image 0 of its call: fold its place in the batch into the seed.
         let saved = Saved {
             argmax,
-            seed: image_seed(node_seed(self.pass_seed, id), n),
+            seed: node_seed(self.pass_seed, id),
+            first_image: n,
             stats: saved.stats,
         };
         let mut y = ImagesMut::dense(out, 1, len);
@@ -656,10 +626,7 @@ impl Executor {
                     for (&part, &placed) in node.inputs.iter().zip(in_place) {
                         let pp = places[part];
                         if !placed {
-                            let x = images(bufs, pp, batch);
-                            for n in 0..batch {
-                                y.get_mut(n)[offset..offset + pp.len].copy_from_slice(x.get(n));
-                            }
+                            shape::concat_part_images(images(bufs, pp, batch), offset, &mut y);
                         }
                         offset += pp.len;
                     }
@@ -669,19 +636,17 @@ impl Executor {
                         images(bufs, places[node.inputs[0]], batch),
                         images(bufs, places[node.inputs[1]], batch),
                     );
-                    y.par_iter_mut().for_each(|(n, out)| {
-                        for ((o, &r), &b) in out.iter_mut().zip(residual.get(n)).zip(branch.get(n)) {
-                            *o = r + scale * b;
-                        }
-                        if *relu {
-                            kernels::relu_in_place(out);
-                        }
-                    });
+                    shape::add_scaled_images(residual, branch, *scale, *relu, &mut y);
                 }
                 _ => {
                     let input = node.inputs[0];
                     let x = images(bufs, places[input], batch);
-                    let saved = Saved { argmax, seed, stats };
+                    let saved = Saved {
+                        argmax,
+                        seed,
+                        first_image: 0,
+                        stats,
+                    };
                     forward_node(graph, node, input, x, &mut y, saved, params, algo, mode)?;
                 }
             }
@@ -794,12 +759,8 @@ impl Executor {
                 self.label_smoothing,
                 grad,
                 out.stride,
+                weight,
             );
-            if weight != 1.0 {
-                for n in 0..batch {
-                    grad[n * out.stride..][..classes].iter_mut().for_each(|g| *g *= weight);
-                }
-            }
         }
         let Executor {
             acts,
@@ -838,8 +799,7 @@ impl Executor {
                     let algo = conv::choose_algo(node_algo(plan, *algo, id), &g)?;
                     if *relu {
                         let y = images(acts, p, batch);
-                        let mut dy = images_mut(&mut grads[p.buffer], p, batch);
-                        dy.par_iter_mut().for_each(|(n, d)| kernels::relu_mask(d, y.get(n)));
+                        activation::relu_mask_images(&mut images_mut(&mut grads[p.buffer], p, batch), y);
                     }
                     let x = images(acts, ip, batch);
                     let dy = images(grads, p, batch);
@@ -874,8 +834,7 @@ impl Executor {
                 } => {
                     if *relu {
                         let y = images(acts, p, batch);
-                        let mut dy = images_mut(&mut grads[p.buffer], p, batch);
-                        dy.par_iter_mut().for_each(|(n, d)| kernels::relu_mask(d, y.get(n)));
+                        activation::relu_mask_images(&mut images_mut(&mut grads[p.buffer], p, batch), y);
                     }
                     let x = images(acts, ip, batch);
                     // Split borrows: the two parameter gradients are distinct vectors.
@@ -897,36 +856,21 @@ impl Executor {
                 }
                 Layer::Dropout(dropout) => {
                     if input_needs_grad {
-                        let keep = if dropout.p < 1.0 { 1.0 / (1.0 - dropout.p) } else { 0.0 };
-                        let len = c * h * w;
-                        let kept = &argmax[id];
                         with_buffer(grads, ip.buffer, |grads, dx| {
-                            let dy = images(grads, p, batch);
-                            images_mut(dx, ip, batch).par_iter_mut().for_each(|(n, dx)| {
-                                let flags = &kept[n * len..][..len];
-                                for ((d, &g), &k) in dx.iter_mut().zip(dy.get(n)).zip(flags) {
-                                    *d += if k == 1 { g * keep } else { 0.0 };
-                                }
-                            });
+                            dropout.backward_images(
+                                &argmax[id],
+                                images(grads, p, batch),
+                                &mut images_mut(dx, ip, batch),
+                            )
                         });
                     }
                     Ok(())
                 }
                 Layer::ZeroPad(pads) => {
                     if input_needs_grad {
-                        let out_w = w + pads.left + pads.right;
-                        let out_plane = (h + pads.top + pads.bottom) * out_w;
                         with_buffer(grads, ip.buffer, |grads, dx| {
                             let dy = images(grads, p, batch);
-                            images_mut(dx, ip, batch).par_iter_mut().for_each(|(n, dx)| {
-                                let planes = dx.chunks_exact_mut(h * w).zip(dy.get(n).chunks_exact(out_plane));
-                                for (dx_plane, dy_plane) in planes {
-                                    for (row, dx_row) in dx_plane.chunks_exact_mut(w).enumerate() {
-                                        let src = &dy_plane[(row + pads.top) * out_w + pads.left..][..w];
-                                        dx_row.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                                    }
-                                }
-                            });
+                            shape::zero_pad_backward_images(dy, [h, w], *pads, &mut images_mut(dx, ip, batch))
                         });
                     }
                     Ok(())
@@ -972,9 +916,7 @@ impl Executor {
                         let y = images(acts, p, batch);
                         with_buffer(grads, ip.buffer, |grads, dx| {
                             let dy = images(grads, p, batch);
-                            images_mut(dx, ip, batch)
-                                .par_iter_mut()
-                                .for_each(|(n, d)| kernels::relu_backward_add(d, dy.get(n), y.get(n)));
+                            activation::relu_backward_images(dy, y, &mut images_mut(dx, ip, batch))
                         });
                     }
                     Ok(())
@@ -982,8 +924,7 @@ impl Executor {
                 Layer::AddScaled { scale, relu } => {
                     if *relu {
                         let y = images(acts, p, batch);
-                        let mut dy = images_mut(&mut grads[p.buffer], p, batch);
-                        dy.par_iter_mut().for_each(|(n, d)| kernels::relu_mask(d, y.get(n)));
+                        activation::relu_mask_images(&mut images_mut(&mut grads[p.buffer], p, batch), y);
                     }
                     for (&part, factor) in node.inputs.iter().zip([1.0, *scale]) {
                         if matches!(graph.nodes[part].layer, Layer::Input) {
@@ -992,9 +933,7 @@ impl Executor {
                         let pp = places[part];
                         with_buffer(grads, pp.buffer, |grads, dx| {
                             let dy = images(grads, p, batch);
-                            images_mut(dx, pp, batch).par_iter_mut().for_each(|(n, dx)| {
-                                dx.iter_mut().zip(dy.get(n)).for_each(|(d, &g)| *d += factor * g);
-                            });
+                            shape::add_scaled_backward_images(dy, factor, &mut images_mut(dx, pp, batch))
                         });
                     }
                     Ok(())
@@ -1007,11 +946,7 @@ impl Executor {
                         if !plan.in_place[id][k] && needs {
                             with_buffer(grads, pp.buffer, |grads, dx| {
                                 let dy = images(grads, p, batch);
-                                let mut dx = images_mut(dx, pp, batch);
-                                for n in 0..batch {
-                                    let src = &dy.get(n)[offset..offset + pp.len];
-                                    dx.get_mut(n).iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                                }
+                                shape::concat_part_backward_images(dy, offset, &mut images_mut(dx, pp, batch))
                             });
                         }
                         offset += pp.len;

@@ -64,7 +64,15 @@ impl SoftmaxCrossEntropy {
         let mut grad = Array2::zeros([n, classes]);
         let probabilities = cache.probabilities.as_slice().expect("built contiguous");
         let g = grad.as_slice_mut().expect("fresh arrays are contiguous");
-        backward_rows(probabilities, &cache.labels, classes, self.label_smoothing, g, classes);
+        backward_rows(
+            probabilities,
+            &cache.labels,
+            classes,
+            self.label_smoothing,
+            g,
+            classes,
+            1.0,
+        );
         grad
     }
 }
@@ -91,7 +99,8 @@ pub(crate) fn forward_rows(
     crate::kernels::vectorize(Kernel(logits, stride, classes, labels, label_smoothing, probabilities))
 }
 
-/// Writes `(softmax - target) / n` for rows of `classes` probabilities into `grad` (row stride `stride`).
+/// Writes `weight · (softmax - target) / n`, the gradient of `weight` times the batch-mean loss, for rows
+/// of `classes` probabilities into `grad` (row stride `stride`).
 pub(crate) fn backward_rows(
     probabilities: &[f32],
     labels: &[usize],
@@ -99,17 +108,26 @@ pub(crate) fn backward_rows(
     label_smoothing: f32,
     grad: &mut [f32],
     stride: usize,
+    weight: f32,
 ) {
-    struct Kernel<'a>(&'a [f32], &'a [usize], usize, f32, &'a mut [f32], usize);
+    struct Kernel<'a>(&'a [f32], &'a [usize], usize, f32, &'a mut [f32], usize, f32);
     impl pulp::WithSimd for Kernel<'_> {
         type Output = ();
         #[inline(always)]
         fn with_simd<S: pulp::Simd>(self, _: S) {
-            let Kernel(probabilities, labels, classes, smoothing, grad, stride) = self;
-            backward_rows_body(probabilities, labels, classes, smoothing, grad, stride);
+            let Kernel(probabilities, labels, classes, smoothing, grad, stride, weight) = self;
+            backward_rows_body(probabilities, labels, classes, smoothing, grad, stride, weight);
         }
     }
-    crate::kernels::vectorize(Kernel(probabilities, labels, classes, label_smoothing, grad, stride));
+    crate::kernels::vectorize(Kernel(
+        probabilities,
+        labels,
+        classes,
+        label_smoothing,
+        grad,
+        stride,
+        weight,
+    ));
 }
 
 // The loops themselves, inlined into each instruction set's build above. The exponentials and logarithm
@@ -149,6 +167,7 @@ fn backward_rows_body(
     label_smoothing: f32,
     grad: &mut [f32],
     stride: usize,
+    weight: f32,
 ) {
     let n = labels.len() as f32;
     let off = label_smoothing / classes as f32;
@@ -158,6 +177,10 @@ fn backward_rows_body(
             *g = (pv - off) / n;
         }
         row[label] -= (1.0 - label_smoothing) / n;
+        // An auxiliary head's loss counts `weight` times; the main loss (weight 1) is left as computed.
+        if weight != 1.0 {
+            row.iter_mut().for_each(|g| *g *= weight);
+        }
     }
 }
 

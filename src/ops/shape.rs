@@ -1,9 +1,77 @@
-//! Ops that move values without arithmetic (flatten, channel concat) and the residual add.
+//! Ops that move values (flatten, channel concat, zero padding) and the residual add. The graph executor
+//! calls the functions on batches of images; the ndarray functions are the API for single ops.
 
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Zip, s};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4, s};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result, expect_shape};
-use crate::tensor::{contiguous, dims4};
+use crate::geometry::Pads;
+use crate::kernels;
+use crate::tensor::{Images, ImagesMut, contiguous, dims4};
+
+/// Copies each plane of `x` (planes of `[h, w]`) into the middle of a zero plane grown by `pads`.
+pub fn zero_pad_images(x: Images<'_>, [h, w]: [usize; 2], pads: Pads, y: &mut ImagesMut<'_>) {
+    let out_w = w + pads.left + pads.right;
+    let out_plane = (h + pads.top + pads.bottom) * out_w;
+    y.par_iter_mut().for_each(|(n, out)| {
+        out.fill(0.0);
+        for (plane, src) in out.chunks_exact_mut(out_plane).zip(x.get(n).chunks_exact(h * w)) {
+            for (row, src_row) in src.chunks_exact(w).enumerate() {
+                plane[(row + pads.top) * out_w + pads.left..][..w].copy_from_slice(src_row);
+            }
+        }
+    });
+}
+
+/// Adds the gradient of [`zero_pad_images`] to `dx`: the middle of each output-gradient plane.
+pub fn zero_pad_backward_images(dy: Images<'_>, [h, w]: [usize; 2], pads: Pads, dx: &mut ImagesMut<'_>) {
+    let out_w = w + pads.left + pads.right;
+    let out_plane = (h + pads.top + pads.bottom) * out_w;
+    dx.par_iter_mut().for_each(|(n, dx)| {
+        for (dx_plane, dy_plane) in dx.chunks_exact_mut(h * w).zip(dy.get(n).chunks_exact(out_plane)) {
+            for (row, dx_row) in dx_plane.chunks_exact_mut(w).enumerate() {
+                let src = &dy_plane[(row + pads.top) * out_w + pads.left..][..w];
+                dx_row.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            }
+        }
+    });
+}
+
+/// `y = residual + scale * branch`, then ReLU if `relu`, on batches of images.
+pub fn add_scaled_images(residual: Images<'_>, branch: Images<'_>, scale: f32, relu: bool, y: &mut ImagesMut<'_>) {
+    y.par_iter_mut().for_each(|(n, out)| {
+        for ((o, &r), &b) in out.iter_mut().zip(residual.get(n)).zip(branch.get(n)) {
+            *o = r + scale * b;
+        }
+        if relu {
+            kernels::relu_in_place(out);
+        }
+    });
+}
+
+/// Adds `factor * dy` to `dx`: a residual add's gradient for one of its inputs (`1` for the residual,
+/// `scale` for the branch).
+pub fn add_scaled_backward_images(dy: Images<'_>, factor: f32, dx: &mut ImagesMut<'_>) {
+    dx.par_iter_mut().for_each(|(n, dx)| {
+        dx.iter_mut().zip(dy.get(n)).for_each(|(d, &g)| *d += factor * g);
+    });
+}
+
+/// Copies every image of `part` into its channel slice of `y`, `offset` values into each image.
+pub fn concat_part_images(part: Images<'_>, offset: usize, y: &mut ImagesMut<'_>) {
+    for n in 0..part.count() {
+        y.get_mut(n)[offset..offset + part.len()].copy_from_slice(part.get(n));
+    }
+}
+
+/// Adds the gradient of one concat part to `dx`: its channel slice of `dy`, `offset` values in.
+pub fn concat_part_backward_images(dy: Images<'_>, offset: usize, dx: &mut ImagesMut<'_>) {
+    let len = dx.len();
+    for n in 0..dy.count() {
+        let src = &dy.get(n)[offset..offset + len];
+        dx.get_mut(n).iter_mut().zip(src).for_each(|(d, s)| *d += s);
+    }
+}
 
 /// `[n, c, h, w] -> [n, c*h*w]`, PyTorch's `nn.Flatten()`.
 pub fn flatten(x: ArrayView4<f32>) -> Array2<f32> {
@@ -77,13 +145,35 @@ pub fn split_channels(dy: ArrayView4<f32>, channels: &[usize]) -> Result<Vec<Arr
         .collect())
 }
 
-/// The residual add of Inception-ResNet: `y = residual + scale * branch`.
+/// The residual add of Inception-ResNet: `y = residual + scale * branch` ([`add_scaled_images`]).
 pub fn add_scaled(residual: ArrayView4<f32>, branch: ArrayView4<f32>, scale: f32) -> Result<Array4<f32>> {
     expect_shape("add branch", residual.shape(), branch.shape())?;
-    Ok(Zip::from(&residual).and(&branch).map_collect(|&r, &b| r + scale * b))
+    let [n, c, h, w] = dims4(&residual);
+    let (r, b) = (contiguous(&residual), contiguous(&branch));
+    let mut y = Array4::zeros([n, c, h, w]);
+    let len = c * h * w;
+    add_scaled_images(
+        Images::dense(&r, n, len),
+        Images::dense(&b, n, len),
+        scale,
+        false,
+        &mut ImagesMut::dense(y.as_slice_mut().expect("a new array"), n, len),
+    );
+    Ok(y)
 }
 
-/// The gradients of [`add_scaled`]: `(dy, scale * dy)` for the residual and the branch.
+/// The gradients of [`add_scaled`]: `(dy, scale * dy)` for the residual and the branch
+/// ([`add_scaled_backward_images`]).
 pub fn add_scaled_backward(dy: ArrayView4<f32>, scale: f32) -> (Array4<f32>, Array4<f32>) {
-    (dy.as_standard_layout().into_owned(), dy.mapv(|d| scale * d))
+    let [n, c, h, w] = dims4(&dy);
+    let g = contiguous(&dy);
+    let len = c * h * w;
+    let grads = [1.0, scale].map(|factor| {
+        let mut dx = Array4::zeros([n, c, h, w]);
+        let mut out = ImagesMut::dense(dx.as_slice_mut().expect("a new array"), n, len);
+        add_scaled_backward_images(Images::dense(&g, n, len), factor, &mut out);
+        dx
+    });
+    let [residual, branch] = grads;
+    (residual, branch)
 }
