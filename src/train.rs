@@ -45,7 +45,7 @@ pub enum OptimizerKind {
 /// Everything a training run needs besides the data.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
-    /// Model name (see [`crate::models::MODEL_NAMES`]).
+    /// Model name (see [`crate::models::MODELS`]).
     pub model: String,
     /// Model configuration (input channels, size, classes).
     pub config: ModelConfig,

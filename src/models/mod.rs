@@ -21,17 +21,106 @@ pub use inception_tf_cifar::inception_tf_cifar;
 pub use inception_v3::inception_v3;
 pub use inception_v4::inception_v4;
 
-/// The models incept can build, by command-line name.
-pub const MODEL_NAMES: &[&str] = &[
-    "googlenet-d2l",
-    "googlenet-bn",
-    "inception-v2",
-    "inception-tf-cifar",
-    "inception-v3",
-    "googlenet",
-    "inception-v4",
-    "inception-resnet-v2",
+/// What incept knows about one model: everything the command line, `summary` and weight loading read.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelEntry {
+    /// The command-line name.
+    pub name: &'static str,
+    /// Builds the graph.
+    pub build: fn(ModelConfig) -> Result<Graph>,
+    /// Input channels of the chapter's / reference recipe.
+    pub in_channels: usize,
+    /// Native input size (square).
+    pub size: usize,
+    /// The state_dict names of the first convolution's weight (its shape gives the input channels) and
+    /// of the classifier's weight (its shape gives the classes).
+    pub stem_weight: &'static str,
+    /// See `stem_weight`.
+    pub classifier_weight: &'static str,
+}
+
+/// Every model incept can build, in the order the documentation lists them.
+pub const MODELS: &[ModelEntry] = &[
+    ModelEntry {
+        name: "googlenet-d2l",
+        build: googlenet_d2l,
+        in_channels: 1,
+        size: 96,
+        stem_weight: "0.0.weight",
+        classifier_weight: "6.weight",
+    },
+    ModelEntry {
+        name: "googlenet-bn",
+        build: googlenet_bn,
+        in_channels: 3,
+        size: 96,
+        stem_weight: "0.0.0.weight",
+        classifier_weight: "6.weight",
+    },
+    ModelEntry {
+        name: "inception-v2",
+        build: inception_v2,
+        in_channels: 3,
+        size: 96,
+        stem_weight: "0.0.0.weight",
+        classifier_weight: "6.weight",
+    },
+    ModelEntry {
+        name: "inception-tf-cifar",
+        build: inception_tf_cifar,
+        in_channels: 3,
+        size: 32,
+        stem_weight: "0.weight",
+        classifier_weight: "10.weight",
+    },
+    ModelEntry {
+        name: "inception-v3",
+        build: inception_v3,
+        in_channels: 3,
+        size: 299,
+        stem_weight: "Conv2d_1a_3x3.conv.weight",
+        classifier_weight: "fc.weight",
+    },
+    ModelEntry {
+        name: "googlenet",
+        build: googlenet,
+        in_channels: 3,
+        size: 224,
+        stem_weight: "conv1.conv.weight",
+        classifier_weight: "fc.weight",
+    },
+    ModelEntry {
+        name: "inception-v4",
+        build: inception_v4,
+        in_channels: 3,
+        size: 299,
+        stem_weight: "features.0.conv.weight",
+        classifier_weight: "last_linear.weight",
+    },
+    ModelEntry {
+        name: "inception-resnet-v2",
+        build: inception_resnet_v2,
+        in_channels: 3,
+        size: 299,
+        stem_weight: "conv2d_1a.conv.weight",
+        classifier_weight: "classif.weight",
+    },
 ];
+
+/// The models incept can build, by command-line name.
+pub fn model_names() -> Vec<&'static str> {
+    MODELS.iter().map(|m| m.name).collect()
+}
+
+/// The entry of model `name`, or an error listing the names there are.
+pub fn entry(name: &str) -> Result<&'static ModelEntry> {
+    MODELS.iter().find(|m| m.name == name).ok_or_else(|| {
+        Error::config(
+            "model",
+            format!("unknown model {name:?}; expected one of {}", model_names().join(", ")),
+        )
+    })
+}
 
 /// What a model is built for: input channels, input size and classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,45 +133,21 @@ pub struct ModelConfig {
     pub classes: usize,
 }
 
-/// The chapter's defaults for a model: googlenet-d2l takes 1×96×96 (Fashion-MNIST), googlenet-bn and
-/// inception-v2 3×96×96 and inception-tf-cifar 3×32×32 (CIFAR-10); all predict 10 classes.
+/// A model's native configuration: googlenet-d2l takes 1×96×96 (Fashion-MNIST resized as the chapter
+/// does), googlenet-bn and inception-v2 3×96×96, inception-tf-cifar 3×32×32 (CIFAR-10), googlenet
+/// 3×224×224, the others 3×299×299; all predict 10 classes.
 pub fn default_config(name: &str) -> Result<ModelConfig> {
-    let config = |in_channels, size| ModelConfig {
-        in_channels,
-        size: [size, size],
+    let m = entry(name)?;
+    Ok(ModelConfig {
+        in_channels: m.in_channels,
+        size: [m.size, m.size],
         classes: 10,
-    };
-    match name {
-        "googlenet-d2l" => Ok(config(1, 96)),
-        "googlenet-bn" | "inception-v2" => Ok(config(3, 96)),
-        "inception-tf-cifar" => Ok(config(3, 32)),
-        "inception-v3" => Ok(config(3, 299)),
-        "googlenet" => Ok(config(3, 224)),
-        "inception-v4" | "inception-resnet-v2" => Ok(config(3, 299)),
-        _ => Err(unknown(name)),
-    }
-}
-
-fn unknown(name: &str) -> Error {
-    Error::config(
-        "model",
-        format!("unknown model {name:?}; expected one of {}", MODEL_NAMES.join(", ")),
-    )
+    })
 }
 
 /// Builds the graph of model `name`.
 pub fn build(name: &str, config: ModelConfig) -> Result<Graph> {
-    match name {
-        "googlenet-d2l" => googlenet_d2l(config),
-        "googlenet-bn" => googlenet_bn(config),
-        "inception-v2" => inception_v2(config),
-        "inception-tf-cifar" => inception_tf_cifar(config),
-        "inception-v3" => inception_v3(config),
-        "googlenet" => googlenet(config),
-        "inception-v4" => inception_v4(config),
-        "inception-resnet-v2" => inception_resnet_v2(config),
-        _ => Err(unknown(name)),
-    }
+    (entry(name)?.build)(config)
 }
 
 /// A graph with its parameter values (in [`Graph::params`] order).
@@ -139,19 +204,11 @@ pub fn shape_trace(graph: &Graph) -> Vec<String> {
 }
 
 /// The configuration a set of weights implies: input channels from the first convolution, classes from
-/// the classifier; the input size stays the default (it does not change any weight's shape).
+/// the classifier; the input size stays the native one (it does not change any weight's shape).
 pub fn config_from_weights(name: &str, weights: &crate::io::checkpoint::TensorFile) -> Result<ModelConfig> {
     let mut config = default_config(name)?;
-    let (stem, classifier) = match name {
-        "googlenet-d2l" => ("0.0.weight", "6.weight"),
-        "googlenet-bn" | "inception-v2" => ("0.0.0.weight", "6.weight"),
-        "inception-tf-cifar" => ("0.weight", "10.weight"),
-        "inception-v3" => ("Conv2d_1a_3x3.conv.weight", "fc.weight"),
-        "googlenet" => ("conv1.conv.weight", "fc.weight"),
-        "inception-v4" => ("features.0.conv.weight", "last_linear.weight"),
-        "inception-resnet-v2" => ("conv2d_1a.conv.weight", "classif.weight"),
-        _ => return Err(unknown(name)),
-    };
+    let m = entry(name)?;
+    let (stem, classifier) = (m.stem_weight, m.classifier_weight);
     let shape = |key: &str| {
         weights.tensors.get(key).map(|t| t.0.clone()).ok_or_else(|| {
             Error::config(
