@@ -90,6 +90,36 @@ pub struct TrainConfig {
     pub conv_algo: crate::ops::conv::ConvAlgo,
 }
 
+impl Default for TrainConfig {
+    /// The chapter's recipe: googlenet-d2l at 96×96, 5 epochs, batch 128, Adam with learning rate 1e-3,
+    /// shuffled, seed 0; nothing written, no progress bar.
+    fn default() -> Self {
+        TrainConfig {
+            model: "googlenet-d2l".into(),
+            config: crate::models::default_config("googlenet-d2l").expect("googlenet-d2l is in the model table"),
+            epochs: 5,
+            batch: 128,
+            lr: 1e-3,
+            schedule: Schedule::Constant,
+            optimizer: OptimizerKind::Adam,
+            weight_decay: 0.0,
+            label_smoothing: 0.0,
+            augmentation: Augmentation::default(),
+            normalize: false,
+            seed: 0,
+            shuffle: true,
+            max_steps: None,
+            init: None,
+            resume: None,
+            save: None,
+            metrics: None,
+            step_log: None,
+            progress: false,
+            conv_algo: crate::ops::conv::ConvAlgo::Auto,
+        }
+    }
+}
+
 /// One epoch's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochMetrics {

@@ -15,7 +15,6 @@ use incept::io::checkpoint::{TensorFile, save};
 use incept::models::{self, Model, ModelConfig};
 use incept::ndarray::{Array1, Array3, Array4};
 use incept::ops::conv::{Conv2d, ConvAlgo};
-use incept::optim::Schedule;
 use incept::tensor::Images;
 use incept::train::{self, OptimizerKind, TrainConfig};
 use incept::{Error, Result};
@@ -229,7 +228,6 @@ fn a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(
     let (train_set, test_set) = idx::read_dir(&slice("")).unwrap();
     let (train_set, test_set) = (train_set.truncate(4), test_set.truncate(4));
     let mut cfg = TrainConfig {
-        model: "googlenet-d2l".into(),
         config: ModelConfig {
             in_channels: 1,
             size: [32, 32],
@@ -237,26 +235,13 @@ fn a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(
         },
         epochs: 1,
         batch: 2,
-        lr: 1e-3,
-        schedule: Schedule::Constant,
         optimizer: OptimizerKind::Sgd {
             momentum: 0.0,
             nesterov: false,
         },
-        weight_decay: 0.0,
-        label_smoothing: 0.0,
-        augmentation: Default::default(),
-        normalize: false,
-        seed: 0,
         shuffle: false,
-        max_steps: None,
-        init: None,
-        resume: None,
         save: Some(dir.join("ck.safetensors")),
-        metrics: None,
-        step_log: None,
-        progress: false,
-        conv_algo: Default::default(),
+        ..TrainConfig::default()
     };
     train::train(&cfg, train_set.clone(), &test_set, |_| {}).unwrap();
     let good = std::fs::read(dir.join("ck.safetensors")).unwrap();

@@ -185,7 +185,7 @@ fn inception_tf_cifar_matches_pytorch() {
 /// network starts memorizing them), the running statistics move, and evaluation runs.
 fn trains_for_a_few_steps(name: &str, size: usize) {
     use incept::data::Dataset;
-    use incept::train::{self, OptimizerKind, TrainConfig};
+    use incept::train::{self, TrainConfig};
     let mut rng = fastrand::Rng::with_seed(7);
     let data = Dataset {
         images: (0..16 * 3 * size * size).map(|_| rng.f32()).collect(),
@@ -201,23 +201,8 @@ fn trains_for_a_few_steps(name: &str, size: usize) {
         },
         epochs: 8,
         batch: 8,
-        lr: 1e-3,
-        schedule: incept::optim::Schedule::Constant,
-        optimizer: OptimizerKind::Adam,
-        weight_decay: 0.0,
-        label_smoothing: 0.0,
-        augmentation: Default::default(),
-        normalize: false,
         seed: 1,
-        shuffle: true,
-        max_steps: None,
-        init: None,
-        resume: None,
-        save: None,
-        metrics: None,
-        step_log: None,
-        progress: false,
-        conv_algo: Default::default(),
+        ..TrainConfig::default()
     };
     let report = train::train(&cfg, data.clone(), &data, |_| {}).unwrap();
     let (first, last) = (&report.epochs[0], report.epochs.last().unwrap());

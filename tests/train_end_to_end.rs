@@ -13,7 +13,6 @@ use incept::data::idx;
 use incept::graph::Executor;
 use incept::io::checkpoint::{TensorFile, save};
 use incept::models::{self, Model, ModelConfig};
-use incept::optim::Schedule;
 use incept::train::{self, OptimizerKind, TrainConfig};
 
 fn slice_dir() -> PathBuf {
@@ -22,7 +21,6 @@ fn slice_dir() -> PathBuf {
 
 fn config(batch: usize, max_steps: Option<u64>) -> TrainConfig {
     TrainConfig {
-        model: "googlenet-d2l".into(),
         config: ModelConfig {
             in_channels: 1,
             size: [32, 32],
@@ -30,23 +28,9 @@ fn config(batch: usize, max_steps: Option<u64>) -> TrainConfig {
         },
         epochs: 50,
         batch,
-        lr: 1e-3,
-        schedule: Schedule::Constant,
-        optimizer: OptimizerKind::Adam,
-        weight_decay: 0.0,
-        label_smoothing: 0.0,
-        augmentation: Default::default(),
-        normalize: false,
         seed: 3,
-        shuffle: true,
         max_steps,
-        init: None,
-        resume: None,
-        save: None,
-        metrics: None,
-        step_log: None,
-        progress: false,
-        conv_algo: Default::default(),
+        ..TrainConfig::default()
     }
 }
 
