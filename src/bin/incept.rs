@@ -93,165 +93,180 @@ struct DataArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model (defaults: the chapter's recipe for googlenet-d2l on Fashion-MNIST).
-    Train {
-        /// The model (default googlenet-d2l, or the one a --resume checkpoint records).
-        #[arg(long)]
-        model: Option<String>,
-        #[arg(long, default_value_t = 5)]
-        epochs: usize,
-        #[arg(long, default_value_t = 128)]
-        batch: usize,
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f32,
-        #[arg(long, value_enum, default_value = "adam")]
-        optimizer: OptimizerArg,
-        /// SGD and RMSProp momentum.
-        #[arg(long, default_value_t = 0.0)]
-        momentum: f32,
-        /// SGD Nesterov momentum.
-        #[arg(long)]
-        nesterov: bool,
-        /// RMSProp's decay of the squared-gradient average (PyTorch's default 0.99; the Inception-v3
-        /// paper's 0.9).
-        #[arg(long, default_value_t = 0.99)]
-        rmsprop_alpha: f32,
-        /// RMSProp's epsilon (PyTorch's default 1e-8; the Inception-v3 paper's 1.0).
-        #[arg(long, default_value_t = 1e-8)]
-        rmsprop_eps: f32,
-        /// Centered RMSProp (normalize by the gradient's variance).
-        #[arg(long)]
-        rmsprop_centered: bool,
-        #[arg(long, default_value_t = 0.0)]
-        weight_decay: f32,
-        #[arg(long, value_enum, default_value = "constant")]
-        schedule: ScheduleArg,
-        /// Step schedule: epochs between decays.
-        #[arg(long, default_value_t = 30)]
-        step_every: usize,
-        /// Step schedule: factor per decay.
-        #[arg(long, default_value_t = 0.1)]
-        step_gamma: f32,
-        #[arg(long, default_value_t = 0.0)]
-        label_smoothing: f32,
-        /// Augment training images: a random crop from the image padded by 4 pixels, and a random
-        /// horizontal flip (CIFAR-10's usual recipe), before the resize.
-        #[arg(long)]
-        augment: bool,
-        /// Normalize each channel with the training set's mean and standard deviation (recorded in the
-        /// checkpoint, so eval and predict apply it too).
-        #[arg(long)]
-        normalize: bool,
-        /// Input size (square) the images are resized to. Default: the size a --resume checkpoint
-        /// records, else the images' own size for --data-npy, else the model's native size (96 for
-        /// googlenet-d2l, googlenet-bn and inception-v2, 32 for inception-tf-cifar, 224 for googlenet,
-        /// 299 for inception-v3, inception-v4 and inception-resnet-v2).
-        #[arg(long)]
-        resize: Option<usize>,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Use only the first N training images.
-        #[arg(long)]
-        train_limit: Option<usize>,
-        /// Use only the first N test images.
-        #[arg(long)]
-        test_limit: Option<usize>,
-        /// Stop after N steps in total.
-        #[arg(long)]
-        steps: Option<u64>,
-        #[arg(long)]
-        no_shuffle: bool,
-        /// Start from these weights (safetensors, PyTorch names).
-        #[arg(long)]
-        init: Option<PathBuf>,
-        /// Checkpoint path (default: OUT/checkpoint.safetensors).
-        #[arg(long)]
-        save: Option<PathBuf>,
-        /// Continue from a checkpoint saved by a run with the same settings.
-        #[arg(long)]
-        resume: Option<PathBuf>,
-        /// Directory for the checkpoint, metrics.jsonl and metrics.svg.
-        #[arg(long, default_value = "runs")]
-        out: PathBuf,
-        /// Also write one JSON line per training step (step, loss, correct, images) to this file.
-        #[arg(long)]
-        step_log: Option<PathBuf>,
-        /// Hide the progress bar.
-        #[arg(long)]
-        quiet: bool,
-        /// Force one convolution algorithm on every layer.
-        #[arg(long, value_enum, default_value = "auto")]
-        conv_algo: ConvAlgoArg,
-        #[command(flatten)]
-        data: DataArgs,
-    },
+    Train(TrainArgs),
     /// Test loss and accuracy of saved weights.
-    Eval {
-        /// The model (default: the one the checkpoint records, else googlenet-d2l).
-        #[arg(long)]
-        model: Option<String>,
-        #[arg(long)]
-        weights: PathBuf,
-        /// Input size (square) the test images are resized to (default: the checkpoint's, else the
-        /// model's native size).
-        #[arg(long)]
-        resize: Option<usize>,
-        #[arg(long, default_value_t = 128)]
-        batch: usize,
-        #[arg(long)]
-        test_limit: Option<usize>,
-        #[command(flatten)]
-        data: DataArgs,
-    },
+    Eval(EvalArgs),
     /// Eval-mode logits [n, classes] of a .npy batch, written as float32 .npy.
-    Predict {
-        /// The model (default: the one the checkpoint records, else googlenet-d2l).
-        #[arg(long)]
-        model: Option<String>,
-        #[arg(long)]
-        weights: PathBuf,
-        #[arg(long)]
-        input: PathBuf,
-        #[arg(long)]
-        output: PathBuf,
-    },
+    Predict(PredictArgs),
     /// The per-block shape trace, parameter count and FLOPs per image.
-    Summary {
-        #[arg(long, default_value = "googlenet-d2l")]
-        model: String,
-        /// Input as NxCxHxW, e.g. 1x1x96x96.
-        #[arg(long)]
-        input: Option<String>,
-        /// Also list every convolution with the algorithm the plan chose for it.
-        #[arg(long)]
-        algos: bool,
-    },
+    Summary(SummaryArgs),
     /// Median time per batch and images per second.
-    Bench {
-        #[arg(long, default_value = "googlenet-d2l")]
-        model: String,
-        #[arg(long, default_value_t = 128)]
-        batch: usize,
-        #[arg(long, value_enum, default_value = "infer")]
-        mode: BenchMode,
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        /// One JSON line instead of text.
-        #[arg(long)]
-        json: bool,
-        /// How Inception branches run: concurrently when the batch is smaller than the thread count
-        /// (auto), never, or always.
-        #[arg(long, value_enum, default_value = "auto")]
-        branches: Branches,
-        /// Also print where the time goes, node by node (forward and backward per step).
-        #[arg(long)]
-        profile: bool,
-        /// `chapter`: the chapter's `time_compute` (10 burn-in steps, then 100 timed ones, every 10th
-        /// printed, and the mean ± standard deviation seconds per batch), overriding --warmup/--steps.
-        #[arg(long, value_enum, default_value = "median")]
-        protocol: Protocol,
-    },
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// The model (default googlenet-d2l, or the one a --resume checkpoint records).
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    #[arg(long, value_enum, default_value = "adam")]
+    optimizer: OptimizerArg,
+    /// SGD and RMSProp momentum.
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f32,
+    /// SGD Nesterov momentum.
+    #[arg(long)]
+    nesterov: bool,
+    /// RMSProp's decay of the squared-gradient average (PyTorch's default 0.99; the Inception-v3
+    /// paper's 0.9).
+    #[arg(long, default_value_t = 0.99)]
+    rmsprop_alpha: f32,
+    /// RMSProp's epsilon (PyTorch's default 1e-8; the Inception-v3 paper's 1.0).
+    #[arg(long, default_value_t = 1e-8)]
+    rmsprop_eps: f32,
+    /// Centered RMSProp (normalize by the gradient's variance).
+    #[arg(long)]
+    rmsprop_centered: bool,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    #[arg(long, value_enum, default_value = "constant")]
+    schedule: ScheduleArg,
+    /// Step schedule: epochs between decays.
+    #[arg(long, default_value_t = 30)]
+    step_every: usize,
+    /// Step schedule: factor per decay.
+    #[arg(long, default_value_t = 0.1)]
+    step_gamma: f32,
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f32,
+    /// Augment training images: a random crop from the image padded by 4 pixels, and a random
+    /// horizontal flip (CIFAR-10's usual recipe), before the resize.
+    #[arg(long)]
+    augment: bool,
+    /// Normalize each channel with the training set's mean and standard deviation (recorded in the
+    /// checkpoint, so eval and predict apply it too).
+    #[arg(long)]
+    normalize: bool,
+    /// Input size (square) the images are resized to. Default: the size a --resume checkpoint
+    /// records, else the images' own size for --data-npy, else the model's native size (96 for
+    /// googlenet-d2l, googlenet-bn and inception-v2, 32 for inception-tf-cifar, 224 for googlenet,
+    /// 299 for inception-v3, inception-v4 and inception-resnet-v2).
+    #[arg(long)]
+    resize: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use only the first N training images.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Stop after N steps in total.
+    #[arg(long)]
+    steps: Option<u64>,
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Start from these weights (safetensors, PyTorch names).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Checkpoint path (default: OUT/checkpoint.safetensors).
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Continue from a checkpoint saved by a run with the same settings.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Directory for the checkpoint, metrics.jsonl and metrics.svg.
+    #[arg(long, default_value = "runs")]
+    out: PathBuf,
+    /// Also write one JSON line per training step (step, loss, correct, images) to this file.
+    #[arg(long)]
+    step_log: Option<PathBuf>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Force one convolution algorithm on every layer.
+    #[arg(long, value_enum, default_value = "auto")]
+    conv_algo: ConvAlgoArg,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The model (default: the one the checkpoint records, else googlenet-d2l).
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    weights: PathBuf,
+    /// Input size (square) the test images are resized to (default: the checkpoint's, else the
+    /// model's native size).
+    #[arg(long)]
+    resize: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long)]
+    test_limit: Option<usize>,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(clap::Args)]
+struct PredictArgs {
+    /// The model (default: the one the checkpoint records, else googlenet-d2l).
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    weights: PathBuf,
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct SummaryArgs {
+    #[arg(long, default_value = "googlenet-d2l")]
+    model: String,
+    /// Input as NxCxHxW, e.g. 1x1x96x96.
+    #[arg(long)]
+    input: Option<String>,
+    /// Also list every convolution with the algorithm the plan chose for it.
+    #[arg(long)]
+    algos: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long, default_value = "googlenet-d2l")]
+    model: String,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, value_enum, default_value = "infer")]
+    mode: BenchMode,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// One JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// How Inception branches run: concurrently when the batch is smaller than the thread count
+    /// (auto), never, or always.
+    #[arg(long, value_enum, default_value = "auto")]
+    branches: Branches,
+    /// Also print where the time goes, node by node (forward and backward per step).
+    #[arg(long)]
+    profile: bool,
+    /// `chapter`: the chapter's `time_compute` (10 burn-in steps, then 100 timed ones, every 10th
+    /// printed, and the mean ± standard deviation seconds per batch), overriding --warmup/--steps.
+    #[arg(long, value_enum, default_value = "median")]
+    protocol: Protocol,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -331,328 +346,349 @@ fn square(side: Option<usize>) -> Result<Option<InputSize>> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train {
-            model,
-            epochs,
-            batch,
-            lr,
-            optimizer,
+        Command::Train(args) => train_command(args),
+        Command::Eval(args) => eval_command(args),
+        Command::Predict(args) => predict_command(args),
+        Command::Summary(args) => summary_command(args),
+        Command::Bench(args) => bench_command(args),
+    }
+}
+
+/// `incept train`: trains and writes the checkpoint and metrics.
+fn train_command(args: TrainArgs) -> Result<()> {
+    let TrainArgs {
+        model,
+        epochs,
+        batch,
+        lr,
+        optimizer,
+        momentum,
+        nesterov,
+        rmsprop_alpha,
+        rmsprop_eps,
+        rmsprop_centered,
+        weight_decay,
+        schedule,
+        step_every,
+        step_gamma,
+        label_smoothing,
+        augment,
+        normalize,
+        resize,
+        seed,
+        train_limit,
+        test_limit,
+        steps,
+        no_shuffle,
+        init,
+        save,
+        resume,
+        out,
+        step_log,
+        quiet,
+        conv_algo,
+        data,
+    } = args;
+    // A resumed run continues the recorded one: model and input size come from its checkpoint.
+    let (recorded, checkpoint) = match &resume {
+        Some(path) => (Recorded::read(path)?, path.clone()),
+        None => (Recorded::default(), PathBuf::new()),
+    };
+    let model = resolve_model(model, &recorded, &checkpoint)?;
+    let mut config = models::default_config(&model)?;
+    let (train_set, test_set) = load_data(&data, config.classes)?;
+    config.in_channels = train_set.shape[0];
+    // Your own images train at their own size; a dataset at the model's native size.
+    let native = if data.data_npy.is_some() {
+        [train_set.shape[1], train_set.shape[2]]
+    } else {
+        config.size
+    };
+    let size = resolve(
+        "input size",
+        square(resize)?,
+        recorded.size.map(InputSize),
+        &checkpoint,
+        || Ok(InputSize(native)),
+    )?;
+    config.size = size.0;
+    let train_set = limit(train_set, train_limit, "--train-limit")?;
+    let test_set = limit(test_set, test_limit, "--test-limit")?;
+    let schedule = match schedule {
+        ScheduleArg::Constant => Schedule::Constant,
+        ScheduleArg::Step => Schedule::Step {
+            every: step_every,
+            gamma: step_gamma,
+        },
+        ScheduleArg::Cosine => Schedule::Cosine { epochs, min_lr: 0.0 },
+    };
+    let optimizer = match optimizer {
+        OptimizerArg::Adam => OptimizerKind::Adam,
+        OptimizerArg::Sgd => OptimizerKind::Sgd { momentum, nesterov },
+        OptimizerArg::Rmsprop => OptimizerKind::RmsProp {
+            alpha: rmsprop_alpha,
+            eps: rmsprop_eps,
             momentum,
-            nesterov,
-            rmsprop_alpha,
-            rmsprop_eps,
-            rmsprop_centered,
-            weight_decay,
-            schedule,
-            step_every,
-            step_gamma,
-            label_smoothing,
-            augment,
-            normalize,
-            resize,
-            seed,
-            train_limit,
-            test_limit,
-            steps,
-            no_shuffle,
-            init,
-            save,
-            resume,
-            out,
-            step_log,
-            quiet,
-            conv_algo,
-            data,
-        } => {
-            // A resumed run continues the recorded one: model and input size come from its checkpoint.
-            let (recorded, checkpoint) = match &resume {
-                Some(path) => (Recorded::read(path)?, path.clone()),
-                None => (Recorded::default(), PathBuf::new()),
-            };
-            let model = resolve_model(model, &recorded, &checkpoint)?;
-            let mut config = models::default_config(&model)?;
-            let (train_set, test_set) = load_data(&data, config.classes)?;
-            config.in_channels = train_set.shape[0];
-            // Your own images train at their own size; a dataset at the model's native size.
-            let native = if data.data_npy.is_some() {
-                [train_set.shape[1], train_set.shape[2]]
-            } else {
-                config.size
-            };
-            let size = resolve(
-                "input size",
-                square(resize)?,
-                recorded.size.map(InputSize),
-                &checkpoint,
-                || Ok(InputSize(native)),
-            )?;
-            config.size = size.0;
-            let train_set = limit(train_set, train_limit, "--train-limit")?;
-            let test_set = limit(test_set, test_limit, "--test-limit")?;
-            let schedule = match schedule {
-                ScheduleArg::Constant => Schedule::Constant,
-                ScheduleArg::Step => Schedule::Step {
-                    every: step_every,
-                    gamma: step_gamma,
-                },
-                ScheduleArg::Cosine => Schedule::Cosine { epochs, min_lr: 0.0 },
-            };
-            let optimizer = match optimizer {
-                OptimizerArg::Adam => OptimizerKind::Adam,
-                OptimizerArg::Sgd => OptimizerKind::Sgd { momentum, nesterov },
-                OptimizerArg::Rmsprop => OptimizerKind::RmsProp {
-                    alpha: rmsprop_alpha,
-                    eps: rmsprop_eps,
-                    momentum,
-                    centered: rmsprop_centered,
-                },
-            };
-            let cfg = TrainConfig {
-                model: model.clone(),
-                config,
-                epochs,
-                batch,
-                lr,
-                schedule,
-                optimizer,
-                weight_decay,
-                label_smoothing,
-                augmentation: if augment {
-                    Augmentation::crop_and_flip()
-                } else {
-                    Augmentation::default()
-                },
-                normalize,
-                seed,
-                shuffle: !no_shuffle,
-                max_steps: steps,
-                init,
-                resume,
-                save: Some(save.unwrap_or_else(|| out.join("checkpoint.safetensors"))),
-                metrics: Some(out.join("metrics.jsonl")),
-                step_log,
-                progress: !quiet,
-                conv_algo: match conv_algo {
-                    ConvAlgoArg::Auto => ConvAlgo::Auto,
-                    ConvAlgoArg::Naive => ConvAlgo::Naive,
-                    ConvAlgoArg::Im2col => ConvAlgo::Im2colGemm,
-                },
-            };
+            centered: rmsprop_centered,
+        },
+    };
+    let cfg = TrainConfig {
+        model: model.clone(),
+        config,
+        epochs,
+        batch,
+        lr,
+        schedule,
+        optimizer,
+        weight_decay,
+        label_smoothing,
+        augmentation: if augment {
+            Augmentation::crop_and_flip()
+        } else {
+            Augmentation::default()
+        },
+        normalize,
+        seed,
+        shuffle: !no_shuffle,
+        max_steps: steps,
+        init,
+        resume,
+        save: Some(save.unwrap_or_else(|| out.join("checkpoint.safetensors"))),
+        metrics: Some(out.join("metrics.jsonl")),
+        step_log,
+        progress: !quiet,
+        conv_algo: match conv_algo {
+            ConvAlgoArg::Auto => ConvAlgo::Auto,
+            ConvAlgoArg::Naive => ConvAlgo::Naive,
+            ConvAlgoArg::Im2col => ConvAlgo::Im2colGemm,
+        },
+    };
+    println!(
+        "training {model} on {} images ({} test), {size}, batch {batch}, lr {lr}, {} epochs, {} threads",
+        train_set.len(),
+        test_set.len(),
+        epochs,
+        rayon::current_num_threads()
+    );
+    let report = train::train(&cfg, train_set, &test_set, |m| println!("{}", m.line()))?;
+    let save_path = cfg.save.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    println!(
+        "{} steps; checkpoint {save_path}; metrics {}",
+        report.global_step,
+        out.join("metrics.jsonl").display()
+    );
+    Ok(())
+}
+
+/// `incept eval`: test loss and accuracy of saved weights.
+fn eval_command(args: EvalArgs) -> Result<()> {
+    let EvalArgs {
+        model,
+        weights,
+        resize,
+        batch,
+        test_limit,
+        data,
+    } = args;
+    // One read of the weights: channels, classes, parameters and normalization all come from it.
+    let file = TensorFile::read(&weights)?;
+    let recorded = file.recorded(&weights)?;
+    let model = resolve_model(model, &recorded, &weights)?;
+    let mut config = models::config_from_weights(&model, &file)?;
+    let native = InputSize(config.size);
+    config.size = resolve(
+        "input size",
+        square(resize)?,
+        recorded.size.map(InputSize),
+        &weights,
+        || Ok(native),
+    )?
+    .0;
+    if batch == 0 {
+        return Err(Error::config("--batch", "--batch must be at least 1"));
+    }
+    let graph = models::build(&model, config)?;
+    let params = file.params_for(&graph, &weights)?;
+    let m = Model { graph, params };
+    let (_, test_set) = load_data(&data, m.graph.output_len())?;
+    let test_set = limit(test_set, test_limit, "--test-limit")?;
+    let mut exec = Executor::new(&m.graph, batch)?;
+    let normalization = checkpoint_normalization(&file, &weights)?;
+    let (loss, acc) = train::evaluate(&m, &test_set, batch, normalization.as_ref(), &mut exec)?;
+    println!("test loss {loss:.4}, test acc {acc:.4} ({} images)", test_set.len());
+    Ok(())
+}
+
+/// `incept predict`: eval-mode logits of a .npy batch.
+fn predict_command(args: PredictArgs) -> Result<()> {
+    let PredictArgs {
+        model,
+        weights,
+        input,
+        output,
+    } = args;
+    let file = TensorFile::read(&weights)?;
+    let recorded = file.recorded(&weights)?;
+    let model = resolve_model(model, &recorded, &weights)?;
+    let x = npy::read_images(&input)?;
+    let [n, c, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+    if let Some(size) = recorded.size
+        && size != [h, w]
+    {
+        return Err(Error::file(
+            input.display(),
+            format!(
+                "images of {}, the size {} was trained at, found {}; resize them first",
+                InputSize(size),
+                weights.display(),
+                InputSize([h, w])
+            ),
+        ));
+    }
+    let config = ModelConfig {
+        size: [h, w],
+        ..models::config_from_weights(&model, &file)?
+    };
+    if c != config.in_channels {
+        return Err(Error::file(
+            input.display(),
+            format!(
+                "images with {} channel(s), as the weights expect, found {c}",
+                config.in_channels
+            ),
+        ));
+    }
+    let graph = models::build(&model, config)?;
+    let params = file.params_for(&graph, &weights)?;
+    let mut x = x.as_standard_layout().into_owned();
+    if let Some(n) = checkpoint_normalization(&file, &weights)? {
+        let image = c * h * w;
+        x.as_slice_mut()
+            .expect("standard layout")
+            .chunks_exact_mut(image)
+            .for_each(|img| n.apply(img));
+    }
+    let mut exec = Executor::new(&graph, n.clamp(1, 128))?;
+    let mut logits = Vec::with_capacity(n * config.classes);
+    let data = x.as_slice().expect("standard layout");
+    for chunk in data.chunks(128 * c * h * w) {
+        let count = chunk.len() / (c * h * w);
+        exec.forward(&graph, &params, Images::dense(chunk, count, c * h * w), Mode::Eval)?;
+        logits.extend(exec.output_vec(&graph));
+    }
+    let logits = incept::ndarray::Array2::from_shape_vec([n, config.classes], logits).expect("one row per image");
+    npy::write_matrix(&output, &logits)?;
+    println!("wrote {n} x {} logits to {}", config.classes, output.display());
+    Ok(())
+}
+
+/// `incept summary`: shape trace, parameters, FLOPs and the plan's algorithms.
+fn summary_command(args: SummaryArgs) -> Result<()> {
+    let SummaryArgs { model, input, algos } = args;
+    let mut config = models::default_config(&model)?;
+    if let Some(spec) = input {
+        let dims: Vec<usize> = spec
+            .split('x')
+            .map(|d| d.trim().parse())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::config("summary", format!("--input must look like 1x1x96x96, found {spec:?}")))?;
+        let [_, c, h, w] = dims[..] else {
+            return Err(Error::config(
+                "summary",
+                format!("--input needs 4 sizes NxCxHxW, found {spec:?}"),
+            ));
+        };
+        config.in_channels = c;
+        config.size = [h, w];
+    }
+    let graph = models::build(&model, config)?;
+    for line in models::shape_trace(&graph) {
+        println!("{line}");
+    }
+    println!("parameters: {}", graph.parameter_count());
+    println!("GFLOP per image (forward): {:.4}", graph.flops_per_image() as f64 / 1e9);
+    if algos {
+        let plan = Plan::new(&graph)?;
+        let total = graph.flops_per_image() as f64;
+        println!(
+            "{:<14} {:<26} {:>9} {:<11} {:>6}",
+            "conv", "op", "output", "algorithm", "FLOPs"
+        );
+        for (node, algo) in graph.nodes.iter().zip(&plan.conv_algos) {
+            let Some(algo) = algo else { continue };
+            let [_, h, w] = node.shape;
             println!(
-                "training {model} on {} images ({} test), {size}, batch {batch}, lr {lr}, {} epochs, {} threads",
-                train_set.len(),
-                test_set.len(),
-                epochs,
-                rayon::current_num_threads()
-            );
-            let report = train::train(&cfg, train_set, &test_set, |m| println!("{}", m.line()))?;
-            let save_path = cfg.save.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-            println!(
-                "{} steps; checkpoint {save_path}; metrics {}",
-                report.global_step,
-                out.join("metrics.jsonl").display()
+                "{:<14} {:<26} {:>9} {:<11} {:>5.1}%",
+                node.name,
+                node.layer.describe(),
+                format!("{h}x{w}"),
+                format!("{algo:?}"),
+                100.0 * graph.node_flops(node) as f64 / total
             );
         }
-        Command::Eval {
-            model,
-            weights,
-            resize,
-            batch,
-            test_limit,
-            data,
-        } => {
-            // One read of the weights: channels, classes, parameters and normalization all come from it.
-            let file = TensorFile::read(&weights)?;
-            let recorded = file.recorded(&weights)?;
-            let model = resolve_model(model, &recorded, &weights)?;
-            let mut config = models::config_from_weights(&model, &file)?;
-            let native = InputSize(config.size);
-            config.size = resolve(
-                "input size",
-                square(resize)?,
-                recorded.size.map(InputSize),
-                &weights,
-                || Ok(native),
-            )?
-            .0;
-            if batch == 0 {
-                return Err(Error::config("--batch", "--batch must be at least 1"));
-            }
-            let graph = models::build(&model, config)?;
-            let params = file.params_for(&graph, &weights)?;
-            let m = Model { graph, params };
-            let (_, test_set) = load_data(&data, m.graph.output_len())?;
-            let test_set = limit(test_set, test_limit, "--test-limit")?;
-            let mut exec = Executor::new(&m.graph, batch)?;
-            let normalization = checkpoint_normalization(&file, &weights)?;
-            let (loss, acc) = train::evaluate(&m, &test_set, batch, normalization.as_ref(), &mut exec)?;
-            println!("test loss {loss:.4}, test acc {acc:.4} ({} images)", test_set.len());
+    }
+    Ok(())
+}
+
+/// `incept bench`: time per batch, and where it goes with `--profile`.
+fn bench_command(args: BenchArgs) -> Result<()> {
+    let BenchArgs {
+        model,
+        batch,
+        mode,
+        warmup,
+        steps,
+        json,
+        branches,
+        profile,
+        protocol,
+    } = args;
+    let (warmup, steps) = match protocol {
+        Protocol::Median => (warmup, steps),
+        Protocol::Chapter => (10, 100),
+    };
+    let graph = models::build(&model, models::default_config(&model)?)?;
+    let mut m = Model::init(graph, 0);
+    let branches = match branches {
+        Branches::Auto => BranchSchedule::Auto,
+        Branches::Sequential => BranchSchedule::Sequential,
+        Branches::Concurrent => BranchSchedule::Concurrent,
+    };
+    let options = BenchOptions {
+        batch,
+        train: mode == BenchMode::Train,
+        warmup,
+        steps,
+        branches,
+        profile,
+    };
+    let r = bench::bench(&mut m, options)?;
+    let mode = if mode == BenchMode::Train { "train" } else { "infer" };
+    let threads = rayon::current_num_threads();
+    if protocol == Protocol::Chapter {
+        let info = if mode == "train" { "Forward-backward" } else { "Forward" };
+        for (i, t) in r.times.iter().enumerate().step_by(10) {
+            println!("step {i}, duration={t:.5}");
         }
-        Command::Predict {
-            model,
-            weights,
-            input,
-            output,
-        } => {
-            let file = TensorFile::read(&weights)?;
-            let recorded = file.recorded(&weights)?;
-            let model = resolve_model(model, &recorded, &weights)?;
-            let x = npy::read_images(&input)?;
-            let [n, c, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
-            if let Some(size) = recorded.size
-                && size != [h, w]
-            {
-                return Err(Error::file(
-                    input.display(),
-                    format!(
-                        "images of {}, the size {} was trained at, found {}; resize them first",
-                        InputSize(size),
-                        weights.display(),
-                        InputSize([h, w])
-                    ),
-                ));
-            }
-            let config = ModelConfig {
-                size: [h, w],
-                ..models::config_from_weights(&model, &file)?
-            };
-            if c != config.in_channels {
-                return Err(Error::file(
-                    input.display(),
-                    format!(
-                        "images with {} channel(s), as the weights expect, found {c}",
-                        config.in_channels
-                    ),
-                ));
-            }
-            let graph = models::build(&model, config)?;
-            let params = file.params_for(&graph, &weights)?;
-            let mut x = x.as_standard_layout().into_owned();
-            if let Some(n) = checkpoint_normalization(&file, &weights)? {
-                let image = c * h * w;
-                x.as_slice_mut()
-                    .expect("standard layout")
-                    .chunks_exact_mut(image)
-                    .for_each(|img| n.apply(img));
-            }
-            let mut exec = Executor::new(&graph, n.clamp(1, 128))?;
-            let mut logits = Vec::with_capacity(n * config.classes);
-            let data = x.as_slice().expect("standard layout");
-            for chunk in data.chunks(128 * c * h * w) {
-                let count = chunk.len() / (c * h * w);
-                exec.forward(&graph, &params, Images::dense(chunk, count, c * h * w), Mode::Eval)?;
-                logits.extend(exec.output_vec(&graph));
-            }
-            let logits =
-                incept::ndarray::Array2::from_shape_vec([n, config.classes], logits).expect("one row per image");
-            npy::write_matrix(&output, &logits)?;
-            println!("wrote {n} x {} logits to {}", config.classes, output.display());
-        }
-        Command::Summary { model, input, algos } => {
-            let mut config = models::default_config(&model)?;
-            if let Some(spec) = input {
-                let dims: Vec<usize> = spec
-                    .split('x')
-                    .map(|d| d.trim().parse())
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|_| {
-                        Error::config("summary", format!("--input must look like 1x1x96x96, found {spec:?}"))
-                    })?;
-                let [_, c, h, w] = dims[..] else {
-                    return Err(Error::config(
-                        "summary",
-                        format!("--input needs 4 sizes NxCxHxW, found {spec:?}"),
-                    ));
-                };
-                config.in_channels = c;
-                config.size = [h, w];
-            }
-            let graph = models::build(&model, config)?;
-            for line in models::shape_trace(&graph) {
-                println!("{line}");
-            }
-            println!("parameters: {}", graph.parameter_count());
-            println!("GFLOP per image (forward): {:.4}", graph.flops_per_image() as f64 / 1e9);
-            if algos {
-                let plan = Plan::new(&graph)?;
-                let total = graph.flops_per_image() as f64;
-                println!(
-                    "{:<14} {:<26} {:>9} {:<11} {:>6}",
-                    "conv", "op", "output", "algorithm", "FLOPs"
-                );
-                for (node, algo) in graph.nodes.iter().zip(&plan.conv_algos) {
-                    let Some(algo) = algo else { continue };
-                    let [_, h, w] = node.shape;
-                    println!(
-                        "{:<14} {:<26} {:>9} {:<11} {:>5.1}%",
-                        node.name,
-                        node.layer.describe(),
-                        format!("{h}x{w}"),
-                        format!("{algo:?}"),
-                        100.0 * graph.node_flops(node) as f64 / total
-                    );
-                }
-            }
-        }
-        Command::Bench {
-            model,
-            batch,
-            mode,
-            warmup,
-            steps,
-            json,
-            branches,
-            profile,
-            protocol,
-        } => {
-            let (warmup, steps) = match protocol {
-                Protocol::Median => (warmup, steps),
-                Protocol::Chapter => (10, 100),
-            };
-            let graph = models::build(&model, models::default_config(&model)?)?;
-            let mut m = Model::init(graph, 0);
-            let branches = match branches {
-                Branches::Auto => BranchSchedule::Auto,
-                Branches::Sequential => BranchSchedule::Sequential,
-                Branches::Concurrent => BranchSchedule::Concurrent,
-            };
-            let options = BenchOptions {
-                batch,
-                train: mode == BenchMode::Train,
-                warmup,
-                steps,
-                branches,
-                profile,
-            };
-            let r = bench::bench(&mut m, options)?;
-            let mode = if mode == BenchMode::Train { "train" } else { "infer" };
-            let threads = rayon::current_num_threads();
-            if protocol == Protocol::Chapter {
-                let info = if mode == "train" { "Forward-backward" } else { "Forward" };
-                for (i, t) in r.times.iter().enumerate().step_by(10) {
-                    println!("step {i}, duration={t:.5}");
-                }
-                let (mean, std) = bench::mean_and_std(&r.times);
-                println!(
-                    "{model} batch {batch}, {threads} threads: {info} across {} steps, {mean:.3} +/- {std:.3} sec per batch",
-                    r.times.len()
-                );
-            } else if json {
-                println!(
-                    "{{\"model\":\"{model}\",\"mode\":\"{mode}\",\"batch\":{batch},\"threads\":{threads},\"ms_per_batch\":{:.3},\"img_per_s\":{:.2}}}",
-                    r.ms_per_batch, r.img_per_s
-                );
-            } else {
-                println!(
-                    "{model} {mode} batch {batch}, {threads} threads: {:.1} ms per batch (median of {steps}), {:.1} img/s",
-                    r.ms_per_batch, r.img_per_s
-                );
-            }
-            if let Some(profile) = &r.profile {
-                for line in bench::profile_table(&m, profile, batch, steps.max(1)) {
-                    println!("{line}");
-                }
-            }
+        let (mean, std) = bench::mean_and_std(&r.times);
+        println!(
+            "{model} batch {batch}, {threads} threads: {info} across {} steps, {mean:.3} +/- {std:.3} sec per batch",
+            r.times.len()
+        );
+    } else if json {
+        println!(
+            "{{\"model\":\"{model}\",\"mode\":\"{mode}\",\"batch\":{batch},\"threads\":{threads},\"ms_per_batch\":{:.3},\"img_per_s\":{:.2}}}",
+            r.ms_per_batch, r.img_per_s
+        );
+    } else {
+        println!(
+            "{model} {mode} batch {batch}, {threads} threads: {:.1} ms per batch (median of {steps}), {:.1} img/s",
+            r.ms_per_batch, r.img_per_s
+        );
+    }
+    if let Some(profile) = &r.profile {
+        for line in bench::profile_table(&m, profile, batch, steps.max(1)) {
+            println!("{line}");
         }
     }
     Ok(())
