@@ -120,8 +120,8 @@ impl Default for TrainConfig {
     }
 }
 
-/// One epoch's figures.
-#[derive(Debug, Clone, PartialEq)]
+/// One epoch's figures, as one line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochMetrics {
     /// 1-based epoch.
     pub epoch: usize,
@@ -136,7 +136,21 @@ pub struct EpochMetrics {
     /// Wall time of the epoch's training steps and test pass, seconds.
     pub seconds: f64,
     /// Training images per second.
+    #[serde(rename = "img_per_s")]
     pub images_per_second: f64,
+}
+
+/// One line of the `--step-log` file.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepRecord {
+    /// 1-based step of the whole run.
+    pub step: u64,
+    /// The batch's mean loss.
+    pub loss: f64,
+    /// Images of the batch classified right.
+    pub correct: usize,
+    /// Images in the batch.
+    pub images: usize,
 }
 
 impl EpochMetrics {
@@ -152,17 +166,7 @@ impl EpochMetrics {
     }
 
     fn json(&self) -> String {
-        let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.6}"));
-        format!(
-            "{{\"epoch\":{},\"train_loss\":{:.6},\"train_acc\":{:.6},\"test_loss\":{},\"test_acc\":{},\"seconds\":{:.3},\"img_per_s\":{:.2}}}",
-            self.epoch,
-            self.train_loss,
-            self.train_acc,
-            opt(self.test_loss),
-            opt(self.test_acc),
-            self.seconds,
-            self.images_per_second
-        )
+        serde_json::to_string(self).expect("metrics are plain numbers")
     }
 }
 
@@ -412,11 +416,13 @@ pub fn train(
             opt.step(&mut model.params, exec.param_grads(), lr);
             pos.global_step += 1;
             if let Some(path) = &cfg.step_log {
-                let line = format!(
-                    "{{\"step\":{},\"loss\":{:.6},\"correct\":{},\"images\":{n}}}",
-                    pos.global_step, loss.loss, loss.correct
-                );
-                append_line(path, &line)?;
+                let record = StepRecord {
+                    step: pos.global_step,
+                    loss: loss.loss,
+                    correct: loss.correct,
+                    images: n,
+                };
+                append_line(path, &serde_json::to_string(&record).expect("plain numbers"))?;
             }
             pos.batch = batch.index + 1;
             pos.loss_sum += loss.loss * n as f64;
@@ -579,25 +585,15 @@ fn append_line(path: &Path, line: &str) -> Result<()> {
     writeln!(f, "{line}").map_err(|e| Error::file(path.display(), e))
 }
 
-/// Reads back the metrics lines this module writes (for the plot after a resumed run).
+/// Reads back the metrics lines this module writes (for the plot after a resumed run); a line that is
+/// not one is an error naming it.
 fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::file(path.display(), e))?;
-    let field = |line: &str, key: &str| -> Option<f64> {
-        let rest = line.split(&format!("\"{key}\":")).nth(1)?;
-        rest.split([',', '}']).next()?.parse().ok()
-    };
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            Some(EpochMetrics {
-                epoch: field(l, "epoch")? as usize,
-                train_loss: field(l, "train_loss")?,
-                train_acc: field(l, "train_acc")?,
-                test_loss: field(l, "test_loss"),
-                test_acc: field(l, "test_acc"),
-                seconds: field(l, "seconds")?,
-                images_per_second: field(l, "img_per_s")?,
-            })
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map_err(|e| Error::file(path.display(), format!("line {}: not a metrics record: {e}", i + 1)))
         })
-        .collect())
+        .collect()
 }

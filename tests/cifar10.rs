@@ -133,11 +133,8 @@ fn incept_trains_inception_tf_cifar_on_cifar_files() {
     // incept eval applies the recorded normalization: it reproduces the last epoch's test loss.
     let metrics = std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap();
     let last = metrics.lines().last().unwrap();
-    let field = |line: &str, key: &str| -> f64 {
-        let rest = &line[line.find(key).unwrap() + key.len()..];
-        rest.split([',', '}', ' ']).next().unwrap().parse().unwrap()
-    };
-    let train_test_loss = field(last, "\"test_loss\":");
+    let record: incept::train::EpochMetrics = serde_json::from_str(last).unwrap();
+    let train_test_loss = record.test_loss.unwrap();
     let out = run(&[
         "eval",
         "--model",
@@ -153,7 +150,13 @@ fn incept_trains_inception_tf_cifar_on_cifar_files() {
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let eval_loss = field(&stdout, "test loss ");
+    // "test loss 2.3026, test acc ..."
+    let eval_loss: f64 = stdout
+        .split("test loss ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no test loss in {stdout}"));
     assert!(
         (eval_loss - train_test_loss).abs() < 2e-4,
         "eval {eval_loss} vs training's {train_test_loss}"

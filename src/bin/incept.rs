@@ -630,6 +630,17 @@ fn summary_command(args: SummaryArgs) -> Result<()> {
     Ok(())
 }
 
+/// What `incept bench --json` prints.
+#[derive(serde::Serialize)]
+struct BenchRecord<'a> {
+    model: &'a str,
+    mode: &'a str,
+    batch: usize,
+    threads: usize,
+    ms_per_batch: f64,
+    img_per_s: f64,
+}
+
 /// `incept bench`: time per batch, and where it goes with `--profile`.
 fn bench_command(args: BenchArgs) -> Result<()> {
     let BenchArgs {
@@ -676,10 +687,15 @@ fn bench_command(args: BenchArgs) -> Result<()> {
             r.times.len()
         );
     } else if json {
-        println!(
-            "{{\"model\":\"{model}\",\"mode\":\"{mode}\",\"batch\":{batch},\"threads\":{threads},\"ms_per_batch\":{:.3},\"img_per_s\":{:.2}}}",
-            r.ms_per_batch, r.img_per_s
-        );
+        let record = BenchRecord {
+            model: &model,
+            mode,
+            batch,
+            threads,
+            ms_per_batch: r.ms_per_batch,
+            img_per_s: r.img_per_s,
+        };
+        println!("{}", serde_json::to_string(&record).expect("plain values"));
     } else {
         println!(
             "{model} {mode} batch {batch}, {threads} threads: {:.1} ms per batch (median of {steps}), {:.1} img/s",
