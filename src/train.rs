@@ -351,7 +351,7 @@ pub fn train(
     // The last checkpoint on disk and the step it holds: what a run stopped by a NaN loss leaves.
     let mut kept: Option<(PathBuf, u64)> = cfg.resume.clone().map(|p| (p, pos.global_step));
     let mut exec = Executor::new(&model.graph, cfg.batch)?;
-    exec.set_conv_algo(cfg.conv_algo);
+    exec.set_conv_algo(&model.graph, cfg.conv_algo)?;
     let normalization = cfg.normalize.then(|| Normalization::of_dataset(&train));
     let train = Arc::new(train);
     let size = cfg.config.size;

@@ -39,7 +39,8 @@ pub struct Executor {
     plan: Plan,
     capacity: usize,
     batch: usize,
-    algo: ConvAlgo,
+    /// Per node: the convolution algorithm it runs (`None` for other nodes).
+    algos: Vec<Option<ConvAlgo>>,
     branches: BranchSchedule,
     profile: Option<Vec<NodeTime>>,
     acts: Vec<Vec<f32>>,
@@ -109,7 +110,7 @@ fn forward_node(
     y: &mut ImagesMut<'_>,
     saved: Saved<'_>,
     params: &[Vec<f32>],
-    algo: ConvAlgo,
+    algo: Option<ConvAlgo>,
     mode: Mode,
 ) -> Result<()> {
     let [c, h, w] = graph.nodes[input].shape;
@@ -122,7 +123,7 @@ fn forward_node(
             relu,
         } => {
             let g = conv.geometry([batch, c, h, w])?;
-            let algo = conv::choose_algo(algo, &g)?;
+            let algo = algo.expect("every convolution's algorithm is resolved when the executor is built");
             let b = bias.map(|b| params[b].as_slice());
             conv::forward_images_fused(&g, algo, x, &params[*weight], b, *relu, y);
         }
@@ -176,7 +177,8 @@ struct BranchRun<'a> {
     graph: &'a Graph,
     params: &'a [Vec<f32>],
     plan: &'a Plan,
-    algo: ConvAlgo,
+    /// Per node: the convolution algorithm it runs.
+    algos: &'a [Option<ConvAlgo>],
     batch: usize,
     /// The pass's mode (training runs branches concurrently only when no batch norm needs the batch).
     mode: Mode,
@@ -308,7 +310,7 @@ impl BranchRun<'_> {
             &mut y,
             saved,
             self.params,
-            node_algo(self.plan, self.algo, id),
+            self.algos[id],
             self.mode,
         )
         .map_err(|e| e.in_node(&node.name))
@@ -329,31 +331,39 @@ fn main_path(graph: &Graph) -> Vec<bool> {
     needed
 }
 
-/// The algorithm node `id` runs: the plan's choice, unless `forced` overrides it.
-fn node_algo(plan: &Plan, forced: ConvAlgo, id: NodeId) -> ConvAlgo {
-    match forced {
-        ConvAlgo::Auto => plan.conv_algos[id].unwrap_or(ConvAlgo::Auto),
-        algo => algo,
-    }
+/// The algorithm every convolution of `graph` runs: the plan's choice, or `forced` everywhere (an error
+/// naming the first node it cannot run).
+fn resolve_algos(graph: &Graph, plan: &Plan, forced: ConvAlgo) -> Result<Vec<Option<ConvAlgo>>> {
+    graph
+        .nodes
+        .iter()
+        .zip(&plan.conv_algos)
+        .map(|(node, &planned)| match (&node.layer, forced) {
+            (Layer::Conv { conv, .. }, ConvAlgo::Auto) => Ok(planned.or(Some(conv.algo))),
+            (Layer::Conv { conv, .. }, forced) => {
+                let [c, h, w] = graph.nodes[node.inputs[0]].shape;
+                let g = conv.geometry([1, c, h, w]).map_err(|e| e.in_node(&node.name))?;
+                Ok(Some(conv::choose_algo(forced, &g).map_err(|e| e.in_node(&node.name))?))
+            }
+            _ => Ok(None),
+        })
+        .collect()
 }
 
-/// The most scratch any convolution or pool of `graph` takes on one thread at batch `capacity`, per
-/// slot.
-fn scratch_demand(graph: &Graph, capacity: usize) -> Result<ScratchDemand> {
+/// The most scratch any convolution (with the algorithm it runs) or pool of `graph` takes on one thread
+/// at batch `capacity`, per slot.
+fn scratch_demand(graph: &Graph, algos: &[Option<ConvAlgo>], capacity: usize) -> Result<ScratchDemand> {
     let mut demand = [0; 3];
-    for node in &graph.nodes {
+    for (node, algo) in graph.nodes.iter().zip(algos) {
         let [c, h, w] = graph.nodes[node.inputs.first().copied().unwrap_or(0)].shape;
-        match &node.layer {
-            Layer::Conv { conv, .. } => {
+        match (&node.layer, algo) {
+            (Layer::Conv { conv, .. }, Some(algo)) => {
                 let g = conv.geometry([capacity, c, h, w])?;
-                // Any algorithm may be forced later: reserve for the default and im2col both.
-                for algo in [conv::choose_algo(conv.algo, &g)?, ConvAlgo::Im2colGemm] {
-                    let [general, weights] = conv::scratch_demand(&g, algo);
-                    demand[0] = demand[0].max(general);
-                    demand[1] = demand[1].max(weights);
-                }
+                let [general, weights] = conv::scratch_demand(&g, *algo);
+                demand[0] = demand[0].max(general);
+                demand[1] = demand[1].max(weights);
             }
-            Layer::MaxPool(pool) => {
+            (Layer::MaxPool(pool), _) => {
                 let g = pool.window.geometry("max_pool2d", [capacity, c, h, w])?;
                 demand[2] = demand[2].max(pool::max_pool_scratch(&g));
             }
@@ -404,13 +414,14 @@ impl Executor {
                 }
             })
             .collect();
-        reserve_scratch(scratch_demand(graph, capacity)?);
+        let algos = resolve_algos(graph, &plan, ConvAlgo::Auto)?;
+        reserve_scratch(scratch_demand(graph, &algos, capacity)?);
         let classes = graph.output_len();
         Ok(Executor {
             plan,
             capacity,
             batch: 0,
-            algo: ConvAlgo::Auto,
+            algos,
             branches: BranchSchedule::Auto,
             profile: None,
             acts,
@@ -432,9 +443,14 @@ impl Executor {
         })
     }
 
-    /// Forces one convolution algorithm everywhere (`Auto` restores the per-layer choice).
-    pub fn set_conv_algo(&mut self, algo: ConvAlgo) {
-        self.algo = algo;
+    /// Forces one convolution algorithm on every convolution of `graph` (`Auto` restores the plan's
+    /// per-layer choice); an error naming the first layer it cannot run. Scratch is reserved for it, so
+    /// steps still allocate nothing.
+    pub fn set_conv_algo(&mut self, graph: &Graph, algo: ConvAlgo) -> Result<()> {
+        let algos = resolve_algos(graph, &self.plan, algo)?;
+        reserve_scratch(scratch_demand(graph, &algos, self.capacity)?);
+        self.algos = algos;
+        Ok(())
     }
 
     /// Chooses how the forward pass schedules Inception branches.
@@ -561,7 +577,7 @@ impl Executor {
                     graph,
                     params,
                     plan: &self.plan,
-                    algo: self.algo,
+                    algos: &self.algos,
                     batch,
                     mode,
                     pass_seed: self.dropout_seed,
@@ -607,7 +623,7 @@ impl Executor {
     ) -> Result<()> {
         let node = &graph.nodes[id];
         let (batch, places) = (self.batch, &self.plan.places);
-        let algo = node_algo(&self.plan, self.algo, id);
+        let algo = self.algos[id];
         let p = places[id];
         let in_place = &self.plan.in_place[id];
         let argmax = &mut self.argmax[id];
@@ -768,7 +784,7 @@ impl Executor {
             argmax,
             bn_stats,
             param_grads,
-            algo,
+            algos,
             plan,
             profile,
             mode,
@@ -796,7 +812,7 @@ impl Executor {
                     relu,
                 } => (|| {
                     let g = conv.geometry([batch, c, h, w])?;
-                    let algo = conv::choose_algo(node_algo(plan, *algo, id), &g)?;
+                    let algo = algos[id].expect("every convolution's algorithm is resolved when the executor is built");
                     if *relu {
                         let y = images(acts, p, batch);
                         activation::relu_mask_images(&mut images_mut(&mut grads[p.buffer], p, batch), y);
