@@ -17,6 +17,34 @@ fn small_googlenet() -> Model {
     Model::init(models::build("googlenet-d2l", config).unwrap(), 3)
 }
 
+/// Every node's output and every parameter gradient after `passes` training forwards (the last one with
+/// a loss and backward) of `model` on `x`, with the branches scheduled as `schedule`.
+fn train_outputs(
+    model: &Model,
+    x: &[f32],
+    labels: &[usize],
+    passes: usize,
+    schedule: BranchSchedule,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let batch = labels.len();
+    let len = model.graph.nodes[0].image_len();
+    let mut exec = Executor::new(&model.graph, batch).unwrap();
+    exec.set_branch_schedule(schedule);
+    for _ in 0..passes {
+        exec.forward(&model.graph, &model.params, Images::dense(x, batch, len), Mode::Train)
+            .unwrap();
+    }
+    exec.loss(&model.graph, labels, 0.0).unwrap();
+    exec.backward(&model.graph, &model.params).unwrap();
+    let outputs = (0..model.graph.nodes.len())
+        .map(|id| {
+            let out = exec.node_output(id);
+            (0..batch).flat_map(|n| out.get(n).to_vec()).collect()
+        })
+        .collect();
+    (outputs, exec.param_grads().to_vec())
+}
+
 #[test]
 fn the_plan_finds_every_inception_block_as_four_branches() {
     let model = small_googlenet();
@@ -46,21 +74,7 @@ fn concurrent_branches_match_sequential_outputs_and_gradients() {
         .into_raw_vec_and_offset()
         .0;
     let labels = [1, 7, 4];
-    let run = |schedule| {
-        let mut exec = Executor::new(&model.graph, batch).unwrap();
-        exec.set_branch_schedule(schedule);
-        exec.forward(&model.graph, &model.params, Images::dense(&x, batch, len), Mode::Train)
-            .unwrap();
-        exec.loss(&model.graph, &labels, 0.0).unwrap();
-        exec.backward(&model.graph, &model.params).unwrap();
-        let outputs: Vec<Vec<f32>> = (0..model.graph.nodes.len())
-            .map(|id| {
-                let out = exec.node_output(id);
-                (0..batch).flat_map(|n| out.get(n).to_vec()).collect()
-            })
-            .collect();
-        (outputs, exec.param_grads().to_vec())
-    };
+    let run = |schedule| train_outputs(&model, &x, &labels, 1, schedule);
     let (seq_out, seq_grads) = run(BranchSchedule::Sequential);
     let (par_out, par_grads) = run(BranchSchedule::Concurrent);
     for (id, (a, b)) in par_out.iter().zip(&seq_out).enumerate() {
@@ -114,25 +128,13 @@ fn concurrent_branches_with_dropout_train_as_sequential_ones() {
         .into_raw_vec_and_offset()
         .0;
     let labels = [2, 5, 9];
-    let run = |schedule| {
-        let mut exec = Executor::new(&model.graph, batch).unwrap();
-        assert_eq!(exec.plan().branch_groups.len(), 1, "the three chains form one group");
-        exec.set_branch_schedule(schedule);
-        // Two passes: the second has a dropout seed of its own.
-        for _ in 0..2 {
-            exec.forward(&model.graph, &model.params, Images::dense(&x, batch, len), Mode::Train)
-                .unwrap();
-        }
-        exec.loss(&model.graph, &labels, 0.0).unwrap();
-        exec.backward(&model.graph, &model.params).unwrap();
-        let outputs: Vec<Vec<f32>> = (0..model.graph.nodes.len())
-            .map(|id| {
-                let out = exec.node_output(id);
-                (0..batch).flat_map(|n| out.get(n).to_vec()).collect()
-            })
-            .collect();
-        (outputs, exec.param_grads().to_vec())
-    };
+    assert_eq!(
+        Executor::new(&model.graph, batch).unwrap().plan().branch_groups.len(),
+        1,
+        "the three chains form one group"
+    );
+    // Two passes: the second draws masks of its own.
+    let run = |schedule| train_outputs(&model, &x, &labels, 2, schedule);
     let (seq_out, seq_grads) = run(BranchSchedule::Sequential);
     let (par_out, par_grads) = run(BranchSchedule::Concurrent);
     for (id, (a, b)) in par_out.iter().zip(&seq_out).enumerate() {
