@@ -73,13 +73,19 @@ pub fn bench(model: &mut Model, options: BenchOptions) -> Result<BenchResult> {
             exec.set_profiling(true);
         }
         let t = Instant::now();
-        let mode = if train { Mode::Train } else { Mode::Eval };
-        exec.forward(&model.graph, &model.params, Images::dense(&images, batch, len), mode)?;
+        let batch_images = Images::dense(&images, batch, len);
         if train {
-            exec.loss(&model.graph, &labels, 0.0)?;
-            exec.update_running_statistics(&model.graph, &mut model.params)?;
-            exec.backward(&model.graph, &model.params)?;
-            opt.step(&mut model.params, exec.param_grads(), 1e-3);
+            exec.train_step(
+                &model.graph,
+                &mut model.params,
+                batch_images,
+                &labels,
+                0.0,
+                &mut opt,
+                1e-3,
+            )?;
+        } else {
+            exec.forward(&model.graph, &model.params, batch_images, Mode::Eval)?;
         }
         if i >= options.warmup {
             times.push(t.elapsed().as_secs_f64());

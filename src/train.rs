@@ -389,13 +389,15 @@ pub fn train(
         };
         for batch in Loader::new(train.clone(), order, cfg.batch, pos.batch, prep) {
             let n = batch.labels.len();
-            exec.forward(
+            let loss = exec.train_step(
                 &model.graph,
-                &model.params,
+                &mut model.params,
                 Images::dense(&batch.images, n, image_len),
-                Mode::Train,
+                &batch.labels,
+                cfg.label_smoothing,
+                &mut opt,
+                lr,
             )?;
-            let loss = exec.loss(&model.graph, &batch.labels, cfg.label_smoothing)?;
             if !loss.loss.is_finite() {
                 bar.abandon();
                 return Err(Error::NonFiniteLoss {
@@ -411,9 +413,6 @@ pub fn train(
                     },
                 });
             }
-            exec.update_running_statistics(&model.graph, &mut model.params)?;
-            exec.backward(&model.graph, &model.params)?;
-            opt.step(&mut model.params, exec.param_grads(), lr);
             pos.global_step += 1;
             if let Some(path) = &cfg.step_log {
                 let record = StepRecord {

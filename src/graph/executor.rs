@@ -11,6 +11,7 @@ use crate::ops::conv::{self, ConvAlgo};
 use crate::ops::loss;
 use crate::ops::pool::{self, max_pool_backward, max_pool_forward};
 use crate::ops::shape;
+use crate::optim::Optimizer;
 use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
@@ -700,12 +701,43 @@ impl Executor {
         Ok(())
     }
 
+    /// One training step: a training forward on `images`, the loss against `labels` (with
+    /// `label_smoothing`) and, if the loss is finite, the running-statistics update, the backward pass
+    /// and `optimizer`'s update of `params` at learning rate `lr`. A non-finite loss leaves `params`
+    /// untouched (running statistics included) and is returned for the caller to report.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step(
+        &mut self,
+        graph: &Graph,
+        params: &mut [Vec<f32>],
+        images: Images<'_>,
+        labels: &[usize],
+        label_smoothing: f32,
+        optimizer: &mut Optimizer,
+        lr: f32,
+    ) -> Result<BatchLoss> {
+        self.forward(graph, params, images, Mode::Train)?;
+        let loss = self.loss(graph, labels, label_smoothing)?;
+        if loss.loss.is_finite() {
+            self.update_running_statistics(graph, params)?;
+            self.backward(graph, params)?;
+            optimizer.step(params, &self.param_grads, lr);
+        }
+        Ok(loss)
+    }
+
     /// Softmax cross-entropy of the last forward's output against `labels`, batch-averaged, with label
     /// smoothing `eps`; keeps the probabilities for [`Executor::backward`]. After a training forward,
     /// each auxiliary head's loss is added with its weight (the accuracy counts the main output only).
     pub fn loss(&mut self, graph: &Graph, labels: &[usize], label_smoothing: f32) -> Result<BatchLoss> {
         let classes = graph.output_len();
         loss::check_labels("loss", labels, self.batch, classes)?;
+        if !(0.0..1.0).contains(&label_smoothing) {
+            return Err(Error::config(
+                "loss",
+                format!("label smoothing must be in [0, 1), found {label_smoothing}"),
+            ));
+        }
         let mut total = 0.0;
         for (head, (node, weight)) in self.loss_heads(graph).into_iter().enumerate() {
             let p = self.plan.places[node];
