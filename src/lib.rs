@@ -47,6 +47,7 @@ pub(crate) mod matmul;
 pub mod models;
 pub mod ops;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod tensor;
 pub mod train;

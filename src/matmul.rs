@@ -104,7 +104,7 @@ pub(crate) fn matmul(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, accumulate: bo
     }
     let parallelism = match threads {
         Threads::One => gemm::Parallelism::None,
-        Threads::Pool => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        Threads::Pool => gemm::Parallelism::Rayon(crate::parallel::threads()),
     };
     // SAFETY: the constructors checked that every element addressed by (rows, cols, strides) lies inside
     // its slice; the output is borrowed mutably and the inputs immutably, so they cannot overlap; strides

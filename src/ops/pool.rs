@@ -217,7 +217,7 @@ pub fn max_pool_forward(g: &PoolGeometry, x: Images<'_>, y: &mut ImagesMut<'_>, 
     }
     let out_len = g.output_image_len();
     // With fewer images than threads, the planes of each image are split across the pool instead.
-    let split_planes = y.count() < rayon::current_num_threads();
+    let split_planes = !crate::parallel::pieces_fill_threads(y.count());
     y.par_iter_mut()
         .zip(argmax.par_chunks_mut(out_len))
         .for_each(|((n, y_img), arg_img)| {

@@ -423,7 +423,7 @@ impl Executor {
                 BranchSchedule::Sequential => false,
                 BranchSchedule::Concurrent => true,
                 // One op cannot fill the cores when there are fewer images than threads.
-                BranchSchedule::Auto => batch < rayon::current_num_threads(),
+                BranchSchedule::Auto => !crate::parallel::pieces_fill_threads(batch),
             };
         let mut id = 0;
         while id < graph.nodes.len() {

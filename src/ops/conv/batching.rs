@@ -46,7 +46,7 @@ where
     }
     let per = chunking.per;
     let mut images: Vec<&mut [f32]> = out.iter_mut().map(|(_, img)| img).collect();
-    if images.len().div_ceil(per) >= rayon::current_num_threads() {
+    if crate::parallel::pieces_fill_threads(images.len().div_ceil(per)) {
         images.par_chunks_mut(per).enumerate().for_each(|(c, chunk)| {
             with_scratch(scratch_len, |s| f(c * per, chunk, s, Threads::One));
         });
@@ -68,7 +68,7 @@ pub(super) fn accumulate_weight_grad<F>(batch: usize, chunking: Chunking, dw: &m
 where
     F: Fn(Range<usize>, &mut [f32], Threads) + Sync,
 {
-    let threads = rayon::current_num_threads();
+    let threads = crate::parallel::threads();
     let chunks = batch.div_ceil(chunking.per);
     if chunks < threads.max(2) {
         accumulate(0..batch, dw, Threads::Pool);

@@ -242,8 +242,7 @@ fn run(g: &ConvGeometry, x: Images<'_>, u: &[f32], b: Option<&[f32]>, y: &mut Im
     let (per_chunk, scratch_len) = chunking(g, th * tw, batch);
     let chunks = batch.div_ceil(per_chunk);
     let mut outs: Vec<&mut [f32]> = y.iter_mut().map(|(_, img)| img).collect();
-    let threads = rayon::current_num_threads();
-    if chunks >= threads {
+    if crate::parallel::pieces_fill_threads(chunks) {
         outs.par_chunks_mut(per_chunk).enumerate().for_each(|(c, outs)| {
             with_scratch_in(Scratch::General, scratch_len, |s| {
                 chunk(g, x, c * per_chunk, outs, u, b, s, epilogue, false)
