@@ -256,7 +256,7 @@ fn restore(cfg: &TrainConfig, model: &mut Model, opt: &mut Optimizer, path: &Pat
     check("in_channels", cfg.config.in_channels.to_string())?;
     check("height", cfg.config.size[0].to_string())?;
     check("width", cfg.config.size[1].to_string())?;
-    if file.metadata.contains_key("normalization") != cfg.normalize {
+    if file.recorded(path)?.normalized != cfg.normalize {
         let (was, now) = if cfg.normalize {
             ("without", "with")
         } else {

@@ -337,11 +337,21 @@ fn resolve_model(flag: Option<String>, recorded: &Recorded, checkpoint: &Path) -
     })
 }
 
-fn square(side: Option<usize>) -> Result<Option<InputSize>> {
-    match side {
-        Some(0) => Err(Error::config("--resize", "--resize must be at least 1")),
-        other => Ok(other.map(|s| InputSize([s, s]))),
-    }
+/// The input size a command runs at: `--resize`, or the one the checkpoint records (they must agree),
+/// else `native`.
+fn resolve_size(
+    resize: Option<usize>,
+    recorded: &Recorded,
+    checkpoint: &Path,
+    native: [usize; 2],
+) -> Result<InputSize> {
+    let flag = match resize {
+        Some(0) => return Err(Error::config("--resize", "--resize must be at least 1")),
+        other => other.map(|s| InputSize([s, s])),
+    };
+    resolve("input size", flag, recorded.size.map(InputSize), checkpoint, || {
+        Ok(InputSize(native))
+    })
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -404,13 +414,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
     } else {
         config.size
     };
-    let size = resolve(
-        "input size",
-        square(resize)?,
-        recorded.size.map(InputSize),
-        &checkpoint,
-        || Ok(InputSize(native)),
-    )?;
+    let size = resolve_size(resize, &recorded, &checkpoint, native)?;
     config.size = size.0;
     let train_set = limit(train_set, train_limit, "--train-limit")?;
     let test_set = limit(test_set, test_limit, "--test-limit")?;
@@ -495,15 +499,7 @@ fn eval_command(args: EvalArgs) -> Result<()> {
     let recorded = file.recorded(&weights)?;
     let model = resolve_model(model, &recorded, &weights)?;
     let mut config = models::config_from_weights(&model, &file)?;
-    let native = InputSize(config.size);
-    config.size = resolve(
-        "input size",
-        square(resize)?,
-        recorded.size.map(InputSize),
-        &weights,
-        || Ok(native),
-    )?
-    .0;
+    config.size = resolve_size(resize, &recorded, &weights, config.size)?.0;
     if batch == 0 {
         return Err(Error::config("--batch", "--batch must be at least 1"));
     }

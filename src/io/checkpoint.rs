@@ -136,16 +136,35 @@ impl TensorFile {
         })
     }
 
-    /// Only the metadata of the safetensors file at `path`, without converting its tensors.
+    /// Only the metadata of the safetensors file at `path`: its header is read, its tensors are not (a
+    /// resumed run reads the whole file once more when it loads them, which checks them).
     pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
-        let bytes = std::fs::read(path).map_err(|e| Error::file(path.display(), e))?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
-            Error::file(
-                path.display(),
-                format!("a safetensors file, but it is corrupt or truncated: {e}"),
-            )
-        })?;
-        Ok(meta.metadata().clone().unwrap_or_default())
+        use std::io::Read;
+        /// The part of a safetensors header that is not a tensor's entry.
+        #[derive(serde::Deserialize)]
+        struct Header {
+            #[serde(rename = "__metadata__", default)]
+            metadata: HashMap<String, String>,
+        }
+        let corrupt = |what: String| Error::file(path.display(), format!("a safetensors file, but {what}"));
+        let mut file = std::fs::File::open(path).map_err(|e| Error::file(path.display(), e))?;
+        let size = file.metadata().map_err(|e| Error::file(path.display(), e))?.len();
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len)
+            .map_err(|_| corrupt(format!("it has {size} bytes, fewer than the 8 of its header length")))?;
+        let len = u64::from_le_bytes(len);
+        if len > size.saturating_sub(8) {
+            return Err(corrupt(format!(
+                "its header claims {len} bytes and the file has {} after the length",
+                size.saturating_sub(8)
+            )));
+        }
+        let mut header = vec![0u8; len as usize];
+        file.read_exact(&mut header)
+            .map_err(|e| Error::file(path.display(), e))?;
+        let header: Header =
+            serde_json::from_slice(&header).map_err(|e| corrupt(format!("its header is not valid JSON: {e}")))?;
+        Ok(header.metadata)
     }
 
     /// What the file records about the run that wrote it (incept's checkpoints do; a PyTorch state_dict
