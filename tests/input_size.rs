@@ -112,8 +112,9 @@ fn npy_images_train_at_their_own_size_and_the_checkpoint_sets_evals_size() {
     let out = incept(&["predict", "--weights", &ck, "--input", &x, "--output", &logits]);
     assert!(out.status.success(), "{}", stderr(&out));
     // --resume takes the size from the checkpoint, and refuses another.
-    fails_with(
-        &incept(&[
+    let dir_name = dir.display().to_string();
+    let resume = |extra: &[&str]| {
+        let mut args = vec![
             "train",
             "--resume",
             &ck,
@@ -125,28 +126,12 @@ fn npy_images_train_at_their_own_size_and_the_checkpoint_sets_evals_size() {
             "--epochs",
             "2",
             "--quiet",
-            "--resize",
-            "64",
-        ]),
-        &["32x32", "64x64"],
-    );
-    let out = incept(&[
-        "train",
-        "--resume",
-        &ck,
-        "--data-npy",
-        &x,
-        &y,
-        "--batch",
-        "4",
-        "--epochs",
-        "2",
-        "--quiet",
-        "--save",
-        &ck,
-        "--out",
-        &dir.display().to_string(),
-    ]);
+        ];
+        args.extend_from_slice(extra);
+        incept(&args)
+    };
+    fails_with(&resume(&["--resize", "64"]), &["32x32", "64x64"]);
+    let out = resume(&["--save", &ck, "--out", &dir_name]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("inception-tf-cifar"));
 }
@@ -248,4 +233,34 @@ fn a_nan_loss_before_any_checkpoint_says_none_was_written() {
     ]);
     fails_with(&out, &["step 2", "no checkpoint was written"]);
     assert!(!dir.join("checkpoint.safetensors").exists());
+}
+
+#[test]
+fn a_resume_checkpoint_with_a_broken_header_is_named() {
+    let dir = TempDir::new("resume-corrupt");
+    let (x, y) = npy_data(&dir, 4, 32);
+    let ck = train_tf_cifar(&dir, &x, &y);
+    let bytes = std::fs::read(&ck).unwrap();
+    for (name, cut, expected) in [
+        ("short.safetensors", 3, "fewer than the 8 of its header length"),
+        ("cut.safetensors", 20, "its header claims"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let path = path.display().to_string();
+        fails_with(
+            &incept(&[
+                "train",
+                "--resume",
+                &path,
+                "--data-npy",
+                &x,
+                &y,
+                "--batch",
+                "4",
+                "--quiet",
+            ]),
+            &[&path, expected],
+        );
+    }
 }

@@ -12,20 +12,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::fixture::Fixture;
 use common::parity::values;
-use common::{TempDir, fixture_params, rel_l2};
+use common::{TempDir, fixture_params, rel_l2, write_npy_f32, write_npy_i64};
 use incept::io::checkpoint::{TensorFile, save};
 use incept::models;
-use ndarray_npy::WriteNpyExt;
-
-fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) {
-    let a = incept::ndarray::ArrayD::from_shape_vec(shape, data.to_vec()).unwrap();
-    a.write_npy(std::fs::File::create(path).unwrap()).unwrap();
-}
 
 /// One SGD step of `name` through `incept train`; with `naive`, `--conv-algo naive` (float64-accumulating
 /// convolutions) and every gradient held to 1e-3 flat.
@@ -46,9 +39,7 @@ fn one_sgd_step_matches_float64_pytorch(name: &str, naive: bool) {
     let labels: Vec<i64> = values(&f, "labels").iter().map(|&l| l as i64).collect();
     let batch = labels.len();
     write_npy_f32(&dir.join("x.npy"), &[batch, 3, size, size], &values(&f, "x_train"));
-    incept::ndarray::Array1::from_vec(labels)
-        .write_npy(std::fs::File::create(dir.join("y.npy")).unwrap())
-        .unwrap();
+    write_npy_i64(&dir.join("y.npy"), &labels);
     let out = Command::new(env!("CARGO_BIN_EXE_incept"))
         .args([
             "train",

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::fixture::Fixture;
-use common::{TempDir, formula_params, rel_l2};
+use common::{TempDir, formula_params, rel_l2, write_npy_f32, write_npy_i64};
 use incept::data::idx;
 use incept::graph::Executor;
 use incept::io::checkpoint::{TensorFile, save};
@@ -139,18 +139,6 @@ fn optimizer_name(kind: OptimizerKind) -> &'static str {
         OptimizerKind::Sgd { .. } => "sgd",
         OptimizerKind::RmsProp { .. } => "rmsprop",
     }
-}
-
-fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) {
-    let a = incept::ndarray::ArrayD::from_shape_vec(shape, data.to_vec()).unwrap();
-    use ndarray_npy::WriteNpyExt;
-    a.write_npy(std::fs::File::create(path).unwrap()).unwrap();
-}
-
-fn write_npy_i64(path: &Path, data: &[i64]) {
-    let a = incept::ndarray::Array1::from_vec(data.to_vec());
-    use ndarray_npy::WriteNpyExt;
-    a.write_npy(std::fs::File::create(path).unwrap()).unwrap();
 }
 
 #[test]

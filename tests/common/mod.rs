@@ -254,6 +254,20 @@ pub fn assert_state_dict_names(graph: &incept::graph::Graph, f: &fixture::Fixtur
     );
 }
 
+/// Writes float32 `data` of `shape` as a .npy file.
+pub fn write_npy_f32(path: &std::path::Path, shape: &[usize], data: &[f32]) {
+    use ndarray_npy::WriteNpyExt;
+    let a = incept::ndarray::ArrayD::from_shape_vec(shape, data.to_vec()).unwrap();
+    a.write_npy(std::fs::File::create(path).unwrap()).unwrap();
+}
+
+/// Writes int64 labels as a 1-D .npy file.
+pub fn write_npy_i64(path: &std::path::Path, data: &[i64]) {
+    use ndarray_npy::WriteNpyExt;
+    let a = incept::ndarray::Array1::from_vec(data.to_vec());
+    a.write_npy(std::fs::File::create(path).unwrap()).unwrap();
+}
+
 /// A fresh directory under the system temp dir, removed (with its contents) when dropped, so test
 /// runs leave nothing behind.
 pub struct TempDir(std::path::PathBuf);
