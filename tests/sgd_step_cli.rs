@@ -15,8 +15,8 @@ mod common;
 use std::process::Command;
 
 use common::fixture::Fixture;
-use common::parity::values;
-use common::{TempDir, fixture_params, rel_l2, write_npy_f32, write_npy_i64};
+use common::parity::{self, Limits, values};
+use common::{TempDir, fixture_params, write_npy_f32, write_npy_i64};
 use incept::io::checkpoint::{TensorFile, save};
 use incept::models;
 
@@ -84,53 +84,38 @@ fn one_sgd_step_matches_float64_pytorch(name: &str, naive: bool) {
     let trained = TensorFile::read(&path).unwrap();
     assert_eq!(trained.metadata["height"], size.to_string());
     let after = trained.params_for(&graph, &path).unwrap();
-    let samples: usize = f.metadata("samples").parse().unwrap();
-    let largest = graph
+    // With lr 1 and no momentum, before - after is the gradient, up to the rounding of the update.
+    let grads: Vec<Vec<f32>> = graph
         .params
         .iter()
-        .filter(|p| p.trainable)
-        .map(|p| values(&f, &format!("grad_norm/{}", p.name))[0] as f64)
-        .fold(0.0, f64::max);
-    let mut worst = (0f64, String::new());
-    for ((spec, before), after) in graph.params.iter().zip(&params).zip(&after) {
-        let tensor = |kind: &str| values(&f, &format!("{kind}/{}", spec.name))[0] as f64;
-        let (err, limit) = if !spec.trainable {
-            let err = rel_l2(after, &values(&f, &format!("after/{}", spec.name)));
-            (err, 1e-4f64.max(10.0 * tensor("f32_error")))
-        } else {
-            // before - after = lr · gradient, up to the rounding of the subtraction.
-            let change: Vec<f32> = before
+        .zip(params.iter().zip(&after))
+        .map(|(spec, (before, after))| {
+            if !spec.trainable {
+                return Vec::new();
+            }
+            before
                 .iter()
                 .zip(after)
                 .map(|(&b, &a)| (b as f64 - a as f64) as f32)
-                .collect();
-            let norm = change.iter().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
-            if tensor("zero") == 1.0 {
-                // Zero in exact arithmetic; the subtraction's rounding (~1e-7 of the weight) is the floor.
-                let weights = before.iter().map(|&w| (w as f64).powi(2)).sum::<f64>().sqrt();
-                let noise = tensor("f32_norm").max(1e-7 * largest).max(1e-7 * weights);
-                (norm / noise, 10.0)
-            } else {
-                let count = samples.min(change.len());
-                let ours: Vec<f32> = (0..count).map(|k| change[k * change.len() / count]).collect();
-                let err = rel_l2(&ours, &values(&f, &format!("grad/{}", spec.name)));
-                let spread = tensor("f32_error").max(tensor("sensitivity"));
-                // The update rounds to the weights' precision: 1e-7 of the weight against the gradient.
-                let weights = before.iter().map(|&w| (w as f64).powi(2)).sum::<f64>().sqrt();
-                let rounding = 1e-7 * weights / tensor("grad_norm");
-                let limit = if naive { 1e-3 } else { 1e-3f64.max(10.0 * spread) };
-                (err, limit.max(10.0 * rounding))
-            }
-        };
-        assert!(
-            err <= limit,
-            "{name} {}: one SGD step differs from float64 PyTorch by {err:.2e} > {limit:.2e}",
-            spec.name
-        );
-        if err / limit > worst.0 {
-            worst = (err / limit, format!("{} {err:.2e} (limit {limit:.1e})", spec.name));
-        }
-    }
+                .collect()
+        })
+        .collect();
+    let limits = if naive {
+        Limits::Exact(1e-3)
+    } else {
+        Limits::Float32(1e-3)
+    };
+    let compared = parity::gradients_match(name, &f, &graph, &grads, &after, limits, Some(&params));
+    let worst = compared
+        .iter()
+        .max_by(|a, b| (a.err / a.limit).total_cmp(&(b.err / b.limit)))
+        .map(|c| {
+            (
+                c.err / c.limit,
+                format!("{} {:.2e} (limit {:.1e})", c.name, c.err, c.limit),
+            )
+        })
+        .unwrap();
     eprintln!(
         "{name}{}: one SGD step from the command line vs float64 PyTorch, worst {:.2} of its limit: {}",
         if naive { " (--conv-algo naive)" } else { "" },

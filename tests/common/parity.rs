@@ -19,7 +19,7 @@
 
 use super::fixture::Fixture;
 use super::rel_l2;
-use incept::graph::{Executor, Mode};
+use incept::graph::{Executor, Graph, Mode};
 use incept::models::Model;
 use incept::tensor::Images;
 
@@ -105,18 +105,37 @@ pub fn training_batch_matches(name: &str, f: &Fixture, model: &mut Model, limits
     );
     exec.update_running_statistics(&model.graph, &mut model.params).unwrap();
     exec.backward(&model.graph, &model.params).unwrap();
+    gradients_match(name, f, &model.graph, exec.param_grads(), &model.params, limits, None)
+}
+
+/// Compares `grads` (one per parameter of `graph`, empty for running statistics) with the fixture's
+/// float64 gradients, and the running statistics in `after` with the fixture's after its batch; panics
+/// naming the first tensor over its limit and returns every comparison. `update_of`: when the gradients
+/// were read back from one SGD step (`before - after`, lr 1), the weights before it; the rounding of that
+/// update (1e-7 of a weight) then joins each limit.
+pub fn gradients_match(
+    name: &str,
+    f: &Fixture,
+    graph: &Graph,
+    grads: &[Vec<f32>],
+    after: &[Vec<f32>],
+    limits: Limits,
+    update_of: Option<&[Vec<f32>]>,
+) -> Vec<Compared> {
     let samples: usize = f.metadata("samples").parse().unwrap();
     let well_conditioned = conditioned(f);
-    let largest = model
-        .graph
+    let largest = graph
         .params
         .iter()
         .filter(|p| p.trainable)
         .map(|p| values(f, &format!("grad_norm/{}", p.name))[0] as f64)
         .fold(0.0, f64::max);
+    let l2 = |v: &[f32]| v.iter().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
     let mut compared = Vec::new();
-    for ((spec, grad), value) in model.graph.params.iter().zip(exec.param_grads()).zip(&model.params) {
+    for (p, ((spec, grad), value)) in graph.params.iter().zip(grads).zip(after).enumerate() {
         let tensor = |kind: &str| values(f, &format!("{kind}/{}", spec.name))[0] as f64;
+        // The update's rounding, as a norm (0 for gradients read directly).
+        let update_rounding = update_of.map_or(0.0, |before| 1e-7 * l2(&before[p]));
         let (err, limit) = if !spec.trainable {
             assert!(grad.is_empty(), "{}: running statistics get no gradient", spec.name);
             let err = rel_l2(value, &values(f, &format!("after/{}", spec.name)));
@@ -125,7 +144,7 @@ pub fn training_batch_matches(name: &str, f: &Fixture, model: &mut Model, limits
                 Limits::Float32(_) => (err, 1e-4f64.max(10.0 * tensor("f32_error"))),
             }
         } else {
-            let norm = grad.iter().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
+            let norm = l2(grad);
             // The generator marks a gradient that is zero in exact arithmetic; what remains is rounding.
             let zero = if well_conditioned {
                 tensor("zero") == 1.0
@@ -136,7 +155,7 @@ pub fn training_batch_matches(name: &str, f: &Fixture, model: &mut Model, limits
             // by 1e-6, for an unconditioned batch): what agreement a float32 engine can reach here.
             let f32_error = tensor("f32_error").max(tensor("sensitivity"));
             if zero {
-                let noise = tensor("f32_norm").max(1e-7 * largest);
+                let noise = tensor("f32_norm").max(1e-7 * largest).max(update_rounding);
                 (norm / noise, 10.0)
             } else if !well_conditioned && f32_error > 0.05 {
                 let ratio = norm / tensor("grad_norm");
@@ -150,7 +169,10 @@ pub fn training_batch_matches(name: &str, f: &Fixture, model: &mut Model, limits
                     Limits::Exact(limit) => limit,
                     Limits::Float32(floor) => floor.max(10.0 * f32_error),
                 };
-                (err.max(norm_err), limit)
+                (
+                    err.max(norm_err),
+                    limit.max(10.0 * update_rounding / tensor("grad_norm")),
+                )
             }
         };
         assert!(err <= limit, "{name} {}: error {err:.2e} > {limit:.2e}", spec.name);
