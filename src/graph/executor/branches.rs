@@ -102,42 +102,39 @@ impl BranchRun<'_> {
         for (k, (&id, buffer)) in inner.iter().zip(&mut bufs.outputs).enumerate() {
             let len = self.graph.nodes[id].image_len();
             let out = &mut buffer[n * len..][..len];
-            let saved = Saved {
-                argmax: &mut bufs.argmax[k],
-                seed: 0,
-                first_image: n,
-                stats: &mut bufs.stats[k],
-            };
-            self.forward_image(id, input, out, saved, n)?;
+            self.forward_image(id, input, out, &mut bufs.argmax[k], &mut bufs.stats[k], n)?;
             input = Images::dense(out, 1, len);
         }
         let k = inner.len();
-        let saved = Saved {
-            argmax: &mut bufs.argmax[k],
-            seed: 0,
-            first_image: n,
-            stats: &mut bufs.stats[k],
-        };
-        self.forward_image(last, input, part, saved, n)
+        self.forward_image(last, input, part, &mut bufs.argmax[k], &mut bufs.stats[k], n)
     }
 
     /// Runs node `id` on one image `x` (image `n` of the batch) into `out`, in the pass's mode, with the
     /// dropout stream the whole-batch pass would give image `n` (batch statistics need the whole batch,
     /// so a graph with batch norm never trains branches image by image).
-    fn forward_image(&self, id: NodeId, x: Images<'_>, out: &mut [f32], saved: Saved<'_>, n: usize) -> Result<()> {
+    /// `argmax` and `stats` are the node's whole-batch buffers.
+    fn forward_image(
+        &self,
+        id: NodeId,
+        x: Images<'_>,
+        out: &mut [f32],
+        argmax: &mut [u32],
+        stats: &mut ChannelStats,
+        n: usize,
+    ) -> Result<()> {
         let node = &self.graph.nodes[id];
         let len = node.image_len();
-        // Only max pools keep argmaxes; the others have an empty vector.
-        let argmax = if saved.argmax.is_empty() {
-            saved.argmax
+        // Max pools keep argmaxes and dropouts kept flags, one per output value; the others have none.
+        let argmax = if argmax.is_empty() {
+            argmax
         } else {
-            &mut saved.argmax[n * len..][..len]
+            &mut argmax[n * len..][..len]
         };
         let saved = Saved {
             argmax,
             seed: node_seed(self.pass_seed, id),
             first_image: n,
-            stats: saved.stats,
+            stats,
         };
         let mut y = ImagesMut::dense(out, 1, len);
         forward_node(
