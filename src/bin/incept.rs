@@ -472,7 +472,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         train_set.len(),
         test_set.len(),
         epochs,
-        rayon::current_num_threads()
+        incept::parallel::threads()
     );
     let report = train::train(&cfg, train_set, &test_set, |m| println!("{}", m.line()))?;
     let save_path = cfg.save.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
@@ -671,7 +671,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
     };
     let r = bench::bench(&mut m, options)?;
     let mode = if mode == BenchMode::Train { "train" } else { "infer" };
-    let threads = rayon::current_num_threads();
+    let threads = incept::parallel::threads();
     if protocol == Protocol::Chapter {
         let info = if mode == "train" { "Forward-backward" } else { "Forward" };
         for (i, t) in r.times.iter().enumerate().step_by(10) {
