@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::graph::{BranchSchedule, Executor, Mode, NodeTime};
+use crate::graph::{BranchSchedule, Executor, Graph, Mode, NodeTime};
 use crate::models::Model;
 use crate::optim::{Adam, Optimizer};
 use crate::tensor::Images;
@@ -49,7 +49,7 @@ pub fn mean_and_std(times: &[f64]) -> (f64, f64) {
 }
 
 /// Times `options.steps` steps on random data after `options.warmup` untimed ones.
-pub fn bench(model: &mut Model, options: BenchOptions) -> Result<BenchResult> {
+pub fn bench(model: Model, options: BenchOptions) -> Result<BenchResult> {
     let BenchOptions { batch, train, .. } = options;
     if options.steps == 0 {
         return Err(Error::config(
@@ -57,14 +57,15 @@ pub fn bench(model: &mut Model, options: BenchOptions) -> Result<BenchResult> {
             "--steps must be at least 1: the median of no timed steps is undefined",
         ));
     }
-    let mut exec = Executor::new(&model.graph, batch)?;
-    exec.set_branch_schedule(options.branches);
-    let len = model.graph.nodes[0].image_len();
+    let graph = &model.graph;
+    let len = graph.nodes[0].image_len();
     let mut rng = fastrand::Rng::with_seed(1);
     let images: Vec<f32> = (0..batch * len).map(|_| rng.f32()).collect();
-    let classes = model.graph.output_len();
+    let classes = graph.output_len();
     let labels: Vec<usize> = (0..batch).map(|i| i % classes).collect();
-    let lens: Vec<usize> = model.graph.params.iter().map(|p| p.len()).collect();
+    let lens: Vec<usize> = graph.params.iter().map(|p| p.len()).collect();
+    let mut exec = Executor::new(model, batch)?;
+    exec.set_branch_schedule(options.branches);
     let mut opt = Optimizer::Adam(Adam::new(&lens));
     let steps = options.steps;
     let mut times = Vec::with_capacity(steps);
@@ -75,17 +76,9 @@ pub fn bench(model: &mut Model, options: BenchOptions) -> Result<BenchResult> {
         let t = Instant::now();
         let batch_images = Images::dense(&images, batch, len);
         if train {
-            exec.train_step(
-                &model.graph,
-                &mut model.params,
-                batch_images,
-                &labels,
-                0.0,
-                &mut opt,
-                1e-3,
-            )?;
+            exec.train_step(batch_images, &labels, &mut opt, 1e-3)?;
         } else {
-            exec.forward(&model.graph, &model.params, batch_images, Mode::Eval)?;
+            exec.forward(batch_images, Mode::Eval)?;
         }
         if i >= options.warmup {
             times.push(t.elapsed().as_secs_f64());
@@ -104,8 +97,7 @@ pub fn bench(model: &mut Model, options: BenchOptions) -> Result<BenchResult> {
 
 /// The profile as a table, one line per node that took time, with each node's share of the total and
 /// its forward GFLOP/s. `steps` is the number of timed steps the profile sums over.
-pub fn profile_table(model: &Model, profile: &[NodeTime], batch: usize, steps: usize) -> Vec<String> {
-    let graph = &model.graph;
+pub fn profile_table(graph: &Graph, profile: &[NodeTime], batch: usize, steps: usize) -> Vec<String> {
     let per_step = |d: Duration| d.as_secs_f64() * 1e3 / steps.max(1) as f64;
     let total: f64 = profile.iter().map(|t| per_step(t.forward) + per_step(t.backward)).sum();
     let mut lines = vec![format!(

@@ -350,8 +350,9 @@ pub fn train(
     }
     // The last checkpoint on disk and the step it holds: what a run stopped by a NaN loss leaves.
     let mut kept: Option<(PathBuf, u64)> = cfg.resume.clone().map(|p| (p, pos.global_step));
-    let mut exec = Executor::new(&model.graph, cfg.batch)?;
-    exec.set_conv_algo(&model.graph, cfg.conv_algo)?;
+    let mut exec = Executor::new(model, cfg.batch)?;
+    exec.set_conv_algo(cfg.conv_algo)?;
+    exec.set_label_smoothing(cfg.label_smoothing)?;
     let normalization = cfg.normalize.then(|| Normalization::of_dataset(&train));
     let train = Arc::new(train);
     let size = cfg.config.size;
@@ -389,15 +390,7 @@ pub fn train(
         };
         for batch in Loader::new(train.clone(), order, cfg.batch, pos.batch, prep) {
             let n = batch.labels.len();
-            let loss = exec.train_step(
-                &model.graph,
-                &mut model.params,
-                Images::dense(&batch.images, n, image_len),
-                &batch.labels,
-                cfg.label_smoothing,
-                &mut opt,
-                lr,
-            )?;
+            let loss = exec.train_step(Images::dense(&batch.images, n, image_len), &batch.labels, &mut opt, lr)?;
             if !loss.loss.is_finite() {
                 bar.abandon();
                 return Err(Error::NonFiniteLoss {
@@ -445,7 +438,7 @@ pub fn train(
         let (test_loss, test_acc) = if stopped {
             (None, None)
         } else {
-            let (l, a) = evaluate(&model, test, cfg.batch, normalization.as_ref(), &mut exec)?;
+            let (l, a) = evaluate(&mut exec, test, cfg.batch, normalization.as_ref())?;
             (Some(l), Some(a))
         };
         let metrics = EpochMetrics {
@@ -469,7 +462,7 @@ pub fn train(
                 ..Position::default()
             };
         }
-        save_now(&model, &opt, &pos)?;
+        save_now(exec.model(), &opt, &pos)?;
         if let Some(path) = &cfg.save {
             kept = Some((path.clone(), pos.global_step));
         }
@@ -482,7 +475,7 @@ pub fn train(
         crate::plot::curves(&path.with_extension("svg"), &all)?;
     }
     Ok(TrainReport {
-        model,
+        model: exec.into_model(),
         epochs,
         global_step: pos.global_step,
     })
@@ -523,16 +516,15 @@ fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif:
     bar
 }
 
-/// Eval-mode loss and accuracy of `model` on `data`, resized to the model's input size (and normalized,
-/// if the model was trained on normalized images).
+/// Eval-mode loss and accuracy of `exec`'s model on `data`, resized to the model's input size (and
+/// normalized, if the model was trained on normalized images).
 pub fn evaluate(
-    model: &Model,
+    exec: &mut Executor,
     data: &Dataset,
     batch: usize,
     normalization: Option<&Normalization>,
-    exec: &mut Executor,
 ) -> Result<(f64, f64)> {
-    let [c, h, w] = model.graph.input_shape();
+    let [c, h, w] = exec.graph().input_shape();
     if data.shape[0] != c {
         return Err(Error::shape(
             "evaluation data",
@@ -553,13 +545,8 @@ pub fn evaluate(
                 n.apply(dst);
             }
         }
-        exec.forward(
-            &model.graph,
-            &model.params,
-            Images::dense(&images[..n * c * h * w], n, c * h * w),
-            Mode::Eval,
-        )?;
-        let l = exec.loss(&model.graph, &data.labels[start..start + n], 0.0)?;
+        exec.forward(Images::dense(&images[..n * c * h * w], n, c * h * w), Mode::Eval)?;
+        let l = exec.loss(&data.labels[start..start + n])?;
         loss_sum += l.loss * n as f64;
         correct += l.correct;
     }

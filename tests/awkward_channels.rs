@@ -53,8 +53,7 @@ fn awkward_channel_counts_train_as_float64_pytorch() {
         parity::conditioned(&f),
         "the awkward fixture's batch must be well conditioned"
     );
-    let mut m = model(&f);
-    let compared = parity::training_batch_matches("awkward", &f, &mut m, Limits::Float32(1e-4));
+    let compared = parity::training_batch_matches("awkward", &f, model(&f), Limits::Float32(1e-4));
     let worst = compared
         .iter()
         .max_by(|a, b| (a.err / a.limit).total_cmp(&(b.err / b.limit)))
@@ -103,7 +102,7 @@ fn awkward_channel_counts_train_as_pytorch_with_every_conv_algorithm() {
         parity::training_batch_matches(
             &format!("awkward ({algo:?} on {forced} layers)"),
             &f,
-            &mut m,
+            m,
             Limits::Float32(1e-4),
         );
     }
@@ -121,10 +120,9 @@ fn awkward_channel_counts_evaluate_as_float64_pytorch() {
     }
     let len = 3 * 9 * 9;
     let x = values(&f, "x");
-    let mut exec = Executor::new(&m.graph, 2).unwrap();
-    exec.forward(&m.graph, &m.params, Images::dense(&x, 2, len), Mode::Eval)
-        .unwrap();
-    let err = common::rel_l2(&exec.output_vec(&m.graph), &values(&f, "logits"));
+    let mut exec = Executor::new(m, 2).unwrap();
+    exec.forward(Images::dense(&x, 2, len), Mode::Eval).unwrap();
+    let err = common::rel_l2(&exec.output_vec(), &values(&f, "logits"));
     let limit = 1e-5f64.max(3.0 * values(&f, "logits_f32_error")[0] as f64);
     assert!(err <= limit, "awkward eval logits: {err:.2e} > {limit:.1e}");
 }

@@ -173,20 +173,15 @@ fn weight_files_list_every_missing_unexpected_and_misshaped_tensor_at_once() {
 fn wrong_input_shapes_name_the_node_or_the_input() {
     let graph = models::build("googlenet-d2l", models::default_config("googlenet-d2l").unwrap()).unwrap();
     let model = Model::init(graph, 0);
-    let mut exec = Executor::new(&model.graph, 2).unwrap();
+    let mut exec = Executor::new(model.clone(), 2).unwrap();
     let x = vec![0f32; 2 * 3 * 96 * 96];
-    let m = message(exec.forward(
-        &model.graph,
-        &model.params,
-        Images::dense(&x, 2, 3 * 96 * 96),
-        Mode::Eval,
-    ));
+    let m = message(exec.forward(Images::dense(&x, 2, 3 * 96 * 96), Mode::Eval));
     assert!(
         m.contains("graph input") && m.contains("9216 values per image") && m.contains("27648"),
         "{m}"
     );
     let x = vec![0f32; 3 * 96 * 96];
-    let m = message(exec.forward(&model.graph, &model.params, Images::dense(&x, 3, 96 * 96), Mode::Eval));
+    let m = message(exec.forward(Images::dense(&x, 3, 96 * 96), Mode::Eval));
     assert!(m.contains("a batch of 1 to 2 images") && m.contains("3 images"), "{m}");
     // Graph-building errors name the node: a channel mismatch and a map smaller than the kernel.
     let mut b = GraphBuilder::new();
@@ -209,16 +204,15 @@ fn wrong_input_shapes_name_the_node_or_the_input() {
         )
         .unwrap();
     let graph = b.build(y).unwrap();
-    let m = message(Executor::new(&graph, 1).map(|_| ()));
+    let m = message(Executor::new(Model::init(graph, 0), 1).map(|_| ()));
     assert!(
         m.contains("node forced") && m.contains("Gemm1x1 needs a 1x1 kernel"),
         "{m}"
     );
     // Labels out of range.
     let x = vec![0f32; 96 * 96];
-    exec.forward(&model.graph, &model.params, Images::dense(&x, 1, 96 * 96), Mode::Eval)
-        .unwrap();
-    let m = message(exec.loss(&model.graph, &[12], 0.0));
+    exec.forward(Images::dense(&x, 1, 96 * 96), Mode::Eval).unwrap();
+    let m = message(exec.loss(&[12]));
     assert!(m.contains("label 12") && m.contains("0..10"), "{m}");
 }
 

@@ -28,14 +28,13 @@ fn train_outputs(
 ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let batch = labels.len();
     let len = model.graph.nodes[0].image_len();
-    let mut exec = Executor::new(&model.graph, batch).unwrap();
+    let mut exec = Executor::new(model.clone(), batch).unwrap();
     exec.set_branch_schedule(schedule);
     for _ in 0..passes {
-        exec.forward(&model.graph, &model.params, Images::dense(x, batch, len), Mode::Train)
-            .unwrap();
+        exec.forward(Images::dense(x, batch, len), Mode::Train).unwrap();
     }
-    exec.loss(&model.graph, labels, 0.0).unwrap();
-    exec.backward(&model.graph, &model.params).unwrap();
+    exec.loss(labels).unwrap();
+    exec.backward().unwrap();
     let outputs = (0..model.graph.nodes.len())
         .map(|id| {
             let out = exec.node_output(id);
@@ -48,7 +47,7 @@ fn train_outputs(
 #[test]
 fn the_plan_finds_every_inception_block_as_four_branches() {
     let model = small_googlenet();
-    let exec = Executor::new(&model.graph, 1).unwrap();
+    let exec = Executor::new(model.clone(), 1).unwrap();
     let groups = &exec.plan().branch_groups;
     assert_eq!(groups.len(), 9, "googlenet-d2l has nine Inception blocks");
     for g in groups {
@@ -129,7 +128,7 @@ fn concurrent_branches_with_dropout_train_as_sequential_ones() {
         .0;
     let labels = [2, 5, 9];
     assert_eq!(
-        Executor::new(&model.graph, batch).unwrap().plan().branch_groups.len(),
+        Executor::new(model.clone(), batch).unwrap().plan().branch_groups.len(),
         1,
         "the three chains form one group"
     );

@@ -54,10 +54,9 @@ fn eval_logits_match_pytorch() {
     let f = Fixture::open("googlenet_d2l");
     let model = pytorch_model(&f, 96);
     let x = values(&f, "x");
-    let mut exec = Executor::new(&model.graph, 4).unwrap();
-    exec.forward(&model.graph, &model.params, Images::dense(&x, 4, 96 * 96), Mode::Eval)
-        .unwrap();
-    let err = rel_l2(&exec.output_vec(&model.graph), &values(&f, "logits"));
+    let mut exec = Executor::new(model.clone(), 4).unwrap();
+    exec.forward(Images::dense(&x, 4, 96 * 96), Mode::Eval).unwrap();
+    let err = rel_l2(&exec.output_vec(), &values(&f, "logits"));
     eprintln!("googlenet-d2l eval logits vs PyTorch: relative L2 error {err:.2e}");
     assert!(
         err <= 1e-4,
@@ -71,17 +70,16 @@ fn one_batch_gradients_of_every_parameter_match_pytorch() {
     let model = pytorch_model(&f, 32);
     let x = values(&f, "x32");
     let labels: Vec<usize> = values(&f, "labels").iter().map(|&l| l as usize).collect();
-    let mut exec = Executor::new(&model.graph, 4).unwrap();
-    exec.forward(&model.graph, &model.params, Images::dense(&x, 4, 32 * 32), Mode::Train)
-        .unwrap();
-    let loss = exec.loss(&model.graph, &labels, 0.0).unwrap();
+    let mut exec = Executor::new(model.clone(), 4).unwrap();
+    exec.forward(Images::dense(&x, 4, 32 * 32), Mode::Train).unwrap();
+    let loss = exec.loss(&labels).unwrap();
     let torch_loss = values(&f, "loss32")[0] as f64;
     assert!(
         (loss.loss - torch_loss).abs() <= 1e-5 * torch_loss.abs(),
         "loss {} vs PyTorch {torch_loss}",
         loss.loss
     );
-    exec.backward(&model.graph, &model.params).unwrap();
+    exec.backward().unwrap();
     let samples: usize = f.metadata("samples").parse().unwrap();
     let mut worst = (0f64, String::new());
     for (spec, grad) in model.graph.params.iter().zip(exec.param_grads()) {

@@ -22,16 +22,16 @@ fn dropout_masks_scales_and_passes_gradients_through_its_mask() {
     let out = b.linear("fc", flat, 3, true).unwrap();
     let model = Model::init(b.build(out).unwrap(), 1);
     let images = random(2 * 3 * 256, 2);
-    let mut exec = Executor::new(&model.graph, 2).unwrap();
+    let mut exec = Executor::new(model.clone(), 2).unwrap();
     let input = Images::dense(&images, 2, 3 * 256);
 
-    exec.forward(&model.graph, &model.params, input, Mode::Eval).unwrap();
+    exec.forward(input, Mode::Eval).unwrap();
     let (conv_out, eval_out) = (exec.node_output(conv), exec.node_output(drop));
     for n in 0..2 {
         assert_eq!(conv_out.get(n), eval_out.get(n), "eval passes values through");
     }
 
-    exec.forward(&model.graph, &model.params, input, Mode::Train).unwrap();
+    exec.forward(input, Mode::Train).unwrap();
     let (conv_out, train_out) = (exec.node_output(conv), exec.node_output(drop));
     let mut kept = vec![Vec::new(); 2];
     let mut zeros = 0;
@@ -52,8 +52,8 @@ fn dropout_masks_scales_and_passes_gradients_through_its_mask() {
         "dropped {fraction} of the values, p = 0.5"
     );
 
-    exec.loss(&model.graph, &[0, 2], 0.0).unwrap();
-    exec.backward(&model.graph, &model.params).unwrap();
+    exec.loss(&[0, 2]).unwrap();
+    exec.backward().unwrap();
     let (d_conv, d_drop) = (exec.node_grad(conv).unwrap(), exec.node_grad(drop).unwrap());
     for (n, kept) in kept.iter().enumerate() {
         for ((&dc, &dd), &keep) in d_conv.get(n).iter().zip(d_drop.get(n)).zip(kept) {
@@ -62,7 +62,7 @@ fn dropout_masks_scales_and_passes_gradients_through_its_mask() {
         }
     }
     // A new training pass draws a new mask.
-    exec.forward(&model.graph, &model.params, input, Mode::Train).unwrap();
+    exec.forward(input, Mode::Train).unwrap();
     let again: Vec<bool> = exec.node_output(drop).get(0).iter().map(|&y| y != 0.0).collect();
     assert_ne!(again, kept[0]);
 }
@@ -78,7 +78,7 @@ fn an_auxiliary_head_adds_its_weighted_loss_in_training_only() {
     let model = Model::init(b.build(main).unwrap(), 3);
     let images = random(3 * 32, 4);
     let labels = [1, 4, 0];
-    let mut exec = Executor::new(&model.graph, 3).unwrap();
+    let mut exec = Executor::new(model.clone(), 3).unwrap();
     let input = Images::dense(&images, 3, 32);
     // Cross-entropy of one head's logits, from the definition.
     let ce = |logits: Images<'_>| -> f64 {
@@ -91,24 +91,24 @@ fn an_auxiliary_head_adds_its_weighted_loss_in_training_only() {
             .sum::<f64>()
             / 3.0
     };
-    exec.forward(&model.graph, &model.params, input, Mode::Train).unwrap();
-    let train = exec.loss(&model.graph, &labels, 0.0).unwrap().loss;
+    exec.forward(input, Mode::Train).unwrap();
+    let train = exec.loss(&labels).unwrap().loss;
     let expected = ce(exec.node_output(main)) + 0.4 * ce(exec.node_output(aux));
     assert!(
         (train - expected).abs() < 1e-6,
         "training loss {train} vs main + 0.4 aux {expected}"
     );
-    exec.forward(&model.graph, &model.params, input, Mode::Eval).unwrap();
-    let eval = exec.loss(&model.graph, &labels, 0.0).unwrap().loss;
+    exec.forward(input, Mode::Eval).unwrap();
+    let eval = exec.loss(&labels).unwrap().loss;
     let expected = ce(exec.node_output(main));
     assert!(
         (eval - expected).abs() < 1e-6,
         "eval loss {eval} vs the main head's {expected}"
     );
     // The auxiliary head's weight gradient is 0.4 times what it would be as a main head.
-    exec.forward(&model.graph, &model.params, input, Mode::Train).unwrap();
-    exec.loss(&model.graph, &labels, 0.0).unwrap();
-    exec.backward(&model.graph, &model.params).unwrap();
+    exec.forward(input, Mode::Train).unwrap();
+    exec.loss(&labels).unwrap();
+    exec.backward().unwrap();
     let aux_weight = model.param_index("aux.weight").unwrap();
     let ours = exec.param_grads()[aux_weight].clone();
     let mut alone = GraphBuilder::new();
@@ -117,10 +117,10 @@ fn an_auxiliary_head_adds_its_weighted_loss_in_training_only() {
     let head = alone.linear("aux", flat, 5, true).unwrap();
     let graph = alone.build(head).unwrap();
     let params = vec![model.params[aux_weight].clone(), model.params[aux_weight + 1].clone()];
-    let mut single = Executor::new(&graph, 3).unwrap();
-    single.forward(&graph, &params, input, Mode::Train).unwrap();
-    single.loss(&graph, &labels, 0.0).unwrap();
-    single.backward(&graph, &params).unwrap();
+    let mut single = Executor::new(Model { graph, params }, 3).unwrap();
+    single.forward(input, Mode::Train).unwrap();
+    single.loss(&labels).unwrap();
+    single.backward().unwrap();
     for (a, s) in ours.iter().zip(&single.param_grads()[0]) {
         assert!((a - 0.4 * s).abs() < 1e-6, "{a} vs 0.4 x {s}");
     }
@@ -137,9 +137,8 @@ fn a_scaled_residual_add_passes_dy_to_the_residual_and_scale_dy_to_the_branch() 
     let out = b.linear("fc", flat, 3, true).unwrap();
     let model = Model::init(b.build(out).unwrap(), 5);
     let images = random(2 * 75, 6);
-    let mut exec = Executor::new(&model.graph, 2).unwrap();
-    exec.forward(&model.graph, &model.params, Images::dense(&images, 2, 75), Mode::Train)
-        .unwrap();
+    let mut exec = Executor::new(model.clone(), 2).unwrap();
+    exec.forward(Images::dense(&images, 2, 75), Mode::Train).unwrap();
     let (r, br, y) = (
         exec.node_output(residual),
         exec.node_output(branch),
@@ -154,8 +153,8 @@ fn a_scaled_residual_add_passes_dy_to_the_residual_and_scale_dy_to_the_branch() 
         }
     }
     let y: Vec<Vec<f32>> = (0..2).map(|n| y.get(n).to_vec()).collect();
-    exec.loss(&model.graph, &[2, 0], 0.0).unwrap();
-    exec.backward(&model.graph, &model.params).unwrap();
+    exec.loss(&[2, 0]).unwrap();
+    exec.backward().unwrap();
     let (dr, db, dy) = (
         exec.node_grad(residual).unwrap(),
         exec.node_grad(branch).unwrap(),

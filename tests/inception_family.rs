@@ -59,16 +59,16 @@ fn eval_logits_match(name: &str) {
     );
     let mut model = model;
     without_dropout(&mut model);
-    let mut exec = Executor::new(&model.graph, 2).unwrap();
     // The generator's calibrated running statistics (a float64 training pass over 16 other images).
     for (spec, value) in model.graph.params.iter().zip(&mut model.params) {
         if !spec.trainable {
             *value = values(&f, &format!("calibrated/{}", spec.name));
         }
     }
+    let mut exec = Executor::new(model, 2).unwrap();
     let x_images = Images::dense(&x, 2, len);
-    exec.forward(&model.graph, &model.params, x_images, Mode::Eval).unwrap();
-    let err = rel_l2(&exec.output_vec(&model.graph), &logits);
+    exec.forward(x_images, Mode::Eval).unwrap();
+    let err = rel_l2(&exec.output_vec(), &logits);
     // Float64 logits are the reference; PyTorch's own float32 lands this far from them.
     let limit = 1e-4f64.max(3.0 * values(&f, "logits_f32_error")[0] as f64);
     eprintln!(
@@ -99,7 +99,7 @@ fn training_batch_matches(name: &str, exact: bool) {
     } else {
         Limits::Float32(1e-3)
     };
-    let compared = parity::training_batch_matches(name, &f, &mut model, limits);
+    let compared = parity::training_batch_matches(name, &f, model, limits);
     let worst = compared
         .iter()
         .max_by(|a, b| (a.err / a.limit).total_cmp(&(b.err / b.limit)))
@@ -293,13 +293,12 @@ fn matches_pytorch_block_by_block(name: &str) {
     }
     let len = 3 * size * size;
     let x = formula_input(2 * len);
-    let mut exec = Executor::new(&graph, 2).unwrap();
-    exec.forward(&graph, &params, Images::dense(&x, 2, len), Mode::Eval)
-        .unwrap();
+    let mut exec = Executor::new(Model { graph, params }, 2).unwrap();
+    exec.forward(Images::dense(&x, 2, len), Mode::Eval).unwrap();
     let samples: usize = f.metadata("samples").parse().unwrap();
     let mut report = Vec::new();
     for (i, node) in f.metadata("nodes").split(',').enumerate() {
-        let id = graph.nodes.iter().position(|n| n.name == node).unwrap();
+        let id = exec.graph().nodes.iter().position(|n| n.name == node).unwrap();
         let out = exec.node_output(id);
         let all: Vec<f32> = (0..2).flat_map(|n| out.get(n).to_vec()).collect();
         let count = samples.min(all.len());

@@ -8,7 +8,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use incept::graph::{Executor, Mode};
+use incept::graph::Executor;
 use incept::models::{self, Model, ModelConfig};
 use incept::optim::{Adam, Optimizer};
 use incept::tensor::Images;
@@ -47,31 +47,23 @@ fn warm_training_steps_allocate_the_same_each_time() {
         size: [32, 32],
         ..models::default_config("googlenet-d2l").unwrap()
     };
-    let mut model = Model::init(models::build("googlenet-d2l", config).unwrap(), 0);
+    let model = Model::init(models::build("googlenet-d2l", config).unwrap(), 0);
     let batch = 8;
-    let mut exec = Executor::new(&model.graph, batch).unwrap();
     let lens: Vec<usize> = model.graph.params.iter().map(|p| p.len()).collect();
+    let mut exec = Executor::new(model, batch).unwrap();
     let mut opt = Optimizer::Adam(Adam::new(&lens));
     let x: Vec<f32> = (0..batch * 32 * 32).map(|i| (i % 97) as f32 / 97.0).collect();
     let labels: Vec<usize> = (0..batch).map(|i| i % 10).collect();
-    let mut step = |model: &mut Model| {
-        exec.forward(
-            &model.graph,
-            &model.params,
-            Images::dense(&x, batch, 32 * 32),
-            Mode::Train,
-        )
-        .unwrap();
-        exec.loss(&model.graph, &labels, 0.0).unwrap();
-        exec.backward(&model.graph, &model.params).unwrap();
-        opt.step(&mut model.params, exec.param_grads(), 1e-3);
+    let mut step = || {
+        exec.train_step(Images::dense(&x, batch, 32 * 32), &labels, &mut opt, 1e-3)
+            .unwrap();
     };
     // Warm-up: gradient buffers, per-thread scratch and the weight-gradient partials reach full size.
-    step(&mut model);
-    step(&mut model);
+    step();
+    step();
     let mut measure = || {
         let (n0, b0) = (ALLOCATIONS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
-        step(&mut model);
+        step();
         (
             ALLOCATIONS.load(Ordering::Relaxed) - n0,
             BYTES.load(Ordering::Relaxed) - b0,

@@ -46,12 +46,13 @@ fn training_on_the_fashion_slice_lowers_the_loss_and_eval_runs() {
     cfg.metrics = Some(dir.join("metrics.jsonl"));
     // The loss of the untrained model on the training slice, measured the same way as afterwards.
     let untrained = Model::init(models::build("googlenet-d2l", cfg.config).unwrap(), cfg.seed);
-    let mut exec = Executor::new(&untrained.graph, 64).unwrap();
-    let (before, _) = train::evaluate(&untrained, &train_set, 64, None, &mut exec).unwrap();
+    let mut exec = Executor::new(untrained, 64).unwrap();
+    let (before, _) = train::evaluate(&mut exec, &train_set, 64, None).unwrap();
     let report = train::train(&cfg, train_set.clone(), &test_set, |_| {}).unwrap();
     assert_eq!(report.global_step, 48);
-    let (after, train_acc) = train::evaluate(&report.model, &train_set, 64, None, &mut exec).unwrap();
-    let (test_loss, test_acc) = train::evaluate(&report.model, &test_set, 64, None, &mut exec).unwrap();
+    let mut exec = Executor::new(report.model.clone(), 64).unwrap();
+    let (after, train_acc) = train::evaluate(&mut exec, &train_set, 64, None).unwrap();
+    let (test_loss, test_acc) = train::evaluate(&mut exec, &test_set, 64, None).unwrap();
     eprintln!(
         "fashion slice, 48 Adam steps at 32x32: train loss {before:.4} -> {after:.4} (acc {train_acc:.3}), test loss {test_loss:.4} acc {test_acc:.3}"
     );

@@ -505,12 +505,11 @@ fn eval_command(args: EvalArgs) -> Result<()> {
     }
     let graph = models::build(&model, config)?;
     let params = file.params_for(&graph, &weights)?;
-    let m = Model { graph, params };
-    let (_, test_set) = load_data(&data, m.graph.output_len())?;
+    let (_, test_set) = load_data(&data, graph.output_len())?;
     let test_set = limit(test_set, test_limit, "--test-limit")?;
-    let mut exec = Executor::new(&m.graph, batch)?;
+    let mut exec = Executor::new(Model { graph, params }, batch)?;
     let normalization = checkpoint_normalization(&file, &weights)?;
-    let (loss, acc) = train::evaluate(&m, &test_set, batch, normalization.as_ref(), &mut exec)?;
+    let (loss, acc) = train::evaluate(&mut exec, &test_set, batch, normalization.as_ref())?;
     println!("test loss {loss:.4}, test acc {acc:.4} ({} images)", test_set.len());
     Ok(())
 }
@@ -564,13 +563,13 @@ fn predict_command(args: PredictArgs) -> Result<()> {
             .chunks_exact_mut(image)
             .for_each(|img| n.apply(img));
     }
-    let mut exec = Executor::new(&graph, n.clamp(1, 128))?;
+    let mut exec = Executor::new(Model { graph, params }, n.clamp(1, 128))?;
     let mut logits = Vec::with_capacity(n * config.classes);
     let data = x.as_slice().expect("standard layout");
     for chunk in data.chunks(128 * c * h * w) {
         let count = chunk.len() / (c * h * w);
-        exec.forward(&graph, &params, Images::dense(chunk, count, c * h * w), Mode::Eval)?;
-        logits.extend(exec.output_vec(&graph));
+        exec.forward(Images::dense(chunk, count, c * h * w), Mode::Eval)?;
+        logits.extend(exec.output_vec());
     }
     let logits = incept::ndarray::Array2::from_shape_vec([n, config.classes], logits).expect("one row per image");
     npy::write_matrix(&output, &logits)?;
@@ -655,7 +654,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         Protocol::Chapter => (10, 100),
     };
     let graph = models::build(&model, models::default_config(&model)?)?;
-    let mut m = Model::init(graph, 0);
+    let m = Model::init(graph.clone(), 0);
     let branches = match branches {
         Branches::Auto => BranchSchedule::Auto,
         Branches::Sequential => BranchSchedule::Sequential,
@@ -669,7 +668,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         branches,
         profile,
     };
-    let r = bench::bench(&mut m, options)?;
+    let r = bench::bench(m, options)?;
     let mode = if mode == BenchMode::Train { "train" } else { "infer" };
     let threads = incept::parallel::threads();
     if protocol == Protocol::Chapter {
@@ -699,7 +698,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         );
     }
     if let Some(profile) = &r.profile {
-        for line in bench::profile_table(&m, profile, batch, steps.max(1)) {
+        for line in bench::profile_table(&graph, profile, batch, steps.max(1)) {
             println!("{line}");
         }
     }

@@ -85,17 +85,16 @@ pub struct Compared {
 /// Runs the fixture's training batch through `model` (weights already set) and compares the loss, every
 /// gradient and every running statistic after the batch; panics naming the first tensor over its limit.
 /// Returns every comparison, for the caller to report.
-pub fn training_batch_matches(name: &str, f: &Fixture, model: &mut Model, limits: Limits) -> Vec<Compared> {
+pub fn training_batch_matches(name: &str, f: &Fixture, model: Model, limits: Limits) -> Vec<Compared> {
     let size: usize = f.metadata("grad_size").parse().unwrap();
     let [channels, _, _] = model.graph.input_shape();
     let labels: Vec<usize> = values(f, "labels").iter().map(|&l| l as usize).collect();
     let batch = labels.len();
     let len = channels * size * size;
     let x = input(f, "x_train", batch * len);
-    let mut exec = Executor::new(&model.graph, batch).unwrap();
-    exec.forward(&model.graph, &model.params, Images::dense(&x, batch, len), Mode::Train)
-        .unwrap();
-    let loss = exec.loss(&model.graph, &labels, 0.0).unwrap();
+    let mut exec = Executor::new(model, batch).unwrap();
+    exec.forward(Images::dense(&x, batch, len), Mode::Train).unwrap();
+    let loss = exec.loss(&labels).unwrap();
     let torch_loss = values(f, "loss")[0] as f64;
     let f32_loss_error = (values(f, "loss_f32")[0] as f64 - torch_loss).abs() / torch_loss;
     assert!(
@@ -103,9 +102,9 @@ pub fn training_batch_matches(name: &str, f: &Fixture, model: &mut Model, limits
         "{name}: loss {} vs PyTorch {torch_loss}",
         loss.loss
     );
-    exec.update_running_statistics(&model.graph, &mut model.params).unwrap();
-    exec.backward(&model.graph, &model.params).unwrap();
-    gradients_match(name, f, &model.graph, exec.param_grads(), &model.params, limits, None)
+    exec.update_running_statistics();
+    exec.backward().unwrap();
+    gradients_match(name, f, exec.graph(), exec.param_grads(), exec.params(), limits, None)
 }
 
 /// Compares `grads` (one per parameter of `graph`, empty for running statistics) with the fixture's

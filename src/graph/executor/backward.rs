@@ -1,7 +1,8 @@
 //! The backward pass: every node's input, weight and bias gradients in exact reverse order of the
 //! forward pass, each computed by its op in `ops/`.
 
-use super::{Executor, Mode, images, images_mut, with_buffer};
+use super::state::State;
+use super::{Mode, images, images_mut, with_buffer};
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer};
 use crate::ops::activation;
@@ -11,10 +12,9 @@ use crate::ops::pool::{self, max_pool_backward};
 use crate::ops::shape;
 use std::time::Instant;
 
-impl Executor {
-    /// Backward pass from the last [`Executor::loss`]: zeroes and fills every parameter gradient.
-    pub fn backward(&mut self, graph: &Graph, params: &[Vec<f32>]) -> Result<()> {
-        Self::check_params(graph, params)?;
+impl State {
+    /// See [`super::Executor::backward`].
+    pub(super) fn backward(&mut self, graph: &Graph, params: &[Vec<f32>]) -> Result<()> {
         if self.labels.len() != self.batch || self.batch == 0 {
             return Err(Error::config(
                 "executor",
@@ -44,13 +44,13 @@ impl Executor {
                 &self.probabilities[head][..batch * classes],
                 &self.labels,
                 classes,
-                self.label_smoothing,
+                self.loss_smoothing,
                 grad,
                 out.stride,
                 weight,
             );
         }
-        let Executor {
+        let State {
             acts,
             grads,
             argmax,

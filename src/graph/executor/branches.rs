@@ -1,7 +1,9 @@
 //! Inception branches run concurrently, image by image: used when a batch has fewer images than there
 //! are threads, so one op at a time cannot fill the cores.
 
-use super::{Mode, Saved, forward_node, images, node_seed};
+use super::Mode;
+use super::forward::{Saved, forward_node, node_seed};
+use super::images;
 use crate::error::Result;
 use crate::graph::builder::{Graph, NodeId};
 use crate::graph::plan::{BranchGroup, Plan};

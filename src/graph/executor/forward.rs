@@ -1,0 +1,245 @@
+//! The forward pass: every node in order on the whole batch, or an Inception block's branches
+//! concurrently (`branches.rs`); each node's arithmetic is a call into its op in `ops/`.
+
+use super::branches::BranchRun;
+use super::state::State;
+use super::{BranchSchedule, Mode, images, images_mut, with_buffer};
+use crate::error::{Error, Result};
+use crate::graph::builder::{Graph, Layer, Node, NodeId};
+use crate::ops::activation;
+use crate::ops::batchnorm::ChannelStats;
+use crate::ops::conv::{self, ConvAlgo};
+use crate::ops::pool::{self, max_pool_forward};
+use crate::ops::shape;
+use crate::tensor::{Images, ImagesMut};
+use std::time::Instant;
+
+/// What a node keeps from its forward pass for its backward pass, besides its output.
+pub(super) struct Saved<'a> {
+    /// A max pool's argmaxes, or a dropout's kept flags (empty for other nodes).
+    pub(super) argmax: &'a mut [u32],
+    /// A dropout's seed for this pass and node.
+    pub(super) seed: u64,
+    /// The batch index of `x`'s first image (images run one at a time in concurrent branches).
+    pub(super) first_image: usize,
+    /// A batch norm's statistics.
+    pub(super) stats: &'a mut ChannelStats,
+}
+
+/// Computes one single-input node (`node`, reading node `input`'s output `x`) into `y`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward_node(
+    graph: &Graph,
+    node: &Node,
+    input: NodeId,
+    x: Images<'_>,
+    y: &mut ImagesMut<'_>,
+    saved: Saved<'_>,
+    params: &[Vec<f32>],
+    algo: Option<ConvAlgo>,
+    mode: Mode,
+) -> Result<()> {
+    let [c, h, w] = graph.nodes[input].shape;
+    let batch = x.count();
+    match &node.layer {
+        Layer::Conv {
+            conv,
+            weight,
+            bias,
+            relu,
+        } => {
+            let g = conv.geometry([batch, c, h, w])?;
+            let algo = algo.expect("every convolution's algorithm is resolved when the executor is built");
+            let b = bias.map(|b| params[b].as_slice());
+            conv::forward_images_fused(&g, algo, x, &params[*weight], b, *relu, y);
+        }
+        Layer::Linear { linear, weight, bias } => {
+            linear.forward_images(x, &params[*weight], bias.map(|b| params[b].as_slice()), y);
+        }
+        Layer::BatchNorm {
+            bn,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            relu,
+        } => {
+            match mode {
+                Mode::Train => bn.batch_statistics(x, h * w, saved.stats)?,
+                Mode::Eval => bn.running_statistics(&params[*running_mean], &params[*running_var], saved.stats),
+            }
+            bn.normalize_images(x, h * w, saved.stats, &params[*gamma], &params[*beta], *relu, y);
+        }
+        Layer::ZeroPad(pads) => shape::zero_pad_images(x, [h, w], *pads, y),
+        Layer::MaxPool(pool) => {
+            let g = pool.window.geometry("max_pool2d", [batch, c, h, w])?;
+            max_pool_forward(&g, x, y, saved.argmax);
+        }
+        Layer::Dropout(dropout) => match mode {
+            Mode::Train => dropout.forward_images(x, y, saved.argmax, saved.seed, saved.first_image),
+            Mode::Eval => dropout.identity_images(x, y, saved.argmax),
+        },
+        Layer::AvgPool(pool) => {
+            let g = pool.window.geometry("avg_pool2d", [batch, c, h, w])?;
+            pool.forward_images(&g, x, y);
+        }
+        Layer::GlobalAvgPool => pool::global_avg_pool_forward(x, h * w, y),
+        Layer::AdaptiveAvgPool(output) => pool::adaptive_avg_pool_forward(x, [h, w], *output, y),
+        Layer::Relu => activation::relu_images(x, y),
+        Layer::Input | Layer::Concat | Layer::Flatten | Layer::AddScaled { .. } => {
+            unreachable!("{} is not a single-input op", node.name)
+        }
+    }
+    Ok(())
+}
+
+/// Dropout's seed for node `id` in the pass seeded `pass_seed`.
+pub(super) fn node_seed(pass_seed: u64, id: NodeId) -> u64 {
+    pass_seed ^ (id as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
+impl State {
+    /// See [`super::Executor::forward`].
+    pub(super) fn forward(&mut self, graph: &Graph, params: &[Vec<f32>], input: Images<'_>, mode: Mode) -> Result<()> {
+        let expected = graph.nodes[0].image_len();
+        if input.len() != expected {
+            let shape = graph.input_shape();
+            return Err(Error::shape(
+                "graph input",
+                format!("{shape:?} = {expected} values per image"),
+                format!("{} values per image", input.len()),
+            ));
+        }
+        if input.count() == 0 || input.count() > self.capacity {
+            return Err(Error::shape(
+                "graph input",
+                format!("a batch of 1 to {} images", self.capacity),
+                format!("{} images", input.count()),
+            ));
+        }
+        let batch = input.count();
+        self.batch = batch;
+        self.mode = mode;
+        if mode == Mode::Train {
+            self.dropout_seed = self.dropout_seed.wrapping_add(1).wrapping_mul(0x2545_F491_4F6C_DD1D);
+        }
+        // Batch statistics need the whole batch at once, so branches that hold a batch norm cannot run
+        // image by image in training.
+        let batch_norm = graph.nodes.iter().any(|n| matches!(n.layer, Layer::BatchNorm { .. }));
+        let concurrent = !(mode == Mode::Train && batch_norm)
+            && match self.branches {
+                BranchSchedule::Sequential => false,
+                BranchSchedule::Concurrent => true,
+                // One op cannot fill the cores when there are fewer images than threads.
+                BranchSchedule::Auto => !crate::parallel::pieces_fill_threads(batch),
+            };
+        let mut id = 0;
+        while id < graph.nodes.len() {
+            let group = if concurrent {
+                self.plan.branch_groups.iter().find(|g| g.first == id)
+            } else {
+                None
+            };
+            let started = self.profile.is_some().then(Instant::now);
+            if let Some(group) = group {
+                let run = BranchRun {
+                    graph,
+                    params,
+                    plan: &self.plan,
+                    algos: &self.algos,
+                    batch,
+                    mode,
+                    pass_seed: self.dropout_seed,
+                };
+                run.forward(group, &mut self.acts, &mut self.argmax, &mut self.bn_stats)?;
+                // The chains ran together: their time is booked on the concat, which has nothing
+                // left to do (its parts are in place).
+                let concat = group.concat;
+                self.record_forward(concat, started);
+                if let Some(profile) = self.profile.as_mut() {
+                    profile[concat].concurrent += 1;
+                }
+                id = concat + 1;
+                continue;
+            }
+            // Auxiliary heads only matter to the training loss.
+            if mode == Mode::Eval && !self.main_path[id] {
+                id += 1;
+                continue;
+            }
+            self.forward_one(graph, params, id, input, mode)?;
+            self.record_forward(id, started);
+            id += 1;
+        }
+        Ok(())
+    }
+
+    fn record_forward(&mut self, id: NodeId, started: Option<Instant>) {
+        if let (Some(t), Some(profile)) = (started, self.profile.as_mut()) {
+            profile[id].forward += t.elapsed();
+            profile[id].calls += 1;
+        }
+    }
+
+    /// Runs node `id` on the whole batch.
+    fn forward_one(
+        &mut self,
+        graph: &Graph,
+        params: &[Vec<f32>],
+        id: NodeId,
+        input: Images<'_>,
+        mode: Mode,
+    ) -> Result<()> {
+        let node = &graph.nodes[id];
+        let (batch, places) = (self.batch, &self.plan.places);
+        let algo = self.algos[id];
+        let p = places[id];
+        let in_place = &self.plan.in_place[id];
+        let argmax = &mut self.argmax[id];
+        let stats = &mut self.bn_stats[id];
+        let seed = node_seed(self.dropout_seed, id);
+        let run = |bufs: &[Vec<f32>], out: &mut [f32]| -> Result<()> {
+            let mut y = images_mut(out, p, batch);
+            match &node.layer {
+                Layer::Input => {
+                    for n in 0..batch {
+                        y.get_mut(n).copy_from_slice(input.get(n));
+                    }
+                }
+                Layer::Concat => {
+                    let mut offset = 0;
+                    for (&part, &placed) in node.inputs.iter().zip(in_place) {
+                        let pp = places[part];
+                        if !placed {
+                            shape::concat_part_images(images(bufs, pp, batch), offset, &mut y);
+                        }
+                        offset += pp.len;
+                    }
+                }
+                Layer::AddScaled { scale, relu } => {
+                    let (residual, branch) = (
+                        images(bufs, places[node.inputs[0]], batch),
+                        images(bufs, places[node.inputs[1]], batch),
+                    );
+                    shape::add_scaled_images(residual, branch, *scale, *relu, &mut y);
+                }
+                _ => {
+                    let input = node.inputs[0];
+                    let x = images(bufs, places[input], batch);
+                    let saved = Saved {
+                        argmax,
+                        seed,
+                        first_image: 0,
+                        stats,
+                    };
+                    forward_node(graph, node, input, x, &mut y, saved, params, algo, mode)?;
+                }
+            }
+            Ok(())
+        };
+        if matches!(node.layer, Layer::Flatten) {
+            return Ok(());
+        }
+        with_buffer(&mut self.acts, p.buffer, run).map_err(|e| e.in_node(&node.name))
+    }
+}

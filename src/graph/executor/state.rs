@@ -1,0 +1,229 @@
+//! The executor's buffers and per-pass state, and the passes that are not the forward or backward sweep:
+//! building them, resolving each convolution's algorithm, the loss and the running-statistics update.
+
+use super::{BatchLoss, BranchSchedule, Mode, NodeTime};
+use crate::error::{Error, Result};
+use crate::graph::builder::{Graph, Layer, NodeId};
+use crate::graph::plan::Plan;
+use crate::ops::batchnorm::ChannelStats;
+use crate::ops::conv::{self, ConvAlgo};
+use crate::ops::loss;
+use crate::ops::pool;
+use crate::tensor::{ScratchDemand, reserve_scratch};
+
+/// Everything an executor holds besides its model.
+pub(super) struct State {
+    pub(super) plan: Plan,
+    pub(super) capacity: usize,
+    /// Images in the last forward pass.
+    pub(super) batch: usize,
+    /// Per node: the convolution algorithm it runs (`None` for other nodes).
+    pub(super) algos: Vec<Option<ConvAlgo>>,
+    pub(super) branches: BranchSchedule,
+    pub(super) profile: Option<Vec<NodeTime>>,
+    pub(super) acts: Vec<Vec<f32>>,
+    pub(super) grads: Vec<Vec<f32>>,
+    pub(super) argmax: Vec<Vec<u32>>,
+    /// Per batch-norm node, the statistics its last forward pass normalized with.
+    pub(super) bn_stats: Vec<ChannelStats>,
+    /// The mode of the last forward pass (backward and the running-statistics update follow it).
+    pub(super) mode: Mode,
+    /// Dropout's seed for the current pass; each training forward moves it on.
+    pub(super) dropout_seed: u64,
+    /// Softmax probabilities per loss head: the output's, then each auxiliary output's.
+    pub(super) probabilities: Vec<Vec<f32>>,
+    /// Nodes the main output depends on; the others (auxiliary heads) are skipped in eval.
+    pub(super) main_path: Vec<bool>,
+    /// The labels of the last loss, and the label smoothing it used.
+    pub(super) labels: Vec<usize>,
+    pub(super) loss_smoothing: f32,
+    /// Label smoothing for training losses.
+    pub(super) label_smoothing: f32,
+    pub(super) param_grads: Vec<Vec<f32>>,
+}
+
+impl State {
+    /// Plans `graph` and allocates activation buffers for batches of up to `capacity` images. Gradient
+    /// buffers are allocated on the first backward pass, so inference-only executors never hold them.
+    pub(super) fn new(graph: &Graph, capacity: usize) -> Result<State> {
+        if capacity == 0 {
+            return Err(Error::config("executor", "the batch capacity must be at least 1"));
+        }
+        let plan = Plan::new(graph)?;
+        let acts = plan
+            .buffer_image_len
+            .iter()
+            .map(|&len| vec![0.0; len * capacity])
+            .collect();
+        let argmax = graph
+            .nodes
+            .iter()
+            .map(|n| {
+                if matches!(n.layer, Layer::MaxPool(_) | Layer::Dropout(_)) {
+                    vec![0u32; n.image_len() * capacity]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        let algos = resolve_algos(graph, &plan, ConvAlgo::Auto)?;
+        reserve_scratch(scratch_demand(graph, &algos, capacity)?);
+        let classes = graph.output_len();
+        Ok(State {
+            plan,
+            capacity,
+            batch: 0,
+            algos,
+            branches: BranchSchedule::Auto,
+            profile: None,
+            acts,
+            grads: Vec::new(),
+            argmax,
+            bn_stats: vec![ChannelStats::default(); graph.nodes.len()],
+            mode: Mode::Eval,
+            dropout_seed: 0,
+            probabilities: vec![vec![0.0; classes * capacity]; 1 + graph.aux_outputs.len()],
+            main_path: main_path(graph),
+            labels: Vec::with_capacity(capacity),
+            loss_smoothing: 0.0,
+            label_smoothing: 0.0,
+            // Running statistics get no gradient: an empty one, which optimizers skip.
+            param_grads: graph
+                .params
+                .iter()
+                .map(|p| vec![0.0; if p.trainable { p.len() } else { 0 }])
+                .collect(),
+        })
+    }
+
+    /// See [`super::Executor::set_conv_algo`].
+    pub(super) fn set_conv_algo(&mut self, graph: &Graph, algo: ConvAlgo) -> Result<()> {
+        let algos = resolve_algos(graph, &self.plan, algo)?;
+        reserve_scratch(scratch_demand(graph, &algos, self.capacity)?);
+        self.algos = algos;
+        Ok(())
+    }
+
+    pub(super) fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| vec![NodeTime::default(); self.plan.places.len()]);
+    }
+
+    /// See [`super::Executor::update_running_statistics`].
+    pub(super) fn update_running_statistics(&self, graph: &Graph, params: &mut [Vec<f32>]) {
+        if self.mode != Mode::Train {
+            return;
+        }
+        for (node, stats) in graph.nodes.iter().zip(&self.bn_stats) {
+            if let Layer::BatchNorm {
+                bn,
+                running_mean,
+                running_var,
+                ..
+            } = &node.layer
+            {
+                let [mean, var] = params
+                    .get_disjoint_mut([*running_mean, *running_var])
+                    .expect("running mean and variance are distinct parameters");
+                bn.update_running_statistics(stats, mean, var);
+            }
+        }
+    }
+
+    /// See [`super::Executor::loss`].
+    pub(super) fn loss(&mut self, graph: &Graph, labels: &[usize]) -> Result<BatchLoss> {
+        let classes = graph.output_len();
+        loss::check_labels("loss", labels, self.batch, classes)?;
+        let label_smoothing = match self.mode {
+            Mode::Train => self.label_smoothing,
+            Mode::Eval => 0.0,
+        };
+        let mut total = 0.0;
+        for (head, (node, weight)) in self.loss_heads(graph).into_iter().enumerate() {
+            let p = self.plan.places[node];
+            let logits = &self.acts[p.buffer][p.offset..];
+            let probabilities = &mut self.probabilities[head][..labels.len() * classes];
+            total +=
+                weight as f64 * loss::forward_rows(logits, p.stride, classes, labels, label_smoothing, probabilities);
+        }
+        let out = super::images(&self.acts, self.plan.places[graph.output], self.batch);
+        let correct = (0..labels.len())
+            .filter(|&n| {
+                let row = out.get(n);
+                let best = (0..classes).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+                best == labels[n]
+            })
+            .count();
+        self.labels.clear();
+        self.labels.extend_from_slice(labels);
+        self.loss_smoothing = label_smoothing;
+        Ok(BatchLoss { loss: total, correct })
+    }
+
+    /// The output and, after a training forward, the auxiliary heads, each with its loss weight.
+    pub(super) fn loss_heads(&self, graph: &Graph) -> Vec<(NodeId, f32)> {
+        let aux = if self.mode == Mode::Train {
+            &graph.aux_outputs[..]
+        } else {
+            &[]
+        };
+        std::iter::once((graph.output, 1.0))
+            .chain(aux.iter().copied())
+            .collect()
+    }
+}
+
+/// Whether each node is needed for the graph's main output.
+fn main_path(graph: &Graph) -> Vec<bool> {
+    let mut needed = vec![false; graph.nodes.len()];
+    needed[graph.output] = true;
+    for id in (0..graph.nodes.len()).rev() {
+        if needed[id] {
+            for &input in &graph.nodes[id].inputs {
+                needed[input] = true;
+            }
+        }
+    }
+    needed
+}
+
+/// The algorithm every convolution of `graph` runs: the plan's choice, or `forced` everywhere (an error
+/// naming the first node it cannot run).
+fn resolve_algos(graph: &Graph, plan: &Plan, forced: ConvAlgo) -> Result<Vec<Option<ConvAlgo>>> {
+    graph
+        .nodes
+        .iter()
+        .zip(&plan.conv_algos)
+        .map(|(node, &planned)| match (&node.layer, forced) {
+            (Layer::Conv { conv, .. }, ConvAlgo::Auto) => Ok(planned.or(Some(conv.algo))),
+            (Layer::Conv { conv, .. }, forced) => {
+                let [c, h, w] = graph.nodes[node.inputs[0]].shape;
+                let g = conv.geometry([1, c, h, w]).map_err(|e| e.in_node(&node.name))?;
+                Ok(Some(conv::choose_algo(forced, &g).map_err(|e| e.in_node(&node.name))?))
+            }
+            _ => Ok(None),
+        })
+        .collect()
+}
+
+/// The most scratch any convolution (with the algorithm it runs) or pool of `graph` takes on one thread
+/// at batch `capacity`, per slot.
+fn scratch_demand(graph: &Graph, algos: &[Option<ConvAlgo>], capacity: usize) -> Result<ScratchDemand> {
+    let mut demand = [0; 3];
+    for (node, algo) in graph.nodes.iter().zip(algos) {
+        let [c, h, w] = graph.nodes[node.inputs.first().copied().unwrap_or(0)].shape;
+        match (&node.layer, algo) {
+            (Layer::Conv { conv, .. }, Some(algo)) => {
+                let g = conv.geometry([capacity, c, h, w])?;
+                let [general, weights] = conv::scratch_demand(&g, *algo);
+                demand[0] = demand[0].max(general);
+                demand[1] = demand[1].max(weights);
+            }
+            (Layer::MaxPool(pool), _) => {
+                let g = pool.window.geometry("max_pool2d", [capacity, c, h, w])?;
+                demand[2] = demand[2].max(pool::max_pool_scratch(&g));
+            }
+            _ => {}
+        }
+    }
+    Ok(demand)
+}
