@@ -16,6 +16,7 @@ use incept::graph::Layer;
 use incept::models;
 use incept::ops::conv::{self, Conv2d, ConvAlgo, ConvGeometry};
 use incept::tensor::{Images, ImagesMut};
+use incept::workspace::Workspace;
 
 const BATCH: usize = 128;
 const V3_BATCH: usize = 32;
@@ -110,11 +111,21 @@ fn conv_layers(c: &mut Criterion) {
         ];
         for algo in algos.into_iter().filter(|a| a.supports(&g)) {
             let label = format!("{algo:?}");
+            // Sized up front, as an executor sizes its own: no timed call grows it.
+            let mut ws = Workspace::with_size(conv::workspace(&g, algo));
             group.throughput(Throughput::Elements(g.forward_flops()));
             group.bench_function(BenchmarkId::new("forward", &label), |bench| {
                 bench.iter(|| {
                     let mut y = ImagesMut::dense(&mut y, batch, out_len);
-                    conv::forward_images(&g, algo, Images::dense(&x, batch, in_len), &w, Some(&b), &mut y);
+                    conv::forward_images(
+                        &g,
+                        algo,
+                        Images::dense(&x, batch, in_len),
+                        &w,
+                        Some(&b),
+                        &mut y,
+                        &mut ws,
+                    );
                 })
             });
             group.throughput(Throughput::Elements(2 * g.forward_flops()));
@@ -122,8 +133,8 @@ fn conv_layers(c: &mut Criterion) {
                 bench.iter(|| {
                     let dy = Images::dense(&dy, batch, out_len);
                     let mut dx = ImagesMut::dense(&mut dx, batch, in_len);
-                    conv::backward_input_images(&g, algo, &w, dy, &mut dx);
-                    conv::backward_weight_images(&g, algo, Images::dense(&x, batch, in_len), dy, &mut dw);
+                    conv::backward_input_images(&g, algo, &w, dy, &mut dx, &mut ws);
+                    conv::backward_weight_images(&g, algo, Images::dense(&x, batch, in_len), dy, &mut dw, &mut ws);
                     conv::bias_grad(dy, g.out_channels, g.output_pixels(), &mut db);
                 })
             });

@@ -51,6 +51,7 @@ pub mod parallel;
 pub mod plot;
 pub mod tensor;
 pub mod train;
+pub mod workspace;
 
 pub use error::{Error, Result};
 pub use geometry::{Axis, Padding, Pads};

@@ -76,14 +76,7 @@ fn fits(len: usize, rows: usize, cols: usize, row_stride: usize, col_stride: usi
     rows == 0 || cols == 0 || (rows - 1) * row_stride + (cols - 1) * col_stride < len
 }
 
-/// Whether [`matmul`] may split its work across the rayon pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Threads {
-    /// Run on the calling thread (the caller already parallelises, e.g. across the batch).
-    One,
-    /// Use every thread of the current rayon pool.
-    Pool,
-}
+pub(crate) use crate::parallel::Threads;
 
 /// `c = a * b`, or `c += a * b` when `accumulate` is set.
 pub(crate) fn matmul(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, accumulate: bool, threads: Threads) {

@@ -16,3 +16,46 @@ pub fn threads() -> usize {
 pub fn pieces_fill_threads(pieces: usize) -> bool {
     pieces >= threads()
 }
+
+/// How many parts a parallel op splits `pieces` independent pieces into: one per thread when they fill
+/// the threads, otherwise one (each piece then splits its own work across the pool).
+pub fn parts(pieces: usize) -> usize {
+    if pieces_fill_threads(pieces) { threads() } else { 1 }
+}
+
+/// Runs `work(first, run, region, threads)` over `items` cut into [`parts`] contiguous runs of whole
+/// granules of `granule` items: `first` is the index of the run's first item, `region` the run's own
+/// `region_len` values of `regions` (which holds at least one region per thread, as
+/// [`crate::workspace::Workspace::regions`] gives). Several runs go in parallel with
+/// [`Threads::One`]; a single run goes on the calling thread with [`Threads::Pool`]. The cut depends only
+/// on the item count and the thread count, never on which thread is free.
+pub(crate) fn for_each_part<T, F>(items: &mut [T], granule: usize, regions: &mut [f32], region_len: usize, work: F)
+where
+    T: Send,
+    F: Fn(usize, &mut [T], &mut [f32], Threads) + Sync,
+{
+    use rayon::prelude::*;
+    let granule = granule.max(1);
+    let granules = items.len().div_ceil(granule);
+    let parts = parts(granules);
+    if parts <= 1 {
+        work(0, items, &mut regions[..region_len], Threads::Pool);
+        return;
+    }
+    let run = granules.div_ceil(parts) * granule;
+    items
+        .par_chunks_mut(run)
+        .zip(regions.par_chunks_mut(region_len.max(1)))
+        .enumerate()
+        .for_each(|(p, (items, region))| work(p * run, items, &mut region[..region_len], Threads::One));
+}
+
+/// Whether an op's inner work may use the whole pool, or runs on one thread because its caller already
+/// runs parts in parallel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// One thread: the caller is already parallel.
+    One,
+    /// The whole rayon pool.
+    Pool,
+}

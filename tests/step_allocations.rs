@@ -1,15 +1,19 @@
-//! Allocations of a warm training step (forward, loss, backward, Adam update of googlenet-d2l), counted
-//! by a global allocator. incept's own buffers are planned once: activations, gradients, argmaxes,
-//! scratch and weight-gradient partials are reused, so a warm step allocates exactly what the one
-//! before it did, and nothing of incept's. The `gemm` crate, though, allocates its packing buffers
+//! Allocations of a warm training step (forward, loss, backward, Adam update of googlenet-d2l) and of a
+//! batch-1 inference (branches run concurrently), counted by a global allocator, with every convolution
+//! algorithm forced on each layer it can run. incept's own buffers are planned once: activations,
+//! gradients, argmaxes and the executor's workspaces (scratch, weight-gradient partials, transformed
+//! weights) are sized when the executor is built, so no pass grows them, and a warm step allocates
+//! exactly what the one before it did. The `gemm` crate, though, allocates its packing buffers
 //! inside every call (gemm-common's `MemBuffer::new` per call; its API takes no caller buffer), and
 //! those remain: the test prints how many and how large.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use incept::graph::Executor;
+use incept::graph::Layer;
+use incept::graph::{Executor, Mode};
 use incept::models::{self, Model, ModelConfig};
+use incept::ops::conv::ConvAlgo;
 use incept::optim::{Adam, Optimizer};
 use incept::tensor::Images;
 
@@ -41,43 +45,93 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-#[test]
-fn warm_training_steps_allocate_the_same_each_time() {
+/// Model `name` at `size`×`size` with `algo` set on every convolution that can run it (`Auto`: the
+/// plan's choices), and how many convolutions run it.
+fn model_with(name: &str, size: usize, algo: ConvAlgo) -> (Model, usize) {
     let config = ModelConfig {
-        size: [32, 32],
-        ..models::default_config("googlenet-d2l").unwrap()
+        size: [size, size],
+        ..models::default_config(name).unwrap()
     };
-    let model = Model::init(models::build("googlenet-d2l", config).unwrap(), 0);
-    let batch = 8;
-    let lens: Vec<usize> = model.graph.params.iter().map(|p| p.len()).collect();
-    let mut exec = Executor::new(model, batch).unwrap();
-    let mut opt = Optimizer::Adam(Adam::new(&lens));
-    let x: Vec<f32> = (0..batch * 32 * 32).map(|i| (i % 97) as f32 / 97.0).collect();
-    let labels: Vec<usize> = (0..batch).map(|i| i % 10).collect();
-    let mut step = || {
-        exec.train_step(Images::dense(&x, batch, 32 * 32), &labels, &mut opt, 1e-3)
-            .unwrap();
-    };
-    // Warm-up: gradient buffers, per-thread scratch and the weight-gradient partials reach full size.
-    step();
-    step();
-    let mut measure = || {
-        let (n0, b0) = (ALLOCATIONS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+    let mut graph = models::build(name, config).unwrap();
+    let shapes: Vec<[usize; 3]> = graph.nodes.iter().map(|n| n.shape).collect();
+    let mut forced = 0;
+    for node in &mut graph.nodes {
+        let [c, h, w] = node.inputs.first().map_or([0; 3], |&i| shapes[i]);
+        if let Layer::Conv { conv, .. } = &mut node.layer
+            && algo != ConvAlgo::Auto
+            && algo.supports(&conv.geometry([8, c, h, w]).unwrap())
+        {
+            conv.algo = algo;
+            forced += 1;
+        }
+    }
+    (Model::init(graph, 0), forced)
+}
+
+/// One test for every algorithm: the allocation counter is global, so tests running beside this one
+/// would add their allocations to its counts. The steps run on a worker of a two-thread pool: a call
+/// from outside the pool injects each parallel job into rayon's global queue, which allocates a block
+/// every 63 jobs, a count no step size divides; from inside, jobs go to the worker's own deque.
+#[test]
+fn warm_steps_allocate_the_same_each_time_and_never_grow_the_workspace() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(every_algorithm_allocates_the_same_each_step);
+}
+
+fn every_algorithm_allocates_the_same_each_step() {
+    // googlenet-d2l has no 1×k / k×1 layer: the factorized path runs on inception-v3's.
+    let runs = [
+        ("googlenet-d2l", 32, ConvAlgo::Auto),
+        ("googlenet-d2l", 32, ConvAlgo::Im2colGemm),
+        ("googlenet-d2l", 32, ConvAlgo::Gemm1x1),
+        ("googlenet-d2l", 32, ConvAlgo::Winograd),
+        ("googlenet-d2l", 32, ConvAlgo::Naive),
+        ("inception-v3", 75, ConvAlgo::Factorized),
+    ];
+    for (name, size, algo) in runs {
+        let (model, forced) = model_with(name, size, algo);
+        assert!(algo == ConvAlgo::Auto || forced > 0, "{algo:?} runs no layer of {name}");
+        let batch = 8;
+        let [channels, _, _] = model.graph.input_shape();
+        let len = channels * size * size;
+        let lens: Vec<usize> = model.graph.params.iter().map(|p| p.len()).collect();
+        let mut exec = Executor::new(model, batch).unwrap();
+        let planned = exec.workspace_size();
+        let mut opt = Optimizer::Adam(Adam::new(&lens));
+        let x: Vec<f32> = (0..batch * len).map(|i| (i % 97) as f32 / 97.0).collect();
+        let labels: Vec<usize> = (0..batch).map(|i| i % 10).collect();
+        let mut step = || {
+            exec.train_step(Images::dense(&x, batch, len), &labels, &mut opt, 1e-3)
+                .unwrap();
+            // One image: fewer than the two threads, so the branches run concurrently.
+            exec.forward(Images::dense(&x[..len], 1, len), Mode::Eval).unwrap();
+        };
+        // Warm-up: the gradient buffers are allocated by the first backward pass.
         step();
-        (
-            ALLOCATIONS.load(Ordering::Relaxed) - n0,
-            BYTES.load(Ordering::Relaxed) - b0,
-        )
-    };
-    let first = measure();
-    let second = measure();
-    eprintln!(
-        "a warm training step (batch 8, 32x32): {} allocations, {:.1} MB (the gemm crate allocates packing buffers inside each call)",
-        first.0,
-        first.1 as f64 / 1e6
-    );
-    assert_eq!(
-        first, second,
-        "a warm step must allocate exactly what the previous one did (nothing grows)"
-    );
+        step();
+        let mut measure = || {
+            let (n0, b0) = (ALLOCATIONS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+            step();
+            (
+                ALLOCATIONS.load(Ordering::Relaxed) - n0,
+                BYTES.load(Ordering::Relaxed) - b0,
+            )
+        };
+        let first = measure();
+        let second = measure();
+        eprintln!(
+            "{name} {size}x{size}, {algo:?} on {forced} layers: a warm step (training batch 8 and inference batch 1): {} allocations, {:.1} MB (the gemm crate allocates its packing buffers inside each call, the naive reference its float64 accumulators)",
+            first.0,
+            first.1 as f64 / 1e6
+        );
+        assert_eq!(
+            first, second,
+            "{algo:?}: a warm step must allocate exactly what the previous one did (nothing grows)"
+        );
+        assert_eq!(
+            exec.workspace_size(),
+            planned,
+            "{algo:?}: the workspace the plan sized must hold every pass"
+        );
+    }
 }

@@ -6,7 +6,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result, expect_shape};
 use crate::geometry::{Axis, Padding};
-use crate::tensor::{Images, ImagesMut, Scratch, contiguous, dims4, with_scratch_in};
+use crate::parallel::for_each_part;
+use crate::tensor::{Images, ImagesMut, contiguous, dims4};
+use crate::workspace::{Workspace, WorkspaceSize};
 
 /// The window shared by both pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +188,7 @@ impl MaxPool2d {
             Images::dense(&x, g.batch, g.input_image_len()),
             &mut y_images,
             &mut argmax,
+            &mut Workspace::default(),
         );
         Ok((y, MaxPoolCache { geometry: g, argmax }))
     }
@@ -209,28 +212,57 @@ impl MaxPool2d {
 }
 
 /// Max pooling of a batch; `argmax` (one per output value, dense) records where each maximum came from
-/// within its input plane.
-pub fn max_pool_forward(g: &PoolGeometry, x: Images<'_>, y: &mut ImagesMut<'_>, argmax: &mut [u32]) {
+/// within its input plane. Scratch comes from `ws` (grown if [`max_pool_workspace`] was not reserved).
+pub fn max_pool_forward(
+    g: &PoolGeometry,
+    x: Images<'_>,
+    y: &mut ImagesMut<'_>,
+    argmax: &mut [u32],
+    ws: &mut Workspace,
+) {
     let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
     if out_plane == 0 {
         return;
     }
     let out_len = g.output_image_len();
-    // With fewer images than threads, the planes of each image are split across the pool instead.
-    let split_planes = !crate::parallel::pieces_fill_threads(y.count());
-    y.par_iter_mut()
-        .zip(argmax.par_chunks_mut(out_len))
-        .for_each(|((n, y_img), arg_img)| {
-            let x_planes = x.get(n).par_chunks_exact(in_plane);
-            let planes = x_planes.zip(y_img.par_chunks_exact_mut(out_plane));
-            let planes = planes.zip(arg_img.par_chunks_exact_mut(out_plane));
-            let work = |((x_plane, y_plane), arg_plane)| max_plane(g, x_plane, y_plane, arg_plane);
-            if split_planes {
-                planes.for_each(work);
-            } else {
-                planes.with_min_len(usize::MAX).for_each(work);
+    let region_len = max_pool_scratch(g);
+    let regions = ws.regions(region_len);
+    let pool_images = |_, run: &mut [(usize, &mut [f32], &mut [u32])], scratch: &mut [f32], _| {
+        for (n, y_img, arg_img) in run {
+            let planes = x.get(*n).chunks_exact(in_plane).zip(y_img.chunks_exact_mut(out_plane));
+            for ((x_plane, y_plane), arg_plane) in planes.zip(arg_img.chunks_exact_mut(out_plane)) {
+                max_plane(g, x_plane, y_plane, arg_plane, scratch);
             }
-        });
+        }
+    };
+    if crate::parallel::pieces_fill_threads(y.count()) {
+        let mut images: Vec<_> = y
+            .iter_mut()
+            .zip(argmax.chunks_mut(out_len))
+            .map(|((n, y_img), arg_img)| (n, y_img, arg_img))
+            .collect();
+        for_each_part(&mut images, 1, regions, region_len, pool_images);
+    } else {
+        // Fewer images than threads: the planes of each image are split across the pool instead.
+        for ((n, y_img), arg_img) in y.iter_mut().zip(argmax.chunks_mut(out_len)) {
+            let x_img = x.get(n);
+            let mut planes: Vec<_> = y_img
+                .chunks_exact_mut(out_plane)
+                .zip(arg_img.chunks_exact_mut(out_plane))
+                .enumerate()
+                .collect();
+            for_each_part(&mut planes, 1, regions, region_len, |_, run, scratch, _| {
+                for (c, y_plane, arg_plane) in run.iter_mut().map(|(c, (y, a))| (*c, y, a)) {
+                    max_plane(g, &x_img[c * in_plane..][..in_plane], y_plane, arg_plane, scratch);
+                }
+            });
+        }
+    }
+}
+
+/// The workspace [`max_pool_forward`] takes over `g`.
+pub fn max_pool_workspace(g: &PoolGeometry) -> WorkspaceSize {
+    WorkspaceSize::regions(max_pool_scratch(g))
 }
 
 /// Adds the max-pool input gradient into `dx`.
@@ -254,7 +286,7 @@ pub fn max_pool_backward(g: &PoolGeometry, argmax: &[u32], dy: Images<'_>, dx: &
 /// One plane. Taps are visited in row-major window order with a strict `>`, so ties go to the first
 /// maximum as in PyTorch; the inner loop runs over a whole output row for one tap, branch-free, so it
 /// vectorizes.
-fn max_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+fn max_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32], scratch: &mut [f32]) {
     struct Kernel<'a>(&'a PoolGeometry, &'a [f32], &'a mut [f32], &'a mut [u32], &'a mut [f32]);
     impl pulp::WithSimd for Kernel<'_> {
         type Output = ();
@@ -263,9 +295,7 @@ fn max_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
             max_plane_inline(self.0, self.1, self.2, self.3, self.4)
         }
     }
-    with_scratch_in(Scratch::Pool, max_pool_scratch(g), |scratch| {
-        crate::kernels::vectorize(Kernel(g, x, y, argmax, scratch))
-    });
+    crate::kernels::vectorize(Kernel(g, x, y, argmax, scratch));
 }
 
 #[inline(always)]
@@ -380,8 +410,8 @@ fn max_plane_stride1(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u
     }
 }
 
-/// Scratch one max-pool plane takes (slot [`crate::tensor::Scratch::Pool`]).
-pub(crate) fn max_pool_scratch(g: &PoolGeometry) -> usize {
+/// Scratch one max-pool plane takes.
+fn max_pool_scratch(g: &PoolGeometry) -> usize {
     let (oh, ow) = (g.h.output.max(1), g.w.output.max(1));
     if g.h.stride == 1 && g.w.stride == 1 {
         let (hp, wp) = (oh + g.h.kernel - 1, ow + g.w.kernel - 1);

@@ -61,6 +61,7 @@ impl State {
             profile,
             mode,
             main_path,
+            workspace,
             ..
         } = self;
         let places = &plan.places;
@@ -91,14 +92,15 @@ impl State {
                     }
                     let x = images(acts, ip, batch);
                     let dy = images(grads, p, batch);
-                    conv::backward_weight_images(&g, algo, x, dy, &mut param_grads[*weight]);
+                    conv::backward_weight_images(&g, algo, x, dy, &mut param_grads[*weight], workspace);
                     if let Some(b) = bias {
                         conv::bias_grad(dy, g.out_channels, g.output_pixels(), &mut param_grads[*b]);
                     }
                     if input_needs_grad {
                         with_buffer(grads, ip.buffer, |grads, dx| {
                             let dy = images(grads, p, batch);
-                            conv::backward_input_images(&g, algo, &params[*weight], dy, &mut images_mut(dx, ip, batch));
+                            let dx = &mut images_mut(dx, ip, batch);
+                            conv::backward_input_images(&g, algo, &params[*weight], dy, dx, workspace);
                         });
                     }
                     Ok(())

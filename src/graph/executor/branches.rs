@@ -10,6 +10,7 @@ use crate::graph::plan::{BranchGroup, Plan};
 use crate::ops::batchnorm::ChannelStats;
 use crate::ops::conv::ConvAlgo;
 use crate::tensor::{Images, ImagesMut};
+use crate::workspace::Workspace;
 use rayon::prelude::*;
 
 /// What running one branch group needs besides the buffers.
@@ -42,6 +43,7 @@ impl BranchRun<'_> {
         acts: &mut [Vec<f32>],
         argmax: &mut [Vec<u32>],
         bn_stats: &mut [ChannelStats],
+        workspaces: &mut [Workspace],
     ) -> Result<()> {
         let places = &self.plan.places;
         let cat = places[group.concat];
@@ -71,9 +73,10 @@ impl BranchRun<'_> {
             let x = Images::strided(source.get(n), 1, source.len(), source.len(), 0);
             chains
                 .par_iter_mut()
+                .zip(&mut *workspaces)
                 .zip(&group.chains)
                 .zip(parts)
-                .try_for_each(|((bufs, chain), part)| self.forward_chain(chain, bufs, n, x, part))
+                .try_for_each(|(((bufs, ws), chain), part)| self.forward_chain(chain, bufs, n, x, part, ws))
         });
         for (chain, bufs) in group.chains.iter().zip(chains) {
             for (&id, buffer) in chain.iter().zip(bufs.outputs) {
@@ -98,23 +101,25 @@ impl BranchRun<'_> {
         n: usize,
         x: Images<'_>,
         part: &mut [f32],
+        ws: &mut Workspace,
     ) -> Result<()> {
         let (&last, inner) = chain.split_last().expect("a chain has at least one node");
         let mut input = x;
         for (k, (&id, buffer)) in inner.iter().zip(&mut bufs.outputs).enumerate() {
             let len = self.graph.nodes[id].image_len();
             let out = &mut buffer[n * len..][..len];
-            self.forward_image(id, input, out, &mut bufs.argmax[k], &mut bufs.stats[k], n)?;
+            self.forward_image(id, input, out, &mut bufs.argmax[k], &mut bufs.stats[k], n, ws)?;
             input = Images::dense(out, 1, len);
         }
         let k = inner.len();
-        self.forward_image(last, input, part, &mut bufs.argmax[k], &mut bufs.stats[k], n)
+        self.forward_image(last, input, part, &mut bufs.argmax[k], &mut bufs.stats[k], n, ws)
     }
 
     /// Runs node `id` on one image `x` (image `n` of the batch) into `out`, in the pass's mode, with the
     /// dropout stream the whole-batch pass would give image `n` (batch statistics need the whole batch,
     /// so a graph with batch norm never trains branches image by image).
     /// `argmax` and `stats` are the node's whole-batch buffers.
+    #[allow(clippy::too_many_arguments)]
     fn forward_image(
         &self,
         id: NodeId,
@@ -123,6 +128,7 @@ impl BranchRun<'_> {
         argmax: &mut [u32],
         stats: &mut ChannelStats,
         n: usize,
+        ws: &mut Workspace,
     ) -> Result<()> {
         let node = &self.graph.nodes[id];
         let len = node.image_len();
@@ -149,6 +155,7 @@ impl BranchRun<'_> {
             self.params,
             self.algos[id],
             self.mode,
+            ws,
         )
         .map_err(|e| e.in_node(&node.name))
     }

@@ -12,6 +12,7 @@ use crate::ops::conv::{self, ConvAlgo};
 use crate::ops::pool::{self, max_pool_forward};
 use crate::ops::shape;
 use crate::tensor::{Images, ImagesMut};
+use crate::workspace::Workspace;
 use std::time::Instant;
 
 /// What a node keeps from its forward pass for its backward pass, besides its output.
@@ -38,6 +39,7 @@ pub(super) fn forward_node(
     params: &[Vec<f32>],
     algo: Option<ConvAlgo>,
     mode: Mode,
+    ws: &mut Workspace,
 ) -> Result<()> {
     let [c, h, w] = graph.nodes[input].shape;
     let batch = x.count();
@@ -51,7 +53,7 @@ pub(super) fn forward_node(
             let g = conv.geometry([batch, c, h, w])?;
             let algo = algo.expect("every convolution's algorithm is resolved when the executor is built");
             let b = bias.map(|b| params[b].as_slice());
-            conv::forward_images_fused(&g, algo, x, &params[*weight], b, *relu, y);
+            conv::forward_images_fused(&g, algo, x, &params[*weight], b, *relu, y, ws);
         }
         Layer::Linear { linear, weight, bias } => {
             linear.forward_images(x, &params[*weight], bias.map(|b| params[b].as_slice()), y);
@@ -73,7 +75,7 @@ pub(super) fn forward_node(
         Layer::ZeroPad(pads) => shape::zero_pad_images(x, [h, w], *pads, y),
         Layer::MaxPool(pool) => {
             let g = pool.window.geometry("max_pool2d", [batch, c, h, w])?;
-            max_pool_forward(&g, x, y, saved.argmax);
+            max_pool_forward(&g, x, y, saved.argmax, ws);
         }
         Layer::Dropout(dropout) => match mode {
             Mode::Train => dropout.forward_images(x, y, saved.argmax, saved.seed, saved.first_image),
@@ -151,7 +153,13 @@ impl State {
                     mode,
                     pass_seed: self.dropout_seed,
                 };
-                run.forward(group, &mut self.acts, &mut self.argmax, &mut self.bn_stats)?;
+                run.forward(
+                    group,
+                    &mut self.acts,
+                    &mut self.argmax,
+                    &mut self.bn_stats,
+                    &mut self.chain_workspaces,
+                )?;
                 // The chains ran together: their time is booked on the concat, which has nothing
                 // left to do (its parts are in place).
                 let concat = group.concat;
@@ -198,6 +206,7 @@ impl State {
         let argmax = &mut self.argmax[id];
         let stats = &mut self.bn_stats[id];
         let seed = node_seed(self.dropout_seed, id);
+        let ws = &mut self.workspace;
         let run = |bufs: &[Vec<f32>], out: &mut [f32]| -> Result<()> {
             let mut y = images_mut(out, p, batch);
             match &node.layer {
@@ -232,7 +241,7 @@ impl State {
                         first_image: 0,
                         stats,
                     };
-                    forward_node(graph, node, input, x, &mut y, saved, params, algo, mode)?;
+                    forward_node(graph, node, input, x, &mut y, saved, params, algo, mode, ws)?;
                 }
             }
             Ok(())

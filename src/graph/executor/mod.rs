@@ -13,6 +13,7 @@ use crate::models::Model;
 use crate::ops::conv::ConvAlgo;
 use crate::optim::Optimizer;
 use crate::tensor::{Images, ImagesMut};
+use crate::workspace::{Workspace, WorkspaceSize};
 use std::time::Duration;
 
 mod backward;
@@ -72,6 +73,34 @@ pub struct NodeTime {
 /// Training is [`Executor::train_step`]; inference is [`Executor::forward`] in [`Mode::Eval`] followed by
 /// [`Executor::output`]. The finer calls (`forward`, `loss`, `backward`) are public for tests and tools
 /// that inspect one pass; they check their order at run time.
+///
+/// ```
+/// use incept::graph::{Executor, GraphBuilder, Mode};
+/// use incept::models::Model;
+/// use incept::ops::conv::Conv2d;
+/// use incept::optim::{Adam, Optimizer};
+/// use incept::tensor::Images;
+///
+/// // A 3x3 convolution + ReLU, global average pool and a 10-way classifier on 1x8x8 images.
+/// let mut b = GraphBuilder::new();
+/// let x = b.input("input", [1, 8, 8])?;
+/// let c = b.conv("conv", x, Conv2d::new(1, 4, [3, 3]), true, true)?;
+/// let p = b.global_avg_pool("pool", c)?;
+/// let f = b.flatten("flat", p)?;
+/// let out = b.linear("fc", f, 10, true)?;
+/// let model = Model::init(b.build(out)?, 0);
+/// let lens: Vec<usize> = model.graph.params.iter().map(|p| p.len()).collect();
+///
+/// let mut exec = Executor::new(model, 2)?; // batches of up to 2 images
+/// let mut adam = Optimizer::Adam(Adam::new(&lens));
+/// let images = vec![0.5f32; 2 * 64];
+/// let step = exec.train_step(Images::dense(&images, 2, 64), &[3, 7], &mut adam, 1e-3)?;
+/// assert!(step.loss.is_finite());
+///
+/// exec.forward(Images::dense(&images[..64], 1, 64), Mode::Eval)?;
+/// assert_eq!(exec.output_vec().len(), 10); // one image's logits
+/// # Ok::<(), incept::Error>(())
+/// ```
 pub struct Executor {
     model: Model,
     state: State,
@@ -211,6 +240,20 @@ impl Executor {
             optimizer.step(&mut self.model.params, &self.state.param_grads, lr);
         }
         Ok(loss)
+    }
+
+    /// The scratch the executor holds, over all its workspaces: sized from the plan when the executor
+    /// is built (and when [`Executor::set_conv_algo`] changes algorithms), never grown by a pass.
+    pub fn workspace_size(&self) -> WorkspaceSize {
+        let s = &self.state;
+        std::iter::once(&s.workspace)
+            .chain(&s.chain_workspaces)
+            .map(Workspace::size)
+            .fold(WorkspaceSize::default(), |total, w| WorkspaceSize {
+                regions: total.regions + w.regions,
+                partials: total.partials + w.partials,
+                weights: total.weights + w.weights,
+            })
     }
 
     /// Parameter gradients from the last backward pass, in [`Graph::params`] order.

@@ -9,7 +9,7 @@ use crate::ops::batchnorm::ChannelStats;
 use crate::ops::conv::{self, ConvAlgo};
 use crate::ops::loss;
 use crate::ops::pool;
-use crate::tensor::{ScratchDemand, reserve_scratch};
+use crate::workspace::{Workspace, WorkspaceSize};
 
 /// Everything an executor holds besides its model.
 pub(super) struct State {
@@ -40,6 +40,10 @@ pub(super) struct State {
     /// Label smoothing for training losses.
     pub(super) label_smoothing: f32,
     pub(super) param_grads: Vec<Vec<f32>>,
+    /// Scratch for the whole-batch passes, sized for every node and the algorithm it runs.
+    pub(super) workspace: Workspace,
+    /// Scratch for each chain of a branch group run concurrently, sized for one image.
+    pub(super) chain_workspaces: Vec<Workspace>,
 }
 
 impl State {
@@ -67,13 +71,12 @@ impl State {
             })
             .collect();
         let algos = resolve_algos(graph, &plan, ConvAlgo::Auto)?;
-        reserve_scratch(scratch_demand(graph, &algos, capacity)?);
+        let chains = plan.branch_groups.iter().map(|g| g.chains.len()).max().unwrap_or(0);
         let classes = graph.output_len();
         Ok(State {
             plan,
             capacity,
             batch: 0,
-            algos,
             branches: BranchSchedule::Auto,
             profile: None,
             acts,
@@ -93,13 +96,20 @@ impl State {
                 .iter()
                 .map(|p| vec![0.0; if p.trainable { p.len() } else { 0 }])
                 .collect(),
+            workspace: Workspace::with_size(workspace_size(graph, &algos, capacity)?),
+            chain_workspaces: (0..chains)
+                .map(|_| Ok(Workspace::with_size(workspace_size(graph, &algos, 1)?)))
+                .collect::<Result<_>>()?,
+            algos,
         })
     }
 
     /// See [`super::Executor::set_conv_algo`].
     pub(super) fn set_conv_algo(&mut self, graph: &Graph, algo: ConvAlgo) -> Result<()> {
         let algos = resolve_algos(graph, &self.plan, algo)?;
-        reserve_scratch(scratch_demand(graph, &algos, self.capacity)?);
+        self.workspace.reserve(workspace_size(graph, &algos, self.capacity)?);
+        let per_image = workspace_size(graph, &algos, 1)?;
+        self.chain_workspaces.iter_mut().for_each(|ws| ws.reserve(per_image));
         self.algos = algos;
         Ok(())
     }
@@ -205,25 +215,23 @@ fn resolve_algos(graph: &Graph, plan: &Plan, forced: ConvAlgo) -> Result<Vec<Opt
         .collect()
 }
 
-/// The most scratch any convolution (with the algorithm it runs) or pool of `graph` takes on one thread
-/// at batch `capacity`, per slot.
-fn scratch_demand(graph: &Graph, algos: &[Option<ConvAlgo>], capacity: usize) -> Result<ScratchDemand> {
-    let mut demand = [0; 3];
+/// The workspace that every convolution (with the algorithm it runs) and max pool of `graph` fits in at
+/// batch `capacity`.
+fn workspace_size(graph: &Graph, algos: &[Option<ConvAlgo>], capacity: usize) -> Result<WorkspaceSize> {
+    let mut size = WorkspaceSize::default();
     for (node, algo) in graph.nodes.iter().zip(algos) {
         let [c, h, w] = graph.nodes[node.inputs.first().copied().unwrap_or(0)].shape;
         match (&node.layer, algo) {
             (Layer::Conv { conv, .. }, Some(algo)) => {
                 let g = conv.geometry([capacity, c, h, w])?;
-                let [general, weights] = conv::scratch_demand(&g, *algo);
-                demand[0] = demand[0].max(general);
-                demand[1] = demand[1].max(weights);
+                size = size.max(conv::workspace(&g, *algo));
             }
             (Layer::MaxPool(pool), _) => {
                 let g = pool.window.geometry("max_pool2d", [capacity, c, h, w])?;
-                demand[2] = demand[2].max(pool::max_pool_scratch(&g));
+                size = size.max(pool::max_pool_workspace(&g));
             }
             _ => {}
         }
     }
-    Ok(demand)
+    Ok(size)
 }

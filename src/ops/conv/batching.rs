@@ -10,8 +10,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::ConvGeometry;
-use crate::matmul::Threads;
-use crate::tensor::{ImagesMut, with_scratch};
+use crate::parallel::{Threads, for_each_part};
+use crate::tensor::ImagesMut;
+use crate::workspace::{Workspace, WorkspaceSize};
 
 /// The GEMM width (output pixels of the images in one chunk) that small maps are grouped up to.
 pub(super) const COLUMNS: usize = 256;
@@ -36,9 +37,16 @@ impl Chunking {
     }
 }
 
-/// Runs `f(first image, the chunk's images, scratch, threads)` over the chunks of `out`.
-pub(super) fn for_each_chunk<F>(out: &mut ImagesMut<'_>, chunking: Chunking, scratch_len: usize, f: F)
-where
+/// Runs `f(first image, the chunk's images, region, threads)` over the chunks of `out`, in the static
+/// parts [`crate::parallel::for_each_part`] cuts, each part's chunks one after another in its own
+/// `region_len` values of `ws`'s regions.
+pub(super) fn for_each_chunk<F>(
+    out: &mut ImagesMut<'_>,
+    chunking: Chunking,
+    ws: &mut Workspace,
+    region_len: usize,
+    f: F,
+) where
     F: Fn(usize, &mut [&mut [f32]], &mut [f32], Threads) + Sync,
 {
     if out.is_empty() {
@@ -46,51 +54,61 @@ where
     }
     let per = chunking.per;
     let mut images: Vec<&mut [f32]> = out.iter_mut().map(|(_, img)| img).collect();
-    if crate::parallel::pieces_fill_threads(images.len().div_ceil(per)) {
-        images.par_chunks_mut(per).enumerate().for_each(|(c, chunk)| {
-            with_scratch(scratch_len, |s| f(c * per, chunk, s, Threads::One));
-        });
-    } else {
-        with_scratch(scratch_len, |s| {
-            for (c, chunk) in images.chunks_mut(per).enumerate() {
-                f(c * per, chunk, s, Threads::Pool);
-            }
-        });
+    let regions = ws.regions(region_len);
+    for_each_part(&mut images, per, regions, region_len, |first, run, region, threads| {
+        for (c, chunk) in run.chunks_mut(per).enumerate() {
+            f(first + c * per, chunk, region, threads);
+        }
+    });
+}
+
+/// What [`accumulate_weight_grad`] takes of a workspace for a gradient of `grad_len` values and
+/// regions of `region_len`.
+pub(super) fn weight_grad_workspace(grad_len: usize, region_len: usize) -> WorkspaceSize {
+    WorkspaceSize {
+        partials: crate::parallel::threads() * grad_len,
+        ..WorkspaceSize::regions(region_len)
     }
 }
 
-/// Adds to `dw` what `accumulate(images, dw, threads)` adds for the whole batch of `batch` images.
+/// Adds to `dw` what `accumulate(images, dw, region, threads)` adds for the whole batch of `batch`
+/// images.
 ///
-/// With enough chunks, each thread accumulates a contiguous run of chunks into a partial gradient of its
+/// With enough chunks, each part (a contiguous run of chunks) accumulates into a partial gradient of its
 /// own, and the partials are summed in a fixed order afterwards: the result is deterministic for a given
 /// thread count, and no thread waits on another.
-pub(super) fn accumulate_weight_grad<F>(batch: usize, chunking: Chunking, dw: &mut [f32], accumulate: F)
-where
-    F: Fn(Range<usize>, &mut [f32], Threads) + Sync,
+pub(super) fn accumulate_weight_grad<F>(
+    batch: usize,
+    chunking: Chunking,
+    dw: &mut [f32],
+    ws: &mut Workspace,
+    region_len: usize,
+    accumulate: F,
+) where
+    F: Fn(Range<usize>, &mut [f32], &mut [f32], Threads) + Sync,
 {
     let threads = crate::parallel::threads();
     let chunks = batch.div_ceil(chunking.per);
     if chunks < threads.max(2) {
-        accumulate(0..batch, dw, Threads::Pool);
+        accumulate(0..batch, dw, &mut ws.regions(region_len)[..region_len], Threads::Pool);
         return;
     }
     let per_part = chunks.div_ceil(threads) * chunking.per;
     let parts = batch.div_ceil(per_part);
     let len = dw.len();
-    // The partials live in a reusable buffer of their own, apart from the scratch each task takes.
-    let mut partials = std::mem::take(&mut *PARTIALS.lock().unwrap_or_else(|e| e.into_inner()));
-    partials.clear();
-    partials.resize(parts * len, 0.0);
-    partials.par_chunks_mut(len).enumerate().for_each(|(p, part)| {
-        accumulate(p * per_part..((p + 1) * per_part).min(batch), part, Threads::One);
-    });
-    for part in partials.chunks_exact(len) {
+    let (partials, regions) = ws.partials_and_regions(parts * len, region_len);
+    partials.fill(0.0);
+    partials
+        .par_chunks_mut(len.max(1))
+        .zip(regions.par_chunks_mut(region_len.max(1)))
+        .enumerate()
+        .for_each(|(p, (part, region))| {
+            let images = p * per_part..((p + 1) * per_part).min(batch);
+            accumulate(images, part, &mut region[..region_len], Threads::One);
+        });
+    for part in partials.chunks_exact(len.max(1)) {
         for (d, p) in dw.iter_mut().zip(part) {
             *d += p;
         }
     }
-    *PARTIALS.lock().unwrap_or_else(|e| e.into_inner()) = partials;
 }
-
-/// Storage for weight-gradient partials, kept between calls so a training step does not allocate.
-static PARTIALS: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());

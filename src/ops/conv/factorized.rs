@@ -17,10 +17,11 @@
 //! buffer `t` rows down), and the weight gradient is `dW_t += dY · X_tᵀ`.
 
 use super::ConvGeometry;
-use super::batching::{Chunking, accumulate_weight_grad, for_each_chunk};
+use super::batching::{Chunking, accumulate_weight_grad, for_each_chunk, weight_grad_workspace};
 use crate::geometry::Axis;
 use crate::matmul::{MatMut, MatRef, matmul};
-use crate::tensor::{Images, ImagesMut, with_scratch};
+use crate::tensor::{Images, ImagesMut};
+use crate::workspace::{Workspace, WorkspaceSize};
 
 /// Whether `g` is a `k×1` or `1×k` convolution (`k > 1`) with stride 1 and no dilation, and no padding
 /// along its unit axis.
@@ -177,9 +178,14 @@ impl Layout {
     }
 }
 
-/// The scratch one thread takes for any pass: a chunk's padded input, its output (or output gradient)
-/// and the per-tap weight gradient.
-pub(super) fn scratch_len(g: &ConvGeometry) -> usize {
+/// The workspace any pass over `g` takes.
+pub(super) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
+    weight_grad_workspace(g.out_channels * g.patch_len(), scratch_len(g))
+}
+
+/// The region one part takes for any pass: a chunk's padded input, its output (or output gradient) and
+/// the per-tap weight gradient.
+fn scratch_len(g: &ConvGeometry) -> usize {
     let (layout, per) = (Layout::new(g), Chunking::new(g).per);
     layout.input_len(per) + layout.output_len(per) + layout.taps * g.out_channels * g.in_channels
 }
@@ -196,10 +202,11 @@ pub(super) fn forward(
     b: Option<&[f32]>,
     relu: bool,
     y: &mut ImagesMut<'_>,
+    ws: &mut Workspace,
 ) {
     let layout = Layout::new(g);
     let chunking = Chunking::new(g);
-    for_each_chunk(y, chunking, scratch_len(g), |first, images, scratch, threads| {
+    for_each_chunk(y, chunking, ws, scratch_len(g), |first, images, scratch, threads| {
         let n = images.len();
         let (x_buf, y_buf) = scratch.split_at_mut(layout.input_len(n));
         layout.pack_input(x, first, n, x_buf);
@@ -235,10 +242,10 @@ pub(super) fn forward(
 }
 
 /// Adds the input gradient into `dx`.
-pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>) {
+pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>, ws: &mut Workspace) {
     let layout = Layout::new(g);
     let chunking = Chunking::new(g);
-    for_each_chunk(dx, chunking, scratch_len(g), |first, images, scratch, threads| {
+    for_each_chunk(dx, chunking, ws, scratch_len(g), |first, images, scratch, threads| {
         let n = images.len();
         let (dx_buf, dy_buf) = scratch.split_at_mut(layout.input_len(n));
         let dy_mat: &[f32] = if output_in_place(&layout, n) {
@@ -263,45 +270,43 @@ pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &m
 }
 
 /// Adds the weight gradient into `dw`.
-pub(super) fn backward_weight(g: &ConvGeometry, x: Images<'_>, dy: Images<'_>, dw: &mut [f32]) {
+pub(super) fn backward_weight(g: &ConvGeometry, x: Images<'_>, dy: Images<'_>, dw: &mut [f32], ws: &mut Workspace) {
     let layout = Layout::new(g);
     let chunking = Chunking::new(g);
     let (o, c, k) = (g.out_channels, g.in_channels, layout.taps);
     // dW_t += dY · X_tᵀ into a tap-major `[tap][out][in]` buffer, then added onto `[out][in][tap]`.
-    let accumulate_images = |images: std::ops::Range<usize>, dw: &mut [f32], threads| {
-        with_scratch(scratch_len(g), |scratch| {
-            let (x_buf, rest) = scratch.split_at_mut(layout.input_len(chunking.per));
-            let (dy_buf, dw_taps) = rest.split_at_mut(layout.output_len(chunking.per));
-            let dw_taps = &mut dw_taps[..k * o * c];
-            dw_taps.fill(0.0);
-            let mut first = images.start;
-            while first < images.end {
-                let n = chunking.per.min(images.end - first);
-                layout.pack_input(x, first, n, x_buf);
-                let dy_mat: &[f32] = if output_in_place(&layout, n) {
-                    dy.get(first)
-                } else {
-                    layout.pack_output_grad(dy, first, n, dy_buf);
-                    &dy_buf[..layout.output_len(n)]
-                };
-                let pixels = layout.long_out * n * layout.short;
-                for (t, dw_t) in dw_taps.chunks_exact_mut(o * c).enumerate() {
-                    matmul(
-                        MatMut::row_major(dw_t, o, c),
-                        MatRef::row_major(dy_mat, o, pixels),
-                        layout.tap_input(x_buf, n, t).t(),
-                        true,
-                        threads,
-                    );
-                }
-                first += n;
+    let accumulate_images = |images: std::ops::Range<usize>, dw: &mut [f32], scratch: &mut [f32], threads| {
+        let (x_buf, rest) = scratch.split_at_mut(layout.input_len(chunking.per));
+        let (dy_buf, dw_taps) = rest.split_at_mut(layout.output_len(chunking.per));
+        let dw_taps = &mut dw_taps[..k * o * c];
+        dw_taps.fill(0.0);
+        let mut first = images.start;
+        while first < images.end {
+            let n = chunking.per.min(images.end - first);
+            layout.pack_input(x, first, n, x_buf);
+            let dy_mat: &[f32] = if output_in_place(&layout, n) {
+                dy.get(first)
+            } else {
+                layout.pack_output_grad(dy, first, n, dy_buf);
+                &dy_buf[..layout.output_len(n)]
+            };
+            let pixels = layout.long_out * n * layout.short;
+            for (t, dw_t) in dw_taps.chunks_exact_mut(o * c).enumerate() {
+                matmul(
+                    MatMut::row_major(dw_t, o, c),
+                    MatRef::row_major(dy_mat, o, pixels),
+                    layout.tap_input(x_buf, n, t).t(),
+                    true,
+                    threads,
+                );
             }
-            for (t, dw_t) in dw_taps.chunks_exact(o * c).enumerate() {
-                for (i, &v) in dw_t.iter().enumerate() {
-                    dw[i * k + t] += v;
-                }
+            first += n;
+        }
+        for (t, dw_t) in dw_taps.chunks_exact(o * c).enumerate() {
+            for (i, &v) in dw_t.iter().enumerate() {
+                dw[i * k + t] += v;
             }
-        })
+        }
     };
-    accumulate_weight_grad(x.count(), chunking, dw, accumulate_images);
+    accumulate_weight_grad(x.count(), chunking, dw, ws, scratch_len(g), accumulate_images);
 }

@@ -7,10 +7,11 @@
 //! images. Scratch (lowered matrices, weight-gradient partials) is reused across calls.
 
 use super::ConvGeometry;
-use super::batching::{Chunking, accumulate_weight_grad, for_each_chunk};
+use super::batching::{Chunking, accumulate_weight_grad, for_each_chunk, weight_grad_workspace};
 use super::im2col::{Block, col2im, im2col};
 use crate::matmul::{MatMut, MatRef, matmul};
-use crate::tensor::{Images, ImagesMut, with_scratch};
+use crate::tensor::{Images, ImagesMut};
+use crate::workspace::{Workspace, WorkspaceSize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Lowering {
@@ -19,9 +20,14 @@ pub(super) enum Lowering {
 }
 
 impl Lowering {
-    /// The scratch one thread takes for any pass over `g`: the chunk's lowered matrix (unless a lone
-    /// image is used in place) and its output matrix (unless written in place).
-    pub(super) fn scratch_len(self, g: &ConvGeometry) -> usize {
+    /// The workspace any pass over `g` takes.
+    pub(super) fn workspace(self, g: &ConvGeometry) -> WorkspaceSize {
+        weight_grad_workspace(g.out_channels * g.patch_len(), self.scratch_len(g))
+    }
+
+    /// The region one part takes for any pass over `g`: the chunk's lowered matrix (unless a lone image
+    /// is used in place) and its output matrix (unless written in place).
+    fn scratch_len(self, g: &ConvGeometry) -> usize {
         let chunking = Chunking::new(g);
         let cols = chunking.per * g.output_pixels();
         if Chunking::in_place(chunking.per) {
@@ -72,6 +78,7 @@ fn gather_output_grad(g: &ConvGeometry, dy: Images<'_>, first: usize, count: usi
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     g: &ConvGeometry,
     lowering: Lowering,
@@ -80,12 +87,14 @@ pub(super) fn forward(
     b: Option<&[f32]>,
     relu: bool,
     y: &mut ImagesMut<'_>,
+    ws: &mut Workspace,
 ) {
     let (k, m, pixels) = (g.patch_len(), g.out_channels, g.output_pixels());
     let chunking = Chunking::new(g);
     for_each_chunk(
         y,
         chunking,
+        ws,
         lowering.scratch_len(g),
         |first, images, scratch, threads| {
             let count = images.len();
@@ -136,13 +145,21 @@ pub(super) fn forward(
 }
 
 /// Adds the input gradient into `dx`.
-pub(super) fn backward_input(g: &ConvGeometry, lowering: Lowering, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>) {
+pub(super) fn backward_input(
+    g: &ConvGeometry,
+    lowering: Lowering,
+    w: &[f32],
+    dy: Images<'_>,
+    dx: &mut ImagesMut<'_>,
+    ws: &mut Workspace,
+) {
     let (k, m, pixels) = (g.patch_len(), g.out_channels, g.output_pixels());
     let chunking = Chunking::new(g);
     let w_t = MatRef::row_major(w, m, k).t();
     for_each_chunk(
         dx,
         chunking,
+        ws,
         lowering.scratch_len(g),
         |first, images, scratch, threads| {
             let count = images.len();
@@ -193,42 +210,46 @@ pub(super) fn backward_input(g: &ConvGeometry, lowering: Lowering, w: &[f32], dy
 }
 
 /// Adds the weight gradient into `dw`.
-pub(super) fn backward_weight(g: &ConvGeometry, lowering: Lowering, x: Images<'_>, dy: Images<'_>, dw: &mut [f32]) {
+pub(super) fn backward_weight(
+    g: &ConvGeometry,
+    lowering: Lowering,
+    x: Images<'_>,
+    dy: Images<'_>,
+    dw: &mut [f32],
+    ws: &mut Workspace,
+) {
     let (k, m, pixels) = (g.patch_len(), g.out_channels, g.output_pixels());
     let chunking = Chunking::new(g);
-    let scratch_len = lowering.scratch_len(g);
     // dw += dy_chunk · col_chunkᵀ, over the chunks of the images in `images`.
-    let accumulate_images = |images: std::ops::Range<usize>, dw: &mut [f32], threads| {
-        with_scratch(scratch_len, |scratch| {
-            let mut first = images.start;
-            while first < images.end {
-                let count = chunking.per.min(images.end - first);
-                let cols = count * pixels;
-                let (dy_mat, col_mat) = if Chunking::in_place(count) {
-                    let col = match lowering {
-                        Lowering::Direct => x.get(first),
-                        Lowering::Im2col => {
-                            im2col(g, x.get(first), scratch, Block::dense(g));
-                            &scratch[..k * pixels]
-                        }
-                    };
-                    (dy.get(first), col)
-                } else {
-                    let (dy_chunk, col) = scratch.split_at_mut(m * cols);
-                    gather_output_grad(g, dy, first, count, dy_chunk);
-                    lower(g, lowering, x, first, count, col);
-                    (&*dy_chunk, &col[..k * cols])
+    let accumulate_images = |images: std::ops::Range<usize>, dw: &mut [f32], scratch: &mut [f32], threads| {
+        let mut first = images.start;
+        while first < images.end {
+            let count = chunking.per.min(images.end - first);
+            let cols = count * pixels;
+            let (dy_mat, col_mat) = if Chunking::in_place(count) {
+                let col = match lowering {
+                    Lowering::Direct => x.get(first),
+                    Lowering::Im2col => {
+                        im2col(g, x.get(first), scratch, Block::dense(g));
+                        &scratch[..k * pixels]
+                    }
                 };
-                matmul(
-                    MatMut::row_major(dw, m, k),
-                    MatRef::row_major(dy_mat, m, cols),
-                    MatRef::row_major(col_mat, k, cols).t(),
-                    true,
-                    threads,
-                );
-                first += count;
-            }
-        })
+                (dy.get(first), col)
+            } else {
+                let (dy_chunk, col) = scratch.split_at_mut(m * cols);
+                gather_output_grad(g, dy, first, count, dy_chunk);
+                lower(g, lowering, x, first, count, col);
+                (&*dy_chunk, &col[..k * cols])
+            };
+            matmul(
+                MatMut::row_major(dw, m, k),
+                MatRef::row_major(dy_mat, m, cols),
+                MatRef::row_major(col_mat, k, cols).t(),
+                true,
+                threads,
+            );
+            first += count;
+        }
     };
-    accumulate_weight_grad(x.count(), chunking, dw, accumulate_images);
+    accumulate_weight_grad(x.count(), chunking, dw, ws, lowering.scratch_len(g), accumulate_images);
 }

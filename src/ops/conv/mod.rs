@@ -24,6 +24,7 @@ use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4};
 use crate::error::{Error, Result, expect_shape};
 use crate::geometry::{Axis, Padding};
 use crate::tensor::{Images, ImagesMut, contiguous, dims4, with_contiguous_mut};
+use crate::workspace::{Workspace, WorkspaceSize};
 
 /// How a convolution is computed. `Auto` lets [`choose_algo`] decide; any other value forces that
 /// algorithm (tests and benches do), and an algorithm that cannot run the geometry is an error.
@@ -212,6 +213,7 @@ impl Conv2d {
             &w,
             b.as_deref(),
             &mut y_images,
+            &mut Workspace::default(),
         );
         Ok(y)
     }
@@ -237,6 +239,7 @@ impl Conv2d {
             &contiguous(&w),
             Images::dense(&dy, g.batch, g.output_image_len()),
             &mut dx_images,
+            &mut Workspace::default(),
         );
         Ok(dx)
     }
@@ -252,7 +255,9 @@ impl Conv2d {
             Images::dense(&x, g.batch, g.input_image_len()),
             Images::dense(&dy, g.batch, g.output_image_len()),
         );
-        with_contiguous_mut(dw, |dw| backward_weight_images(&g, algo, x, dy, dw));
+        with_contiguous_mut(dw, |dw| {
+            backward_weight_images(&g, algo, x, dy, dw, &mut Workspace::default())
+        });
         Ok(())
     }
 
@@ -361,7 +366,8 @@ impl std::fmt::Display for ConvGeometry {
     }
 }
 
-/// Forward on a batch of NCHW images with a resolved algorithm; `y` is overwritten.
+/// Forward on a batch of NCHW images with a resolved algorithm; `y` is overwritten. Scratch comes from
+/// `ws` (grown if [`workspace`] was not reserved in it).
 pub fn forward_images(
     g: &ConvGeometry,
     algo: ConvAlgo,
@@ -369,12 +375,14 @@ pub fn forward_images(
     w: &[f32],
     b: Option<&[f32]>,
     y: &mut ImagesMut<'_>,
+    ws: &mut Workspace,
 ) {
-    forward_images_fused(g, algo, x, w, b, false, y);
+    forward_images_fused(g, algo, x, w, b, false, y, ws);
 }
 
 /// [`forward_images`], with `relu` applied in the same pass over the output (while it is in cache)
 /// instead of in a second one.
+#[allow(clippy::too_many_arguments)]
 pub fn forward_images_fused(
     g: &ConvGeometry,
     algo: ConvAlgo,
@@ -383,6 +391,7 @@ pub fn forward_images_fused(
     b: Option<&[f32]>,
     relu: bool,
     y: &mut ImagesMut<'_>,
+    ws: &mut Workspace,
 ) {
     debug_assert_eq!((x.len(), y.len()), (g.input_image_len(), g.output_image_len()));
     match algo {
@@ -393,44 +402,54 @@ pub fn forward_images_fused(
                     .for_each(|(_, img)| img.iter_mut().for_each(|v| *v = v.max(0.0)));
             }
         }
-        ConvAlgo::Winograd => winograd::forward(g, x, w, b, y, relu),
-        ConvAlgo::Factorized => factorized::forward(g, x, w, b, relu, y),
-        _ => gemm_conv::forward(g, lowering(g, algo), x, w, b, relu, y),
+        ConvAlgo::Winograd => winograd::forward(g, x, w, b, y, relu, ws),
+        ConvAlgo::Factorized => factorized::forward(g, x, w, b, relu, y, ws),
+        _ => gemm_conv::forward(g, lowering(g, algo), x, w, b, relu, y, ws),
     }
 }
 
 /// Adds the input gradient into `dx`.
-pub fn backward_input_images(g: &ConvGeometry, algo: ConvAlgo, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>) {
+pub fn backward_input_images(
+    g: &ConvGeometry,
+    algo: ConvAlgo,
+    w: &[f32],
+    dy: Images<'_>,
+    dx: &mut ImagesMut<'_>,
+    ws: &mut Workspace,
+) {
     match algo {
         ConvAlgo::Naive => naive::backward_input(g, w, dy, dx),
-        ConvAlgo::Winograd => winograd::backward_input(g, w, dy, dx),
-        ConvAlgo::Factorized => factorized::backward_input(g, w, dy, dx),
-        _ => gemm_conv::backward_input(g, lowering(g, algo), w, dy, dx),
+        ConvAlgo::Winograd => winograd::backward_input(g, w, dy, dx, ws),
+        ConvAlgo::Factorized => factorized::backward_input(g, w, dy, dx, ws),
+        _ => gemm_conv::backward_input(g, lowering(g, algo), w, dy, dx, ws),
     }
 }
 
 /// Adds the weight gradient into `dw`.
-pub fn backward_weight_images(g: &ConvGeometry, algo: ConvAlgo, x: Images<'_>, dy: Images<'_>, dw: &mut [f32]) {
+pub fn backward_weight_images(
+    g: &ConvGeometry,
+    algo: ConvAlgo,
+    x: Images<'_>,
+    dy: Images<'_>,
+    dw: &mut [f32],
+    ws: &mut Workspace,
+) {
     match algo {
         ConvAlgo::Naive => naive::backward_weight(g, x, dy, dw),
-        ConvAlgo::Factorized => factorized::backward_weight(g, x, dy, dw),
-        _ => gemm_conv::backward_weight(g, lowering(g, algo), x, dy, dw),
+        ConvAlgo::Factorized => factorized::backward_weight(g, x, dy, dw, ws),
+        _ => gemm_conv::backward_weight(g, lowering(g, algo), x, dy, dw, ws),
     }
 }
 
-/// The largest scratch (per [`crate::tensor::Scratch`] slot) one thread takes in any pass of `algo` over
-/// `g`, so an executor can reserve it up front and a training step allocates nothing.
-pub(crate) fn scratch_demand(g: &ConvGeometry, algo: ConvAlgo) -> [usize; 2] {
-    let im2col = gemm_conv::Lowering::Im2col.scratch_len(g);
+/// The workspace any pass of `algo` over `g` (a resolved algorithm, at the batch the caller plans for)
+/// takes, so an executor can reserve it up front and a training step never grows it.
+pub fn workspace(g: &ConvGeometry, algo: ConvAlgo) -> WorkspaceSize {
     match algo {
-        ConvAlgo::Naive => [0, 0],
+        ConvAlgo::Naive => WorkspaceSize::default(),
         // The weight gradient of a Winograd layer goes through im2col.
-        ConvAlgo::Winograd => {
-            let [general, weights] = winograd::scratch_demand(g);
-            [general.max(im2col), weights]
-        }
-        ConvAlgo::Factorized => [factorized::scratch_len(g), 0],
-        _ => [lowering(g, algo).scratch_len(g), 0],
+        ConvAlgo::Winograd => winograd::workspace(g).max(gemm_conv::Lowering::Im2col.workspace(g)),
+        ConvAlgo::Factorized => factorized::workspace(g),
+        _ => lowering(g, algo).workspace(g),
     }
 }
 

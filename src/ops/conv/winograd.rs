@@ -23,7 +23,9 @@ use rayon::prelude::*;
 use super::ConvGeometry;
 use crate::kernels::vectorize;
 use crate::matmul::{MatMut, MatRef, Threads, matmul};
-use crate::tensor::{Images, ImagesMut, Scratch, with_scratch_in};
+use crate::parallel::for_each_part;
+use crate::tensor::{Images, ImagesMut};
+use crate::workspace::{Workspace, WorkspaceSize};
 
 /// Output tile side.
 const TILE: usize = 4;
@@ -43,16 +45,18 @@ pub(super) fn eligible(g: &ConvGeometry) -> bool {
         .all(|a| a.kernel == 3 && a.stride == 1 && a.dilation == 1 && a.pad_lo <= 2 && a.pad_hi <= 2)
 }
 
-/// Scratch per slot (`[general, weights]`) a forward and an input-gradient pass over `g` take, at
-/// most, on any one thread.
-pub(super) fn scratch_demand(g: &ConvGeometry) -> [usize; 2] {
-    let weights = POINTS * g.in_channels * g.out_channels;
+/// The workspace a forward and an input-gradient pass over `g` take: the transformed weights, and a
+/// chunk's transformed tiles and products per part.
+pub(super) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
     // Forward tiles the output; the input gradient tiles the input (with in and out swapped, which
     // leaves the chunk's scratch the same).
     let forward = tiles(g).0 * tiles(g).1;
     let backward = g.h.input.div_ceil(TILE) * g.w.input.div_ceil(TILE);
-    let scratch = |tiles| chunking(g, tiles, g.batch).1;
-    [scratch(forward).max(scratch(backward)), weights]
+    let region = |tiles| chunking(g, tiles, g.batch).1;
+    WorkspaceSize {
+        weights: POINTS * g.in_channels * g.out_channels,
+        ..WorkspaceSize::regions(region(forward).max(region(backward)))
+    }
 }
 
 /// Images per chunk, and the chunk's scratch (its transformed input and its 36 products), for images
@@ -70,18 +74,18 @@ pub(super) fn forward(
     b: Option<&[f32]>,
     y: &mut ImagesMut<'_>,
     relu: bool,
+    ws: &mut Workspace,
 ) {
     debug_assert!(eligible(g));
     let (inputs, outputs) = (g.in_channels, g.out_channels);
-    with_scratch_in(Scratch::WinogradWeights, POINTS * outputs * inputs, |u| {
-        transform_weights(w, outputs, inputs, u);
-        run(g, x, u, b, y, Epilogue::Write { relu });
-    });
+    let (u, regions) = ws.weights_and_regions(POINTS * outputs * inputs, region_len(g, x.count()));
+    transform_weights(w, outputs, inputs, u);
+    run(g, x, u, b, y, Epilogue::Write { relu }, regions);
 }
 
 /// Adds the input gradient of the convolution `g` into `dx`: a Winograd convolution of `dy` with the
 /// flipped, transposed weights and the mirrored padding.
-pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>) {
+pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>, ws: &mut Workspace) {
     debug_assert!(eligible(g));
     let (inputs, outputs) = (g.in_channels, g.out_channels);
     let mirror = |a: &crate::geometry::Axis| crate::geometry::Axis {
@@ -98,20 +102,25 @@ pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &m
         h: mirror(&g.h),
         w: mirror(&g.w),
     };
-    with_scratch_in(Scratch::WinogradWeights, POINTS * outputs * inputs, |u| {
-        // U of the backward convolution, from w'[c][o][ky][kx] = w[o][c][2-ky][2-kx], transformed
-        // straight from `w` without materializing w'.
-        u.par_chunks_mut(POINTS * outputs).enumerate().for_each(|(c, u_c)| {
-            for o in 0..outputs {
-                let k = &w[(o * inputs + c) * 9..][..9];
-                let flipped = [k[8], k[7], k[6], k[5], k[4], k[3], k[2], k[1], k[0]];
-                for (xi, value) in transform_kernel(&flipped).into_iter().enumerate() {
-                    u_c[xi * outputs + o] = value;
-                }
+    let (u, regions) = ws.weights_and_regions(POINTS * outputs * inputs, region_len(&back, dy.count()));
+    // U of the backward convolution, from w'[c][o][ky][kx] = w[o][c][2-ky][2-kx], transformed straight
+    // from `w` without materializing w'.
+    u.par_chunks_mut(POINTS * outputs).enumerate().for_each(|(c, u_c)| {
+        for o in 0..outputs {
+            let k = &w[(o * inputs + c) * 9..][..9];
+            let flipped = [k[8], k[7], k[6], k[5], k[4], k[3], k[2], k[1], k[0]];
+            for (xi, value) in transform_kernel(&flipped).into_iter().enumerate() {
+                u_c[xi * outputs + o] = value;
             }
-        });
-        run(&back, dy, u, None, dx, Epilogue::Add);
+        }
     });
+    run(&back, dy, u, None, dx, Epilogue::Add, regions);
+}
+
+/// The region one part of [`run`] takes over `g` for a batch of `batch`.
+fn region_len(g: &ConvGeometry, batch: usize) -> usize {
+    let (th, tw) = tiles(g);
+    chunking(g, th * tw, batch).1
 }
 
 /// `U[o][ξ][c] = (G w[o][c] Gᵀ)[ξ]`: per output channel, one row of every point's weight matrix.
@@ -232,29 +241,39 @@ fn tiles(g: &ConvGeometry) -> (usize, usize) {
     (g.h.output.div_ceil(TILE), g.w.output.div_ceil(TILE))
 }
 
-/// Runs the transformed-weight convolution over the batch, chunk by chunk.
-fn run(g: &ConvGeometry, x: Images<'_>, u: &[f32], b: Option<&[f32]>, y: &mut ImagesMut<'_>, epilogue: Epilogue) {
+/// Runs the transformed-weight convolution over the batch, chunk by chunk, in the static parts
+/// [`for_each_part`] cuts, each in its own region of `regions`.
+fn run(
+    g: &ConvGeometry,
+    x: Images<'_>,
+    u: &[f32],
+    b: Option<&[f32]>,
+    y: &mut ImagesMut<'_>,
+    epilogue: Epilogue,
+    regions: &mut [f32],
+) {
     let batch = x.count();
     if batch == 0 || g.output_pixels() == 0 {
         return;
     }
     let (th, tw) = tiles(g);
-    let (per_chunk, scratch_len) = chunking(g, th * tw, batch);
-    let chunks = batch.div_ceil(per_chunk);
+    let (per_chunk, region_len) = chunking(g, th * tw, batch);
     let mut outs: Vec<&mut [f32]> = y.iter_mut().map(|(_, img)| img).collect();
-    if crate::parallel::pieces_fill_threads(chunks) {
-        outs.par_chunks_mut(per_chunk).enumerate().for_each(|(c, outs)| {
-            with_scratch_in(Scratch::General, scratch_len, |s| {
-                chunk(g, x, c * per_chunk, outs, u, b, s, epilogue, false)
-            })
-        });
-    } else {
-        with_scratch_in(Scratch::General, scratch_len, |s| {
-            for (c, outs) in outs.chunks_mut(per_chunk).enumerate() {
-                chunk(g, x, c * per_chunk, outs, u, b, s, epilogue, true);
-            }
-        });
-    }
+    for_each_part(&mut outs, per_chunk, regions, region_len, |first, run, s, threads| {
+        for (c, outs) in run.chunks_mut(per_chunk).enumerate() {
+            chunk(
+                g,
+                x,
+                first + c * per_chunk,
+                outs,
+                u,
+                b,
+                s,
+                epilogue,
+                threads == Threads::Pool,
+            );
+        }
+    });
 }
 
 /// One chunk: images `first..first + outs.len()` of `x` into `outs`. `parallel` splits the chunk's

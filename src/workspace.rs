@@ -1,0 +1,102 @@
+//! Scratch memory for the ops, owned by whoever runs them and passed into every call that needs some.
+//!
+//! An executor sizes its workspace once, from the plan, for every op and algorithm it will run
+//! ([`WorkspaceSize`]), so a training step never grows it. The ndarray wrappers in `ops/` start from an
+//! empty workspace and let the call grow it.
+//!
+//! A parallel op splits its work into static parts (`crate::parallel::for_each_part`), part `p` using
+//! region `p` of [`Workspace::regions`]; nothing is per thread or global.
+
+/// Values a workspace holds, per kind of buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkspaceSize {
+    /// One region per part of a parallel op, all parts together.
+    pub regions: usize,
+    /// Weight-gradient partials, one gradient per part.
+    pub partials: usize,
+    /// Weights transformed for one call (Winograd), held while the call's parts use their regions.
+    pub weights: usize,
+}
+
+impl WorkspaceSize {
+    /// The larger of `self` and `other`, buffer by buffer.
+    pub fn max(self, other: WorkspaceSize) -> WorkspaceSize {
+        WorkspaceSize {
+            regions: self.regions.max(other.regions),
+            partials: self.partials.max(other.partials),
+            weights: self.weights.max(other.weights),
+        }
+    }
+
+    /// Regions of `region_len` values for every part an op can split into.
+    pub(crate) fn regions(region_len: usize) -> WorkspaceSize {
+        WorkspaceSize {
+            regions: regions_len(region_len),
+            ..WorkspaceSize::default()
+        }
+    }
+}
+
+/// The buffers; see the module documentation.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    regions: Vec<f32>,
+    partials: Vec<f32>,
+    weights: Vec<f32>,
+}
+
+/// The values `parts` regions of `region_len` take: at least one per part, so an op whose parts need
+/// no scratch still gets one (empty) region each to zip with.
+fn regions_len(region_len: usize) -> usize {
+    crate::parallel::threads() * region_len.max(1)
+}
+
+/// `buf` grown to at least `len` values (growth only happens outside planned executors).
+fn at_least(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+impl Workspace {
+    /// A workspace holding `size` values from the start.
+    pub fn with_size(size: WorkspaceSize) -> Workspace {
+        let mut ws = Workspace::default();
+        ws.reserve(size);
+        ws
+    }
+
+    /// Grows every buffer to at least `size`.
+    pub fn reserve(&mut self, size: WorkspaceSize) {
+        at_least(&mut self.regions, size.regions);
+        at_least(&mut self.partials, size.partials);
+        at_least(&mut self.weights, size.weights);
+    }
+
+    /// What the buffers hold now.
+    pub fn size(&self) -> WorkspaceSize {
+        WorkspaceSize {
+            regions: self.regions.len(),
+            partials: self.partials.len(),
+            weights: self.weights.len(),
+        }
+    }
+
+    /// Regions of `region_len` values, one per part (contents unspecified).
+    pub(crate) fn regions(&mut self, region_len: usize) -> &mut [f32] {
+        at_least(&mut self.regions, regions_len(region_len))
+    }
+
+    /// `weights_len` values for transformed weights, and [`Workspace::regions`] beside them.
+    pub(crate) fn weights_and_regions(&mut self, weights_len: usize, region_len: usize) -> (&mut [f32], &mut [f32]) {
+        let weights = at_least(&mut self.weights, weights_len);
+        (weights, at_least(&mut self.regions, regions_len(region_len)))
+    }
+
+    /// `partials_len` values for weight-gradient partials, and [`Workspace::regions`] beside them.
+    pub(crate) fn partials_and_regions(&mut self, partials_len: usize, region_len: usize) -> (&mut [f32], &mut [f32]) {
+        let partials = at_least(&mut self.partials, partials_len);
+        (partials, at_least(&mut self.regions, regions_len(region_len)))
+    }
+}
