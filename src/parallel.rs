@@ -45,7 +45,7 @@ where
     let run = granules.div_ceil(parts) * granule;
     items
         .par_chunks_mut(run)
-        .zip(regions.par_chunks_mut(region_len.max(1)))
+        .zip(regions.par_chunks_mut(crate::workspace::region_stride(region_len)))
         .enumerate()
         .for_each(|(p, (items, region))| work(p * run, items, &mut region[..region_len], Threads::One));
 }

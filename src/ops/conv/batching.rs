@@ -100,7 +100,7 @@ pub(super) fn accumulate_weight_grad<F>(
     partials.fill(0.0);
     partials
         .par_chunks_mut(len.max(1))
-        .zip(regions.par_chunks_mut(region_len.max(1)))
+        .zip(regions.par_chunks_mut(crate::workspace::region_stride(region_len)))
         .enumerate()
         .for_each(|(p, (part, region))| {
             let images = p * per_part..((p + 1) * per_part).min(batch);
