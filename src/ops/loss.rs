@@ -77,6 +77,20 @@ impl SoftmaxCrossEntropy {
     }
 }
 
+/// How many of the rows of `classes` logits (row `i` at `logits[i * stride..]`, one per label) have their
+/// largest logit at their label (the first of equal largest ones, as `argmax` picks).
+pub(crate) fn correct_rows(logits: &[f32], stride: usize, classes: usize, labels: &[usize]) -> usize {
+    labels
+        .iter()
+        .enumerate()
+        .filter(|&(i, &label)| {
+            let row = &logits[i * stride..][..classes];
+            let best = (0..classes).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+            best == label
+        })
+        .count()
+}
+
 /// The batch-mean loss of `n` rows of `classes` logits (row `i` at `logits[i * stride..]`), writing the
 /// softmax probabilities densely into `probabilities`. Labels must already be checked to be in range.
 pub(crate) fn forward_rows(
@@ -201,5 +215,23 @@ pub(crate) fn check_labels(op: &str, labels: &[usize], rows: usize, classes: usi
             classes,
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn correct_rows_counts_argmax_hits_with_ties_to_the_first() {
+        // Three rows of 3 logits, 4 apart (one value of padding per row).
+        let logits = [
+            0.1, 0.9, 0.3, 99.0, // argmax 1
+            2.0, 2.0, 1.0, 99.0, // a tie: argmax 0
+            -1.0, -3.0, -0.5, 99.0, // argmax 2
+        ];
+        assert_eq!(correct_rows(&logits, 4, 3, &[1, 0, 2]), 3);
+        assert_eq!(correct_rows(&logits, 4, 3, &[1, 1, 0]), 1);
+        assert_eq!(correct_rows(&logits, 4, 3, &[0, 1, 1]), 0);
     }
 }

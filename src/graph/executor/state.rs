@@ -155,14 +155,8 @@ impl State {
             total +=
                 weight as f64 * loss::forward_rows(logits, p.stride, classes, labels, label_smoothing, probabilities);
         }
-        let out = super::images(&self.acts, self.plan.places[graph.output], self.batch);
-        let correct = (0..labels.len())
-            .filter(|&n| {
-                let row = out.get(n);
-                let best = (0..classes).fold(0, |b, c| if row[c] > row[b] { c } else { b });
-                best == labels[n]
-            })
-            .count();
+        let out = self.plan.places[graph.output];
+        let correct = loss::correct_rows(&self.acts[out.buffer][out.offset..], out.stride, classes, labels);
         self.labels.clear();
         self.labels.extend_from_slice(labels);
         self.loss_smoothing = label_smoothing;
