@@ -59,3 +59,22 @@ pub(crate) enum Threads {
     /// The whole rayon pool.
     Pool,
 }
+
+/// Runs `work(i, chunk)` on the `size`-value chunks of `data`: across the pool with [`Threads::Pool`],
+/// in order on the calling thread with [`Threads::One`].
+pub(crate) fn for_each_chunk_mut<F>(data: &mut [f32], size: usize, threads: Threads, work: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    use rayon::prelude::*;
+    match threads {
+        Threads::Pool => data
+            .par_chunks_mut(size.max(1))
+            .enumerate()
+            .for_each(|(i, chunk)| work(i, chunk)),
+        Threads::One => data
+            .chunks_mut(size.max(1))
+            .enumerate()
+            .for_each(|(i, chunk)| work(i, chunk)),
+    }
+}

@@ -71,6 +71,26 @@ impl BatchLayout {
     }
 }
 
+/// `count`, `len` and `is_empty`, the same for [`Images`] and [`ImagesMut`].
+macro_rules! batch_accessors {
+    () => {
+        /// Number of images.
+        pub fn count(&self) -> usize {
+            self.layout.count
+        }
+
+        /// Values per image.
+        pub fn len(&self) -> usize {
+            self.layout.len
+        }
+
+        /// True when the images hold no values.
+        pub fn is_empty(&self) -> bool {
+            self.layout.is_empty()
+        }
+    };
+}
+
 /// A read-only batch of images inside a buffer (see [`ImagesMut`] for the writable one).
 #[derive(Clone, Copy)]
 pub struct Images<'a> {
@@ -98,20 +118,7 @@ impl<'a> Images<'a> {
         &self.data[self.layout.range(n)]
     }
 
-    /// Number of images.
-    pub fn count(&self) -> usize {
-        self.layout.count
-    }
-
-    /// Values per image.
-    pub fn len(&self) -> usize {
-        self.layout.len
-    }
-
-    /// True when the images hold no values.
-    pub fn is_empty(&self) -> bool {
-        self.layout.is_empty()
-    }
+    batch_accessors!();
 
     /// The batch as a `count x len` matrix, one image per row.
     pub(crate) fn as_matrix(&self) -> crate::matmul::MatRef<'a> {
@@ -140,20 +147,7 @@ impl<'a> ImagesMut<'a> {
         }
     }
 
-    /// Number of images.
-    pub fn count(&self) -> usize {
-        self.layout.count
-    }
-
-    /// Values per image.
-    pub fn len(&self) -> usize {
-        self.layout.len
-    }
-
-    /// True when the images hold no values.
-    pub fn is_empty(&self) -> bool {
-        self.layout.is_empty()
-    }
+    batch_accessors!();
 
     /// The batch as a writable `count x len` matrix, one image per row.
     pub(crate) fn as_matrix(&mut self) -> crate::matmul::MatMut<'_> {

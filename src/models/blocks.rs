@@ -2,8 +2,23 @@
 
 use crate::error::Result;
 use crate::geometry::Padding;
-use crate::graph::{GraphBuilder, NodeId};
+use crate::graph::{Graph, GraphBuilder, NodeId};
 use crate::ops::conv::Conv2d;
+
+/// The chapter's models' ending: `x` flattened (node `flatten`), a linear classifier (`linear`), both
+/// marked for summaries, and the graph built with the classifier as its output.
+pub(super) fn flatten_linear_head(
+    mut b: GraphBuilder,
+    [flatten, linear]: [&str; 2],
+    x: NodeId,
+    classes: usize,
+) -> Result<Graph> {
+    let x = b.flatten(flatten, x)?;
+    b.mark("flatten", x);
+    let x = b.linear(linear, x, classes, true)?;
+    b.mark("linear", x);
+    b.build(x)
+}
 
 /// A convolution (node and parameters `conv`) followed by batch norm with a fused ReLU (`bn`), eps 1e-3.
 #[allow(clippy::too_many_arguments)]

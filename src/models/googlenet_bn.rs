@@ -106,11 +106,7 @@ fn build(variant: Variant, config: ModelConfig) -> Result<Graph> {
         }
     };
     b.mark("b5", x);
-    let x = b.flatten("5", x)?;
-    b.mark("flatten", x);
-    let x = b.linear("6", x, config.classes, true)?;
-    b.mark("linear", x);
-    b.build(x)
+    super::blocks::flatten_linear_head(b, ["5", "6"], x, config.classes)
 }
 
 /// googlenet-bn for `config` (the chapter trains it on CIFAR-10 resized to 3×96×96).

@@ -92,9 +92,5 @@ pub fn googlenet_d2l(config: ModelConfig) -> Result<Graph> {
     let x = inception(&mut b, "4.1", x, 384, (192, 384), (48, 128), 128)?;
     let x = b.global_avg_pool("4.2", x)?;
     b.mark("b5", x);
-    let x = b.flatten("5", x)?;
-    b.mark("flatten", x);
-    let x = b.linear("6", x, config.classes, true)?;
-    b.mark("linear", x);
-    b.build(x)
+    super::blocks::flatten_linear_head(b, ["5", "6"], x, config.classes)
 }

@@ -52,9 +52,5 @@ pub fn inception_tf_cifar(config: ModelConfig) -> Result<Graph> {
     let x = inception(&mut b, "7", x)?;
     let x = b.max_pool("8", x, pool())?;
     b.mark("blocks 3-4", x);
-    let x = b.flatten("9", x)?;
-    b.mark("flatten", x);
-    let x = b.linear("10", x, config.classes, true)?;
-    b.mark("linear", x);
-    b.build(x)
+    super::blocks::flatten_linear_head(b, ["9", "10"], x, config.classes)
 }

@@ -109,19 +109,13 @@ impl BatchNorm2d {
         running_mean: ArrayViewMut1<f32>,
         running_var: ArrayViewMut1<f32>,
     ) -> Result<(Array4<f32>, BatchNormCache)> {
-        self.check_forward(
-            x.shape(),
-            [gamma.shape(), beta.shape(), running_mean.shape(), running_var.shape()],
-        )?;
-        let [n, c, h, w] = dims4(&x);
-        let xs = contiguous(&x);
-        let x_images = Images::dense(&xs, n, c * h * w);
-        let mut stats = ChannelStats::default();
-        self.batch_statistics(x_images, h * w, &mut stats)?;
+        let running = [running_mean.shape(), running_var.shape()];
+        let (y, stats) = self.forward_with(x, gamma, beta, running, |x, plane, stats| {
+            self.batch_statistics(x, plane, stats)
+        })?;
         with_contiguous_mut(running_mean, |rm| {
             with_contiguous_mut(running_var, |rv| self.update_running_statistics(&stats, rm, rv))
         });
-        let y = self.normalize_array(x_images, [n, c, h, w], &stats, &gamma, &beta);
         Ok((y, stats))
     }
 
@@ -134,15 +128,30 @@ impl BatchNorm2d {
         running_mean: ArrayView1<f32>,
         running_var: ArrayView1<f32>,
     ) -> Result<(Array4<f32>, BatchNormCache)> {
-        self.check_forward(
-            x.shape(),
-            [gamma.shape(), beta.shape(), running_mean.shape(), running_var.shape()],
-        )?;
+        let running = [running_mean.shape(), running_var.shape()];
+        self.forward_with(x, gamma, beta, running, |_, _, stats| {
+            self.running_statistics(&running_mean.to_vec(), &running_var.to_vec(), stats);
+            Ok(())
+        })
+    }
+
+    /// Both forwards: checks the shapes (`running`: the running statistics'), then normalizes `x` with
+    /// the statistics `statistics(x, pixels per plane, stats)` writes.
+    fn forward_with(
+        &self,
+        x: ArrayView4<f32>,
+        gamma: ArrayView1<f32>,
+        beta: ArrayView1<f32>,
+        running: [&[usize]; 2],
+        statistics: impl FnOnce(Images<'_>, usize, &mut ChannelStats) -> Result<()>,
+    ) -> Result<(Array4<f32>, ChannelStats)> {
+        self.check_forward(x.shape(), [gamma.shape(), beta.shape(), running[0], running[1]])?;
         let [n, c, h, w] = dims4(&x);
-        let mut stats = ChannelStats::default();
-        self.running_statistics(&running_mean.to_vec(), &running_var.to_vec(), &mut stats);
         let xs = contiguous(&x);
-        let y = self.normalize_array(Images::dense(&xs, n, c * h * w), [n, c, h, w], &stats, &gamma, &beta);
+        let x_images = Images::dense(&xs, n, c * h * w);
+        let mut stats = ChannelStats::default();
+        statistics(x_images, h * w, &mut stats)?;
+        let y = self.normalize_array(x_images, [n, c, h, w], &stats, &gamma, &beta);
         Ok((y, stats))
     }
 

@@ -10,6 +10,23 @@ use crate::parallel::for_each_part;
 use crate::tensor::{Images, ImagesMut, contiguous, dims4};
 use crate::workspace::{Workspace, WorkspaceSize};
 
+/// `with_padding` and `with_ceil_mode`, the same for both pools (they set fields of `self.window`).
+macro_rules! window_setters {
+    () => {
+        /// Sets the padding.
+        pub fn with_padding(mut self, padding: Padding) -> Self {
+            self.window.padding = padding;
+            self
+        }
+
+        /// Sets `ceil_mode`.
+        pub fn with_ceil_mode(mut self, ceil_mode: bool) -> Self {
+            self.window.ceil_mode = ceil_mode;
+            self
+        }
+    };
+}
+
 /// The window shared by both pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolWindow {
@@ -155,17 +172,7 @@ impl MaxPool2d {
         }
     }
 
-    /// Sets the padding.
-    pub fn with_padding(mut self, padding: Padding) -> Self {
-        self.window.padding = padding;
-        self
-    }
-
-    /// Sets `ceil_mode`.
-    pub fn with_ceil_mode(mut self, ceil_mode: bool) -> Self {
-        self.window.ceil_mode = ceil_mode;
-        self
-    }
+    window_setters!();
 
     /// The output shape for `input`.
     pub fn output_shape(&self, input: [usize; 4]) -> Result<[usize; 4]> {
@@ -463,17 +470,7 @@ impl AvgPool2d {
         }
     }
 
-    /// Sets the padding.
-    pub fn with_padding(mut self, padding: Padding) -> Self {
-        self.window.padding = padding;
-        self
-    }
-
-    /// Sets `ceil_mode`.
-    pub fn with_ceil_mode(mut self, ceil_mode: bool) -> Self {
-        self.window.ceil_mode = ceil_mode;
-        self
-    }
+    window_setters!();
 
     /// Sets whether padding counts in the divisor.
     pub fn with_count_include_pad(mut self, count: bool) -> Self {

@@ -5,11 +5,13 @@ use super::state::State;
 use super::{Mode, images, images_mut, with_buffer};
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer};
+use crate::graph::plan::Place;
 use crate::ops::activation;
 use crate::ops::conv;
 use crate::ops::loss;
 use crate::ops::pool::{self, max_pool_backward};
 use crate::ops::shape;
+use crate::tensor::{Images, ImagesMut};
 use std::time::Instant;
 
 impl State {
@@ -97,10 +99,8 @@ impl State {
                         conv::bias_grad(dy, g.out_channels, g.output_pixels(), &mut param_grads[*b]);
                     }
                     if input_needs_grad {
-                        with_buffer(grads, ip.buffer, |grads, dx| {
-                            let dy = images(grads, p, batch);
-                            let dx = &mut images_mut(dx, ip, batch);
-                            conv::backward_input_images(&g, algo, &params[*weight], dy, dx, workspace);
+                        add_input_grad(grads, p, ip, batch, |dy, dx| {
+                            conv::backward_input_images(&g, algo, &params[*weight], dy, dx, workspace)
                         });
                     }
                     Ok(())
@@ -112,9 +112,8 @@ impl State {
                         conv::bias_grad(dy, linear.out_features, 1, &mut param_grads[*b]);
                     }
                     if input_needs_grad {
-                        with_buffer(grads, ip.buffer, |grads, dx| {
-                            let dy = images(grads, p, batch);
-                            linear.backward_input_images(&params[*weight], dy, &mut images_mut(dx, ip, batch));
+                        add_input_grad(grads, p, ip, batch, |dy, dx| {
+                            linear.backward_input_images(&params[*weight], dy, dx)
                         });
                     }
                     Ok(())
@@ -133,81 +132,12 @@ impl State {
                         .expect("gamma and beta are distinct parameters");
                     let stats = &bn_stats[id];
                     if input_needs_grad {
-                        with_buffer(grads, ip.buffer, |grads, dx| {
-                            let dy = images(grads, p, batch);
-                            let dx = &mut images_mut(dx, ip, batch);
-                            bn.backward_images(x, dy, h * w, stats, &params[*gamma], (dgamma, dbeta), Some(dx));
+                        add_input_grad(grads, p, ip, batch, |dy, dx| {
+                            bn.backward_images(x, dy, h * w, stats, &params[*gamma], (dgamma, dbeta), Some(dx))
                         });
                     } else {
                         let dy = images(grads, p, batch);
                         bn.backward_images(x, dy, h * w, stats, &params[*gamma], (dgamma, dbeta), None);
-                    }
-                    Ok(())
-                }
-                Layer::Dropout(dropout) => {
-                    if input_needs_grad {
-                        with_buffer(grads, ip.buffer, |grads, dx| {
-                            dropout.backward_images(
-                                &argmax[id],
-                                images(grads, p, batch),
-                                &mut images_mut(dx, ip, batch),
-                            )
-                        });
-                    }
-                    Ok(())
-                }
-                Layer::ZeroPad(pads) => {
-                    if input_needs_grad {
-                        with_buffer(grads, ip.buffer, |grads, dx| {
-                            let dy = images(grads, p, batch);
-                            shape::zero_pad_backward_images(dy, [h, w], *pads, &mut images_mut(dx, ip, batch))
-                        });
-                    }
-                    Ok(())
-                }
-                Layer::MaxPool(pool) => (|| {
-                    let g = pool.window.geometry("max_pool2d", [batch, c, h, w])?;
-                    if input_needs_grad {
-                        with_buffer(grads, ip.buffer, |grads, dx| {
-                            max_pool_backward(&g, &argmax[id], images(grads, p, batch), &mut images_mut(dx, ip, batch))
-                        });
-                    }
-                    Ok(())
-                })(),
-                Layer::AvgPool(pool) => (|| {
-                    let g = pool.window.geometry("avg_pool2d", [batch, c, h, w])?;
-                    if input_needs_grad {
-                        with_buffer(grads, ip.buffer, |grads, dx| {
-                            pool.backward_images(&g, images(grads, p, batch), &mut images_mut(dx, ip, batch))
-                        });
-                    }
-                    Ok(())
-                })(),
-                Layer::AdaptiveAvgPool(output) => {
-                    if input_needs_grad {
-                        with_buffer(grads, ip.buffer, |grads, dx| {
-                            let dy = images(grads, p, batch);
-                            pool::adaptive_avg_pool_backward_images(dy, [h, w], *output, &mut images_mut(dx, ip, batch))
-                        });
-                    }
-                    Ok(())
-                }
-                Layer::GlobalAvgPool => {
-                    if input_needs_grad {
-                        with_buffer(grads, ip.buffer, |grads, dx| {
-                            let dy = images(grads, p, batch);
-                            pool::global_avg_pool_backward_images(dy, h * w, &mut images_mut(dx, ip, batch))
-                        });
-                    }
-                    Ok(())
-                }
-                Layer::Relu => {
-                    if input_needs_grad {
-                        let y = images(acts, p, batch);
-                        with_buffer(grads, ip.buffer, |grads, dx| {
-                            let dy = images(grads, p, batch);
-                            activation::relu_backward_images(dy, y, &mut images_mut(dx, ip, batch))
-                        });
                     }
                     Ok(())
                 }
@@ -217,14 +147,11 @@ impl State {
                         activation::relu_mask_images(&mut images_mut(&mut grads[p.buffer], p, batch), y);
                     }
                     for (&part, factor) in node.inputs.iter().zip([1.0, *scale]) {
-                        if matches!(graph.nodes[part].layer, Layer::Input) {
-                            continue;
+                        if !matches!(graph.nodes[part].layer, Layer::Input) {
+                            add_input_grad(grads, p, places[part], batch, |dy, dx| {
+                                shape::add_scaled_backward_images(dy, factor, dx)
+                            });
                         }
-                        let pp = places[part];
-                        with_buffer(grads, pp.buffer, |grads, dx| {
-                            let dy = images(grads, p, batch);
-                            shape::add_scaled_backward_images(dy, factor, &mut images_mut(dx, pp, batch))
-                        });
                     }
                     Ok(())
                 }
@@ -234,13 +161,53 @@ impl State {
                         let pp = places[part];
                         let needs = !matches!(graph.nodes[part].layer, Layer::Input);
                         if !plan.in_place[id][k] && needs {
-                            with_buffer(grads, pp.buffer, |grads, dx| {
-                                let dy = images(grads, p, batch);
-                                shape::concat_part_backward_images(dy, offset, &mut images_mut(dx, pp, batch))
+                            add_input_grad(grads, p, pp, batch, |dy, dx| {
+                                shape::concat_part_backward_images(dy, offset, dx)
                             });
                         }
                         offset += pp.len;
                     }
+                    Ok(())
+                }
+                // The ops below have no parameters: only the input gradient, when the input needs one.
+                _ if !input_needs_grad => Ok(()),
+                Layer::Dropout(dropout) => {
+                    add_input_grad(grads, p, ip, batch, |dy, dx| {
+                        dropout.backward_images(&argmax[id], dy, dx)
+                    });
+                    Ok(())
+                }
+                Layer::ZeroPad(pads) => {
+                    add_input_grad(grads, p, ip, batch, |dy, dx| {
+                        shape::zero_pad_backward_images(dy, [h, w], *pads, dx)
+                    });
+                    Ok(())
+                }
+                Layer::MaxPool(pool) => pool
+                    .window
+                    .geometry("max_pool2d", [batch, c, h, w])
+                    .map(|g| add_input_grad(grads, p, ip, batch, |dy, dx| max_pool_backward(&g, &argmax[id], dy, dx))),
+                Layer::AvgPool(pool) => pool
+                    .window
+                    .geometry("avg_pool2d", [batch, c, h, w])
+                    .map(|g| add_input_grad(grads, p, ip, batch, |dy, dx| pool.backward_images(&g, dy, dx))),
+                Layer::AdaptiveAvgPool(output) => {
+                    add_input_grad(grads, p, ip, batch, |dy, dx| {
+                        pool::adaptive_avg_pool_backward_images(dy, [h, w], *output, dx)
+                    });
+                    Ok(())
+                }
+                Layer::GlobalAvgPool => {
+                    add_input_grad(grads, p, ip, batch, |dy, dx| {
+                        pool::global_avg_pool_backward_images(dy, h * w, dx)
+                    });
+                    Ok(())
+                }
+                Layer::Relu => {
+                    let y = images(acts, p, batch);
+                    add_input_grad(grads, p, ip, batch, |dy, dx| {
+                        activation::relu_backward_images(dy, y, dx)
+                    });
                     Ok(())
                 }
                 Layer::Flatten | Layer::Input => Ok(()),
@@ -252,4 +219,18 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// Adds a node's input gradient into its input's gradient buffer (at place `input`) through
+/// `add(dy, dx)`, where `dy` is the gradient of the node's output (at place `output`).
+fn add_input_grad(
+    grads: &mut [Vec<f32>],
+    output: Place,
+    input: Place,
+    batch: usize,
+    add: impl FnOnce(Images<'_>, &mut ImagesMut<'_>),
+) {
+    with_buffer(grads, input.buffer, |grads, dx| {
+        add(images(grads, output, batch), &mut images_mut(dx, input, batch))
+    });
 }

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer, Node, NodeId};
 use crate::ops::activation;
 use crate::ops::batchnorm::ChannelStats;
-use crate::ops::conv::{self, ConvAlgo};
+use crate::ops::conv::{self, ConvAlgo, Fused};
 use crate::ops::pool::{self, max_pool_forward};
 use crate::ops::shape;
 use crate::tensor::{Images, ImagesMut};
@@ -53,7 +53,7 @@ pub(super) fn forward_node(
             let g = conv.geometry([batch, c, h, w])?;
             let algo = algo.expect("every convolution's algorithm is resolved when the executor is built");
             let b = bias.map(|b| params[b].as_slice());
-            conv::forward_images_fused(&g, algo, x, &params[*weight], b, *relu, y, ws);
+            conv::forward_images_fused(&g, algo, x, &params[*weight], Fused { bias: b, relu: *relu }, y, ws);
         }
         Layer::Linear { linear, weight, bias } => {
             linear.forward_images(x, &params[*weight], bias.map(|b| params[b].as_slice()), y);

@@ -16,8 +16,8 @@
 //! The input gradient runs the taps the other way (`dX_t += W_tᵀ · dY`, each tap adding into the padded
 //! buffer `t` rows down), and the weight gradient is `dW_t += dY · X_tᵀ`.
 
-use super::ConvGeometry;
 use super::batching::{Chunking, accumulate_weight_grad, for_each_chunk, weight_grad_workspace};
+use super::{ConvGeometry, Fused};
 use crate::geometry::Axis;
 use crate::matmul::{MatMut, MatRef, matmul};
 use crate::tensor::{Images, ImagesMut};
@@ -199,11 +199,11 @@ pub(super) fn forward(
     g: &ConvGeometry,
     x: Images<'_>,
     w: &[f32],
-    b: Option<&[f32]>,
-    relu: bool,
+    fused: Fused<'_>,
     y: &mut ImagesMut<'_>,
     ws: &mut Workspace,
 ) {
+    let Fused { bias: b, relu } = fused;
     let layout = Layout::new(g);
     let chunking = Chunking::new(g);
     for_each_chunk(y, chunking, ws, scratch_len(g), |first, images, scratch, threads| {

@@ -6,9 +6,9 @@
 //! covers the chunk; outputs and output gradients are then copied between the chunk's matrix and the
 //! images. Scratch (lowered matrices, weight-gradient partials) is reused across calls.
 
-use super::ConvGeometry;
 use super::batching::{Chunking, accumulate_weight_grad, for_each_chunk, weight_grad_workspace};
 use super::im2col::{Block, col2im, im2col};
+use super::{ConvGeometry, Fused};
 use crate::matmul::{MatMut, MatRef, matmul};
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
@@ -78,17 +78,16 @@ fn gather_output_grad(g: &ConvGeometry, dy: Images<'_>, first: usize, count: usi
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     g: &ConvGeometry,
     lowering: Lowering,
     x: Images<'_>,
     w: &[f32],
-    b: Option<&[f32]>,
-    relu: bool,
+    fused: Fused<'_>,
     y: &mut ImagesMut<'_>,
     ws: &mut Workspace,
 ) {
+    let Fused { bias: b, relu } = fused;
     let (k, m, pixels) = (g.patch_len(), g.out_channels, g.output_pixels());
     let chunking = Chunking::new(g);
     for_each_chunk(

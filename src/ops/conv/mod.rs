@@ -377,34 +377,41 @@ pub fn forward_images(
     y: &mut ImagesMut<'_>,
     ws: &mut Workspace,
 ) {
-    forward_images_fused(g, algo, x, w, b, false, y, ws);
+    forward_images_fused(g, algo, x, w, Fused { bias: b, relu: false }, y, ws);
 }
 
-/// [`forward_images`], with `relu` applied in the same pass over the output (while it is in cache)
-/// instead of in a second one.
-#[allow(clippy::too_many_arguments)]
+/// What a convolution applies to its output in the same pass that writes it (while it is in cache):
+/// a bias per output channel, then a ReLU.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fused<'a> {
+    /// One value per output channel, added to every pixel.
+    pub bias: Option<&'a [f32]>,
+    /// `y = max(y, 0)` after the bias.
+    pub relu: bool,
+}
+
+/// [`forward_images`], with the bias and ReLU of `fused` applied in the output pass.
 pub fn forward_images_fused(
     g: &ConvGeometry,
     algo: ConvAlgo,
     x: Images<'_>,
     w: &[f32],
-    b: Option<&[f32]>,
-    relu: bool,
+    fused: Fused<'_>,
     y: &mut ImagesMut<'_>,
     ws: &mut Workspace,
 ) {
     debug_assert_eq!((x.len(), y.len()), (g.input_image_len(), g.output_image_len()));
     match algo {
         ConvAlgo::Naive => {
-            naive::forward(g, x, w, b, y);
-            if relu {
+            naive::forward(g, x, w, fused.bias, y);
+            if fused.relu {
                 y.iter_mut()
                     .for_each(|(_, img)| img.iter_mut().for_each(|v| *v = v.max(0.0)));
             }
         }
-        ConvAlgo::Winograd => winograd::forward(g, x, w, b, y, relu, ws),
-        ConvAlgo::Factorized => factorized::forward(g, x, w, b, relu, y, ws),
-        _ => gemm_conv::forward(g, lowering(g, algo), x, w, b, relu, y, ws),
+        ConvAlgo::Winograd => winograd::forward(g, x, w, fused, y, ws),
+        ConvAlgo::Factorized => factorized::forward(g, x, w, fused, y, ws),
+        _ => gemm_conv::forward(g, lowering(g, algo), x, w, fused, y, ws),
     }
 }
 

@@ -20,10 +20,10 @@
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::ConvGeometry;
+use super::{ConvGeometry, Fused};
 use crate::kernels::vectorize;
 use crate::matmul::{MatMut, MatRef, Threads, matmul};
-use crate::parallel::for_each_part;
+use crate::parallel::{for_each_chunk_mut, for_each_part};
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
 
@@ -66,16 +66,16 @@ fn chunking(g: &ConvGeometry, tiles: usize, batch: usize) -> (usize, usize) {
     (per_chunk, POINTS * (g.in_channels + g.out_channels) * per_chunk * tiles)
 }
 
-/// `y = conv(x, w) + b`, then with `relu` `y = max(y, 0)`.
+/// `y = conv(x, w)`, with `fused`'s bias and ReLU applied as each output tile is written.
 pub(super) fn forward(
     g: &ConvGeometry,
     x: Images<'_>,
     w: &[f32],
-    b: Option<&[f32]>,
+    fused: Fused<'_>,
     y: &mut ImagesMut<'_>,
-    relu: bool,
     ws: &mut Workspace,
 ) {
+    let Fused { bias: b, relu } = fused;
     debug_assert!(eligible(g));
     let (inputs, outputs) = (g.in_channels, g.out_channels);
     let (u, regions) = ws.weights_and_regions(POINTS * outputs * inputs, region_len(g, x.count()));
@@ -261,23 +261,13 @@ fn run(
     let mut outs: Vec<&mut [f32]> = y.iter_mut().map(|(_, img)| img).collect();
     for_each_part(&mut outs, per_chunk, regions, region_len, |first, run, s, threads| {
         for (c, outs) in run.chunks_mut(per_chunk).enumerate() {
-            chunk(
-                g,
-                x,
-                first + c * per_chunk,
-                outs,
-                u,
-                b,
-                s,
-                epilogue,
-                threads == Threads::Pool,
-            );
+            chunk(g, x, first + c * per_chunk, outs, u, b, s, epilogue, threads);
         }
     });
 }
 
-/// One chunk: images `first..first + outs.len()` of `x` into `outs`. `parallel` splits the chunk's
-/// own work across the pool (when chunks are not already run in parallel).
+/// One chunk: images `first..first + outs.len()` of `x` into `outs`. [`Threads::Pool`] splits the
+/// chunk's own work across the pool (when chunks are not already run in parallel).
 #[allow(clippy::too_many_arguments)]
 fn chunk(
     g: &ConvGeometry,
@@ -288,7 +278,7 @@ fn chunk(
     b: Option<&[f32]>,
     scratch: &mut [f32],
     epilogue: Epilogue,
-    parallel: bool,
+    threads: Threads,
 ) {
     let (inputs, outputs) = (g.in_channels, g.out_channels);
     let (th, tw) = tiles(g);
@@ -303,15 +293,7 @@ fn chunk(
             input_tiles(g, plane, v_c, k * th * tw, n);
         }
     };
-    if parallel {
-        v.par_chunks_mut(POINTS * n)
-            .enumerate()
-            .for_each(|(c, v_c)| transform_channel(c, v_c));
-    } else {
-        v.chunks_mut(POINTS * n)
-            .enumerate()
-            .for_each(|(c, v_c)| transform_channel(c, v_c));
-    }
+    for_each_chunk_mut(v, POINTS * n, threads, transform_channel);
 
     // M[ξ] = U[ξ] · V[ξ], with U[ξ] (out × in, row stride 36·in) and V[ξ] (in × tiles, row stride
     // 36·tiles) read in place.
@@ -324,15 +306,7 @@ fn chunk(
             Threads::One,
         );
     };
-    if parallel {
-        m.par_chunks_mut(outputs * n)
-            .enumerate()
-            .for_each(|(xi, m_xi)| product(xi, m_xi));
-    } else {
-        m.chunks_mut(outputs * n)
-            .enumerate()
-            .for_each(|(xi, m_xi)| product(xi, m_xi));
-    }
+    for_each_chunk_mut(m, outputs * n, threads, product);
 
     // Y = Aᵀ M A per tile, plus the bias, channel by channel.
     let planes = g.output_pixels();
@@ -342,11 +316,7 @@ fn chunk(
             let bias = b.map_or(0.0, |b| b[o]);
             output_tiles(g, m, o * n + k * th * tw, outputs * n, plane, bias, epilogue);
         };
-        if parallel {
-            out.par_chunks_mut(planes).enumerate().for_each(|(o, p)| write(o, p));
-        } else {
-            out.chunks_mut(planes).enumerate().for_each(|(o, p)| write(o, p));
-        }
+        for_each_chunk_mut(out, planes, threads, write);
     }
 }
 
