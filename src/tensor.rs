@@ -171,31 +171,15 @@ impl<'a> ImagesMut<'a> {
 
     /// Each image as a disjoint mutable slice, with its index, for parallel iteration.
     pub fn par_iter_mut(&mut self) -> impl IndexedParallelIterator<Item = (usize, &mut [f32])> + '_ {
-        let BatchLayout {
-            offset,
-            len,
-            stride,
-            count,
-        } = self.layout;
-        self.data
-            .par_chunks_mut(stride.max(1))
-            .take(count)
-            .enumerate()
-            .map(move |(n, c)| (n, &mut c[offset..offset + len]))
+        let l = self.layout;
+        let chunks = self.data.par_chunks_mut(l.stride.max(1)).take(l.count).enumerate();
+        chunks.map(move |(n, chunk)| (n, &mut chunk[l.offset..l.offset + l.len]))
     }
 
     /// Each image as a disjoint mutable slice, with its index, in order.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut [f32])> + '_ {
-        let BatchLayout {
-            offset,
-            len,
-            stride,
-            count,
-        } = self.layout;
-        self.data
-            .chunks_mut(stride.max(1))
-            .take(count)
-            .enumerate()
-            .map(move |(n, c)| (n, &mut c[offset..offset + len]))
+        let l = self.layout;
+        let chunks = self.data.chunks_mut(l.stride.max(1)).take(l.count).enumerate();
+        chunks.map(move |(n, chunk)| (n, &mut chunk[l.offset..l.offset + l.len]))
     }
 }
