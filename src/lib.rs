@@ -44,6 +44,7 @@ pub mod graph;
 pub mod io;
 pub mod kernels;
 pub(crate) mod matmul;
+pub mod microkernel;
 pub mod models;
 pub mod ops;
 pub mod optim;

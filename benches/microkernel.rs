@@ -1,0 +1,142 @@
+//! The microkernel alone, in cache, against this machine's FMA peak measured by the same bench.
+//!
+//! The problem is one 3×3 convolution tile as the blocked layout will run it: 256 input channels (16
+//! blocks × 9 taps = 144 runs of 16 reduction steps) over a 14×14 padded map, weights packed per output
+//! block ([`microkernel::block_stride`] apart); weights (≤ 590 kB) and input (200 kB) stay in L2. Criterion reports FLOP/s ("elem/s" counts
+//! floating-point operations, 2 per multiply-add); a summary after it prints each build's best tile as a
+//! fraction of that build's single-thread FMA peak (a 12-chain FMA loop), both timed here as medians.
+//!
+//! `cargo bench --bench microkernel`
+
+use std::time::Instant;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use incept::microkernel::{self, Epilogue, Isa, LANES, Tile, TileShape};
+
+const IN_BLOCKS: usize = 16;
+const TAPS: usize = 9;
+const MAP: usize = 14;
+const PEAK_ITERATIONS: u64 = 1 << 20;
+
+/// Packed weights, blocked input, output, and the runs of one 3×3 tile at the map's top-left.
+struct Problem {
+    w: Vec<f32>,
+    x: Vec<f32>,
+    c: Vec<f32>,
+    runs: Vec<(usize, usize)>,
+}
+
+impl Problem {
+    fn new() -> Problem {
+        let runs_len = IN_BLOCKS * TAPS;
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut values = |n: usize| (0..n).map(|_| rng.f32() - 0.5).collect::<Vec<f32>>();
+        let runs = (0..IN_BLOCKS)
+            .flat_map(|icb| (0..TAPS).map(move |tap| (icb, tap)))
+            .enumerate()
+            .map(|(r, (icb, tap))| {
+                let (ky, kx) = (tap / 3, tap % 3);
+                (r * LANES * LANES, ((icb * MAP + ky) * MAP + kx) * LANES)
+            })
+            .collect();
+        Problem {
+            w: values(4 * microkernel::block_stride(runs_len * LANES * LANES)),
+            x: values(IN_BLOCKS * MAP * MAP * LANES),
+            c: vec![0.0; 4 * 8 * LANES],
+            runs,
+        }
+    }
+
+    fn tile(&self, shape: TileShape) -> Tile<'_> {
+        Tile {
+            shape,
+            runs: &self.runs,
+            depth: LANES,
+            w_block_stride: microkernel::block_stride(self.runs.len() * LANES * LANES),
+            x_pixel_stride: LANES,
+            x_depth_stride: 1,
+            c_offset: 0,
+            c_block_stride: 8 * LANES,
+            epilogue: Epilogue::default(),
+        }
+    }
+
+    fn flops(&self, shape: TileShape) -> u64 {
+        shape.flops_per_step() * (self.runs.len() * LANES) as u64
+    }
+}
+
+/// The shapes each build is timed on: its preferred tile and neighbours.
+fn shapes(isa: Isa) -> Vec<TileShape> {
+    let s = |blocks, pixels| TileShape { blocks, pixels };
+    match isa {
+        Isa::Avx512 => vec![s(4, 6), s(4, 4), s(3, 8), s(2, 8), s(1, 8)],
+        Isa::Avx2 => vec![s(1, 6), s(2, 3), s(2, 2), s(1, 4)],
+        Isa::Scalar => vec![s(1, 4)],
+    }
+}
+
+fn median_seconds(mut f: impl FnMut(), repeats: usize) -> f64 {
+    let mut times: Vec<f64> = (0..repeats)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn microkernel(c: &mut Criterion) {
+    let problem = Problem::new();
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.available()).collect();
+    let mut group = c.benchmark_group("microkernel");
+    group.sample_size(20);
+    for &isa in &isas {
+        // One untimed call gives the loop's FLOP count.
+        group.throughput(Throughput::Elements(microkernel::fma_peak_flops(isa, PEAK_ITERATIONS)));
+        group.bench_function(BenchmarkId::new("fma peak, 1 thread", format!("{isa:?}")), |b| {
+            b.iter(|| microkernel::fma_peak_flops(isa, PEAK_ITERATIONS))
+        });
+        for shape in shapes(isa) {
+            group.throughput(Throughput::Elements(problem.flops(shape)));
+            let mut out = problem.c.clone();
+            let tile = problem.tile(shape);
+            let label = format!("{isa:?} {}x{}", shape.blocks, shape.pixels);
+            group.bench_function(BenchmarkId::new("3x3 tile, 256 in, 1 thread", label), |b| {
+                b.iter(|| microkernel::run(isa, &tile, &problem.w, &problem.x, &mut out))
+            });
+        }
+    }
+    group.finish();
+
+    println!("\nmicrokernel vs this machine's single-thread FMA peak (medians of 21):");
+    for &isa in &isas {
+        let mut flops = 0;
+        let peak_s = median_seconds(|| flops = microkernel::fma_peak_flops(isa, PEAK_ITERATIONS), 21);
+        let peak = flops as f64 / peak_s / 1e9;
+        let shape = isa.preferred_tile();
+        let mut out = problem.c.clone();
+        let tile = problem.tile(shape);
+        let reps = 50;
+        let s = median_seconds(
+            || {
+                for _ in 0..reps {
+                    microkernel::run(isa, &tile, &problem.w, &problem.x, &mut out);
+                }
+            },
+            21,
+        );
+        let rate = problem.flops(shape) as f64 * reps as f64 / s / 1e9;
+        println!(
+            "  {isa:?}: peak {peak:.1} GFLOP/s; tile {}x{} {rate:.1} GFLOP/s = {:.0}% of peak",
+            shape.blocks,
+            shape.pixels,
+            100.0 * rate / peak
+        );
+    }
+}
+
+criterion_group!(benches, microkernel);
+criterion_main!(benches);

@@ -1,0 +1,312 @@
+//! incept's own register-tiled microkernel: the inner loop every blocked convolution will run on.
+//!
+//! One call computes a tile of `blocks × 16` output channels by `pixels` output pixels, in the blocked
+//! layout (`[channel block][pixel][16 lanes]`): the accumulators stay in vector registers while the kernel
+//! walks a list of *runs*, each a (weight offset, input offset) pair over which it reduces `depth` steps.
+//! A direct convolution passes one run per (kernel tap, input-channel block), so nothing is copied into
+//! an im2col matrix; a GEMM passes one run.
+//!
+//! At reduction step `k` of a run at `(w, x)`:
+//! - the weights of output channel `16 b + lane` are at `w + b · w_block_stride + 16 k + lane`
+//!   (each block's weights contiguous, packed once: [`Tile::w_block_stride`]);
+//! - the input of pixel `p` is at `x + p · x_pixel_stride + k · x_depth_stride` (broadcast to all lanes).
+//!
+//! Output lane `lane` of block `b`, pixel `p` is at `c_offset + b · c_block_stride + 16 p + lane`; the
+//! tile is `c` (with [`Epilogue::accumulate`]) or 0, plus the sum over runs and steps, plus the bias,
+//! then the ReLU.
+//!
+//! Three builds of the same loops: AVX-512 (one zmm per block and pixel), AVX2+FMA (two ymm), and a
+//! portable scalar one, the reference the tests hold the others to. [`Isa::best`] picks at run time.
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Output channels per block: one AVX-512 vector of f32.
+pub const LANES: usize = 16;
+
+/// The largest tile the dispatcher instantiates: blocks of 16 output channels, and pixels.
+pub const MAX_BLOCKS: usize = 4;
+/// See [`MAX_BLOCKS`].
+pub const MAX_PIXELS: usize = 8;
+
+/// An instruction set the microkernel is built for, from the slowest to the fastest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Plain Rust, every machine: the reference.
+    Scalar,
+    /// AVX2 with FMA (x86-64-v3).
+    Avx2,
+    /// AVX-512F (x86-64-v4).
+    Avx512,
+}
+
+/// `0` = no limit, else `1 + Isa as u8`: the fastest set [`Isa::best`] may return.
+static LIMIT: AtomicU8 = AtomicU8::new(0);
+
+impl Isa {
+    /// Every set, slowest first.
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+
+    /// Whether this CPU runs it.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest available set, within the limit [`Isa::set_limit`] set (and scalar when
+    /// [`crate::kernels::scalar_only`] forces the baseline everywhere).
+    pub fn best() -> Isa {
+        if crate::kernels::scalar_only() {
+            return Isa::Scalar;
+        }
+        let limit = match LIMIT.load(Ordering::Relaxed) {
+            0 => Isa::Avx512,
+            n => Isa::ALL[usize::from(n - 1)],
+        };
+        Isa::ALL
+            .into_iter()
+            .rev()
+            .find(|&isa| isa <= limit && isa.available())
+            .unwrap_or(Isa::Scalar)
+    }
+
+    /// Caps [`Isa::best`] at `limit` (`None` lifts the cap), so tests and benches can run each build.
+    pub fn set_limit(limit: Option<Isa>) {
+        LIMIT.store(limit.map_or(0, |isa| isa as u8 + 1), Ordering::Relaxed);
+    }
+
+    /// The tile this set runs best: as many accumulators as its registers hold beside the weights and
+    /// the broadcast input (AVX-512: 4 × 6 = 24 of 32 zmm; AVX2: 2 halves × 6 = 12 of 16 ymm).
+    pub fn preferred_tile(self) -> TileShape {
+        match self {
+            Isa::Avx512 => TileShape { blocks: 4, pixels: 6 },
+            Isa::Avx2 => TileShape { blocks: 1, pixels: 6 },
+            Isa::Scalar => TileShape { blocks: 1, pixels: 4 },
+        }
+    }
+}
+
+/// A tile's size: `blocks` blocks of 16 output channels by `pixels` output pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileShape {
+    /// Blocks of [`LANES`] output channels, 1 to [`MAX_BLOCKS`].
+    pub blocks: usize,
+    /// Output pixels, 1 to [`MAX_PIXELS`].
+    pub pixels: usize,
+}
+
+impl TileShape {
+    /// Multiply-adds times two for one reduction step: the FLOP count per step benches report.
+    pub fn flops_per_step(self) -> u64 {
+        2 * (self.blocks * LANES * self.pixels) as u64
+    }
+}
+
+/// The distance to put between consecutive output-channel blocks of packed weights holding `values`
+/// each: `values` rounded up to whole vectors, plus one vector when that is a multiple of 4 KiB. At a
+/// 4 KiB multiple the tile's weight streams all map to the same L1 sets at every step; the 4×6 AVX-512
+/// tile of `cargo bench --bench microkernel` ran at 33% of the FMA peak with a 147,456-byte stride and at
+/// the peak with 64 bytes more.
+pub fn block_stride(values: usize) -> usize {
+    let stride = values.next_multiple_of(LANES);
+    if stride.is_multiple_of(1024) {
+        stride + LANES
+    } else {
+        stride
+    }
+}
+
+/// What happens to the sums before they are stored.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Start from the tile's current contents instead of 0.
+    pub accumulate: bool,
+    /// One value per output channel of the tile (`16 × blocks`), added after the sum.
+    pub bias: Option<&'a [f32]>,
+    /// `max(·, 0)` last.
+    pub relu: bool,
+}
+
+/// Where one tile's operands lie; see the module documentation for the addressing.
+#[derive(Debug, Clone, Copy)]
+pub struct Tile<'a> {
+    /// The tile's size.
+    pub shape: TileShape,
+    /// `(weight offset, input offset)` of each run.
+    pub runs: &'a [(usize, usize)],
+    /// Reduction steps per run.
+    pub depth: usize,
+    /// Distance between the weights of consecutive output-channel blocks.
+    pub w_block_stride: usize,
+    /// Distance between consecutive pixels' inputs.
+    pub x_pixel_stride: usize,
+    /// Distance between consecutive reduction steps' inputs (1 in the blocked layout).
+    pub x_depth_stride: usize,
+    /// Where lane 0 of block 0, pixel 0 of the output is.
+    pub c_offset: usize,
+    /// Distance between consecutive output-channel blocks of the output.
+    pub c_block_stride: usize,
+    /// Bias, ReLU, accumulation.
+    pub epilogue: Epilogue<'a>,
+}
+
+/// The tile with its operands checked: what the builds receive (raw pointers, so their inner loops have
+/// no bounds checks).
+#[derive(Clone, Copy)]
+struct Checked<'a> {
+    tile: &'a Tile<'a>,
+    w: *const f32,
+    x: *const f32,
+    c: *mut f32,
+}
+
+/// Why [`run`] refused a tile: which operand would be read or written out of bounds, or which setting
+/// is out of range. A bug in the caller (the plan sizes every tile), so it is a panic message.
+fn check(tile: &Tile<'_>, isa: Isa, w: &[f32], x: &[f32], c: &[f32]) -> Result<(), String> {
+    let TileShape { blocks, pixels } = tile.shape;
+    if !(1..=MAX_BLOCKS).contains(&blocks) || !(1..=MAX_PIXELS).contains(&pixels) {
+        return Err(format!(
+            "tile {blocks}x{pixels}: blocks must be 1..={MAX_BLOCKS}, pixels 1..={MAX_PIXELS}"
+        ));
+    }
+    if !isa.available() {
+        return Err(format!("{isa:?} is not available on this CPU"));
+    }
+    if tile.depth > 0 {
+        let w_span = (blocks - 1) * tile.w_block_stride + tile.depth * LANES;
+        let x_span = (pixels - 1) * tile.x_pixel_stride + (tile.depth - 1) * tile.x_depth_stride + 1;
+        for &(wo, xo) in tile.runs {
+            if wo.checked_add(w_span).is_none_or(|end| end > w.len()) {
+                return Err(format!(
+                    "a run at weight offset {wo} reads {w_span} values of {}",
+                    w.len()
+                ));
+            }
+            if xo.checked_add(x_span).is_none_or(|end| end > x.len()) {
+                return Err(format!(
+                    "a run at input offset {xo} reads {x_span} values of {}",
+                    x.len()
+                ));
+            }
+        }
+    }
+    let c_span = (blocks - 1) * tile.c_block_stride + pixels * LANES;
+    if tile.c_offset.checked_add(c_span).is_none_or(|end| end > c.len()) {
+        return Err(format!(
+            "the output at {} spans {c_span} values of {}",
+            tile.c_offset,
+            c.len()
+        ));
+    }
+    if let Some(bias) = tile.epilogue.bias
+        && bias.len() < blocks * LANES
+    {
+        return Err(format!(
+            "{} bias values for {} output channels",
+            bias.len(),
+            blocks * LANES
+        ));
+    }
+    Ok(())
+}
+
+/// Computes one tile with `isa`'s build. Panics, naming the operand, if the tile does not fit its
+/// slices or `isa` is not available (see [`Isa::available`]).
+pub fn run(isa: Isa, tile: &Tile<'_>, w: &[f32], x: &[f32], c: &mut [f32]) {
+    if let Err(why) = check(tile, isa, w, x, c) {
+        panic!("microkernel: {why}");
+    }
+    let checked = Checked {
+        tile,
+        w: w.as_ptr(),
+        x: x.as_ptr(),
+        c: c.as_mut_ptr(),
+    };
+    match isa {
+        Isa::Scalar => scalar(checked),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::dispatch_avx2(checked),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::dispatch_avx512(checked),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("check() refused an unavailable instruction set"),
+    }
+}
+
+/// The portable build: the same loop order and the same fused multiply-adds as the vector ones, one lane
+/// at a time (`mul_add` is one instruction where the CPU has FMA, a correctly rounded library call
+/// where it has not).
+fn scalar(k: Checked<'_>) {
+    let t = k.tile;
+    let TileShape { blocks, pixels } = t.shape;
+    let mut acc = [[[0f32; LANES]; MAX_PIXELS]; MAX_BLOCKS];
+    // SAFETY (every raw read and write below): `check` proved that each run's weight and input spans
+    // and the output span lie inside the slices these pointers came from.
+    if t.epilogue.accumulate {
+        for (b, acc_b) in acc.iter_mut().enumerate().take(blocks) {
+            for (p, acc_bp) in acc_b.iter_mut().enumerate().take(pixels) {
+                for (lane, a) in acc_bp.iter_mut().enumerate() {
+                    *a = unsafe { *k.c.add(t.c_offset + b * t.c_block_stride + p * LANES + lane) };
+                }
+            }
+        }
+    }
+    for &(wo, xo) in t.runs {
+        for step in 0..t.depth {
+            for p in 0..pixels {
+                let xv = unsafe { *k.x.add(xo + p * t.x_pixel_stride + step * t.x_depth_stride) };
+                for (b, acc_b) in acc.iter_mut().enumerate().take(blocks) {
+                    let w = wo + b * t.w_block_stride + step * LANES;
+                    for (lane, a) in acc_b[p].iter_mut().enumerate() {
+                        // Fused, as the vector builds' FMAs: all three give identical bits.
+                        *a = unsafe { *k.w.add(w + lane) }.mul_add(xv, *a);
+                    }
+                }
+            }
+        }
+    }
+    for (b, acc_b) in acc.iter().enumerate().take(blocks) {
+        for (p, acc_bp) in acc_b.iter().enumerate().take(pixels) {
+            for (lane, &a) in acc_bp.iter().enumerate() {
+                let mut v = a + t.epilogue.bias.map_or(0.0, |bias| bias[b * LANES + lane]);
+                if t.epilogue.relu {
+                    v = v.max(0.0);
+                }
+                unsafe { *k.c.add(t.c_offset + b * t.c_block_stride + p * LANES + lane) = v };
+            }
+        }
+    }
+}
+
+/// Measures this CPU's single-thread FMA throughput with `isa`: `iterations` rounds of independent
+/// fused multiply-adds on 12 accumulators held in registers. Returns FLOPs done (2 per lane per FMA),
+/// for the caller to divide by the time it took: the peak a kernel's GFLOP/s is a fraction of.
+pub fn fma_peak_flops(isa: Isa, iterations: u64) -> u64 {
+    assert!(isa.available(), "{isa:?} is not available on this CPU");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::fma_loop_avx512(iterations),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::fma_loop_avx2(iterations),
+        _ => {
+            // Twelve independent chains, as the vector loops run; the compiler may vectorize them.
+            let mut acc = [1.0f32; 12];
+            for _ in 0..iterations {
+                for a in &mut acc {
+                    *a = a.mul_add(0.999_999, 1e-7);
+                }
+            }
+            std::hint::black_box(acc);
+            iterations * 12 * 2
+        }
+    }
+}
