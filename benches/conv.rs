@@ -5,6 +5,9 @@
 //! weight gradient (twice the forward's work); the bias gradient is in the time, not in the count.
 //! Buffers are allocated once, outside the timed loop, as the executor does.
 //!
+//! The direct convolution on the blocked layout (`DirectBlocked`, forward only so far) is timed beside
+//! the others on the same layers.
+//!
 //! `cargo bench --bench conv` (all), `cargo bench --bench conv -- "3x3"` (a subset); compare with
 //! `../shared/peers/bench_torch.py layers` run the same day.
 
@@ -12,8 +15,11 @@ use std::collections::BTreeSet;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use incept::Padding;
+use incept::blocked::{self, Halo};
 use incept::graph::Layer;
+use incept::microkernel::Isa;
 use incept::models;
+use incept::ops::conv::direct::{self, PackedConv};
 use incept::ops::conv::{self, Conv2d, ConvAlgo, ConvGeometry};
 use incept::tensor::{Images, ImagesMut};
 use incept::workspace::Workspace;
@@ -139,6 +145,21 @@ fn conv_layers(c: &mut Criterion) {
                 })
             });
         }
+        // The compute core's direct convolution on the blocked layout (forward only so far): its input
+        // already blocked with the halo, as the engine will keep activations, weights packed once.
+        let packed = PackedConv::new(&g, &w, Some(&b));
+        let halo = direct::halo(&g);
+        let xb_len = blocked::image_len(g.in_channels, [g.h.input, g.w.input], halo);
+        let mut xb = vec![0.0; batch * xb_len];
+        for (img, out) in x.chunks_exact(in_len).zip(xb.chunks_exact_mut(xb_len)) {
+            blocked::from_nchw(img, g.in_channels, [g.h.input, g.w.input], halo, out);
+        }
+        let mut yb = vec![0.0; batch * blocked::image_len(g.out_channels, [g.h.output, g.w.output], Halo::default())];
+        group.throughput(Throughput::Elements(g.forward_flops()));
+        let label = format!("DirectBlocked {:?}", Isa::best());
+        group.bench_function(BenchmarkId::new("forward", &label), |bench| {
+            bench.iter(|| direct::forward_blocked(&packed, &xb, &mut yb, false, Isa::best()))
+        });
         group.finish();
     }
 }

@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod blocked;
 pub mod data;
 pub mod error;
 pub mod geometry;

@@ -13,6 +13,7 @@
 //! GEMM-based algorithms split a batch into chunks and threads.
 
 mod batching;
+pub mod direct;
 mod factorized;
 mod gemm_conv;
 mod im2col;

@@ -1,0 +1,89 @@
+//! The blocked channel layout the compute core runs on: an image of `c` channels is
+//! `[c/16 blocks][h][w][16 lanes]`, channel `16 b + lane` of pixel `(y, x)` at index
+//! `((b · h + y) · w + x) · 16 + lane`. The vector runs over 16 channels, so a 3×3 or 6×6 map wastes no
+//! lanes. Channel counts are padded to whole blocks with zeros, which every op keeps at zero.
+//!
+//! An image may carry a zero halo (spatial padding) so a convolution reads its borders without special
+//! cases: [`Halo`] says how wide.
+
+use crate::microkernel::LANES;
+
+/// Blocks of 16 that hold `channels` channels.
+pub fn blocks(channels: usize) -> usize {
+    channels.div_ceil(LANES)
+}
+
+/// Zero rows and columns around a blocked image: `[top, bottom, left, right]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Halo(pub [usize; 4]);
+
+impl Halo {
+    /// The padded size of an `[h, w]` map.
+    pub fn padded(self, [h, w]: [usize; 2]) -> [usize; 2] {
+        let [top, bottom, left, right] = self.0;
+        [h + top + bottom, w + left + right]
+    }
+}
+
+/// Values of one blocked image of `channels` channels on an `[h, w]` map with `halo`.
+pub fn image_len(channels: usize, map: [usize; 2], halo: Halo) -> usize {
+    let [h, w] = halo.padded(map);
+    blocks(channels) * h * w * LANES
+}
+
+/// Writes one NCHW image (`channels × h × w` values) into `out` as a blocked image with `halo`; the halo
+/// and the padding channels are zero.
+pub fn from_nchw(x: &[f32], channels: usize, map: [usize; 2], halo: Halo, out: &mut [f32]) {
+    let [h, w] = map;
+    let [hp, wp] = halo.padded(map);
+    let [top, _, left, _] = halo.0;
+    debug_assert_eq!(x.len(), channels * h * w);
+    debug_assert_eq!(out.len(), image_len(channels, map, halo));
+    out.fill(0.0);
+    for (c, plane) in x.chunks_exact(h * w).enumerate() {
+        let (b, lane) = (c / LANES, c % LANES);
+        for (y, row) in plane.chunks_exact(w).enumerate() {
+            let start = ((b * hp + y + top) * wp + left) * LANES + lane;
+            for (i, &v) in row.iter().enumerate() {
+                out[start + i * LANES] = v;
+            }
+        }
+    }
+}
+
+/// Reads one blocked image without halo back into NCHW (`channels × h × w` values in `out`).
+pub fn to_nchw(x: &[f32], channels: usize, map: [usize; 2], out: &mut [f32]) {
+    let [h, w] = map;
+    debug_assert_eq!(x.len(), image_len(channels, map, Halo::default()));
+    debug_assert_eq!(out.len(), channels * h * w);
+    for (c, plane) in out.chunks_exact_mut(h * w).enumerate() {
+        let (b, lane) = (c / LANES, c % LANES);
+        for (p, v) in plane.iter_mut().enumerate() {
+            *v = x[(b * h * w + p) * LANES + lane];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_with_halo_and_odd_channels() {
+        let (c, map) = (19, [3, 5]);
+        let x: Vec<f32> = (0..c * 15).map(|i| i as f32 + 1.0).collect();
+        let halo = Halo([1, 2, 0, 1]);
+        let mut blocked = vec![f32::NAN; image_len(c, map, halo)];
+        from_nchw(&x, c, map, halo, &mut blocked);
+        // Channel 17 (block 1, lane 1) at (y 2, x 4) sits at padded (3, 4) of a 6×6 padded map.
+        assert_eq!(blocked[((6 + 3) * 6 + 4) * LANES + 1], x[17 * 15 + 2 * 5 + 4]);
+        // Everything else is zero: the halo and channels 19..32.
+        let nonzero = blocked.iter().filter(|&&v| v != 0.0).count();
+        assert_eq!(nonzero, x.len());
+        let mut plain = vec![0.0; image_len(c, map, Halo::default())];
+        from_nchw(&x, c, map, Halo::default(), &mut plain);
+        let mut back = vec![0.0; x.len()];
+        to_nchw(&plain, c, map, &mut back);
+        assert_eq!(back, x);
+    }
+}
