@@ -158,8 +158,22 @@ fn conv_layers(c: &mut Criterion) {
         group.throughput(Throughput::Elements(g.forward_flops()));
         let label = format!("DirectBlocked {:?}", Isa::best());
         group.bench_function(BenchmarkId::new("forward", &label), |bench| {
-            bench.iter(|| direct::forward_blocked(&packed, &xb, &mut yb, false, Isa::best()))
+            bench.iter(|| direct::forward_blocked(&packed, &xb, &mut yb, false, false, Isa::best()))
         });
+        // Its input gradient (stride 1): the same kernel over dy with flipped, transposed weights.
+        if let Some(back) = PackedConv::input_grad(&g, &w) {
+            let bg = *back.geometry();
+            let dy_halo = direct::halo(&bg);
+            let dyb_len = blocked::image_len(bg.in_channels, [bg.h.input, bg.w.input], dy_halo);
+            let mut dyb = vec![0.0; batch * dyb_len];
+            for (img, out) in dy.chunks_exact(out_len).zip(dyb.chunks_exact_mut(dyb_len)) {
+                blocked::from_nchw(img, bg.in_channels, [bg.h.input, bg.w.input], dy_halo, out);
+            }
+            let mut dxb = vec![0.0; batch * blocked::image_len(g.in_channels, [g.h.input, g.w.input], Halo::default())];
+            group.bench_function(BenchmarkId::new("input gradient", &label), |bench| {
+                bench.iter(|| direct::forward_blocked(&back, &dyb, &mut dxb, true, false, Isa::best()))
+            });
+        }
         group.finish();
     }
 }

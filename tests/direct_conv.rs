@@ -119,7 +119,7 @@ fn direct_blocked_convolution_matches_float64_within_the_rounding_bound() {
         for &isa in &isas {
             for relu in [false, true] {
                 let mut yb = vec![f32::NAN; n * out_len];
-                direct::forward_blocked(&packed, &xb, &mut yb, relu, isa);
+                direct::forward_blocked(&packed, &xb, &mut yb, false, relu, isa);
                 let mut y = vec![0.0; n * g.output_image_len()];
                 for (img, out) in yb.chunks_exact(out_len).zip(y.chunks_exact_mut(g.output_image_len())) {
                     blocked::to_nchw(img, g.out_channels, [oh, ow], out);
@@ -159,7 +159,7 @@ fn repacking_new_weights_changes_the_output_as_packing_them_fresh_does() {
     blocked::from_nchw(&x, 20, [6, 6], halo, &mut xb);
     let run = |p: &PackedConv| {
         let mut y = vec![0.0; blocked::image_len(40, [6, 6], Halo::default())];
-        direct::forward_blocked(p, &xb, &mut y, false, Isa::best());
+        direct::forward_blocked(p, &xb, &mut y, false, false, Isa::best());
         y
     };
     let mut packed = PackedConv::new(&g, &w1, None);
@@ -167,4 +167,73 @@ fn repacking_new_weights_changes_the_output_as_packing_them_fresh_does() {
     packed.repack(&w2, None);
     assert_eq!(run(&packed), run(&PackedConv::new(&g, &w2, None)));
     assert_ne!(run(&packed), before);
+}
+
+/// The input gradient of every stride-1 case as the direct convolution of the output gradient with the
+/// flipped, transposed weights, added onto an existing gradient (as the executor sums the gradients of
+/// an input that feeds several branches), against the float64 naive input gradient.
+#[test]
+fn the_input_gradient_of_stride_1_convolutions_matches_float64_within_the_rounding_bound() {
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.available()).collect();
+    let mut checked = 0;
+    for (name, conv, input) in cases() {
+        let conv = conv.with_algo(ConvAlgo::Naive);
+        let g = conv.geometry(input).unwrap();
+        let wt = values(conv.weight_shape().iter().product(), 7);
+        let Some(back) = PackedConv::input_grad(&g, &wt) else {
+            assert!(
+                g.h.stride > 1 || g.w.stride > 1,
+                "{name}: stride 1 but no input-gradient packing"
+            );
+            continue;
+        };
+        checked += 1;
+        let [n, c, h, w] = input;
+        let [oh, ow] = [g.h.output, g.w.output];
+        let dy = values(n * g.out_channels * oh * ow, 8);
+        let dx0 = values(n * c * h * w, 9);
+        let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
+        let naive = |w: &[f32], dy: &[f32]| {
+            let w = Array4::from_shape_vec(conv.weight_shape(), w.to_vec()).unwrap();
+            let dy = Array4::from_shape_vec([n, g.out_channels, oh, ow], dy.to_vec()).unwrap();
+            conv.backward_input(w.view(), dy.view(), input).unwrap()
+        };
+        let (exact, magnitude) = (naive(&wt, &dy), naive(&abs(&wt), &abs(&dy)));
+        let terms = g.out_channels * g.h.kernel * g.w.kernel + 2;
+        let u = f32::EPSILON as f64 / 2.0;
+        let gamma = terms as f64 * u / (1.0 - terms as f64 * u);
+
+        let bg = *back.geometry();
+        let halo = direct::halo(&bg);
+        let dy_len = blocked::image_len(g.out_channels, [oh, ow], halo);
+        let mut dyb = vec![0.0; n * dy_len];
+        for (img, out) in dy
+            .chunks_exact(g.out_channels * oh * ow)
+            .zip(dyb.chunks_exact_mut(dy_len))
+        {
+            blocked::from_nchw(img, g.out_channels, [oh, ow], halo, out);
+        }
+        let dx_len = blocked::image_len(c, [h, w], Halo::default());
+        for &isa in &isas {
+            let mut dxb = vec![0.0; n * dx_len];
+            for (img, out) in dx0.chunks_exact(c * h * w).zip(dxb.chunks_exact_mut(dx_len)) {
+                blocked::from_nchw(img, c, [h, w], Halo::default(), out);
+            }
+            direct::forward_blocked(&back, &dyb, &mut dxb, true, false, isa);
+            let mut dx = vec![0.0; n * c * h * w];
+            for (img, out) in dxb.chunks_exact(dx_len).zip(dx.chunks_exact_mut(c * h * w)) {
+                blocked::to_nchw(img, c, [h, w], out);
+            }
+            for (i, (((&ours, &e), &m), &d0)) in dx.iter().zip(exact.iter()).zip(magnitude.iter()).zip(&dx0).enumerate()
+            {
+                let e = e as f64 + d0 as f64;
+                let bound = gamma * (m as f64 + d0.abs() as f64) + e.abs() * u;
+                assert!(
+                    (ours as f64 - e).abs() <= bound,
+                    "{name} {isa:?}: input gradient {i} is {ours}, float64 gives {e} (bound {bound:.2e})"
+                );
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} stride-1 cases");
 }

@@ -8,7 +8,9 @@
 //! The input is a blocked image with a zero halo as wide as the convolution's padding, so border tiles
 //! need no special case.
 //!
-//! Forward only so far: the executor does not run it yet (the compute-core issue wires it in).
+//! The input gradient of a stride-1 convolution is the same direct convolution over the output gradient,
+//! with the weights flipped and transposed ([`PackedConv::input_grad`]). The executor does not run
+//! either yet (the compute-core issue wires them in).
 
 use rayon::prelude::*;
 
@@ -86,6 +88,44 @@ impl PackedConv {
         }
     }
 
+    /// The convolution that computes `g`'s input gradient, packed: over the output gradient (as its
+    /// input, with a halo of `(K - 1)·dilation - pad` per side), `w'[c][o][ky][kx] = w[o][c][K-1-ky][K-1-kx]`,
+    /// no bias. `None` when `g` has a stride above 1 or more padding than its kernel reaches (those need a
+    /// transposed convolution, not built yet).
+    pub fn input_grad(g: &ConvGeometry, w: &[f32]) -> Option<PackedConv> {
+        let mirror = |a: &crate::geometry::Axis| {
+            let reach = (a.kernel - 1) * a.dilation;
+            (a.stride == 1 && a.pad_lo <= reach && a.pad_hi <= reach).then_some(crate::geometry::Axis {
+                input: a.output,
+                pad_lo: reach - a.pad_lo,
+                pad_hi: reach - a.pad_hi,
+                output: a.input,
+                ..*a
+            })
+        };
+        let back = ConvGeometry {
+            batch: g.batch,
+            in_channels: g.out_channels,
+            out_channels: g.in_channels,
+            h: mirror(&g.h)?,
+            w: mirror(&g.w)?,
+        };
+        let (kh, kw) = (g.h.kernel, g.w.kernel);
+        let (inputs, outputs) = (g.in_channels, g.out_channels);
+        let mut flipped = vec![0.0; w.len()];
+        for c in 0..inputs {
+            for o in 0..outputs {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        flipped[((c * outputs + o) * kh + ky) * kw + kx] =
+                            w[((o * inputs + c) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)];
+                    }
+                }
+            }
+        }
+        Some(PackedConv::new(&back, &flipped, None))
+    }
+
     /// The convolution these weights are packed for.
     pub fn geometry(&self) -> &ConvGeometry {
         &self.geometry
@@ -98,8 +138,9 @@ pub fn halo(g: &ConvGeometry) -> Halo {
 }
 
 /// `y = conv(x) + bias` (then `max(·, 0)` with `relu`) for a batch: `x` holds blocked images with the
-/// [`halo`] of `packed`'s convolution, `y` blocked images without halo, both one after another.
-pub fn forward_blocked(packed: &PackedConv, x: &[f32], y: &mut [f32], relu: bool, isa: Isa) {
+/// [`halo`] of `packed`'s convolution, `y` blocked images without halo, both one after another. With
+/// `accumulate`, the result is added to `y` instead (before the ReLU).
+pub fn forward_blocked(packed: &PackedConv, x: &[f32], y: &mut [f32], accumulate: bool, relu: bool, isa: Isa) {
     let g = &packed.geometry;
     let in_len = blocked::image_len(g.in_channels, [g.h.input, g.w.input], halo(g));
     let (oh, ow) = (g.h.output, g.w.output);
@@ -139,7 +180,7 @@ pub fn forward_blocked(packed: &PackedConv, x: &[f32], y: &mut [f32], relu: bool
                                 c_offset: (oy * cols + ox) * LANES,
                                 c_block_stride: plane,
                                 epilogue: Epilogue {
-                                    accumulate: false,
+                                    accumulate,
                                     bias: Some(bias),
                                     relu,
                                 },
