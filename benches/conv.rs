@@ -160,6 +160,16 @@ fn conv_layers(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("forward", &label), |bench| {
             bench.iter(|| direct::forward_blocked(&packed, &xb, &mut yb, false, false, Isa::best()))
         });
+        // Its weight gradient: the pixels as the reduction, into the packed layout.
+        let mut dyb_plain = vec![0.0; yb.len()];
+        let plain_len = dyb_plain.len() / batch;
+        for (img, out) in dy.chunks_exact(out_len).zip(dyb_plain.chunks_exact_mut(plain_len)) {
+            blocked::from_nchw(img, g.out_channels, [g.h.output, g.w.output], Halo::default(), out);
+        }
+        let mut dw_packed = vec![0.0; packed.packed_weights().len()];
+        group.bench_function(BenchmarkId::new("weight gradient", &label), |bench| {
+            bench.iter(|| packed.add_weight_grad_blocked(&xb, &dyb_plain, &mut dw_packed, Isa::best()))
+        });
         // Its input gradient (stride 1): the same kernel over dy with flipped, transposed weights.
         if let Some(back) = PackedConv::input_grad(&g, &w) {
             let bg = *back.geometry();

@@ -237,3 +237,72 @@ fn the_input_gradient_of_stride_1_convolutions_matches_float64_within_the_roundi
     }
     assert!(checked >= 8, "only {checked} stride-1 cases");
 }
+
+/// The weight gradient with the pixels as the reduction, added onto an existing gradient, against the
+/// float64 naive weight gradient; and the same bits at 1, 2 and 3 threads.
+#[test]
+fn the_weight_gradient_matches_float64_and_does_not_depend_on_the_thread_count() {
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.available()).collect();
+    for (name, conv, input) in cases() {
+        let conv = conv.with_algo(ConvAlgo::Naive);
+        let g = conv.geometry(input).unwrap();
+        let [n, c, h, w] = input;
+        let [oh, ow] = [g.h.output, g.w.output];
+        let x = values(n * c * h * w, 10);
+        let dy = values(n * g.out_channels * oh * ow, 11);
+        let wlen: usize = conv.weight_shape().iter().product();
+        let dw0 = values(wlen, 12);
+        let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
+        let naive = |x: &[f32], dy: &[f32]| {
+            let x = Array4::from_shape_vec(input, x.to_vec()).unwrap();
+            let dy = Array4::from_shape_vec([n, g.out_channels, oh, ow], dy.to_vec()).unwrap();
+            let mut dw = Array4::<f32>::zeros(conv.weight_shape());
+            conv.backward_weight(x.view(), dy.view(), dw.view_mut()).unwrap();
+            dw.into_raw_vec_and_offset().0
+        };
+        let (exact, magnitude) = (naive(&x, &dy), naive(&abs(&x), &abs(&dy)));
+        let terms = n * oh * ow + 2;
+        let u = f32::EPSILON as f64 / 2.0;
+        let gamma = terms as f64 * u / (1.0 - terms as f64 * u);
+
+        let packed = PackedConv::new(&g, &dw0, None);
+        let halo = direct::halo(&g);
+        let in_len = blocked::image_len(c, [h, w], halo);
+        let mut xb = vec![0.0; n * in_len];
+        for (img, out) in x.chunks_exact(c * h * w).zip(xb.chunks_exact_mut(in_len)) {
+            blocked::from_nchw(img, c, [h, w], halo, out);
+        }
+        let out_len = blocked::image_len(g.out_channels, [oh, ow], Halo::default());
+        let mut dyb = vec![0.0; n * out_len];
+        for (img, out) in dy
+            .chunks_exact(g.out_channels * oh * ow)
+            .zip(dyb.chunks_exact_mut(out_len))
+        {
+            blocked::from_nchw(img, g.out_channels, [oh, ow], Halo::default(), out);
+        }
+        // The existing gradient, packed the way the weights are.
+        let start = PackedConv::new(&g, &dw0, None);
+        let mut bits: Option<Vec<u32>> = None;
+        for &isa in &isas {
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut dwb = start.packed_weights().to_vec();
+                pool.install(|| packed.add_weight_grad_blocked(&xb, &dyb, &mut dwb, isa));
+                let ours = packed.unpack(&dwb);
+                for (i, (((&o, &e), &m), &d0)) in ours.iter().zip(&exact).zip(&magnitude).zip(&dw0).enumerate() {
+                    let e = e as f64 + d0 as f64;
+                    let bound = gamma * (m as f64 + d0.abs() as f64) + e.abs() * u;
+                    assert!(
+                        (o as f64 - e).abs() <= bound,
+                        "{name} {isa:?} {threads} threads: weight gradient {i} is {o}, float64 gives {e} (bound {bound:.2e})"
+                    );
+                }
+                let these: Vec<u32> = dwb.iter().map(|v| v.to_bits()).collect();
+                match &bits {
+                    None => bits = Some(these),
+                    Some(first) => assert!(*first == these, "{name} {isa:?} {threads} threads: other bits"),
+                }
+            }
+        }
+    }
+}

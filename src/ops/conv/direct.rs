@@ -126,9 +126,107 @@ impl PackedConv {
         Some(PackedConv::new(&back, &flipped, None))
     }
 
+    /// The packed weights themselves (a weight gradient in this layout starts as a copy or as zeros).
+    pub fn packed_weights(&self) -> &[f32] {
+        &self.weights
+    }
+
     /// The convolution these weights are packed for.
     pub fn geometry(&self) -> &ConvGeometry {
         &self.geometry
+    }
+}
+
+impl PackedConv {
+    /// Adds the weight gradient of a batch into `dw`, laid out as these packed weights (so it is zero
+    /// wherever they are padding): `x` holds the batch's blocked inputs with [`halo`], `dy` its blocked
+    /// output gradients. The pixels are the reduction: each microkernel tile owns up to 3 output blocks
+    /// × 8 input channels of one (input block, tap) and sums over every pixel of a chunk of images, the
+    /// chunks in order, so the result does not depend on the thread count.
+    pub fn add_weight_grad_blocked(&self, x: &[f32], dy: &[f32], dw: &mut [f32], isa: Isa) {
+        let g = &self.geometry;
+        let halo = halo(g);
+        let in_len = blocked::image_len(g.in_channels, [g.h.input, g.w.input], halo);
+        let (oh, ow) = (g.h.output, g.w.output);
+        let plane = oh * ow * LANES;
+        let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
+        let out_len = out_blocks * plane;
+        assert_eq!(x.len(), g.batch * in_len, "blocked input with halo");
+        assert_eq!(dy.len(), g.batch * out_len, "blocked output gradient");
+        assert_eq!(dw.len(), self.weights.len(), "weight gradient in the packed layout");
+        let [hp, wp] = halo.padded([g.h.input, g.w.input]);
+        let taps = g.h.kernel * g.w.kernel;
+        // Tiles of up to 3 output blocks × 8 input channels; fewer blocks when that is what gives every
+        // thread a group of its own.
+        let threads = crate::parallel::threads();
+        let blocks = (1..=3.min(isa.preferred_tile().blocks))
+            .rev()
+            .find(|&b| out_blocks.div_ceil(b) >= threads)
+            .unwrap_or(1);
+        let pixels = 8;
+        // Images per chunk: as many as keep a chunk's input and output gradient within ~2 MB.
+        let chunk = (512 * 1024 / (in_len + out_len).max(1)).clamp(1, g.batch.max(1));
+        let stride = self.block_stride;
+        for first in (0..g.batch).step_by(chunk) {
+            let images = first..(first + chunk).min(g.batch);
+            // One task per group of output blocks: each owns its blocks of `dw`.
+            dw.par_chunks_mut(blocks * stride)
+                .enumerate()
+                .for_each(|(grp, dw_group)| {
+                    let first_block = grp * blocks;
+                    let shape_blocks = dw_group.len().div_ceil(stride);
+                    let mut runs = Vec::with_capacity(images.len() * oh);
+                    for icb in 0..in_blocks {
+                        for tap in 0..taps {
+                            let (ky, kx) = (tap / g.w.kernel, tap % g.w.kernel);
+                            runs.clear();
+                            for n in images.clone() {
+                                for oy in 0..oh {
+                                    let dy_at = n * out_len + first_block * plane + oy * ow * LANES;
+                                    let y_in = oy * g.h.stride + ky * g.h.dilation;
+                                    let x_at = n * in_len + ((icb * hp + y_in) * wp + kx * g.w.dilation) * LANES;
+                                    runs.push((dy_at, x_at));
+                                }
+                            }
+                            for ic in (0..LANES).step_by(pixels) {
+                                let tile = Tile {
+                                    shape: TileShape {
+                                        blocks: shape_blocks,
+                                        pixels: pixels.min(LANES - ic),
+                                    },
+                                    runs: &runs,
+                                    depth: ow,
+                                    w_block_stride: plane,
+                                    x_pixel_stride: 1,
+                                    x_depth_stride: g.w.stride * LANES,
+                                    c_offset: ((icb * taps + tap) * LANES + ic) * LANES,
+                                    c_block_stride: stride,
+                                    epilogue: Epilogue {
+                                        accumulate: true,
+                                        bias: None,
+                                        relu: false,
+                                    },
+                                };
+                                microkernel::run(isa, &tile, dy, &x[ic..], dw_group);
+                            }
+                        }
+                    }
+                });
+        }
+    }
+
+    /// `packed` (in these weights' layout) back in PyTorch's `[out, in, kh, kw]`.
+    pub fn unpack(&self, packed: &[f32]) -> Vec<f32> {
+        let g = &self.geometry;
+        let taps = g.h.kernel * g.w.kernel;
+        let mut w = vec![0.0; g.out_channels * g.in_channels * taps];
+        for (i, v) in w.iter_mut().enumerate() {
+            let (tap, rest) = (i % taps, i / taps);
+            let (c, o) = (rest % g.in_channels, rest / g.in_channels);
+            let (ob, oc, icb, ic) = (o / LANES, o % LANES, c / LANES, c % LANES);
+            *v = packed[ob * self.block_stride + ((icb * taps + tap) * LANES + ic) * LANES + oc];
+        }
+        w
     }
 }
 
