@@ -6,4 +6,5 @@ pub mod conv;
 pub mod linear;
 pub mod loss;
 pub mod pool;
+pub mod pool_blocked;
 pub mod shape;

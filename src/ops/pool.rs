@@ -136,7 +136,7 @@ impl PoolGeometry {
 }
 
 /// The input positions window `o` covers along one axis, clipped to the real input.
-fn clipped(a: &Axis, o: usize) -> std::ops::Range<usize> {
+pub(crate) fn clipped(a: &Axis, o: usize) -> std::ops::Range<usize> {
     let start = a.window_start(o);
     let end = (start + a.kernel as isize).min(a.input as isize);
     (start.max(0) as usize)..(end as usize)
@@ -162,6 +162,13 @@ pub struct MaxPoolCache {
     geometry: PoolGeometry,
     /// For each output, the index of its maximum within its input plane.
     argmax: Vec<u32>,
+}
+
+impl MaxPoolCache {
+    /// For each output, the index of its maximum within its input plane.
+    pub fn argmax(&self) -> &[u32] {
+        &self.argmax
+    }
 }
 
 impl MaxPool2d {

@@ -1,0 +1,94 @@
+//! Max pooling on the blocked layout (`crate::blocked`): the 16 channels of a block are pooled together,
+//! one vector per window position. Same semantics as [`super::pool::max_pool_forward`]: padding counts
+//! as minus infinity, ties go to the first maximum in row-major window order, NaN propagates (the last
+//! NaN of a window wins, as PyTorch's `val > max || isnan(val)` gives), and each argmax is the maximum's
+//! index within its input plane, so the two layouts' argmaxes are equal.
+
+use rayon::prelude::*;
+
+use super::pool::{PoolGeometry, clipped};
+use crate::blocked;
+use crate::microkernel::LANES;
+
+/// Max pooling of a batch of blocked images without halo into `y`, recording the argmaxes (one per
+/// output value, in `y`'s layout).
+pub fn max_pool_forward_blocked(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+    let (in_plane, out_plane) = (g.h.input * g.w.input * LANES, g.h.output * g.w.output * LANES);
+    let planes = g.batch * blocked::blocks(g.channels);
+    assert_eq!(x.len(), planes * in_plane, "blocked max-pool input");
+    assert_eq!(
+        (y.len(), argmax.len()),
+        (planes * out_plane, planes * out_plane),
+        "blocked max-pool output"
+    );
+    if out_plane == 0 {
+        return;
+    }
+    y.par_chunks_mut(out_plane)
+        .zip(argmax.par_chunks_mut(out_plane))
+        .zip(x.par_chunks(in_plane.max(1)))
+        .for_each(|((y, argmax), x)| {
+            crate::kernels::vectorize(Plane { g, x, y, argmax });
+        });
+}
+
+/// One block plane, compiled for the best instruction set (the lane loops vectorize).
+struct Plane<'a> {
+    g: &'a PoolGeometry,
+    x: &'a [f32],
+    y: &'a mut [f32],
+    argmax: &'a mut [u32],
+}
+
+impl pulp::WithSimd for Plane<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Plane { g, x, y, argmax } = self;
+        for oy in 0..g.h.output {
+            let rows = clipped(&g.h, oy);
+            for ox in 0..g.w.output {
+                let cols = clipped(&g.w, ox);
+                let mut best = [f32::NEG_INFINITY; LANES];
+                let mut best_at = [(rows.start * g.w.input + cols.start) as u32; LANES];
+                for iy in rows.clone() {
+                    for ix in cols.clone() {
+                        let at = iy * g.w.input + ix;
+                        let v: &[f32; LANES] = x[at * LANES..][..LANES].try_into().expect("one block");
+                        for lane in 0..LANES {
+                            let take = v[lane] > best[lane] || v[lane].is_nan();
+                            best[lane] = if take { v[lane] } else { best[lane] };
+                            best_at[lane] = if take { at as u32 } else { best_at[lane] };
+                        }
+                    }
+                }
+                let o = (oy * g.w.output + ox) * LANES;
+                y[o..o + LANES].copy_from_slice(&best);
+                argmax[o..o + LANES].copy_from_slice(&best_at);
+            }
+        }
+    }
+}
+
+/// Adds the max-pool input gradient into `dx` (blocked, without halo): each output gradient goes to its
+/// maximum's position, lane by lane.
+pub fn max_pool_backward_blocked(g: &PoolGeometry, argmax: &[u32], dy: &[f32], dx: &mut [f32]) {
+    let (in_plane, out_plane) = (g.h.input * g.w.input * LANES, g.h.output * g.w.output * LANES);
+    let planes = g.batch * blocked::blocks(g.channels);
+    assert_eq!(dx.len(), planes * in_plane, "blocked max-pool input gradient");
+    assert_eq!(
+        (dy.len(), argmax.len()),
+        (planes * out_plane, planes * out_plane),
+        "blocked max-pool output"
+    );
+    if out_plane == 0 || in_plane == 0 {
+        return;
+    }
+    dx.par_chunks_mut(in_plane)
+        .zip(dy.par_chunks(out_plane).zip(argmax.par_chunks(out_plane)))
+        .for_each(|(dx, (dy, argmax))| {
+            for (i, (&d, &at)) in dy.iter().zip(argmax).enumerate() {
+                dx[at as usize * LANES + i % LANES] += d;
+            }
+        });
+}

@@ -1,0 +1,101 @@
+//! Max pooling on the blocked layout against the NCHW max pool the executor runs today: the same
+//! outputs, argmaxes and input gradients, bit for bit, with ties, NaNs, padding, `ceil_mode`, TF `SAME`
+//! and channel counts that are not multiples of 16.
+
+use incept::Padding;
+use incept::blocked::{self, Halo};
+use incept::ndarray::Array4;
+use incept::ops::pool::MaxPool2d;
+use incept::ops::pool_blocked::{max_pool_backward_blocked, max_pool_forward_blocked};
+
+fn to_blocked(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let len = blocked::image_len(c, [h, w], Halo::default());
+    let mut out = vec![0.0; n * len];
+    for (img, o) in x.chunks_exact(c * h * w).zip(out.chunks_exact_mut(len)) {
+        blocked::from_nchw(img, c, [h, w], Halo::default(), o);
+    }
+    out
+}
+
+fn from_blocked<T: Copy + Default>(x: &[T], [n, c, h, w]: [usize; 4]) -> Vec<T> {
+    // The same index mapping as blocked::to_nchw, for any element type (argmaxes are u32).
+    let blocks = c.div_ceil(16);
+    let mut out = vec![T::default(); n * c * h * w];
+    for img in 0..n {
+        for ch in 0..c {
+            for p in 0..h * w {
+                out[(img * c + ch) * h * w + p] = x[((img * blocks + ch / 16) * h * w + p) * 16 + ch % 16];
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn blocked_max_pool_matches_the_nchw_one_bit_for_bit() {
+    let cases = [
+        (
+            "3x3/2 ceil (googlenet)",
+            MaxPool2d::new([3, 3], [2, 2]).with_ceil_mode(true),
+            [2, 19, 11, 12],
+        ),
+        (
+            "3x3/1 pad 1 (branch)",
+            MaxPool2d::new([3, 3], [1, 1]).with_padding(Padding::symmetric(1, 1)),
+            [1, 33, 6, 6],
+        ),
+        ("2x2/2", MaxPool2d::new([2, 2], [2, 2]), [2, 16, 8, 9]),
+        (
+            "3x3/2 SAME",
+            MaxPool2d::new([3, 3], [2, 2]).with_padding(Padding::Same),
+            [1, 5, 9, 8],
+        ),
+        (
+            "3x3/2 pad 1",
+            MaxPool2d::new([3, 3], [2, 2]).with_padding(Padding::symmetric(1, 1)),
+            [1, 7, 7, 7],
+        ),
+    ];
+    for (name, pool, shape) in cases {
+        let [n, c, h, w] = shape;
+        let mut rng = fastrand::Rng::with_seed(3);
+        // Few distinct values, so windows hold ties; and two NaNs.
+        let mut x: Vec<f32> = (0..n * c * h * w).map(|_| rng.usize(0..5) as f32 - 2.0).collect();
+        x[7] = f32::NAN;
+        x[n * c * h * w / 2] = f32::NAN;
+        let (y_ref, cache) = pool
+            .forward(Array4::from_shape_vec(shape, x.clone()).unwrap().view())
+            .unwrap();
+        let g = pool.window.geometry("max_pool2d", shape).unwrap();
+        let [_, _, oh, ow] = g.output_shape();
+        let out_len = n * blocked::image_len(c, [oh, ow], Halo::default());
+        let (mut y, mut argmax) = (vec![0.0; out_len], vec![0u32; out_len]);
+        max_pool_forward_blocked(&g, &to_blocked(&x, shape), &mut y, &mut argmax);
+        let y = from_blocked(&y, [n, c, oh, ow]);
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        assert!(
+            y.iter().zip(y_ref.iter()).all(|(&a, &b)| same(a, b)),
+            "{name}: outputs differ"
+        );
+        assert_eq!(
+            from_blocked(&argmax, [n, c, oh, ow]),
+            cache.argmax(),
+            "{name}: argmaxes differ"
+        );
+
+        let dy: Vec<f32> = (0..n * c * oh * ow).map(|_| rng.f32() - 0.5).collect();
+        let dx_ref = pool
+            .backward(
+                &cache,
+                Array4::from_shape_vec([n, c, oh, ow], dy.clone()).unwrap().view(),
+            )
+            .unwrap();
+        let mut dx = vec![0.0; n * blocked::image_len(c, [h, w], Halo::default())];
+        max_pool_backward_blocked(&g, &argmax, &to_blocked(&dy, [n, c, oh, ow]), &mut dx);
+        let dx = from_blocked(&dx, shape);
+        assert!(
+            dx.iter().zip(dx_ref.iter()).all(|(&a, &b)| a.to_bits() == b.to_bits()),
+            "{name}: input gradients differ"
+        );
+    }
+}
