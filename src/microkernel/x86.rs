@@ -150,9 +150,11 @@ macro_rules! avx2_tile {
     };
 }
 
-mod avx512 {
-    use super::*;
-    kernels!(avx512_tile, dispatch,
+/// Every tile shape the dispatcher instantiates (checked by `super::check`: 1 to 4 blocks, 1 to 8
+/// pixels), each with its function name and the block and pixel indices its step spells out.
+macro_rules! every_shape {
+    ($tile:ident) => {
+        kernels!($tile, dispatch,
     (1, 1) => tile_1x1: [0] x [0],
     (1, 2) => tile_1x2: [0] x [0, 1],
     (1, 3) => tile_1x3: [0] x [0, 1, 2],
@@ -185,45 +187,18 @@ mod avx512 {
     (4, 6) => tile_4x6: [0, 1, 2, 3] x [0, 1, 2, 3, 4, 5],
     (4, 7) => tile_4x7: [0, 1, 2, 3] x [0, 1, 2, 3, 4, 5, 6],
     (4, 8) => tile_4x8: [0, 1, 2, 3] x [0, 1, 2, 3, 4, 5, 6, 7]
-    );
+        );
+    };
+}
+
+mod avx512 {
+    use super::*;
+    every_shape!(avx512_tile);
 }
 
 mod avx2 {
     use super::*;
-    kernels!(avx2_tile, dispatch,
-    (1, 1) => tile_1x1: [0] x [0],
-    (1, 2) => tile_1x2: [0] x [0, 1],
-    (1, 3) => tile_1x3: [0] x [0, 1, 2],
-    (1, 4) => tile_1x4: [0] x [0, 1, 2, 3],
-    (1, 5) => tile_1x5: [0] x [0, 1, 2, 3, 4],
-    (1, 6) => tile_1x6: [0] x [0, 1, 2, 3, 4, 5],
-    (1, 7) => tile_1x7: [0] x [0, 1, 2, 3, 4, 5, 6],
-    (1, 8) => tile_1x8: [0] x [0, 1, 2, 3, 4, 5, 6, 7],
-    (2, 1) => tile_2x1: [0, 1] x [0],
-    (2, 2) => tile_2x2: [0, 1] x [0, 1],
-    (2, 3) => tile_2x3: [0, 1] x [0, 1, 2],
-    (2, 4) => tile_2x4: [0, 1] x [0, 1, 2, 3],
-    (2, 5) => tile_2x5: [0, 1] x [0, 1, 2, 3, 4],
-    (2, 6) => tile_2x6: [0, 1] x [0, 1, 2, 3, 4, 5],
-    (2, 7) => tile_2x7: [0, 1] x [0, 1, 2, 3, 4, 5, 6],
-    (2, 8) => tile_2x8: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7],
-    (3, 1) => tile_3x1: [0, 1, 2] x [0],
-    (3, 2) => tile_3x2: [0, 1, 2] x [0, 1],
-    (3, 3) => tile_3x3: [0, 1, 2] x [0, 1, 2],
-    (3, 4) => tile_3x4: [0, 1, 2] x [0, 1, 2, 3],
-    (3, 5) => tile_3x5: [0, 1, 2] x [0, 1, 2, 3, 4],
-    (3, 6) => tile_3x6: [0, 1, 2] x [0, 1, 2, 3, 4, 5],
-    (3, 7) => tile_3x7: [0, 1, 2] x [0, 1, 2, 3, 4, 5, 6],
-    (3, 8) => tile_3x8: [0, 1, 2] x [0, 1, 2, 3, 4, 5, 6, 7],
-    (4, 1) => tile_4x1: [0, 1, 2, 3] x [0],
-    (4, 2) => tile_4x2: [0, 1, 2, 3] x [0, 1],
-    (4, 3) => tile_4x3: [0, 1, 2, 3] x [0, 1, 2],
-    (4, 4) => tile_4x4: [0, 1, 2, 3] x [0, 1, 2, 3],
-    (4, 5) => tile_4x5: [0, 1, 2, 3] x [0, 1, 2, 3, 4],
-    (4, 6) => tile_4x6: [0, 1, 2, 3] x [0, 1, 2, 3, 4, 5],
-    (4, 7) => tile_4x7: [0, 1, 2, 3] x [0, 1, 2, 3, 4, 5, 6],
-    (4, 8) => tile_4x8: [0, 1, 2, 3] x [0, 1, 2, 3, 4, 5, 6, 7]
-    );
+    every_shape!(avx2_tile);
 }
 
 pub(super) use avx2::dispatch as dispatch_avx2;
