@@ -99,3 +99,48 @@ fn blocked_max_pool_matches_the_nchw_one_bit_for_bit() {
         );
     }
 }
+
+/// Global average pooling from the blocked layout to dense rows, and back, bit for bit as the NCHW one.
+#[test]
+fn blocked_global_average_pool_matches_the_nchw_one_bit_for_bit() {
+    use incept::ops::pool::{global_avg_pool_backward_images, global_avg_pool_forward};
+    use incept::ops::pool_blocked::{global_avg_pool_backward_blocked, global_avg_pool_forward_blocked};
+    use incept::tensor::{Images, ImagesMut};
+    let shape @ [n, c, h, w] = [3, 37, 5, 4];
+    let mut rng = fastrand::Rng::with_seed(4);
+    let x: Vec<f32> = (0..n * c * h * w).map(|_| rng.f32() - 0.5).collect();
+    let mut y_ref = vec![0.0; n * c];
+    global_avg_pool_forward(
+        Images::dense(&x, n, c * h * w),
+        h * w,
+        &mut ImagesMut::dense(&mut y_ref, n, c),
+    );
+    let mut y = vec![0.0; n * c];
+    global_avg_pool_forward_blocked(&to_blocked(&x, shape), c, h * w, &mut y);
+    assert!(
+        y.iter().zip(&y_ref).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "means differ"
+    );
+
+    let dy: Vec<f32> = (0..n * c).map(|_| rng.f32() - 0.5).collect();
+    let dx0: Vec<f32> = (0..n * c * h * w).map(|_| rng.f32() - 0.5).collect();
+    let mut dx_ref = dx0.clone();
+    global_avg_pool_backward_images(
+        Images::dense(&dy, n, c),
+        h * w,
+        &mut ImagesMut::dense(&mut dx_ref, n, c * h * w),
+    );
+    let mut dx = to_blocked(&dx0, shape);
+    global_avg_pool_backward_blocked(&dy, c, h * w, &mut dx);
+    let padding_stays_zero = dx.chunks_exact(dx.len() / n).all(|img| {
+        img.iter()
+            .enumerate()
+            .all(|(i, &v)| (i / (h * w * 16)) * 16 + i % 16 < c || v == 0.0)
+    });
+    assert!(padding_stays_zero, "a padding channel received gradient");
+    let dx = from_blocked(&dx, shape);
+    assert!(
+        dx.iter().zip(&dx_ref).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "input gradients differ"
+    );
+}

@@ -92,3 +92,55 @@ pub fn max_pool_backward_blocked(g: &PoolGeometry, argmax: &[u32], dy: &[f32], d
             }
         });
 }
+
+/// Global average pooling of a batch of blocked images (without halo, `channels` channels on maps of
+/// `pixels` pixels) into dense `[n][channels]` rows: the graph's exit from the blocked layout, as the
+/// classifier reads plain rows. Each mean is summed in float64 in pixel order, as
+/// [`super::pool::global_avg_pool_forward`] does, so both give the same bits.
+pub fn global_avg_pool_forward_blocked(x: &[f32], channels: usize, pixels: usize, y: &mut [f32]) {
+    let blocks = blocked::blocks(channels);
+    let in_len = blocks * pixels * LANES;
+    assert_eq!(x.len() % in_len.max(1), 0, "blocked global-average-pool input");
+    assert_eq!(
+        y.len(),
+        x.len() / in_len.max(1) * channels,
+        "dense [n][channels] output"
+    );
+    y.par_chunks_mut(channels.max(1))
+        .zip(x.par_chunks(in_len.max(1)))
+        .for_each(|(y, x)| {
+            for (c, mean) in y.iter_mut().enumerate() {
+                let (b, lane) = (c / LANES, c % LANES);
+                let plane = &x[b * pixels * LANES..][..pixels * LANES];
+                let sum: f64 = plane.iter().skip(lane).step_by(LANES).map(|&v| v as f64).sum();
+                *mean = (sum / pixels as f64) as f32;
+            }
+        });
+}
+
+/// Adds the global-average-pool input gradient (`dy`: dense `[n][channels]`) into blocked `dx`; the
+/// padding channels get nothing, so they stay zero.
+pub fn global_avg_pool_backward_blocked(dy: &[f32], channels: usize, pixels: usize, dx: &mut [f32]) {
+    let blocks = blocked::blocks(channels);
+    let in_len = blocks * pixels * LANES;
+    assert_eq!(
+        dx.len() % in_len.max(1),
+        0,
+        "blocked global-average-pool input gradient"
+    );
+    assert_eq!(
+        dy.len(),
+        dx.len() / in_len.max(1) * channels,
+        "dense [n][channels] output gradient"
+    );
+    let scale = 1.0 / pixels as f32;
+    dx.par_chunks_mut(in_len.max(1))
+        .zip(dy.par_chunks(channels.max(1)))
+        .for_each(|(dx, dy)| {
+            for (c, &d) in dy.iter().enumerate() {
+                let (b, lane) = (c / LANES, c % LANES);
+                let plane = &mut dx[b * pixels * LANES..][..pixels * LANES];
+                plane.iter_mut().skip(lane).step_by(LANES).for_each(|v| *v += d * scale);
+            }
+        });
+}
