@@ -38,7 +38,7 @@ impl State {
         for g in &mut self.param_grads {
             g.fill(0.0);
         }
-        let classes = graph.output_len();
+        let (classes, smoothing) = (graph.output_len(), self.loss_smoothing());
         for (head, (node, weight)) in self.loss_heads(graph).into_iter().enumerate() {
             let out = self.plan.places[node];
             let grad = &mut self.grads[out.buffer][out.offset..];
@@ -46,7 +46,7 @@ impl State {
                 &self.probabilities[head][..batch * classes],
                 &self.labels,
                 classes,
-                self.loss_smoothing,
+                smoothing,
                 grad,
                 out.stride,
                 weight,

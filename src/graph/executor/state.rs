@@ -34,9 +34,8 @@ pub(super) struct State {
     pub(super) probabilities: Vec<Vec<f32>>,
     /// Nodes the main output depends on; the others (auxiliary heads) are skipped in eval.
     pub(super) main_path: Vec<bool>,
-    /// The labels of the last loss, and the label smoothing it used.
+    /// The labels of the last loss.
     pub(super) labels: Vec<usize>,
-    pub(super) loss_smoothing: f32,
     /// Label smoothing for training losses.
     pub(super) label_smoothing: f32,
     pub(super) param_grads: Vec<Vec<f32>>,
@@ -88,7 +87,6 @@ impl State {
             probabilities: vec![vec![0.0; classes * capacity]; 1 + graph.aux_outputs.len()],
             main_path: main_path(graph),
             labels: Vec::with_capacity(capacity),
-            loss_smoothing: 0.0,
             label_smoothing: 0.0,
             // Running statistics get no gradient: an empty one, which optimizers skip.
             param_grads: graph
@@ -143,10 +141,7 @@ impl State {
     pub(super) fn loss(&mut self, graph: &Graph, labels: &[usize]) -> Result<BatchLoss> {
         let classes = graph.output_len();
         loss::check_labels("loss", labels, self.batch, classes)?;
-        let label_smoothing = match self.mode {
-            Mode::Train => self.label_smoothing,
-            Mode::Eval => 0.0,
-        };
+        let label_smoothing = self.loss_smoothing();
         let mut total = 0.0;
         for (head, (node, weight)) in self.loss_heads(graph).into_iter().enumerate() {
             let p = self.plan.places[node];
@@ -159,8 +154,15 @@ impl State {
         let correct = loss::correct_rows(&self.acts[out.buffer][out.offset..], out.stride, classes, labels);
         self.labels.clear();
         self.labels.extend_from_slice(labels);
-        self.loss_smoothing = label_smoothing;
         Ok(BatchLoss { loss: total, correct })
+    }
+
+    /// The label smoothing of the loss after the last forward: none after an eval forward.
+    pub(super) fn loss_smoothing(&self) -> f32 {
+        match self.mode {
+            Mode::Train => self.label_smoothing,
+            Mode::Eval => 0.0,
+        }
     }
 
     /// The output and, after a training forward, the auxiliary heads, each with its loss weight.

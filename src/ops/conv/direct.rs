@@ -93,23 +93,7 @@ impl PackedConv {
     /// no bias. `None` when `g` has a stride above 1 or more padding than its kernel reaches (those need a
     /// transposed convolution, not built yet).
     pub fn input_grad(g: &ConvGeometry, w: &[f32]) -> Option<PackedConv> {
-        let mirror = |a: &crate::geometry::Axis| {
-            let reach = (a.kernel - 1) * a.dilation;
-            (a.stride == 1 && a.pad_lo <= reach && a.pad_hi <= reach).then_some(crate::geometry::Axis {
-                input: a.output,
-                pad_lo: reach - a.pad_lo,
-                pad_hi: reach - a.pad_hi,
-                output: a.input,
-                ..*a
-            })
-        };
-        let back = ConvGeometry {
-            batch: g.batch,
-            in_channels: g.out_channels,
-            out_channels: g.in_channels,
-            h: mirror(&g.h)?,
-            w: mirror(&g.w)?,
-        };
+        let back = g.input_grad_geometry()?;
         let (kh, kw) = (g.h.kernel, g.w.kernel);
         let (inputs, outputs) = (g.in_channels, g.out_channels);
         let mut flipped = vec![0.0; w.len()];

@@ -338,6 +338,30 @@ impl ConvGeometry {
         2 * (self.batch * self.output_image_len() * self.patch_len()) as u64
     }
 
+    /// The convolution that computes this one's input gradient: over the output gradient (as its input),
+    /// with the in and out channels swapped, the same kernel (to be flipped) and `(K - 1)·dilation - pad`
+    /// of padding per side. `None` for a stride above 1 or more padding than the kernel reaches: those
+    /// need a transposed convolution.
+    pub fn input_grad_geometry(&self) -> Option<ConvGeometry> {
+        let mirror = |a: &Axis| {
+            let reach = (a.kernel - 1) * a.dilation;
+            (a.stride == 1 && a.pad_lo <= reach && a.pad_hi <= reach).then_some(Axis {
+                input: a.output,
+                pad_lo: reach - a.pad_lo,
+                pad_hi: reach - a.pad_hi,
+                output: a.input,
+                ..*a
+            })
+        };
+        Some(ConvGeometry {
+            batch: self.batch,
+            in_channels: self.out_channels,
+            out_channels: self.in_channels,
+            h: mirror(&self.h)?,
+            w: mirror(&self.w)?,
+        })
+    }
+
     /// 1×1, stride 1, unpadded: the input image is already the GEMM operand.
     pub fn is_pointwise(&self) -> bool {
         let unit = |a: &Axis| a.kernel == 1 && a.stride == 1 && a.pad_lo == 0 && a.pad_hi == 0;

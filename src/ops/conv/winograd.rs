@@ -88,20 +88,9 @@ pub(super) fn forward(
 pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>, ws: &mut Workspace) {
     debug_assert!(eligible(g));
     let (inputs, outputs) = (g.in_channels, g.out_channels);
-    let mirror = |a: &crate::geometry::Axis| crate::geometry::Axis {
-        input: a.output,
-        pad_lo: 2 - a.pad_lo,
-        pad_hi: 2 - a.pad_hi,
-        output: a.input,
-        ..*a
-    };
-    let back = ConvGeometry {
-        batch: g.batch,
-        in_channels: outputs,
-        out_channels: inputs,
-        h: mirror(&g.h),
-        w: mirror(&g.w),
-    };
+    let back = g
+        .input_grad_geometry()
+        .expect("a Winograd-eligible geometry (3×3, stride 1, padding ≤ 2) has a mirrored one");
     let (u, regions) = ws.weights_and_regions(POINTS * outputs * inputs, region_len(&back, dy.count()));
     // U of the backward convolution, from w'[c][o][ky][kx] = w[o][c][2-ky][2-kx], transformed straight
     // from `w` without materializing w'.
