@@ -149,11 +149,7 @@ fn conv_layers(c: &mut Criterion) {
         // already blocked with the halo, as the engine will keep activations, weights packed once.
         let packed = PackedConv::new(&g, &w, Some(&b));
         let halo = direct::halo(&g);
-        let xb_len = blocked::image_len(g.in_channels, [g.h.input, g.w.input], halo);
-        let mut xb = vec![0.0; batch * xb_len];
-        for (img, out) in x.chunks_exact(in_len).zip(xb.chunks_exact_mut(xb_len)) {
-            blocked::from_nchw(img, g.in_channels, [g.h.input, g.w.input], halo, out);
-        }
+        let xb = blocked::batch_from_nchw(&x, g.in_channels, [g.h.input, g.w.input], halo);
         let mut yb = vec![0.0; batch * blocked::image_len(g.out_channels, [g.h.output, g.w.output], Halo::default())];
         group.throughput(Throughput::Elements(g.forward_flops()));
         let label = format!("DirectBlocked {:?}", Isa::best());
@@ -161,11 +157,7 @@ fn conv_layers(c: &mut Criterion) {
             bench.iter(|| direct::forward_blocked(&packed, &xb, &mut yb, false, false, Isa::best()))
         });
         // Its weight gradient: the pixels as the reduction, into the packed layout.
-        let mut dyb_plain = vec![0.0; yb.len()];
-        let plain_len = dyb_plain.len() / batch;
-        for (img, out) in dy.chunks_exact(out_len).zip(dyb_plain.chunks_exact_mut(plain_len)) {
-            blocked::from_nchw(img, g.out_channels, [g.h.output, g.w.output], Halo::default(), out);
-        }
+        let dyb_plain = blocked::batch_from_nchw(&dy, g.out_channels, [g.h.output, g.w.output], Halo::default());
         let mut dw_packed = vec![0.0; packed.packed_weights().len()];
         group.bench_function(BenchmarkId::new("weight gradient", &label), |bench| {
             bench.iter(|| packed.add_weight_grad_blocked(&xb, &dyb_plain, &mut dw_packed, Isa::best()))
@@ -174,11 +166,7 @@ fn conv_layers(c: &mut Criterion) {
         if let Some(back) = PackedConv::input_grad(&g, &w) {
             let bg = *back.geometry();
             let dy_halo = direct::halo(&bg);
-            let dyb_len = blocked::image_len(bg.in_channels, [bg.h.input, bg.w.input], dy_halo);
-            let mut dyb = vec![0.0; batch * dyb_len];
-            for (img, out) in dy.chunks_exact(out_len).zip(dyb.chunks_exact_mut(dyb_len)) {
-                blocked::from_nchw(img, bg.in_channels, [bg.h.input, bg.w.input], dy_halo, out);
-            }
+            let dyb = blocked::batch_from_nchw(&dy, bg.in_channels, [bg.h.input, bg.w.input], dy_halo);
             let mut dxb = vec![0.0; batch * blocked::image_len(g.in_channels, [g.h.input, g.w.input], Halo::default())];
             group.bench_function(BenchmarkId::new("input gradient", &label), |bench| {
                 bench.iter(|| direct::forward_blocked(&back, &dyb, &mut dxb, true, false, Isa::best()))

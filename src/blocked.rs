@@ -64,6 +64,27 @@ pub fn to_nchw(x: &[f32], channels: usize, map: [usize; 2], out: &mut [f32]) {
     }
 }
 
+/// A batch of NCHW images (`n × channels × h × w` values) as blocked images with `halo`, one after
+/// another.
+pub fn batch_from_nchw(x: &[f32], channels: usize, map: [usize; 2], halo: Halo) -> Vec<f32> {
+    let (nchw, len) = (channels * map[0] * map[1], image_len(channels, map, halo));
+    let mut out = vec![0.0; x.len() / nchw.max(1) * len];
+    for (img, o) in x.chunks_exact(nchw.max(1)).zip(out.chunks_exact_mut(len.max(1))) {
+        from_nchw(img, channels, map, halo, o);
+    }
+    out
+}
+
+/// A batch of blocked images without halo back in NCHW.
+pub fn batch_to_nchw(x: &[f32], channels: usize, map: [usize; 2]) -> Vec<f32> {
+    let (nchw, len) = (channels * map[0] * map[1], image_len(channels, map, Halo::default()));
+    let mut out = vec![0.0; x.len() / len.max(1) * nchw];
+    for (img, o) in x.chunks_exact(len.max(1)).zip(out.chunks_exact_mut(nchw.max(1))) {
+        to_nchw(img, channels, map, o);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

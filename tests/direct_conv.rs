@@ -109,21 +109,14 @@ fn direct_blocked_convolution_matches_float64_within_the_rounding_bound() {
 
         let packed = PackedConv::new(&g, &wt, Some(&b));
         let halo = direct::halo(&g);
-        let in_len = blocked::image_len(c, [h, w], halo);
-        let mut xb = vec![0.0; n * in_len];
-        for (img, out) in x.chunks_exact(c * h * w).zip(xb.chunks_exact_mut(in_len)) {
-            blocked::from_nchw(img, c, [h, w], halo, out);
-        }
+        let xb = blocked::batch_from_nchw(&x, c, [h, w], halo);
         let (oh, ow) = (g.h.output, g.w.output);
         let out_len = blocked::image_len(g.out_channels, [oh, ow], Halo::default());
         for &isa in &isas {
             for relu in [false, true] {
                 let mut yb = vec![f32::NAN; n * out_len];
                 direct::forward_blocked(&packed, &xb, &mut yb, false, relu, isa);
-                let mut y = vec![0.0; n * g.output_image_len()];
-                for (img, out) in yb.chunks_exact(out_len).zip(y.chunks_exact_mut(g.output_image_len())) {
-                    blocked::to_nchw(img, g.out_channels, [oh, ow], out);
-                }
+                let y = blocked::batch_to_nchw(&yb, g.out_channels, [oh, ow]);
                 // The padding channels of the output stay exactly zero (weights and bias are zero there).
                 for img in yb.chunks_exact(out_len) {
                     assert!(
@@ -155,8 +148,7 @@ fn repacking_new_weights_changes_the_output_as_packing_them_fresh_does() {
     let (w1, w2) = (values(40 * 20 * 9, 4), values(40 * 20 * 9, 5));
     let x = values(20 * 36, 6);
     let halo = direct::halo(&g);
-    let mut xb = vec![0.0; blocked::image_len(20, [6, 6], halo)];
-    blocked::from_nchw(&x, 20, [6, 6], halo, &mut xb);
+    let xb = blocked::batch_from_nchw(&x, 20, [6, 6], halo);
     let run = |p: &PackedConv| {
         let mut y = vec![0.0; blocked::image_len(40, [6, 6], Halo::default())];
         direct::forward_blocked(p, &xb, &mut y, false, false, Isa::best());
@@ -205,25 +197,11 @@ fn the_input_gradient_of_stride_1_convolutions_matches_float64_within_the_roundi
 
         let bg = *back.geometry();
         let halo = direct::halo(&bg);
-        let dy_len = blocked::image_len(g.out_channels, [oh, ow], halo);
-        let mut dyb = vec![0.0; n * dy_len];
-        for (img, out) in dy
-            .chunks_exact(g.out_channels * oh * ow)
-            .zip(dyb.chunks_exact_mut(dy_len))
-        {
-            blocked::from_nchw(img, g.out_channels, [oh, ow], halo, out);
-        }
-        let dx_len = blocked::image_len(c, [h, w], Halo::default());
+        let dyb = blocked::batch_from_nchw(&dy, g.out_channels, [oh, ow], halo);
         for &isa in &isas {
-            let mut dxb = vec![0.0; n * dx_len];
-            for (img, out) in dx0.chunks_exact(c * h * w).zip(dxb.chunks_exact_mut(dx_len)) {
-                blocked::from_nchw(img, c, [h, w], Halo::default(), out);
-            }
+            let mut dxb = blocked::batch_from_nchw(&dx0, c, [h, w], Halo::default());
             direct::forward_blocked(&back, &dyb, &mut dxb, true, false, isa);
-            let mut dx = vec![0.0; n * c * h * w];
-            for (img, out) in dxb.chunks_exact(dx_len).zip(dx.chunks_exact_mut(c * h * w)) {
-                blocked::to_nchw(img, c, [h, w], out);
-            }
+            let dx = blocked::batch_to_nchw(&dxb, c, [h, w]);
             for (i, (((&ours, &e), &m), &d0)) in dx.iter().zip(exact.iter()).zip(magnitude.iter()).zip(&dx0).enumerate()
             {
                 let e = e as f64 + d0 as f64;
@@ -267,19 +245,8 @@ fn the_weight_gradient_matches_float64_and_does_not_depend_on_the_thread_count()
 
         let packed = PackedConv::new(&g, &dw0, None);
         let halo = direct::halo(&g);
-        let in_len = blocked::image_len(c, [h, w], halo);
-        let mut xb = vec![0.0; n * in_len];
-        for (img, out) in x.chunks_exact(c * h * w).zip(xb.chunks_exact_mut(in_len)) {
-            blocked::from_nchw(img, c, [h, w], halo, out);
-        }
-        let out_len = blocked::image_len(g.out_channels, [oh, ow], Halo::default());
-        let mut dyb = vec![0.0; n * out_len];
-        for (img, out) in dy
-            .chunks_exact(g.out_channels * oh * ow)
-            .zip(dyb.chunks_exact_mut(out_len))
-        {
-            blocked::from_nchw(img, g.out_channels, [oh, ow], Halo::default(), out);
-        }
+        let xb = blocked::batch_from_nchw(&x, c, [h, w], halo);
+        let dyb = blocked::batch_from_nchw(&dy, g.out_channels, [oh, ow], Halo::default());
         // The existing gradient, packed the way the weights are.
         let start = PackedConv::new(&g, &dw0, None);
         let mut bits: Option<Vec<u32>> = None;

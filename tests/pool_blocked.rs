@@ -8,13 +8,8 @@ use incept::ndarray::Array4;
 use incept::ops::pool::MaxPool2d;
 use incept::ops::pool_blocked::{max_pool_backward_blocked, max_pool_forward_blocked};
 
-fn to_blocked(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
-    let len = blocked::image_len(c, [h, w], Halo::default());
-    let mut out = vec![0.0; n * len];
-    for (img, o) in x.chunks_exact(c * h * w).zip(out.chunks_exact_mut(len)) {
-        blocked::from_nchw(img, c, [h, w], Halo::default(), o);
-    }
-    out
+fn to_blocked(x: &[f32], [_, c, h, w]: [usize; 4]) -> Vec<f32> {
+    blocked::batch_from_nchw(x, c, [h, w], Halo::default())
 }
 
 fn from_blocked<T: Copy + Default>(x: &[T], [n, c, h, w]: [usize; 4]) -> Vec<T> {
