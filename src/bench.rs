@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::graph::{BranchSchedule, Executor, Graph, Mode, NodeTime};
 use crate::models::Model;
+use crate::ops::conv::ConvAlgo;
 use crate::optim::{Adam, Optimizer};
 use crate::tensor::Images;
 
@@ -24,6 +25,8 @@ pub struct BenchOptions {
     pub branches: BranchSchedule,
     /// Also time every node.
     pub profile: bool,
+    /// The convolution algorithm forced on every layer (`Auto`: the plan's choice per layer).
+    pub conv_algo: ConvAlgo,
 }
 
 /// Median milliseconds per batch and images per second of the timed steps.
@@ -66,6 +69,7 @@ pub fn bench(model: Model, options: BenchOptions) -> Result<BenchResult> {
     let lens: Vec<usize> = graph.params.iter().map(|p| p.len()).collect();
     let mut exec = Executor::new(model, batch)?;
     exec.set_branch_schedule(options.branches);
+    exec.set_conv_algo(options.conv_algo)?;
     let mut opt = Optimizer::Adam(Adam::new(&lens));
     let steps = options.steps;
     let mut times = Vec::with_capacity(steps);

@@ -53,13 +53,24 @@ pub fn from_nchw(x: &[f32], channels: usize, map: [usize; 2], halo: Halo, out: &
 
 /// Reads one blocked image without halo back into NCHW (`channels × h × w` values in `out`).
 pub fn to_nchw(x: &[f32], channels: usize, map: [usize; 2], out: &mut [f32]) {
+    each_nchw_value(x, channels, map, out, |o, v| *o = v);
+}
+
+/// Adds one blocked image without halo into an NCHW one (`channels × h × w` values in `out`).
+pub fn add_to_nchw(x: &[f32], channels: usize, map: [usize; 2], out: &mut [f32]) {
+    each_nchw_value(x, channels, map, out, |o, v| *o += v);
+}
+
+/// Calls `store(out value, blocked value)` for every NCHW value of `out`, in NCHW order.
+fn each_nchw_value(x: &[f32], channels: usize, map: [usize; 2], out: &mut [f32], store: impl Fn(&mut f32, f32)) {
     let [h, w] = map;
     debug_assert_eq!(x.len(), image_len(channels, map, Halo::default()));
     debug_assert_eq!(out.len(), channels * h * w);
     for (c, plane) in out.chunks_exact_mut(h * w).enumerate() {
         let (b, lane) = (c / LANES, c % LANES);
-        for (p, v) in plane.iter_mut().enumerate() {
-            *v = x[(b * h * w + p) * LANES + lane];
+        let block = &x[b * h * w * LANES..][..h * w * LANES];
+        for (v, pixel) in plane.iter_mut().zip(block.chunks_exact(LANES)) {
+            store(v, pixel[lane]);
         }
     }
 }

@@ -84,6 +84,7 @@ fn awkward_channel_counts_train_as_pytorch_with_every_conv_algorithm() {
         ConvAlgo::Im2colGemm,
         ConvAlgo::Gemm1x1,
         ConvAlgo::Winograd,
+        ConvAlgo::Direct,
     ];
     for algo in algos {
         let mut m = model(&f);

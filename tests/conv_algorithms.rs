@@ -6,6 +6,7 @@ mod common;
 
 use common::{max_rel_error, random4};
 use incept::Padding;
+use incept::microkernel::Isa;
 use incept::ndarray::{Array1, Array4};
 use incept::ops::conv::{Conv2d, ConvAlgo};
 
@@ -110,10 +111,21 @@ fn every_algorithm_matches_the_naive_reference() {
             ConvAlgo::Gemm1x1,
             ConvAlgo::Winograd,
             ConvAlgo::Factorized,
+            ConvAlgo::Direct,
         ];
-        for algo in algos.into_iter().filter(|a| a.supports(&g)) {
+        // The direct path once per instruction set this CPU has (the others run on the best one).
+        let isas = Isa::ALL.into_iter().filter(|isa| isa.available());
+        let runs = algos.into_iter().filter(|a| a.supports(&g)).flat_map(|algo| {
+            let isas: Vec<Isa> = match algo {
+                ConvAlgo::Direct => isas.clone().collect(),
+                _ => vec![Isa::best()],
+            };
+            isas.into_iter().map(move |isa| (algo, isa))
+        });
+        for (algo, isa) in runs {
+            Isa::set_limit(Some(isa));
             let fast = conv.clone().with_algo(algo);
-            let what = format!("{algo:?} on {}", conv.geometry(input).unwrap());
+            let what = format!("{algo:?} ({isa:?}) on {}", conv.geometry(input).unwrap());
             let y = fast.forward(x.view(), w.view(), Some(b.view())).unwrap();
             let dx = fast.backward_input(w.view(), dy.view(), input).unwrap();
             // Pre-filled with ones: backward_weight must add, not overwrite.
@@ -135,6 +147,7 @@ fn every_algorithm_matches_the_naive_reference() {
             }
             checked += 1;
         }
+        Isa::set_limit(None);
     }
     eprintln!(
         "conv algorithms vs naive over {checked} (case, algorithm) pairs: worst relative error forward {:.2e}, input gradient {:.2e}, weight gradient {:.2e}",

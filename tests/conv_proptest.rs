@@ -113,6 +113,7 @@ fn every_algorithm_matches_the_naive_reference(c: Case, seed: u64) -> Result<(),
         ConvAlgo::Gemm1x1,
         ConvAlgo::Winograd,
         ConvAlgo::Factorized,
+        ConvAlgo::Direct,
     ];
     for algo in algos.into_iter().filter(|a| a.supports(&g)) {
         let fast = conv.clone().with_algo(algo);

@@ -132,6 +132,7 @@ fn grad_conv2d_every_kernel_kind_and_algorithm() {
             ConvAlgo::Gemm1x1,
             ConvAlgo::Winograd,
             ConvAlgo::Factorized,
+            ConvAlgo::Direct,
         ];
         for algo in algos.into_iter().filter(|a| a.supports(&g)) {
             let conv = conv.clone().with_algo(algo);

@@ -92,6 +92,7 @@ fn conv2d_matches_pytorch_for_every_kernel_kind_and_algorithm() {
             ConvAlgo::Gemm1x1,
             ConvAlgo::Winograd,
             ConvAlgo::Factorized,
+            ConvAlgo::Direct,
         ];
         for algo in algos.into_iter().filter(|a| a.supports(&g)) {
             let conv = conv.clone().with_algo(algo);

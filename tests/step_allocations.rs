@@ -86,6 +86,7 @@ fn every_algorithm_allocates_the_same_each_step() {
         ("googlenet-d2l", 32, ConvAlgo::Gemm1x1),
         ("googlenet-d2l", 32, ConvAlgo::Winograd),
         ("googlenet-d2l", 32, ConvAlgo::Naive),
+        ("googlenet-d2l", 32, ConvAlgo::Direct),
         ("inception-v3", 75, ConvAlgo::Factorized),
     ];
     for (name, size, algo) in runs {

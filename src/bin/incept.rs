@@ -49,7 +49,7 @@ enum ScheduleArg {
     Cosine,
 }
 
-/// Convolution algorithms that can run every layer, for `train --conv-algo`.
+/// Convolution algorithms that can run every layer, for `train --conv-algo` and `bench --conv-algo`.
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum ConvAlgoArg {
     /// Each layer's algorithm as the plan chose it.
@@ -59,6 +59,19 @@ enum ConvAlgoArg {
     Naive,
     /// im2col + GEMM on every layer.
     Im2col,
+    /// incept's microkernel on the blocked channel layout (weights packed once per update).
+    Direct,
+}
+
+impl ConvAlgoArg {
+    fn algo(self) -> ConvAlgo {
+        match self {
+            ConvAlgoArg::Auto => ConvAlgo::Auto,
+            ConvAlgoArg::Naive => ConvAlgo::Naive,
+            ConvAlgoArg::Im2col => ConvAlgo::Im2colGemm,
+            ConvAlgoArg::Direct => ConvAlgo::Direct,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -267,6 +280,9 @@ struct BenchArgs {
     /// printed, and the mean ± standard deviation seconds per batch), overriding --warmup/--steps.
     #[arg(long, value_enum, default_value = "median")]
     protocol: Protocol,
+    /// Force one convolution algorithm on every layer.
+    #[arg(long, value_enum, default_value = "auto")]
+    conv_algo: ConvAlgoArg,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -461,11 +477,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         metrics: Some(out.join("metrics.jsonl")),
         step_log,
         progress: !quiet,
-        conv_algo: match conv_algo {
-            ConvAlgoArg::Auto => ConvAlgo::Auto,
-            ConvAlgoArg::Naive => ConvAlgo::Naive,
-            ConvAlgoArg::Im2col => ConvAlgo::Im2colGemm,
-        },
+        conv_algo: conv_algo.algo(),
     };
     println!(
         "training {model} on {} images ({} test), {size}, batch {batch}, lr {lr}, {} epochs, {} threads",
@@ -648,6 +660,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         branches,
         profile,
         protocol,
+        conv_algo,
     } = args;
     let (warmup, steps) = match protocol {
         Protocol::Median => (warmup, steps),
@@ -667,6 +680,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         steps,
         branches,
         profile,
+        conv_algo: conv_algo.algo(),
     };
     let r = bench::bench(m, options)?;
     let mode = if mode == BenchMode::Train { "train" } else { "infer" };

@@ -6,8 +6,10 @@ use super::{Mode, images, images_mut, with_buffer};
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer};
 use crate::graph::plan::Place;
+use crate::microkernel::Isa;
 use crate::ops::activation;
 use crate::ops::conv;
+use crate::ops::conv::direct;
 use crate::ops::loss;
 use crate::ops::pool::{self, max_pool_backward};
 use crate::ops::shape;
@@ -59,6 +61,7 @@ impl State {
             bn_stats,
             param_grads,
             algos,
+            packed,
             plan,
             profile,
             mode,
@@ -94,13 +97,20 @@ impl State {
                     }
                     let x = images(acts, ip, batch);
                     let dy = images(grads, p, batch);
-                    conv::backward_weight_images(&g, algo, x, dy, &mut param_grads[*weight], workspace);
+                    let (dw, packed) = (&mut param_grads[*weight], packed[id].as_ref());
+                    match packed {
+                        Some(packed) => direct::add_weight_grad_images(packed, x, dy, dw, workspace, Isa::best()),
+                        None => conv::backward_weight_images(&g, algo, x, dy, dw, workspace),
+                    }
                     if let Some(b) = bias {
                         conv::bias_grad(dy, g.out_channels, g.output_pixels(), &mut param_grads[*b]);
                     }
                     if input_needs_grad {
-                        add_input_grad(grads, p, ip, batch, |dy, dx| {
-                            conv::backward_input_images(&g, algo, &params[*weight], dy, dx, workspace)
+                        add_input_grad(grads, p, ip, batch, |dy, dx| match packed {
+                            Some(packed) if packed.has_direct_input_grad() => {
+                                direct::add_input_grad_images(packed, dy, dx, workspace, Isa::best())
+                            }
+                            _ => conv::backward_input_images(&g, algo, &params[*weight], dy, dx, workspace),
                         });
                     }
                     Ok(())

@@ -2,13 +2,14 @@
 //! are threads, so one op at a time cannot fill the cores.
 
 use super::Mode;
-use super::forward::{Saved, forward_node, node_seed};
+use super::forward::{ConvRun, Saved, forward_node, node_seed};
 use super::images;
 use crate::error::Result;
 use crate::graph::builder::{Graph, NodeId};
 use crate::graph::plan::{BranchGroup, Plan};
 use crate::ops::batchnorm::ChannelStats;
 use crate::ops::conv::ConvAlgo;
+use crate::ops::conv::direct::DirectWeights;
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::Workspace;
 use rayon::prelude::*;
@@ -20,6 +21,8 @@ pub(super) struct BranchRun<'a> {
     pub(super) plan: &'a Plan,
     /// Per node: the convolution algorithm it runs.
     pub(super) algos: &'a [Option<ConvAlgo>],
+    /// Per node: the packed weights of a convolution that runs [`ConvAlgo::Direct`].
+    pub(super) packed: &'a [Option<DirectWeights>],
     pub(super) batch: usize,
     /// The pass's mode (training runs branches concurrently only when no batch norm needs the batch).
     pub(super) mode: Mode,
@@ -153,7 +156,7 @@ impl BranchRun<'_> {
             &mut y,
             saved,
             self.params,
-            self.algos[id],
+            ConvRun::of(id, self.algos, self.packed),
             self.mode,
             ws,
         )

@@ -6,8 +6,10 @@ use super::state::State;
 use super::{BranchSchedule, Mode, images, images_mut, with_buffer};
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer, Node, NodeId};
+use crate::microkernel::Isa;
 use crate::ops::activation;
 use crate::ops::batchnorm::ChannelStats;
+use crate::ops::conv::direct::{self, DirectWeights};
 use crate::ops::conv::{self, ConvAlgo, Fused};
 use crate::ops::pool::{self, max_pool_forward};
 use crate::ops::shape;
@@ -27,6 +29,25 @@ pub(super) struct Saved<'a> {
     pub(super) stats: &'a mut ChannelStats,
 }
 
+/// How a convolution node runs: the algorithm the plan chose for it and, for [`ConvAlgo::Direct`], its
+/// weights packed once.
+#[derive(Clone, Copy)]
+pub(super) struct ConvRun<'a> {
+    pub(super) algo: ConvAlgo,
+    pub(super) packed: Option<&'a DirectWeights>,
+}
+
+impl<'a> ConvRun<'a> {
+    /// Node `id`'s run, from the executor's per-node algorithms and packed weights (`None` for a node
+    /// that is not a convolution).
+    pub(super) fn of(id: NodeId, algos: &[Option<ConvAlgo>], packed: &'a [Option<DirectWeights>]) -> Option<Self> {
+        algos[id].map(|algo| ConvRun {
+            algo,
+            packed: packed[id].as_ref(),
+        })
+    }
+}
+
 /// Computes one single-input node (`node`, reading node `input`'s output `x`) into `y`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward_node(
@@ -37,7 +58,7 @@ pub(super) fn forward_node(
     y: &mut ImagesMut<'_>,
     saved: Saved<'_>,
     params: &[Vec<f32>],
-    algo: Option<ConvAlgo>,
+    conv_run: Option<ConvRun<'_>>,
     mode: Mode,
     ws: &mut Workspace,
 ) -> Result<()> {
@@ -51,9 +72,15 @@ pub(super) fn forward_node(
             relu,
         } => {
             let g = conv.geometry([batch, c, h, w])?;
-            let algo = algo.expect("every convolution's algorithm is resolved when the executor is built");
+            let run = conv_run.expect("every convolution's algorithm is resolved when the executor is built");
             let b = bias.map(|b| params[b].as_slice());
-            conv::forward_images_fused(&g, algo, x, &params[*weight], Fused { bias: b, relu: *relu }, y, ws);
+            match run.packed {
+                Some(packed) => direct::forward_images(packed, x, *relu, y, ws, Isa::best()),
+                None => {
+                    let fused = Fused { bias: b, relu: *relu };
+                    conv::forward_images_fused(&g, run.algo, x, &params[*weight], fused, y, ws);
+                }
+            }
         }
         Layer::Linear { linear, weight, bias } => {
             linear.forward_images(x, &params[*weight], bias.map(|b| params[b].as_slice()), y);
@@ -119,6 +146,7 @@ impl State {
                 format!("{} images", input.count()),
             ));
         }
+        self.pack_weights(graph, params)?;
         let batch = input.count();
         self.batch = batch;
         self.mode = mode;
@@ -149,6 +177,7 @@ impl State {
                     params,
                     plan: &self.plan,
                     algos: &self.algos,
+                    packed: &self.packed,
                     batch,
                     mode,
                     pass_seed: self.dropout_seed,
@@ -200,7 +229,7 @@ impl State {
     ) -> Result<()> {
         let node = &graph.nodes[id];
         let (batch, places) = (self.batch, &self.plan.places);
-        let algo = self.algos[id];
+        let conv_run = ConvRun::of(id, &self.algos, &self.packed);
         let p = places[id];
         let in_place = &self.plan.in_place[id];
         let argmax = &mut self.argmax[id];
@@ -241,7 +270,7 @@ impl State {
                         first_image: 0,
                         stats,
                     };
-                    forward_node(graph, node, input, x, &mut y, saved, params, algo, mode, ws)?;
+                    forward_node(graph, node, input, x, &mut y, saved, params, conv_run, mode, ws)?;
                 }
             }
             Ok(())

@@ -128,6 +128,7 @@ impl Executor {
 
     /// Parameter `index`, writable (its length is fixed by its spec).
     pub fn param_mut(&mut self, index: usize) -> &mut [f32] {
+        self.state.packed_stale = true;
         &mut self.model.params[index]
     }
 
@@ -136,6 +137,7 @@ impl Executor {
     pub fn set_params(&mut self, params: Vec<Vec<f32>>) -> Result<()> {
         check_params(&self.model.graph, &params)?;
         self.model.params = params;
+        self.state.packed_stale = true;
         Ok(())
     }
 
@@ -238,6 +240,7 @@ impl Executor {
             self.update_running_statistics();
             self.backward()?;
             optimizer.step(&mut self.model.params, &self.state.param_grads, lr);
+            self.state.packed_stale = true;
         }
         Ok(loss)
     }

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer, NodeId};
 use crate::graph::plan::Plan;
 use crate::ops::batchnorm::ChannelStats;
+use crate::ops::conv::direct::DirectWeights;
 use crate::ops::conv::{self, ConvAlgo};
 use crate::ops::loss;
 use crate::ops::pool;
@@ -19,6 +20,10 @@ pub(super) struct State {
     pub(super) batch: usize,
     /// Per node: the convolution algorithm it runs (`None` for other nodes).
     pub(super) algos: Vec<Option<ConvAlgo>>,
+    /// Per node running [`ConvAlgo::Direct`]: its weights, packed at the first forward pass.
+    pub(super) packed: Vec<Option<DirectWeights>>,
+    /// Whether the parameters may have changed since the weights in `packed` were packed.
+    pub(super) packed_stale: bool,
     pub(super) branches: BranchSchedule,
     pub(super) profile: Option<Vec<NodeTime>>,
     pub(super) acts: Vec<Vec<f32>>,
@@ -94,6 +99,8 @@ impl State {
                 .iter()
                 .map(|p| vec![0.0; if p.trainable { p.len() } else { 0 }])
                 .collect(),
+            packed: vec![None; graph.nodes.len()],
+            packed_stale: true,
             workspace: Workspace::with_size(workspace_size(graph, &algos, capacity)?),
             chain_workspaces: (0..chains)
                 .map(|_| Ok(Workspace::with_size(workspace_size(graph, &algos, 1)?)))
@@ -109,6 +116,36 @@ impl State {
         let per_image = workspace_size(graph, &algos, 1)?;
         self.chain_workspaces.iter_mut().for_each(|ws| ws.reserve(per_image));
         self.algos = algos;
+        self.packed_stale = true;
+        Ok(())
+    }
+
+    /// Packs the weights of every convolution that runs [`ConvAlgo::Direct`] when the parameters may
+    /// have changed since the last packing (an optimizer step, `param_mut`, `set_params`), so a
+    /// forward pass never packs and an unchanged model is packed once. Only the first packing allocates.
+    pub(super) fn pack_weights(&mut self, graph: &Graph, params: &[Vec<f32>]) -> Result<()> {
+        if !self.packed_stale {
+            return Ok(());
+        }
+        for (id, node) in graph.nodes.iter().enumerate() {
+            let Layer::Conv { conv, weight, bias, .. } = &node.layer else {
+                continue;
+            };
+            if self.algos[id] != Some(ConvAlgo::Direct) {
+                self.packed[id] = None;
+                continue;
+            }
+            let (w, b) = (&params[*weight], bias.map(|b| params[b].as_slice()));
+            match &mut self.packed[id] {
+                Some(packed) => packed.repack(w, b),
+                slot => {
+                    let [c, h, width] = graph.nodes[node.inputs[0]].shape;
+                    let g = conv.geometry([1, c, h, width]).map_err(|e| e.in_node(&node.name))?;
+                    *slot = Some(DirectWeights::new(&g, w, b));
+                }
+            }
+        }
+        self.packed_stale = false;
         Ok(())
     }
 

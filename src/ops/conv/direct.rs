@@ -9,14 +9,22 @@
 //! need no special case.
 //!
 //! The input gradient of a stride-1 convolution is the same direct convolution over the output gradient,
-//! with the weights flipped and transposed ([`PackedConv::input_grad`]). The executor does not run
-//! either yet (the compute-core issue wires them in).
+//! with the weights flipped and transposed ([`PackedConv::input_grad`]).
+//!
+//! [`ConvAlgo::Direct`](super::ConvAlgo::Direct) runs these kernels on NCHW activations: each image is
+//! reordered into the blocked layout in the caller's workspace, convolved, and reordered back
+//! ([`forward_images`], [`add_input_grad_images`], [`add_weight_grad_images`]), with the weights packed
+//! once in a [`DirectWeights`] the executor refreshes after every weight update. A reorder reads and
+//! writes each value once; the convolution does `k·k·out` multiply-adds per input value.
 
 use rayon::prelude::*;
 
 use super::ConvGeometry;
 use crate::blocked::{self, Halo};
 use crate::microkernel::{self, Epilogue, Isa, LANES, Tile, TileShape};
+use crate::parallel::{self, Threads, for_each_chunk_mut, for_each_part};
+use crate::tensor::{Images, ImagesMut};
+use crate::workspace::{Workspace, WorkspaceSize};
 
 /// A convolution's weights and bias in the microkernel's layout, and the runs one output tile walks.
 #[derive(Debug, Clone)]
@@ -35,9 +43,15 @@ pub struct PackedConv {
 impl PackedConv {
     /// Packs PyTorch-layout weights `[out, in, kh, kw]` (and a bias) for the convolution `g`.
     pub fn new(g: &ConvGeometry, w: &[f32], b: Option<&[f32]>) -> PackedConv {
-        let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
+        let mut packed = PackedConv::zeros(g);
+        packed.repack(w, b);
+        packed
+    }
+
+    /// Buffers for `g`'s packed weights, all zero, and the runs of its tiles.
+    fn zeros(g: &ConvGeometry) -> PackedConv {
+        let in_blocks = blocked::blocks(g.in_channels);
         let taps = g.h.kernel * g.w.kernel;
-        let block_stride = microkernel::block_stride(in_blocks * taps * LANES * LANES);
         let [hp, wp] = halo(g).padded([g.h.input, g.w.input]);
         let runs = (0..in_blocks)
             .flat_map(|icb| (0..taps).map(move |tap| (icb, tap)))
@@ -48,15 +62,13 @@ impl PackedConv {
                 (w_offset, x_offset)
             })
             .collect();
-        let mut packed = PackedConv {
+        PackedConv {
             geometry: *g,
-            block_stride,
-            weights: vec![0.0; out_blocks * block_stride],
-            bias: vec![0.0; out_blocks * LANES],
+            block_stride: packed_block_stride(g),
+            weights: vec![0.0; packed_len(g)],
+            bias: vec![0.0; blocked::blocks(g.out_channels) * LANES],
             runs,
-        };
-        packed.repack(w, b);
-        packed
+        }
     }
 
     /// Packs new values of the same weights (after an optimizer step) into the existing buffers.
@@ -65,22 +77,7 @@ impl PackedConv {
         let (inputs, outputs) = (g.in_channels, g.out_channels);
         let taps = g.h.kernel * g.w.kernel;
         assert_eq!(w.len(), outputs * inputs * taps, "conv weights [out, in, kh, kw]");
-        let stride = self.block_stride;
-        self.weights.par_chunks_mut(stride).enumerate().for_each(|(ob, block)| {
-            for (i, v) in block.iter_mut().enumerate() {
-                // i = ((icb · taps + tap) · 16 + ic) · 16 + oc, with zeros past the real channels
-                // and in the stride's padding.
-                let (oc, rest) = (i % LANES, i / LANES);
-                let (ic, rest) = (rest % LANES, rest / LANES);
-                let (tap, icb) = (rest % taps, rest / taps);
-                let (o, c) = (ob * LANES + oc, icb * LANES + ic);
-                *v = if o < outputs && c < inputs {
-                    w[(o * inputs + c) * taps + tap]
-                } else {
-                    0.0
-                };
-            }
-        });
+        self.pack(|o, c, tap| w[(o * inputs + c) * taps + tap]);
         self.bias.fill(0.0);
         if let Some(b) = b {
             assert_eq!(b.len(), outputs, "conv bias [out]");
@@ -88,26 +85,55 @@ impl PackedConv {
         }
     }
 
+    /// Fills the packed weights with `weight(output channel, input channel, tap)` for the real channels,
+    /// zeros elsewhere.
+    fn pack(&mut self, weight: impl Fn(usize, usize, usize) -> f32 + Sync) {
+        let g = &self.geometry;
+        let (inputs, outputs) = (g.in_channels, g.out_channels);
+        let taps = g.h.kernel * g.w.kernel;
+        self.weights
+            .par_chunks_mut(self.block_stride)
+            .enumerate()
+            .for_each(|(ob, block)| {
+                for (i, v) in block.iter_mut().enumerate() {
+                    // i = ((icb · taps + tap) · 16 + ic) · 16 + oc, with zeros past the real channels
+                    // and in the stride's padding.
+                    let (oc, rest) = (i % LANES, i / LANES);
+                    let (ic, rest) = (rest % LANES, rest / LANES);
+                    let (tap, icb) = (rest % taps, rest / taps);
+                    let (o, c) = (ob * LANES + oc, icb * LANES + ic);
+                    *v = if o < outputs && c < inputs {
+                        weight(o, c, tap)
+                    } else {
+                        0.0
+                    };
+                }
+            });
+    }
+
     /// The convolution that computes `g`'s input gradient, packed: over the output gradient (as its
     /// input, with a halo of `(K - 1)·dilation - pad` per side), `w'[c][o][ky][kx] = w[o][c][K-1-ky][K-1-kx]`,
     /// no bias. `None` when `g` has a stride above 1 or more padding than its kernel reaches (those need a
     /// transposed convolution, not built yet).
     pub fn input_grad(g: &ConvGeometry, w: &[f32]) -> Option<PackedConv> {
-        let back = g.input_grad_geometry()?;
-        let (kh, kw) = (g.h.kernel, g.w.kernel);
-        let (inputs, outputs) = (g.in_channels, g.out_channels);
-        let mut flipped = vec![0.0; w.len()];
-        for c in 0..inputs {
-            for o in 0..outputs {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        flipped[((c * outputs + o) * kh + ky) * kw + kx] =
-                            w[((o * inputs + c) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)];
-                    }
-                }
-            }
-        }
-        Some(PackedConv::new(&back, &flipped, None))
+        let mut back = PackedConv::zeros(&g.input_grad_geometry()?);
+        back.repack_flipped(w);
+        Some(back)
+    }
+
+    /// Packs new values of the forward weights `w` (`[out, in, kh, kw]` of the convolution whose input
+    /// gradient these weights compute) flipped and transposed, into the existing buffers.
+    fn repack_flipped(&mut self, w: &[f32]) {
+        let back = &self.geometry;
+        // The forward convolution's input channels are this one's outputs, and the other way round.
+        let (forward_inputs, taps) = (back.out_channels, back.h.kernel * back.w.kernel);
+        assert_eq!(
+            w.len(),
+            back.in_channels * forward_inputs * taps,
+            "conv weights [out, in, kh, kw]"
+        );
+        // Flipping both kernel axes reverses the tap order: (K-1-ky)·K + (K-1-kx) = K·K - 1 - tap.
+        self.pack(|c, o, tap| w[(o * forward_inputs + c) * taps + (taps - 1 - tap)]);
     }
 
     /// The packed weights themselves (a weight gradient in this layout starts as a copy or as zeros).
@@ -128,90 +154,139 @@ impl PackedConv {
     /// × 8 input channels of one (input block, tap) and sums over every pixel of a chunk of images, the
     /// chunks in order, so the result does not depend on the thread count.
     pub fn add_weight_grad_blocked(&self, x: &[f32], dy: &[f32], dw: &mut [f32], isa: Isa) {
+        let (in_len, out_len) = self.image_lens();
+        let batch = x.len() / in_len;
+        assert_eq!(x.len(), batch * in_len, "blocked input with halo");
+        assert_eq!(dy.len(), batch * out_len, "blocked output gradient");
+        let chunk = self.weight_grad_chunk();
+        for first in (0..batch).step_by(chunk) {
+            let images = first..(first + chunk).min(batch);
+            self.accumulate_weight_grad(
+                &x[images.start * in_len..images.end * in_len],
+                &dy[images.start * out_len..images.end * out_len],
+                dw,
+                isa,
+            );
+        }
+    }
+
+    /// Values of one blocked input image (with [`halo`]) and of one blocked output image.
+    fn image_lens(&self) -> (usize, usize) {
         let g = &self.geometry;
-        let halo = halo(g);
-        let in_len = blocked::image_len(g.in_channels, [g.h.input, g.w.input], halo);
+        (
+            blocked::image_len(g.in_channels, [g.h.input, g.w.input], halo(g)),
+            blocked::image_len(g.out_channels, [g.h.output, g.w.output], Halo::default()),
+        )
+    }
+
+    /// Images per weight-gradient chunk: as many as keep a chunk's input and output gradient within
+    /// ~2 MB (at least one).
+    fn weight_grad_chunk(&self) -> usize {
+        let (in_len, out_len) = self.image_lens();
+        (512 * 1024 / (in_len + out_len)).max(1)
+    }
+
+    /// Adds the weight gradient of the blocked images in `x` and `dy` (one chunk, summed pixel after
+    /// pixel) into the packed-layout `dw`, each group of output blocks on its own task.
+    fn accumulate_weight_grad(&self, x: &[f32], dy: &[f32], dw: &mut [f32], isa: Isa) {
+        let g = &self.geometry;
+        let (in_len, out_len) = self.image_lens();
+        let count = x.len() / in_len;
         let (oh, ow) = (g.h.output, g.w.output);
         let plane = oh * ow * LANES;
         let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
-        let out_len = out_blocks * plane;
-        assert_eq!(x.len(), g.batch * in_len, "blocked input with halo");
-        assert_eq!(dy.len(), g.batch * out_len, "blocked output gradient");
         assert_eq!(dw.len(), self.weights.len(), "weight gradient in the packed layout");
-        let [hp, wp] = halo.padded([g.h.input, g.w.input]);
+        let [hp, wp] = halo(g).padded([g.h.input, g.w.input]);
         let taps = g.h.kernel * g.w.kernel;
         // Tiles of up to 3 output blocks × 8 input channels; fewer blocks when that is what gives every
         // thread a group of its own.
-        let threads = crate::parallel::threads();
+        let threads = parallel::threads();
         let blocks = (1..=3.min(isa.preferred_tile().blocks))
             .rev()
             .find(|&b| out_blocks.div_ceil(b) >= threads)
             .unwrap_or(1);
         let pixels = 8;
-        // Images per chunk: as many as keep a chunk's input and output gradient within ~2 MB.
-        let chunk = (512 * 1024 / (in_len + out_len).max(1)).clamp(1, g.batch.max(1));
         let stride = self.block_stride;
-        for first in (0..g.batch).step_by(chunk) {
-            let images = first..(first + chunk).min(g.batch);
-            // One task per group of output blocks: each owns its blocks of `dw`.
-            dw.par_chunks_mut(blocks * stride)
-                .enumerate()
-                .for_each(|(grp, dw_group)| {
-                    let first_block = grp * blocks;
-                    let shape_blocks = dw_group.len().div_ceil(stride);
-                    let mut runs = Vec::with_capacity(images.len() * oh);
-                    for icb in 0..in_blocks {
-                        for tap in 0..taps {
-                            let (ky, kx) = (tap / g.w.kernel, tap % g.w.kernel);
-                            runs.clear();
-                            for n in images.clone() {
-                                for oy in 0..oh {
-                                    let dy_at = n * out_len + first_block * plane + oy * ow * LANES;
-                                    let y_in = oy * g.h.stride + ky * g.h.dilation;
-                                    let x_at = n * in_len + ((icb * hp + y_in) * wp + kx * g.w.dilation) * LANES;
-                                    runs.push((dy_at, x_at));
-                                }
-                            }
-                            for ic in (0..LANES).step_by(pixels) {
-                                let tile = Tile {
-                                    shape: TileShape {
-                                        blocks: shape_blocks,
-                                        pixels: pixels.min(LANES - ic),
-                                    },
-                                    runs: &runs,
-                                    depth: ow,
-                                    w_block_stride: plane,
-                                    x_pixel_stride: 1,
-                                    x_depth_stride: g.w.stride * LANES,
-                                    c_offset: ((icb * taps + tap) * LANES + ic) * LANES,
-                                    c_block_stride: stride,
-                                    epilogue: Epilogue {
-                                        accumulate: true,
-                                        bias: None,
-                                        relu: false,
-                                    },
-                                };
-                                microkernel::run(isa, &tile, dy, &x[ic..], dw_group);
+        // One task per group of output blocks: each owns its blocks of `dw`.
+        dw.par_chunks_mut(blocks * stride)
+            .enumerate()
+            .for_each(|(grp, dw_group)| {
+                let first_block = grp * blocks;
+                let shape_blocks = dw_group.len().div_ceil(stride);
+                let mut runs = Vec::with_capacity(count * oh);
+                for icb in 0..in_blocks {
+                    for tap in 0..taps {
+                        let (ky, kx) = (tap / g.w.kernel, tap % g.w.kernel);
+                        runs.clear();
+                        for n in 0..count {
+                            for oy in 0..oh {
+                                let dy_at = n * out_len + first_block * plane + oy * ow * LANES;
+                                let y_in = oy * g.h.stride + ky * g.h.dilation;
+                                let x_at = n * in_len + ((icb * hp + y_in) * wp + kx * g.w.dilation) * LANES;
+                                runs.push((dy_at, x_at));
                             }
                         }
+                        for ic in (0..LANES).step_by(pixels) {
+                            let tile = Tile {
+                                shape: TileShape {
+                                    blocks: shape_blocks,
+                                    pixels: pixels.min(LANES - ic),
+                                },
+                                runs: &runs,
+                                depth: ow,
+                                w_block_stride: plane,
+                                x_pixel_stride: 1,
+                                x_depth_stride: g.w.stride * LANES,
+                                c_offset: ((icb * taps + tap) * LANES + ic) * LANES,
+                                c_block_stride: stride,
+                                epilogue: Epilogue {
+                                    accumulate: true,
+                                    bias: None,
+                                    relu: false,
+                                },
+                            };
+                            microkernel::run(isa, &tile, dy, &x[ic..], dw_group);
+                        }
                     }
-                });
-        }
+                }
+            });
     }
 
     /// `packed` (in these weights' layout) back in PyTorch's `[out, in, kh, kw]`.
     pub fn unpack(&self, packed: &[f32]) -> Vec<f32> {
         let g = &self.geometry;
+        let mut w = vec![0.0; g.out_channels * g.in_channels * g.h.kernel * g.w.kernel];
+        self.unpack_add(packed, &mut w);
+        w
+    }
+
+    /// Adds `packed` (in these weights' layout) into `w`, laid out as PyTorch's `[out, in, kh, kw]`.
+    fn unpack_add(&self, packed: &[f32], w: &mut [f32]) {
+        let g = &self.geometry;
         let taps = g.h.kernel * g.w.kernel;
-        let mut w = vec![0.0; g.out_channels * g.in_channels * taps];
+        assert_eq!(
+            w.len(),
+            g.out_channels * g.in_channels * taps,
+            "conv weights [out, in, kh, kw]"
+        );
         for (i, v) in w.iter_mut().enumerate() {
             let (tap, rest) = (i % taps, i / taps);
             let (c, o) = (rest % g.in_channels, rest / g.in_channels);
             let (ob, oc, icb, ic) = (o / LANES, o % LANES, c / LANES, c % LANES);
-            *v = packed[ob * self.block_stride + ((icb * taps + tap) * LANES + ic) * LANES + oc];
+            *v += packed[ob * self.block_stride + ((icb * taps + tap) * LANES + ic) * LANES + oc];
         }
-        w
     }
+}
+
+/// Distance between consecutive output blocks of `g`'s packed weights.
+fn packed_block_stride(g: &ConvGeometry) -> usize {
+    let taps = g.h.kernel * g.w.kernel;
+    microkernel::block_stride(blocked::blocks(g.in_channels) * taps * LANES * LANES)
+}
+
+/// Values of `g`'s packed weights.
+fn packed_len(g: &ConvGeometry) -> usize {
+    blocked::blocks(g.out_channels) * packed_block_stride(g)
 }
 
 /// The zero halo the input needs: the convolution's padding.
@@ -223,54 +298,261 @@ pub fn halo(g: &ConvGeometry) -> Halo {
 /// [`halo`] of `packed`'s convolution, `y` blocked images without halo, both one after another. With
 /// `accumulate`, the result is added to `y` instead (before the ReLU).
 pub fn forward_blocked(packed: &PackedConv, x: &[f32], y: &mut [f32], accumulate: bool, relu: bool, isa: Isa) {
+    let (in_len, out_len) = packed.image_lens();
+    let batch = x.len() / in_len;
+    assert_eq!(x.len(), batch * in_len, "blocked input with halo");
+    assert_eq!(y.len(), batch * out_len, "blocked output");
+    if parallel::pieces_fill_threads(batch) {
+        y.par_chunks_mut(out_len)
+            .zip(x.par_chunks(in_len))
+            .for_each(|(y_img, x_img)| forward_image(packed, x_img, y_img, accumulate, relu, isa, Threads::One));
+    } else {
+        for (y_img, x_img) in y.chunks_mut(out_len).zip(x.chunks(in_len)) {
+            forward_image(packed, x_img, y_img, accumulate, relu, isa, Threads::Pool);
+        }
+    }
+}
+
+/// One blocked image of [`forward_blocked`]: tiles in groups of output blocks, the groups across the
+/// pool (as many groups as keep every thread busy) or in order on this thread.
+fn forward_image(
+    packed: &PackedConv,
+    x_img: &[f32],
+    y_img: &mut [f32],
+    accumulate: bool,
+    relu: bool,
+    isa: Isa,
+    threads: Threads,
+) {
     let g = &packed.geometry;
-    let in_len = blocked::image_len(g.in_channels, [g.h.input, g.w.input], halo(g));
     let (oh, ow) = (g.h.output, g.w.output);
     let plane = oh * ow * LANES;
-    let out_len = blocked::blocks(g.out_channels) * plane;
-    assert_eq!(x.len(), g.batch * in_len, "blocked input with halo");
-    assert_eq!(y.len(), g.batch * out_len, "blocked output");
     let [_, wp] = halo(g).padded([g.h.input, g.w.input]);
     let TileShape { blocks, pixels } = isa.preferred_tile();
+    let blocks = match threads {
+        Threads::One => blocks,
+        Threads::Pool => {
+            let out_blocks = blocked::blocks(g.out_channels);
+            (1..=blocks)
+                .rev()
+                .find(|&b| out_blocks.div_ceil(b) >= parallel::threads())
+                .unwrap_or(1)
+        }
+    };
     // A 1×1, stride-1, unpadded convolution reads pixel `i` of the output at input pixel `i`: the whole
     // map is one row, so a 3×3 map fills a 6-pixel tile and a 3-pixel one instead of three 3-pixel ones.
     let (rows, cols) = if g.is_pointwise() { (1, oh * ow) } else { (oh, ow) };
-    y.par_chunks_mut(out_len)
-        .zip(x.par_chunks(in_len))
-        .for_each(|(y_img, x_img)| {
-            // One task per group of `blocks` output blocks: its tiles write only its own planes.
-            y_img
-                .par_chunks_mut(blocks * plane)
-                .enumerate()
-                .for_each(|(group, y_group)| {
-                    let first_block = group * blocks;
-                    let shape_blocks = y_group.len() / plane;
-                    let weights = &packed.weights[first_block * packed.block_stride..];
-                    let bias = &packed.bias[first_block * LANES..];
-                    for oy in 0..rows {
-                        for ox in (0..cols).step_by(pixels) {
-                            let tile = Tile {
-                                shape: TileShape {
-                                    blocks: shape_blocks,
-                                    pixels: pixels.min(cols - ox),
-                                },
-                                runs: &packed.runs,
-                                depth: LANES,
-                                w_block_stride: packed.block_stride,
-                                x_pixel_stride: g.w.stride * LANES,
-                                x_depth_stride: 1,
-                                c_offset: (oy * cols + ox) * LANES,
-                                c_block_stride: plane,
-                                epilogue: Epilogue {
-                                    accumulate,
-                                    bias: Some(bias),
-                                    relu,
-                                },
-                            };
-                            let x_tile = &x_img[(oy * g.h.stride * wp + ox * g.w.stride) * LANES..];
-                            microkernel::run(isa, &tile, weights, x_tile, y_group);
-                        }
-                    }
-                });
-        });
+    // Each group of `blocks` output blocks writes only its own planes.
+    for_each_chunk_mut(y_img, blocks * plane, threads, |group, y_group| {
+        let first_block = group * blocks;
+        let shape_blocks = y_group.len() / plane;
+        let weights = &packed.weights[first_block * packed.block_stride..];
+        let bias = &packed.bias[first_block * LANES..];
+        for oy in 0..rows {
+            for ox in (0..cols).step_by(pixels) {
+                let tile = Tile {
+                    shape: TileShape {
+                        blocks: shape_blocks,
+                        pixels: pixels.min(cols - ox),
+                    },
+                    runs: &packed.runs,
+                    depth: LANES,
+                    w_block_stride: packed.block_stride,
+                    x_pixel_stride: g.w.stride * LANES,
+                    x_depth_stride: 1,
+                    c_offset: (oy * cols + ox) * LANES,
+                    c_block_stride: plane,
+                    epilogue: Epilogue {
+                        accumulate,
+                        bias: Some(bias),
+                        relu,
+                    },
+                };
+                let x_tile = &x_img[(oy * g.h.stride * wp + ox * g.w.stride) * LANES..];
+                microkernel::run(isa, &tile, weights, x_tile, y_group);
+            }
+        }
+    });
+}
+
+/// A convolution's weights packed once for [`ConvAlgo::Direct`](super::ConvAlgo::Direct): for the
+/// forward pass and the weight gradient, and flipped and transposed for the input gradient of a stride-1
+/// convolution (`None` otherwise: that input gradient goes through im2col + GEMM).
+#[derive(Debug, Clone)]
+pub struct DirectWeights {
+    forward: PackedConv,
+    input_grad: Option<PackedConv>,
+}
+
+impl DirectWeights {
+    /// Packs `w` (`[out, in, kh, kw]`) and `b` for `g` (whose batch size does not matter).
+    pub fn new(g: &ConvGeometry, w: &[f32], b: Option<&[f32]>) -> DirectWeights {
+        DirectWeights {
+            forward: PackedConv::new(g, w, b),
+            input_grad: PackedConv::input_grad(g, w),
+        }
+    }
+
+    /// Zero weights in `g`'s layout: enough for a weight gradient, which does not read them.
+    pub fn layout(g: &ConvGeometry) -> DirectWeights {
+        DirectWeights {
+            forward: PackedConv::zeros(g),
+            input_grad: None,
+        }
+    }
+
+    /// Packs new values of the same weights into the existing buffers (no allocation).
+    pub fn repack(&mut self, w: &[f32], b: Option<&[f32]>) {
+        self.forward.repack(w, b);
+        if let Some(back) = &mut self.input_grad {
+            back.repack_flipped(w);
+        }
+    }
+
+    /// Whether the input gradient runs on the microkernel (stride 1) rather than through im2col + GEMM.
+    pub fn has_direct_input_grad(&self) -> bool {
+        self.input_grad.is_some()
+    }
+}
+
+/// Whether `g`'s input gradient runs on the microkernel (see [`DirectWeights`]).
+pub(super) fn direct_input_grad(g: &ConvGeometry) -> bool {
+    g.input_grad_geometry().is_some()
+}
+
+/// The workspace of every pass of [`ConvAlgo::Direct`](super::ConvAlgo::Direct) over `g` (at the batch
+/// `g` holds), except an input gradient that goes through im2col (`direct_input_grad` is false).
+pub(super) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
+    let lens = |g: &ConvGeometry| {
+        blocked::image_len(g.in_channels, [g.h.input, g.w.input], halo(g))
+            + blocked::image_len(g.out_channels, [g.h.output, g.w.output], Halo::default())
+    };
+    let chunk = (512 * 1024 / lens(g)).clamp(1, g.batch.max(1));
+    let weight_grad = WorkspaceSize {
+        partials: packed_len(g),
+        ..WorkspaceSize::regions(chunk * lens(g))
+    };
+    let forward = WorkspaceSize::regions(lens(g));
+    let input_grad = g
+        .input_grad_geometry()
+        .map(|back| WorkspaceSize::regions(lens(&back)))
+        .unwrap_or_default();
+    forward.max(weight_grad).max(input_grad)
+}
+
+/// `y = conv(x) + bias` (then `max(·, 0)` with `relu`) on NCHW images: each image reordered into the
+/// blocked layout in `ws`, convolved, and reordered back into `y`.
+pub fn forward_images(
+    weights: &DirectWeights,
+    x: Images<'_>,
+    relu: bool,
+    y: &mut ImagesMut<'_>,
+    ws: &mut Workspace,
+    isa: Isa,
+) {
+    let packed = &weights.forward;
+    let g = &packed.geometry;
+    let (map_in, map_out) = ([g.h.input, g.w.input], [g.h.output, g.w.output]);
+    let reorder = Reorder {
+        load: |n, xb: &mut [f32]| blocked::from_nchw(x.get(n), g.in_channels, map_in, halo(g), xb),
+        store: |yb: &[f32], y_img: &mut [f32]| blocked::to_nchw(yb, g.out_channels, map_out, y_img),
+    };
+    run_images(packed, relu, isa, y, ws, reorder);
+}
+
+/// Adds the input gradient of NCHW output gradients `dy` into `dx`, with the flipped weights of a
+/// stride-1 convolution. Panics if `weights` has none ([`DirectWeights::has_direct_input_grad`]).
+pub fn add_input_grad_images(
+    weights: &DirectWeights,
+    dy: Images<'_>,
+    dx: &mut ImagesMut<'_>,
+    ws: &mut Workspace,
+    isa: Isa,
+) {
+    let back = weights
+        .input_grad
+        .as_ref()
+        .expect("the direct input gradient needs a stride-1 convolution");
+    let g = &back.geometry;
+    let (map_in, map_out) = ([g.h.input, g.w.input], [g.h.output, g.w.output]);
+    let reorder = Reorder {
+        load: |n, dyb: &mut [f32]| blocked::from_nchw(dy.get(n), g.in_channels, map_in, halo(g), dyb),
+        store: |dxb: &[f32], dx_img: &mut [f32]| blocked::add_to_nchw(dxb, g.out_channels, map_out, dx_img),
+    };
+    run_images(back, false, isa, dx, ws, reorder);
+}
+
+/// How [`run_images`] moves an image into the blocked layout (`load(n, blocked input)`) and its result
+/// out of it (`store(blocked output, NCHW image)`).
+struct Reorder<L, S> {
+    load: L,
+    store: S,
+}
+
+/// Convolves every image `n` of `out` with `packed`, between `reorder`'s load and store: images in
+/// static parts across the pool when they fill it, else one at a time with each image's tiles across
+/// the pool. Each part's blocked buffers are its region of `ws`.
+fn run_images<L, S>(
+    packed: &PackedConv,
+    relu: bool,
+    isa: Isa,
+    out: &mut ImagesMut<'_>,
+    ws: &mut Workspace,
+    reorder: Reorder<L, S>,
+) where
+    L: Fn(usize, &mut [f32]) + Sync,
+    S: Fn(&[f32], &mut [f32]) + Sync,
+{
+    let (in_len, out_len) = packed.image_lens();
+    let region_len = in_len + out_len;
+    let mut images: Vec<&mut [f32]> = out.iter_mut().map(|(_, img)| img).collect();
+    for_each_part(
+        &mut images,
+        1,
+        ws.regions(region_len),
+        region_len,
+        |first, run, region, threads| {
+            let (xb, yb) = region.split_at_mut(in_len);
+            for (i, img) in run.iter_mut().enumerate() {
+                (reorder.load)(first + i, xb);
+                forward_image(packed, xb, yb, false, relu, isa, threads);
+                (reorder.store)(yb, img);
+            }
+        },
+    );
+}
+
+/// Adds the weight gradient of NCHW inputs `x` and output gradients `dy` into `dw` (`[out, in, kh,
+/// kw]`): chunks of images reordered into the blocked layout in `ws` (each image on its own task),
+/// summed into a packed-layout gradient in `ws`, unpacked once at the end.
+pub fn add_weight_grad_images(
+    weights: &DirectWeights,
+    x: Images<'_>,
+    dy: Images<'_>,
+    dw: &mut [f32],
+    ws: &mut Workspace,
+    isa: Isa,
+) {
+    let packed = &weights.forward;
+    let g = &packed.geometry;
+    let (map_in, map_out) = ([g.h.input, g.w.input], [g.h.output, g.w.output]);
+    let (in_len, out_len) = packed.image_lens();
+    let batch = x.count();
+    let chunk = packed.weight_grad_chunk().min(batch.max(1));
+    let (dw_packed, region) = ws.partials_and_regions(packed.weights.len(), chunk * (in_len + out_len));
+    dw_packed.fill(0.0);
+    let (xb, dyb) = region[..chunk * (in_len + out_len)].split_at_mut(chunk * in_len);
+    for first in (0..batch).step_by(chunk) {
+        let count = chunk.min(batch - first);
+        let (xb, dyb) = (&mut xb[..count * in_len], &mut dyb[..count * out_len]);
+        xb.par_chunks_mut(in_len)
+            .zip(dyb.par_chunks_mut(out_len))
+            .enumerate()
+            .for_each(|(i, (x_img, dy_img))| {
+                blocked::from_nchw(x.get(first + i), g.in_channels, map_in, halo(g), x_img);
+                blocked::from_nchw(dy.get(first + i), g.out_channels, map_out, Halo::default(), dy_img);
+            });
+        packed.accumulate_weight_grad(xb, dyb, dw_packed, isa);
+    }
+    packed.unpack_add(dw_packed, dw);
 }

@@ -8,6 +8,7 @@
 //! | [`ConvAlgo::Winograd`] | `winograd.rs` | 3×3, stride 1: F(4×4, 3×3), forward and input gradient |
 //! | [`ConvAlgo::Factorized`] | `factorized.rs` | 1×k and k×1, stride 1: one GEMM per tap on a padded copy |
 //! | [`ConvAlgo::Im2colGemm`] | `im2col.rs` + `gemm_conv.rs` | everything else |
+//! | [`ConvAlgo::Direct`] | `direct.rs` | any geometry: incept's microkernel on the blocked layout |
 //!
 //! The weight gradient of a Winograd layer is computed by im2col + GEMM. `batching.rs` holds how the
 //! GEMM-based algorithms split a batch into chunks and threads.
@@ -24,6 +25,7 @@ use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4};
 
 use crate::error::{Error, Result, expect_shape};
 use crate::geometry::{Axis, Padding};
+use crate::microkernel::Isa;
 use crate::tensor::{Images, ImagesMut, contiguous, dims4, with_contiguous_mut};
 use crate::workspace::{Workspace, WorkspaceSize};
 
@@ -44,6 +46,10 @@ pub enum ConvAlgo {
     Winograd,
     /// `1×k` or `k×1` (k > 1), stride 1, no dilation: one GEMM per tap on a padded copy of the input.
     Factorized,
+    /// incept's microkernel on the blocked channel layout, every image reordered in and out; weights
+    /// packed once by the executor ([`direct::DirectWeights`]). The input gradient of a strided
+    /// convolution goes through im2col + GEMM.
+    Direct,
 }
 
 impl ConvAlgo {
@@ -53,7 +59,7 @@ impl ConvAlgo {
             ConvAlgo::Gemm1x1 => g.is_pointwise(),
             ConvAlgo::Winograd => winograd::eligible(g),
             ConvAlgo::Factorized => factorized::eligible(g),
-            ConvAlgo::Auto | ConvAlgo::Naive | ConvAlgo::Im2colGemm => true,
+            ConvAlgo::Auto | ConvAlgo::Naive | ConvAlgo::Im2colGemm | ConvAlgo::Direct => true,
         }
     }
 }
@@ -72,6 +78,11 @@ pub fn choose_algo(requested: ConvAlgo, g: &ConvGeometry) -> Result<ConvAlgo> {
         // 123 vs 114 and 136 vs 130 GFLOP/s, backward 115 vs 95 and 132 vs 121). With 3 taps
         // (1×3 / 3×1 on 8×8 maps) im2col's one wide GEMM wins (137 vs 104, 148 vs 141 forward).
         ConvAlgo::Auto if factorized::eligible(g) && g.h.kernel.max(g.w.kernel) >= 5 => Ok(ConvAlgo::Factorized),
+        // Direct is not chosen automatically yet: with a reorder into and out of the blocked layout around
+        // every call, it loses on googlenet-d2l (`incept bench --mode train --conv-algo direct --profile`
+        // against auto, batch 128, one run): 1×1 layers forward 0.45-0.8×, backward 0.4-0.7×, 3×3 forward
+        // 0.9-1.08× and backward 0.8-0.95×; only 5×5 wins (forward 1.05-2.1×, backward 0.8-1.3×). The
+        // reorders cost as much as a 1×1 convolution; the layout has to stay blocked between layers.
         ConvAlgo::Auto => Ok(ConvAlgo::Im2colGemm),
         ConvAlgo::Gemm1x1 if !g.is_pointwise() => Err(Error::config(
             "conv2d",
@@ -436,6 +447,11 @@ pub fn forward_images_fused(
         }
         ConvAlgo::Winograd => winograd::forward(g, x, w, fused, y, ws),
         ConvAlgo::Factorized => factorized::forward(g, x, w, fused, y, ws),
+        // Packed per call here; the executor packs once and calls `direct` itself.
+        ConvAlgo::Direct => {
+            let packed = direct::DirectWeights::new(g, w, fused.bias);
+            direct::forward_images(&packed, x, fused.relu, y, ws, Isa::best());
+        }
         _ => gemm_conv::forward(g, lowering(g, algo), x, w, fused, y, ws),
     }
 }
@@ -453,6 +469,10 @@ pub fn backward_input_images(
         ConvAlgo::Naive => naive::backward_input(g, w, dy, dx),
         ConvAlgo::Winograd => winograd::backward_input(g, w, dy, dx, ws),
         ConvAlgo::Factorized => factorized::backward_input(g, w, dy, dx, ws),
+        ConvAlgo::Direct if direct::direct_input_grad(g) => {
+            let packed = direct::DirectWeights::new(g, w, None);
+            direct::add_input_grad_images(&packed, dy, dx, ws, Isa::best());
+        }
         _ => gemm_conv::backward_input(g, lowering(g, algo), w, dy, dx, ws),
     }
 }
@@ -469,6 +489,10 @@ pub fn backward_weight_images(
     match algo {
         ConvAlgo::Naive => naive::backward_weight(g, x, dy, dw),
         ConvAlgo::Factorized => factorized::backward_weight(g, x, dy, dw, ws),
+        ConvAlgo::Direct => {
+            let packed = direct::DirectWeights::layout(g);
+            direct::add_weight_grad_images(&packed, x, dy, dw, ws, Isa::best());
+        }
         _ => gemm_conv::backward_weight(g, lowering(g, algo), x, dy, dw, ws),
     }
 }
@@ -481,6 +505,8 @@ pub fn workspace(g: &ConvGeometry, algo: ConvAlgo) -> WorkspaceSize {
         // The weight gradient of a Winograd layer goes through im2col.
         ConvAlgo::Winograd => winograd::workspace(g).max(gemm_conv::Lowering::Im2col.workspace(g)),
         ConvAlgo::Factorized => factorized::workspace(g),
+        ConvAlgo::Direct if direct::direct_input_grad(g) => direct::workspace(g),
+        ConvAlgo::Direct => direct::workspace(g).max(gemm_conv::Lowering::Im2col.workspace(g)),
         _ => lowering(g, algo).workspace(g),
     }
 }
