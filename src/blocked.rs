@@ -8,6 +8,25 @@
 
 use crate::microkernel::LANES;
 
+/// How one image of a node's output (and of its gradient) is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `[c][h][w]`, as PyTorch lays it out.
+    Nchw,
+    /// `[c/16][h][w][16]` ([`crate::blocked`]), channels padded with zeros to whole blocks of 16.
+    Blocked,
+}
+
+impl Layout {
+    /// Values per image of a `[c, h, w]` output in this layout.
+    pub fn image_len(self, [c, h, w]: [usize; 3]) -> usize {
+        match self {
+            Layout::Nchw => c * h * w,
+            Layout::Blocked => image_len(c, [h, w], Halo::default()),
+        }
+    }
+}
+
 /// Blocks of 16 that hold `channels` channels.
 pub fn blocks(channels: usize) -> usize {
     channels.div_ceil(LANES)
@@ -47,6 +66,25 @@ pub fn from_nchw(x: &[f32], channels: usize, map: [usize; 2], halo: Halo, out: &
             for (i, &v) in row.iter().enumerate() {
                 out[start + i * LANES] = v;
             }
+        }
+    }
+}
+
+/// Copies one blocked image without halo (`out` without `halo`) into `out` with `halo`, which is zero.
+pub fn add_halo(x: &[f32], channels: usize, map: [usize; 2], halo: Halo, out: &mut [f32]) {
+    debug_assert_eq!(x.len(), image_len(channels, map, Halo::default()));
+    debug_assert_eq!(out.len(), image_len(channels, map, halo));
+    if halo == Halo::default() {
+        out.copy_from_slice(x);
+        return;
+    }
+    let [h, w] = map;
+    let [hp, wp] = halo.padded(map);
+    let [top, _, left, _] = halo.0;
+    out.fill(0.0);
+    for (b, plane) in x.chunks_exact(h * w * LANES).enumerate() {
+        for (y, row) in plane.chunks_exact(w * LANES).enumerate() {
+            out[((b * hp + y + top) * wp + left) * LANES..][..w * LANES].copy_from_slice(row);
         }
     }
 }

@@ -93,14 +93,14 @@ fn an_auxiliary_head_adds_its_weighted_loss_in_training_only() {
     };
     exec.forward(input, Mode::Train).unwrap();
     let train = exec.loss(&labels).unwrap().loss;
-    let expected = ce(exec.node_output(main)) + 0.4 * ce(exec.node_output(aux));
+    let expected = ce(exec.node_output(main).images()) + 0.4 * ce(exec.node_output(aux).images());
     assert!(
         (train - expected).abs() < 1e-6,
         "training loss {train} vs main + 0.4 aux {expected}"
     );
     exec.forward(input, Mode::Eval).unwrap();
     let eval = exec.loss(&labels).unwrap().loss;
-    let expected = ce(exec.node_output(main));
+    let expected = ce(exec.node_output(main).images());
     assert!(
         (eval - expected).abs() < 1e-6,
         "eval loss {eval} vs the main head's {expected}"

@@ -8,7 +8,7 @@ use incept::bench::{self, BenchOptions};
 use incept::data::augment::Augmentation;
 use incept::data::transforms::Normalization;
 use incept::data::{Dataset, cifar, idx, npy};
-use incept::graph::plan::Plan;
+use incept::graph::plan::{Layout, Plan};
 use incept::graph::{BranchSchedule, Executor, Mode};
 use incept::io::checkpoint::{InputSize, Recorded, TensorFile, resolve};
 use incept::models::{self, Model, ModelConfig};
@@ -618,21 +618,28 @@ fn summary_command(args: SummaryArgs) -> Result<()> {
         let plan = Plan::new(&graph)?;
         let total = graph.flops_per_image() as f64;
         println!(
-            "{:<14} {:<26} {:>9} {:<11} {:>6}",
-            "conv", "op", "output", "algorithm", "FLOPs"
+            "{:<14} {:<26} {:>9} {:<11} {:<15} {:>6}",
+            "conv", "op", "output", "algorithm", "layout in->out", "FLOPs"
         );
-        for (node, algo) in graph.nodes.iter().zip(&plan.conv_algos) {
+        for (id, (node, algo)) in graph.nodes.iter().zip(&plan.conv_algos).enumerate() {
             let Some(algo) = algo else { continue };
             let [_, h, w] = node.shape;
+            let layouts = format!("{:?}->{:?}", plan.layouts[node.inputs[0]], plan.layouts[id]);
             println!(
-                "{:<14} {:<26} {:>9} {:<11} {:>5.1}%",
+                "{:<14} {:<26} {:>9} {:<11} {:<15} {:>5.1}%",
                 node.name,
                 node.layer.describe(),
                 format!("{h}x{w}"),
                 format!("{algo:?}"),
+                layouts,
                 100.0 * graph.node_flops(node) as f64 / total
             );
         }
+        let blocked = plan.layouts.iter().filter(|&&l| l == Layout::Blocked).count();
+        println!(
+            "{blocked} of {} nodes keep their output in the blocked layout",
+            graph.nodes.len()
+        );
     }
     Ok(())
 }

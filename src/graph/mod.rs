@@ -7,4 +7,4 @@ mod executor;
 pub mod plan;
 
 pub use builder::{Graph, GraphBuilder, Init, Layer, Node, NodeId, ParamId, ParamSpec};
-pub use executor::{BranchSchedule, Executor, Mode, NodeTime};
+pub use executor::{BranchSchedule, Executor, Mode, NodeTime, NodeValues};

@@ -7,8 +7,10 @@
 //! of the same concat) is copied by the concat instead.
 
 use super::builder::{Graph, Layer, NodeId};
+pub use crate::blocked::Layout;
 use crate::error::Result;
-use crate::ops::conv::{self, ConvAlgo};
+use crate::microkernel::{Isa, LANES};
+use crate::ops::conv::{self, ConvAlgo, ConvGeometry};
 
 /// Where a node's output lives: image `n` is `buffer[n * stride + offset..][..len]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +30,12 @@ pub struct Place {
 pub struct Plan {
     /// Per node: where its output lives.
     pub places: Vec<Place>,
+    /// Per node: the layout of its output. Only convolutions that run [`ConvAlgo::Direct`] and the ops
+    /// between them (max pool, ReLU, concat of whole blocks) are blocked; a node is blocked only when
+    /// every node that reads it can read the blocked layout, so no reorder sits between two ops.
+    pub layouts: Vec<Layout>,
+    /// Per node: values per image of its output, in its layout.
+    pub lens: Vec<usize>,
     /// Per buffer: values per image.
     pub buffer_image_len: Vec<usize>,
     /// Per concat node and input: true if the input already lives in its slice (no copy needed).
@@ -58,7 +66,19 @@ pub struct BranchGroup {
 impl Plan {
     /// Plans `graph`; fails if a convolution forces an algorithm that cannot run its geometry.
     pub fn new(graph: &Graph) -> Result<Plan> {
+        Plan::with_conv_algo(graph, ConvAlgo::Auto)
+    }
+
+    /// Plans `graph` with `forced` on every convolution (`Auto`: each layer's own request, and the
+    /// plan's choice where that is `Auto`); fails naming the first layer `forced` cannot run.
+    pub fn with_conv_algo(graph: &Graph, forced: ConvAlgo) -> Result<Plan> {
         let nodes = &graph.nodes;
+        let (conv_algos, layouts) = conv_algos_and_layouts(graph, forced)?;
+        let lens: Vec<usize> = nodes
+            .iter()
+            .zip(&layouts)
+            .map(|(n, layout)| layout.image_len(n.shape))
+            .collect();
         // Pass 1: which nodes write straight into a concat, at which offset.
         let mut host: Vec<Option<(NodeId, usize)>> = vec![None; nodes.len()];
         let mut in_place = vec![Vec::new(); nodes.len()];
@@ -76,7 +96,7 @@ impl Plan {
                     host[part] = Some((id, offset));
                 }
                 in_place[id].push(placeable);
-                offset += p.image_len();
+                offset += lens[part];
             }
         }
         // Pass 2: a buffer for every node that owns its output.
@@ -92,7 +112,7 @@ impl Plan {
         let mut buffer_image_len = Vec::new();
         for (id, node) in nodes.iter().enumerate() {
             if host[id].is_none() && !matches!(node.layer, Layer::Flatten) {
-                let len = node.image_len();
+                let len = lens[id];
                 places[id] = Place {
                     buffer: buffer_image_len.len(),
                     offset: 0,
@@ -110,7 +130,7 @@ impl Plan {
                 places[id] = Place {
                     buffer: c.buffer,
                     offset: c.offset + offset,
-                    len: nodes[id].image_len(),
+                    len: lens[id],
                     stride: c.stride,
                 };
             }
@@ -127,19 +147,10 @@ impl Plan {
         let branch_groups = (0..nodes.len())
             .filter_map(|id| branch_group(graph, id, &in_place, &consumers))
             .collect();
-        let conv_algos = nodes
-            .iter()
-            .map(|node| match &node.layer {
-                Layer::Conv { conv: c, .. } => {
-                    let [channels, h, w] = nodes[node.inputs[0]].shape;
-                    let g = c.geometry([1, channels, h, w]).map_err(|e| e.in_node(&node.name))?;
-                    Ok(Some(conv::choose_algo(c.algo, &g).map_err(|e| e.in_node(&node.name))?))
-                }
-                _ => Ok(None),
-            })
-            .collect::<Result<_>>()?;
         Ok(Plan {
             places,
+            layouts,
+            lens,
             buffer_image_len,
             in_place,
             branch_groups,
@@ -151,6 +162,133 @@ impl Plan {
     pub fn values_per_image(&self) -> usize {
         self.buffer_image_len.iter().sum()
     }
+}
+
+/// Each convolution's algorithm (`forced`, or each layer's request, or the plan's choice) and each
+/// node's layout.
+///
+/// Where the plan chooses, a stride-1 convolution with at least 16 input and output channels runs
+/// [`ConvAlgo::Direct`] when the microkernel has a vector build here and the convolution's output can
+/// stay blocked; otherwise (a reorder into and out of the blocked layout around the call costs as
+/// much as a 1×1 convolution) [`conv::choose_algo`] picks a GEMM-based algorithm.
+fn conv_algos_and_layouts(graph: &Graph, forced: ConvAlgo) -> Result<(Vec<Option<ConvAlgo>>, Vec<Layout>)> {
+    let nodes = &graph.nodes;
+    let geometry = |id: NodeId| -> Result<Option<(ConvAlgo, ConvGeometry)>> {
+        let node = &nodes[id];
+        let Layer::Conv { conv: c, .. } = &node.layer else {
+            return Ok(None);
+        };
+        let [channels, h, w] = nodes[node.inputs[0]].shape;
+        let g = c.geometry([1, channels, h, w]).map_err(|e| e.in_node(&node.name))?;
+        let requested = if forced == ConvAlgo::Auto { c.algo } else { forced };
+        Ok(Some((requested, g)))
+    };
+    let convs = (0..nodes.len()).map(geometry).collect::<Result<Vec<_>>>()?;
+    let chosen = convs
+        .iter()
+        .zip(nodes)
+        .map(|(conv, node)| {
+            conv.map(|(requested, g)| conv::choose_algo(requested, &g).map_err(|e| e.in_node(&node.name)))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let vector_kernel = Isa::best() != Isa::Scalar;
+    let mut promoted: Vec<bool> = convs
+        .iter()
+        .map(|conv| {
+            conv.is_some_and(|(requested, g)| {
+                requested == ConvAlgo::Auto
+                    && vector_kernel
+                    && g.input_grad_geometry().is_some()
+                    && g.in_channels >= LANES
+                    && g.out_channels >= LANES
+            })
+        })
+        .collect();
+    // Promoting a convolution can only add blocked nodes, and each round drops the promotions whose
+    // output stayed in NCHW, so this ends.
+    loop {
+        let algos: Vec<Option<ConvAlgo>> = chosen
+            .iter()
+            .zip(&promoted)
+            .map(|(&algo, &p)| if p { Some(ConvAlgo::Direct) } else { algo })
+            .collect();
+        let layouts = layouts(graph, &algos, &convs);
+        let mut changed = false;
+        for (p, layout) in promoted.iter_mut().zip(&layouts) {
+            if *p && *layout == Layout::Nchw {
+                *p = false;
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok((algos, layouts));
+        }
+    }
+}
+
+/// Each node's layout for the convolution algorithms `algos`: see [`Plan::layouts`]. `convs` holds
+/// each convolution's geometry.
+fn layouts(graph: &Graph, algos: &[Option<ConvAlgo>], convs: &[Option<(ConvAlgo, ConvGeometry)>]) -> Vec<Layout> {
+    let nodes = &graph.nodes;
+    let mut consumers = vec![Vec::new(); nodes.len()];
+    for (id, node) in nodes.iter().enumerate() {
+        for &input in &node.inputs {
+            consumers[input].push(id);
+        }
+    }
+    // A direct convolution reads and writes either layout, except that the input gradient of a strided
+    // one goes through im2col, which needs NCHW on both sides.
+    let direct = |id: NodeId| {
+        algos[id] == Some(ConvAlgo::Direct) && convs[id].is_some_and(|(_, g)| g.input_grad_geometry().is_some())
+    };
+    let heads: Vec<NodeId> = std::iter::once(graph.output)
+        .chain(graph.aux_outputs.iter().map(|&(id, _)| id))
+        .collect();
+    let mut blocked: Vec<bool> = nodes
+        .iter()
+        .enumerate()
+        .map(|(id, node)| {
+            !heads.contains(&id)
+                && match node.layer {
+                    Layer::Conv { .. } => direct(id),
+                    Layer::MaxPool(_) | Layer::Relu => true,
+                    // Parts of whole blocks keep every part's channels in blocks of their own.
+                    Layer::Concat => node.inputs.iter().all(|&p| nodes[p].shape[0].is_multiple_of(LANES)),
+                    _ => false,
+                }
+        })
+        .collect();
+    loop {
+        let mut changed = false;
+        for id in 0..nodes.len() {
+            if !blocked[id] {
+                continue;
+            }
+            let node = &nodes[id];
+            let inputs_blocked = match node.layer {
+                Layer::MaxPool(_) | Layer::Relu | Layer::Concat => node.inputs.iter().all(|&i| blocked[i]),
+                _ => true,
+            };
+            let readers_read_blocked = consumers[id].iter().all(|&c| match nodes[c].layer {
+                Layer::Conv { .. } => direct(c),
+                Layer::GlobalAvgPool => true,
+                Layer::MaxPool(_) | Layer::Relu | Layer::Concat => blocked[c],
+                _ => false,
+            });
+            if !(inputs_blocked && readers_read_blocked) {
+                blocked[id] = false;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    blocked
+        .into_iter()
+        .map(|b| if b { Layout::Blocked } else { Layout::Nchw })
+        .collect()
 }
 
 /// The branch group ending in node `concat`, if it is a concat whose parts all live in place and whose

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use super::pool::{PoolGeometry, clipped};
 use crate::blocked;
 use crate::microkernel::LANES;
+use crate::tensor::{Images, ImagesMut};
 
 /// Max pooling of a batch of blocked images without halo into `y`, recording the argmaxes (one per
 /// output value, in `y`'s layout).
@@ -143,4 +144,36 @@ pub fn global_avg_pool_backward_blocked(dy: &[f32], channels: usize, pixels: usi
                 plane.iter_mut().skip(lane).step_by(LANES).for_each(|v| *v += d * scale);
             }
         });
+}
+
+/// [`max_pool_forward_blocked`] on a batch of blocked images that need not lie one after another (an
+/// executor's places): `g` holds the batch size, `argmax` one value per output value, dense.
+pub fn max_pool_forward_blocked_images(g: &PoolGeometry, x: Images<'_>, y: &mut ImagesMut<'_>, argmax: &mut [u32]) {
+    let one = PoolGeometry { batch: 1, ..*g };
+    let len = y.len();
+    y.par_iter_mut()
+        .zip(argmax.par_chunks_mut(len.max(1)))
+        .for_each(|((n, y), argmax)| max_pool_forward_blocked(&one, x.get(n), y, argmax));
+}
+
+/// [`max_pool_backward_blocked`] on a batch of blocked images (see
+/// [`max_pool_forward_blocked_images`]).
+pub fn max_pool_backward_blocked_images(g: &PoolGeometry, argmax: &[u32], dy: Images<'_>, dx: &mut ImagesMut<'_>) {
+    let one = PoolGeometry { batch: 1, ..*g };
+    let len = dy.len();
+    dx.par_iter_mut()
+        .zip(argmax.par_chunks(len.max(1)))
+        .for_each(|((n, dx), argmax)| max_pool_backward_blocked(&one, argmax, dy.get(n), dx));
+}
+
+/// [`global_avg_pool_forward_blocked`] on a batch of images that need not lie one after another.
+pub fn global_avg_pool_forward_blocked_images(x: Images<'_>, channels: usize, pixels: usize, y: &mut ImagesMut<'_>) {
+    y.par_iter_mut()
+        .for_each(|(n, y)| global_avg_pool_forward_blocked(x.get(n), channels, pixels, y));
+}
+
+/// [`global_avg_pool_backward_blocked`] on a batch of images that need not lie one after another.
+pub fn global_avg_pool_backward_blocked_images(dy: Images<'_>, channels: usize, pixels: usize, dx: &mut ImagesMut<'_>) {
+    dx.par_iter_mut()
+        .for_each(|(n, dx)| global_avg_pool_backward_blocked(dy.get(n), channels, pixels, dx));
 }

@@ -5,13 +5,14 @@ use super::state::State;
 use super::{Mode, images, images_mut, with_buffer};
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer};
-use crate::graph::plan::Place;
+use crate::graph::plan::{Layout, Place};
 use crate::microkernel::Isa;
 use crate::ops::activation;
 use crate::ops::conv;
 use crate::ops::conv::direct;
 use crate::ops::loss;
 use crate::ops::pool::{self, max_pool_backward};
+use crate::ops::pool_blocked;
 use crate::ops::shape;
 use crate::tensor::{Images, ImagesMut};
 use std::time::Instant;
@@ -60,7 +61,6 @@ impl State {
             argmax,
             bn_stats,
             param_grads,
-            algos,
             packed,
             plan,
             profile,
@@ -82,6 +82,7 @@ impl State {
             // The graph input needs no gradient: its producer skips computing one.
             let input_needs_grad = !matches!(graph.nodes[input].layer, Layer::Input);
             let [c, h, w] = graph.nodes[input].shape;
+            let (in_layout, out_layout) = (plan.layouts[input], plan.layouts[id]);
             let result: Result<()> = match &node.layer {
                 Layer::Conv {
                     conv,
@@ -90,7 +91,8 @@ impl State {
                     relu,
                 } => (|| {
                     let g = conv.geometry([batch, c, h, w])?;
-                    let algo = algos[id].expect("every convolution's algorithm is resolved when the executor is built");
+                    let algo = plan.conv_algos[id]
+                        .expect("every convolution's algorithm is resolved when the executor is built");
                     if *relu {
                         let y = images(acts, p, batch);
                         activation::relu_mask_images(&mut images_mut(&mut grads[p.buffer], p, batch), y);
@@ -98,17 +100,25 @@ impl State {
                     let x = images(acts, ip, batch);
                     let dy = images(grads, p, batch);
                     let (dw, packed) = (&mut param_grads[*weight], packed[id].as_ref());
+                    let isa = Isa::best();
                     match packed {
-                        Some(packed) => direct::add_weight_grad_images(packed, x, dy, dw, workspace, Isa::best()),
+                        Some(packed) => {
+                            direct::add_weight_grad_images(packed, x, in_layout, dy, out_layout, dw, workspace, isa)
+                        }
                         None => conv::backward_weight_images(&g, algo, x, dy, dw, workspace),
                     }
                     if let Some(b) = bias {
-                        conv::bias_grad(dy, g.out_channels, g.output_pixels(), &mut param_grads[*b]);
+                        let (channels, pixels, db) = (g.out_channels, g.output_pixels(), &mut param_grads[*b]);
+                        match out_layout {
+                            Layout::Blocked => direct::bias_grad_blocked(dy, channels, pixels, db),
+                            Layout::Nchw => conv::bias_grad(dy, channels, pixels, db),
+                        }
                     }
                     if input_needs_grad {
                         add_input_grad(grads, p, ip, batch, |dy, dx| match packed {
+                            // The plan keeps both sides of a strided direct convolution in NCHW.
                             Some(packed) if packed.has_direct_input_grad() => {
-                                direct::add_input_grad_images(packed, dy, dx, workspace, Isa::best())
+                                direct::add_input_grad_images(packed, dy, out_layout, dx, in_layout, workspace, isa)
                             }
                             _ => conv::backward_input_images(&g, algo, &params[*weight], dy, dx, workspace),
                         });
@@ -193,10 +203,12 @@ impl State {
                     });
                     Ok(())
                 }
-                Layer::MaxPool(pool) => pool
-                    .window
-                    .geometry("max_pool2d", [batch, c, h, w])
-                    .map(|g| add_input_grad(grads, p, ip, batch, |dy, dx| max_pool_backward(&g, &argmax[id], dy, dx))),
+                Layer::MaxPool(pool) => pool.window.geometry("max_pool2d", [batch, c, h, w]).map(|g| {
+                    add_input_grad(grads, p, ip, batch, |dy, dx| match out_layout {
+                        Layout::Blocked => pool_blocked::max_pool_backward_blocked_images(&g, &argmax[id], dy, dx),
+                        Layout::Nchw => max_pool_backward(&g, &argmax[id], dy, dx),
+                    })
+                }),
                 Layer::AvgPool(pool) => pool
                     .window
                     .geometry("avg_pool2d", [batch, c, h, w])
@@ -208,8 +220,9 @@ impl State {
                     Ok(())
                 }
                 Layer::GlobalAvgPool => {
-                    add_input_grad(grads, p, ip, batch, |dy, dx| {
-                        pool::global_avg_pool_backward_images(dy, h * w, dx)
+                    add_input_grad(grads, p, ip, batch, |dy, dx| match in_layout {
+                        Layout::Blocked => pool_blocked::global_avg_pool_backward_blocked_images(dy, c, h * w, dx),
+                        Layout::Nchw => pool::global_avg_pool_backward_images(dy, h * w, dx),
                     });
                     Ok(())
                 }

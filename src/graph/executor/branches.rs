@@ -2,13 +2,12 @@
 //! are threads, so one op at a time cannot fill the cores.
 
 use super::Mode;
-use super::forward::{ConvRun, Saved, forward_node, node_seed};
+use super::forward::{NodeRun, Saved, forward_node, node_seed};
 use super::images;
 use crate::error::Result;
 use crate::graph::builder::{Graph, NodeId};
 use crate::graph::plan::{BranchGroup, Plan};
 use crate::ops::batchnorm::ChannelStats;
-use crate::ops::conv::ConvAlgo;
 use crate::ops::conv::direct::DirectWeights;
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::Workspace;
@@ -19,9 +18,7 @@ pub(super) struct BranchRun<'a> {
     pub(super) graph: &'a Graph,
     pub(super) params: &'a [Vec<f32>],
     pub(super) plan: &'a Plan,
-    /// Per node: the convolution algorithm it runs.
-    pub(super) algos: &'a [Option<ConvAlgo>],
-    /// Per node: the packed weights of a convolution that runs [`ConvAlgo::Direct`].
+    /// Per node: the packed weights of a convolution that runs `ConvAlgo::Direct`.
     pub(super) packed: &'a [Option<DirectWeights>],
     pub(super) batch: usize,
     /// The pass's mode (training runs branches concurrently only when no batch norm needs the batch).
@@ -109,7 +106,7 @@ impl BranchRun<'_> {
         let (&last, inner) = chain.split_last().expect("a chain has at least one node");
         let mut input = x;
         for (k, (&id, buffer)) in inner.iter().zip(&mut bufs.outputs).enumerate() {
-            let len = self.graph.nodes[id].image_len();
+            let len = self.plan.lens[id];
             let out = &mut buffer[n * len..][..len];
             self.forward_image(id, input, out, &mut bufs.argmax[k], &mut bufs.stats[k], n, ws)?;
             input = Images::dense(out, 1, len);
@@ -134,7 +131,7 @@ impl BranchRun<'_> {
         ws: &mut Workspace,
     ) -> Result<()> {
         let node = &self.graph.nodes[id];
-        let len = node.image_len();
+        let len = self.plan.lens[id];
         // Max pools keep argmaxes and dropouts kept flags, one per output value; the others have none.
         let argmax = if argmax.is_empty() {
             argmax
@@ -156,7 +153,7 @@ impl BranchRun<'_> {
             &mut y,
             saved,
             self.params,
-            ConvRun::of(id, self.algos, self.packed),
+            NodeRun::of(self.graph, self.plan, self.packed, id),
             self.mode,
             ws,
         )

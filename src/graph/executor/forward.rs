@@ -6,12 +6,14 @@ use super::state::State;
 use super::{BranchSchedule, Mode, images, images_mut, with_buffer};
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer, Node, NodeId};
+use crate::graph::plan::{Layout, Plan};
 use crate::microkernel::Isa;
 use crate::ops::activation;
 use crate::ops::batchnorm::ChannelStats;
 use crate::ops::conv::direct::{self, DirectWeights};
 use crate::ops::conv::{self, ConvAlgo, Fused};
 use crate::ops::pool::{self, max_pool_forward};
+use crate::ops::pool_blocked;
 use crate::ops::shape;
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::Workspace;
@@ -29,22 +31,28 @@ pub(super) struct Saved<'a> {
     pub(super) stats: &'a mut ChannelStats,
 }
 
-/// How a convolution node runs: the algorithm the plan chose for it and, for [`ConvAlgo::Direct`], its
-/// weights packed once.
+/// What the plan decided for one node: the layouts of its (first) input and its output and, for a
+/// convolution, its algorithm and, for [`ConvAlgo::Direct`], its weights packed once.
 #[derive(Clone, Copy)]
-pub(super) struct ConvRun<'a> {
-    pub(super) algo: ConvAlgo,
+pub(super) struct NodeRun<'a> {
+    pub(super) algo: Option<ConvAlgo>,
     pub(super) packed: Option<&'a DirectWeights>,
+    pub(super) input: Layout,
+    pub(super) output: Layout,
 }
 
-impl<'a> ConvRun<'a> {
-    /// Node `id`'s run, from the executor's per-node algorithms and packed weights (`None` for a node
-    /// that is not a convolution).
-    pub(super) fn of(id: NodeId, algos: &[Option<ConvAlgo>], packed: &'a [Option<DirectWeights>]) -> Option<Self> {
-        algos[id].map(|algo| ConvRun {
-            algo,
+impl<'a> NodeRun<'a> {
+    /// Node `id`'s run, from the plan and the executor's packed weights.
+    pub(super) fn of(graph: &Graph, plan: &Plan, packed: &'a [Option<DirectWeights>], id: NodeId) -> Self {
+        NodeRun {
+            algo: plan.conv_algos[id],
             packed: packed[id].as_ref(),
-        })
+            input: graph.nodes[id]
+                .inputs
+                .first()
+                .map_or(Layout::Nchw, |&i| plan.layouts[i]),
+            output: plan.layouts[id],
+        }
     }
 }
 
@@ -58,7 +66,7 @@ pub(super) fn forward_node(
     y: &mut ImagesMut<'_>,
     saved: Saved<'_>,
     params: &[Vec<f32>],
-    conv_run: Option<ConvRun<'_>>,
+    run: NodeRun<'_>,
     mode: Mode,
     ws: &mut Workspace,
 ) -> Result<()> {
@@ -72,13 +80,15 @@ pub(super) fn forward_node(
             relu,
         } => {
             let g = conv.geometry([batch, c, h, w])?;
-            let run = conv_run.expect("every convolution's algorithm is resolved when the executor is built");
+            let algo = run
+                .algo
+                .expect("every convolution's algorithm is resolved when the executor is built");
             let b = bias.map(|b| params[b].as_slice());
             match run.packed {
-                Some(packed) => direct::forward_images(packed, x, *relu, y, ws, Isa::best()),
+                Some(packed) => direct::forward_images(packed, x, run.input, *relu, y, run.output, ws, Isa::best()),
                 None => {
                     let fused = Fused { bias: b, relu: *relu };
-                    conv::forward_images_fused(&g, run.algo, x, &params[*weight], fused, y, ws);
+                    conv::forward_images_fused(&g, algo, x, &params[*weight], fused, y, ws);
                 }
             }
         }
@@ -102,7 +112,10 @@ pub(super) fn forward_node(
         Layer::ZeroPad(pads) => shape::zero_pad_images(x, [h, w], *pads, y),
         Layer::MaxPool(pool) => {
             let g = pool.window.geometry("max_pool2d", [batch, c, h, w])?;
-            max_pool_forward(&g, x, y, saved.argmax, ws);
+            match run.output {
+                Layout::Blocked => pool_blocked::max_pool_forward_blocked_images(&g, x, y, saved.argmax),
+                Layout::Nchw => max_pool_forward(&g, x, y, saved.argmax, ws),
+            }
         }
         Layer::Dropout(dropout) => match mode {
             Mode::Train => dropout.forward_images(x, y, saved.argmax, saved.seed, saved.first_image),
@@ -112,7 +125,10 @@ pub(super) fn forward_node(
             let g = pool.window.geometry("avg_pool2d", [batch, c, h, w])?;
             pool.forward_images(&g, x, y);
         }
-        Layer::GlobalAvgPool => pool::global_avg_pool_forward(x, h * w, y),
+        Layer::GlobalAvgPool => match run.input {
+            Layout::Blocked => pool_blocked::global_avg_pool_forward_blocked_images(x, c, h * w, y),
+            Layout::Nchw => pool::global_avg_pool_forward(x, h * w, y),
+        },
         Layer::AdaptiveAvgPool(output) => pool::adaptive_avg_pool_forward(x, [h, w], *output, y),
         Layer::Relu => activation::relu_images(x, y),
         Layer::Input | Layer::Concat | Layer::Flatten | Layer::AddScaled { .. } => {
@@ -130,7 +146,7 @@ pub(super) fn node_seed(pass_seed: u64, id: NodeId) -> u64 {
 impl State {
     /// See [`super::Executor::forward`].
     pub(super) fn forward(&mut self, graph: &Graph, params: &[Vec<f32>], input: Images<'_>, mode: Mode) -> Result<()> {
-        let expected = graph.nodes[0].image_len();
+        let expected = self.plan.lens[0];
         if input.len() != expected {
             let shape = graph.input_shape();
             return Err(Error::shape(
@@ -176,7 +192,6 @@ impl State {
                     graph,
                     params,
                     plan: &self.plan,
-                    algos: &self.algos,
                     packed: &self.packed,
                     batch,
                     mode,
@@ -229,7 +244,7 @@ impl State {
     ) -> Result<()> {
         let node = &graph.nodes[id];
         let (batch, places) = (self.batch, &self.plan.places);
-        let conv_run = ConvRun::of(id, &self.algos, &self.packed);
+        let node_run = NodeRun::of(graph, &self.plan, &self.packed, id);
         let p = places[id];
         let in_place = &self.plan.in_place[id];
         let argmax = &mut self.argmax[id];
@@ -270,7 +285,7 @@ impl State {
                         first_image: 0,
                         stats,
                     };
-                    forward_node(graph, node, input, x, &mut y, saved, params, conv_run, mode, ws)?;
+                    forward_node(graph, node, input, x, &mut y, saved, params, node_run, mode, ws)?;
                 }
             }
             Ok(())

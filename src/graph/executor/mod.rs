@@ -7,7 +7,7 @@
 //! the backward pass in `backward.rs`, concurrent Inception branches in `branches.rs`.
 
 use super::builder::Graph;
-use super::plan::{Place, Plan};
+use super::plan::{Layout, Place, Plan};
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::ops::conv::ConvAlgo;
@@ -266,7 +266,12 @@ impl Executor {
 
     /// The output of the last forward pass: `batch` rows of [`Graph::output_len`] values.
     pub fn output(&self) -> Images<'_> {
-        self.node_output(self.model.graph.output)
+        // The plan keeps the output (and every loss head) in NCHW.
+        images(
+            &self.state.acts,
+            self.state.plan.places[self.model.graph.output],
+            self.state.batch,
+        )
     }
 
     /// Copies the output of the last forward pass into a dense vector (`batch * outputs`).
@@ -275,16 +280,58 @@ impl Executor {
         (0..out.count()).flat_map(|n| out.get(n).iter().copied()).collect()
     }
 
-    /// The output of node `node` from the last forward pass.
-    pub fn node_output(&self, node: usize) -> Images<'_> {
-        images(&self.state.acts, self.state.plan.places[node], self.state.batch)
+    /// The output of node `node` from the last forward pass, in NCHW order (a copy: the plan may
+    /// keep it in the blocked layout).
+    pub fn node_output(&self, node: usize) -> NodeValues {
+        self.node_values(&self.state.acts, node)
     }
 
     /// The gradient of the loss with respect to node `node`'s output, from the last backward pass
-    /// (for a ReLU-fused convolution, the gradient before its ReLU once backward has passed it).
-    pub fn node_grad(&self, node: usize) -> Option<Images<'_>> {
+    /// (for a ReLU-fused convolution, the gradient before its ReLU once backward has passed it), in
+    /// NCHW order.
+    pub fn node_grad(&self, node: usize) -> Option<NodeValues> {
         let s = &self.state;
-        (!s.grads.is_empty()).then(|| images(&s.grads, s.plan.places[node], s.batch))
+        (!s.grads.is_empty()).then(|| self.node_values(&s.grads, node))
+    }
+
+    fn node_values(&self, bufs: &[Vec<f32>], node: usize) -> NodeValues {
+        let s = &self.state;
+        let shape = self.model.graph.nodes[node].shape;
+        let [c, h, w] = shape;
+        let len = c * h * w;
+        let stored = images(bufs, s.plan.places[node], s.batch);
+        let mut values = vec![0.0; s.batch * len];
+        for (n, out) in values.chunks_exact_mut(len.max(1)).enumerate() {
+            match s.plan.layouts[node] {
+                Layout::Nchw => out.copy_from_slice(stored.get(n)),
+                Layout::Blocked => crate::blocked::to_nchw(stored.get(n), c, [h, w], out),
+            }
+        }
+        NodeValues { values, len }
+    }
+}
+
+/// One node's values (or gradients) for every image of the last pass, each image in NCHW order.
+#[derive(Debug, Clone)]
+pub struct NodeValues {
+    values: Vec<f32>,
+    len: usize,
+}
+
+impl NodeValues {
+    /// Image `n`'s values.
+    pub fn get(&self, n: usize) -> &[f32] {
+        &self.values[n * self.len..][..self.len]
+    }
+
+    /// Images held.
+    pub fn count(&self) -> usize {
+        self.values.len().checked_div(self.len).unwrap_or(0)
+    }
+
+    /// The values as a batch of images.
+    pub fn images(&self) -> Images<'_> {
+        Images::dense(&self.values, self.count(), self.len)
     }
 }
 

@@ -18,8 +18,6 @@ pub(super) struct State {
     pub(super) capacity: usize,
     /// Images in the last forward pass.
     pub(super) batch: usize,
-    /// Per node: the convolution algorithm it runs (`None` for other nodes).
-    pub(super) algos: Vec<Option<ConvAlgo>>,
     /// Per node running [`ConvAlgo::Direct`]: its weights, packed at the first forward pass.
     pub(super) packed: Vec<Option<DirectWeights>>,
     /// Whether the parameters may have changed since the weights in `packed` were packed.
@@ -58,27 +56,10 @@ impl State {
             return Err(Error::config("executor", "the batch capacity must be at least 1"));
         }
         let plan = Plan::new(graph)?;
-        let acts = plan
-            .buffer_image_len
-            .iter()
-            .map(|&len| vec![0.0; len * capacity])
-            .collect();
-        let argmax = graph
-            .nodes
-            .iter()
-            .map(|n| {
-                if matches!(n.layer, Layer::MaxPool(_) | Layer::Dropout(_)) {
-                    vec![0u32; n.image_len() * capacity]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
-        let algos = resolve_algos(graph, &plan, ConvAlgo::Auto)?;
+        let (acts, argmax) = buffers(graph, &plan, capacity);
         let chains = plan.branch_groups.iter().map(|g| g.chains.len()).max().unwrap_or(0);
         let classes = graph.output_len();
         Ok(State {
-            plan,
             capacity,
             batch: 0,
             branches: BranchSchedule::Auto,
@@ -101,21 +82,30 @@ impl State {
                 .collect(),
             packed: vec![None; graph.nodes.len()],
             packed_stale: true,
-            workspace: Workspace::with_size(workspace_size(graph, &algos, capacity)?),
+            workspace: Workspace::with_size(workspace_size(graph, &plan, capacity)?),
             chain_workspaces: (0..chains)
-                .map(|_| Ok(Workspace::with_size(workspace_size(graph, &algos, 1)?)))
+                .map(|_| Ok(Workspace::with_size(workspace_size(graph, &plan, 1)?)))
                 .collect::<Result<_>>()?,
-            algos,
+            plan,
         })
     }
 
-    /// See [`super::Executor::set_conv_algo`].
+    /// See [`super::Executor::set_conv_algo`]: plans again, and reallocates the buffers whose layout
+    /// changed their size (gradients on the next backward pass).
     pub(super) fn set_conv_algo(&mut self, graph: &Graph, algo: ConvAlgo) -> Result<()> {
-        let algos = resolve_algos(graph, &self.plan, algo)?;
-        self.workspace.reserve(workspace_size(graph, &algos, self.capacity)?);
-        let per_image = workspace_size(graph, &algos, 1)?;
+        let plan = Plan::with_conv_algo(graph, algo)?;
+        self.workspace.reserve(workspace_size(graph, &plan, self.capacity)?);
+        let per_image = workspace_size(graph, &plan, 1)?;
         self.chain_workspaces.iter_mut().for_each(|ws| ws.reserve(per_image));
-        self.algos = algos;
+        let chains = plan.branch_groups.iter().map(|g| g.chains.len()).max().unwrap_or(0);
+        self.chain_workspaces
+            .resize_with(chains, || Workspace::with_size(per_image));
+        if plan.buffer_image_len != self.plan.buffer_image_len || plan.lens != self.plan.lens {
+            (self.acts, self.argmax) = buffers(graph, &plan, self.capacity);
+            self.grads = Vec::new();
+            self.labels.clear();
+        }
+        self.plan = plan;
         self.packed_stale = true;
         Ok(())
     }
@@ -131,7 +121,7 @@ impl State {
             let Layer::Conv { conv, weight, bias, .. } = &node.layer else {
                 continue;
             };
-            if self.algos[id] != Some(ConvAlgo::Direct) {
+            if self.plan.conv_algos[id] != Some(ConvAlgo::Direct) {
                 self.packed[id] = None;
                 continue;
             }
@@ -229,30 +219,34 @@ fn main_path(graph: &Graph) -> Vec<bool> {
     needed
 }
 
-/// The algorithm every convolution of `graph` runs: the plan's choice, or `forced` everywhere (an error
-/// naming the first node it cannot run).
-fn resolve_algos(graph: &Graph, plan: &Plan, forced: ConvAlgo) -> Result<Vec<Option<ConvAlgo>>> {
-    graph
+/// Activation buffers for `capacity` images, and the max pools' argmaxes and dropouts' kept flags (one
+/// per output value).
+fn buffers(graph: &Graph, plan: &Plan, capacity: usize) -> (Vec<Vec<f32>>, Vec<Vec<u32>>) {
+    let acts = plan
+        .buffer_image_len
+        .iter()
+        .map(|&len| vec![0.0; len * capacity])
+        .collect();
+    let argmax = graph
         .nodes
         .iter()
-        .zip(&plan.conv_algos)
-        .map(|(node, &planned)| match (&node.layer, forced) {
-            (Layer::Conv { conv, .. }, ConvAlgo::Auto) => Ok(planned.or(Some(conv.algo))),
-            (Layer::Conv { conv, .. }, forced) => {
-                let [c, h, w] = graph.nodes[node.inputs[0]].shape;
-                let g = conv.geometry([1, c, h, w]).map_err(|e| e.in_node(&node.name))?;
-                Ok(Some(conv::choose_algo(forced, &g).map_err(|e| e.in_node(&node.name))?))
+        .zip(&plan.lens)
+        .map(|(n, &len)| {
+            if matches!(n.layer, Layer::MaxPool(_) | Layer::Dropout(_)) {
+                vec![0u32; len * capacity]
+            } else {
+                Vec::new()
             }
-            _ => Ok(None),
         })
-        .collect()
+        .collect();
+    (acts, argmax)
 }
 
 /// The workspace that every convolution (with the algorithm it runs) and max pool of `graph` fits in at
 /// batch `capacity`.
-fn workspace_size(graph: &Graph, algos: &[Option<ConvAlgo>], capacity: usize) -> Result<WorkspaceSize> {
+fn workspace_size(graph: &Graph, plan: &Plan, capacity: usize) -> Result<WorkspaceSize> {
     let mut size = WorkspaceSize::default();
-    for (node, algo) in graph.nodes.iter().zip(algos) {
+    for (node, algo) in graph.nodes.iter().zip(&plan.conv_algos) {
         let [c, h, w] = graph.nodes[node.inputs.first().copied().unwrap_or(0)].shape;
         match (&node.layer, algo) {
             (Layer::Conv { conv, .. }, Some(algo)) => {

@@ -20,7 +20,7 @@
 use rayon::prelude::*;
 
 use super::ConvGeometry;
-use crate::blocked::{self, Halo};
+use crate::blocked::{self, Halo, Layout};
 use crate::microkernel::{self, Epilogue, Isa, LANES, Tile, TileShape};
 use crate::parallel::{self, Threads, for_each_chunk_mut, for_each_part};
 use crate::tensor::{Images, ImagesMut};
@@ -440,32 +440,86 @@ pub(super) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
     forward.max(weight_grad).max(input_grad)
 }
 
-/// `y = conv(x) + bias` (then `max(·, 0)` with `relu`) on NCHW images: each image reordered into the
-/// blocked layout in `ws`, convolved, and reordered back into `y`.
+/// Where a direct convolution reads its input images: `images` in `layout`, `channels` channels on an
+/// `[h, w]` map, to become blocked images with `halo`.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    images: Images<'a>,
+    layout: Layout,
+    channels: usize,
+    map: [usize; 2],
+    halo: Halo,
+}
+
+impl<'a> Source<'a> {
+    /// The source of `packed`'s convolution: its input images `images` in `layout`.
+    fn of(packed: &PackedConv, images: Images<'a>, layout: Layout) -> Self {
+        let g = &packed.geometry;
+        Source {
+            images,
+            layout,
+            channels: g.in_channels,
+            map: [g.h.input, g.w.input],
+            halo: halo(g),
+        }
+    }
+
+    /// Writes image `n` into `out` as a blocked image with the halo.
+    fn write_blocked(&self, n: usize, out: &mut [f32]) {
+        let image = self.images.get(n);
+        match self.layout {
+            Layout::Nchw => blocked::from_nchw(image, self.channels, self.map, self.halo, out),
+            Layout::Blocked => blocked::add_halo(image, self.channels, self.map, self.halo, out),
+        }
+    }
+
+    /// Image `n` as a blocked image with the halo: itself when it already is one, else written into
+    /// `scratch`.
+    fn blocked<'r>(&self, n: usize, scratch: &'r mut [f32]) -> &'r [f32]
+    where
+        'a: 'r,
+    {
+        if self.layout == Layout::Blocked && self.halo == Halo::default() {
+            return self.images.get(n);
+        }
+        self.write_blocked(n, scratch);
+        scratch
+    }
+}
+
+/// `y = conv(x) + bias` (then `max(·, 0)` with `relu`) on images in either layout: an NCHW input is
+/// reordered into the blocked layout in `ws` (a blocked one is read in place, or copied there when the
+/// convolution pads), and a blocked output is written in place (an NCHW one reordered from `ws`).
+#[allow(clippy::too_many_arguments)]
 pub fn forward_images(
     weights: &DirectWeights,
     x: Images<'_>,
+    x_layout: Layout,
     relu: bool,
     y: &mut ImagesMut<'_>,
+    y_layout: Layout,
     ws: &mut Workspace,
     isa: Isa,
 ) {
     let packed = &weights.forward;
-    let g = &packed.geometry;
-    let (map_in, map_out) = ([g.h.input, g.w.input], [g.h.output, g.w.output]);
-    let reorder = Reorder {
-        load: |n, xb: &mut [f32]| blocked::from_nchw(x.get(n), g.in_channels, map_in, halo(g), xb),
-        store: |yb: &[f32], y_img: &mut [f32]| blocked::to_nchw(yb, g.out_channels, map_out, y_img),
+    let source = Source::of(packed, x, x_layout);
+    let out = Output {
+        layout: y_layout,
+        add: false,
+        relu,
     };
-    run_images(packed, relu, isa, y, ws, reorder);
+    run_images(packed, source, out, y, ws, isa);
 }
 
-/// Adds the input gradient of NCHW output gradients `dy` into `dx`, with the flipped weights of a
-/// stride-1 convolution. Panics if `weights` has none ([`DirectWeights::has_direct_input_grad`]).
+/// Adds the input gradient of output gradients `dy` (in `dy_layout`) into `dx` (in `dx_layout`), with
+/// the flipped weights of a stride-1 convolution. Panics if `weights` has none
+/// ([`DirectWeights::has_direct_input_grad`]).
 pub fn add_input_grad_images(
     weights: &DirectWeights,
     dy: Images<'_>,
+    dy_layout: Layout,
     dx: &mut ImagesMut<'_>,
+    dx_layout: Layout,
     ws: &mut Workspace,
     isa: Isa,
 ) {
@@ -473,38 +527,39 @@ pub fn add_input_grad_images(
         .input_grad
         .as_ref()
         .expect("the direct input gradient needs a stride-1 convolution");
-    let g = &back.geometry;
-    let (map_in, map_out) = ([g.h.input, g.w.input], [g.h.output, g.w.output]);
-    let reorder = Reorder {
-        load: |n, dyb: &mut [f32]| blocked::from_nchw(dy.get(n), g.in_channels, map_in, halo(g), dyb),
-        store: |dxb: &[f32], dx_img: &mut [f32]| blocked::add_to_nchw(dxb, g.out_channels, map_out, dx_img),
+    let source = Source::of(back, dy, dy_layout);
+    let out = Output {
+        layout: dx_layout,
+        add: true,
+        relu: false,
     };
-    run_images(back, false, isa, dx, ws, reorder);
+    run_images(back, source, out, dx, ws, isa);
 }
 
-/// How [`run_images`] moves an image into the blocked layout (`load(n, blocked input)`) and its result
-/// out of it (`store(blocked output, NCHW image)`).
-struct Reorder<L, S> {
-    load: L,
-    store: S,
-}
-
-/// Convolves every image `n` of `out` with `packed`, between `reorder`'s load and store: images in
-/// static parts across the pool when they fill it, else one at a time with each image's tiles across
-/// the pool. Each part's blocked buffers are its region of `ws`.
-fn run_images<L, S>(
-    packed: &PackedConv,
+/// How [`run_images`] stores each image's result.
+#[derive(Clone, Copy)]
+struct Output {
+    layout: Layout,
+    /// Add to the output instead of overwriting it.
+    add: bool,
     relu: bool,
-    isa: Isa,
+}
+
+/// Convolves every image of `source` with `packed` into the same image of `out`: images in static
+/// parts across the pool when they fill it, else one at a time with each image's tiles across the
+/// pool. Each part's blocked scratch is its region of `ws`.
+fn run_images(
+    packed: &PackedConv,
+    source: Source<'_>,
+    output: Output,
     out: &mut ImagesMut<'_>,
     ws: &mut Workspace,
-    reorder: Reorder<L, S>,
-) where
-    L: Fn(usize, &mut [f32]) + Sync,
-    S: Fn(&[f32], &mut [f32]) + Sync,
-{
+    isa: Isa,
+) {
     let (in_len, out_len) = packed.image_lens();
-    let region_len = in_len + out_len;
+    let region_len = run_images_region(packed, output.layout);
+    let g = &packed.geometry;
+    let map_out = [g.h.output, g.w.output];
     let mut images: Vec<&mut [f32]> = out.iter_mut().map(|(_, img)| img).collect();
     for_each_part(
         &mut images,
@@ -514,28 +569,59 @@ fn run_images<L, S>(
         |first, run, region, threads| {
             let (xb, yb) = region.split_at_mut(in_len);
             for (i, img) in run.iter_mut().enumerate() {
-                (reorder.load)(first + i, xb);
-                forward_image(packed, xb, yb, false, relu, isa, threads);
-                (reorder.store)(yb, img);
+                let x_img = source.blocked(first + i, xb);
+                match output.layout {
+                    Layout::Blocked => forward_image(packed, x_img, img, output.add, output.relu, isa, threads),
+                    Layout::Nchw => {
+                        let yb = &mut yb[..out_len];
+                        forward_image(packed, x_img, yb, false, output.relu, isa, threads);
+                        if output.add {
+                            blocked::add_to_nchw(yb, g.out_channels, map_out, img);
+                        } else {
+                            blocked::to_nchw(yb, g.out_channels, map_out, img);
+                        }
+                    }
+                }
             }
         },
     );
 }
 
-/// Adds the weight gradient of NCHW inputs `x` and output gradients `dy` into `dw` (`[out, in, kh,
-/// kw]`): chunks of images reordered into the blocked layout in `ws` (each image on its own task),
-/// summed into a packed-layout gradient in `ws`, unpacked once at the end.
+/// The region [`run_images`] takes per part: a blocked input image and, for an NCHW output, a
+/// blocked output image.
+fn run_images_region(packed: &PackedConv, out_layout: Layout) -> usize {
+    let (in_len, out_len) = packed.image_lens();
+    in_len
+        + match out_layout {
+            Layout::Nchw => out_len,
+            Layout::Blocked => 0,
+        }
+}
+
+/// Adds the weight gradient of inputs `x` (in `x_layout`) and output gradients `dy` (in `dy_layout`)
+/// into `dw` (`[out, in, kh, kw]`): chunks of images written into the blocked layout in `ws` (each
+/// image on its own task), summed into a packed-layout gradient in `ws`, unpacked once at the end.
+#[allow(clippy::too_many_arguments)]
 pub fn add_weight_grad_images(
     weights: &DirectWeights,
     x: Images<'_>,
+    x_layout: Layout,
     dy: Images<'_>,
+    dy_layout: Layout,
     dw: &mut [f32],
     ws: &mut Workspace,
     isa: Isa,
 ) {
     let packed = &weights.forward;
     let g = &packed.geometry;
-    let (map_in, map_out) = ([g.h.input, g.w.input], [g.h.output, g.w.output]);
+    let source = Source::of(packed, x, x_layout);
+    let gradient = Source {
+        images: dy,
+        layout: dy_layout,
+        channels: g.out_channels,
+        map: [g.h.output, g.w.output],
+        halo: Halo::default(),
+    };
     let (in_len, out_len) = packed.image_lens();
     let batch = x.count();
     let chunk = packed.weight_grad_chunk().min(batch.max(1));
@@ -549,10 +635,25 @@ pub fn add_weight_grad_images(
             .zip(dyb.par_chunks_mut(out_len))
             .enumerate()
             .for_each(|(i, (x_img, dy_img))| {
-                blocked::from_nchw(x.get(first + i), g.in_channels, map_in, halo(g), x_img);
-                blocked::from_nchw(dy.get(first + i), g.out_channels, map_out, Halo::default(), dy_img);
+                source.write_blocked(first + i, x_img);
+                gradient.write_blocked(first + i, dy_img);
             });
         packed.accumulate_weight_grad(xb, dyb, dw_packed, isa);
     }
     packed.unpack_add(dw_packed, dw);
+}
+
+/// `db[c] += sum over images and pixels of dy[c, pixel]` for blocked `dy` (`channels` channels of
+/// `pixels` pixels): the same sums in the same order as [`super::bias_grad`], so the same bits.
+pub fn bias_grad_blocked(dy: Images<'_>, channels: usize, pixels: usize, db: &mut [f32]) {
+    db[..channels].par_iter_mut().enumerate().for_each(|(c, db_c)| {
+        let (b, lane) = (c / LANES, c % LANES);
+        let total: f64 = (0..dy.count())
+            .map(|n| {
+                let plane = &dy.get(n)[b * pixels * LANES..][..pixels * LANES];
+                plane.iter().skip(lane).step_by(LANES).map(|&v| v as f64).sum::<f64>()
+            })
+            .sum();
+        *db_c += total as f32;
+    });
 }

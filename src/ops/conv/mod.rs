@@ -23,6 +23,7 @@ mod winograd;
 
 use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4};
 
+use crate::blocked::Layout;
 use crate::error::{Error, Result, expect_shape};
 use crate::geometry::{Axis, Padding};
 use crate::microkernel::Isa;
@@ -78,11 +79,11 @@ pub fn choose_algo(requested: ConvAlgo, g: &ConvGeometry) -> Result<ConvAlgo> {
         // 123 vs 114 and 136 vs 130 GFLOP/s, backward 115 vs 95 and 132 vs 121). With 3 taps
         // (1×3 / 3×1 on 8×8 maps) im2col's one wide GEMM wins (137 vs 104, 148 vs 141 forward).
         ConvAlgo::Auto if factorized::eligible(g) && g.h.kernel.max(g.w.kernel) >= 5 => Ok(ConvAlgo::Factorized),
-        // Direct is not chosen automatically yet: with a reorder into and out of the blocked layout around
-        // every call, it loses on googlenet-d2l (`incept bench --mode train --conv-algo direct --profile`
-        // against auto, batch 128, one run): 1×1 layers forward 0.45-0.8×, backward 0.4-0.7×, 3×3 forward
-        // 0.9-1.08× and backward 0.8-0.95×; only 5×5 wins (forward 1.05-2.1×, backward 0.8-1.3×). The
-        // reorders cost as much as a 1×1 convolution; the layout has to stay blocked between layers.
+        // Direct is not chosen here, where the layout around the layer is unknown: with a reorder into
+        // and out of the blocked layout around every call it loses on googlenet-d2l (`incept bench
+        // --mode train --conv-algo direct --profile` against the GEMM paths, batch 128, one run: 1×1
+        // layers forward 0.45-0.8×, 3×3 0.9-1.08×; only 5×5 won). The plan promotes a layer to Direct
+        // where its output can stay blocked (`graph::plan`).
         ConvAlgo::Auto => Ok(ConvAlgo::Im2colGemm),
         ConvAlgo::Gemm1x1 if !g.is_pointwise() => Err(Error::config(
             "conv2d",
@@ -450,7 +451,7 @@ pub fn forward_images_fused(
         // Packed per call here; the executor packs once and calls `direct` itself.
         ConvAlgo::Direct => {
             let packed = direct::DirectWeights::new(g, w, fused.bias);
-            direct::forward_images(&packed, x, fused.relu, y, ws, Isa::best());
+            direct::forward_images(&packed, x, Layout::Nchw, fused.relu, y, Layout::Nchw, ws, Isa::best());
         }
         _ => gemm_conv::forward(g, lowering(g, algo), x, w, fused, y, ws),
     }
@@ -471,7 +472,7 @@ pub fn backward_input_images(
         ConvAlgo::Factorized => factorized::backward_input(g, w, dy, dx, ws),
         ConvAlgo::Direct if direct::direct_input_grad(g) => {
             let packed = direct::DirectWeights::new(g, w, None);
-            direct::add_input_grad_images(&packed, dy, dx, ws, Isa::best());
+            direct::add_input_grad_images(&packed, dy, Layout::Nchw, dx, Layout::Nchw, ws, Isa::best());
         }
         _ => gemm_conv::backward_input(g, lowering(g, algo), w, dy, dx, ws),
     }
@@ -491,7 +492,7 @@ pub fn backward_weight_images(
         ConvAlgo::Factorized => factorized::backward_weight(g, x, dy, dw, ws),
         ConvAlgo::Direct => {
             let packed = direct::DirectWeights::layout(g);
-            direct::add_weight_grad_images(&packed, x, dy, dw, ws, Isa::best());
+            direct::add_weight_grad_images(&packed, x, Layout::Nchw, dy, Layout::Nchw, dw, ws, Isa::best());
         }
         _ => gemm_conv::backward_weight(g, lowering(g, algo), x, dy, dw, ws),
     }
