@@ -62,11 +62,15 @@ pub(super) fn for_each_chunk<F>(
     });
 }
 
+/// The most weight-gradient partials one call sums: as many parts as there are chunks, up to this. A
+/// multiple of 1, 2, 3, 4 and 6, so those thread counts share the parts evenly.
+const MAX_PARTS: usize = 12;
+
 /// What [`accumulate_weight_grad`] takes of a workspace for a gradient of `grad_len` values and
 /// regions of `region_len`.
 pub(super) fn weight_grad_workspace(grad_len: usize, region_len: usize) -> WorkspaceSize {
     WorkspaceSize {
-        partials: crate::parallel::threads() * grad_len,
+        partials: MAX_PARTS * grad_len,
         ..WorkspaceSize::regions(region_len)
     }
 }
@@ -74,9 +78,11 @@ pub(super) fn weight_grad_workspace(grad_len: usize, region_len: usize) -> Works
 /// Adds to `dw` what `accumulate(images, dw, region, threads)` adds for the whole batch of `batch`
 /// images.
 ///
-/// With enough chunks, each part (a contiguous run of chunks) accumulates into a partial gradient of its
-/// own, and the partials are summed in a fixed order afterwards: the result is deterministic for a given
-/// thread count, and no thread waits on another.
+/// The batch is cut into parts of whole chunks (as many as there are chunks, at most [`MAX_PARTS`]),
+/// each part accumulates into a partial gradient of its own, and the partials are summed in part order
+/// afterwards. The cut depends on the batch and the chunking alone, never on the thread count, so the
+/// result has the same bits on any number of threads; the threads share the parts statically, each
+/// running its parts in order in its own region.
 pub(super) fn accumulate_weight_grad<F>(
     batch: usize,
     chunking: Chunking,
@@ -87,26 +93,32 @@ pub(super) fn accumulate_weight_grad<F>(
 ) where
     F: Fn(Range<usize>, &mut [f32], &mut [f32], Threads) + Sync,
 {
-    let threads = crate::parallel::threads();
+    if batch == 0 {
+        return;
+    }
     let chunks = batch.div_ceil(chunking.per);
-    if chunks < threads.max(2) {
+    let per_part = chunks.div_ceil(chunks.clamp(1, MAX_PARTS)) * chunking.per;
+    let parts = batch.div_ceil(per_part);
+    if parts <= 1 {
         accumulate(0..batch, dw, &mut ws.regions(region_len)[..region_len], Threads::Pool);
         return;
     }
-    let per_part = chunks.div_ceil(threads) * chunking.per;
-    let parts = batch.div_ceil(per_part);
-    let len = dw.len();
+    let len = dw.len().max(1);
+    let per_thread = parts.div_ceil(crate::parallel::threads());
     let (partials, regions) = ws.partials_and_regions(parts * len, region_len);
     partials.fill(0.0);
     partials
-        .par_chunks_mut(len.max(1))
+        .par_chunks_mut(per_thread * len)
         .zip(regions.par_chunks_mut(crate::workspace::region_stride(region_len)))
         .enumerate()
-        .for_each(|(p, (part, region))| {
-            let images = p * per_part..((p + 1) * per_part).min(batch);
-            accumulate(images, part, &mut region[..region_len], Threads::One);
+        .for_each(|(t, (own, region))| {
+            for (j, part) in own.chunks_mut(len).enumerate() {
+                let p = t * per_thread + j;
+                let images = p * per_part..((p + 1) * per_part).min(batch);
+                accumulate(images, part, &mut region[..region_len], Threads::One);
+            }
         });
-    for part in partials.chunks_exact(len.max(1)) {
+    for part in partials.chunks_exact(len) {
         for (d, p) in dw.iter_mut().zip(part) {
             *d += p;
         }
