@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# googlenet-d2l: incept against PyTorch 2.15 (CPU, oneDNN) and ONNX Runtime, measured in one run with
-# 2 threads each, medians; then the ratios the README quotes.
+# incept against PyTorch 2.15 (CPU, oneDNN) and ONNX Runtime, measured in one run with 2 threads each,
+# medians; then the ratios the README quotes: googlenet-d2l (training, inference at batch 128 and 1, peak
+# RSS), inception-tf-cifar training at batch 128, inception-v3 inference at batch 32.
 #   benches/compare_peers.sh [PYTHON]   (PYTHON: the peer environment's python, default
 #                                        /tmp/peers-venv/bin/python; ../shared/peers/setup.sh builds it)
 # Peak RSS of each training process comes from getrusage on the child (Linux reports KiB).
@@ -22,8 +23,11 @@ PY
   peak_rss "$incept" --threads 2 bench --model googlenet-d2l --batch 128 --mode train --warmup 2 --steps 5 --json
   "$incept" --threads 2 bench --model googlenet-d2l --batch 128 --mode infer --warmup 2 --steps 7 --json
   "$incept" --threads 2 bench --model googlenet-d2l --batch 1 --mode infer --warmup 5 --steps 41 --json
-  echo "# PyTorch and ONNX Runtime (../shared/peers/bench_torch.py model ort train)"
-  THREADS=2 "$python" ../shared/peers/bench_torch.py model ort train 2>/dev/null | grep googlenet_d2l
+  "$incept" --threads 2 bench --model inception-tf-cifar --batch 128 --mode train --warmup 2 --steps 5 --json
+  "$incept" --threads 2 bench --model inception-v3 --batch 32 --mode infer --warmup 1 --steps 3 --json
+  echo "# PyTorch and ONNX Runtime (../shared/peers/bench_torch.py model ort train v3, benches/ort_inception_v3.py)"
+  THREADS=2 "$python" ../shared/peers/bench_torch.py model ort train v3 2>/dev/null | grep -E "googlenet_d2l|inception_tf_cifar|inception_v3"
+  THREADS=2 "$python" benches/ort_inception_v3.py 2>/dev/null
   # bench_torch.py's train section also trains two other models; the peak RSS comes from the same
   # googlenet_d2l steps (batch 128, Adam, 2 warm-up + 4 timed) run alone.
   peak_rss "$python" -c "
@@ -42,20 +46,26 @@ ours = {}
 for l in lines:
     if l.startswith("{"):
         r = json.loads(l)
-        ours[(r["mode"], r["batch"])] = r
+        ours[(r["model"], r["mode"], r["batch"])] = r
 rss = [float(l.split(":")[1]) for l in lines if l.startswith("peak_rss_mib")]
 peer = {k: float(v) for k, v in (l.split(": ") for l in lines if re.match(r"(torch|ort)_", l))}
 print("\n| figure | incept | PyTorch | ONNX Runtime | vs PyTorch | vs ORT |\n| --- | --- | --- | --- | --- | --- |")
-t = ours[("train", 128)]["img_per_s"]; pt = peer["torch_googlenet_d2l_train_b128_img_per_s"]
+t = ours[("googlenet-d2l", "train", 128)]["img_per_s"]; pt = peer["torch_googlenet_d2l_train_b128_img_per_s"]
 print(f"| training step (Adam), batch 128, img/s | {t:.1f} | {pt:.1f} | | {t/pt:.2f}x | |")
-i = ours[("infer", 128)]["img_per_s"]
+i = ours[("googlenet-d2l", "infer", 128)]["img_per_s"]
 print(f"| inference, batch 128, img/s | {i:.1f} | {peer['torch_googlenet_d2l_infer_b128_img_per_s']:.1f} | "
       f"{peer['ort_googlenet_d2l_infer_b128_img_per_s']:.1f} | {i/peer['torch_googlenet_d2l_infer_b128_img_per_s']:.2f}x | "
       f"{i/peer['ort_googlenet_d2l_infer_b128_img_per_s']:.2f}x |")
-l = ours[("infer", 1)]["ms_per_batch"]
+l = ours[("googlenet-d2l", "infer", 1)]["ms_per_batch"]
 print(f"| inference, batch 1, latency ms (lower is better) | {l:.2f} | {peer['torch_googlenet_d2l_infer_b1_latency_ms']:.2f} | "
       f"{peer['ort_googlenet_d2l_infer_b1_latency_ms']:.2f} | {l/peer['torch_googlenet_d2l_infer_b1_latency_ms']:.2f}x the time | "
       f"{l/peer['ort_googlenet_d2l_infer_b1_latency_ms']:.2f}x the time |")
+c = ours[("inception-tf-cifar", "train", 128)]["img_per_s"]; pc = peer["torch_inception_tf_cifar_train_b128_img_per_s"]
+print(f"| inception-tf-cifar training step (Adam), batch 128, img/s | {c:.1f} | {pc:.1f} | | {c/pc:.2f}x | |")
+v = ours[("inception-v3", "infer", 32)]["ms_per_batch"] / 1e3
+pv, ov = peer["torch_inception_v3_infer_b32_s_per_batch"], peer["ort_inception_v3_infer_b32_s_per_batch"]
+print(f"| inception-v3 inference, batch 32, s per batch (lower is better) | {v:.3f} | {pv:.3f} | {ov:.3f} | "
+      f"{v/pv:.2f}x the time | {v/ov:.2f}x the time |")
 if len(rss) == 2:
     print(f"| peak RSS of the training process, batch 128, MiB | {rss[0]:.0f} | {rss[1]:.0f} | | {rss[0]/rss[1]:.2f}x | |")
 PY

@@ -644,16 +644,28 @@ pub fn add_weight_grad_images(
 }
 
 /// `db[c] += sum over images and pixels of dy[c, pixel]` for blocked `dy` (`channels` channels of
-/// `pixels` pixels): the same sums in the same order as [`super::bias_grad`], so the same bits.
+/// `pixels` pixels): one pass over each block's planes with its 16 channels summed side by side, each in
+/// float64, pixels in order within an image and images in order, so the result does not depend on the
+/// thread count.
 pub fn bias_grad_blocked(dy: Images<'_>, channels: usize, pixels: usize, db: &mut [f32]) {
-    db[..channels].par_iter_mut().enumerate().for_each(|(c, db_c)| {
-        let (b, lane) = (c / LANES, c % LANES);
-        let total: f64 = (0..dy.count())
-            .map(|n| {
-                let plane = &dy.get(n)[b * pixels * LANES..][..pixels * LANES];
-                plane.iter().skip(lane).step_by(LANES).map(|&v| v as f64).sum::<f64>()
-            })
-            .sum();
-        *db_c += total as f32;
-    });
+    db[..channels]
+        .par_chunks_mut(LANES)
+        .enumerate()
+        .for_each(|(b, db_block)| {
+            let mut total = [0f64; LANES];
+            for n in 0..dy.count() {
+                let mut image = [0f64; LANES];
+                for pixel in dy.get(n)[b * pixels * LANES..][..pixels * LANES].chunks_exact(LANES) {
+                    for (sum, &v) in image.iter_mut().zip(pixel) {
+                        *sum += v as f64;
+                    }
+                }
+                for (t, s) in total.iter_mut().zip(image) {
+                    *t += s;
+                }
+            }
+            for (d, t) in db_block.iter_mut().zip(total) {
+                *d += t as f32;
+            }
+        });
 }
