@@ -31,7 +31,8 @@ pub struct Plan {
     /// Per node: where its output lives.
     pub places: Vec<Place>,
     /// Per node: the layout of its output. Only convolutions that run [`ConvAlgo::Direct`] and the ops
-    /// between them (max pool, ReLU, concat of whole blocks) are blocked; a node is blocked only when
+    /// between them (max and average pool, batch norm, ReLU, zero padding, residual adds, concat of
+    /// whole blocks) are blocked; a node is blocked only when
     /// every node that reads it can read the blocked layout, so no reorder sits between two ops.
     pub layouts: Vec<Layout>,
     /// Per node: values per image of its output, in its layout.
@@ -168,9 +169,9 @@ impl Plan {
 /// node's layout.
 ///
 /// Where the plan chooses, a stride-1 convolution with at least 16 input and output channels runs
-/// [`ConvAlgo::Direct`] when the microkernel has a vector build here and the convolution's output can
-/// stay blocked; otherwise (a reorder into and out of the blocked layout around the call costs as
-/// much as a 1×1 convolution) [`conv::choose_algo`] picks a GEMM-based algorithm.
+/// [`ConvAlgo::Direct`] when the microkernel has a vector build here and its input or its output can
+/// be blocked; otherwise (a reorder into and out of the blocked layout around the call costs as much
+/// as a 1×1 convolution) [`conv::choose_algo`] picks a GEMM-based algorithm.
 fn conv_algos_and_layouts(graph: &Graph, forced: ConvAlgo) -> Result<(Vec<Option<ConvAlgo>>, Vec<Layout>)> {
     let nodes = &graph.nodes;
     let geometry = |id: NodeId| -> Result<Option<(ConvAlgo, ConvGeometry)>> {
@@ -215,8 +216,10 @@ fn conv_algos_and_layouts(graph: &Graph, forced: ConvAlgo) -> Result<(Vec<Option
             .collect();
         let layouts = layouts(graph, &algos, &convs);
         let mut changed = false;
-        for (p, layout) in promoted.iter_mut().zip(&layouts) {
-            if *p && *layout == Layout::Nchw {
+        for (id, p) in promoted.iter_mut().enumerate() {
+            // Reordering both sides would cost as much as the layer.
+            let input = nodes[id].inputs.first().map_or(Layout::Nchw, |&i| layouts[i]);
+            if *p && layouts[id] == Layout::Nchw && input == Layout::Nchw {
                 *p = false;
                 changed = true;
             }
@@ -252,7 +255,12 @@ fn layouts(graph: &Graph, algos: &[Option<ConvAlgo>], convs: &[Option<(ConvAlgo,
             !heads.contains(&id)
                 && match node.layer {
                     Layer::Conv { .. } => direct(id),
-                    Layer::MaxPool(_) | Layer::Relu => true,
+                    Layer::MaxPool(_)
+                    | Layer::AvgPool(_)
+                    | Layer::BatchNorm { .. }
+                    | Layer::Relu
+                    | Layer::ZeroPad(_)
+                    | Layer::AddScaled { .. } => true,
                     // Parts of whole blocks keep every part's channels in blocks of their own.
                     Layer::Concat => node.inputs.iter().all(|&p| nodes[p].shape[0].is_multiple_of(LANES)),
                     _ => false,
@@ -267,14 +275,16 @@ fn layouts(graph: &Graph, algos: &[Option<ConvAlgo>], convs: &[Option<(ConvAlgo,
             }
             let node = &nodes[id];
             let inputs_blocked = match node.layer {
-                Layer::MaxPool(_) | Layer::Relu | Layer::Concat => node.inputs.iter().all(|&i| blocked[i]),
-                _ => true,
+                Layer::Conv { .. } => true,
+                _ => node.inputs.iter().all(|&i| blocked[i]),
             };
             let readers_read_blocked = consumers[id].iter().all(|&c| match nodes[c].layer {
                 Layer::Conv { .. } => direct(c),
                 Layer::GlobalAvgPool => true,
-                Layer::MaxPool(_) | Layer::Relu | Layer::Concat => blocked[c],
-                _ => false,
+                // A 1×1 map of whole blocks is laid out alike in both layouts.
+                Layer::Flatten => nodes[id].shape[1..] == [1, 1] && nodes[id].shape[0].is_multiple_of(LANES),
+                Layer::Input | Layer::Linear { .. } | Layer::Dropout(_) | Layer::AdaptiveAvgPool(_) => false,
+                _ => blocked[c],
             });
             if !(inputs_blocked && readers_read_blocked) {
                 blocked[id] = false;

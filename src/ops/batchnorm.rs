@@ -398,7 +398,7 @@ fn plane(images: Images<'_>, n: usize, ch: usize, pixels: usize) -> &[f32] {
 }
 
 impl ChannelStats {
-    fn resize(&mut self, channels: usize) {
+    pub(crate) fn resize(&mut self, channels: usize) {
         for v in [&mut self.mean, &mut self.rstd, &mut self.var] {
             v.resize(channels, 0.0);
         }

@@ -2,6 +2,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod batchnorm_blocked;
 pub mod conv;
 pub mod linear;
 pub mod loss;

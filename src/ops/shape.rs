@@ -4,33 +4,60 @@
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4, s};
 use rayon::prelude::*;
 
+use crate::microkernel::LANES;
+
 use crate::error::{Error, Result, expect_shape};
 use crate::geometry::Pads;
 use crate::kernels;
 use crate::tensor::{Images, ImagesMut, contiguous, dims4};
 
 /// Copies each plane of `x` (planes of `[h, w]`) into the middle of a zero plane grown by `pads`.
-pub fn zero_pad_images(x: Images<'_>, [h, w]: [usize; 2], pads: Pads, y: &mut ImagesMut<'_>) {
+pub fn zero_pad_images(x: Images<'_>, map: [usize; 2], pads: Pads, y: &mut ImagesMut<'_>) {
+    zero_pad_pixels(x, map, pads, 1, y);
+}
+
+/// [`zero_pad_images`] on blocked images (`crate::blocked`): every pixel is 16 values.
+pub fn zero_pad_blocked_images(x: Images<'_>, map: [usize; 2], pads: Pads, y: &mut ImagesMut<'_>) {
+    zero_pad_pixels(x, map, pads, LANES, y);
+}
+
+/// Zero padding of planes whose pixels are `lanes` values each.
+fn zero_pad_pixels(x: Images<'_>, [h, w]: [usize; 2], pads: Pads, lanes: usize, y: &mut ImagesMut<'_>) {
     let out_w = w + pads.left + pads.right;
-    let out_plane = (h + pads.top + pads.bottom) * out_w;
+    let out_plane = (h + pads.top + pads.bottom) * out_w * lanes;
     y.par_iter_mut().for_each(|(n, out)| {
         out.fill(0.0);
-        for (plane, src) in out.chunks_exact_mut(out_plane).zip(x.get(n).chunks_exact(h * w)) {
-            for (row, src_row) in src.chunks_exact(w).enumerate() {
-                plane[(row + pads.top) * out_w + pads.left..][..w].copy_from_slice(src_row);
+        for (plane, src) in out
+            .chunks_exact_mut(out_plane)
+            .zip(x.get(n).chunks_exact(h * w * lanes))
+        {
+            for (row, src_row) in src.chunks_exact(w * lanes).enumerate() {
+                plane[((row + pads.top) * out_w + pads.left) * lanes..][..w * lanes].copy_from_slice(src_row);
             }
         }
     });
 }
 
 /// Adds the gradient of [`zero_pad_images`] to `dx`: the middle of each output-gradient plane.
-pub fn zero_pad_backward_images(dy: Images<'_>, [h, w]: [usize; 2], pads: Pads, dx: &mut ImagesMut<'_>) {
+pub fn zero_pad_backward_images(dy: Images<'_>, map: [usize; 2], pads: Pads, dx: &mut ImagesMut<'_>) {
+    zero_pad_backward_pixels(dy, map, pads, 1, dx);
+}
+
+/// [`zero_pad_backward_images`] on blocked images.
+pub fn zero_pad_backward_blocked_images(dy: Images<'_>, map: [usize; 2], pads: Pads, dx: &mut ImagesMut<'_>) {
+    zero_pad_backward_pixels(dy, map, pads, LANES, dx);
+}
+
+fn zero_pad_backward_pixels(dy: Images<'_>, [h, w]: [usize; 2], pads: Pads, lanes: usize, dx: &mut ImagesMut<'_>) {
     let out_w = w + pads.left + pads.right;
-    let out_plane = (h + pads.top + pads.bottom) * out_w;
+    let out_plane = (h + pads.top + pads.bottom) * out_w * lanes;
     dx.par_iter_mut().for_each(|(n, dx)| {
-        for (dx_plane, dy_plane) in dx.chunks_exact_mut(h * w).zip(dy.get(n).chunks_exact(out_plane)) {
-            for (row, dx_row) in dx_plane.chunks_exact_mut(w).enumerate() {
-                let src = &dy_plane[(row + pads.top) * out_w + pads.left..][..w];
+        for (dx_plane, dy_plane) in dx
+            .chunks_exact_mut(h * w * lanes)
+            .zip(dy.get(n).chunks_exact(out_plane))
+        {
+            for (row, dx_row) in dx_plane.chunks_exact_mut(w * lanes).enumerate() {
+                let src = &dy_plane[((row + pads.top) * out_w + pads.left) * lanes..][..w * lanes];
                 dx_row.iter_mut().zip(src).for_each(|(d, s)| *d += s);
             }
         }

@@ -151,13 +151,24 @@ impl State {
                         .get_disjoint_mut([*gamma, *beta])
                         .expect("gamma and beta are distinct parameters");
                     let stats = &bn_stats[id];
+                    let gamma = &params[*gamma];
+                    let blocked = in_layout == Layout::Blocked;
                     if input_needs_grad {
                         add_input_grad(grads, p, ip, batch, |dy, dx| {
-                            bn.backward_images(x, dy, h * w, stats, &params[*gamma], (dgamma, dbeta), Some(dx))
+                            let (grads, dx) = ((&mut dgamma[..], &mut dbeta[..]), Some(dx));
+                            if blocked {
+                                bn.backward_images_blocked(x, dy, h * w, stats, gamma, grads, dx)
+                            } else {
+                                bn.backward_images(x, dy, h * w, stats, gamma, grads, dx)
+                            }
                         });
                     } else {
                         let dy = images(grads, p, batch);
-                        bn.backward_images(x, dy, h * w, stats, &params[*gamma], (dgamma, dbeta), None);
+                        if blocked {
+                            bn.backward_images_blocked(x, dy, h * w, stats, gamma, (dgamma, dbeta), None)
+                        } else {
+                            bn.backward_images(x, dy, h * w, stats, gamma, (dgamma, dbeta), None)
+                        }
                     }
                     Ok(())
                 }
@@ -198,8 +209,9 @@ impl State {
                     Ok(())
                 }
                 Layer::ZeroPad(pads) => {
-                    add_input_grad(grads, p, ip, batch, |dy, dx| {
-                        shape::zero_pad_backward_images(dy, [h, w], *pads, dx)
+                    add_input_grad(grads, p, ip, batch, |dy, dx| match out_layout {
+                        Layout::Blocked => shape::zero_pad_backward_blocked_images(dy, [h, w], *pads, dx),
+                        Layout::Nchw => shape::zero_pad_backward_images(dy, [h, w], *pads, dx),
                     });
                     Ok(())
                 }
@@ -209,10 +221,12 @@ impl State {
                         Layout::Nchw => max_pool_backward(&g, &argmax[id], dy, dx),
                     })
                 }),
-                Layer::AvgPool(pool) => pool
-                    .window
-                    .geometry("avg_pool2d", [batch, c, h, w])
-                    .map(|g| add_input_grad(grads, p, ip, batch, |dy, dx| pool.backward_images(&g, dy, dx))),
+                Layer::AvgPool(pool) => pool.window.geometry("avg_pool2d", [batch, c, h, w]).map(|g| {
+                    add_input_grad(grads, p, ip, batch, |dy, dx| match out_layout {
+                        Layout::Blocked => pool_blocked::avg_pool_backward_blocked_images(pool, &g, dy, dx),
+                        Layout::Nchw => pool.backward_images(&g, dy, dx),
+                    })
+                }),
                 Layer::AdaptiveAvgPool(output) => {
                     add_input_grad(grads, p, ip, batch, |dy, dx| {
                         pool::adaptive_avg_pool_backward_images(dy, [h, w], *output, dx)

@@ -103,13 +103,23 @@ pub(super) fn forward_node(
             running_var,
             relu,
         } => {
+            let blocked = run.input == Layout::Blocked;
             match mode {
+                Mode::Train if blocked => bn.batch_statistics_blocked(x, h * w, saved.stats)?,
                 Mode::Train => bn.batch_statistics(x, h * w, saved.stats)?,
                 Mode::Eval => bn.running_statistics(&params[*running_mean], &params[*running_var], saved.stats),
             }
-            bn.normalize_images(x, h * w, saved.stats, &params[*gamma], &params[*beta], *relu, y);
+            let (stats, gamma, beta) = (&*saved.stats, &params[*gamma], &params[*beta]);
+            if blocked {
+                bn.normalize_images_blocked(x, h * w, stats, gamma, beta, *relu, y);
+            } else {
+                bn.normalize_images(x, h * w, stats, gamma, beta, *relu, y);
+            }
         }
-        Layer::ZeroPad(pads) => shape::zero_pad_images(x, [h, w], *pads, y),
+        Layer::ZeroPad(pads) => match run.output {
+            Layout::Blocked => shape::zero_pad_blocked_images(x, [h, w], *pads, y),
+            Layout::Nchw => shape::zero_pad_images(x, [h, w], *pads, y),
+        },
         Layer::MaxPool(pool) => {
             let g = pool.window.geometry("max_pool2d", [batch, c, h, w])?;
             match run.output {
@@ -123,7 +133,10 @@ pub(super) fn forward_node(
         },
         Layer::AvgPool(pool) => {
             let g = pool.window.geometry("avg_pool2d", [batch, c, h, w])?;
-            pool.forward_images(&g, x, y);
+            match run.output {
+                Layout::Blocked => pool_blocked::avg_pool_forward_blocked_images(pool, &g, x, y),
+                Layout::Nchw => pool.forward_images(&g, x, y),
+            }
         }
         Layer::GlobalAvgPool => match run.input {
             Layout::Blocked => pool_blocked::global_avg_pool_forward_blocked_images(x, c, h * w, y),

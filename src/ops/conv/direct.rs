@@ -342,34 +342,47 @@ fn forward_image(
     // A 1×1, stride-1, unpadded convolution reads pixel `i` of the output at input pixel `i`: the whole
     // map is one row, so a 3×3 map fills a 6-pixel tile and a 3-pixel one instead of three 3-pixel ones.
     let (rows, cols) = if g.is_pointwise() { (1, oh * ow) } else { (oh, ow) };
+    // The runs in chunks of whole input blocks whose weights (for `blocks` output blocks) stay within
+    // ~24 KB, half of a 48 KB L1: every tile of the image then reuses one chunk's weights from L1
+    // instead of streaming all of them from L2 for its few pixels. A tile's sums go through the output
+    // between chunks (stored and reloaded exactly, in the same order), so the result has the same bits.
+    let taps = g.h.kernel * g.w.kernel;
+    let block_weights = blocks * taps * LANES * LANES * std::mem::size_of::<f32>();
+    let chunk_runs = (24 * 1024 / block_weights).max(1) * taps;
+    let total_runs = packed.runs.len();
     // Each group of `blocks` output blocks writes only its own planes.
     for_each_chunk_mut(y_img, blocks * plane, threads, |group, y_group| {
         let first_block = group * blocks;
         let shape_blocks = y_group.len() / plane;
         let weights = &packed.weights[first_block * packed.block_stride..];
         let bias = &packed.bias[first_block * LANES..];
-        for oy in 0..rows {
-            for ox in (0..cols).step_by(pixels) {
-                let tile = Tile {
-                    shape: TileShape {
-                        blocks: shape_blocks,
-                        pixels: pixels.min(cols - ox),
-                    },
-                    runs: &packed.runs,
-                    depth: LANES,
-                    w_block_stride: packed.block_stride,
-                    x_pixel_stride: g.w.stride * LANES,
-                    x_depth_stride: 1,
-                    c_offset: (oy * cols + ox) * LANES,
-                    c_block_stride: plane,
-                    epilogue: Epilogue {
-                        accumulate,
-                        bias: Some(bias),
-                        relu,
-                    },
-                };
-                let x_tile = &x_img[(oy * g.h.stride * wp + ox * g.w.stride) * LANES..];
-                microkernel::run(isa, &tile, weights, x_tile, y_group);
+        for first_run in (0..total_runs).step_by(chunk_runs) {
+            let last = first_run + chunk_runs >= total_runs;
+            let epilogue = Epilogue {
+                accumulate: accumulate || first_run > 0,
+                bias: last.then_some(bias),
+                relu: relu && last,
+            };
+            let runs = &packed.runs[first_run..(first_run + chunk_runs).min(total_runs)];
+            for oy in 0..rows {
+                for ox in (0..cols).step_by(pixels) {
+                    let tile = Tile {
+                        shape: TileShape {
+                            blocks: shape_blocks,
+                            pixels: pixels.min(cols - ox),
+                        },
+                        runs,
+                        depth: LANES,
+                        w_block_stride: packed.block_stride,
+                        x_pixel_stride: g.w.stride * LANES,
+                        x_depth_stride: 1,
+                        c_offset: (oy * cols + ox) * LANES,
+                        c_block_stride: plane,
+                        epilogue,
+                    };
+                    let x_tile = &x_img[(oy * g.h.stride * wp + ox * g.w.stride) * LANES..];
+                    microkernel::run(isa, &tile, weights, x_tile, y_group);
+                }
             }
         }
     });

@@ -1,0 +1,170 @@
+//! Batch norm on the blocked layout (`crate::blocked`): the same statistics, normalization and
+//! gradients as `batchnorm.rs`, with the 16 channels of a block handled side by side, each summed in
+//! float64 in pixel order within an image and image order within the batch. Padding channels get a
+//! scale and shift of zero, so they stay zero, and no statistic or gradient.
+
+use rayon::prelude::*;
+
+use super::batchnorm::{BatchNorm2d, ChannelStats};
+use crate::blocked;
+use crate::error::{Error, Result};
+use crate::microkernel::LANES;
+use crate::tensor::{Images, ImagesMut};
+
+/// Block `b` of image `n`: `pixels` pixels of 16 channels.
+fn block_plane(images: Images<'_>, n: usize, b: usize, pixels: usize) -> &[f32] {
+    &images.get(n)[b * pixels * LANES..][..pixels * LANES]
+}
+
+impl BatchNorm2d {
+    /// [`BatchNorm2d::batch_statistics`] of blocked images.
+    pub fn batch_statistics_blocked(&self, x: Images<'_>, pixels: usize, stats: &mut ChannelStats) -> Result<()> {
+        let count = x.count() * pixels;
+        if count < 2 {
+            return Err(Error::shape(
+                "batch_norm2d input",
+                "more than one value per channel in training mode",
+                format!("{} image(s) of {pixels} pixel(s)", x.count()),
+            ));
+        }
+        stats.resize(self.channels);
+        stats.batch_statistics = true;
+        stats.count = count;
+        let eps = self.eps as f64;
+        (stats.mean.par_chunks_mut(LANES))
+            .zip(stats.var.par_chunks_mut(LANES))
+            .zip(stats.rstd.par_chunks_mut(LANES))
+            .enumerate()
+            .for_each(|(b, ((mean, var), rstd))| {
+                let mut sum = [0f64; LANES];
+                for n in 0..x.count() {
+                    for pixel in block_plane(x, n, b, pixels).chunks_exact(LANES) {
+                        sum.iter_mut().zip(pixel).for_each(|(s, &v)| *s += v as f64);
+                    }
+                }
+                let m = sum.map(|s| s / count as f64);
+                let mut squares = [0f64; LANES];
+                for n in 0..x.count() {
+                    for pixel in block_plane(x, n, b, pixels).chunks_exact(LANES) {
+                        for ((s, &v), &m) in squares.iter_mut().zip(pixel).zip(&m) {
+                            *s += (v as f64 - m).powi(2);
+                        }
+                    }
+                }
+                for lane in 0..mean.len() {
+                    let v = squares[lane] / count as f64;
+                    (mean[lane], var[lane], rstd[lane]) = (m[lane] as f32, v as f32, (1.0 / (v + eps).sqrt()) as f32);
+                }
+            });
+        Ok(())
+    }
+
+    /// [`BatchNorm2d::normalize_images`] of blocked images.
+    #[allow(clippy::too_many_arguments)]
+    pub fn normalize_images_blocked(
+        &self,
+        x: Images<'_>,
+        pixels: usize,
+        stats: &ChannelStats,
+        gamma: &[f32],
+        beta: &[f32],
+        relu: bool,
+        y: &mut ImagesMut<'_>,
+    ) {
+        y.par_iter_mut().for_each(|(n, out)| {
+            for b in 0..blocked::blocks(self.channels) {
+                let (mut scale, mut shift) = ([0f32; LANES], [0f32; LANES]);
+                for lane in 0..LANES.min(self.channels - b * LANES) {
+                    let ch = b * LANES + lane;
+                    scale[lane] = gamma[ch] * stats.rstd[ch];
+                    shift[lane] = beta[ch] - stats.mean[ch] * scale[lane];
+                }
+                let out = &mut out[b * pixels * LANES..][..pixels * LANES];
+                for (o, v) in out
+                    .chunks_exact_mut(LANES)
+                    .zip(block_plane(x, n, b, pixels).chunks_exact(LANES))
+                {
+                    for lane in 0..LANES {
+                        let y = v[lane] * scale[lane] + shift[lane];
+                        o[lane] = if relu { y.max(0.0) } else { y };
+                    }
+                }
+            }
+        });
+    }
+
+    /// [`BatchNorm2d::backward_images`] of blocked images.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_images_blocked(
+        &self,
+        x: Images<'_>,
+        dy: Images<'_>,
+        pixels: usize,
+        stats: &ChannelStats,
+        gamma: &[f32],
+        (dgamma, dbeta): (&mut [f32], &mut [f32]),
+        dx: Option<&mut ImagesMut<'_>>,
+    ) {
+        let channels = self.channels;
+        let mean_of = |b: usize| -> [f32; LANES] {
+            std::array::from_fn(|lane| stats.mean.get(b * LANES + lane).copied().unwrap_or(0.0))
+        };
+        // Per channel: (Σ dy, Σ dy·x̂) in f64.
+        let sums: Vec<[(f64, f64); LANES]> = (0..blocked::blocks(channels))
+            .into_par_iter()
+            .map(|b| {
+                let mean = mean_of(b);
+                let (mut sum_dy, mut sum_centered) = ([0f64; LANES], [0f64; LANES]);
+                for n in 0..x.count() {
+                    let (dy, x) = (block_plane(dy, n, b, pixels), block_plane(x, n, b, pixels));
+                    for (g, v) in dy.chunks_exact(LANES).zip(x.chunks_exact(LANES)) {
+                        for lane in 0..LANES {
+                            sum_dy[lane] += g[lane] as f64;
+                            sum_centered[lane] += g[lane] as f64 * (v[lane] - mean[lane]) as f64;
+                        }
+                    }
+                }
+                std::array::from_fn(|lane| {
+                    let rstd = stats.rstd.get(b * LANES + lane).copied().unwrap_or(0.0);
+                    (sum_dy[lane], sum_centered[lane] * rstd as f64)
+                })
+            })
+            .collect();
+        for ch in 0..channels {
+            let (sum_dy, sum_dy_xhat) = sums[ch / LANES][ch % LANES];
+            dbeta[ch] += sum_dy as f32;
+            dgamma[ch] += sum_dy_xhat as f32;
+        }
+        let Some(dx) = dx else { return };
+        let m = (x.count() * pixels) as f64;
+        dx.par_iter_mut().for_each(|(n, dx_image)| {
+            for (b, block_sums) in sums.iter().enumerate() {
+                let mean = mean_of(b);
+                // dx = a·dy + b·(x - mean) + c per channel, coefficients folded in f64; zero for padding.
+                let mut coefficients = [[0f32; 3]; LANES];
+                for (lane, &(sum_dy, sum_dy_xhat)) in block_sums.iter().enumerate().take(channels - b * LANES) {
+                    let ch = b * LANES + lane;
+                    let (rstd, g) = (stats.rstd[ch] as f64, gamma[ch] as f64);
+                    coefficients[lane] = if stats.batch_statistics {
+                        let k = g * rstd / m;
+                        [k * m, -k * rstd * sum_dy_xhat, -k * sum_dy].map(|v| v as f32)
+                    } else {
+                        [(g * rstd) as f32, 0.0, 0.0]
+                    };
+                }
+                let out = &mut dx_image[b * pixels * LANES..][..pixels * LANES];
+                let (dy, x) = (block_plane(dy, n, b, pixels), block_plane(x, n, b, pixels));
+                for ((o, g), v) in out
+                    .chunks_exact_mut(LANES)
+                    .zip(dy.chunks_exact(LANES))
+                    .zip(x.chunks_exact(LANES))
+                {
+                    for lane in 0..LANES {
+                        let [a, bb, c] = coefficients[lane];
+                        o[lane] += a * g[lane] + bb * (v[lane] - mean[lane]) + c;
+                    }
+                }
+            }
+        });
+    }
+}
