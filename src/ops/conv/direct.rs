@@ -198,58 +198,74 @@ impl PackedConv {
         assert_eq!(dw.len(), self.weights.len(), "weight gradient in the packed layout");
         let [hp, wp] = halo(g).padded([g.h.input, g.w.input]);
         let taps = g.h.kernel * g.w.kernel;
-        // Tiles of up to 3 output blocks × 8 input channels; fewer blocks when that is what gives every
-        // thread a group of its own.
-        let threads = parallel::threads();
-        let blocks = (1..=3.min(isa.preferred_tile().blocks))
-            .rev()
-            .find(|&b| out_blocks.div_ceil(b) >= threads)
-            .unwrap_or(1);
-        let pixels = 8;
         let stride = self.block_stride;
-        // One task per group of output blocks: each owns its blocks of `dw`.
-        dw.par_chunks_mut(blocks * stride)
-            .enumerate()
-            .for_each(|(grp, dw_group)| {
-                let first_block = grp * blocks;
-                let shape_blocks = dw_group.len().div_ceil(stride);
-                let mut runs = Vec::with_capacity(count * oh);
-                for icb in 0..in_blocks {
-                    for tap in 0..taps {
-                        let (ky, kx) = (tap / g.w.kernel, tap % g.w.kernel);
-                        runs.clear();
-                        for n in 0..count {
-                            for oy in 0..oh {
-                                let dy_at = n * out_len + first_block * plane + oy * ow * LANES;
-                                let y_in = oy * g.h.stride + ky * g.h.dilation;
-                                let x_at = n * in_len + ((icb * hp + y_in) * wp + kx * g.w.dilation) * LANES;
-                                runs.push((dy_at, x_at));
-                            }
-                        }
-                        for ic in (0..LANES).step_by(pixels) {
-                            let tile = Tile {
-                                shape: TileShape {
-                                    blocks: shape_blocks,
-                                    pixels: pixels.min(LANES - ic),
-                                },
-                                runs: &runs,
-                                depth: ow,
-                                w_block_stride: plane,
-                                x_pixel_stride: 1,
-                                x_depth_stride: g.w.stride * LANES,
-                                c_offset: ((icb * taps + tap) * LANES + ic) * LANES,
-                                c_block_stride: stride,
-                                epilogue: Epilogue {
-                                    accumulate: true,
-                                    bias: None,
-                                    relu: false,
-                                },
-                            };
-                            microkernel::run(isa, &tile, dy, &x[ic..], dw_group);
+        let per_icb = taps * LANES * LANES;
+        // Adds the gradient of input blocks `icbs` for `blocks` output blocks from `first_block` into
+        // `dw_part`, which starts at the first of those input blocks in the first of those output blocks.
+        let accumulate = |first_block: usize, blocks: usize, icbs: std::ops::Range<usize>, dw_part: &mut [f32]| {
+            let pixels = 8;
+            let mut runs = Vec::with_capacity(count * oh);
+            for icb in icbs.clone() {
+                for tap in 0..taps {
+                    let (ky, kx) = (tap / g.w.kernel, tap % g.w.kernel);
+                    runs.clear();
+                    for n in 0..count {
+                        for oy in 0..oh {
+                            let dy_at = n * out_len + first_block * plane + oy * ow * LANES;
+                            let y_in = oy * g.h.stride + ky * g.h.dilation;
+                            let x_at = n * in_len + ((icb * hp + y_in) * wp + kx * g.w.dilation) * LANES;
+                            runs.push((dy_at, x_at));
                         }
                     }
+                    for ic in (0..LANES).step_by(pixels) {
+                        let tile = Tile {
+                            shape: TileShape {
+                                blocks,
+                                pixels: pixels.min(LANES - ic),
+                            },
+                            runs: &runs,
+                            depth: ow,
+                            w_block_stride: plane,
+                            x_pixel_stride: 1,
+                            x_depth_stride: g.w.stride * LANES,
+                            c_offset: ((icb - icbs.start) * taps + tap) * LANES * LANES + ic * LANES,
+                            c_block_stride: stride,
+                            epilogue: Epilogue {
+                                accumulate: true,
+                                bias: None,
+                                relu: false,
+                            },
+                        };
+                        microkernel::run(isa, &tile, dy, &x[ic..], dw_part);
+                    }
                 }
+            }
+        };
+        // Every output element's sum runs over the same runs and steps in the same order however the
+        // tiles are grouped, so the split below does not change the result.
+        let threads = parallel::threads();
+        if out_blocks >= 2 * threads {
+            // Tiles of up to 3 output blocks × 8 input channels (fewer blocks when that is what gives
+            // every thread a group of its own): one task per group, each owning its blocks of `dw`.
+            let blocks = (1..=3.min(isa.preferred_tile().blocks))
+                .rev()
+                .find(|&b| out_blocks.div_ceil(b) >= threads)
+                .unwrap_or(1);
+            dw.par_chunks_mut(blocks * stride)
+                .enumerate()
+                .for_each(|(grp, dw_group)| {
+                    accumulate(grp * blocks, dw_group.len().div_ceil(stride), 0..in_blocks, dw_group)
+                });
+        } else {
+            // Too few output blocks to share (16-48 channels on 2 threads): one task per (output block,
+            // input block), so the threads share the work, with tiles of one output block.
+            dw.par_chunks_mut(stride).enumerate().for_each(|(ob, dw_block)| {
+                dw_block[..in_blocks * per_icb]
+                    .par_chunks_mut(per_icb)
+                    .enumerate()
+                    .for_each(|(icb, dw_part)| accumulate(ob, 1, icb..icb + 1, dw_part));
             });
+        }
     }
 
     /// `packed` (in these weights' layout) back in PyTorch's `[out, in, kh, kw]`.
