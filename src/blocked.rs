@@ -89,6 +89,21 @@ pub fn add_halo(x: &[f32], channels: usize, map: [usize; 2], halo: Halo, out: &m
     }
 }
 
+/// Adds one NCHW image (`channels × h × w` values) into a blocked one without halo; padding channels
+/// get nothing.
+pub fn add_nchw_to_blocked(x: &[f32], channels: usize, map: [usize; 2], out: &mut [f32]) {
+    let [h, w] = map;
+    debug_assert_eq!(x.len(), channels * h * w);
+    debug_assert_eq!(out.len(), image_len(channels, map, Halo::default()));
+    for (c, plane) in x.chunks_exact(h * w).enumerate() {
+        let (b, lane) = (c / LANES, c % LANES);
+        let block = &mut out[b * h * w * LANES..][..h * w * LANES];
+        for (pixel, &v) in block.chunks_exact_mut(LANES).zip(plane) {
+            pixel[lane] += v;
+        }
+    }
+}
+
 /// Reads one blocked image without halo back into NCHW (`channels × h × w` values in `out`).
 pub fn to_nchw(x: &[f32], channels: usize, map: [usize; 2], out: &mut [f32]) {
     each_nchw_value(x, channels, map, out, |o, v| *o = v);

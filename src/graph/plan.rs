@@ -3,14 +3,14 @@
 //!
 //! Two placements avoid copies: a branch feeding a channel concat writes straight into its channel slice
 //! of the concat's buffer (so concat costs nothing forward or backward), and a flatten shares its input's
-//! memory. A part that cannot be placed (the graph input, a nested concat, a node that reads another part
+//! memory (unless it reorders a blocked input into NCHW rows). A part that cannot be placed (the graph input, a nested concat, a node that reads another part
 //! of the same concat) is copied by the concat instead.
 
 use super::builder::{Graph, Layer, NodeId};
 pub use crate::blocked::Layout;
 use crate::error::Result;
 use crate::microkernel::{Isa, LANES};
-use crate::ops::conv::{self, ConvAlgo, ConvGeometry};
+use crate::ops::conv::{self, ConvAlgo, ConvGeometry, direct};
 
 /// Where a node's output lives: image `n` is `buffer[n * stride + offset..][..len]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,12 @@ pub struct BranchGroup {
 }
 
 impl Plan {
+    /// Whether node `id` is a flatten that reorders a blocked input into NCHW rows (in a buffer of its
+    /// own) rather than sharing its input's memory.
+    pub fn flatten_reorders(&self, graph: &Graph, id: NodeId) -> bool {
+        matches!(graph.nodes[id].layer, Layer::Flatten) && self.places[id] != self.places[graph.nodes[id].inputs[0]]
+    }
+
     /// Plans `graph`; fails if a convolution forces an algorithm that cannot run its geometry.
     pub fn new(graph: &Graph) -> Result<Plan> {
         Plan::with_conv_algo(graph, ConvAlgo::Auto)
@@ -110,9 +116,18 @@ impl Plan {
             };
             nodes.len()
         ];
+        // A flatten shares its input's memory unless it reorders a blocked input into NCHW rows.
+        let shares = |id: NodeId| {
+            let Layer::Flatten = nodes[id].layer else {
+                return false;
+            };
+            let input = nodes[id].inputs[0];
+            let [c, h, w] = nodes[input].shape;
+            layouts[input] == Layout::Nchw || (h * w == 1 && c.is_multiple_of(LANES))
+        };
         let mut buffer_image_len = Vec::new();
-        for (id, node) in nodes.iter().enumerate() {
-            if host[id].is_none() && !matches!(node.layer, Layer::Flatten) {
+        for (id, _) in nodes.iter().enumerate() {
+            if host[id].is_none() && !shares(id) {
                 let len = lens[id];
                 places[id] = Place {
                     buffer: buffer_image_len.len(),
@@ -137,7 +152,7 @@ impl Plan {
             }
         }
         for (id, node) in nodes.iter().enumerate() {
-            if matches!(node.layer, Layer::Flatten) {
+            if shares(id) {
                 places[id] = places[node.inputs[0]];
             }
         }
@@ -168,9 +183,9 @@ impl Plan {
 /// Each convolution's algorithm (`forced`, or each layer's request, or the plan's choice) and each
 /// node's layout.
 ///
-/// Where the plan chooses, a stride-1 convolution with at least 16 input and output channels runs
-/// [`ConvAlgo::Direct`] when the microkernel has a vector build here and its input or its output can
-/// be blocked; otherwise (a reorder into and out of the blocked layout around the call costs as much
+/// Where the plan chooses, a stride-1 convolution with at least 16 input and output channels, or a
+/// first layer with fewer than 16 input channels (`direct_stem.rs`), runs [`ConvAlgo::Direct`] when
+/// the microkernel has a vector build here and its input or its output can be blocked; otherwise (a reorder into and out of the blocked layout around the call costs as much
 /// as a 1×1 convolution) [`conv::choose_algo`] picks a GEMM-based algorithm.
 fn conv_algos_and_layouts(graph: &Graph, forced: ConvAlgo) -> Result<(Vec<Option<ConvAlgo>>, Vec<Layout>)> {
     let nodes = &graph.nodes;
@@ -196,13 +211,13 @@ fn conv_algos_and_layouts(graph: &Graph, forced: ConvAlgo) -> Result<(Vec<Option
     let vector_kernel = Isa::best() != Isa::Scalar;
     let mut promoted: Vec<bool> = convs
         .iter()
-        .map(|conv| {
+        .enumerate()
+        .map(|(id, conv)| {
             conv.is_some_and(|(requested, g)| {
-                requested == ConvAlgo::Auto
-                    && vector_kernel
-                    && g.input_grad_geometry().is_some()
-                    && g.in_channels >= LANES
-                    && g.out_channels >= LANES
+                let blocked_path = direct::direct_input_grad(&g) && g.in_channels >= LANES;
+                // The few-channel path on the graph's input: a network's first layer.
+                let first_layer = direct::few_channels(&g) && matches!(nodes[nodes[id].inputs[0]].layer, Layer::Input);
+                requested == ConvAlgo::Auto && vector_kernel && g.out_channels >= LANES && (blocked_path || first_layer)
             })
         })
         .collect();
@@ -241,9 +256,13 @@ fn layouts(graph: &Graph, algos: &[Option<ConvAlgo>], convs: &[Option<(ConvAlgo,
         }
     }
     // A direct convolution reads and writes either layout, except that the input gradient of a strided
-    // one goes through im2col, which needs NCHW on both sides.
-    let direct = |id: NodeId| {
-        algos[id] == Some(ConvAlgo::Direct) && convs[id].is_some_and(|(_, g)| g.input_grad_geometry().is_some())
+    // one goes through im2col, which needs NCHW on both sides. The few-channel path reads NCHW, and
+    // writes either layout when it reads the graph's input (which needs no gradient).
+    let is_direct = |id: NodeId| algos[id] == Some(ConvAlgo::Direct);
+    let reads_blocked = |id: NodeId| is_direct(id) && convs[id].is_some_and(|(_, g)| direct::direct_input_grad(&g));
+    let writes_blocked = |id: NodeId| {
+        let reads_input = matches!(nodes[nodes[id].inputs[0]].layer, Layer::Input);
+        reads_blocked(id) || (is_direct(id) && reads_input && convs[id].is_some_and(|(_, g)| direct::few_channels(&g)))
     };
     let heads: Vec<NodeId> = std::iter::once(graph.output)
         .chain(graph.aux_outputs.iter().map(|&(id, _)| id))
@@ -254,7 +273,7 @@ fn layouts(graph: &Graph, algos: &[Option<ConvAlgo>], convs: &[Option<(ConvAlgo,
         .map(|(id, node)| {
             !heads.contains(&id)
                 && match node.layer {
-                    Layer::Conv { .. } => direct(id),
+                    Layer::Conv { .. } => writes_blocked(id),
                     Layer::MaxPool(_)
                     | Layer::AvgPool(_)
                     | Layer::BatchNorm { .. }
@@ -279,10 +298,11 @@ fn layouts(graph: &Graph, algos: &[Option<ConvAlgo>], convs: &[Option<(ConvAlgo,
                 _ => node.inputs.iter().all(|&i| blocked[i]),
             };
             let readers_read_blocked = consumers[id].iter().all(|&c| match nodes[c].layer {
-                Layer::Conv { .. } => direct(c),
+                Layer::Conv { .. } => reads_blocked(c),
                 Layer::GlobalAvgPool => true,
-                // A 1×1 map of whole blocks is laid out alike in both layouts.
-                Layer::Flatten => nodes[id].shape[1..] == [1, 1] && nodes[id].shape[0].is_multiple_of(LANES),
+                // The exit to the classifier's rows: a reorder (none for a 1×1 map of whole blocks,
+                // which both layouts lay out alike).
+                Layer::Flatten => true,
                 Layer::Input | Layer::Linear { .. } | Layer::Dropout(_) | Layer::AdaptiveAvgPool(_) => false,
                 _ => blocked[c],
             });

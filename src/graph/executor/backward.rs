@@ -3,6 +3,7 @@
 
 use super::state::State;
 use super::{Mode, images, images_mut, with_buffer};
+use crate::blocked;
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer};
 use crate::graph::plan::{Layout, Place};
@@ -244,6 +245,16 @@ impl State {
                     let y = images(acts, p, batch);
                     add_input_grad(grads, p, ip, batch, |dy, dx| {
                         activation::relu_backward_images(dy, y, dx)
+                    });
+                    Ok(())
+                }
+                // A flatten that reorders passes its gradient back into the blocked layout; one that
+                // shares its input's memory shares the gradient too.
+                Layer::Flatten if plan.flatten_reorders(graph, id) => {
+                    add_input_grad(grads, p, ip, batch, |dy, dx| {
+                        for (n, dx) in dx.iter_mut() {
+                            blocked::add_nchw_to_blocked(dy.get(n), c, [h, w], dx);
+                        }
                     });
                     Ok(())
                 }

@@ -4,6 +4,7 @@
 use super::branches::BranchRun;
 use super::state::State;
 use super::{BranchSchedule, Mode, images, images_mut, with_buffer};
+use crate::blocked;
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer, Node, NodeId};
 use crate::graph::plan::{Layout, Plan};
@@ -144,7 +145,13 @@ pub(super) fn forward_node(
         },
         Layer::AdaptiveAvgPool(output) => pool::adaptive_avg_pool_forward(x, [h, w], *output, y),
         Layer::Relu => activation::relu_images(x, y),
-        Layer::Input | Layer::Concat | Layer::Flatten | Layer::AddScaled { .. } => {
+        // Only a flatten that reorders runs: the exit from the blocked layout to the classifier's rows.
+        Layer::Flatten => {
+            for (n, out) in y.iter_mut() {
+                blocked::to_nchw(x.get(n), c, [h, w], out);
+            }
+        }
+        Layer::Input | Layer::Concat | Layer::AddScaled { .. } => {
             unreachable!("{} is not a single-input op", node.name)
         }
     }
@@ -303,7 +310,7 @@ impl State {
             }
             Ok(())
         };
-        if matches!(node.layer, Layer::Flatten) {
+        if matches!(node.layer, Layer::Flatten) && !self.plan.flatten_reorders(graph, id) {
             return Ok(());
         }
         with_buffer(&mut self.acts, p.buffer, run).map_err(|e| e.in_node(&node.name))

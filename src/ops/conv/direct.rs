@@ -20,6 +20,7 @@
 use rayon::prelude::*;
 
 use super::ConvGeometry;
+use super::direct_stem::{self, StemWeights};
 use crate::blocked::{self, Halo, Layout};
 use crate::microkernel::{self, Epilogue, Isa, LANES, Tile, TileShape};
 use crate::parallel::{self, Threads, for_each_chunk_mut, for_each_part};
@@ -404,54 +405,90 @@ fn forward_image(
     });
 }
 
-/// A convolution's weights packed once for [`ConvAlgo::Direct`](super::ConvAlgo::Direct): for the
-/// forward pass and the weight gradient, and flipped and transposed for the input gradient of a stride-1
-/// convolution (`None` otherwise: that input gradient goes through im2col + GEMM).
+/// A convolution's weights packed once for [`ConvAlgo::Direct`](super::ConvAlgo::Direct): on the
+/// blocked layout, for the forward pass and the weight gradient, and flipped and transposed for the
+/// input gradient of a stride-1 convolution (`None` otherwise: that input gradient goes through
+/// im2col + GEMM); or, for an input of fewer than 16 channels, in the few-channel layout of
+/// `direct_stem.rs` (whose input gradient also goes through im2col).
 #[derive(Debug, Clone)]
-pub struct DirectWeights {
-    forward: PackedConv,
-    input_grad: Option<PackedConv>,
+pub struct DirectWeights(Packed);
+
+#[derive(Debug, Clone)]
+enum Packed {
+    Blocked {
+        forward: PackedConv,
+        input_grad: Option<PackedConv>,
+    },
+    FewChannels(StemWeights),
 }
 
 impl DirectWeights {
     /// Packs `w` (`[out, in, kh, kw]`) and `b` for `g` (whose batch size does not matter).
     pub fn new(g: &ConvGeometry, w: &[f32], b: Option<&[f32]>) -> DirectWeights {
-        DirectWeights {
-            forward: PackedConv::new(g, w, b),
-            input_grad: PackedConv::input_grad(g, w),
-        }
+        DirectWeights(if direct_stem::eligible(g) {
+            Packed::FewChannels(StemWeights::new(g, w, b))
+        } else {
+            Packed::Blocked {
+                forward: PackedConv::new(g, w, b),
+                input_grad: PackedConv::input_grad(g, w),
+            }
+        })
     }
 
     /// Zero weights in `g`'s layout: enough for a weight gradient, which does not read them.
     pub fn layout(g: &ConvGeometry) -> DirectWeights {
-        DirectWeights {
+        if direct_stem::eligible(g) {
+            let zeros = vec![0.0; g.out_channels * g.in_channels * g.h.kernel * g.w.kernel];
+            return DirectWeights(Packed::FewChannels(StemWeights::new(g, &zeros, None)));
+        }
+        DirectWeights(Packed::Blocked {
             forward: PackedConv::zeros(g),
             input_grad: None,
-        }
+        })
     }
 
     /// Packs new values of the same weights into the existing buffers (no allocation).
     pub fn repack(&mut self, w: &[f32], b: Option<&[f32]>) {
-        self.forward.repack(w, b);
-        if let Some(back) = &mut self.input_grad {
-            back.repack_flipped(w);
+        match &mut self.0 {
+            Packed::Blocked { forward, input_grad } => {
+                forward.repack(w, b);
+                if let Some(back) = input_grad {
+                    back.repack_flipped(w);
+                }
+            }
+            Packed::FewChannels(stem) => stem.repack(w, b),
         }
     }
 
     /// Whether the input gradient runs on the microkernel (stride 1) rather than through im2col + GEMM.
     pub fn has_direct_input_grad(&self) -> bool {
-        self.input_grad.is_some()
+        matches!(
+            self.0,
+            Packed::Blocked {
+                input_grad: Some(_),
+                ..
+            }
+        )
     }
 }
 
 /// Whether `g`'s input gradient runs on the microkernel (see [`DirectWeights`]).
-pub(super) fn direct_input_grad(g: &ConvGeometry) -> bool {
-    g.input_grad_geometry().is_some()
+pub fn direct_input_grad(g: &ConvGeometry) -> bool {
+    g.input_grad_geometry().is_some() && !direct_stem::eligible(g)
+}
+
+/// Whether `g` runs the few-channel path of `direct_stem.rs`: it reads NCHW only, and its input gradient
+/// goes through im2col.
+pub fn few_channels(g: &ConvGeometry) -> bool {
+    direct_stem::eligible(g)
 }
 
 /// The workspace of every pass of [`ConvAlgo::Direct`](super::ConvAlgo::Direct) over `g` (at the batch
 /// `g` holds), except an input gradient that goes through im2col (`direct_input_grad` is false).
 pub(super) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
+    if direct_stem::eligible(g) {
+        return direct_stem::workspace(g);
+    }
     let lens = |g: &ConvGeometry| {
         blocked::image_len(g.in_channels, [g.h.input, g.w.input], halo(g))
             + blocked::image_len(g.out_channels, [g.h.output, g.w.output], Halo::default())
@@ -530,7 +567,13 @@ pub fn forward_images(
     ws: &mut Workspace,
     isa: Isa,
 ) {
-    let packed = &weights.forward;
+    let packed = match &weights.0 {
+        Packed::Blocked { forward, .. } => forward,
+        Packed::FewChannels(stem) => {
+            assert_eq!(x_layout, Layout::Nchw, "the few-channel path reads NCHW");
+            return stem.forward_images(x, relu, y, y_layout, ws, isa);
+        }
+    };
     let source = Source::of(packed, x, x_layout);
     let out = Output {
         layout: y_layout,
@@ -552,10 +595,12 @@ pub fn add_input_grad_images(
     ws: &mut Workspace,
     isa: Isa,
 ) {
-    let back = weights
-        .input_grad
-        .as_ref()
-        .expect("the direct input gradient needs a stride-1 convolution");
+    let Packed::Blocked {
+        input_grad: Some(back), ..
+    } = &weights.0
+    else {
+        panic!("the direct input gradient needs a stride-1 convolution of at least 16 input channels");
+    };
     let source = Source::of(back, dy, dy_layout);
     let out = Output {
         layout: dx_layout,
@@ -641,7 +686,13 @@ pub fn add_weight_grad_images(
     ws: &mut Workspace,
     isa: Isa,
 ) {
-    let packed = &weights.forward;
+    let packed = match &weights.0 {
+        Packed::Blocked { forward, .. } => forward,
+        Packed::FewChannels(stem) => {
+            assert_eq!(x_layout, Layout::Nchw, "the few-channel path reads NCHW");
+            return stem.add_weight_grad_images(x, dy, dy_layout, dw, ws, isa);
+        }
+    };
     let g = &packed.geometry;
     let source = Source::of(packed, x, x_layout);
     let gradient = Source {

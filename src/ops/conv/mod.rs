@@ -15,6 +15,7 @@
 
 mod batching;
 pub mod direct;
+mod direct_stem;
 mod factorized;
 mod gemm_conv;
 mod im2col;
