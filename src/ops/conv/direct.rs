@@ -416,21 +416,21 @@ pub struct DirectWeights(Packed);
 #[derive(Debug, Clone)]
 enum Packed {
     Blocked {
-        forward: PackedConv,
-        input_grad: Option<PackedConv>,
+        forward: Box<PackedConv>,
+        input_grad: Option<Box<PackedConv>>,
     },
-    FewChannels(StemWeights),
+    FewChannels(Box<StemWeights>),
 }
 
 impl DirectWeights {
     /// Packs `w` (`[out, in, kh, kw]`) and `b` for `g` (whose batch size does not matter).
     pub fn new(g: &ConvGeometry, w: &[f32], b: Option<&[f32]>) -> DirectWeights {
         DirectWeights(if direct_stem::eligible(g) {
-            Packed::FewChannels(StemWeights::new(g, w, b))
+            Packed::FewChannels(Box::new(StemWeights::new(g, w, b)))
         } else {
             Packed::Blocked {
-                forward: PackedConv::new(g, w, b),
-                input_grad: PackedConv::input_grad(g, w),
+                forward: Box::new(PackedConv::new(g, w, b)),
+                input_grad: PackedConv::input_grad(g, w).map(Box::new),
             }
         })
     }
@@ -439,10 +439,10 @@ impl DirectWeights {
     pub fn layout(g: &ConvGeometry) -> DirectWeights {
         if direct_stem::eligible(g) {
             let zeros = vec![0.0; g.out_channels * g.in_channels * g.h.kernel * g.w.kernel];
-            return DirectWeights(Packed::FewChannels(StemWeights::new(g, &zeros, None)));
+            return DirectWeights(Packed::FewChannels(Box::new(StemWeights::new(g, &zeros, None))));
         }
         DirectWeights(Packed::Blocked {
-            forward: PackedConv::zeros(g),
+            forward: Box::new(PackedConv::zeros(g)),
             input_grad: None,
         })
     }
