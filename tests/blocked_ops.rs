@@ -263,3 +263,30 @@ fn blocked_batch_norm_matches_the_nchw_one_in_training_and_eval() {
         }
     }
 }
+
+/// The fused pass gives what the ReLU mask followed by the blocked bias gradient gives, bit for bit.
+#[test]
+fn the_fused_relu_mask_and_bias_gradient_match_the_two_passes() {
+    use incept::ops::activation::relu_mask_images;
+    use incept::ops::conv::direct::{bias_grad_blocked, relu_mask_and_bias_grad_blocked};
+    let shape = [3, 37, 5, 6];
+    let [n, c, h, w] = shape;
+    let blen = blocked_len(shape) / n;
+    // A ReLU's output: exact zeros where its input was negative.
+    let relu_output: Vec<f32> = values(n * c * h * w, 11).iter().map(|v| v.max(0.0)).collect();
+    let y = to_blocked(&relu_output, shape);
+    let dy = to_blocked(&values(n * c * h * w, 12), shape);
+    let (mut dy_two, mut db_two) = (dy.clone(), vec![0.5; c]);
+    relu_mask_images(&mut ImagesMut::dense(&mut dy_two, n, blen), Images::dense(&y, n, blen));
+    bias_grad_blocked(Images::dense(&dy_two, n, blen), c, h * w, &mut db_two);
+    let (mut dy_one, mut db_one) = (dy, vec![0.5; c]);
+    let mut dy_images = ImagesMut::dense(&mut dy_one, n, blen);
+    relu_mask_and_bias_grad_blocked(&mut dy_images, Images::dense(&y, n, blen), c, h * w, &mut db_one);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&dy_one), bits(&dy_two), "masked gradient");
+    assert_eq!(bits(&db_one), bits(&db_two), "bias gradient");
+    assert!(
+        dy_two.iter().zip(&y).all(|(&g, &v)| v > 0.0 || g == 0.0),
+        "the mask zeroes where y <= 0"
+    );
+}

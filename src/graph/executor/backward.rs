@@ -94,7 +94,18 @@ impl State {
                     let g = conv.geometry([batch, c, h, w])?;
                     let algo = plan.conv_algos[id]
                         .expect("every convolution's algorithm is resolved when the executor is built");
-                    if *relu {
+                    let (channels, pixels) = (g.out_channels, g.output_pixels());
+                    // On the blocked layout, the ReLU mask and the bias gradient share one pass over dy.
+                    let fused_bias = match (relu, bias, out_layout) {
+                        (true, Some(b), Layout::Blocked) => {
+                            let (y, db) = (images(acts, p, batch), &mut param_grads[*b]);
+                            let mut dy = images_mut(&mut grads[p.buffer], p, batch);
+                            direct::relu_mask_and_bias_grad_blocked(&mut dy, y, channels, pixels, db);
+                            true
+                        }
+                        _ => false,
+                    };
+                    if *relu && !fused_bias {
                         let y = images(acts, p, batch);
                         activation::relu_mask_images(&mut images_mut(&mut grads[p.buffer], p, batch), y);
                     }
@@ -108,8 +119,10 @@ impl State {
                         }
                         None => conv::backward_weight_images(&g, algo, x, dy, dw, workspace),
                     }
-                    if let Some(b) = bias {
-                        let (channels, pixels, db) = (g.out_channels, g.output_pixels(), &mut param_grads[*b]);
+                    if let Some(b) = bias
+                        && !fused_bias
+                    {
+                        let db = &mut param_grads[*b];
                         match out_layout {
                             Layout::Blocked => direct::bias_grad_blocked(dy, channels, pixels, db),
                             Layout::Nchw => conv::bias_grad(dy, channels, pixels, db),

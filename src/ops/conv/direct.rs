@@ -749,3 +749,45 @@ pub fn bias_grad_blocked(dy: Images<'_>, channels: usize, pixels: usize, db: &mu
             }
         });
 }
+
+/// The ReLU mask and the bias gradient of blocked images in one pass over `dy`: `dy = 0` where the
+/// ReLU's output `y` is not positive, then `db[c] += sum over images and pixels of dy[c, pixel]`, with
+/// the sums of [`bias_grad_blocked`] in its order (so the same bits).
+pub fn relu_mask_and_bias_grad_blocked(
+    dy: &mut ImagesMut<'_>,
+    y: Images<'_>,
+    channels: usize,
+    pixels: usize,
+    db: &mut [f32],
+) {
+    let (blocks, plane) = (blocked::blocks(channels), pixels * LANES);
+    // Per image and block, the 16 channels' sums over the image's pixels.
+    let mut sums = vec![[0f64; LANES]; dy.count() * blocks];
+    dy.par_iter_mut()
+        .zip(sums.par_chunks_mut(blocks.max(1)))
+        .for_each(|((n, dy_image), image_sums)| {
+            let y_image = y.get(n);
+            for (b, sum) in image_sums.iter_mut().enumerate() {
+                let (dy_plane, y_plane) = (&mut dy_image[b * plane..][..plane], &y_image[b * plane..][..plane]);
+                for (g, v) in dy_plane.chunks_exact_mut(LANES).zip(y_plane.chunks_exact(LANES)) {
+                    for lane in 0..LANES {
+                        if v[lane] <= 0.0 {
+                            g[lane] = 0.0;
+                        }
+                        sum[lane] += g[lane] as f64;
+                    }
+                }
+            }
+        });
+    for (b, db_block) in db[..channels].chunks_mut(LANES).enumerate() {
+        let mut total = [0f64; LANES];
+        for image_sums in sums.chunks_exact(blocks) {
+            for (t, s) in total.iter_mut().zip(image_sums[b]) {
+                *t += s;
+            }
+        }
+        for (d, t) in db_block.iter_mut().zip(total) {
+            *d += t as f32;
+        }
+    }
+}
