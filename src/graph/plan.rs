@@ -183,8 +183,8 @@ impl Plan {
 /// Each convolution's algorithm (`forced`, or each layer's request, or the plan's choice) and each
 /// node's layout.
 ///
-/// Where the plan chooses, a stride-1 convolution with at least 16 input and output channels, or a
-/// first layer with fewer than 16 input channels (`direct_stem.rs`), runs [`ConvAlgo::Direct`] when
+/// Where the plan chooses, a convolution with at least 16 input and output channels, or a first layer
+/// with fewer than 16 input channels (`direct_stem.rs`), runs [`ConvAlgo::Direct`] when
 /// the microkernel has a vector build here and its input or its output can be blocked; otherwise (a reorder into and out of the blocked layout around the call costs as much
 /// as a 1×1 convolution) [`conv::choose_algo`] picks a GEMM-based algorithm.
 fn conv_algos_and_layouts(graph: &Graph, forced: ConvAlgo) -> Result<(Vec<Option<ConvAlgo>>, Vec<Layout>)> {
@@ -214,7 +214,7 @@ fn conv_algos_and_layouts(graph: &Graph, forced: ConvAlgo) -> Result<(Vec<Option
         .enumerate()
         .map(|(id, conv)| {
             conv.is_some_and(|(requested, g)| {
-                let blocked_path = direct::direct_input_grad(&g) && g.in_channels >= LANES;
+                let blocked_path = !direct::few_channels(&g);
                 // The few-channel path on the graph's input: a network's first layer.
                 let first_layer = direct::few_channels(&g) && matches!(nodes[nodes[id].inputs[0]].layer, Layer::Input);
                 requested == ConvAlgo::Auto && vector_kernel && g.out_channels >= LANES && (blocked_path || first_layer)
@@ -255,11 +255,11 @@ fn layouts(graph: &Graph, algos: &[Option<ConvAlgo>], convs: &[Option<(ConvAlgo,
             consumers[input].push(id);
         }
     }
-    // A direct convolution reads and writes either layout, except that the input gradient of a strided
-    // one goes through im2col, which needs NCHW on both sides. The few-channel path reads NCHW, and
-    // writes either layout when it reads the graph's input (which needs no gradient).
+    // A direct convolution reads and writes either layout (a strided one's input gradient goes through
+    // im2col image by image, reordered). The few-channel path reads NCHW, and writes either layout when
+    // it reads the graph's input (which needs no gradient).
     let is_direct = |id: NodeId| algos[id] == Some(ConvAlgo::Direct);
-    let reads_blocked = |id: NodeId| is_direct(id) && convs[id].is_some_and(|(_, g)| direct::direct_input_grad(&g));
+    let reads_blocked = |id: NodeId| is_direct(id) && convs[id].is_some_and(|(_, g)| !direct::few_channels(&g));
     let writes_blocked = |id: NodeId| {
         let reads_input = matches!(nodes[nodes[id].inputs[0]].layer, Layer::Input);
         reads_blocked(id) || (is_direct(id) && reads_input && convs[id].is_some_and(|(_, g)| direct::few_channels(&g)))

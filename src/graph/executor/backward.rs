@@ -130,9 +130,13 @@ impl State {
                     }
                     if input_needs_grad {
                         add_input_grad(grads, p, ip, batch, |dy, dx| match packed {
-                            // The plan keeps both sides of a strided direct convolution in NCHW.
                             Some(packed) if packed.has_direct_input_grad() => {
                                 direct::add_input_grad_images(packed, dy, out_layout, dx, in_layout, workspace, isa)
+                            }
+                            // A strided direct convolution on blocked activations.
+                            Some(_) if (in_layout, out_layout) != (Layout::Nchw, Layout::Nchw) => {
+                                let w = &params[*weight];
+                                direct::add_input_grad_via_im2col(&g, w, dy, out_layout, dx, in_layout, workspace)
                             }
                             _ => conv::backward_input_images(&g, algo, &params[*weight], dy, dx, workspace),
                         });
