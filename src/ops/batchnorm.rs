@@ -257,19 +257,7 @@ impl BatchNorm2d {
     /// The batch's statistics of `x` into `stats` (reusing its vectors): per channel, two passes in f64,
     /// the mean and then the sum of squared deviations (no cancellation).
     pub fn batch_statistics(&self, x: Images<'_>, pixels: usize, stats: &mut ChannelStats) -> Result<()> {
-        let count = x.count() * pixels;
-        if count < 2 {
-            return Err(Error::shape(
-                "batch_norm2d input",
-                "more than one value per channel in training mode",
-                format!("{} image(s) of {pixels} pixel(s)", x.count()),
-            ));
-        }
-        let c = self.channels;
-        stats.resize(c);
-        stats.batch_statistics = true;
-        stats.count = count;
-        let eps = self.eps as f64;
+        let count = self.start_batch_statistics(x.count(), pixels, stats)?;
         (stats
             .mean
             .par_iter_mut()
@@ -284,10 +272,38 @@ impl BatchNorm2d {
             let ss: f64 = (0..x.count())
                 .map(|n| kernels::squared_deviation(plane(x, n, ch, pixels), m))
                 .sum();
-            let v = ss / count as f64;
-            (*mean, *var, *rstd) = (m as f32, v as f32, (1.0 / (v + eps).sqrt()) as f32);
+            (*mean, *var, *rstd) = self.channel_statistics(m, ss, count);
         });
         Ok(())
+    }
+
+    /// Checks that a batch of `images` images of `pixels` pixels has more than one value per channel,
+    /// sizes `stats` and marks them as the batch's; returns the values per channel.
+    pub(crate) fn start_batch_statistics(
+        &self,
+        images: usize,
+        pixels: usize,
+        stats: &mut ChannelStats,
+    ) -> Result<usize> {
+        let count = images * pixels;
+        if count < 2 {
+            return Err(Error::shape(
+                "batch_norm2d input",
+                "more than one value per channel in training mode",
+                format!("{images} image(s) of {pixels} pixel(s)"),
+            ));
+        }
+        stats.resize(self.channels);
+        stats.batch_statistics = true;
+        stats.count = count;
+        Ok(count)
+    }
+
+    /// `(mean, biased variance, 1 / sqrt(variance + eps))` of a channel from its mean `m` and its sum
+    /// of squared deviations `ss` over `count` values.
+    pub(crate) fn channel_statistics(&self, m: f64, ss: f64, count: usize) -> (f32, f32, f32) {
+        let v = ss / count as f64;
+        (m as f32, v as f32, (1.0 / (v + self.eps as f64).sqrt()) as f32)
     }
 
     /// Eval-mode statistics: the running mean and variance.
@@ -326,8 +342,7 @@ impl BatchNorm2d {
         y.par_iter_mut().for_each(|(n, out)| {
             let image = x.get(n);
             for ch in 0..self.channels {
-                let scale = gamma[ch] * stats.rstd[ch];
-                let shift = beta[ch] - stats.mean[ch] * scale;
+                let (scale, shift) = scale_shift(stats, gamma, beta, ch);
                 let out = &mut out[ch * pixels..][..pixels];
                 kernels::scale_shift(out, &image[ch * pixels..][..pixels], scale, shift);
                 if relu {
@@ -376,19 +391,37 @@ impl BatchNorm2d {
         let m = (x.count() * pixels) as f64;
         dx.par_iter_mut().for_each(|(n, dx_image)| {
             for (ch, &(sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
-                let (rstd, g) = (stats.rstd[ch] as f64, gamma[ch] as f64);
-                // dx = a·dy + b·(x - mean) + c, coefficients folded in f64.
-                let coefficients = if stats.batch_statistics {
-                    let k = g * rstd / m;
-                    [k * m, -k * rstd * sum_dy_xhat, -k * sum_dy].map(|v| v as f32)
-                } else {
-                    [(g * rstd) as f32, 0.0, 0.0]
-                };
+                let coefficients = input_grad_coefficients(stats, gamma, ch, (sum_dy, sum_dy_xhat), m);
                 let out = &mut dx_image[ch * pixels..][..pixels];
                 let (dy, x) = (plane(dy, n, ch, pixels), plane(x, n, ch, pixels));
                 kernels::add_affine_of_two(out, dy, x, stats.mean[ch], coefficients);
             }
         });
+    }
+}
+
+/// `(scale, shift)` with `y = scale·x + shift` the normalization of channel `ch`.
+pub(crate) fn scale_shift(stats: &ChannelStats, gamma: &[f32], beta: &[f32], ch: usize) -> (f32, f32) {
+    let scale = gamma[ch] * stats.rstd[ch];
+    (scale, beta[ch] - stats.mean[ch] * scale)
+}
+
+/// `[a, b, c]` with `dx = a·dy + b·(x - mean) + c` for channel `ch`, folded in f64 from the channel's
+/// `(Σ dy, Σ dy·x̂)` over `m` values: with batch statistics `dx = gamma·rstd/m · (m·dy - Σdy -
+/// x̂·Σdy·x̂)`, with running ones `dx = gamma·rstd·dy`.
+pub(crate) fn input_grad_coefficients(
+    stats: &ChannelStats,
+    gamma: &[f32],
+    ch: usize,
+    (sum_dy, sum_dy_xhat): (f64, f64),
+    m: f64,
+) -> [f32; 3] {
+    let (rstd, g) = (stats.rstd[ch] as f64, gamma[ch] as f64);
+    if stats.batch_statistics {
+        let k = g * rstd / m;
+        [k * m, -k * rstd * sum_dy_xhat, -k * sum_dy].map(|v| v as f32)
+    } else {
+        [(g * rstd) as f32, 0.0, 0.0]
     }
 }
 

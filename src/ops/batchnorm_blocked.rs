@@ -5,9 +5,9 @@
 
 use rayon::prelude::*;
 
-use super::batchnorm::{BatchNorm2d, ChannelStats};
+use super::batchnorm::{BatchNorm2d, ChannelStats, input_grad_coefficients, scale_shift};
 use crate::blocked;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::microkernel::LANES;
 use crate::tensor::{Images, ImagesMut};
 
@@ -19,18 +19,7 @@ fn block_plane(images: Images<'_>, n: usize, b: usize, pixels: usize) -> &[f32] 
 impl BatchNorm2d {
     /// [`BatchNorm2d::batch_statistics`] of blocked images.
     pub fn batch_statistics_blocked(&self, x: Images<'_>, pixels: usize, stats: &mut ChannelStats) -> Result<()> {
-        let count = x.count() * pixels;
-        if count < 2 {
-            return Err(Error::shape(
-                "batch_norm2d input",
-                "more than one value per channel in training mode",
-                format!("{} image(s) of {pixels} pixel(s)", x.count()),
-            ));
-        }
-        stats.resize(self.channels);
-        stats.batch_statistics = true;
-        stats.count = count;
-        let eps = self.eps as f64;
+        let count = self.start_batch_statistics(x.count(), pixels, stats)?;
         (stats.mean.par_chunks_mut(LANES))
             .zip(stats.var.par_chunks_mut(LANES))
             .zip(stats.rstd.par_chunks_mut(LANES))
@@ -52,8 +41,7 @@ impl BatchNorm2d {
                     }
                 }
                 for lane in 0..mean.len() {
-                    let v = squares[lane] / count as f64;
-                    (mean[lane], var[lane], rstd[lane]) = (m[lane] as f32, v as f32, (1.0 / (v + eps).sqrt()) as f32);
+                    (mean[lane], var[lane], rstd[lane]) = self.channel_statistics(m[lane], squares[lane], count);
                 }
             });
         Ok(())
@@ -75,9 +63,7 @@ impl BatchNorm2d {
             for b in 0..blocked::blocks(self.channels) {
                 let (mut scale, mut shift) = ([0f32; LANES], [0f32; LANES]);
                 for lane in 0..LANES.min(self.channels - b * LANES) {
-                    let ch = b * LANES + lane;
-                    scale[lane] = gamma[ch] * stats.rstd[ch];
-                    shift[lane] = beta[ch] - stats.mean[ch] * scale[lane];
+                    (scale[lane], shift[lane]) = scale_shift(stats, gamma, beta, b * LANES + lane);
                 }
                 let out = &mut out[b * pixels * LANES..][..pixels * LANES];
                 for (o, v) in out
@@ -142,15 +128,8 @@ impl BatchNorm2d {
                 let mean = mean_of(b);
                 // dx = a·dy + b·(x - mean) + c per channel, coefficients folded in f64; zero for padding.
                 let mut coefficients = [[0f32; 3]; LANES];
-                for (lane, &(sum_dy, sum_dy_xhat)) in block_sums.iter().enumerate().take(channels - b * LANES) {
-                    let ch = b * LANES + lane;
-                    let (rstd, g) = (stats.rstd[ch] as f64, gamma[ch] as f64);
-                    coefficients[lane] = if stats.batch_statistics {
-                        let k = g * rstd / m;
-                        [k * m, -k * rstd * sum_dy_xhat, -k * sum_dy].map(|v| v as f32)
-                    } else {
-                        [(g * rstd) as f32, 0.0, 0.0]
-                    };
+                for (lane, &sums) in block_sums.iter().enumerate().take(channels - b * LANES) {
+                    coefficients[lane] = input_grad_coefficients(stats, gamma, b * LANES + lane, sums, m);
                 }
                 let out = &mut dx_image[b * pixels * LANES..][..pixels * LANES];
                 let (dy, x) = (block_plane(dy, n, b, pixels), block_plane(x, n, b, pixels));
