@@ -22,20 +22,22 @@ pub fn zero_pad_blocked_images(x: Images<'_>, map: [usize; 2], pads: Pads, y: &m
 }
 
 /// Zero padding of planes whose pixels are `lanes` values each.
-fn zero_pad_pixels(x: Images<'_>, [h, w]: [usize; 2], pads: Pads, lanes: usize, y: &mut ImagesMut<'_>) {
+fn zero_pad_pixels(x: Images<'_>, map: [usize; 2], pads: Pads, lanes: usize, y: &mut ImagesMut<'_>) {
+    y.par_iter_mut()
+        .for_each(|(n, out)| zero_pad_image(x.get(n), map, pads, lanes, out));
+}
+
+/// One image of [`zero_pad_pixels`]: its `[h, w]` planes (pixels of `lanes` values) written into `out`
+/// with `pads` of zeros around each.
+pub(crate) fn zero_pad_image(x: &[f32], [h, w]: [usize; 2], pads: Pads, lanes: usize, out: &mut [f32]) {
     let out_w = w + pads.left + pads.right;
     let out_plane = (h + pads.top + pads.bottom) * out_w * lanes;
-    y.par_iter_mut().for_each(|(n, out)| {
-        out.fill(0.0);
-        for (plane, src) in out
-            .chunks_exact_mut(out_plane)
-            .zip(x.get(n).chunks_exact(h * w * lanes))
-        {
-            for (row, src_row) in src.chunks_exact(w * lanes).enumerate() {
-                plane[((row + pads.top) * out_w + pads.left) * lanes..][..w * lanes].copy_from_slice(src_row);
-            }
+    out.fill(0.0);
+    for (plane, src) in out.chunks_exact_mut(out_plane).zip(x.chunks_exact(h * w * lanes)) {
+        for (row, src_row) in src.chunks_exact(w * lanes).enumerate() {
+            plane[((row + pads.top) * out_w + pads.left) * lanes..][..w * lanes].copy_from_slice(src_row);
         }
-    });
+    }
 }
 
 /// Adds the gradient of [`zero_pad_images`] to `dx`: the middle of each output-gradient plane.

@@ -79,11 +79,7 @@ impl PackedConv {
         let taps = g.h.kernel * g.w.kernel;
         assert_eq!(w.len(), outputs * inputs * taps, "conv weights [out, in, kh, kw]");
         self.pack(|o, c, tap| w[(o * inputs + c) * taps + tap]);
-        self.bias.fill(0.0);
-        if let Some(b) = b {
-            assert_eq!(b.len(), outputs, "conv bias [out]");
-            self.bias[..outputs].copy_from_slice(b);
-        }
+        pack_bias(&mut self.bias, b, outputs);
     }
 
     /// Fills the packed weights with `weight(output channel, input channel, tap)` for the real channels,
@@ -180,11 +176,10 @@ impl PackedConv {
         )
     }
 
-    /// Images per weight-gradient chunk: as many as keep a chunk's input and output gradient within
-    /// ~2 MB (at least one).
+    /// Images per weight-gradient chunk ([`weight_grad_chunk`]).
     fn weight_grad_chunk(&self) -> usize {
         let (in_len, out_len) = self.image_lens();
-        (512 * 1024 / (in_len + out_len)).max(1)
+        weight_grad_chunk(in_len + out_len)
     }
 
     /// Adds the weight gradient of the blocked images in `x` and `dy` (one chunk, summed pixel after
@@ -248,10 +243,7 @@ impl PackedConv {
         if out_blocks >= 2 * threads {
             // Tiles of up to 3 output blocks × 8 input channels (fewer blocks when that is what gives
             // every thread a group of its own): one task per group, each owning its blocks of `dw`.
-            let blocks = (1..=3.min(isa.preferred_tile().blocks))
-                .rev()
-                .find(|&b| out_blocks.div_ceil(b) >= threads)
-                .unwrap_or(1);
+            let blocks = group_blocks(out_blocks, 3.min(isa.preferred_tile().blocks));
             dw.par_chunks_mut(blocks * stride)
                 .enumerate()
                 .for_each(|(grp, dw_group)| {
@@ -293,6 +285,31 @@ impl PackedConv {
             *v += packed[ob * self.block_stride + ((icb * taps + tap) * LANES + ic) * LANES + oc];
         }
     }
+}
+
+/// Writes the bias `b` (`outputs` values; zeros without one) into packed `bias`, padded with zeros to
+/// whole blocks.
+pub(super) fn pack_bias(bias: &mut [f32], b: Option<&[f32]>, outputs: usize) {
+    bias.fill(0.0);
+    if let Some(b) = b {
+        assert_eq!(b.len(), outputs, "conv bias [out]");
+        bias[..outputs].copy_from_slice(b);
+    }
+}
+
+/// Images per weight-gradient chunk: as many as keep a chunk's inputs and output gradients
+/// (`per_image` values for one image) within ~2 MB, at least one.
+pub(super) fn weight_grad_chunk(per_image: usize) -> usize {
+    (512 * 1024 / per_image).max(1)
+}
+
+/// Output blocks per group when the groups run across the pool: the most, up to `most`, that still
+/// gives every thread a group of its own (one when none does).
+pub(super) fn group_blocks(out_blocks: usize, most: usize) -> usize {
+    (1..=most)
+        .rev()
+        .find(|&b| out_blocks.div_ceil(b) >= parallel::threads())
+        .unwrap_or(1)
 }
 
 /// Distance between consecutive output blocks of `g`'s packed weights.
@@ -348,13 +365,7 @@ fn forward_image(
     let TileShape { blocks, pixels } = isa.preferred_tile();
     let blocks = match threads {
         Threads::One => blocks,
-        Threads::Pool => {
-            let out_blocks = blocked::blocks(g.out_channels);
-            (1..=blocks)
-                .rev()
-                .find(|&b| out_blocks.div_ceil(b) >= parallel::threads())
-                .unwrap_or(1)
-        }
+        Threads::Pool => group_blocks(blocked::blocks(g.out_channels), blocks),
     };
     // A 1×1, stride-1, unpadded convolution reads pixel `i` of the output at input pixel `i`: the whole
     // map is one row, so a 3×3 map fills a 6-pixel tile and a 3-pixel one instead of three 3-pixel ones.
@@ -493,7 +504,7 @@ pub(super) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
         blocked::image_len(g.in_channels, [g.h.input, g.w.input], halo(g))
             + blocked::image_len(g.out_channels, [g.h.output, g.w.output], Halo::default())
     };
-    let chunk = (512 * 1024 / lens(g)).clamp(1, g.batch.max(1));
+    let chunk = weight_grad_chunk(lens(g)).min(g.batch.max(1));
     let weight_grad = WorkspaceSize {
         partials: packed_len(g),
         ..WorkspaceSize::regions(chunk * lens(g))

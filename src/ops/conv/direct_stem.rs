@@ -13,8 +13,11 @@
 use rayon::prelude::*;
 
 use super::ConvGeometry;
+use super::direct::{group_blocks, halo, pack_bias, weight_grad_chunk};
 use crate::blocked::{self, Halo, Layout};
+use crate::geometry::Pads;
 use crate::microkernel::{self, Epilogue, Isa, LANES, MAX_PIXELS, Tile, TileShape};
+use crate::ops::shape;
 use crate::parallel::{self, for_each_part};
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
@@ -80,11 +83,7 @@ impl StemWeights {
                     };
                 }
             });
-        self.bias.fill(0.0);
-        if let Some(b) = b {
-            assert_eq!(b.len(), outputs, "conv bias [out]");
-            self.bias[..outputs].copy_from_slice(b);
-        }
+        pack_bias(&mut self.bias, b, outputs);
     }
 
     /// Values of one padded NCHW input image and of one blocked output image.
@@ -98,13 +97,14 @@ impl StemWeights {
     /// Writes NCHW image `x` into `out` with the convolution's zero padding around each plane.
     fn pad_input(&self, x: &[f32], out: &mut [f32]) {
         let g = &self.geometry;
-        let ([h, w], [hp, wp]) = ([g.h.input, g.w.input], padded_map(g));
-        out.fill(0.0);
-        for (plane, padded) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(hp * wp)) {
-            for (row, src) in plane.chunks_exact(w).enumerate() {
-                padded[(row + g.h.pad_lo) * wp + g.w.pad_lo..][..w].copy_from_slice(src);
-            }
-        }
+        let [top, bottom, left, right] = halo(g).0;
+        let pads = Pads {
+            top,
+            bottom,
+            left,
+            right,
+        };
+        shape::zero_pad_image(x, [g.h.input, g.w.input], pads, 1, out);
     }
 
     /// `y = conv(x) + bias` (then `max(·, 0)` with `relu`) from NCHW images into `y` in `y_layout`:
@@ -155,10 +155,7 @@ impl StemWeights {
         let TileShape { blocks, pixels } = isa.preferred_tile();
         let blocks = match threads {
             parallel::Threads::One => blocks,
-            parallel::Threads::Pool => (1..=blocks)
-                .rev()
-                .find(|&b| blocked::blocks(g.out_channels).div_ceil(b) >= parallel::threads())
-                .unwrap_or(1),
+            parallel::Threads::Pool => group_blocks(blocked::blocks(g.out_channels), blocks),
         };
         parallel::for_each_chunk_mut(y_img, blocks * plane, threads, |group, y_group| {
             let first_block = group * blocks;
@@ -208,7 +205,7 @@ impl StemWeights {
         let g = &self.geometry;
         let (in_len, out_len) = self.image_lens();
         let batch = x.count();
-        let chunk = weight_grad_chunk(in_len, out_len).min(batch.max(1));
+        let chunk = weight_grad_chunk(in_len + out_len).min(batch.max(1));
         let (dw_packed, region) = ws.partials_and_regions(self.weights.len(), chunk * (in_len + out_len));
         dw_packed.fill(0.0);
         let (xp, dyb) = region[..chunk * (in_len + out_len)].split_at_mut(chunk * in_len);
@@ -250,11 +247,7 @@ impl StemWeights {
         let [hp, wp] = padded_map(g);
         let taps = g.h.kernel * g.w.kernel;
         let out_blocks = blocked::blocks(g.out_channels);
-        let threads = parallel::threads();
-        let blocks = (1..=3.min(isa.preferred_tile().blocks))
-            .rev()
-            .find(|&b| out_blocks.div_ceil(b) >= threads)
-            .unwrap_or(1);
+        let blocks = group_blocks(out_blocks, 3.min(isa.preferred_tile().blocks));
         let stride = self.block_stride;
         dw.par_chunks_mut(blocks * stride)
             .enumerate()
@@ -298,13 +291,7 @@ impl StemWeights {
 
 /// The input map with the convolution's padding, `[hp, wp]`.
 fn padded_map(g: &ConvGeometry) -> [usize; 2] {
-    [g.h.input + g.h.pad_lo + g.h.pad_hi, g.w.input + g.w.pad_lo + g.w.pad_hi]
-}
-
-/// Images per weight-gradient chunk: as many as keep a chunk's inputs and output gradients within
-/// ~2 MB (at least one).
-fn weight_grad_chunk(in_len: usize, out_len: usize) -> usize {
-    (512 * 1024 / (in_len + out_len)).max(1)
+    halo(g).padded([g.h.input, g.w.input])
 }
 
 /// The workspace of this path's passes over `g` (at the batch `g` holds).
@@ -312,7 +299,7 @@ pub(super) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
     let [hp, wp] = padded_map(g);
     let in_len = g.in_channels * hp * wp;
     let out_len = blocked::image_len(g.out_channels, [g.h.output, g.w.output], Halo::default());
-    let chunk = weight_grad_chunk(in_len, out_len).min(g.batch.max(1));
+    let chunk = weight_grad_chunk(in_len + out_len).min(g.batch.max(1));
     let taps = g.h.kernel * g.w.kernel;
     WorkspaceSize {
         partials: blocked::blocks(g.out_channels) * microkernel::block_stride(g.in_channels * taps * LANES),
