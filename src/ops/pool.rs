@@ -10,6 +10,9 @@ use crate::parallel::for_each_part;
 use crate::tensor::{Images, ImagesMut, contiguous, dims4};
 use crate::workspace::{Workspace, WorkspaceSize};
 
+/// The most values one pixel of a pooled plane holds: the blocked layout's 16 channels.
+const MAX_LANES: usize = crate::microkernel::LANES;
+
 /// `with_padding` and `with_ceil_mode`, the same for both pools (they set fields of `self.window`).
 macro_rules! window_setters {
     () => {
@@ -491,7 +494,7 @@ impl AvgPool2d {
     }
 
     /// The divisor of output `(oy, ox)`.
-    pub(crate) fn divisor(&self, g: &PoolGeometry, oy: usize, ox: usize) -> f32 {
+    fn divisor(&self, g: &PoolGeometry, oy: usize, ox: usize) -> f32 {
         let count = if self.count_include_pad {
             padded_extent(&g.h, oy) * padded_extent(&g.w, ox)
         } else {
@@ -525,7 +528,13 @@ impl AvgPool2d {
 
     /// Average pooling of a batch into `y`.
     pub fn forward_images(&self, g: &PoolGeometry, x: Images<'_>, y: &mut ImagesMut<'_>) {
-        let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
+        self.forward_pixels(g, x, y, 1);
+    }
+
+    /// [`AvgPool2d::forward_images`] on planes whose pixels are `lanes` values each (1 for NCHW, 16
+    /// for the blocked layout), every lane summed alone in the same order.
+    pub(crate) fn forward_pixels(&self, g: &PoolGeometry, x: Images<'_>, y: &mut ImagesMut<'_>, lanes: usize) {
+        let (in_plane, out_plane) = (g.h.input * g.w.input * lanes, g.h.output * g.w.output * lanes);
         if out_plane == 0 {
             return;
         }
@@ -533,11 +542,18 @@ impl AvgPool2d {
             for (x_plane, y_plane) in x.get(n).chunks_exact(in_plane).zip(y_img.chunks_exact_mut(out_plane)) {
                 for oy in 0..g.h.output {
                     for ox in 0..g.w.output {
-                        let mut sum = 0.0f32;
+                        let mut sum = [0.0f32; MAX_LANES];
                         for iy in clipped(&g.h, oy) {
-                            sum += x_plane[iy * g.w.input..][clipped(&g.w, ox)].iter().sum::<f32>();
+                            let mut row = [0.0f32; MAX_LANES];
+                            for ix in clipped(&g.w, ox) {
+                                let v = &x_plane[(iy * g.w.input + ix) * lanes..][..lanes];
+                                row.iter_mut().zip(v).for_each(|(r, &v)| *r += v);
+                            }
+                            sum.iter_mut().zip(row).for_each(|(s, r)| *s += r);
                         }
-                        y_plane[oy * g.w.output + ox] = sum / self.divisor(g, oy, ox);
+                        let divisor = self.divisor(g, oy, ox);
+                        let out = &mut y_plane[(oy * g.w.output + ox) * lanes..][..lanes];
+                        out.iter_mut().zip(sum).for_each(|(o, s)| *o = s / divisor);
                     }
                 }
             }
@@ -546,7 +562,12 @@ impl AvgPool2d {
 
     /// Adds the average-pool input gradient into `dx`.
     pub fn backward_images(&self, g: &PoolGeometry, dy: Images<'_>, dx: &mut ImagesMut<'_>) {
-        let (in_plane, out_plane) = (g.h.input * g.w.input, g.h.output * g.w.output);
+        self.backward_pixels(g, dy, dx, 1);
+    }
+
+    /// [`AvgPool2d::backward_images`] on planes whose pixels are `lanes` values each.
+    pub(crate) fn backward_pixels(&self, g: &PoolGeometry, dy: Images<'_>, dx: &mut ImagesMut<'_>, lanes: usize) {
+        let (in_plane, out_plane) = (g.h.input * g.w.input * lanes, g.h.output * g.w.output * lanes);
         if in_plane == 0 || out_plane == 0 {
             return;
         }
@@ -554,10 +575,14 @@ impl AvgPool2d {
             for (dx_plane, dy_plane) in dx_img.chunks_exact_mut(in_plane).zip(dy.get(n).chunks_exact(out_plane)) {
                 for oy in 0..g.h.output {
                     for ox in 0..g.w.output {
-                        let share = dy_plane[oy * g.w.output + ox] / self.divisor(g, oy, ox);
+                        let divisor = self.divisor(g, oy, ox);
+                        let d = &dy_plane[(oy * g.w.output + ox) * lanes..][..lanes];
+                        let mut share = [0.0f32; MAX_LANES];
+                        share.iter_mut().zip(d).for_each(|(s, &d)| *s = d / divisor);
                         for iy in clipped(&g.h, oy) {
-                            for d in &mut dx_plane[iy * g.w.input..][clipped(&g.w, ox)] {
-                                *d += share;
+                            for ix in clipped(&g.w, ox) {
+                                let out = &mut dx_plane[(iy * g.w.input + ix) * lanes..][..lanes];
+                                out.iter_mut().zip(share).for_each(|(o, s)| *o += s);
                             }
                         }
                     }

@@ -181,53 +181,10 @@ pub fn global_avg_pool_backward_blocked_images(dy: Images<'_>, channels: usize, 
 /// [`AvgPool2d::forward_images`] on blocked images: the same sums in the same order, 16 channels at a
 /// time, so the same bits; padding channels stay zero.
 pub fn avg_pool_forward_blocked_images(pool: &AvgPool2d, g: &PoolGeometry, x: Images<'_>, y: &mut ImagesMut<'_>) {
-    let (in_plane, out_plane) = (g.h.input * g.w.input * LANES, g.h.output * g.w.output * LANES);
-    if out_plane == 0 {
-        return;
-    }
-    y.par_iter_mut().for_each(|(n, y_img)| {
-        for (x_plane, y_plane) in x.get(n).chunks_exact(in_plane).zip(y_img.chunks_exact_mut(out_plane)) {
-            for oy in 0..g.h.output {
-                for ox in 0..g.w.output {
-                    let mut sum = [0.0f32; LANES];
-                    for iy in clipped(&g.h, oy) {
-                        let mut row = [0.0f32; LANES];
-                        for ix in clipped(&g.w, ox) {
-                            let v = &x_plane[(iy * g.w.input + ix) * LANES..][..LANES];
-                            row.iter_mut().zip(v).for_each(|(r, &v)| *r += v);
-                        }
-                        sum.iter_mut().zip(row).for_each(|(s, r)| *s += r);
-                    }
-                    let divisor = pool.divisor(g, oy, ox);
-                    let out = &mut y_plane[(oy * g.w.output + ox) * LANES..][..LANES];
-                    out.iter_mut().zip(sum).for_each(|(o, s)| *o = s / divisor);
-                }
-            }
-        }
-    });
+    pool.forward_pixels(g, x, y, LANES);
 }
 
 /// [`AvgPool2d::backward_images`] on blocked images: adds the input gradient into `dx`.
 pub fn avg_pool_backward_blocked_images(pool: &AvgPool2d, g: &PoolGeometry, dy: Images<'_>, dx: &mut ImagesMut<'_>) {
-    let (in_plane, out_plane) = (g.h.input * g.w.input * LANES, g.h.output * g.w.output * LANES);
-    if in_plane == 0 || out_plane == 0 {
-        return;
-    }
-    dx.par_iter_mut().for_each(|(n, dx_img)| {
-        for (dx_plane, dy_plane) in dx_img.chunks_exact_mut(in_plane).zip(dy.get(n).chunks_exact(out_plane)) {
-            for oy in 0..g.h.output {
-                for ox in 0..g.w.output {
-                    let divisor = pool.divisor(g, oy, ox);
-                    let d = &dy_plane[(oy * g.w.output + ox) * LANES..][..LANES];
-                    let share: [f32; LANES] = std::array::from_fn(|l| d[l] / divisor);
-                    for iy in clipped(&g.h, oy) {
-                        for ix in clipped(&g.w, ox) {
-                            let out = &mut dx_plane[(iy * g.w.input + ix) * LANES..][..LANES];
-                            out.iter_mut().zip(share).for_each(|(o, s)| *o += s);
-                        }
-                    }
-                }
-            }
-        }
-    });
+    pool.backward_pixels(g, dy, dx, LANES);
 }
