@@ -214,15 +214,15 @@ fn conv_algos_and_layouts(graph: &Graph, forced: ConvAlgo) -> Result<(Vec<Option
         .enumerate()
         .map(|(id, conv)| {
             conv.is_some_and(|(requested, g)| {
-                let blocked_path = !direct::few_channels(&g);
-                // The few-channel path on the graph's input: a network's first layer.
-                let first_layer = direct::few_channels(&g) && matches!(nodes[nodes[id].inputs[0]].layer, Layer::Input);
-                requested == ConvAlgo::Auto && vector_kernel && g.out_channels >= LANES && (blocked_path || first_layer)
+                requested == ConvAlgo::Auto
+                    && vector_kernel
+                    && g.out_channels >= LANES
+                    && direct_writes_blocked(graph, id, &g)
             })
         })
         .collect();
-    // Promoting a convolution can only add blocked nodes, and each round drops the promotions whose
-    // output stayed in NCHW, so this ends.
+    // Promoting a convolution can only add blocked nodes, and each round drops the promotions left with
+    // NCHW on both sides, so this ends.
     loop {
         let algos: Vec<Option<ConvAlgo>> = chosen
             .iter()
@@ -245,6 +245,12 @@ fn conv_algos_and_layouts(graph: &Graph, forced: ConvAlgo) -> Result<(Vec<Option
     }
 }
 
+/// Whether convolution `id` (geometry `g`), run direct, may write the blocked layout: always, except on
+/// the few-channel path, whose input gradient needs NCHW unless its input is the graph's (no gradient).
+fn direct_writes_blocked(graph: &Graph, id: NodeId, g: &ConvGeometry) -> bool {
+    !direct::few_channels(g) || matches!(graph.nodes[graph.nodes[id].inputs[0]].layer, Layer::Input)
+}
+
 /// Each node's layout for the convolution algorithms `algos`: see [`Plan::layouts`]. `convs` holds
 /// each convolution's geometry.
 fn layouts(graph: &Graph, algos: &[Option<ConvAlgo>], convs: &[Option<(ConvAlgo, ConvGeometry)>]) -> Vec<Layout> {
@@ -260,10 +266,8 @@ fn layouts(graph: &Graph, algos: &[Option<ConvAlgo>], convs: &[Option<(ConvAlgo,
     // it reads the graph's input (which needs no gradient).
     let is_direct = |id: NodeId| algos[id] == Some(ConvAlgo::Direct);
     let reads_blocked = |id: NodeId| is_direct(id) && convs[id].is_some_and(|(_, g)| !direct::few_channels(&g));
-    let writes_blocked = |id: NodeId| {
-        let reads_input = matches!(nodes[nodes[id].inputs[0]].layer, Layer::Input);
-        reads_blocked(id) || (is_direct(id) && reads_input && convs[id].is_some_and(|(_, g)| direct::few_channels(&g)))
-    };
+    let writes_blocked =
+        |id: NodeId| is_direct(id) && convs[id].is_some_and(|(_, g)| direct_writes_blocked(graph, id, &g));
     let heads: Vec<NodeId> = std::iter::once(graph.output)
         .chain(graph.aux_outputs.iter().map(|&(id, _)| id))
         .collect();
