@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::graph::{BranchSchedule, Executor, Graph, Mode, NodeTime};
+use crate::microkernel::Isa;
 use crate::models::Model;
 use crate::ops::conv::ConvAlgo;
 use crate::optim::{Adam, Optimizer};
@@ -40,6 +41,8 @@ pub struct BenchResult {
     pub profile: Option<Vec<NodeTime>>,
     /// Every timed step's wall time, seconds, in order.
     pub times: Vec<f64>,
+    /// The instruction set the microkernel ran on.
+    pub isa: Isa,
 }
 
 /// Mean and standard deviation of step times as the chapter's `time_compute` computes them:
@@ -96,6 +99,7 @@ pub fn bench(model: Model, options: BenchOptions) -> Result<BenchResult> {
         img_per_s: batch as f64 / median,
         profile: exec.profile().map(<[NodeTime]>::to_vec),
         times: in_order,
+        isa: exec.plan().options.isa,
     })
 }
 

@@ -16,6 +16,7 @@ use common::parity::{self, Limits, values};
 use common::{assert_state_dict_names, hashed_params};
 use incept::geometry::Padding;
 use incept::graph::{Executor, Graph, GraphBuilder, Mode};
+use incept::microkernel::Isa;
 use incept::models::{Model, inception_bn_block};
 use incept::ops::conv::{Conv2d, ConvAlgo};
 use incept::ops::pool::MaxPool2d;
@@ -100,12 +101,20 @@ fn awkward_channel_counts_train_as_pytorch_with_every_conv_algorithm() {
             }
         }
         assert!(forced > 0, "{algo:?} runs none of the layers");
-        parity::training_batch_matches(
-            &format!("awkward ({algo:?} on {forced} layers)"),
-            &f,
-            m,
-            Limits::Float32(1e-4),
-        );
+        // The microkernel's paths on every instruction set this CPU has; the GEMM paths on the best.
+        let isas: Vec<Isa> = match algo {
+            ConvAlgo::Direct => Isa::ALL.into_iter().filter(|isa| isa.available()).collect(),
+            _ => vec![Isa::best()],
+        };
+        for isa in isas {
+            parity::training_batch_matches_on(
+                &format!("awkward ({algo:?} on {forced} layers, {isa:?})"),
+                &f,
+                m.clone(),
+                Limits::Float32(1e-4),
+                isa,
+            );
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 mod common;
 
 use common::fixture::Fixture;
-use common::{assert_state_dict_names, formula_params, rel_l2};
+use common::{assert_state_dict_names, formula_params, parity, rel_l2};
 use incept::graph::{Executor, Mode};
 use incept::models::{self, Model};
 use incept::tensor::Images;
@@ -54,14 +54,17 @@ fn eval_logits_match_pytorch() {
     let f = Fixture::open("googlenet_d2l");
     let model = pytorch_model(&f, 96);
     let x = values(&f, "x");
-    let mut exec = Executor::new(model.clone(), 4).unwrap();
-    exec.forward(Images::dense(&x, 4, 96 * 96), Mode::Eval).unwrap();
-    let err = rel_l2(&exec.output_vec(), &values(&f, "logits"));
-    eprintln!("googlenet-d2l eval logits vs PyTorch: relative L2 error {err:.2e}");
-    assert!(
-        err <= 1e-4,
-        "logits differ from PyTorch by {err:.2e} (relative L2) > 1e-4"
-    );
+    for (isa, model) in parity::on_each_isa(&model, 4) {
+        let mut exec = Executor::new(model, 4).unwrap();
+        exec.set_isa(isa).unwrap();
+        exec.forward(Images::dense(&x, 4, 96 * 96), Mode::Eval).unwrap();
+        let err = rel_l2(&exec.output_vec(), &values(&f, "logits"));
+        eprintln!("googlenet-d2l eval logits on {isa:?} vs PyTorch: relative L2 error {err:.2e}");
+        assert!(
+            err <= 1e-4,
+            "logits on {isa:?} differ from PyTorch by {err:.2e} (relative L2) > 1e-4"
+        );
+    }
 }
 
 #[test]
@@ -70,38 +73,41 @@ fn one_batch_gradients_of_every_parameter_match_pytorch() {
     let model = pytorch_model(&f, 32);
     let x = values(&f, "x32");
     let labels: Vec<usize> = values(&f, "labels").iter().map(|&l| l as usize).collect();
-    let mut exec = Executor::new(model.clone(), 4).unwrap();
-    exec.forward(Images::dense(&x, 4, 32 * 32), Mode::Train).unwrap();
-    let loss = exec.loss(&labels).unwrap();
-    let torch_loss = values(&f, "loss32")[0] as f64;
-    assert!(
-        (loss.loss - torch_loss).abs() <= 1e-5 * torch_loss.abs(),
-        "loss {} vs PyTorch {torch_loss}",
-        loss.loss
-    );
-    exec.backward().unwrap();
     let samples: usize = f.metadata("samples").parse().unwrap();
-    let mut worst = (0f64, String::new());
-    for (spec, grad) in model.graph.params.iter().zip(exec.param_grads()) {
-        let count = samples.min(grad.len());
-        let ours: Vec<f32> = (0..count).map(|k| grad[k * grad.len() / count]).collect();
-        let err = rel_l2(&ours, &values(&f, &format!("grad/{}", spec.name)));
-        let norm = grad.iter().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
-        let torch_norm = values(&f, &format!("grad_norm/{}", spec.name))[0] as f64;
-        let norm_err = (norm - torch_norm).abs() / torch_norm;
+    for (isa, model) in parity::on_each_isa(&model, 4) {
+        let mut exec = Executor::new(model.clone(), 4).unwrap();
+        exec.set_isa(isa).unwrap();
+        exec.forward(Images::dense(&x, 4, 32 * 32), Mode::Train).unwrap();
+        let loss = exec.loss(&labels).unwrap();
+        let torch_loss = values(&f, "loss32")[0] as f64;
         assert!(
-            err <= 1e-3 && norm_err <= 1e-3,
-            "{}: gradient differs from PyTorch: sampled {err:.2e}, norm {norm_err:.2e}",
-            spec.name
+            (loss.loss - torch_loss).abs() <= 1e-5 * torch_loss.abs(),
+            "loss {} on {isa:?} vs PyTorch {torch_loss}",
+            loss.loss
         );
-        if err.max(norm_err) > worst.0 {
-            worst = (err.max(norm_err), spec.name.clone());
+        exec.backward().unwrap();
+        let mut worst = (0f64, String::new());
+        for (spec, grad) in model.graph.params.iter().zip(exec.param_grads()) {
+            let count = samples.min(grad.len());
+            let ours: Vec<f32> = (0..count).map(|k| grad[k * grad.len() / count]).collect();
+            let err = rel_l2(&ours, &values(&f, &format!("grad/{}", spec.name)));
+            let norm = grad.iter().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
+            let torch_norm = values(&f, &format!("grad_norm/{}", spec.name))[0] as f64;
+            let norm_err = (norm - torch_norm).abs() / torch_norm;
+            assert!(
+                err <= 1e-3 && norm_err <= 1e-3,
+                "{} on {isa:?}: gradient differs from PyTorch: sampled {err:.2e}, norm {norm_err:.2e}",
+                spec.name
+            );
+            if err.max(norm_err) > worst.0 {
+                worst = (err.max(norm_err), spec.name.clone());
+            }
         }
+        eprintln!(
+            "googlenet-d2l gradients on {isa:?} vs PyTorch: worst relative error {:.2e} ({})",
+            worst.0, worst.1
+        );
     }
-    eprintln!(
-        "googlenet-d2l gradients vs PyTorch: worst relative error {:.2e} ({})",
-        worst.0, worst.1
-    );
 }
 
 #[test]

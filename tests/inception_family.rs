@@ -21,6 +21,7 @@ use common::fixture::Fixture;
 use common::parity::{self, Limits, formula_input, input, values, without_dropout};
 use common::{assert_state_dict_names, fixture_params, formula_params, rel_l2};
 use incept::graph::{Executor, Mode};
+use incept::microkernel::Isa;
 use incept::models::{self, Model};
 use incept::ops::conv::ConvAlgo;
 use incept::tensor::Images;
@@ -44,7 +45,7 @@ fn pytorch_model(name: &str, f: &Fixture, size: usize) -> Model {
     model
 }
 
-fn eval_logits_match(name: &str) {
+fn eval_logits_match(name: &str, every_isa: bool) {
     let f = Fixture::open(&name.replace('-', "_"));
     let size: usize = f.metadata("size").parse().unwrap();
     let model = pytorch_model(name, &f, size);
@@ -65,25 +66,27 @@ fn eval_logits_match(name: &str) {
             *value = values(&f, &format!("calibrated/{}", spec.name));
         }
     }
-    let mut exec = Executor::new(model, 2).unwrap();
-    let x_images = Images::dense(&x, 2, len);
-    exec.forward(x_images, Mode::Eval).unwrap();
-    let err = rel_l2(&exec.output_vec(), &logits);
     // Float64 logits are the reference; PyTorch's own float32 lands this far from them.
     let limit = 1e-4f64.max(3.0 * values(&f, "logits_f32_error")[0] as f64);
-    eprintln!(
-        "{name} eval logits vs PyTorch float64: relative L2 error {err:.2e}, limit {limit:.1e} (the two images' logits differ by {spread:.2})"
-    );
-    assert!(
-        err <= limit,
-        "{name}: logits differ from PyTorch by {err:.2e} (relative L2) > {limit:.1e}"
-    );
+    for (isa, model) in runs_on(every_isa, model, 2) {
+        let mut exec = Executor::new(model, 2).unwrap();
+        exec.set_isa(isa).unwrap();
+        exec.forward(Images::dense(&x, 2, len), Mode::Eval).unwrap();
+        let err = rel_l2(&exec.output_vec(), &logits);
+        eprintln!(
+            "{name} eval logits on {isa:?} vs PyTorch float64: relative L2 error {err:.2e}, limit {limit:.1e} (the two images' logits differ by {spread:.2})"
+        );
+        assert!(
+            err <= limit,
+            "{name} on {isa:?}: logits differ from PyTorch by {err:.2e} (relative L2) > {limit:.1e}"
+        );
+    }
 }
 
 /// One training batch against float64 PyTorch: with `exact`, every convolution on the naive
 /// float64-accumulating path and every tensor held to 1e-3 flat; otherwise the plan's algorithms, each
 /// tensor held to 1e-3 or 10× how far float32-sized rounding moves it (`Limits::Float32`).
-fn training_batch_matches(name: &str, exact: bool) {
+fn training_batch_matches(name: &str, exact: bool, every_isa: bool) {
     let f = Fixture::open(&name.replace('-', "_"));
     let size: usize = f.metadata("grad_size").parse().unwrap();
     let mut model = pytorch_model(name, &f, size);
@@ -99,12 +102,36 @@ fn training_batch_matches(name: &str, exact: bool) {
     } else {
         Limits::Float32(1e-3)
     };
-    let compared = parity::training_batch_matches(name, &f, model, limits);
+    for (isa, model) in runs_on(every_isa, model, values(&f, "labels").len()) {
+        let what = format!("{name} on {isa:?}");
+        report(
+            &what,
+            exact,
+            &f,
+            &parity::training_batch_matches_on(&what, &f, model, limits, isa),
+        );
+    }
+}
+
+/// `model` on the fastest instruction set, or (`every_isa`) on each one this CPU has
+/// ([`parity::on_each_isa`]). The 299×299 models run only the fastest: the scalar kernel would take
+/// minutes on them, and the kernels are the same ones the smaller models and the op tests hold to the
+/// references on every set.
+fn runs_on(every_isa: bool, model: Model, batch: usize) -> Vec<(Isa, Model)> {
+    if every_isa {
+        parity::on_each_isa(&model, batch)
+    } else {
+        vec![(Isa::best(), model)]
+    }
+}
+
+/// Prints how one training batch compared: the worst tensor against its limit, and the largest error.
+fn report(name: &str, exact: bool, f: &Fixture, compared: &[parity::Compared]) {
     let worst = compared
         .iter()
         .max_by(|a, b| (a.err / a.limit).total_cmp(&(b.err / b.limit)))
         .unwrap();
-    let conditioned = match (exact, parity::conditioned(&f)) {
+    let conditioned = match (exact, parity::conditioned(f)) {
         (true, _) => "naive float64-accumulating convolutions",
         (false, true) => "the plan's algorithms",
         (false, false) => "the plan's algorithms, an unconditioned batch (sizes only where PyTorch float32 is 5% off)",
@@ -135,50 +162,50 @@ fn training_batch_matches(name: &str, exact: bool) {
 #[test]
 fn googlenet_bn_inception_v2_and_inception_tf_cifar_gradients_match_float64_pytorch_to_1e_3() {
     for name in ["inception-tf-cifar", "googlenet-bn", "inception-v2"] {
-        training_batch_matches(name, true);
+        training_batch_matches(name, true, false);
     }
 }
 
 #[test]
 fn googlenet_bn_matches_pytorch() {
-    eval_logits_match("googlenet-bn");
-    training_batch_matches("googlenet-bn", false);
+    eval_logits_match("googlenet-bn", true);
+    training_batch_matches("googlenet-bn", false, true);
 }
 
 #[test]
 fn inception_v2_matches_pytorch() {
-    eval_logits_match("inception-v2");
-    training_batch_matches("inception-v2", false);
+    eval_logits_match("inception-v2", true);
+    training_batch_matches("inception-v2", false, true);
 }
 
 #[test]
 fn googlenet_matches_pytorch() {
-    eval_logits_match("googlenet");
-    training_batch_matches("googlenet", false);
+    eval_logits_match("googlenet", false);
+    training_batch_matches("googlenet", false, false);
 }
 
 #[test]
 fn inception_v4_matches_pytorch() {
-    eval_logits_match("inception-v4");
-    training_batch_matches("inception-v4", false);
+    eval_logits_match("inception-v4", false);
+    training_batch_matches("inception-v4", false, false);
 }
 
 #[test]
 fn inception_resnet_v2_matches_pytorch() {
-    eval_logits_match("inception-resnet-v2");
-    training_batch_matches("inception-resnet-v2", false);
+    eval_logits_match("inception-resnet-v2", false);
+    training_batch_matches("inception-resnet-v2", false, false);
 }
 
 #[test]
 fn inception_v3_matches_pytorch() {
-    eval_logits_match("inception-v3");
-    training_batch_matches("inception-v3", false);
+    eval_logits_match("inception-v3", false);
+    training_batch_matches("inception-v3", false, false);
 }
 
 #[test]
 fn inception_tf_cifar_matches_pytorch() {
-    eval_logits_match("inception-tf-cifar");
-    training_batch_matches("inception-tf-cifar", false);
+    eval_logits_match("inception-tf-cifar", true);
+    training_batch_matches("inception-tf-cifar", false, true);
 }
 
 /// A few Adam steps of `name` on 16 fixed random images with fixed labels: the training loss falls (the
@@ -270,6 +297,29 @@ fn bench_with_the_chapters_protocol_reports_mean_and_deviation_over_100_steps() 
         summary.contains("Forward across 100 steps") && summary.contains("+/-"),
         "{summary}"
     );
+}
+
+/// `incept bench --json` names the instruction set the microkernel was dispatched to: the fastest this
+/// CPU has (what `Isa::best` finds here, checked independently of the CLI).
+#[test]
+fn bench_names_the_instruction_set_it_ran() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_incept"))
+        .args([
+            "bench",
+            "--model",
+            "inception-tf-cifar",
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected = format!("{:?}", Isa::best());
+    assert_eq!(record["isa"], expected.as_str(), "{record}");
 }
 
 /// A deep model block by block at 75×75 (`generate_family.py inception-v4-blocks inception-v3-blocks`):

@@ -637,8 +637,9 @@ fn summary_command(args: SummaryArgs) -> Result<()> {
         }
         let blocked = plan.layouts.iter().filter(|&&l| l == Layout::Blocked).count();
         println!(
-            "{blocked} of {} nodes keep their output in the blocked layout",
-            graph.nodes.len()
+            "{blocked} of {} nodes keep their output in the blocked layout; the microkernel runs on {:?}",
+            graph.nodes.len(),
+            plan.options.isa
         );
     }
     Ok(())
@@ -653,6 +654,8 @@ struct BenchRecord<'a> {
     threads: usize,
     ms_per_batch: f64,
     img_per_s: f64,
+    /// The microkernel's instruction set.
+    isa: String,
 }
 
 /// `incept bench`: time per batch, and where it goes with `--profile`.
@@ -710,12 +713,13 @@ fn bench_command(args: BenchArgs) -> Result<()> {
             threads,
             ms_per_batch: r.ms_per_batch,
             img_per_s: r.img_per_s,
+            isa: format!("{:?}", r.isa),
         };
         println!("{}", serde_json::to_string(&record).expect("plain values"));
     } else {
         println!(
-            "{model} {mode} batch {batch}, {threads} threads: {:.1} ms per batch (median of {steps}), {:.1} img/s",
-            r.ms_per_batch, r.img_per_s
+            "{model} {mode} batch {batch}, {threads} threads, microkernel on {:?}: {:.1} ms per batch (median of {steps}), {:.1} img/s",
+            r.isa, r.ms_per_batch, r.img_per_s
         );
     }
     if let Some(profile) = &r.profile {

@@ -8,3 +8,4 @@ pub mod plan;
 
 pub use builder::{Graph, GraphBuilder, Init, Layer, Node, NodeId, ParamId, ParamSpec};
 pub use executor::{BranchSchedule, Executor, Mode, NodeTime, NodeValues};
+pub use plan::PlanOptions;

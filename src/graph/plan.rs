@@ -8,7 +8,7 @@
 
 use super::builder::{Graph, Layer, NodeId};
 pub use crate::blocked::Layout;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::microkernel::{Isa, LANES};
 use crate::ops::conv::{self, ConvAlgo, ConvGeometry, direct};
 
@@ -45,6 +45,27 @@ pub struct Plan {
     pub branch_groups: Vec<BranchGroup>,
     /// Per node: the algorithm of a convolution (chosen once, here), `None` for other nodes.
     pub conv_algos: Vec<Option<ConvAlgo>>,
+    /// What the caller forced; among it the instruction set every microkernel call of this plan runs.
+    pub options: PlanOptions,
+}
+
+/// What a caller may force on a plan; the plan decides everything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// One algorithm for every convolution; `Auto` keeps each layer's request and the plan's choice.
+    pub conv_algo: ConvAlgo,
+    /// The microkernel's instruction set. Tests force each one the CPU has; the default is
+    /// [`Isa::best`] when the plan is made.
+    pub isa: Isa,
+}
+
+impl Default for PlanOptions {
+    fn default() -> PlanOptions {
+        PlanOptions {
+            conv_algo: ConvAlgo::Auto,
+            isa: Isa::best(),
+        }
+    }
 }
 
 /// The branches of an Inception block, which the forward pass may run at the same time: chains of
@@ -73,14 +94,21 @@ impl Plan {
 
     /// Plans `graph`; fails if a convolution forces an algorithm that cannot run its geometry.
     pub fn new(graph: &Graph) -> Result<Plan> {
-        Plan::with_conv_algo(graph, ConvAlgo::Auto)
+        Plan::with_options(graph, PlanOptions::default())
     }
 
-    /// Plans `graph` with `forced` on every convolution (`Auto`: each layer's own request, and the
-    /// plan's choice where that is `Auto`); fails naming the first layer `forced` cannot run.
-    pub fn with_conv_algo(graph: &Graph, forced: ConvAlgo) -> Result<Plan> {
+    /// Plans `graph` with `options.conv_algo` on every convolution (`Auto`: each layer's own request,
+    /// and the plan's choice where that is `Auto`); fails naming the first layer it cannot run, or if
+    /// this CPU lacks `options.isa`.
+    pub fn with_options(graph: &Graph, options: PlanOptions) -> Result<Plan> {
+        if !options.isa.available() {
+            return Err(Error::config(
+                "instruction set",
+                format!("this CPU cannot run {:?} (it has {:?})", options.isa, Isa::best()),
+            ));
+        }
         let nodes = &graph.nodes;
-        let (conv_algos, layouts) = conv_algos_and_layouts(graph, forced)?;
+        let (conv_algos, layouts) = conv_algos_and_layouts(graph, options)?;
         let lens: Vec<usize> = nodes
             .iter()
             .zip(&layouts)
@@ -171,6 +199,7 @@ impl Plan {
             in_place,
             branch_groups,
             conv_algos,
+            options,
         })
     }
 
@@ -187,8 +216,9 @@ impl Plan {
 /// with fewer than 16 input channels (`direct_stem.rs`), runs [`ConvAlgo::Direct`] when
 /// the microkernel has a vector build here and its input or its output can be blocked; otherwise (a reorder into and out of the blocked layout around the call costs as much
 /// as a 1×1 convolution) [`conv::choose_algo`] picks a GEMM-based algorithm.
-fn conv_algos_and_layouts(graph: &Graph, forced: ConvAlgo) -> Result<(Vec<Option<ConvAlgo>>, Vec<Layout>)> {
+fn conv_algos_and_layouts(graph: &Graph, options: PlanOptions) -> Result<(Vec<Option<ConvAlgo>>, Vec<Layout>)> {
     let nodes = &graph.nodes;
+    let forced = options.conv_algo;
     let geometry = |id: NodeId| -> Result<Option<(ConvAlgo, ConvGeometry)>> {
         let node = &nodes[id];
         let Layer::Conv { conv: c, .. } = &node.layer else {
@@ -208,7 +238,7 @@ fn conv_algos_and_layouts(graph: &Graph, forced: ConvAlgo) -> Result<(Vec<Option
                 .transpose()
         })
         .collect::<Result<Vec<_>>>()?;
-    let vector_kernel = Isa::best() != Isa::Scalar;
+    let vector_kernel = options.isa != Isa::Scalar;
     let mut promoted: Vec<bool> = convs
         .iter()
         .enumerate()

@@ -20,7 +20,9 @@
 use super::fixture::Fixture;
 use super::rel_l2;
 use incept::graph::{Executor, Graph, Mode};
+use incept::microkernel::Isa;
 use incept::models::Model;
+use incept::ops::conv::ConvAlgo;
 use incept::tensor::Images;
 
 pub fn values(f: &Fixture, name: &str) -> Vec<f32> {
@@ -86,6 +88,38 @@ pub struct Compared {
 /// gradient and every running statistic after the batch; panics naming the first tensor over its limit.
 /// Returns every comparison, for the caller to report.
 pub fn training_batch_matches(name: &str, f: &Fixture, model: Model, limits: Limits) -> Vec<Compared> {
+    training_batch_matches_on(name, f, model, limits, Isa::best())
+}
+
+/// Every instruction set this CPU can run the microkernel on, slowest first, each with a copy of `model`
+/// whose convolutions that the default plan runs [`ConvAlgo::Direct`] are forced to it: so each set runs
+/// the plan the fastest one gets (a scalar-only plan would keep the GEMM paths), on its own kernels.
+pub fn on_each_isa(model: &Model, batch: usize) -> Vec<(Isa, Model)> {
+    let plan = Executor::new(model.clone(), batch).unwrap().plan().clone();
+    let mut direct = model.clone();
+    for (node, algo) in direct.graph.nodes.iter_mut().zip(&plan.conv_algos) {
+        if let (incept::graph::Layer::Conv { conv, .. }, Some(ConvAlgo::Direct)) = (&mut node.layer, algo) {
+            conv.algo = ConvAlgo::Direct;
+        }
+    }
+    Isa::ALL
+        .into_iter()
+        .filter(|isa| isa.available())
+        .map(|isa| {
+            (
+                isa,
+                if isa == Isa::best() {
+                    model.clone()
+                } else {
+                    direct.clone()
+                },
+            )
+        })
+        .collect()
+}
+
+/// [`training_batch_matches`] with every microkernel call on `isa`.
+pub fn training_batch_matches_on(name: &str, f: &Fixture, model: Model, limits: Limits, isa: Isa) -> Vec<Compared> {
     let size: usize = f.metadata("grad_size").parse().unwrap();
     let [channels, _, _] = model.graph.input_shape();
     let labels: Vec<usize> = values(f, "labels").iter().map(|&l| l as usize).collect();
@@ -93,6 +127,7 @@ pub fn training_batch_matches(name: &str, f: &Fixture, model: Model, limits: Lim
     let len = channels * size * size;
     let x = input(f, "x_train", batch * len);
     let mut exec = Executor::new(model, batch).unwrap();
+    exec.set_isa(isa).unwrap();
     exec.forward(Images::dense(&x, batch, len), Mode::Train).unwrap();
     let loss = exec.loss(&labels).unwrap();
     let torch_loss = values(f, "loss")[0] as f64;

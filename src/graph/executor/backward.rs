@@ -7,7 +7,6 @@ use crate::blocked;
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer};
 use crate::graph::plan::{Layout, Place};
-use crate::microkernel::Isa;
 use crate::ops::activation;
 use crate::ops::conv;
 use crate::ops::conv::direct;
@@ -112,7 +111,7 @@ impl State {
                     let x = images(acts, ip, batch);
                     let dy = images(grads, p, batch);
                     let (dw, packed) = (&mut param_grads[*weight], packed[id].as_ref());
-                    let isa = Isa::best();
+                    let isa = plan.options.isa;
                     match packed {
                         Some(packed) => {
                             direct::add_weight_grad_images(packed, x, in_layout, dy, out_layout, dw, workspace, isa)

@@ -40,6 +40,8 @@ pub(super) struct NodeRun<'a> {
     pub(super) packed: Option<&'a DirectWeights>,
     pub(super) input: Layout,
     pub(super) output: Layout,
+    /// The instruction set of the microkernel calls.
+    pub(super) isa: Isa,
 }
 
 impl<'a> NodeRun<'a> {
@@ -53,6 +55,7 @@ impl<'a> NodeRun<'a> {
                 .first()
                 .map_or(Layout::Nchw, |&i| plan.layouts[i]),
             output: plan.layouts[id],
+            isa: plan.options.isa,
         }
     }
 }
@@ -86,7 +89,7 @@ pub(super) fn forward_node(
                 .expect("every convolution's algorithm is resolved when the executor is built");
             let b = bias.map(|b| params[b].as_slice());
             match run.packed {
-                Some(packed) => direct::forward_images(packed, x, run.input, *relu, y, run.output, ws, Isa::best()),
+                Some(packed) => direct::forward_images(packed, x, run.input, *relu, y, run.output, ws, run.isa),
                 None => {
                     let fused = Fused { bias: b, relu: *relu };
                     conv::forward_images_fused(&g, algo, x, &params[*weight], fused, y, ws);

@@ -7,8 +7,9 @@
 //! the backward pass in `backward.rs`, concurrent Inception branches in `branches.rs`.
 
 use super::builder::Graph;
-use super::plan::{Layout, Place, Plan};
+use super::plan::{Layout, Place, Plan, PlanOptions};
 use crate::error::{Error, Result};
+use crate::microkernel::Isa;
 use crate::models::Model;
 use crate::ops::conv::ConvAlgo;
 use crate::optim::Optimizer;
@@ -155,7 +156,26 @@ impl Executor {
     /// choice); an error naming the first layer it cannot run. Scratch is reserved for it, so steps still
     /// allocate nothing.
     pub fn set_conv_algo(&mut self, algo: ConvAlgo) -> Result<()> {
-        self.state.set_conv_algo(&self.model.graph, algo)
+        let options = PlanOptions {
+            conv_algo: algo,
+            ..self.state.plan.options
+        };
+        self.set_plan_options(options)
+    }
+
+    /// Runs every microkernel call on `isa` (the default is the fastest this CPU has); an error if
+    /// this CPU cannot run it. Tests use it to hold each instruction set's build to the same references.
+    pub fn set_isa(&mut self, isa: Isa) -> Result<()> {
+        let options = PlanOptions {
+            isa,
+            ..self.state.plan.options
+        };
+        self.set_plan_options(options)
+    }
+
+    /// Plans again with `options` (see [`Executor::set_conv_algo`] and [`Executor::set_isa`]).
+    pub fn set_plan_options(&mut self, options: PlanOptions) -> Result<()> {
+        self.state.set_plan_options(&self.model.graph, options)
     }
 
     /// Chooses how the forward pass schedules Inception branches.

@@ -4,7 +4,7 @@
 use super::{BatchLoss, BranchSchedule, Mode, NodeTime};
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer, NodeId};
-use crate::graph::plan::Plan;
+use crate::graph::plan::{Plan, PlanOptions};
 use crate::ops::batchnorm::ChannelStats;
 use crate::ops::conv::direct::DirectWeights;
 use crate::ops::conv::{self, ConvAlgo};
@@ -90,10 +90,10 @@ impl State {
         })
     }
 
-    /// See [`super::Executor::set_conv_algo`]: plans again, and reallocates the buffers whose layout
-    /// changed their size (gradients on the next backward pass).
-    pub(super) fn set_conv_algo(&mut self, graph: &Graph, algo: ConvAlgo) -> Result<()> {
-        let plan = Plan::with_conv_algo(graph, algo)?;
+    /// See [`super::Executor::set_plan_options`]: plans again, and reallocates the buffers whose
+    /// layout changed their size (gradients on the next backward pass).
+    pub(super) fn set_plan_options(&mut self, graph: &Graph, options: PlanOptions) -> Result<()> {
+        let plan = Plan::with_options(graph, options)?;
         self.workspace.reserve(workspace_size(graph, &plan, self.capacity)?);
         let per_image = workspace_size(graph, &plan, 1)?;
         self.chain_workspaces.iter_mut().for_each(|ws| ws.reserve(per_image));
