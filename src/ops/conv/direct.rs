@@ -200,42 +200,43 @@ impl PackedConv {
         // `dw_part`, which starts at the first of those input blocks in the first of those output blocks.
         let accumulate = |first_block: usize, blocks: usize, icbs: std::ops::Range<usize>, dw_part: &mut [f32]| {
             let pixels = 8;
-            let mut runs = Vec::with_capacity(count * oh);
-            for icb in icbs.clone() {
-                for tap in 0..taps {
-                    let (ky, kx) = (tap / g.w.kernel, tap % g.w.kernel);
-                    runs.clear();
-                    for n in 0..count {
-                        for oy in 0..oh {
-                            let dy_at = n * out_len + first_block * plane + oy * ow * LANES;
-                            let y_in = oy * g.h.stride + ky * g.h.dilation;
-                            let x_at = n * in_len + ((icb * hp + y_in) * wp + kx * g.w.dilation) * LANES;
-                            runs.push((dy_at, x_at));
+            microkernel::with_runs(|runs| {
+                for icb in icbs.clone() {
+                    for tap in 0..taps {
+                        let (ky, kx) = (tap / g.w.kernel, tap % g.w.kernel);
+                        runs.clear();
+                        for n in 0..count {
+                            for oy in 0..oh {
+                                let dy_at = n * out_len + first_block * plane + oy * ow * LANES;
+                                let y_in = oy * g.h.stride + ky * g.h.dilation;
+                                let x_at = n * in_len + ((icb * hp + y_in) * wp + kx * g.w.dilation) * LANES;
+                                runs.push((dy_at, x_at));
+                            }
+                        }
+                        for ic in (0..LANES).step_by(pixels) {
+                            let tile = Tile {
+                                shape: TileShape {
+                                    blocks,
+                                    pixels: pixels.min(LANES - ic),
+                                },
+                                runs,
+                                depth: ow,
+                                w_block_stride: plane,
+                                x_pixel_stride: 1,
+                                x_depth_stride: g.w.stride * LANES,
+                                c_offset: ((icb - icbs.start) * taps + tap) * LANES * LANES + ic * LANES,
+                                c_block_stride: stride,
+                                epilogue: Epilogue {
+                                    accumulate: true,
+                                    bias: None,
+                                    relu: false,
+                                },
+                            };
+                            microkernel::run(isa, &tile, dy, &x[ic..], dw_part);
                         }
                     }
-                    for ic in (0..LANES).step_by(pixels) {
-                        let tile = Tile {
-                            shape: TileShape {
-                                blocks,
-                                pixels: pixels.min(LANES - ic),
-                            },
-                            runs: &runs,
-                            depth: ow,
-                            w_block_stride: plane,
-                            x_pixel_stride: 1,
-                            x_depth_stride: g.w.stride * LANES,
-                            c_offset: ((icb - icbs.start) * taps + tap) * LANES * LANES + ic * LANES,
-                            c_block_stride: stride,
-                            epilogue: Epilogue {
-                                accumulate: true,
-                                bias: None,
-                                relu: false,
-                            },
-                        };
-                        microkernel::run(isa, &tile, dy, &x[ic..], dw_part);
-                    }
                 }
-            }
+            });
         };
         // Every output element's sum runs over the same runs and steps in the same order however the
         // tiles are grouped, so the split below does not change the result.

@@ -253,38 +253,39 @@ impl StemWeights {
             .enumerate()
             .for_each(|(grp, dw_group)| {
                 let first_block = grp * blocks;
-                let mut runs = Vec::with_capacity(count * oh);
-                for c in 0..g.in_channels {
-                    for ky in 0..g.h.kernel {
-                        runs.clear();
-                        for n in 0..count {
-                            for oy in 0..oh {
-                                let dy_at = n * out_len + first_block * plane + oy * ow * LANES;
-                                let x_at = n * in_len + (c * hp + oy * g.h.stride + ky * g.h.dilation) * wp;
-                                runs.push((dy_at, x_at));
+                microkernel::with_runs(|runs| {
+                    for c in 0..g.in_channels {
+                        for ky in 0..g.h.kernel {
+                            runs.clear();
+                            for n in 0..count {
+                                for oy in 0..oh {
+                                    let dy_at = n * out_len + first_block * plane + oy * ow * LANES;
+                                    let x_at = n * in_len + (c * hp + oy * g.h.stride + ky * g.h.dilation) * wp;
+                                    runs.push((dy_at, x_at));
+                                }
                             }
+                            let tile = Tile {
+                                shape: TileShape {
+                                    blocks: dw_group.len().div_ceil(stride),
+                                    pixels: g.w.kernel,
+                                },
+                                runs,
+                                depth: ow,
+                                w_block_stride: plane,
+                                x_pixel_stride: g.w.dilation,
+                                x_depth_stride: g.w.stride,
+                                c_offset: (c * taps + ky * g.w.kernel) * LANES,
+                                c_block_stride: stride,
+                                epilogue: Epilogue {
+                                    accumulate: true,
+                                    bias: None,
+                                    relu: false,
+                                },
+                            };
+                            microkernel::run(isa, &tile, dy, xp, dw_group);
                         }
-                        let tile = Tile {
-                            shape: TileShape {
-                                blocks: dw_group.len().div_ceil(stride),
-                                pixels: g.w.kernel,
-                            },
-                            runs: &runs,
-                            depth: ow,
-                            w_block_stride: plane,
-                            x_pixel_stride: g.w.dilation,
-                            x_depth_stride: g.w.stride,
-                            c_offset: (c * taps + ky * g.w.kernel) * LANES,
-                            c_block_stride: stride,
-                            epilogue: Epilogue {
-                                accumulate: true,
-                                bias: None,
-                                relu: false,
-                            },
-                        };
-                        microkernel::run(isa, &tile, dy, xp, dw_group);
                     }
-                }
+                });
             });
     }
 }
