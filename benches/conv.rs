@@ -1,84 +1,103 @@
-//! Convolution forward and backward on every distinct convolution shape of googlenet-d2l (batch 128,
-//! 1×96×96 input) and on one layer of each kernel kind of inception-v3 (batch 32, the chapter's timing
-//! batch; the full list follows the model), with every algorithm that can run it, reported as FLOP/s: criterion's "elem/s" here
-//! counts floating-point operations (2 per multiply-add). Backward is the input gradient plus the
-//! weight gradient (twice the forward's work); the bias gradient is in the time, not in the count.
-//! Buffers are allocated once, outside the timed loop, as the executor does.
+//! Every distinct convolution of googlenet-d2l and one layer of each kernel kind of inception-v3, at
+//! batch 128 and batch 1, forward and forward + backward, as the executor runs them: the direct path on
+//! the blocked layout (weights packed once, outside the timed loop; a blocked input, except the stem,
+//! which reads the NCHW graph input), with the bias and ReLU fused, and PyTorch's time for the same
+//! layer beside it (`benches/torch_conv_layers.py`, conv + bias + ReLU, run by this bench in the same
+//! run, after ours).
 //!
-//! The direct convolution on the blocked layout (`DirectBlocked`, forward only so far) is timed beside
-//! the others on the same layers.
+//! Backward is what the executor's backward pass does for the layer: the ReLU mask fused with the bias
+//! gradient, the weight gradient, and the input gradient except for the stem (the graph's input needs
+//! none; PyTorch is asked for the same gradients). GFLOP/s count 2 per multiply-add: the forward's
+//! FLOPs, and 2 or 3 times that for forward + backward. Times are medians of `REPS` runs (default 7).
 //!
-//! `cargo bench --bench conv` (all), `cargo bench --bench conv -- "3x3"` (a subset); compare with
-//! `../shared/peers/bench_torch.py layers` run the same day.
+//! `cargo bench --bench conv` (PyTorch from `PEERS_PYTHON`, default `/tmp/peers-venv/bin/python`, the
+//! venv `../shared/peers/setup.sh` makes); `cargo bench --bench conv -- 3x3` runs the layers whose name
+//! contains `3x3`. Every algorithm on the same layers: `cargo bench --bench conv_algorithms`.
 
-use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use incept::Padding;
-use incept::blocked::{self, Halo};
+use incept::blocked::{self, Halo, Layout};
 use incept::graph::Layer;
 use incept::microkernel::Isa;
 use incept::models;
-use incept::ops::conv::direct::{self, PackedConv};
+use incept::ops::conv::direct::{self, DirectWeights};
 use incept::ops::conv::{self, Conv2d, ConvAlgo, ConvGeometry};
 use incept::tensor::{Images, ImagesMut};
 use incept::workspace::Workspace;
 
-const BATCH: usize = 128;
-const V3_BATCH: usize = 32;
-
-/// One inception-v3 (torchvision) layer: name, in, out, map size, kernel, stride, pads `[h, w]`.
-struct V3Layer(&'static str, usize, usize, usize, [usize; 2], usize, [usize; 2]);
-
-/// One layer of each kernel kind of inception-v3.
-const V3_LAYERS: [V3Layer; 8] = [
-    V3Layer("Mixed_6b.branch7x7_2 1x7", 128, 128, 17, [1, 7], 1, [0, 3]),
-    V3Layer("Mixed_6b.branch7x7_3 7x1", 128, 192, 17, [7, 1], 1, [3, 0]),
-    V3Layer("Mixed_7b.branch3x3_2a 1x3", 384, 384, 8, [1, 3], 1, [0, 1]),
-    V3Layer("Mixed_7b.branch3x3_2b 3x1", 384, 384, 8, [3, 1], 1, [1, 0]),
-    V3Layer("Mixed_5b.branch3x3dbl_2 3x3", 64, 96, 35, [3, 3], 1, [1, 1]),
-    V3Layer("Mixed_5b.branch5x5_2 5x5", 48, 64, 35, [5, 5], 1, [2, 2]),
-    V3Layer("Mixed_6a.branch3x3 3x3/2", 288, 384, 35, [3, 3], 2, [0, 0]),
-    V3Layer("Mixed_7b.branch1x1 1x1", 1280, 320, 8, [1, 1], 1, [0, 0]),
-];
-
-fn v3_convs() -> Vec<(String, Conv2d, ConvGeometry)> {
-    V3_LAYERS
-        .iter()
-        .map(|&V3Layer(name, cin, cout, size, kernel, stride, [ph, pw])| {
-            let conv = Conv2d::new(cin, cout, kernel)
-                .with_stride([stride, stride])
-                .with_padding(Padding::symmetric(ph, pw));
-            let g = conv
-                .geometry([V3_BATCH, cin, size, size])
-                .expect("v3 geometry is valid");
-            (format!("inception-v3 {name} {cin}->{cout} @{size}"), conv, g)
-        })
-        .collect()
+/// One layer to time: a readable name, the convolution and its input `[c, h, w]`, and whether its
+/// input is the graph's (no input gradient, NCHW input).
+struct LayerCase {
+    name: String,
+    conv: Conv2d,
+    input: [usize; 3],
+    graph_input: bool,
 }
 
-/// Every distinct (convolution, input shape) of a model, in network order, with a readable name.
-fn model_convs(model: &str) -> Vec<(String, Conv2d, ConvGeometry)> {
+/// Every distinct (convolution, input shape) of googlenet-d2l, in network order.
+fn googlenet_d2l() -> Vec<LayerCase> {
+    let model = "googlenet-d2l";
     let graph = models::build(model, models::default_config(model).expect("known model")).expect("model builds");
-    let mut seen = BTreeSet::new();
+    let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for node in &graph.nodes {
         let Layer::Conv { conv, .. } = &node.layer else {
             continue;
         };
-        let [c, h, w] = graph.nodes[node.inputs[0]].shape;
-        let g = conv.geometry([BATCH, c, h, w]).expect("model geometry is valid");
+        let source = &graph.nodes[node.inputs[0]];
+        let [c, h, w] = source.shape;
+        let g = conv.geometry([1, c, h, w]).expect("model geometry is valid");
         if !seen.insert(format!("{g}")) {
             continue;
         }
         let [kh, kw] = conv.kernel;
-        let name = format!(
-            "{model} {} {kh}x{kw}/{} {}->{} @{h}",
-            node.name, conv.stride[0], conv.in_channels, conv.out_channels
-        );
-        out.push((name, conv.clone(), g));
+        out.push(LayerCase {
+            name: format!(
+                "d2l {} {kh}x{kw}/{} {}->{} @{h}",
+                node.name, conv.stride[0], conv.in_channels, conv.out_channels
+            ),
+            conv: conv.clone(),
+            input: [c, h, w],
+            graph_input: matches!(source.layer, Layer::Input),
+        });
     }
     out
+}
+
+/// An inception-v3 layer (torchvision's name): in, out, map size, kernel, stride, pads `[h, w]`.
+type V3Layer = (&'static str, usize, usize, usize, [usize; 2], usize, [usize; 2]);
+
+/// One layer of each kernel kind of inception-v3.
+fn inception_v3() -> Vec<LayerCase> {
+    let layers: [V3Layer; 8] = [
+        ("Mixed_6b.branch7x7_2 1x7", 128, 128, 17, [1, 7], 1, [0, 3]),
+        ("Mixed_6b.branch7x7_3 7x1", 128, 192, 17, [7, 1], 1, [3, 0]),
+        ("Mixed_7b.branch3x3_2a 1x3", 384, 384, 8, [1, 3], 1, [0, 1]),
+        ("Mixed_7b.branch3x3_2b 3x1", 384, 384, 8, [3, 1], 1, [1, 0]),
+        ("Mixed_5b.branch3x3dbl_2 3x3", 64, 96, 35, [3, 3], 1, [1, 1]),
+        ("Mixed_5b.branch5x5_2 5x5", 48, 64, 35, [5, 5], 1, [2, 2]),
+        ("Mixed_6a.branch3x3 3x3/2", 288, 384, 35, [3, 3], 2, [0, 0]),
+        ("Mixed_7b.branch1x1 1x1", 1280, 320, 8, [1, 1], 1, [0, 0]),
+    ];
+    layers
+        .into_iter()
+        .map(|(name, cin, cout, size, kernel, stride, [ph, pw])| LayerCase {
+            name: format!("v3 {name} {cin}->{cout} @{size}"),
+            conv: Conv2d::new(cin, cout, kernel)
+                .with_stride([stride, stride])
+                .with_padding(Padding::symmetric(ph, pw)),
+            input: [cin, size, size],
+            graph_input: false,
+        })
+        .collect()
+}
+
+fn geometry(case: &LayerCase, batch: usize) -> ConvGeometry {
+    let [c, h, w] = case.input;
+    case.conv.geometry([batch, c, h, w]).expect("valid geometry")
 }
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -86,95 +105,221 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
     (0..len).map(|_| rng.f32() - 0.5).collect()
 }
 
-/// A 1×1 convolution that is one square 1024³ GEMM: the ceiling the GEMM-based layers work under.
-fn gemm_ceiling() -> (String, Conv2d, ConvGeometry) {
-    let conv = Conv2d::new(1024, 1024, [1, 1]);
-    let g = conv.geometry([1, 1024, 32, 32]).expect("valid geometry");
-    ("gemm ceiling 1x1 1024->1024 @32 (one 1024^3 GEMM)".into(), conv, g)
+fn median_ms(reps: usize, mut run: impl FnMut()) -> f64 {
+    run();
+    run();
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            run();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
-fn conv_layers(c: &mut Criterion) {
-    let layers = model_convs("googlenet-d2l").into_iter().chain(v3_convs());
-    for (name, conv, g) in layers.chain([gemm_ceiling()]) {
-        let batch = g.batch;
-        let (in_len, out_len) = (g.input_image_len(), g.output_image_len());
-        let x = values(batch * in_len, 1);
-        let w = values(conv.weight_shape().iter().product(), 2);
-        let b = vec![0.0; conv.out_channels];
-        let dy = values(batch * out_len, 3);
-        let mut y = vec![0.0; batch * out_len];
-        let mut dx = vec![0.0; batch * in_len];
-        let mut dw = vec![0.0; w.len()];
-        let mut db = vec![0.0; b.len()];
+/// Our median forward and forward + backward milliseconds for `case` at `batch`.
+fn time_ours(case: &LayerCase, batch: usize, reps: usize, isa: Isa) -> (f64, f64) {
+    let [c, h, w] = case.input;
+    let g = geometry(case, batch);
+    let in_layout = if case.graph_input {
+        Layout::Nchw
+    } else {
+        Layout::Blocked
+    };
+    let in_len = in_layout.image_len([c, h, w]);
+    let out_shape = [g.out_channels, g.h.output, g.w.output];
+    let out_len = Layout::Blocked.image_len(out_shape);
+    let x_nchw = values(batch * g.input_image_len(), 1);
+    let x = match in_layout {
+        Layout::Nchw => x_nchw,
+        Layout::Blocked => blocked::batch_from_nchw(&x_nchw, c, [h, w], Halo::default()),
+    };
+    let weights = values(case.conv.weight_shape().iter().product(), 2);
+    let bias = values(g.out_channels, 3);
+    let packed = DirectWeights::new(&g, &weights, Some(&bias));
+    let mut ws = Workspace::with_size(conv::workspace(&g, ConvAlgo::Direct));
+    let mut y = vec![0.0; batch * out_len];
+    let forward = |y: &mut [f32], ws: &mut Workspace| {
+        let mut y = ImagesMut::dense(y, batch, out_len);
+        direct::forward_images(
+            &packed,
+            Images::dense(&x, batch, in_len),
+            in_layout,
+            true,
+            &mut y,
+            Layout::Blocked,
+            ws,
+            isa,
+        );
+    };
+    let fwd = median_ms(reps, || forward(&mut y, &mut ws));
+    let dy_nchw = values(batch * g.output_image_len(), 4);
+    let dy_fresh = blocked::batch_from_nchw(&dy_nchw, g.out_channels, [g.h.output, g.w.output], Halo::default());
+    let mut dy = dy_fresh.clone();
+    let (mut dw, mut db, mut dx) = (vec![0.0; weights.len()], vec![0.0; bias.len()], vec![0.0; x.len()]);
+    let fwd_bwd = median_ms(reps, || {
+        forward(&mut y, &mut ws);
+        let pixels = g.output_pixels();
+        let mut dy_images = ImagesMut::dense(&mut dy, batch, out_len);
+        direct::relu_mask_and_bias_grad_blocked(
+            &mut dy_images,
+            Images::dense(&y, batch, out_len),
+            g.out_channels,
+            pixels,
+            &mut db,
+        );
+        let dy_images = Images::dense(&dy, batch, out_len);
+        let x_images = Images::dense(&x, batch, in_len);
+        direct::add_weight_grad_images(
+            &packed,
+            x_images,
+            in_layout,
+            dy_images,
+            Layout::Blocked,
+            &mut dw,
+            &mut ws,
+            isa,
+        );
+        if !case.graph_input {
+            let mut dx_images = ImagesMut::dense(&mut dx, batch, in_len);
+            if packed.has_direct_input_grad() {
+                direct::add_input_grad_images(
+                    &packed,
+                    dy_images,
+                    Layout::Blocked,
+                    &mut dx_images,
+                    in_layout,
+                    &mut ws,
+                    isa,
+                );
+            } else {
+                direct::add_input_grad_via_im2col(
+                    &g,
+                    &weights,
+                    dy_images,
+                    Layout::Blocked,
+                    &mut dx_images,
+                    in_layout,
+                    &mut ws,
+                );
+            }
+        }
+    });
+    (fwd, fwd_bwd)
+}
 
-        let mut group = c.benchmark_group(format!("conv {name} b{batch}"));
-        group.sample_size(10);
-        let algos = [
-            ConvAlgo::Gemm1x1,
-            ConvAlgo::Winograd,
-            ConvAlgo::Factorized,
-            ConvAlgo::Im2colGemm,
-        ];
-        for algo in algos.into_iter().filter(|a| a.supports(&g)) {
-            let label = format!("{algo:?}");
-            // Sized up front, as an executor sizes its own: no timed call grows it.
-            let mut ws = Workspace::with_size(conv::workspace(&g, algo));
-            group.throughput(Throughput::Elements(g.forward_flops()));
-            group.bench_function(BenchmarkId::new("forward", &label), |bench| {
-                bench.iter(|| {
-                    let mut y = ImagesMut::dense(&mut y, batch, out_len);
-                    conv::forward_images(
-                        &g,
-                        algo,
-                        Images::dense(&x, batch, in_len),
-                        &w,
-                        Some(&b),
-                        &mut y,
-                        &mut ws,
-                    );
-                })
-            });
-            group.throughput(Throughput::Elements(2 * g.forward_flops()));
-            group.bench_function(BenchmarkId::new("backward", &label), |bench| {
-                bench.iter(|| {
-                    let dy = Images::dense(&dy, batch, out_len);
-                    let mut dx = ImagesMut::dense(&mut dx, batch, in_len);
-                    conv::backward_input_images(&g, algo, &w, dy, &mut dx, &mut ws);
-                    conv::backward_weight_images(&g, algo, Images::dense(&x, batch, in_len), dy, &mut dw, &mut ws);
-                    conv::bias_grad(dy, g.out_channels, g.output_pixels(), &mut db);
-                })
-            });
-        }
-        // The compute core's direct convolution on the blocked layout (forward only so far): its input
-        // already blocked with the halo, as the engine will keep activations, weights packed once.
-        let packed = PackedConv::new(&g, &w, Some(&b));
-        let halo = direct::halo(&g);
-        let xb = blocked::batch_from_nchw(&x, g.in_channels, [g.h.input, g.w.input], halo);
-        let mut yb = vec![0.0; batch * blocked::image_len(g.out_channels, [g.h.output, g.w.output], Halo::default())];
-        group.throughput(Throughput::Elements(g.forward_flops()));
-        let label = format!("DirectBlocked {:?}", Isa::best());
-        group.bench_function(BenchmarkId::new("forward", &label), |bench| {
-            bench.iter(|| direct::forward_blocked(&packed, &xb, &mut yb, false, false, Isa::best()))
+/// PyTorch's median forward and forward + backward milliseconds per layer name, or why there are none.
+fn time_torch(cases: &[(String, &LayerCase, usize)]) -> Result<serde_json::Value, String> {
+    let python = std::env::var("PEERS_PYTHON").unwrap_or_else(|_| "/tmp/peers-venv/bin/python".into());
+    let layers: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|(name, case, batch)| {
+            let [c, h, w] = case.input;
+            let conv = &case.conv;
+            let g = geometry(case, 1);
+            // These models pad symmetrically, as PyTorch's `padding=(ph, pw)` does.
+            assert_eq!(
+                (g.h.pad_lo, g.w.pad_lo),
+                (g.h.pad_hi, g.w.pad_hi),
+                "{name}: asymmetric padding"
+            );
+            serde_json::json!({
+                "name": name, "batch": batch, "cin": c, "cout": conv.out_channels, "h": h, "w": w,
+                "kernel": conv.kernel, "stride": conv.stride,
+                "pad": [g.h.pad_lo, g.w.pad_lo], "input_grad": !case.graph_input,
+            })
+        })
+        .collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_conv_layers.py");
+    let mut child = Command::new(&python)
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not run {python} ({e}); set PEERS_PYTHON to a python with torch"))?;
+    let input = serde_json::to_vec(&layers).expect("plain values");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(&input)
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("{python} {script} failed ({})", out.status));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output from {script}: {e}"))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument filters layers by name.
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let reps: usize = std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(7);
+    let isa = Isa::best();
+    let layers: Vec<LayerCase> = googlenet_d2l()
+        .into_iter()
+        .chain(inception_v3())
+        .filter(|l| filter.iter().all(|f| l.name.contains(f.as_str())))
+        .collect();
+    let cases: Vec<(String, &LayerCase, usize)> = [128, 1]
+        .into_iter()
+        .flat_map(|batch| layers.iter().map(move |l| (format!("{} b{batch}", l.name), l, batch)))
+        .collect();
+    println!(
+        "conv layers, {} threads, microkernel on {isa:?}, medians of {reps}; ratio = PyTorch's time / ours",
+        incept::parallel::threads()
+    );
+    let ours: Vec<(f64, f64)> = cases
+        .iter()
+        .map(|(name, case, batch)| {
+            let t = time_ours(case, *batch, reps, isa);
+            eprintln!("{name}: ours {:.3} / {:.3} ms", t.0, t.1);
+            t
+        })
+        .collect();
+    let torch = time_torch(&cases);
+    if let Err(why) = &torch {
+        println!("PyTorch not measured: {why}");
+    }
+    println!(
+        "{:<44} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6}",
+        "layer", "fwd GF/s", "torch", "ratio", "f+b GF/s", "torch", "ratio"
+    );
+    let (mut log_fwd, mut log_both, mut counted) = (0.0, 0.0, 0);
+    for ((name, case, batch), (fwd, both)) in cases.iter().zip(&ours) {
+        let flops = geometry(case, *batch).forward_flops() as f64;
+        let both_flops = flops * if case.graph_input { 2.0 } else { 3.0 };
+        let rate = |flops: f64, ms: f64| flops / (ms * 1e-3) / 1e9;
+        let peer = torch.as_ref().ok().map(|t| {
+            let ms = |key: &str| t[name.as_str()][key].as_f64().unwrap_or(f64::NAN);
+            (ms("fwd_ms"), ms("fwdbwd_ms"))
         });
-        // Its weight gradient: the pixels as the reduction, into the packed layout.
-        let dyb_plain = blocked::batch_from_nchw(&dy, g.out_channels, [g.h.output, g.w.output], Halo::default());
-        let mut dw_packed = vec![0.0; packed.packed_weights().len()];
-        group.bench_function(BenchmarkId::new("weight gradient", &label), |bench| {
-            bench.iter(|| packed.add_weight_grad_blocked(&xb, &dyb_plain, &mut dw_packed, Isa::best()))
-        });
-        // Its input gradient (stride 1): the same kernel over dy with flipped, transposed weights.
-        if let Some(back) = PackedConv::input_grad(&g, &w) {
-            let bg = *back.geometry();
-            let dy_halo = direct::halo(&bg);
-            let dyb = blocked::batch_from_nchw(&dy, bg.in_channels, [bg.h.input, bg.w.input], dy_halo);
-            let mut dxb = vec![0.0; batch * blocked::image_len(g.in_channels, [g.h.input, g.w.input], Halo::default())];
-            group.bench_function(BenchmarkId::new("input gradient", &label), |bench| {
-                bench.iter(|| direct::forward_blocked(&back, &dyb, &mut dxb, true, false, Isa::best()))
-            });
+        let cell = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
+        let ratio = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+        if let Some((tf, tb)) = peer {
+            log_fwd += (tf / fwd).ln();
+            log_both += (tb / both).ln();
+            counted += 1;
         }
-        group.finish();
+        println!(
+            "{:<44} {:>9.1} {:>9} {:>6} {:>9.1} {:>9} {:>6}",
+            name,
+            rate(flops, *fwd),
+            cell(peer.map(|p| rate(flops, p.0))),
+            ratio(peer.map(|p| p.0 / fwd)),
+            rate(both_flops, *both),
+            cell(peer.map(|p| rate(both_flops, p.1))),
+            ratio(peer.map(|p| p.1 / both)),
+        );
+    }
+    if counted > 0 {
+        let n = counted as f64;
+        println!(
+            "geometric mean of PyTorch's time / ours over {counted} layer-batches: forward {:.2}, forward + backward {:.2}",
+            (log_fwd / n).exp(),
+            (log_both / n).exp()
+        );
     }
 }
-
-criterion_group!(benches, conv_layers);
-criterion_main!(benches);

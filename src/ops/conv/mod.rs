@@ -71,12 +71,12 @@ pub fn choose_algo(requested: ConvAlgo, g: &ConvGeometry) -> Result<ConvAlgo> {
     match requested {
         ConvAlgo::Auto if g.is_pointwise() => Ok(ConvAlgo::Gemm1x1),
         // Winograd is not chosen automatically yet: on googlenet-d2l's 3×3 layers at batch 128
-        // (`cargo bench --bench conv -- 3x3/1`) it ties with im2col + GEMM on 24×24 and 12×12 maps
+        // (`cargo bench --bench conv_algorithms -- 3x3/1`) it ties with im2col + GEMM on 24×24 and 12×12 maps
         // (within run-to-run noise) and is 1.5-3× slower on 6×6 and 3×3 maps — its 36 narrow GEMMs
         // (K = input channels) and its transforms, which miss cache, cost what the 4× fewer
         // multiplies save. It stays available to force.
         // 1×7 / 7×1: one GEMM per tap on a padded copy beats lowering to a 7×-inflated im2col matrix on
-        // inception-v3's 17×17 layers (`cargo bench --bench conv -- inception-v3`, batch 32: forward
+        // inception-v3's 17×17 layers (`cargo bench --bench conv_algorithms -- inception-v3`, batch 32: forward
         // 123 vs 114 and 136 vs 130 GFLOP/s, backward 115 vs 95 and 132 vs 121). With 3 taps
         // (1×3 / 3×1 on 8×8 maps) im2col's one wide GEMM wins (137 vs 104, 148 vs 141 forward).
         ConvAlgo::Auto if factorized::eligible(g) && g.h.kernel.max(g.w.kernel) >= 5 => Ok(ConvAlgo::Factorized),
