@@ -30,6 +30,20 @@ pub const LANES: usize = 16;
 pub const MAX_BLOCKS: usize = 4;
 /// See [`MAX_BLOCKS`].
 pub const MAX_PIXELS: usize = 8;
+/// The widest tile of one block: a layer with 16 output channels has a single block, and 8 zmm
+/// accumulators barely cover the FMA latency on two ports (4 cycles × 2), so its tiles run wider.
+pub const MAX_PIXELS_ONE_BLOCK: usize = 16;
+/// The widest tile of two blocks (32 output channels): 24 accumulators, as many as the 4×6 tile's.
+pub const MAX_PIXELS_TWO_BLOCKS: usize = 12;
+
+/// The most pixels a tile of `blocks` blocks may have.
+pub const fn max_pixels(blocks: usize) -> usize {
+    match blocks {
+        1 => MAX_PIXELS_ONE_BLOCK,
+        2 => MAX_PIXELS_TWO_BLOCKS,
+        _ => MAX_PIXELS,
+    }
+}
 
 /// An instruction set the microkernel is built for, from the slowest to the fastest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -92,6 +106,20 @@ impl Isa {
             Isa::Avx2 => TileShape { blocks: 1, pixels: 6 },
             Isa::Scalar => TileShape { blocks: 1, pixels: 4 },
         }
+    }
+
+    /// The pixels of this set's tile when a group has only `blocks` output blocks (a layer with fewer
+    /// blocks than [`Isa::preferred_tile`]'s): as many accumulators as the preferred tile's, up to
+    /// [`max_pixels`]. On AVX-512 one block runs 16 pixels, two blocks 12.
+    pub fn tile_pixels(self, blocks: usize) -> usize {
+        let TileShape {
+            blocks: preferred,
+            pixels,
+        } = self.preferred_tile();
+        if blocks >= preferred {
+            return pixels;
+        }
+        (preferred * pixels / blocks.max(1)).clamp(pixels, max_pixels(blocks))
     }
 }
 
@@ -189,9 +217,10 @@ struct Checked<'a> {
 /// is out of range. A bug in the caller (the plan sizes every tile), so it is a panic message.
 fn check(tile: &Tile<'_>, isa: Isa, w: &[f32], x: &[f32], c: &[f32]) -> Result<(), String> {
     let TileShape { blocks, pixels } = tile.shape;
-    if !(1..=MAX_BLOCKS).contains(&blocks) || !(1..=MAX_PIXELS).contains(&pixels) {
+    if !(1..=MAX_BLOCKS).contains(&blocks) || !(1..=max_pixels(blocks)).contains(&pixels) {
         return Err(format!(
-            "tile {blocks}x{pixels}: blocks must be 1..={MAX_BLOCKS}, pixels 1..={MAX_PIXELS}"
+            "tile {blocks}x{pixels}: blocks must be 1..={MAX_BLOCKS}, pixels 1..={}",
+            max_pixels(blocks)
         ));
     }
     if !isa.available() {
@@ -264,7 +293,7 @@ pub fn run(isa: Isa, tile: &Tile<'_>, w: &[f32], x: &[f32], c: &mut [f32]) {
 fn scalar(k: Checked<'_>) {
     let t = k.tile;
     let TileShape { blocks, pixels } = t.shape;
-    let mut acc = [[[0f32; LANES]; MAX_PIXELS]; MAX_BLOCKS];
+    let mut acc = [[[0f32; LANES]; MAX_PIXELS_ONE_BLOCK]; MAX_BLOCKS];
     // SAFETY (every raw read and write below): `check` proved that each run's weight and input spans
     // and the output span lie inside the slices these pointers came from.
     if t.epilogue.accumulate {

@@ -151,7 +151,7 @@ macro_rules! avx2_tile {
 }
 
 /// Every tile shape the dispatcher instantiates (checked by `super::check`: 1 to 4 blocks, 1 to 8
-/// pixels), each with its function name and the block and pixel indices its step spells out.
+/// pixels, 1 to 16 for one block and 12 for two), each with its function name and the block and pixel indices its step spells out.
 macro_rules! every_shape {
     ($tile:ident) => {
         kernels!($tile, dispatch,
@@ -163,6 +163,14 @@ macro_rules! every_shape {
     (1, 6) => tile_1x6: [0] x [0, 1, 2, 3, 4, 5],
     (1, 7) => tile_1x7: [0] x [0, 1, 2, 3, 4, 5, 6],
     (1, 8) => tile_1x8: [0] x [0, 1, 2, 3, 4, 5, 6, 7],
+    (1, 9) => tile_1x9: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8],
+    (1, 10) => tile_1x10: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    (1, 11) => tile_1x11: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+    (1, 12) => tile_1x12: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+    (1, 13) => tile_1x13: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+    (1, 14) => tile_1x14: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+    (1, 15) => tile_1x15: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
+    (1, 16) => tile_1x16: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
     (2, 1) => tile_2x1: [0, 1] x [0],
     (2, 2) => tile_2x2: [0, 1] x [0, 1],
     (2, 3) => tile_2x3: [0, 1] x [0, 1, 2],
@@ -171,6 +179,10 @@ macro_rules! every_shape {
     (2, 6) => tile_2x6: [0, 1] x [0, 1, 2, 3, 4, 5],
     (2, 7) => tile_2x7: [0, 1] x [0, 1, 2, 3, 4, 5, 6],
     (2, 8) => tile_2x8: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7],
+    (2, 9) => tile_2x9: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7, 8],
+    (2, 10) => tile_2x10: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    (2, 11) => tile_2x11: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+    (2, 12) => tile_2x12: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
     (3, 1) => tile_3x1: [0, 1, 2] x [0],
     (3, 2) => tile_3x2: [0, 1, 2] x [0, 1],
     (3, 3) => tile_3x3: [0, 1, 2] x [0, 1, 2],

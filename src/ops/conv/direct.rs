@@ -199,7 +199,8 @@ impl PackedConv {
         // Adds the gradient of input blocks `icbs` for `blocks` output blocks from `first_block` into
         // `dw_part`, which starts at the first of those input blocks in the first of those output blocks.
         let accumulate = |first_block: usize, blocks: usize, icbs: std::ops::Range<usize>, dw_part: &mut [f32]| {
-            let pixels = 8;
+            // The tile's "pixels" are input channels of one block: all 16 for one output block.
+            let pixels = isa.tile_pixels(blocks).min(LANES);
             microkernel::with_runs(|runs| {
                 for icb in icbs.clone() {
                     for tap in 0..taps {
@@ -363,7 +364,7 @@ fn forward_image(
     let (oh, ow) = (g.h.output, g.w.output);
     let plane = oh * ow * LANES;
     let [_, wp] = halo(g).padded([g.h.input, g.w.input]);
-    let TileShape { blocks, pixels } = isa.preferred_tile();
+    let TileShape { blocks, .. } = isa.preferred_tile();
     let blocks = match threads {
         Threads::One => blocks,
         Threads::Pool => group_blocks(blocked::blocks(g.out_channels), blocks),
@@ -383,6 +384,10 @@ fn forward_image(
     for_each_chunk_mut(y_img, blocks * plane, threads, |group, y_group| {
         let first_block = group * blocks;
         let shape_blocks = y_group.len() / plane;
+        // As wide as the set allows for this many blocks, split evenly along the row (a 32-pixel row in
+        // two tiles of 16 rather than 16, 16 and nothing; 24 in two of 12 rather than 16 and 8).
+        let widest = isa.tile_pixels(shape_blocks);
+        let pixels = cols.div_ceil(cols.div_ceil(widest));
         let weights = &packed.weights[first_block * packed.block_stride..];
         let bias = &packed.bias[first_block * LANES..];
         for first_run in (0..total_runs).step_by(chunk_runs) {
