@@ -173,6 +173,35 @@ fn lane_sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
     lanes.iter().sum()
 }
 
+/// Per channel of a blocked plane (`pixels × 16` values, the 16 channels of one block side by side):
+/// `Σ over pixels` in f64. Four sets of accumulators take the pixels in turn, so the adds of
+/// consecutive pixels do not wait for each other, and are added up as `(s0 + s1) + (s2 + s3)`: a fixed
+/// order, whatever the caller's thread count.
+pub fn block_lane_sums(plane: &[f32]) -> [f64; 16] {
+    struct Kernel<'a>(&'a [f32]);
+    impl pulp::WithSimd for Kernel<'_> {
+        type Output = [f64; 16];
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> [f64; 16] {
+            let mut sets = [[0f64; 16]; 4];
+            let mut pixels = self.0.chunks_exact(16);
+            for (i, pixel) in (&mut pixels).enumerate() {
+                let set = &mut sets[i % 4];
+                for (acc, &v) in set.iter_mut().zip(pixel) {
+                    *acc += v as f64;
+                }
+            }
+            debug_assert!(pixels.remainder().is_empty(), "whole pixels of 16 channels");
+            let mut out = [0f64; 16];
+            for (lane, o) in out.iter_mut().enumerate() {
+                *o = (sets[0][lane] + sets[1][lane]) + (sets[2][lane] + sets[3][lane]);
+            }
+            out
+        }
+    }
+    vectorize(Kernel(plane))
+}
+
 /// `Σ x` in f64.
 pub fn sum(x: &[f32]) -> f64 {
     struct Kernel<'a>(&'a [f32]);

@@ -289,4 +289,23 @@ fn the_fused_relu_mask_and_bias_gradient_match_the_two_passes() {
         dy_two.iter().zip(&y).all(|(&g, &v)| v > 0.0 || g == 0.0),
         "the mask zeroes where y <= 0"
     );
+    // Against plain float64 loops over the NCHW values: within the one rounding to float32 (plus the
+    // float64 sums' own, far below it).
+    let dy_nchw = values(n * c * h * w, 12);
+    for (ch, &found) in db_one.iter().enumerate() {
+        let (mut sum, mut magnitude) = (0.5f64, 0.5f64);
+        for img in 0..n {
+            for pixel in 0..h * w {
+                let at = (img * c + ch) * h * w + pixel;
+                if relu_output[at] > 0.0 {
+                    sum += dy_nchw[at] as f64;
+                    magnitude += (dy_nchw[at] as f64).abs();
+                }
+            }
+        }
+        assert!(
+            (found as f64 - sum).abs() <= f32::EPSILON as f64 * magnitude.max(sum.abs()),
+            "channel {ch}: bias gradient {found}, float64 gives {sum}"
+        );
+    }
 }

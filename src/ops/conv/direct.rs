@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use super::ConvGeometry;
 use super::direct_stem::{self, StemWeights};
 use crate::blocked::{self, Halo, Layout};
+use crate::kernels;
 use crate::microkernel::{self, Epilogue, Isa, LANES, Tile, TileShape};
 use crate::parallel::{self, Threads, for_each_chunk_mut, for_each_part};
 use crate::tensor::{Images, ImagesMut};
@@ -741,35 +742,37 @@ pub fn add_weight_grad_images(
 }
 
 /// `db[c] += sum over images and pixels of dy[c, pixel]` for blocked `dy` (`channels` channels of
-/// `pixels` pixels): one pass over each block's planes with its 16 channels summed side by side, each in
-/// float64, pixels in order within an image and images in order, so the result does not depend on the
+/// `pixels` pixels): per image and block, the 16 channels summed side by side in float64
+/// ([`kernels::block_lane_sums`]), then the images in order, so the result does not depend on the
 /// thread count.
 pub fn bias_grad_blocked(dy: Images<'_>, channels: usize, pixels: usize, db: &mut [f32]) {
+    let plane = pixels * LANES;
     db[..channels]
         .par_chunks_mut(LANES)
         .enumerate()
         .for_each(|(b, db_block)| {
-            let mut total = [0f64; LANES];
-            for n in 0..dy.count() {
-                let mut image = [0f64; LANES];
-                for pixel in dy.get(n)[b * pixels * LANES..][..pixels * LANES].chunks_exact(LANES) {
-                    for (sum, &v) in image.iter_mut().zip(pixel) {
-                        *sum += v as f64;
-                    }
-                }
-                for (t, s) in total.iter_mut().zip(image) {
-                    *t += s;
-                }
-            }
-            for (d, t) in db_block.iter_mut().zip(total) {
-                *d += t as f32;
-            }
+            let images = (0..dy.count()).map(|n| kernels::block_lane_sums(&dy.get(n)[b * plane..][..plane]));
+            add_image_sums(images, db_block);
         });
 }
 
-/// The ReLU mask and the bias gradient of blocked images in one pass over `dy`: `dy = 0` where the
+/// Adds per-image lane sums, in image order, into one block's bias gradient.
+fn add_image_sums(images: impl Iterator<Item = [f64; LANES]>, db_block: &mut [f32]) {
+    let mut total = [0f64; LANES];
+    for image in images {
+        for (t, s) in total.iter_mut().zip(image) {
+            *t += s;
+        }
+    }
+    for (d, t) in db_block.iter_mut().zip(total) {
+        *d += t as f32;
+    }
+}
+
+/// The ReLU mask and the bias gradient of blocked images in one pass per plane: `dy = 0` where the
 /// ReLU's output `y` is not positive, then `db[c] += sum over images and pixels of dy[c, pixel]`, with
-/// the sums of [`bias_grad_blocked`] in its order (so the same bits).
+/// the sums of [`bias_grad_blocked`] in its order (so the same bits). The images run across the pool,
+/// each plane masked and then summed while it is in cache.
 pub fn relu_mask_and_bias_grad_blocked(
     dy: &mut ImagesMut<'_>,
     y: Images<'_>,
@@ -785,27 +788,13 @@ pub fn relu_mask_and_bias_grad_blocked(
         .for_each(|((n, dy_image), image_sums)| {
             let y_image = y.get(n);
             for (b, sum) in image_sums.iter_mut().enumerate() {
-                let (dy_plane, y_plane) = (&mut dy_image[b * plane..][..plane], &y_image[b * plane..][..plane]);
-                for (g, v) in dy_plane.chunks_exact_mut(LANES).zip(y_plane.chunks_exact(LANES)) {
-                    for lane in 0..LANES {
-                        if v[lane] <= 0.0 {
-                            g[lane] = 0.0;
-                        }
-                        sum[lane] += g[lane] as f64;
-                    }
-                }
+                let dy_plane = &mut dy_image[b * plane..][..plane];
+                kernels::relu_mask(dy_plane, &y_image[b * plane..][..plane]);
+                *sum = kernels::block_lane_sums(dy_plane);
             }
         });
     for (b, db_block) in db[..channels].chunks_mut(LANES).enumerate() {
-        let mut total = [0f64; LANES];
-        for image_sums in sums.chunks_exact(blocks) {
-            for (t, s) in total.iter_mut().zip(image_sums[b]) {
-                *t += s;
-            }
-        }
-        for (d, t) in db_block.iter_mut().zip(total) {
-            *d += t as f32;
-        }
+        add_image_sums(sums.chunks_exact(blocks).map(|image_sums| image_sums[b]), db_block);
     }
 }
 
