@@ -197,6 +197,16 @@ impl PackedConv {
         let taps = g.h.kernel * g.w.kernel;
         let stride = self.block_stride;
         let per_icb = taps * LANES * LANES;
+        // Where x's rows are as wide as dy's (no padding across the width, stride 1: every 1×1 layer),
+        // consecutive rows continue each other in both, so one run per image and tap walks every pixel;
+        // otherwise one run per output row. (Padding dy's rows to x's width instead would let every
+        // stride-1 layer do so, but the padding columns cost as many multiply-adds as they save: 28-55%
+        // more on 6×6 maps, slower in `cargo bench --bench conv`.)
+        let (rows, depth) = if ow == wp && g.h.stride == 1 && g.w.stride == 1 {
+            (1, (oh - 1) * wp + ow)
+        } else {
+            (oh, ow)
+        };
         // Adds the gradient of input blocks `icbs` for `blocks` output blocks from `first_block` into
         // `dw_part`, which starts at the first of those input blocks in the first of those output blocks.
         let accumulate = |first_block: usize, blocks: usize, icbs: std::ops::Range<usize>, dw_part: &mut [f32]| {
@@ -208,7 +218,7 @@ impl PackedConv {
                         let (ky, kx) = (tap / g.w.kernel, tap % g.w.kernel);
                         runs.clear();
                         for n in 0..count {
-                            for oy in 0..oh {
+                            for oy in 0..rows {
                                 let dy_at = n * out_len + first_block * plane + oy * ow * LANES;
                                 let y_in = oy * g.h.stride + ky * g.h.dilation;
                                 let x_at = n * in_len + ((icb * hp + y_in) * wp + kx * g.w.dilation) * LANES;
@@ -222,7 +232,7 @@ impl PackedConv {
                                     pixels: pixels.min(LANES - ic),
                                 },
                                 runs,
-                                depth: ow,
+                                depth,
                                 w_block_stride: plane,
                                 x_pixel_stride: 1,
                                 x_depth_stride: g.w.stride * LANES,
