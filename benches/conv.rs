@@ -12,7 +12,9 @@
 //!
 //! `cargo bench --bench conv` (PyTorch from `PEERS_PYTHON`, default `/tmp/peers-venv/bin/python`, the
 //! venv `../shared/peers/setup.sh` makes); `cargo bench --bench conv -- 3x3` runs the layers whose name
-//! contains `3x3`. Every algorithm on the same layers: `cargo bench --bench conv_algorithms`.
+//! contains `3x3`. `PARTS=1` also prints, per layer, the time of each part of the backward pass (the
+//! ReLU mask with the bias gradient, the weight gradient, the input gradient) to stderr. Every
+//! algorithm on the same layers: `cargo bench --bench conv_algorithms`.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -207,6 +209,67 @@ fn time_ours(case: &LayerCase, batch: usize, reps: usize, isa: Isa) -> (f64, f64
             }
         }
     });
+    if std::env::var("PARTS").is_ok() {
+        let mask = median_ms(reps, || {
+            let mut dy_images = ImagesMut::dense(&mut dy, batch, out_len);
+            direct::relu_mask_and_bias_grad_blocked(
+                &mut dy_images,
+                Images::dense(&y, batch, out_len),
+                g.out_channels,
+                g.output_pixels(),
+                &mut db,
+            );
+        });
+        let wg = median_ms(reps, || {
+            let dy_images = Images::dense(&dy, batch, out_len);
+            let x_images = Images::dense(&x, batch, in_len);
+            direct::add_weight_grad_images(
+                &packed,
+                x_images,
+                in_layout,
+                dy_images,
+                Layout::Blocked,
+                &mut dw,
+                &mut ws,
+                isa,
+            );
+        });
+        let ig = median_ms(reps, || {
+            let dy_images = Images::dense(&dy, batch, out_len);
+            if !case.graph_input {
+                let mut dx_images = ImagesMut::dense(&mut dx, batch, in_len);
+                if packed.has_direct_input_grad() {
+                    direct::add_input_grad_images(
+                        &packed,
+                        dy_images,
+                        Layout::Blocked,
+                        &mut dx_images,
+                        in_layout,
+                        &mut ws,
+                        isa,
+                    );
+                } else {
+                    direct::add_input_grad_via_im2col(
+                        &g,
+                        &weights,
+                        dy_images,
+                        Layout::Blocked,
+                        &mut dx_images,
+                        in_layout,
+                        &mut ws,
+                    );
+                }
+            }
+        });
+        let f = g.forward_flops() as f64 / 1e9;
+        eprintln!(
+            "PARTS {}: fwd {fwd:.2} ms ({:.0} GF/s), mask+bias {mask:.2} ms, weight grad {wg:.2} ms ({:.0} GF/s), input grad {ig:.2} ms ({:.0} GF/s)",
+            case.name,
+            f / fwd * 1e3,
+            f / wg * 1e3,
+            f / ig * 1e3
+        );
+    }
     (fwd, fwd_bwd)
 }
 
