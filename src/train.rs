@@ -88,6 +88,9 @@ pub struct TrainConfig {
     /// Convolution algorithm forced on every layer (`Auto`: the plan's choice per layer). `Naive`
     /// accumulates in float64: slow, but its rounding is far below float32's, for checking gradients.
     pub conv_algo: crate::ops::conv::ConvAlgo,
+    /// The name of each class, in label order, recorded in checkpoints for `incept predict` (empty:
+    /// unknown; predictions then name classes by number).
+    pub class_names: Vec<String>,
 }
 
 impl Default for TrainConfig {
@@ -116,6 +119,7 @@ impl Default for TrainConfig {
             step_log: None,
             progress: false,
             conv_algo: crate::ops::conv::ConvAlgo::Auto,
+            class_names: Vec::new(),
         }
     }
 }
@@ -237,6 +241,10 @@ fn metadata(cfg: &TrainConfig, opt: &Optimizer, pos: &Position) -> HashMap<Strin
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain((!cfg.class_names.is_empty()).then(|| {
+        let names = serde_json::to_string(&cfg.class_names).expect("strings serialize");
+        ("class_names".to_string(), names)
+    }))
     .collect()
 }
 

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use incept::bench::{self, BenchOptions};
 use incept::data::augment::Augmentation;
 use incept::data::transforms::Normalization;
-use incept::data::{Dataset, cifar, idx, npy};
+use incept::data::{self, Dataset, cifar, idx, images, npy};
 use incept::graph::plan::{Layout, Plan};
 use incept::graph::{BranchSchedule, Executor, Mode};
 use incept::io::checkpoint::{InputSize, Recorded, TensorFile, resolve};
@@ -101,6 +101,29 @@ struct DataArgs {
     /// training and testing).
     #[arg(long, num_args = 2, value_names = ["IMAGES", "LABELS"])]
     data_npy: Option<Vec<PathBuf>>,
+    /// A text file with one class name per line, in label order, recorded in the checkpoint so
+    /// `incept predict` names its answers (default: Fashion-MNIST's or CIFAR-10's ten names; none for
+    /// --data-npy).
+    #[arg(long, value_name = "FILE")]
+    classes: Option<PathBuf>,
+}
+
+/// The class names a run records: `--classes FILE`, else the dataset's own (none for `.npy` data); an
+/// error when their count is not the model's number of classes.
+fn class_names(args: &DataArgs, classes: usize) -> Result<Vec<String>> {
+    let names: Vec<String> = match (&args.classes, &args.data_npy, args.dataset) {
+        (Some(path), _, _) => data::read_class_names(path)?,
+        (None, Some(_), _) => return Ok(Vec::new()),
+        (None, None, DatasetArg::FashionMnist) => data::FASHION_MNIST_CLASSES.map(String::from).to_vec(),
+        (None, None, DatasetArg::Cifar10) => data::CIFAR10_CLASSES.map(String::from).to_vec(),
+    };
+    if names.len() != classes {
+        return Err(Error::config(
+            "classes",
+            format!("the model has {classes} classes, the class names list {}", names.len()),
+        ));
+    }
+    Ok(names)
 }
 
 #[derive(Subcommand)]
@@ -234,12 +257,30 @@ struct PredictArgs {
     /// The model (default: the one the checkpoint records, else googlenet-d2l).
     #[arg(long)]
     model: Option<String>,
+    /// The weights: an incept checkpoint, or a PyTorch state_dict saved as safetensors.
     #[arg(long)]
     weights: PathBuf,
+    /// Image files (PNG, JPEG) or directories of them: each is converted to the model's channels,
+    /// resized to the checkpoint's input size as torchvision's Resize does, normalized as the run was,
+    /// and answered with its most likely classes.
+    #[arg(value_name = "IMAGE|DIR", conflicts_with = "input")]
+    images: Vec<PathBuf>,
+    /// Instead of image files: float32 images [n, c, h, w] as .npy, at the checkpoint's input size.
+    #[arg(long, requires = "output")]
+    input: Option<PathBuf>,
+    /// Write the logits [n, classes] as float32 .npy here (required with --input).
     #[arg(long)]
-    input: PathBuf,
+    output: Option<PathBuf>,
+    /// How many classes to print per image, most likely first.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// Print one JSON object per image (file, then classes with index and probability).
     #[arg(long)]
-    output: PathBuf,
+    json: bool,
+    /// Class names, one per line in label order (default: the ones the checkpoint records; without
+    /// either, classes are named by number).
+    #[arg(long, value_name = "FILE")]
+    classes: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -423,6 +464,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
     let model = resolve_model(model, &recorded, &checkpoint)?;
     let mut config = models::default_config(&model)?;
     let (train_set, test_set) = load_data(&data, config.classes)?;
+    let class_names = class_names(&data, config.classes)?;
     config.in_channels = train_set.shape[0];
     // Your own images train at their own size; a dataset at the model's native size.
     let native = if data.data_npy.is_some() {
@@ -478,6 +520,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         step_log,
         progress: !quiet,
         conv_algo: conv_algo.algo(),
+        class_names,
     };
     println!(
         "training {model} on {} images ({} test), {size}, batch {batch}, lr {lr}, {} epochs, {} threads",
@@ -531,62 +574,145 @@ fn predict_command(args: PredictArgs) -> Result<()> {
     let PredictArgs {
         model,
         weights,
+        images,
         input,
         output,
+        top_k,
+        json,
+        classes,
     } = args;
+    if top_k == 0 {
+        return Err(Error::config("top-k", "--top-k must be at least 1"));
+    }
     let file = TensorFile::read(&weights)?;
     let recorded = file.recorded(&weights)?;
     let model = resolve_model(model, &recorded, &weights)?;
-    let x = npy::read_images(&input)?;
-    let [n, c, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
-    if let Some(size) = recorded.size
-        && size != [h, w]
-    {
-        return Err(Error::file(
-            input.display(),
-            format!(
-                "images of {}, the size {} was trained at, found {}; resize them first",
-                InputSize(size),
-                weights.display(),
-                InputSize([h, w])
-            ),
-        ));
-    }
+    let weights_config = models::config_from_weights(&model, &file)?;
+    let normalization = checkpoint_normalization(&file, &weights)?;
+    let (x, names, [h, w]) = match &input {
+        Some(input) => {
+            let x = npy::read_images(input)?;
+            let [n, c, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+            if let Some(size) = recorded.size
+                && size != [h, w]
+            {
+                return Err(Error::file(
+                    input.display(),
+                    format!(
+                        "images of {}, the size {} was trained at, found {}; resize them first",
+                        InputSize(size),
+                        weights.display(),
+                        InputSize([h, w])
+                    ),
+                ));
+            }
+            if c != weights_config.in_channels {
+                return Err(Error::file(
+                    input.display(),
+                    format!(
+                        "images with {} channel(s), as the weights expect, found {c}",
+                        weights_config.in_channels
+                    ),
+                ));
+            }
+            let x = x.as_standard_layout().into_owned().into_raw_vec_and_offset().0;
+            let names: Vec<String> = (0..n).map(|i| format!("{}[{i}]", input.display())).collect();
+            (x, names, [h, w])
+        }
+        None => {
+            if images.is_empty() {
+                return Err(Error::config(
+                    "predict",
+                    "give image files or directories to classify, or --input X.npy --output Y.npy",
+                ));
+            }
+            let size = recorded.size.unwrap_or(weights_config.size);
+            let files = images::image_files(&images)?;
+            let mut x = Vec::with_capacity(files.len() * weights_config.in_channels * size[0] * size[1]);
+            for f in &files {
+                x.extend(images::read_image(f, weights_config.in_channels, size)?);
+            }
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            (x, names, size)
+        }
+    };
     let config = ModelConfig {
         size: [h, w],
-        ..models::config_from_weights(&model, &file)?
+        ..weights_config
     };
-    if c != config.in_channels {
-        return Err(Error::file(
-            input.display(),
-            format!(
-                "images with {} channel(s), as the weights expect, found {c}",
-                config.in_channels
-            ),
-        ));
+    let class_names = prediction_class_names(classes.as_deref(), &file, &weights, config.classes)?;
+    let image = config.in_channels * h * w;
+    let mut x = x;
+    if let Some(n) = &normalization {
+        x.chunks_exact_mut(image).for_each(|img| n.apply(img));
     }
     let graph = models::build(&model, config)?;
     let params = file.params_for(&graph, &weights)?;
-    let mut x = x.as_standard_layout().into_owned();
-    if let Some(n) = checkpoint_normalization(&file, &weights)? {
-        let image = c * h * w;
-        x.as_slice_mut()
-            .expect("standard layout")
-            .chunks_exact_mut(image)
-            .for_each(|img| n.apply(img));
-    }
-    let mut exec = Executor::new(Model { graph, params }, n.clamp(1, 128))?;
-    let mut logits = Vec::with_capacity(n * config.classes);
-    let data = x.as_slice().expect("standard layout");
-    for chunk in data.chunks(128 * c * h * w) {
-        let count = chunk.len() / (c * h * w);
-        exec.forward(Images::dense(chunk, count, c * h * w), Mode::Eval)?;
+    let count = names.len();
+    let mut exec = Executor::new(Model { graph, params }, count.clamp(1, 64))?;
+    let mut logits = Vec::with_capacity(count * config.classes);
+    for chunk in x.chunks(64 * image) {
+        exec.forward(Images::dense(chunk, chunk.len() / image, image), Mode::Eval)?;
         logits.extend(exec.output_vec());
     }
-    let logits = incept::ndarray::Array2::from_shape_vec([n, config.classes], logits).expect("one row per image");
-    npy::write_matrix(&output, &logits)?;
-    println!("wrote {n} x {} logits to {}", config.classes, output.display());
+    if let Some(output) = &output {
+        let matrix = incept::ndarray::Array2::from_shape_vec([count, config.classes], logits.clone())
+            .expect("one row per image");
+        npy::write_matrix(output, &matrix)?;
+        if input.is_some() {
+            println!("wrote {count} x {} logits to {}", config.classes, output.display());
+            return Ok(());
+        }
+    }
+    let probabilities = incept::ops::loss::softmax_rows(&logits, config.classes);
+    for (name, p) in names.iter().zip(probabilities.chunks_exact(config.classes)) {
+        let mut order: Vec<usize> = (0..config.classes).collect();
+        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+        order.truncate(top_k);
+        if json {
+            let top: Vec<serde_json::Value> = order
+                .iter()
+                .map(|&c| serde_json::json!({"class": class_names[c], "index": c, "probability": p[c]}))
+                .collect();
+            println!("{}", serde_json::json!({"file": name, "top": top}));
+        } else {
+            println!("{name}");
+            for &c in &order {
+                println!("  {:>6.2}%  {}", 100.0 * p[c], class_names[c]);
+            }
+        }
+    }
     Ok(())
+}
+
+/// The names `predict` prints: `--classes FILE`, else the checkpoint's, else "class N"; an error when a
+/// list's length is not the model's number of classes.
+fn prediction_class_names(
+    flag: Option<&Path>,
+    file: &TensorFile,
+    weights: &Path,
+    classes: usize,
+) -> Result<Vec<String>> {
+    let (names, source) = match (flag, file.metadata.get("class_names")) {
+        (Some(path), _) => (data::read_class_names(path)?, path.display().to_string()),
+        (None, Some(text)) => {
+            let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
+                Error::file(
+                    weights.display(),
+                    format!("metadata class_names: not a list of names: {e}"),
+                )
+            })?;
+            (names, weights.display().to_string())
+        }
+        (None, None) => return Ok((0..classes).map(|c| format!("class {c}")).collect()),
+    };
+    if names.len() != classes {
+        return Err(Error::config(
+            "classes",
+            format!("{source} names {} classes, the model has {classes}", names.len()),
+        ));
+    }
+    Ok(names)
 }
 
 /// `incept summary`: shape trace, parameters, FLOPs and the plan's algorithms.

@@ -4,9 +4,54 @@
 pub mod augment;
 pub mod cifar;
 pub mod idx;
+pub mod images;
 pub mod loader;
 pub mod npy;
 pub mod transforms;
+
+/// Fashion-MNIST's ten classes, in label order.
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// CIFAR-10's ten classes, in label order.
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// Class names from a text file, one per line (blank lines at the end ignored); an error names the
+/// file when it holds none.
+pub fn read_class_names(path: &std::path::Path) -> crate::error::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::error::Error::file(path.display(), e))?;
+    let names: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    let names = names.into_iter().rev().skip_while(|n| n.is_empty()).collect::<Vec<_>>();
+    let names: Vec<String> = names.into_iter().rev().collect();
+    if names.is_empty() {
+        return Err(crate::error::Error::file(
+            path.display(),
+            "class names, one per line, but it is empty",
+        ));
+    }
+    Ok(names)
+}
 
 /// Images and labels held in memory at their stored size.
 #[derive(Debug, Clone)]

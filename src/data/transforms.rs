@@ -1,17 +1,36 @@
 //! Bilinear resizing as torchvision's `Resize` followed by `ToTensor`: half-pixel centres
-//! (`align_corners=False`), edge pixels clamped; for byte images the result is rounded to bytes again
-//! before dividing by 255, as the PIL path does. (PIL's fixed-point arithmetic may differ by one grey level
-//! on a few pixels.)
+//! (`align_corners=False`), edge pixels clamped; when shrinking, PIL's antialiasing (the triangle
+//! filter widened to the shrink factor, so every source pixel counts); for byte images the result is
+//! rounded to bytes again before dividing by 255, as the PIL path does. (PIL's fixed-point arithmetic
+//! may differ by one grey level on a few pixels.)
 
-/// For each output index: the two source indices and the weight of the second.
-fn taps(input: usize, output: usize) -> Vec<(usize, usize, f32)> {
+/// For one output index along an axis: the source indices and their weights (summing to 1).
+type Taps = Vec<(usize, f32)>;
+
+/// Each output index's taps along an axis of `input` values resized to `output`.
+fn taps(input: usize, output: usize) -> Vec<Taps> {
     let scale = input as f32 / output as f32;
     (0..output)
         .map(|o| {
-            let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
-            let i0 = (src.floor() as usize).min(input - 1);
-            let i1 = (i0 + 1).min(input - 1);
-            (i0, i1, src - i0 as f32)
+            let centre = (o as f32 + 0.5) * scale;
+            if scale <= 1.0 {
+                // Growing: the two nearest sources.
+                let src = (centre - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(input - 1);
+                let i1 = (i0 + 1).min(input - 1);
+                let f = src - i0 as f32;
+                vec![(i0, 1.0 - f), (i1, f)]
+            } else {
+                // Shrinking: PIL's triangle of half-width `scale` around the centre, over the sources
+                // whose centres it covers, normalized.
+                let first = ((centre - scale + 0.5).floor().max(0.0) as usize).min(input - 1);
+                let end = ((centre + scale + 0.5).floor() as usize).clamp(first + 1, input);
+                let raw: Vec<(usize, f32)> = (first..end)
+                    .map(|i| (i, (1.0 - ((i as f32 + 0.5 - centre) / scale).abs()).max(0.0)))
+                    .collect();
+                let total: f32 = raw.iter().map(|&(_, w)| w).sum();
+                raw.into_iter().map(|(i, w)| (i, w / total)).collect()
+            }
         })
         .collect()
 }
@@ -35,11 +54,11 @@ pub fn resize_bilinear(
         .zip(dst.chunks_exact_mut(oh * ow))
         .take(channels)
     {
-        for (oy, &(y0, y1, fy)) in ty.iter().enumerate() {
-            for (ox, &(x0, x1, fx)) in tx.iter().enumerate() {
-                let top = plane[y0 * w + x0] * (1.0 - fx) + plane[y0 * w + x1] * fx;
-                let bottom = plane[y1 * w + x0] * (1.0 - fx) + plane[y1 * w + x1] * fx;
-                let v = top * (1.0 - fy) + bottom * fy;
+        for (oy, y_taps) in ty.iter().enumerate() {
+            for (ox, x_taps) in tx.iter().enumerate() {
+                // Each source row's horizontal sum, then the rows' (growing: `top·(1-fy) + bottom·fy`).
+                let row = |y: usize| -> f32 { x_taps.iter().map(|&(x, wx)| plane[y * w + x] * wx).sum() };
+                let v: f32 = y_taps.iter().map(|&(y, wy)| row(y) * wy).sum();
                 out[oy * ow + ox] = if round_to_bytes {
                     (v * 255.0).round().clamp(0.0, 255.0) / 255.0
                 } else {
@@ -153,6 +172,31 @@ mod tests {
         let mut big = vec![0.0; 96 * 96];
         resize_bilinear(&constant, 1, [28, 28], &mut big, [96, 96], false);
         assert!(big.iter().all(|&v| (v - 0.4).abs() < 1e-6));
+    }
+
+    #[test]
+    fn shrinking_averages_every_source_pixel_as_pil_does() {
+        // PIL (`Image.fromarray(a, mode="F").resize((w, 1), Image.BILINEAR)`) gives these: 4 -> 2 weighs
+        // sources 0, 1, 2 by 0.75, 0.75, 0.25 (normalized) around the centre 1.0, a triangle of half-width 2.
+        let cases: [(&[f32], &[f32]); 2] = [
+            (&[0.0, 1.0, 2.0, 3.0], &[0.714_285_73, 2.285_714_4]),
+            (
+                &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+                &[1.491_525_4, 4.5, 7.508_474_3],
+            ),
+        ];
+        for (src, pil) in cases {
+            let mut dst = vec![0.0; pil.len()];
+            resize_bilinear(src, 1, [1, src.len()], &mut dst, [1, pil.len()], false);
+            for (found, want) in dst.iter().zip(pil) {
+                assert!((found - want).abs() < 1e-6, "{dst:?} vs PIL's {pil:?}");
+            }
+        }
+        // A constant image stays constant at any shrink factor.
+        let constant = [0.7; 100 * 60];
+        let mut small = vec![0.0; 7 * 9];
+        resize_bilinear(&constant, 1, [100, 60], &mut small, [7, 9], false);
+        assert!(small.iter().all(|&v| (v - 0.7).abs() < 1e-6), "{small:?}");
     }
 
     #[test]

@@ -160,10 +160,8 @@ fn forward_rows_body(
     let mut total = 0.0f64;
     for (i, (&label, p)) in labels.iter().zip(probabilities.chunks_exact_mut(classes)).enumerate() {
         let row = &logits[i * stride..][..classes];
-        // log-softmax through the log-sum-exp of shifted logits, in f64.
-        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        let log_sum = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-        let log_p = |c: usize| row[c] as f64 - max - log_sum;
+        let shift = log_softmax_shift(row);
+        let log_p = |c: usize| row[c] as f64 - shift;
         let smooth_term = (0..classes).map(log_p).sum::<f64>() / classes as f64;
         total -= (1.0 - eps) * log_p(label) + eps * smooth_term;
         for (c, pv) in p.iter_mut().enumerate() {
@@ -171,6 +169,25 @@ fn forward_rows_body(
         }
     }
     total / labels.len().max(1) as f64
+}
+
+/// `log softmax(row)[c] = row[c] - shift`: the shift is the row's log-sum-exp, taken over the logits
+/// shifted by their maximum, in f64.
+#[inline(always)]
+fn log_softmax_shift(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
+}
+
+/// The softmax probabilities of each row of `classes` logits (the loss's own log-softmax).
+pub fn softmax_rows(logits: &[f32], classes: usize) -> Vec<f32> {
+    logits
+        .chunks_exact(classes.max(1))
+        .flat_map(|row| {
+            let shift = log_softmax_shift(row);
+            row.iter().map(move |&v| (v as f64 - shift).exp() as f32)
+        })
+        .collect()
 }
 
 #[inline(always)]
