@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::data::Dataset;
@@ -91,6 +92,20 @@ pub struct TrainConfig {
     /// The name of each class, in label order, recorded in checkpoints for `incept predict` (empty:
     /// unknown; predictions then name classes by number).
     pub class_names: Vec<String>,
+    /// Also write the checkpoint in the middle of an epoch, this often (besides after every epoch).
+    pub checkpoint_every: Option<CheckpointEvery>,
+    /// Set (by a signal handler) to stop: the step under way finishes, the checkpoint is written, and
+    /// `train` returns with [`TrainReport::interrupted`].
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// How often a run writes its checkpoint in the middle of an epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CheckpointEvery {
+    /// After every this many steps.
+    Steps(u64),
+    /// When this much wall time has passed since the last checkpoint.
+    Time(std::time::Duration),
 }
 
 impl Default for TrainConfig {
@@ -120,6 +135,8 @@ impl Default for TrainConfig {
             progress: false,
             conv_algo: crate::ops::conv::ConvAlgo::Auto,
             class_names: Vec::new(),
+            checkpoint_every: None,
+            stop: None,
         }
     }
 }
@@ -195,6 +212,8 @@ pub struct TrainReport {
     pub epochs: Vec<EpochMetrics>,
     /// Steps taken in total.
     pub global_step: u64,
+    /// Whether [`TrainConfig::stop`] ended the run early (after writing its checkpoint).
+    pub interrupted: bool,
 }
 
 fn build_optimizer(cfg: &TrainConfig, lens: &[usize]) -> Optimizer {
@@ -381,7 +400,9 @@ pub fn train(
         }
     };
     let steps_left = |pos: &Position| cfg.max_steps.is_none_or(|m| pos.global_step < m);
-    while pos.epoch < cfg.epochs && steps_left(&pos) {
+    let mut interrupted = false;
+    let mut last_checkpoint = Instant::now();
+    while pos.epoch < cfg.epochs && steps_left(&pos) && !interrupted {
         let lr = cfg.schedule.lr(cfg.lr, pos.epoch);
         let order = epoch_order(train.len(), cfg.shuffle, cfg.seed, pos.epoch);
         let bar = progress_bar(cfg.progress, batches_per_epoch as u64, pos.epoch + 1, cfg.epochs);
@@ -408,9 +429,7 @@ pub fn train(
                         Some((path, step)) => {
                             format!("the last good checkpoint, after step {step}, is {}", path.display())
                         }
-                        None => {
-                            "no checkpoint was written before it: checkpoints are written after each epoch".to_string()
-                        }
+                        None => "no checkpoint was written before it".to_string(),
                     },
                 });
             }
@@ -439,6 +458,23 @@ pub fn train(
             if !steps_left(&pos) {
                 stopped = pos.batch < batches_per_epoch;
                 break;
+            }
+            if cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+                interrupted = true;
+                stopped = pos.batch < batches_per_epoch;
+                break;
+            }
+            let due = match cfg.checkpoint_every {
+                Some(CheckpointEvery::Steps(n)) => pos.global_step.is_multiple_of(n.max(1)),
+                Some(CheckpointEvery::Time(every)) => last_checkpoint.elapsed() >= every,
+                None => false,
+            };
+            if due && pos.batch < batches_per_epoch {
+                save_now(exec.model(), &opt, &pos)?;
+                last_checkpoint = Instant::now();
+                if let Some(path) = &cfg.save {
+                    kept = Some((path.clone(), pos.global_step));
+                }
             }
         }
         bar.finish_and_clear();
@@ -471,10 +507,11 @@ pub fn train(
             };
         }
         save_now(exec.model(), &opt, &pos)?;
+        last_checkpoint = Instant::now();
         if let Some(path) = &cfg.save {
             kept = Some((path.clone(), pos.global_step));
         }
-        if !steps_left(&pos) {
+        if !steps_left(&pos) || interrupted {
             break;
         }
     }
@@ -486,6 +523,7 @@ pub fn train(
         model: exec.into_model(),
         epochs,
         global_step: pos.global_step,
+        interrupted,
     })
 }
 

@@ -15,7 +15,7 @@ use incept::models::{self, Model, ModelConfig};
 use incept::ops::conv::ConvAlgo;
 use incept::optim::Schedule;
 use incept::tensor::Images;
-use incept::train::{self, OptimizerKind, TrainConfig};
+use incept::train::{self, CheckpointEvery, OptimizerKind, TrainConfig};
 use incept::{Error, Result};
 
 /// Where Debian's `dataset-fashion-mnist` package installs the four IDX files.
@@ -106,6 +106,91 @@ struct DataArgs {
     /// --data-npy).
     #[arg(long, value_name = "FILE")]
     classes: Option<PathBuf>,
+}
+
+/// A flag that Ctrl-C (SIGINT) or SIGTERM sets, so training finishes its step, writes the checkpoint and
+/// stops; a second signal ends the process at once.
+fn stop_on_signal() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopped at once; the last checkpoint written is kept");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping: finishing this step and writing the checkpoint (Ctrl-C again to quit now)");
+    })
+    .map_err(|e| Error::config("signals", format!("cannot handle Ctrl-C: {e}")))?;
+    Ok(stop)
+}
+
+/// This process's own command line with `--resume CHECKPOINT` in place of any `--resume` or
+/// `--overwrite` it had: what continues an interrupted run.
+fn resume_command(checkpoint: &str) -> String {
+    let mut words: Vec<String> = Vec::new();
+    let mut args = std::env::args();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--resume" => {
+                args.next();
+            }
+            "--overwrite" => {}
+            a if a.starts_with("--resume=") => {}
+            _ => words.push(arg),
+        }
+    }
+    words.push("--resume".into());
+    words.push(checkpoint.into());
+    words
+        .iter()
+        .map(|w| if w.contains(' ') { format!("'{w}'") } else { w.clone() })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `--checkpoint-every`: `N` steps, `Nm` minutes or `Ns` seconds, N at least 1.
+fn parse_checkpoint_every(text: &str) -> std::result::Result<CheckpointEvery, String> {
+    let bad = || format!("expected steps (500), minutes (5m) or seconds (90s), at least 1; found {text:?}");
+    let (number, unit) = match text.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => match text.strip_suffix('s') {
+            Some(n) => (n, 1),
+            None => (text, 0),
+        },
+    };
+    let n: u64 = number.trim().parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(bad());
+    }
+    Ok(match unit {
+        0 => CheckpointEvery::Steps(n),
+        seconds => CheckpointEvery::Time(std::time::Duration::from_secs(n * seconds)),
+    })
+}
+
+/// Refuses to start a fresh run where a previous one left its checkpoint or metrics, unless
+/// `overwrite` (which then removes them, so the new run's metrics start empty).
+fn guard_previous_run(files: &[&Path], overwrite: bool) -> Result<()> {
+    let found: Vec<&&Path> = files.iter().filter(|f| f.exists()).collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    if overwrite {
+        for f in found {
+            std::fs::remove_file(f).map_err(|e| Error::file(f.display(), e))?;
+        }
+        return Ok(());
+    }
+    let list: Vec<String> = found.iter().map(|f| f.display().to_string()).collect();
+    Err(Error::config(
+        "out",
+        format!(
+            "a previous run is there ({}): continue it with --resume {}, replace it with --overwrite, or pick another --out",
+            list.join(", "),
+            files[0].display()
+        ),
+    ))
 }
 
 /// The class names a run records: `--classes FILE`, else the dataset's own (none for `.npy` data); an
@@ -217,9 +302,17 @@ struct TrainArgs {
     /// Continue from a checkpoint saved by a run with the same settings.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Directory for the checkpoint, metrics.jsonl and metrics.svg.
+    /// Directory for the checkpoint, metrics.jsonl and metrics.svg. A directory that holds a previous
+    /// run is refused unless --resume continues it or --overwrite replaces it.
     #[arg(long, default_value = "runs")]
     out: PathBuf,
+    /// Replace the run in --out (its checkpoint and metrics) instead of refusing to.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Also write the checkpoint within an epoch: every N steps ("500"), or minutes ("5m") or seconds
+    /// ("90s") of training. Ctrl-C (or SIGTERM) always finishes the step and writes it.
+    #[arg(long, default_value = "5m", value_parser = parse_checkpoint_every)]
+    checkpoint_every: CheckpointEvery,
     /// Also write one JSON line per training step (step, loss, correct, images) to this file.
     #[arg(long)]
     step_log: Option<PathBuf>,
@@ -451,6 +544,8 @@ fn train_command(args: TrainArgs) -> Result<()> {
         save,
         resume,
         out,
+        overwrite,
+        checkpoint_every,
         step_log,
         quiet,
         conv_algo,
@@ -521,7 +616,14 @@ fn train_command(args: TrainArgs) -> Result<()> {
         progress: !quiet,
         conv_algo: conv_algo.algo(),
         class_names,
+        checkpoint_every: Some(checkpoint_every),
+        stop: Some(stop_on_signal()?),
     };
+    if cfg.resume.is_none() {
+        let checkpoint = cfg.save.as_deref().expect("set above");
+        let metrics = cfg.metrics.as_deref().expect("set above");
+        guard_previous_run(&[checkpoint, metrics], overwrite)?;
+    }
     println!(
         "training {model} on {} images ({} test), {size}, batch {batch}, lr {lr}, {} epochs, {} threads",
         train_set.len(),
@@ -531,6 +633,14 @@ fn train_command(args: TrainArgs) -> Result<()> {
     );
     let report = train::train(&cfg, train_set, &test_set, |m| println!("{}", m.line()))?;
     let save_path = cfg.save.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    if report.interrupted {
+        println!(
+            "interrupted after step {}; checkpoint {save_path}; continue with:\n  {}",
+            report.global_step,
+            resume_command(&save_path)
+        );
+        std::process::exit(130);
+    }
     println!(
         "{} steps; checkpoint {save_path}; metrics {}",
         report.global_step,
