@@ -214,7 +214,7 @@ fn class_names(args: &DataArgs, classes: usize) -> Result<Vec<String>> {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model (defaults: the chapter's recipe for googlenet-d2l on Fashion-MNIST).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Test loss and accuracy of saved weights.
     Eval(EvalArgs),
     /// Eval-mode logits [n, classes] of a .npy batch, written as float32 .npy.
@@ -506,7 +506,7 @@ fn resolve_size(
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train(args) => train_command(args),
+        Command::Train(args) => train_command(*args),
         Command::Eval(args) => eval_command(args),
         Command::Predict(args) => predict_command(args),
         Command::Summary(args) => summary_command(args),
