@@ -51,6 +51,7 @@ pub mod ops;
 pub mod optim;
 pub mod parallel;
 pub mod plot;
+pub mod progress;
 pub mod tensor;
 pub mod train;
 pub mod workspace;

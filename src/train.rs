@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use crate::progress::{Progress, Status};
+
 use crate::data::Dataset;
 use crate::data::augment::Augmentation;
 use crate::data::loader::{Loader, Prep, epoch_order};
@@ -84,8 +86,10 @@ pub struct TrainConfig {
     pub metrics: Option<PathBuf>,
     /// JSON-lines file with one line per training step (`step`, `loss`, `correct`, `images`).
     pub step_log: Option<PathBuf>,
-    /// Show a progress bar.
+    /// Show progress: a bar on a terminal, else a plain line every `progress_every` ([`crate::progress`]).
     pub progress: bool,
+    /// How often progress lines are printed when stdout is not a terminal.
+    pub progress_every: std::time::Duration,
     /// Convolution algorithm forced on every layer (`Auto`: the plan's choice per layer). `Naive`
     /// accumulates in float64: slow, but its rounding is far below float32's, for checking gradients.
     pub conv_algo: crate::ops::conv::ConvAlgo,
@@ -133,6 +137,7 @@ impl Default for TrainConfig {
             metrics: None,
             step_log: None,
             progress: false,
+            progress_every: std::time::Duration::from_secs(10),
             conv_algo: crate::ops::conv::ConvAlgo::Auto,
             class_names: Vec::new(),
             checkpoint_every: None,
@@ -402,11 +407,22 @@ pub fn train(
     let steps_left = |pos: &Position| cfg.max_steps.is_none_or(|m| pos.global_step < m);
     let mut interrupted = false;
     let mut last_checkpoint = Instant::now();
+    let total_steps = {
+        let planned = (cfg.epochs * batches_per_epoch) as u64;
+        cfg.max_steps.map_or(planned, |m| m.min(planned))
+    };
+    let mut progress = Progress::new(
+        cfg.progress,
+        cfg.progress_every,
+        cfg.epochs,
+        batches_per_epoch,
+        total_steps,
+        pos.global_step,
+    );
     while pos.epoch < cfg.epochs && steps_left(&pos) && !interrupted {
         let lr = cfg.schedule.lr(cfg.lr, pos.epoch);
         let order = epoch_order(train.len(), cfg.shuffle, cfg.seed, pos.epoch);
-        let bar = progress_bar(cfg.progress, batches_per_epoch as u64, pos.epoch + 1, cfg.epochs);
-        bar.set_position(pos.batch as u64);
+        progress.start_epoch(pos.epoch, pos.batch);
         let started = Instant::now();
         let seconds_before = pos.seconds;
         let mut stopped = false;
@@ -421,7 +437,7 @@ pub fn train(
             let n = batch.labels.len();
             let loss = exec.train_step(Images::dense(&batch.images, n, image_len), &batch.labels, &mut opt, lr)?;
             if !loss.loss.is_finite() {
-                bar.abandon();
+                progress.abandon();
                 return Err(Error::NonFiniteLoss {
                     step: pos.global_step + 1,
                     loss: loss.loss as f32,
@@ -448,13 +464,14 @@ pub fn train(
             pos.correct += loss.correct;
             pos.seen += n;
             pos.seconds = seconds_before + started.elapsed().as_secs_f64();
-            bar.set_position(pos.batch as u64);
-            bar.set_message(format!(
-                "loss {:.4} acc {:.3} {:.1} img/s",
-                pos.loss_sum / pos.seen as f64,
-                pos.correct as f64 / pos.seen as f64,
-                pos.seen as f64 / pos.seconds.max(1e-9)
-            ));
+            progress.step(&Status {
+                global_step: pos.global_step,
+                epoch: pos.epoch,
+                batch: pos.batch,
+                loss: pos.loss_sum / pos.seen as f64,
+                accuracy: pos.correct as f64 / pos.seen as f64,
+                images_per_second: pos.seen as f64 / pos.seconds.max(1e-9),
+            });
             if !steps_left(&pos) {
                 stopped = pos.batch < batches_per_epoch;
                 break;
@@ -477,7 +494,7 @@ pub fn train(
                 }
             }
         }
-        bar.finish_and_clear();
+        progress.finish_epoch();
         let train_seconds = pos.seconds;
         let (test_loss, test_acc) = if stopped {
             (None, None)
@@ -547,19 +564,6 @@ fn check_data(what: &str, data: &Dataset, config: ModelConfig) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template(&format!(
-        "epoch {epoch}/{epochs} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"
-    ))
-    .expect("a valid progress template");
-    bar.set_style(style);
-    bar
 }
 
 /// Eval-mode loss and accuracy of `exec`'s model on `data`, resized to the model's input size (and

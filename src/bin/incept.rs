@@ -316,9 +316,12 @@ struct TrainArgs {
     /// Also write one JSON line per training step (step, loss, correct, images) to this file.
     #[arg(long)]
     step_log: Option<PathBuf>,
-    /// Hide the progress bar.
+    /// Hide the progress bar (and the progress lines printed when stdout is not a terminal).
     #[arg(long)]
     quiet: bool,
+    /// Seconds between progress lines when stdout is not a terminal (a log file, a pipe).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    progress_every: u64,
     /// Force one convolution algorithm on every layer.
     #[arg(long, value_enum, default_value = "auto")]
     conv_algo: ConvAlgoArg,
@@ -548,6 +551,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         checkpoint_every,
         step_log,
         quiet,
+        progress_every,
         conv_algo,
         data,
     } = args;
@@ -614,6 +618,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         metrics: Some(out.join("metrics.jsonl")),
         step_log,
         progress: !quiet,
+        progress_every: std::time::Duration::from_secs(progress_every),
         conv_algo: conv_algo.algo(),
         class_names,
         checkpoint_every: Some(checkpoint_every),
