@@ -50,6 +50,7 @@ pub mod models;
 pub mod ops;
 pub mod optim;
 pub mod parallel;
+#[cfg(feature = "cli")]
 pub mod plot;
 pub mod progress;
 pub mod tensor;

@@ -1,6 +1,7 @@
-//! Training progress for people and for logs: a bar when stdout is a terminal, otherwise a plain line
-//! after the first step and then every few seconds (step, epoch, running loss and accuracy, img/s and
-//! the whole run's time left), so a log shows the run is alive and when it will end.
+//! Training progress for people and for logs: a bar when stdout is a terminal (with the `cli` feature,
+//! which brings indicatif), otherwise a plain line after the first step and then every few seconds
+//! (step, epoch, running loss and accuracy, img/s and the whole run's time left), so a log shows the run
+//! is alive and when it will end.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -24,8 +25,12 @@ pub struct Status {
 
 enum Display {
     Hidden,
+    #[cfg(feature = "cli")]
     Bar(indicatif::ProgressBar),
-    Lines { every: Duration, last: Option<Instant> },
+    Lines {
+        every: Duration,
+        last: Option<Instant>,
+    },
 }
 
 /// A run's progress display.
@@ -53,8 +58,9 @@ impl Progress {
     ) -> Progress {
         let display = match (show, std::io::stdout().is_terminal()) {
             (false, _) => Display::Hidden,
+            #[cfg(feature = "cli")]
             (true, true) => Display::Bar(indicatif::ProgressBar::hidden()),
-            (true, false) => Display::Lines { every, last: None },
+            (true, _) => Display::Lines { every, last: None },
         };
         Progress {
             display,
@@ -68,6 +74,9 @@ impl Progress {
 
     /// Starts epoch `epoch` (from 0) at batch `batch`.
     pub fn start_epoch(&mut self, epoch: usize, batch: usize) {
+        #[cfg(not(feature = "cli"))]
+        let _ = (epoch, batch);
+        #[cfg(feature = "cli")]
         if let Display::Bar(bar) = &mut self.display {
             let new = indicatif::ProgressBar::new(self.batches_per_epoch as u64);
             let style = indicatif::ProgressStyle::with_template(&format!(
@@ -95,6 +104,7 @@ impl Progress {
         );
         match &mut self.display {
             Display::Hidden => {}
+            #[cfg(feature = "cli")]
             Display::Bar(bar) => {
                 bar.set_position(s.batch as u64);
                 bar.set_message(figures);
@@ -118,6 +128,7 @@ impl Progress {
 
     /// Clears the bar at the end of an epoch (lines need nothing).
     pub fn finish_epoch(&mut self) {
+        #[cfg(feature = "cli")]
         if let Display::Bar(bar) = &self.display {
             bar.finish_and_clear();
         }
@@ -125,6 +136,7 @@ impl Progress {
 
     /// Leaves the bar as it is, when the run fails.
     pub fn abandon(&mut self) {
+        #[cfg(feature = "cli")]
         if let Display::Bar(bar) = &self.display {
             bar.abandon();
         }

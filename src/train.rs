@@ -534,7 +534,11 @@ pub fn train(
     }
     if let Some(path) = &cfg.metrics {
         let all = read_metrics(path).unwrap_or_else(|_| epochs.clone());
+        // The curves picture comes with the `cli` feature (plotters); the metrics file always.
+        #[cfg(feature = "cli")]
         crate::plot::curves(&path.with_extension("svg"), &all)?;
+        #[cfg(not(feature = "cli"))]
+        let _ = all;
     }
     Ok(TrainReport {
         model: exec.into_model(),
