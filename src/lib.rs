@@ -33,11 +33,16 @@
 //! ```
 //!
 //! Shape mistakes come back as [`Error::Shape`], naming the op, what it expected and what it found.
+//!
+//! To answer with a trained model, [`classifier::Classifier`] loads a checkpoint (or PyTorch weights saved
+//! as safetensors) and classifies image files or arrays; `examples/classify.rs` does it in ten lines.
+//! [`graph::Executor`] trains and runs any model of [`models`] step by step.
 
 #![warn(missing_docs)]
 
 pub mod bench;
 pub mod blocked;
+pub mod classifier;
 pub mod data;
 pub mod error;
 pub mod geometry;

@@ -5,16 +5,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use incept::bench::{self, BenchOptions};
+use incept::classifier::Classifier;
 use incept::data::augment::Augmentation;
 use incept::data::transforms::Normalization;
 use incept::data::{self, Dataset, cifar, idx, images, npy};
 use incept::graph::plan::{Layout, Plan};
-use incept::graph::{BranchSchedule, Executor, Mode};
+use incept::graph::{BranchSchedule, Executor};
 use incept::io::checkpoint::{InputSize, Recorded, TensorFile, resolve};
-use incept::models::{self, Model, ModelConfig};
+use incept::models::{self, Model};
 use incept::ops::conv::ConvAlgo;
 use incept::optim::Schedule;
-use incept::tensor::Images;
 use incept::train::{self, CheckpointEvery, OptimizerKind, TrainConfig};
 use incept::{Error, Result};
 
@@ -699,135 +699,85 @@ fn predict_command(args: PredictArgs) -> Result<()> {
     if top_k == 0 {
         return Err(Error::config("top-k", "--top-k must be at least 1"));
     }
-    let file = TensorFile::read(&weights)?;
-    let recorded = file.recorded(&weights)?;
-    let model = resolve_model(model, &recorded, &weights)?;
-    let weights_config = models::config_from_weights(&model, &file)?;
-    let normalization = checkpoint_normalization(&file, &weights)?;
-    let (x, names, [h, w]) = match &input {
-        Some(input) => {
-            let x = npy::read_images(input)?;
-            let [n, c, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
-            if let Some(size) = recorded.size
-                && size != [h, w]
-            {
-                return Err(Error::file(
-                    input.display(),
-                    format!(
-                        "images of {}, the size {} was trained at, found {}; resize them first",
-                        InputSize(size),
-                        weights.display(),
-                        InputSize([h, w])
-                    ),
-                ));
-            }
-            if c != weights_config.in_channels {
-                return Err(Error::file(
-                    input.display(),
-                    format!(
-                        "images with {} channel(s), as the weights expect, found {c}",
-                        weights_config.in_channels
-                    ),
-                ));
-            }
-            let x = x.as_standard_layout().into_owned().into_raw_vec_and_offset().0;
-            let names: Vec<String> = (0..n).map(|i| format!("{}[{i}]", input.display())).collect();
-            (x, names, [h, w])
+    // The .npy images' own size, for weights that record none.
+    let x = input.as_deref().map(npy::read_images).transpose()?;
+    let size = x.as_ref().map(|x| [x.shape()[2], x.shape()[3]]);
+    let mut classifier = Classifier::at_size(model.as_deref(), &weights, size).map_err(|e| match (&input, e) {
+        (Some(input), Error::Config { reason, .. }) if reason.contains("resize them first") => {
+            Error::file(input.display(), reason)
         }
-        None => {
+        (_, e) => e,
+    })?;
+    if let Some(path) = &classes {
+        let names = data::read_class_names(path)?;
+        let (found, classes) = (names.len(), classifier.class_names().len());
+        classifier.set_class_names(names).map_err(|_| {
+            Error::config(
+                "classes",
+                format!("{} names {found} classes, the model has {classes}", path.display()),
+            )
+        })?;
+    }
+    let (names, logits) = match (&input, x) {
+        (Some(input), Some(x)) => {
+            let [c, ..] = classifier.input_shape();
+            if x.shape()[1] != c {
+                return Err(Error::file(
+                    input.display(),
+                    format!(
+                        "images with {c} channel(s), as the weights expect, found {}",
+                        x.shape()[1]
+                    ),
+                ));
+            }
+            let names: Vec<String> = (0..x.shape()[0]).map(|i| format!("{}[{i}]", input.display())).collect();
+            (names, classifier.forward(x.view())?)
+        }
+        _ => {
             if images.is_empty() {
                 return Err(Error::config(
                     "predict",
                     "give image files or directories to classify, or --input X.npy --output Y.npy",
                 ));
             }
-            let size = recorded.size.unwrap_or(weights_config.size);
             let files = images::image_files(&images)?;
-            let mut x = Vec::with_capacity(files.len() * weights_config.in_channels * size[0] * size[1]);
+            let [c, h, w] = classifier.input_shape();
+            let mut x = Vec::with_capacity(files.len() * c * h * w);
             for f in &files {
-                x.extend(images::read_image(f, weights_config.in_channels, size)?);
+                x.extend(images::read_image(f, c, [h, w])?);
             }
+            let x = incept::ndarray::Array4::from_shape_vec([files.len(), c, h, w], x).expect("whole images");
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-            (x, names, size)
+            (names, classifier.forward(x.view())?)
         }
     };
-    let config = ModelConfig {
-        size: [h, w],
-        ..weights_config
-    };
-    let class_names = prediction_class_names(classes.as_deref(), &file, &weights, config.classes)?;
-    let image = config.in_channels * h * w;
-    let mut x = x;
-    if let Some(n) = &normalization {
-        x.chunks_exact_mut(image).for_each(|img| n.apply(img));
-    }
-    let graph = models::build(&model, config)?;
-    let params = file.params_for(&graph, &weights)?;
-    let count = names.len();
-    let mut exec = Executor::new(Model { graph, params }, count.clamp(1, 64))?;
-    let mut logits = Vec::with_capacity(count * config.classes);
-    for chunk in x.chunks(64 * image) {
-        exec.forward(Images::dense(chunk, chunk.len() / image, image), Mode::Eval)?;
-        logits.extend(exec.output_vec());
-    }
     if let Some(output) = &output {
-        let matrix = incept::ndarray::Array2::from_shape_vec([count, config.classes], logits.clone())
-            .expect("one row per image");
-        npy::write_matrix(output, &matrix)?;
+        npy::write_matrix(output, &logits)?;
         if input.is_some() {
-            println!("wrote {count} x {} logits to {}", config.classes, output.display());
+            println!(
+                "wrote {} x {} logits to {}",
+                logits.nrows(),
+                logits.ncols(),
+                output.display()
+            );
             return Ok(());
         }
     }
-    let probabilities = incept::ops::loss::softmax_rows(&logits, config.classes);
-    for (name, p) in names.iter().zip(probabilities.chunks_exact(config.classes)) {
-        let mut order: Vec<usize> = (0..config.classes).collect();
-        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-        order.truncate(top_k);
+    for (name, top) in names.iter().zip(classifier.top(&logits, top_k)) {
         if json {
-            let top: Vec<serde_json::Value> = order
+            let top: Vec<serde_json::Value> = top
                 .iter()
-                .map(|&c| serde_json::json!({"class": class_names[c], "index": c, "probability": p[c]}))
+                .map(|p| serde_json::json!({"class": p.class, "index": p.index, "probability": p.probability}))
                 .collect();
             println!("{}", serde_json::json!({"file": name, "top": top}));
         } else {
             println!("{name}");
-            for &c in &order {
-                println!("  {:>6.2}%  {}", 100.0 * p[c], class_names[c]);
+            for p in &top {
+                println!("  {:>6.2}%  {}", 100.0 * p.probability, p.class);
             }
         }
     }
     Ok(())
-}
-
-/// The names `predict` prints: `--classes FILE`, else the checkpoint's, else "class N"; an error when a
-/// list's length is not the model's number of classes.
-fn prediction_class_names(
-    flag: Option<&Path>,
-    file: &TensorFile,
-    weights: &Path,
-    classes: usize,
-) -> Result<Vec<String>> {
-    let (names, source) = match (flag, file.metadata.get("class_names")) {
-        (Some(path), _) => (data::read_class_names(path)?, path.display().to_string()),
-        (None, Some(text)) => {
-            let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
-                Error::file(
-                    weights.display(),
-                    format!("metadata class_names: not a list of names: {e}"),
-                )
-            })?;
-            (names, weights.display().to_string())
-        }
-        (None, None) => return Ok((0..classes).map(|c| format!("class {c}")).collect()),
-    };
-    if names.len() != classes {
-        return Err(Error::config(
-            "classes",
-            format!("{source} names {} classes, the model has {classes}", names.len()),
-        ));
-    }
-    Ok(names)
 }
 
 /// `incept summary`: shape trace, parameters, FLOPs and the plan's algorithms.

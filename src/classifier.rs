@@ -1,0 +1,219 @@
+//! A trained model ready to answer: weights from a safetensors file (an incept checkpoint, or a PyTorch
+//! state_dict), with what the checkpoint records (model, input size, normalization, class names), behind
+//! an images-in, classes-out API. `incept predict` is built on it.
+//!
+//! ```no_run
+//! use incept::classifier::Classifier;
+//!
+//! let mut model = Classifier::from_safetensors(None, "runs/checkpoint.safetensors")?;
+//! for (file, top) in ["shoe.png"].iter().zip(model.predict_images(&["shoe.png"], 3)?) {
+//!     for p in top {
+//!         println!("{file}: {} {:.1}%", p.class, 100.0 * p.probability);
+//!     }
+//! }
+//! # Ok::<(), incept::Error>(())
+//! ```
+
+use std::path::Path;
+
+use ndarray::{Array2, ArrayView4};
+
+use crate::data::images;
+use crate::data::transforms::Normalization;
+use crate::error::{Error, Result};
+use crate::graph::{Executor, Mode};
+use crate::io::checkpoint::{InputSize, TensorFile};
+use crate::models::{self, Model, ModelConfig};
+use crate::tensor::Images;
+
+/// Images per forward pass.
+const BATCH: usize = 64;
+
+/// One class of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The class's name (from the checkpoint, or "class N").
+    pub class: String,
+    /// Its index among the model's outputs.
+    pub index: usize,
+    /// Its softmax probability.
+    pub probability: f32,
+}
+
+/// A model with its weights, in eval mode, at one input size.
+pub struct Classifier {
+    exec: Executor,
+    config: ModelConfig,
+    normalization: Option<Normalization>,
+    class_names: Vec<String>,
+}
+
+impl Classifier {
+    /// Loads the weights at `path` as model `name` (`None`: the one the checkpoint records, else
+    /// googlenet-d2l), at the input size the checkpoint records (else the model's native one).
+    pub fn from_safetensors(name: Option<&str>, path: impl AsRef<Path>) -> Result<Classifier> {
+        Classifier::at_size(name, path.as_ref(), None)
+    }
+
+    /// [`Classifier::from_safetensors`] at input `size` when the weights record none (PyTorch's); an
+    /// error naming both sizes when they record another.
+    pub fn at_size(name: Option<&str>, path: &Path, size: Option<[usize; 2]>) -> Result<Classifier> {
+        let file = TensorFile::read(path)?;
+        let recorded = file.recorded(path)?;
+        let model = match (name, &recorded.model) {
+            (Some(n), Some(r)) if n != r => {
+                return Err(Error::config(
+                    "model",
+                    format!("{} was written with model {r}, not {n}", path.display()),
+                ));
+            }
+            (Some(n), _) => n.to_string(),
+            (None, Some(r)) => r.clone(),
+            (None, None) => "googlenet-d2l".to_string(),
+        };
+        let mut config = models::config_from_weights(&model, &file)?;
+        config.size = match (recorded.size, size) {
+            (Some(r), Some(s)) if r != s => {
+                return Err(Error::config(
+                    "input size",
+                    format!(
+                        "{} was trained at {}, the images are {}; resize them first",
+                        path.display(),
+                        InputSize(r),
+                        InputSize(s)
+                    ),
+                ));
+            }
+            (Some(r), _) => r,
+            (None, Some(s)) => s,
+            (None, None) => config.size,
+        };
+        let normalization = file
+            .metadata
+            .get("normalization")
+            .map(|text| Normalization::from_metadata(text).map_err(|e| Error::file(path.display(), e)))
+            .transpose()?;
+        let class_names = match file.metadata.get("class_names") {
+            Some(text) => {
+                let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
+                    Error::file(
+                        path.display(),
+                        format!("metadata class_names: not a list of names: {e}"),
+                    )
+                })?;
+                if names.len() != config.classes {
+                    return Err(Error::file(
+                        path.display(),
+                        format!("{} class names for {} classes", names.len(), config.classes),
+                    ));
+                }
+                names
+            }
+            None => (0..config.classes).map(|c| format!("class {c}")).collect(),
+        };
+        let graph = models::build(&model, config)?;
+        let params = file.params_for(&graph, path)?;
+        Ok(Classifier {
+            exec: Executor::new(Model { graph, params }, BATCH)?,
+            config,
+            normalization,
+            class_names,
+        })
+    }
+
+    /// The input the model takes: `[channels, height, width]`.
+    pub fn input_shape(&self) -> [usize; 3] {
+        [self.config.in_channels, self.config.size[0], self.config.size[1]]
+    }
+
+    /// The class names, in output order.
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    /// Replaces the class names (an error unless there is one per class).
+    pub fn set_class_names(&mut self, names: Vec<String>) -> Result<()> {
+        if names.len() != self.config.classes {
+            return Err(Error::config(
+                "classes",
+                format!(
+                    "{} class names for a model with {} classes",
+                    names.len(),
+                    self.config.classes
+                ),
+            ));
+        }
+        self.class_names = names;
+        Ok(())
+    }
+
+    /// Eval-mode logits `[n, classes]` of images `[n, c, h, w]` with values in [0, 1] at
+    /// [`Classifier::input_shape`], normalized first as the checkpoint's run normalized them.
+    pub fn forward(&mut self, x: ArrayView4<f32>) -> Result<Array2<f32>> {
+        let [c, h, w] = self.input_shape();
+        let shape = x.shape();
+        if shape[1..] != [c, h, w] {
+            return Err(Error::shape(
+                "classifier input",
+                format!("[n, {c}, {h}, {w}]"),
+                format!("{shape:?}"),
+            ));
+        }
+        let x = x.as_standard_layout();
+        let data = x.as_slice().expect("standard layout");
+        self.logits(data.to_vec())
+    }
+
+    /// The `top_k` most likely classes of each image file (PNG, JPEG), most likely first: each image
+    /// converted to the model's channels and resized to its input size as torchvision would
+    /// ([`images::read_image`]).
+    pub fn predict_images(&mut self, paths: &[impl AsRef<Path>], top_k: usize) -> Result<Vec<Vec<Prediction>>> {
+        let [c, h, w] = self.input_shape();
+        let mut x = Vec::with_capacity(paths.len() * c * h * w);
+        for path in paths {
+            x.extend(images::read_image(path.as_ref(), c, [h, w])?);
+        }
+        let logits = self.logits(x)?;
+        Ok(self.top(&logits, top_k))
+    }
+
+    /// The `top_k` most likely classes of each row of `logits`, most likely first.
+    pub fn top(&self, logits: &Array2<f32>, top_k: usize) -> Vec<Vec<Prediction>> {
+        let classes = self.config.classes;
+        let flat = logits.as_standard_layout();
+        let probabilities = crate::ops::loss::softmax_rows(flat.as_slice().expect("standard layout"), classes);
+        probabilities
+            .chunks_exact(classes)
+            .map(|p| {
+                let mut order: Vec<usize> = (0..classes).collect();
+                order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+                order
+                    .into_iter()
+                    .take(top_k)
+                    .map(|index| Prediction {
+                        class: self.class_names[index].clone(),
+                        index,
+                        probability: p[index],
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Logits of raw images (values in [0, 1], at the input shape), normalized here.
+    fn logits(&mut self, mut x: Vec<f32>) -> Result<Array2<f32>> {
+        let [c, h, w] = self.input_shape();
+        let image = c * h * w;
+        if let Some(n) = &self.normalization {
+            x.chunks_exact_mut(image).for_each(|img| n.apply(img));
+        }
+        let count = x.len() / image;
+        let mut logits = Vec::with_capacity(count * self.config.classes);
+        for chunk in x.chunks(BATCH * image) {
+            self.exec
+                .forward(Images::dense(chunk, chunk.len() / image, image), Mode::Eval)?;
+            logits.extend(self.exec.output_vec());
+        }
+        Ok(Array2::from_shape_vec([count, self.config.classes], logits).expect("one row per image"))
+    }
+}
