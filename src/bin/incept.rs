@@ -215,6 +215,8 @@ fn class_names(args: &DataArgs, classes: usize) -> Result<Vec<String>> {
 enum Command {
     /// Train a model (defaults: the chapter's recipe for googlenet-d2l on Fashion-MNIST).
     Train(Box<TrainArgs>),
+    /// The models: input, classes, parameters, GFLOP per image, and whose weights load.
+    Models,
     /// Test loss and accuracy of saved weights.
     Eval(EvalArgs),
     /// Eval-mode logits [n, classes] of a .npy batch, written as float32 .npy.
@@ -227,15 +229,20 @@ enum Command {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// The model (default googlenet-d2l, or the one a --resume checkpoint records).
+    /// The model: googlenet-d2l, googlenet-bn, inception-v2, inception-tf-cifar, inception-v3, googlenet, inception-v4, inception-resnet-v2 (`incept models` describes them; default googlenet-d2l, or the one a
+    /// --resume checkpoint records).
     #[arg(long)]
     model: Option<String>,
+    /// Passes over the training set.
     #[arg(long, default_value_t = 5)]
     epochs: usize,
+    /// Images per training step.
     #[arg(long, default_value_t = 128)]
     batch: usize,
+    /// Learning rate (of the first epoch, under --schedule).
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,
+    /// The optimizer; Adam with PyTorch's defaults, or SGD / RMSProp with the flags below.
     #[arg(long, value_enum, default_value = "adam")]
     optimizer: OptimizerArg,
     /// SGD and RMSProp momentum.
@@ -254,8 +261,10 @@ struct TrainArgs {
     /// Centered RMSProp (normalize by the gradient's variance).
     #[arg(long)]
     rmsprop_centered: bool,
+    /// L2 weight decay added to every gradient (PyTorch's `weight_decay`).
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f32,
+    /// Learning-rate schedule over epochs: constant, step (--step-every, --step-gamma) or cosine to 0.
     #[arg(long, value_enum, default_value = "constant")]
     schedule: ScheduleArg,
     /// Step schedule: epochs between decays.
@@ -264,6 +273,7 @@ struct TrainArgs {
     /// Step schedule: factor per decay.
     #[arg(long, default_value_t = 0.1)]
     step_gamma: f32,
+    /// Label smoothing of the training loss, in [0, 1).
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f32,
     /// Augment training images: a random crop from the image padded by 4 pixels, and a random
@@ -280,6 +290,7 @@ struct TrainArgs {
     /// 299 for inception-v3, inception-v4 and inception-resnet-v2).
     #[arg(long)]
     resize: Option<usize>,
+    /// Seed of the initial weights, the shuffling, dropout and augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Use only the first N training images.
@@ -291,6 +302,7 @@ struct TrainArgs {
     /// Stop after N steps in total.
     #[arg(long)]
     steps: Option<u64>,
+    /// Keep the training images in file order instead of shuffling them each epoch.
     #[arg(long)]
     no_shuffle: bool,
     /// Start from these weights (safetensors, PyTorch names).
@@ -334,14 +346,17 @@ struct EvalArgs {
     /// The model (default: the one the checkpoint records, else googlenet-d2l).
     #[arg(long)]
     model: Option<String>,
+    /// The weights: an incept checkpoint, or a PyTorch state_dict saved as safetensors.
     #[arg(long)]
     weights: PathBuf,
     /// Input size (square) the test images are resized to (default: the checkpoint's, else the
     /// model's native size).
     #[arg(long)]
     resize: Option<usize>,
+    /// Images per forward pass.
     #[arg(long, default_value_t = 128)]
     batch: usize,
+    /// Use only the first N test images.
     #[arg(long)]
     test_limit: Option<usize>,
     #[command(flatten)]
@@ -381,6 +396,7 @@ struct PredictArgs {
 
 #[derive(clap::Args)]
 struct SummaryArgs {
+    /// The model (googlenet-d2l, googlenet-bn, inception-v2, inception-tf-cifar, inception-v3, googlenet, inception-v4, inception-resnet-v2).
     #[arg(long, default_value = "googlenet-d2l")]
     model: String,
     /// Input as NxCxHxW, e.g. 1x1x96x96.
@@ -393,14 +409,19 @@ struct SummaryArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
+    /// The model (googlenet-d2l, googlenet-bn, inception-v2, inception-tf-cifar, inception-v3, googlenet, inception-v4, inception-resnet-v2).
     #[arg(long, default_value = "googlenet-d2l")]
     model: String,
+    /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch: usize,
+    /// Time inference (eval forward) or training steps (forward, backward, Adam).
     #[arg(long, value_enum, default_value = "infer")]
     mode: BenchMode,
+    /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Timed steps; the median is reported.
     #[arg(long, default_value_t = 5)]
     steps: usize,
     /// One JSON line instead of text.
@@ -510,6 +531,7 @@ fn resolve_size(
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => train_command(*args),
+        Command::Models => models_command(),
         Command::Eval(args) => eval_command(args),
         Command::Predict(args) => predict_command(args),
         Command::Summary(args) => summary_command(args),
@@ -776,6 +798,28 @@ fn predict_command(args: PredictArgs) -> Result<()> {
                 println!("  {:>6.2}%  {}", 100.0 * p.probability, p.class);
             }
         }
+    }
+    Ok(())
+}
+
+/// `incept models`: the model table.
+fn models_command() -> Result<()> {
+    println!(
+        "{:<20} {:>11} {:>7} {:>11} {:>11}  weights that load (besides incept checkpoints)",
+        "model", "input", "classes", "parameters", "GFLOP/img"
+    );
+    for m in models::MODELS {
+        let config = models::default_config(m.name)?;
+        let graph = models::build(m.name, config)?;
+        println!(
+            "{:<20} {:>11} {:>7} {:>11} {:>11.3}  {}",
+            m.name,
+            format!("{}x{}x{}", config.in_channels, config.size[0], config.size[1]),
+            config.classes,
+            graph.parameter_count(),
+            graph.flops_per_image() as f64 / 1e9,
+            m.weight_names
+        );
     }
     Ok(())
 }

@@ -37,6 +37,8 @@ pub struct ModelEntry {
     pub stem_weight: &'static str,
     /// See `stem_weight`.
     pub classifier_weight: &'static str,
+    /// Whose state_dict names its weights use, so those files load.
+    pub weight_names: &'static str,
 }
 
 /// Every model incept can build, in the order the documentation lists them.
@@ -48,6 +50,7 @@ pub const MODELS: &[ModelEntry] = &[
         size: 96,
         stem_weight: "0.0.weight",
         classifier_weight: "6.weight",
+        weight_names: "the chapter's PyTorch model (../shared/reference/models.py)",
     },
     ModelEntry {
         name: "googlenet-bn",
@@ -56,6 +59,7 @@ pub const MODELS: &[ModelEntry] = &[
         size: 96,
         stem_weight: "0.0.0.weight",
         classifier_weight: "6.weight",
+        weight_names: "the reference PyTorch model (models.py)",
     },
     ModelEntry {
         name: "inception-v2",
@@ -64,6 +68,7 @@ pub const MODELS: &[ModelEntry] = &[
         size: 96,
         stem_weight: "0.0.0.weight",
         classifier_weight: "6.weight",
+        weight_names: "the reference PyTorch model (models.py)",
     },
     ModelEntry {
         name: "inception-tf-cifar",
@@ -72,6 +77,7 @@ pub const MODELS: &[ModelEntry] = &[
         size: 32,
         stem_weight: "0.weight",
         classifier_weight: "10.weight",
+        weight_names: "the reference PyTorch model (models.py)",
     },
     ModelEntry {
         name: "inception-v3",
@@ -80,6 +86,7 @@ pub const MODELS: &[ModelEntry] = &[
         size: 299,
         stem_weight: "Conv2d_1a_3x3.conv.weight",
         classifier_weight: "fc.weight",
+        weight_names: "torchvision's inception_v3 (with AuxLogits)",
     },
     ModelEntry {
         name: "googlenet",
@@ -88,6 +95,7 @@ pub const MODELS: &[ModelEntry] = &[
         size: 224,
         stem_weight: "conv1.conv.weight",
         classifier_weight: "fc.weight",
+        weight_names: "torchvision's googlenet (with aux1, aux2)",
     },
     ModelEntry {
         name: "inception-v4",
@@ -96,6 +104,7 @@ pub const MODELS: &[ModelEntry] = &[
         size: 299,
         stem_weight: "features.0.conv.weight",
         classifier_weight: "last_linear.weight",
+        weight_names: "timm's inception_v4",
     },
     ModelEntry {
         name: "inception-resnet-v2",
@@ -104,6 +113,7 @@ pub const MODELS: &[ModelEntry] = &[
         size: 299,
         stem_weight: "conv2d_1a.conv.weight",
         classifier_weight: "classif.weight",
+        weight_names: "timm's inception_resnet_v2",
     },
 ];
 
