@@ -149,6 +149,12 @@ fn weight_files_list_every_missing_unexpected_and_misshaped_tensor_at_once() {
         m.contains("misshaped 0.0.weight: expected [64, 1, 7, 7], found [64, 3, 7, 7]"),
         "{m}"
     );
+    assert!(m.contains("(1 missing, 1 misshaped, 1 unexpected)"), "{m}");
+    // Another model's weights: hundreds of mismatches, summed up in counts and ten names, not kilobytes.
+    let bn = models::build("googlenet-bn", models::default_config("googlenet-bn").unwrap()).unwrap();
+    let m = message(file.params_for(&bn, &path));
+    assert!(m.contains(" missing, ") && m.contains(" more"), "{m}");
+    assert!(m.len() < 1500, "{} characters: {m}", m.len());
     // Not a safetensors file at all, and a truncated one.
     std::fs::write(
         dir.join("junk.safetensors"),

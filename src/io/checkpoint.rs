@@ -193,9 +193,23 @@ impl TensorFile {
             }
         }
         if !problems.is_empty() {
+            // The first few by kind, then counts: a wrong model's mismatch can list hundreds.
+            const SHOWN: usize = 10;
+            let count = |kind: &str| problems.iter().filter(|p| p.starts_with(kind)).count();
+            let summary = format!(
+                "{} missing, {} misshaped, {} unexpected",
+                count("missing"),
+                count("misshaped"),
+                count("unexpected")
+            );
+            let more = problems.len().saturating_sub(SHOWN);
+            let mut shown = problems[..problems.len().min(SHOWN)].join("; ");
+            if more > 0 {
+                shown.push_str(&format!("; and {more} more"));
+            }
             return Err(Error::file(
                 path.display(),
-                format!("weights do not fit the model: {}", problems.join("; ")),
+                format!("weights do not fit the model ({summary}): {shown}"),
             ));
         }
         Ok(graph.params.iter().map(|p| self.tensors[&p.name].1.clone()).collect())
