@@ -153,22 +153,6 @@ pub fn block_stride(values: usize) -> usize {
     }
 }
 
-thread_local! {
-    /// Each thread's list of runs for [`with_runs`]: grown to the longest list the thread has built,
-    /// then reused, so building a tile's runs allocates nothing after the first pass.
-    static RUNS: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Calls `work` with this thread's empty run list (see [`Tile::runs`]), reused from call to call.
-/// `work` must not call `with_runs` again.
-pub fn with_runs<R>(work: impl FnOnce(&mut Vec<(usize, usize)>) -> R) -> R {
-    RUNS.with(|runs| {
-        let mut runs = runs.borrow_mut();
-        runs.clear();
-        work(&mut runs)
-    })
-}
-
 /// What happens to the sums before they are stored.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Epilogue<'a> {

@@ -212,7 +212,11 @@ impl PackedConv {
         let accumulate = |first_block: usize, blocks: usize, icbs: std::ops::Range<usize>, dw_part: &mut [f32]| {
             // The tile's "pixels" are input channels of one block: all 16 for one output block.
             let pixels = isa.tile_pixels(blocks).min(LANES);
-            microkernel::with_runs(|runs| {
+            {
+                // One list per task. A per-thread list reused across calls grew at whichever step a
+                // thread first ran the longest task, so warm steps no longer allocated alike.
+                let mut runs = Vec::with_capacity(count * rows);
+                let runs = &mut runs;
                 for icb in icbs.clone() {
                     for tap in 0..taps {
                         let (ky, kx) = (tap / g.w.kernel, tap % g.w.kernel);
@@ -248,7 +252,7 @@ impl PackedConv {
                         }
                     }
                 }
-            });
+            }
         };
         // Every output element's sum runs over the same runs and steps in the same order however the
         // tiles are grouped, so the split below does not change the result.

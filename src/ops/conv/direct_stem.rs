@@ -253,7 +253,9 @@ impl StemWeights {
             .enumerate()
             .for_each(|(grp, dw_group)| {
                 let first_block = grp * blocks;
-                microkernel::with_runs(|runs| {
+                {
+                    let mut runs = Vec::with_capacity(count * oh);
+                    let runs = &mut runs;
                     for c in 0..g.in_channels {
                         for ky in 0..g.h.kernel {
                             runs.clear();
@@ -285,7 +287,7 @@ impl StemWeights {
                             microkernel::run(isa, &tile, dy, xp, dw_group);
                         }
                     }
-                });
+                }
             });
     }
 }
