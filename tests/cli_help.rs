@@ -40,3 +40,22 @@ fn every_flag_has_a_help_line_and_the_models_are_listed() {
     }
     assert_eq!(table.lines().count(), 1 + incept::models::MODELS.len(), "{table}");
 }
+
+/// A reader that stops early (`incept ... | head`) ends incept quietly, as it ends other Unix tools,
+/// instead of a panic at the next print.
+#[test]
+fn a_closed_pipe_ends_the_command_without_a_panic() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_incept"))
+        .args(["summary", "--model", "inception-resnet-v2", "--algos"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before incept has printed anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.status.success(), "a write to a closed pipe cannot succeed");
+}

@@ -966,6 +966,14 @@ fn bench_command(args: BenchArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Output piped into a reader that stops early (`incept predict DIR | head`) ends the process as it
+    // ends other Unix tools, instead of a panic at the next print: Rust starts with SIGPIPE ignored.
+    // SAFETY: restores the default disposition of one signal before any thread starts; no handler is
+    // installed, so nothing runs in signal context.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if cli.threads == Some(0) {
         eprintln!("error: --threads must be at least 1 (omit it to use every core)");
