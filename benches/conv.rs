@@ -121,147 +121,151 @@ fn median_ms(reps: usize, mut run: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
-/// Our median forward and forward + backward milliseconds for `case` at `batch`.
-fn time_ours(case: &LayerCase, batch: usize, reps: usize, isa: Isa) -> (f64, f64) {
-    let [c, h, w] = case.input;
-    let g = geometry(case, batch);
-    let in_layout = if case.graph_input {
-        Layout::Nchw
-    } else {
-        Layout::Blocked
-    };
-    let in_len = in_layout.image_len([c, h, w]);
-    let out_shape = [g.out_channels, g.h.output, g.w.output];
-    let out_len = Layout::Blocked.image_len(out_shape);
-    let x_nchw = values(batch * g.input_image_len(), 1);
-    let x = match in_layout {
-        Layout::Nchw => x_nchw,
-        Layout::Blocked => blocked::batch_from_nchw(&x_nchw, c, [h, w], Halo::default()),
-    };
-    let weights = values(case.conv.weight_shape().iter().product(), 2);
-    let bias = values(g.out_channels, 3);
-    let packed = DirectWeights::new(&g, &weights, Some(&bias));
-    let mut ws = Workspace::with_size(conv::workspace(&g, ConvAlgo::Direct));
-    let mut y = vec![0.0; batch * out_len];
-    let forward = |y: &mut [f32], ws: &mut Workspace| {
-        let mut y = ImagesMut::dense(y, batch, out_len);
-        direct::forward_images(
-            &packed,
-            Images::dense(&x, batch, in_len),
+/// One layer's operands and buffers at one batch, and each pass the executor runs on it.
+struct LayerRun {
+    g: ConvGeometry,
+    batch: usize,
+    /// The stem reads the NCHW graph input and needs no input gradient; every other layer is blocked.
+    graph_input: bool,
+    in_layout: Layout,
+    in_len: usize,
+    out_len: usize,
+    isa: Isa,
+    x: Vec<f32>,
+    weights: Vec<f32>,
+    packed: DirectWeights,
+    ws: Workspace,
+    y: Vec<f32>,
+    dy: Vec<f32>,
+    dw: Vec<f32>,
+    db: Vec<f32>,
+    dx: Vec<f32>,
+}
+
+impl LayerRun {
+    fn new(case: &LayerCase, batch: usize, isa: Isa) -> LayerRun {
+        let [c, h, w] = case.input;
+        let g = geometry(case, batch);
+        let in_layout = if case.graph_input {
+            Layout::Nchw
+        } else {
+            Layout::Blocked
+        };
+        let in_len = in_layout.image_len([c, h, w]);
+        let out_len = Layout::Blocked.image_len([g.out_channels, g.h.output, g.w.output]);
+        let x_nchw = values(batch * g.input_image_len(), 1);
+        let x = match in_layout {
+            Layout::Nchw => x_nchw,
+            Layout::Blocked => blocked::batch_from_nchw(&x_nchw, c, [h, w], Halo::default()),
+        };
+        let weights = values(case.conv.weight_shape().iter().product(), 2);
+        let bias = values(g.out_channels, 3);
+        let dy_nchw = values(batch * g.output_image_len(), 4);
+        LayerRun {
+            packed: DirectWeights::new(&g, &weights, Some(&bias)),
+            ws: Workspace::with_size(conv::workspace(&g, ConvAlgo::Direct)),
+            y: vec![0.0; batch * out_len],
+            dy: blocked::batch_from_nchw(&dy_nchw, g.out_channels, [g.h.output, g.w.output], Halo::default()),
+            dw: vec![0.0; weights.len()],
+            db: vec![0.0; bias.len()],
+            dx: vec![0.0; x.len()],
+            g,
+            batch,
+            graph_input: case.graph_input,
             in_layout,
+            in_len,
+            out_len,
+            isa,
+            x,
+            weights,
+        }
+    }
+
+    /// The forward pass with bias and ReLU, into a blocked output.
+    fn forward(&mut self) {
+        let mut y = ImagesMut::dense(&mut self.y, self.batch, self.out_len);
+        let x = Images::dense(&self.x, self.batch, self.in_len);
+        direct::forward_images(
+            &self.packed,
+            x,
+            self.in_layout,
             true,
             &mut y,
             Layout::Blocked,
-            ws,
-            isa,
+            &mut self.ws,
+            self.isa,
         );
-    };
-    let fwd = median_ms(reps, || forward(&mut y, &mut ws));
-    let dy_nchw = values(batch * g.output_image_len(), 4);
-    let dy_fresh = blocked::batch_from_nchw(&dy_nchw, g.out_channels, [g.h.output, g.w.output], Halo::default());
-    let mut dy = dy_fresh.clone();
-    let (mut dw, mut db, mut dx) = (vec![0.0; weights.len()], vec![0.0; bias.len()], vec![0.0; x.len()]);
-    let fwd_bwd = median_ms(reps, || {
-        forward(&mut y, &mut ws);
-        let pixels = g.output_pixels();
-        let mut dy_images = ImagesMut::dense(&mut dy, batch, out_len);
-        direct::relu_mask_and_bias_grad_blocked(
-            &mut dy_images,
-            Images::dense(&y, batch, out_len),
-            g.out_channels,
-            pixels,
-            &mut db,
-        );
-        let dy_images = Images::dense(&dy, batch, out_len);
-        let x_images = Images::dense(&x, batch, in_len);
+    }
+
+    /// The ReLU mask fused with the bias gradient.
+    fn mask_and_bias_grad(&mut self) {
+        let mut dy = ImagesMut::dense(&mut self.dy, self.batch, self.out_len);
+        let y = Images::dense(&self.y, self.batch, self.out_len);
+        direct::relu_mask_and_bias_grad_blocked(&mut dy, y, self.g.out_channels, self.g.output_pixels(), &mut self.db);
+    }
+
+    fn weight_grad(&mut self) {
+        let dy = Images::dense(&self.dy, self.batch, self.out_len);
+        let x = Images::dense(&self.x, self.batch, self.in_len);
         direct::add_weight_grad_images(
-            &packed,
-            x_images,
-            in_layout,
-            dy_images,
+            &self.packed,
+            x,
+            self.in_layout,
+            dy,
             Layout::Blocked,
-            &mut dw,
-            &mut ws,
-            isa,
+            &mut self.dw,
+            &mut self.ws,
+            self.isa,
         );
-        if !case.graph_input {
-            let mut dx_images = ImagesMut::dense(&mut dx, batch, in_len);
-            if packed.has_direct_input_grad() {
-                direct::add_input_grad_images(
-                    &packed,
-                    dy_images,
-                    Layout::Blocked,
-                    &mut dx_images,
-                    in_layout,
-                    &mut ws,
-                    isa,
-                );
-            } else {
-                direct::add_input_grad_via_im2col(
-                    &g,
-                    &weights,
-                    dy_images,
-                    Layout::Blocked,
-                    &mut dx_images,
-                    in_layout,
-                    &mut ws,
-                );
-            }
+    }
+
+    /// The input gradient, as the executor takes it: none for the stem, the flipped weights for a stride-1
+    /// layer, im2col image by image for a strided one.
+    fn input_grad(&mut self) {
+        if self.graph_input {
+            return;
         }
+        let dy = Images::dense(&self.dy, self.batch, self.out_len);
+        let mut dx = ImagesMut::dense(&mut self.dx, self.batch, self.in_len);
+        if self.packed.has_direct_input_grad() {
+            direct::add_input_grad_images(
+                &self.packed,
+                dy,
+                Layout::Blocked,
+                &mut dx,
+                self.in_layout,
+                &mut self.ws,
+                self.isa,
+            );
+        } else {
+            direct::add_input_grad_via_im2col(
+                &self.g,
+                &self.weights,
+                dy,
+                Layout::Blocked,
+                &mut dx,
+                self.in_layout,
+                &mut self.ws,
+            );
+        }
+    }
+}
+
+/// Our median forward and forward + backward milliseconds for `case` at `batch`.
+fn time_ours(case: &LayerCase, batch: usize, reps: usize, isa: Isa) -> (f64, f64) {
+    let mut run = LayerRun::new(case, batch, isa);
+    let fwd = median_ms(reps, || run.forward());
+    let fwd_bwd = median_ms(reps, || {
+        run.forward();
+        run.mask_and_bias_grad();
+        run.weight_grad();
+        run.input_grad();
     });
     if std::env::var("PARTS").is_ok() {
-        let mask = median_ms(reps, || {
-            let mut dy_images = ImagesMut::dense(&mut dy, batch, out_len);
-            direct::relu_mask_and_bias_grad_blocked(
-                &mut dy_images,
-                Images::dense(&y, batch, out_len),
-                g.out_channels,
-                g.output_pixels(),
-                &mut db,
-            );
-        });
-        let wg = median_ms(reps, || {
-            let dy_images = Images::dense(&dy, batch, out_len);
-            let x_images = Images::dense(&x, batch, in_len);
-            direct::add_weight_grad_images(
-                &packed,
-                x_images,
-                in_layout,
-                dy_images,
-                Layout::Blocked,
-                &mut dw,
-                &mut ws,
-                isa,
-            );
-        });
-        let ig = median_ms(reps, || {
-            let dy_images = Images::dense(&dy, batch, out_len);
-            if !case.graph_input {
-                let mut dx_images = ImagesMut::dense(&mut dx, batch, in_len);
-                if packed.has_direct_input_grad() {
-                    direct::add_input_grad_images(
-                        &packed,
-                        dy_images,
-                        Layout::Blocked,
-                        &mut dx_images,
-                        in_layout,
-                        &mut ws,
-                        isa,
-                    );
-                } else {
-                    direct::add_input_grad_via_im2col(
-                        &g,
-                        &weights,
-                        dy_images,
-                        Layout::Blocked,
-                        &mut dx_images,
-                        in_layout,
-                        &mut ws,
-                    );
-                }
-            }
-        });
-        let f = g.forward_flops() as f64 / 1e9;
+        let mask = median_ms(reps, || run.mask_and_bias_grad());
+        let wg = median_ms(reps, || run.weight_grad());
+        let ig = median_ms(reps, || run.input_grad());
+        let f = run.g.forward_flops() as f64 / 1e9;
         eprintln!(
             "PARTS {}: fwd {fwd:.2} ms ({:.0} GF/s), mask+bias {mask:.2} ms, weight grad {wg:.2} ms ({:.0} GF/s), input grad {ig:.2} ms ({:.0} GF/s)",
             case.name,
