@@ -270,22 +270,21 @@ fn every_family_model_trains_for_a_few_steps() {
     trains_for_a_few_steps("inception-v3", 75);
 }
 
-#[test]
-fn bench_with_the_chapters_protocol_reports_mean_and_deviation_over_100_steps() {
+/// `incept bench --model inception-tf-cifar --batch 2` with `extra` flags: its stdout, after asserting
+/// it succeeded.
+fn bench_tf_cifar(extra: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_incept"))
-        .args([
-            "bench",
-            "--model",
-            "inception-tf-cifar",
-            "--batch",
-            "2",
-            "--protocol",
-            "chapter",
-        ])
+        .args(["bench", "--model", "inception-tf-cifar", "--batch", "2"])
+        .args(extra)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn bench_with_the_chapters_protocol_reports_mean_and_deviation_over_100_steps() {
+    let stdout = bench_tf_cifar(&["--protocol", "chapter"]);
     // Steps 0, 10, ..., 90 printed, then the summary line.
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("step ")).count(),
@@ -303,21 +302,7 @@ fn bench_with_the_chapters_protocol_reports_mean_and_deviation_over_100_steps() 
 /// CPU has (what `Isa::best` finds here, checked independently of the CLI).
 #[test]
 fn bench_names_the_instruction_set_it_ran() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_incept"))
-        .args([
-            "bench",
-            "--model",
-            "inception-tf-cifar",
-            "--batch",
-            "2",
-            "--steps",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&bench_tf_cifar(&["--steps", "1", "--json"])).unwrap();
     let expected = format!("{:?}", Isa::best());
     assert_eq!(record["isa"], expected.as_str(), "{record}");
 }
