@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use ndarray::{Array2, ArrayView4};
+use ndarray::{Array2, Array4, ArrayView4};
 
 use crate::data::images;
 use crate::data::transforms::Normalization;
@@ -168,13 +168,20 @@ impl Classifier {
     /// converted to the model's channels and resized to its input size as torchvision would
     /// ([`images::read_image`]).
     pub fn predict_images(&mut self, paths: &[impl AsRef<Path>], top_k: usize) -> Result<Vec<Vec<Prediction>>> {
+        let x = self.read_images(paths)?;
+        let logits = self.forward(x.view())?;
+        Ok(self.top(&logits, top_k))
+    }
+
+    /// The image files (PNG, JPEG) as this model's input `[n, c, h, w]`, values in [0, 1]: converted to
+    /// its channels and resized to its input size as torchvision would ([`images::read_image`]).
+    pub fn read_images(&self, paths: &[impl AsRef<Path>]) -> Result<Array4<f32>> {
         let [c, h, w] = self.input_shape();
         let mut x = Vec::with_capacity(paths.len() * c * h * w);
         for path in paths {
             x.extend(images::read_image(path.as_ref(), c, [h, w])?);
         }
-        let logits = self.logits(x)?;
-        Ok(self.top(&logits, top_k))
+        Ok(Array4::from_shape_vec([paths.len(), c, h, w], x).expect("whole images"))
     }
 
     /// The `top_k` most likely classes of each row of `logits`, most likely first.

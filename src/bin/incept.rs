@@ -763,12 +763,7 @@ fn predict_command(args: PredictArgs) -> Result<()> {
                 ));
             }
             let files = images::image_files(&images)?;
-            let [c, h, w] = classifier.input_shape();
-            let mut x = Vec::with_capacity(files.len() * c * h * w);
-            for f in &files {
-                x.extend(images::read_image(f, c, [h, w])?);
-            }
-            let x = incept::ndarray::Array4::from_shape_vec([files.len(), c, h, w], x).expect("whole images");
+            let x = classifier.read_images(&files)?;
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             (names, classifier.forward(x.view())?)
         }
