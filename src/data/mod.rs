@@ -7,6 +7,7 @@ pub mod idx;
 pub mod images;
 pub mod loader;
 pub mod npy;
+pub mod resample;
 pub mod transforms;
 
 /// Fashion-MNIST's ten classes, in label order.
@@ -62,8 +63,8 @@ pub struct Dataset {
     pub labels: Vec<usize>,
     /// `[channels, height, width]` per image.
     pub shape: [usize; 3],
-    /// True when the values are bytes / 255 (IDX): resizing then rounds to bytes again, as the PIL path
-    /// of torchvision's `Resize` + `ToTensor` does.
+    /// True when the values are bytes / 255 (IDX, CIFAR): resizing then follows PIL's byte arithmetic,
+    /// as torchvision's `Resize` on a PIL image does ([`resample`]).
     pub from_bytes: bool,
 }
 

@@ -1,8 +1,10 @@
 //! Bilinear resizing as torchvision's `Resize` followed by `ToTensor`: half-pixel centres
 //! (`align_corners=False`), edge pixels clamped; when shrinking, PIL's antialiasing (the triangle
-//! filter widened to the shrink factor, so every source pixel counts); for byte images the result is
-//! rounded to bytes again before dividing by 255, as the PIL path does. (PIL's fixed-point arithmetic
-//! may differ by one grey level on a few pixels.)
+//! filter widened to the shrink factor, so every source pixel counts). Byte images (IDX, CIFAR) go
+//! through PIL's own fixed-point arithmetic ([`super::resample`]), as the PIL path of torchvision does,
+//! so their bytes are PIL's; other data is resized in floating point with the same filter.
+
+use super::resample::{self, Filter};
 
 /// For one output index along an axis: the source indices and their weights (summing to 1).
 type Taps = Vec<(usize, f32)>;
@@ -35,7 +37,8 @@ fn taps(input: usize, output: usize) -> Vec<Taps> {
         .collect()
 }
 
-/// Resizes `src` (`channels` planes of `h x w`) into `dst` (`channels` planes of `oh x ow`).
+/// Resizes `src` (`channels` planes of `h x w`) into `dst` (`channels` planes of `oh x ow`); with
+/// `round_to_bytes` the values are bytes / 255 and are resized as PIL resizes a byte image.
 pub fn resize_bilinear(
     src: &[f32],
     channels: usize,
@@ -46,6 +49,15 @@ pub fn resize_bilinear(
 ) {
     if [h, w] == [oh, ow] {
         dst.copy_from_slice(&src[..channels * h * w]);
+        return;
+    }
+    if round_to_bytes {
+        let bytes: Vec<u8> = src[..channels * h * w]
+            .iter()
+            .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+            .collect();
+        let resized = resample::resize(&bytes, channels, [h, w], [oh, ow], Filter::Bilinear);
+        dst.iter_mut().zip(resized).for_each(|(d, b)| *d = f32::from(b) / 255.0);
         return;
     }
     let (ty, tx) = (taps(h, oh), taps(w, ow));
@@ -59,11 +71,7 @@ pub fn resize_bilinear(
                 // Each source row's horizontal sum, then the rows' (growing: `top·(1-fy) + bottom·fy`).
                 let row = |y: usize| -> f32 { x_taps.iter().map(|&(x, wx)| plane[y * w + x] * wx).sum() };
                 let v: f32 = y_taps.iter().map(|&(y, wy)| row(y) * wy).sum();
-                out[oy * ow + ox] = if round_to_bytes {
-                    (v * 255.0).round().clamp(0.0, 255.0) / 255.0
-                } else {
-                    v
-                };
+                out[oy * ow + ox] = v;
             }
         }
     }
