@@ -372,7 +372,22 @@ pub fn train(
     let graph = crate::models::build(&cfg.model, cfg.config)?;
     let mut model = Model::init(graph, cfg.seed);
     if let Some(init) = &cfg.init {
-        model.params = TensorFile::read(init)?.params_for(&model.graph, init)?;
+        // Weights saved for inference lack the auxiliary heads training needs: those start fresh.
+        let optional = crate::models::entry(&cfg.model)?.aux_prefixes;
+        let fresh = std::mem::take(&mut model.params);
+        let (params, kept_fresh) = TensorFile::read(init)?.params_or_fresh(&model.graph, init, optional, fresh)?;
+        model.params = params;
+        if !kept_fresh.is_empty() {
+            println!(
+                "{} has no auxiliary heads ({}); they start from a fresh initialization",
+                init.display(),
+                kept_fresh
+                    .iter()
+                    .map(|p| format!("{p}*"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     let lens: Vec<usize> = model.graph.params.iter().map(|p| p.len()).collect();
     let mut opt = build_optimizer(cfg, &lens);

@@ -232,6 +232,7 @@ fn a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(
             in_channels: 1,
             size: [32, 32],
             classes: 10,
+            aux_heads: false,
         },
         epochs: 1,
         batch: 2,

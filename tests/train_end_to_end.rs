@@ -25,6 +25,7 @@ fn config(batch: usize, max_steps: Option<u64>) -> TrainConfig {
             in_channels: 1,
             size: [32, 32],
             classes: 10,
+            aux_heads: false,
         },
         epochs: 50,
         batch,

@@ -176,8 +176,29 @@ impl TensorFile {
     /// The parameters of `graph` from this file, in graph order. Every missing, unexpected and misshaped
     /// tensor is listed in one error.
     pub fn params_for(&self, graph: &Graph, path: &Path) -> Result<Vec<Vec<f32>>> {
+        self.params_or_fresh(graph, path, &[], Vec::new())
+            .map(|(params, _)| params)
+    }
+
+    /// [`TensorFile::params_for`], except that the parameters under `optional` name prefixes (a
+    /// model's auxiliary heads) keep their values in `fresh` (one vector per parameter) when the file
+    /// has none under that prefix. Also returns the prefixes so kept.
+    pub fn params_or_fresh<'p>(
+        &self,
+        graph: &Graph,
+        path: &Path,
+        optional: &[&'p str],
+        mut fresh: Vec<Vec<f32>>,
+    ) -> Result<(Vec<Vec<f32>>, Vec<&'p str>)> {
+        let absent: Vec<&str> = optional
+            .iter()
+            .copied()
+            .filter(|prefix| graph.params.iter().any(|p| p.name.starts_with(prefix)))
+            .filter(|prefix| !self.tensors.keys().any(|k| k.starts_with(prefix)))
+            .collect();
+        let kept_fresh = |name: &str| absent.iter().any(|prefix| name.starts_with(prefix));
         let mut problems = Vec::new();
-        for spec in &graph.params {
+        for spec in graph.params.iter().filter(|p| !kept_fresh(&p.name)) {
             match self.tensors.get(&spec.name) {
                 None => problems.push(format!("missing {} {:?}", spec.name, spec.shape)),
                 Some((shape, _)) if *shape != spec.shape => problems.push(format!(
@@ -212,7 +233,16 @@ impl TensorFile {
                 format!("weights do not fit the model ({summary}): {shown}"),
             ));
         }
-        Ok(graph.params.iter().map(|p| self.tensors[&p.name].1.clone()).collect())
+        let params = graph
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match kept_fresh(&p.name) {
+                true => std::mem::take(&mut fresh[i]),
+                false => self.tensors[&p.name].1.clone(),
+            })
+            .collect();
+        Ok((params, absent))
     }
 
     /// The optimizer state saved for `graph`'s parameters, as `(slot, one vector per parameter)`.

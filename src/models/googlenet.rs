@@ -1,10 +1,12 @@
-//! torchvision's GoogLeNet (`torchvision.models.googlenet(aux_logits=True)`, `transform_input` off):
+//! torchvision's GoogLeNet (`torchvision.models.googlenet(aux_logits=True)`, `transform_input` outside):
 //! BasicConv2d = conv without bias + batch norm (eps 1e-3) + ReLU, ceil-mode max pools, two auxiliary
 //! classifiers after inception4a and inception4d (each loss weighted 0.3 in training, unused in eval),
 //! dropout 0.2 before the classifier and 0.7 inside the auxiliary heads. As in torchvision, the "5×5"
 //! branch uses a 3×3 convolution. Names follow torchvision's state_dict (`conv1.conv.weight`,
 //! `inception3a.branch2.1.bn.running_mean`, `aux1.fc2.weight`, `fc.bias`). The auxiliary heads need the
-//! 14×14 stage to be at least 4×4; on smaller inputs they are left out.
+//! 14×14 stage to be at least 4×4; on smaller inputs they are left out, and so they are when the
+//! config says `aux_heads: false` (weights saved with `aux_logits=False`). `transform_input` is applied
+//! outside the graph, by [`crate::classifier::Classifier`], when the weights come from torchvision.
 
 use super::ModelConfig;
 use super::blocks::basic_conv;
@@ -89,7 +91,7 @@ pub fn googlenet(config: ModelConfig) -> Result<Graph> {
     b.mark("inception5", x);
     // Declared here, after inception5b, as torchvision registers them (so the parameters come in its
     // state_dict order); they read inception4a's and inception4d's outputs.
-    if b.shape_of(x4a)?[1] >= 4 {
+    if config.aux_heads && b.shape_of(x4a)?[1] >= 4 {
         let aux1 = aux_head(&mut b, "aux1", x4a, config.classes)?;
         b.aux_output(aux1, AUX_WEIGHT)?;
         let aux2 = aux_head(&mut b, "aux2", x4d, config.classes)?;

@@ -4,7 +4,8 @@
 //! unused in eval), dropout 0.5 before the classifier. Names follow torchvision's state_dict
 //! (`Conv2d_1a_3x3.conv.weight`, `Mixed_6b.branch7x7_2.bn.running_var`, `AuxLogits.fc.weight`, `fc.bias`).
 //! The auxiliary head needs the 17×17 stage to be at least 17×17 (299×299 input); on smaller inputs it
-//! is left out, as PyTorch could not run it either.
+//! is left out, as PyTorch could not run it either; so it is when the config says `aux_heads: false`
+//! (weights saved with `aux_logits=False`).
 
 use super::ModelConfig;
 use super::blocks::basic_conv as basic;
@@ -134,7 +135,7 @@ pub fn inception_v3(config: ModelConfig) -> Result<Graph> {
     let x = inception_c(&mut b, "Mixed_6e", x, 192)?;
     b.mark("Mixed_6e", x);
     // The auxiliary head's 5×5 convolution needs a 5×5 map after its 5×5/3 pool: a 17×17 stage.
-    if b.shape_of(x)?[1] >= 17 {
+    if config.aux_heads && b.shape_of(x)?[1] >= 17 {
         let aux = aux_head(&mut b, x, config.classes)?;
         b.aux_output(aux, AUX_WEIGHT)?;
     }

@@ -9,6 +9,7 @@ mod inception_resnet_v2;
 mod inception_tf_cifar;
 mod inception_v3;
 mod inception_v4;
+pub mod pretrained;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Init};
@@ -39,6 +40,10 @@ pub struct ModelEntry {
     pub classifier_weight: &'static str,
     /// Whose state_dict names its weights use, so those files load.
     pub weight_names: &'static str,
+    /// The name prefix of each auxiliary classifier's parameters (empty: the model has none).
+    pub aux_prefixes: &'static [&'static str],
+    /// How weights from another library (files that are not incept checkpoints) expect their input.
+    pub pretrained: Option<pretrained::Pretrained>,
 }
 
 /// Every model incept can build, in the order the documentation lists them.
@@ -51,6 +56,8 @@ pub const MODELS: &[ModelEntry] = &[
         stem_weight: "0.0.weight",
         classifier_weight: "6.weight",
         weight_names: "the chapter's PyTorch model (../shared/reference/models.py)",
+        aux_prefixes: &[],
+        pretrained: None,
     },
     ModelEntry {
         name: "googlenet-bn",
@@ -60,6 +67,8 @@ pub const MODELS: &[ModelEntry] = &[
         stem_weight: "0.0.0.weight",
         classifier_weight: "6.weight",
         weight_names: "the reference PyTorch model (models.py)",
+        aux_prefixes: &[],
+        pretrained: None,
     },
     ModelEntry {
         name: "inception-v2",
@@ -69,6 +78,8 @@ pub const MODELS: &[ModelEntry] = &[
         stem_weight: "0.0.0.weight",
         classifier_weight: "6.weight",
         weight_names: "the reference PyTorch model (models.py)",
+        aux_prefixes: &[],
+        pretrained: None,
     },
     ModelEntry {
         name: "inception-tf-cifar",
@@ -78,6 +89,8 @@ pub const MODELS: &[ModelEntry] = &[
         stem_weight: "0.weight",
         classifier_weight: "10.weight",
         weight_names: "the reference PyTorch model (models.py)",
+        aux_prefixes: &[],
+        pretrained: None,
     },
     ModelEntry {
         name: "inception-v3",
@@ -86,7 +99,9 @@ pub const MODELS: &[ModelEntry] = &[
         size: 299,
         stem_weight: "Conv2d_1a_3x3.conv.weight",
         classifier_weight: "fc.weight",
-        weight_names: "torchvision's inception_v3 (with AuxLogits)",
+        weight_names: "torchvision's inception_v3 (AuxLogits optional)",
+        aux_prefixes: &["AuxLogits."],
+        pretrained: Some(pretrained::TORCHVISION_INCEPTION_V3),
     },
     ModelEntry {
         name: "googlenet",
@@ -95,7 +110,9 @@ pub const MODELS: &[ModelEntry] = &[
         size: 224,
         stem_weight: "conv1.conv.weight",
         classifier_weight: "fc.weight",
-        weight_names: "torchvision's googlenet (with aux1, aux2)",
+        weight_names: "torchvision's googlenet (aux1, aux2 optional)",
+        aux_prefixes: &["aux1.", "aux2."],
+        pretrained: Some(pretrained::TORCHVISION_GOOGLENET),
     },
     ModelEntry {
         name: "inception-v4",
@@ -105,6 +122,8 @@ pub const MODELS: &[ModelEntry] = &[
         stem_weight: "features.0.conv.weight",
         classifier_weight: "last_linear.weight",
         weight_names: "timm's inception_v4",
+        aux_prefixes: &[],
+        pretrained: Some(pretrained::TIMM_INCEPTION_V4),
     },
     ModelEntry {
         name: "inception-resnet-v2",
@@ -114,6 +133,8 @@ pub const MODELS: &[ModelEntry] = &[
         stem_weight: "conv2d_1a.conv.weight",
         classifier_weight: "classif.weight",
         weight_names: "timm's inception_resnet_v2",
+        aux_prefixes: &[],
+        pretrained: Some(pretrained::TIMM_INCEPTION_RESNET_V2),
     },
 ];
 
@@ -141,6 +162,9 @@ pub struct ModelConfig {
     pub size: [usize; 2],
     /// Output classes.
     pub classes: usize,
+    /// Whether to build the auxiliary classifiers of the models that have them (googlenet,
+    /// inception-v3): they serve training only, and weights saved for inference may leave them out.
+    pub aux_heads: bool,
 }
 
 /// A model's native configuration: googlenet-d2l takes 1×96×96 (Fashion-MNIST resized as the chapter
@@ -152,6 +176,7 @@ pub fn default_config(name: &str) -> Result<ModelConfig> {
         in_channels: m.in_channels,
         size: [m.size, m.size],
         classes: 10,
+        aux_heads: true,
     })
 }
 
@@ -214,7 +239,8 @@ pub fn shape_trace(graph: &Graph) -> Vec<String> {
 }
 
 /// The configuration a set of weights implies: input channels from the first convolution, classes from
-/// the classifier; the input size stays the native one (it does not change any weight's shape).
+/// the classifier, auxiliary heads if the weights have them; the input size stays the native one (it
+/// does not change any weight's shape).
 pub fn config_from_weights(name: &str, weights: &crate::io::checkpoint::TensorFile) -> Result<ModelConfig> {
     let mut config = default_config(name)?;
     let m = entry(name)?;
@@ -237,5 +263,10 @@ pub fn config_from_weights(name: &str, weights: &crate::io::checkpoint::TensorFi
     }
     config.in_channels = stem_shape[1];
     config.classes = classifier_shape[0];
+    // Weights saved for inference (torchvision's `aux_logits=False`) have no auxiliary heads.
+    config.aux_heads = m
+        .aux_prefixes
+        .iter()
+        .any(|prefix| weights.tensors.keys().any(|k| k.starts_with(prefix)));
     Ok(config)
 }
