@@ -2,6 +2,11 @@
 //! state_dict), with what the checkpoint records (model, input size, normalization, class names), behind
 //! an images-in, classes-out API. `incept predict` is built on it.
 //!
+//! A state_dict saved from torchvision's googlenet / inception_v3 or timm's inception_v4 /
+//! inception_resnet_v2 records nothing: it gets its library's ImageNet preprocessing
+//! ([`crate::models::pretrained`]: resize, centre crop, normalization, torchvision's `transform_input`)
+//! and, with a 1000-class head, ImageNet's class names. Auxiliary heads are optional.
+//!
 //! ```no_run
 //! use incept::classifier::Classifier;
 //!
@@ -18,12 +23,12 @@ use std::path::Path;
 
 use ndarray::{Array2, Array4, ArrayView4};
 
-use crate::data::images;
+use crate::data::images::{self, ImageRecipe};
 use crate::data::transforms::Normalization;
 use crate::error::{Error, Result};
 use crate::graph::{Executor, Mode};
 use crate::io::checkpoint::{InputSize, TensorFile};
-use crate::models::{self, Model, ModelConfig};
+use crate::models::{self, Model, ModelConfig, pretrained};
 use crate::tensor::Images;
 
 /// Images per forward pass.
@@ -45,6 +50,8 @@ pub struct Classifier {
     exec: Executor,
     config: ModelConfig,
     normalization: Option<Normalization>,
+    transform_input: bool,
+    recipe: ImageRecipe,
     class_names: Vec<String>,
 }
 
@@ -88,11 +95,16 @@ impl Classifier {
             (None, Some(s)) => s,
             (None, None) => config.size,
         };
-        let normalization = file
-            .metadata
-            .get("normalization")
-            .map(|text| Normalization::from_metadata(text).map_err(|e| Error::file(path.display(), e)))
-            .transpose()?;
+        // A state_dict from torchvision or timm records nothing: it gets its library's preprocessing.
+        let foreign = recorded.model.is_none();
+        let pretrained = models::entry(&model)?.pretrained.filter(|_| foreign);
+        let normalization = match (file.metadata.get("normalization"), pretrained) {
+            (Some(text), _) => Some(Normalization::from_metadata(text).map_err(|e| Error::file(path.display(), e))?),
+            (None, Some(p)) if config.in_channels == 3 => Some(p.normalization()),
+            (None, _) => None,
+        };
+        let native = models::default_config(&model)?.size[0];
+        let recipe = pretrained.map_or(ImageRecipe::STRETCH, |p| p.recipe_at(native, config.size));
         let class_names = match file.metadata.get("class_names") {
             Some(text) => {
                 let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
@@ -109,6 +121,7 @@ impl Classifier {
                 }
                 names
             }
+            None if pretrained.is_some() && config.classes == 1000 => pretrained::imagenet_classes(),
             None => (0..config.classes).map(|c| format!("class {c}")).collect(),
         };
         let graph = models::build(&model, config)?;
@@ -117,6 +130,8 @@ impl Classifier {
             exec: Executor::new(Model { graph, params }, BATCH)?,
             config,
             normalization,
+            transform_input: pretrained.is_some_and(|p| p.transform_input) && config.in_channels == 3,
+            recipe,
             class_names,
         })
     }
@@ -124,6 +139,28 @@ impl Classifier {
     /// The input the model takes: `[channels, height, width]`.
     pub fn input_shape(&self) -> [usize; 3] {
         [self.config.in_channels, self.config.size[0], self.config.size[1]]
+    }
+
+    /// Whether torchvision's `transform_input` runs after normalization (on for a torchvision
+    /// googlenet / inception_v3 state_dict, as its pretrained weights need; off for everything else).
+    pub fn transform_input(&self) -> bool {
+        self.transform_input
+    }
+
+    /// Turns `transform_input` on or off (for torchvision weights trained with it off; an error for a
+    /// model that is not 3-channel).
+    pub fn set_transform_input(&mut self, on: bool) -> Result<()> {
+        if on && self.config.in_channels != 3 {
+            return Err(Error::config(
+                "transform-input",
+                format!(
+                    "transform_input needs RGB input, the model takes {} channel(s)",
+                    self.config.in_channels
+                ),
+            ));
+        }
+        self.transform_input = on;
+        Ok(())
     }
 
     /// The class names, in output order.
@@ -148,7 +185,8 @@ impl Classifier {
     }
 
     /// Eval-mode logits `[n, classes]` of images `[n, c, h, w]` with values in [0, 1] at
-    /// [`Classifier::input_shape`], normalized first as the checkpoint's run normalized them.
+    /// [`Classifier::input_shape`], normalized first as the checkpoint's run normalized them (and
+    /// `transform_input` applied after, when on).
     pub fn forward(&mut self, x: ArrayView4<f32>) -> Result<Array2<f32>> {
         let [c, h, w] = self.input_shape();
         let shape = x.shape();
@@ -174,12 +212,13 @@ impl Classifier {
     }
 
     /// The image files (PNG, JPEG) as this model's input `[n, c, h, w]`, values in [0, 1]: converted to
-    /// its channels and resized to its input size as torchvision would ([`images::read_image`]).
+    /// its channels and resized to its input size as torchvision would ([`images::read_image`]), with
+    /// the centre crop of torchvision's or timm's recipe for their weights.
     pub fn read_images(&self, paths: &[impl AsRef<Path>]) -> Result<Array4<f32>> {
         let [c, h, w] = self.input_shape();
         let mut x = Vec::with_capacity(paths.len() * c * h * w);
         for path in paths {
-            x.extend(images::read_image(path.as_ref(), c, [h, w])?);
+            x.extend(images::read_image(path.as_ref(), c, [h, w], self.recipe)?);
         }
         Ok(Array4::from_shape_vec([paths.len(), c, h, w], x).expect("whole images"))
     }
@@ -213,6 +252,9 @@ impl Classifier {
         let image = c * h * w;
         if let Some(n) = &self.normalization {
             x.chunks_exact_mut(image).for_each(|img| n.apply(img));
+        }
+        if self.transform_input {
+            x.chunks_exact_mut(image).for_each(pretrained::transform_input);
         }
         let count = x.len() / image;
         let mut logits = Vec::with_capacity(count * self.config.classes);

@@ -373,7 +373,8 @@ struct PredictArgs {
     weights: PathBuf,
     /// Image files (PNG, JPEG) or directories of them: each is converted to the model's channels,
     /// resized to the checkpoint's input size as torchvision's Resize does, normalized as the run was,
-    /// and answered with its most likely classes.
+    /// and answered with its most likely classes. A torchvision or timm state_dict gets that library's
+    /// ImageNet preprocessing instead (resize, centre crop, normalization).
     #[arg(value_name = "IMAGE|DIR", conflicts_with = "input")]
     images: Vec<PathBuf>,
     /// Instead of image files: float32 images [n, c, h, w] as .npy, at the checkpoint's input size.
@@ -392,6 +393,10 @@ struct PredictArgs {
     /// either, classes are named by number).
     #[arg(long, value_name = "FILE")]
     classes: Option<PathBuf>,
+    /// Apply torchvision's transform_input after normalization, true or false (default: true for a
+    /// torchvision googlenet / inception-v3 state_dict, as its pretrained weights need; else false).
+    #[arg(long, value_name = "BOOL")]
+    transform_input: Option<bool>,
 }
 
 #[derive(clap::Args)]
@@ -717,6 +722,7 @@ fn predict_command(args: PredictArgs) -> Result<()> {
         top_k,
         json,
         classes,
+        transform_input,
     } = args;
     if top_k == 0 {
         return Err(Error::config("top-k", "--top-k must be at least 1"));
@@ -730,6 +736,9 @@ fn predict_command(args: PredictArgs) -> Result<()> {
         }
         (_, e) => e,
     })?;
+    if let Some(on) = transform_input {
+        classifier.set_transform_input(on)?;
+    }
     if let Some(path) = &classes {
         let names = data::read_class_names(path)?;
         let (found, classes) = (names.len(), classifier.class_names().len());

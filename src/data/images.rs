@@ -1,18 +1,50 @@
-//! Image files (PNG, JPEG) into a model's input, as torchvision's `Grayscale` or `convert("RGB")`, then
-//! `Resize((h, w))` and `ToTensor` prepare a PIL image: the channels converted the way PIL converts
-//! (grey from RGB by ITU-R 601-2 luma, in PIL's fixed point), resized bilinearly with PIL's antialiasing
-//! when shrinking ([`super::transforms::resize_bilinear`]), rounded to bytes and divided by 255.
+//! Image files (PNG, JPEG) into a model's input, as torchvision prepares a PIL image: the channels
+//! converted the way PIL converts (grey from RGB by ITU-R 601-2 luma, in PIL's fixed point), resized
+//! ([`super::resample`], PIL's own arithmetic, so the bytes are PIL's), centre-cropped when the recipe
+//! says so, and divided by 255 (`ToTensor`).
 
 use std::path::{Path, PathBuf};
 
-use super::transforms::resize_bilinear;
+use super::resample::{self, Filter};
 use crate::error::{Error, Result};
 
 /// The file extensions [`image_files`] picks from a directory (any case).
 pub const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
+/// How an image is brought to the model's input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// Resized to the input size, aspect ratio not kept (`Resize((h, w))`): how incept's runs resize
+    /// their datasets.
+    Stretch,
+    /// The shorter side resized to `shorter_side`, the longer in proportion (`Resize(shorter_side)`),
+    /// then the centre cut out at the input size (`CenterCrop`): the ImageNet recipe of torchvision's
+    /// and timm's weights.
+    ResizeThenCenterCrop {
+        /// The shorter side's length after resizing.
+        shorter_side: usize,
+    },
+}
+
+/// The preprocessing an image file gets before normalization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageRecipe {
+    /// How the size is reached.
+    pub fit: Fit,
+    /// The resampling filter.
+    pub filter: Filter,
+}
+
+impl ImageRecipe {
+    /// incept's own: stretched to the input size, bilinear.
+    pub const STRETCH: ImageRecipe = ImageRecipe {
+        fit: Fit::Stretch,
+        filter: Filter::Bilinear,
+    };
+}
+
 /// Reads the image at `path` as `channels` (1: grey, 3: RGB) planes of `size`, values in [0, 1].
-pub fn read_image(path: &Path, channels: usize, size: [usize; 2]) -> Result<Vec<f32>> {
+pub fn read_image(path: &Path, channels: usize, size: [usize; 2], recipe: ImageRecipe) -> Result<Vec<f32>> {
     let image = image::ImageReader::open(path)
         .map_err(|e| Error::file(path.display(), e))?
         .with_guessed_format()
@@ -26,11 +58,9 @@ pub fn read_image(path: &Path, channels: usize, size: [usize; 2]) -> Result<Vec<
         })?;
     let rgb = image.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    let planes: Vec<f32> = match channels {
-        1 => rgb.pixels().map(|p| f32::from(luma(p.0)) / 255.0).collect(),
-        3 => (0..3)
-            .flat_map(|c| rgb.pixels().map(move |p| f32::from(p.0[c]) / 255.0))
-            .collect(),
+    let planes: Vec<u8> = match channels {
+        1 => rgb.pixels().map(|p| luma(p.0)).collect(),
+        3 => (0..3).flat_map(|c| rgb.pixels().map(move |p| p.0[c])).collect(),
         _ => {
             return Err(Error::config(
                 "image",
@@ -38,9 +68,51 @@ pub fn read_image(path: &Path, channels: usize, size: [usize; 2]) -> Result<Vec<
             ));
         }
     };
-    let mut out = vec![0.0; channels * size[0] * size[1]];
-    resize_bilinear(&planes, channels, [h, w], &mut out, size, true);
-    Ok(out)
+    let bytes = match recipe.fit {
+        Fit::Stretch => resample::resize(&planes, channels, [h, w], size, recipe.filter),
+        Fit::ResizeThenCenterCrop { shorter_side } => {
+            let resized = shorter_side_size([h, w], shorter_side);
+            let planes = resample::resize(&planes, channels, [h, w], resized, recipe.filter);
+            center_crop(&planes, channels, resized, size).ok_or_else(|| {
+                Error::file(
+                    path.display(),
+                    format!(
+                        "an image that covers {}x{} after its shorter side is resized to {shorter_side}, found {}x{}",
+                        size[0], size[1], resized[0], resized[1]
+                    ),
+                )
+            })?
+        }
+    };
+    Ok(bytes.into_iter().map(|b| f32::from(b) / 255.0).collect())
+}
+
+/// torchvision's `Resize(shorter_side)`: the shorter side becomes `shorter_side`, the longer
+/// `int(shorter_side * long / short)`.
+fn shorter_side_size([h, w]: [usize; 2], shorter_side: usize) -> [usize; 2] {
+    let longer = |long: usize, short: usize| (shorter_side as f64 * long as f64 / short as f64) as usize;
+    if w <= h {
+        [longer(h, w), shorter_side]
+    } else {
+        [shorter_side, longer(w, h)]
+    }
+}
+
+/// torchvision's `CenterCrop(size)`: the offset on each axis is `round((from - to) / 2)`, ties to
+/// even as Python rounds; `None` when the image is smaller than the crop.
+fn center_crop(planes: &[u8], channels: usize, [h, w]: [usize; 2], [ch, cw]: [usize; 2]) -> Option<Vec<u8>> {
+    if h < ch || w < cw {
+        return None;
+    }
+    let offset = |from: usize, to: usize| ((from - to) as f64 / 2.0).round_ties_even() as usize;
+    let (top, left) = (offset(h, ch), offset(w, cw));
+    Some(
+        planes
+            .chunks_exact(h * w)
+            .take(channels)
+            .flat_map(|plane| (top..top + ch).flat_map(move |y| plane[y * w + left..y * w + left + cw].iter().copied()))
+            .collect(),
+    )
 }
 
 /// PIL's `convert("L")`: `L = R·299/1000 + G·587/1000 + B·114/1000`, in its 16-bit fixed point.
@@ -96,5 +168,21 @@ mod tests {
         assert_eq!(luma([255, 0, 0]), 76);
         assert_eq!(luma([0, 255, 0]), 150);
         assert_eq!(luma([0, 0, 255]), 29);
+    }
+
+    #[test]
+    fn resize_and_crop_sizes_follow_torchvision() {
+        // torchvision.transforms.functional._compute_resized_output_size
+        assert_eq!(shorter_side_size([512, 512], 256), [256, 256]);
+        assert_eq!(shorter_side_size([300, 451], 342), [342, 514]);
+        assert_eq!(shorter_side_size([451, 300], 342), [514, 342]);
+        // CenterCrop offsets: round(1.5) = 2, round(2.5) = 2 in Python.
+        let plane: Vec<u8> = (0..6 * 7).map(|v| v as u8).collect();
+        assert_eq!(
+            center_crop(&plane, 1, [6, 7], [3, 4]),
+            Some(vec![16, 17, 18, 19, 23, 24, 25, 26, 30, 31, 32, 33])
+        );
+        assert_eq!(center_crop(&plane, 1, [6, 7], [1, 2]), Some(vec![16, 17]));
+        assert_eq!(center_crop(&plane, 1, [6, 7], [7, 2]), None);
     }
 }

@@ -81,6 +81,25 @@ impl Fixture {
         self.named(&format!("{case}/{name}"))
     }
 
+    /// A uint8 tensor by its full name, as its values and shape.
+    pub fn bytes(&self, name: &str) -> (Vec<u8>, Vec<usize>) {
+        let st = SafeTensors::deserialize(&self.bytes).expect("fixture body");
+        let view = st.tensor(name).unwrap_or_else(|e| panic!("{}: {name}: {e}", self.name));
+        assert_eq!(view.dtype(), Dtype::U8, "{name}");
+        (view.data().to_vec(), view.shape().to_vec())
+    }
+
+    /// A float64 tensor by its full name, flattened.
+    pub fn named_f64(&self, name: &str) -> Vec<f64> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("fixture body");
+        let view = st.tensor(name).unwrap_or_else(|e| panic!("{}: {name}: {e}", self.name));
+        assert_eq!(view.dtype(), Dtype::F64, "{name}");
+        view.data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+
     /// A tensor by its full name.
     pub fn named(&self, name: &str) -> ArrayD<f32> {
         let st = SafeTensors::deserialize(&self.bytes).expect("fixture body");

@@ -218,21 +218,24 @@ pub fn hashed_params(graph: &incept::graph::Graph) -> Vec<Vec<f32>> {
         .params
         .iter()
         .enumerate()
-        .map(|(p, spec)| {
-            let u = splitmix_uniform(p, spec.len());
-            let values: Vec<f64> = if spec.shape.len() > 1 {
-                let bound = (6.0 / spec.shape[1..].iter().product::<usize>() as f64).sqrt();
-                u.map(|u| (2.0 * u - 1.0) * bound).collect()
-            } else if spec.name.ends_with("running_var") {
-                u.map(|u| 1.0 + 0.5 * u).collect()
-            } else if spec.name.ends_with(".weight") {
-                u.map(|u| 0.5 + u).collect()
-            } else {
-                u.map(|u| 0.05 * (2.0 * u - 1.0)).collect()
-            };
-            values.into_iter().map(|v| v as f32).collect()
-        })
+        .map(|(p, spec)| hashed_tensor(p, &spec.name, &spec.shape))
         .collect()
+}
+
+/// `generate_family.py`'s `hashed_weights(p, name, shape)`: tensor number `p` of a state_dict.
+pub fn hashed_tensor(p: usize, name: &str, shape: &[usize]) -> Vec<f32> {
+    let u = splitmix_uniform(p, shape.iter().product());
+    let values: Vec<f64> = if shape.len() > 1 {
+        let bound = (6.0 / shape[1..].iter().product::<usize>() as f64).sqrt();
+        u.map(|u| (2.0 * u - 1.0) * bound).collect()
+    } else if name.ends_with("running_var") {
+        u.map(|u| 1.0 + 0.5 * u).collect()
+    } else if name.ends_with(".weight") {
+        u.map(|u| 0.5 + u).collect()
+    } else {
+        u.map(|u| 0.05 * (2.0 * u - 1.0)).collect()
+    };
+    values.into_iter().map(|v| v as f32).collect()
 }
 
 /// The parameters a family fixture's generator used: [`hashed_params`] or [`formula_params`], as its
