@@ -7,6 +7,9 @@
 //! ([`crate::models::pretrained`]: resize, centre crop, normalization, torchvision's `transform_input`)
 //! and, with a 1000-class head, ImageNet's class names. Auxiliary heads are optional.
 //!
+//! [`Classifier::train_step`] fine-tunes it on batches of images prepared the same way, and
+//! [`Classifier::save`] writes an incept checkpoint that records all of the above.
+//!
 //! ```no_run
 //! use incept::classifier::Classifier;
 //!
@@ -26,9 +29,10 @@ use ndarray::{Array2, Array4, ArrayView4};
 use crate::data::images::{self, ImageRecipe};
 use crate::data::transforms::Normalization;
 use crate::error::{Error, Result};
-use crate::graph::{Executor, Mode};
+use crate::graph::{BatchLoss, Executor, Mode};
 use crate::io::checkpoint::{InputSize, TensorFile};
 use crate::models::{self, Model, ModelConfig, pretrained};
+use crate::optim::Optimizer;
 use crate::tensor::Images;
 
 /// Images per forward pass.
@@ -48,6 +52,7 @@ pub struct Prediction {
 /// A model with its weights, in eval mode, at one input size.
 pub struct Classifier {
     exec: Executor,
+    model: String,
     config: ModelConfig,
     normalization: Option<Normalization>,
     transform_input: bool,
@@ -104,7 +109,15 @@ impl Classifier {
             (None, _) => None,
         };
         let native = models::default_config(&model)?.size[0];
-        let recipe = pretrained.map_or(ImageRecipe::STRETCH, |p| p.recipe_at(native, config.size));
+        let recipe = match (file.metadata.get("image_recipe"), pretrained) {
+            (Some(text), _) => ImageRecipe::from_metadata(text).map_err(|e| Error::file(path.display(), e))?,
+            (None, Some(p)) => p.recipe_at(native, config.size),
+            (None, None) => ImageRecipe::STRETCH,
+        };
+        let transform_input = match file.metadata.get("transform_input") {
+            Some(_) => file.meta::<bool>("transform_input", path)?,
+            None => pretrained.is_some_and(|p| p.transform_input) && config.in_channels == 3,
+        };
         let class_names = match file.metadata.get("class_names") {
             Some(text) => {
                 let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
@@ -128,9 +141,10 @@ impl Classifier {
         let params = file.params_for(&graph, path)?;
         Ok(Classifier {
             exec: Executor::new(Model { graph, params }, BATCH)?,
+            model,
             config,
             normalization,
-            transform_input: pretrained.is_some_and(|p| p.transform_input) && config.in_channels == 3,
+            transform_input,
             recipe,
             class_names,
         })
@@ -188,18 +202,16 @@ impl Classifier {
     /// [`Classifier::input_shape`], normalized first as the checkpoint's run normalized them (and
     /// `transform_input` applied after, when on).
     pub fn forward(&mut self, x: ArrayView4<f32>) -> Result<Array2<f32>> {
-        let [c, h, w] = self.input_shape();
-        let shape = x.shape();
-        if shape[1..] != [c, h, w] {
-            return Err(Error::shape(
-                "classifier input",
-                format!("[n, {c}, {h}, {w}]"),
-                format!("{shape:?}"),
-            ));
+        let x = self.prepared(x)?;
+        let image = self.image_len();
+        let count = x.len() / image;
+        let mut logits = Vec::with_capacity(count * self.config.classes);
+        for chunk in x.chunks(BATCH * image) {
+            self.exec
+                .forward(Images::dense(chunk, chunk.len() / image, image), Mode::Eval)?;
+            logits.extend(self.exec.output_vec());
         }
-        let x = x.as_standard_layout();
-        let data = x.as_slice().expect("standard layout");
-        self.logits(data.to_vec())
+        Ok(Array2::from_shape_vec([count, self.config.classes], logits).expect("one row per image"))
     }
 
     /// The `top_k` most likely classes of each image file (PNG, JPEG), most likely first: each image
@@ -221,6 +233,67 @@ impl Classifier {
             x.extend(images::read_image(path.as_ref(), c, [h, w], self.recipe)?);
         }
         Ok(Array4::from_shape_vec([paths.len(), c, h, w], x).expect("whole images"))
+    }
+
+    /// One training step (fine-tuning) on images `[n, c, h, w]` with values in [0, 1], prepared as
+    /// [`Classifier::forward`] prepares them, and their labels: training-mode forward, loss, backward,
+    /// and `optimizer`'s update at learning rate `lr` (auxiliary heads, where loaded, add their weighted
+    /// losses). At most 64 images per step. A non-finite loss leaves the weights as they were and is
+    /// returned for the caller to handle.
+    pub fn train_step(
+        &mut self,
+        x: ArrayView4<f32>,
+        labels: &[usize],
+        optimizer: &mut Optimizer,
+        lr: f32,
+    ) -> Result<BatchLoss> {
+        let x = self.prepared(x)?;
+        let image = self.image_len();
+        let count = x.len() / image;
+        if count != labels.len() || !(1..=BATCH).contains(&count) {
+            return Err(Error::shape(
+                "classifier train_step",
+                format!("1 to {BATCH} images with one label each"),
+                format!("{count} images, {} labels", labels.len()),
+            ));
+        }
+        self.exec
+            .train_step(Images::dense(&x, count, image), labels, optimizer, lr)
+    }
+
+    /// An Adam optimizer with PyTorch's defaults (betas 0.9, 0.999, eps 1e-8) for this model's parameters.
+    pub fn adam(&self) -> Optimizer {
+        let lens: Vec<usize> = self.exec.params().iter().map(Vec::len).collect();
+        Optimizer::Adam(crate::optim::Adam::new(&lens))
+    }
+
+    /// Writes the weights as an incept checkpoint that records the model, input size, normalization,
+    /// image recipe, `transform_input` and class names, so [`Classifier::from_safetensors`] loads it
+    /// back as it is (and PyTorch loads its tensors under their state_dict names).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let c = &self.config;
+        let mut metadata: std::collections::HashMap<String, String> = [
+            ("format", "incept-checkpoint-1".to_string()),
+            ("model", self.model.clone()),
+            ("in_channels", c.in_channels.to_string()),
+            ("classes", c.classes.to_string()),
+            ("height", c.size[0].to_string()),
+            ("width", c.size[1].to_string()),
+            ("image_recipe", self.recipe.to_metadata()),
+            ("transform_input", self.transform_input.to_string()),
+            (
+                "class_names",
+                serde_json::to_string(&self.class_names).expect("strings serialize"),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Some(n) = &self.normalization {
+            metadata.insert("normalization".into(), n.to_metadata());
+        }
+        let model = self.exec.model();
+        crate::io::checkpoint::save(path.as_ref(), &model.graph, &model.params, None, &metadata)
     }
 
     /// The `top_k` most likely classes of each row of `logits`, most likely first.
@@ -246,23 +319,30 @@ impl Classifier {
             .collect()
     }
 
-    /// Logits of raw images (values in [0, 1], at the input shape), normalized here.
-    fn logits(&mut self, mut x: Vec<f32>) -> Result<Array2<f32>> {
+    fn image_len(&self) -> usize {
+        self.input_shape().iter().product()
+    }
+
+    /// Images `[n, c, h, w]` with values in [0, 1] as the network's input: checked against the input
+    /// shape, normalized, `transform_input` applied when on.
+    fn prepared(&self, x: ArrayView4<f32>) -> Result<Vec<f32>> {
         let [c, h, w] = self.input_shape();
-        let image = c * h * w;
+        let shape = x.shape();
+        if shape[1..] != [c, h, w] {
+            return Err(Error::shape(
+                "classifier input",
+                format!("[n, {c}, {h}, {w}]"),
+                format!("{shape:?}"),
+            ));
+        }
+        let mut x = x.as_standard_layout().into_owned().into_raw_vec_and_offset().0;
+        let image = self.image_len();
         if let Some(n) = &self.normalization {
             x.chunks_exact_mut(image).for_each(|img| n.apply(img));
         }
         if self.transform_input {
             x.chunks_exact_mut(image).for_each(pretrained::transform_input);
         }
-        let count = x.len() / image;
-        let mut logits = Vec::with_capacity(count * self.config.classes);
-        for chunk in x.chunks(BATCH * image) {
-            self.exec
-                .forward(Images::dense(chunk, chunk.len() / image, image), Mode::Eval)?;
-            logits.extend(self.exec.output_vec());
-        }
-        Ok(Array2::from_shape_vec([count, self.config.classes], logits).expect("one row per image"))
+        Ok(x)
     }
 }

@@ -247,3 +247,46 @@ fn auxiliary_heads_are_optional() {
     };
     assert!(missing_stem.contains("missing conv1.conv.weight"), "{missing_stem}");
 }
+
+/// Fine-tuning through the library: `train_step` lowers the loss on a batch, and `save` writes a
+/// checkpoint that loads back with the same preprocessing, `transform_input`, class names and logits.
+#[test]
+fn classifier_fine_tunes_and_saves() {
+    let f = Fixture::open("pretrained");
+    let dir = TempDir::new("fine-tune");
+    let weights = write_state_dict(&f, "googlenet", &dir);
+    let mut classifier = Classifier::from_safetensors(Some("googlenet"), &weights).unwrap();
+    let x = classifier.read_images(&[PHOTO, PHOTO]).unwrap();
+    let labels = [7, 7];
+    let mut adam = classifier.adam();
+    let losses: Vec<f64> = (0..4)
+        .map(|_| classifier.train_step(x.view(), &labels, &mut adam, 1e-3).unwrap().loss)
+        .collect();
+    // Measured: 6.96, 6.09, 5.02, 3.95.
+    assert!(
+        losses.windows(2).all(|w| w[1] < w[0]) && losses[3] < 0.75 * losses[0],
+        "Adam on one batch should fit it: {losses:?}"
+    );
+    let err = classifier
+        .train_step(x.view(), &[7], &mut adam, 1e-3)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2 images, 1 labels"), "{err}");
+
+    let saved = dir.join("fine-tuned.safetensors");
+    classifier.save(&saved).unwrap();
+    let mut reloaded = Classifier::from_safetensors(None, &saved).unwrap();
+    assert!(reloaded.transform_input());
+    assert_eq!(reloaded.class_names(), classifier.class_names());
+    assert_eq!(
+        reloaded.read_images(&[PHOTO]).unwrap(),
+        classifier.read_images(&[PHOTO]).unwrap()
+    );
+    let before = classifier.forward(x.view()).unwrap();
+    assert_eq!(reloaded.forward(x.view()).unwrap(), before);
+    let original = Classifier::from_safetensors(Some("googlenet"), &weights)
+        .unwrap()
+        .forward(x.view())
+        .unwrap();
+    assert_ne!(original, before, "the steps changed the weights");
+}

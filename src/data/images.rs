@@ -41,6 +41,45 @@ impl ImageRecipe {
         fit: Fit::Stretch,
         filter: Filter::Bilinear,
     };
+
+    /// The recipe as a checkpoint records it: `stretch bilinear`, `crop 256 bicubic`.
+    pub fn to_metadata(&self) -> String {
+        let filter = match self.filter {
+            Filter::Bilinear => "bilinear",
+            Filter::Bicubic => "bicubic",
+        };
+        match self.fit {
+            Fit::Stretch => format!("stretch {filter}"),
+            Fit::ResizeThenCenterCrop { shorter_side } => format!("crop {shorter_side} {filter}"),
+        }
+    }
+
+    /// Reads [`ImageRecipe::to_metadata`]'s form.
+    pub fn from_metadata(text: &str) -> std::result::Result<ImageRecipe, String> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let filter = |name: &str| match name {
+            "bilinear" => Ok(Filter::Bilinear),
+            "bicubic" => Ok(Filter::Bicubic),
+            _ => Err(format!("image_recipe: unknown filter {name:?} (bilinear or bicubic)")),
+        };
+        match words[..] {
+            ["stretch", f] => Ok(ImageRecipe {
+                fit: Fit::Stretch,
+                filter: filter(f)?,
+            }),
+            ["crop", side, f] => Ok(ImageRecipe {
+                fit: Fit::ResizeThenCenterCrop {
+                    shorter_side: side
+                        .parse()
+                        .map_err(|_| format!("image_recipe: {side:?} is not a side length"))?,
+                },
+                filter: filter(f)?,
+            }),
+            _ => Err(format!(
+                "image_recipe: expected \"stretch FILTER\" or \"crop SIDE FILTER\", found {text:?}"
+            )),
+        }
+    }
 }
 
 /// Reads the image at `path` as `channels` (1: grey, 3: RGB) planes of `size`, values in [0, 1].
@@ -168,6 +207,27 @@ mod tests {
         assert_eq!(luma([255, 0, 0]), 76);
         assert_eq!(luma([0, 255, 0]), 150);
         assert_eq!(luma([0, 0, 255]), 29);
+    }
+
+    #[test]
+    fn recipes_round_trip_through_metadata() {
+        let crop = ImageRecipe {
+            fit: Fit::ResizeThenCenterCrop { shorter_side: 341 },
+            filter: Filter::Bicubic,
+        };
+        for recipe in [ImageRecipe::STRETCH, crop] {
+            assert_eq!(ImageRecipe::from_metadata(&recipe.to_metadata()), Ok(recipe));
+        }
+        assert!(
+            ImageRecipe::from_metadata("crop big bicubic")
+                .unwrap_err()
+                .contains("\"big\"")
+        );
+        assert!(
+            ImageRecipe::from_metadata("stretch lanczos")
+                .unwrap_err()
+                .contains("lanczos")
+        );
     }
 
     #[test]

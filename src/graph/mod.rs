@@ -7,5 +7,5 @@ mod executor;
 pub mod plan;
 
 pub use builder::{Graph, GraphBuilder, Init, Layer, Node, NodeId, ParamId, ParamSpec};
-pub use executor::{BranchSchedule, Executor, Mode, NodeTime, NodeValues};
+pub use executor::{BatchLoss, BranchSchedule, Executor, Mode, NodeTime, NodeValues};
 pub use plan::PlanOptions;
