@@ -61,8 +61,9 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Loads the weights at `path` as model `name` (`None`: the one the checkpoint records, else
-    /// googlenet-d2l), at the input size the checkpoint records (else the model's native one).
+    /// Loads the weights at `path` as model `name` (`None`: the one the checkpoint records, else the one
+    /// whose state_dict the file holds), at the input size the checkpoint records (else the model's
+    /// native one).
     pub fn from_safetensors(name: Option<&str>, path: impl AsRef<Path>) -> Result<Classifier> {
         Classifier::at_size(name, path.as_ref(), None)
     }
@@ -81,7 +82,7 @@ impl Classifier {
             }
             (Some(n), _) => n.to_string(),
             (None, Some(r)) => r.clone(),
-            (None, None) => "googlenet-d2l".to_string(),
+            (None, None) => models::detect(&file, path)?.to_string(),
         };
         let mut config = models::config_from_weights(&model, &file)?;
         config.size = match (recorded.size, size) {

@@ -1,7 +1,7 @@
 //! Real PyTorch checkpoints: a state_dict exactly as torchvision's googlenet / inception_v3
 //! (`aux_logits=False`, `transform_input=True`) and timm's inception_v4 / inception_resnet_v2 save it for
 //! inference — their own key sets, int64 `num_batches_tracked`, a 1000-class head, no metadata — loads
-//! with no flags, prepares a real photo as the library's own ImageNet transform does (bytes equal), and
+//! with no flags (the model is recognized from its keys), prepares a real photo as the library's own ImageNet transform does (bytes equal), and
 //! gives PyTorch's logits (`fixtures/generate_pretrained.py`).
 //!
 //! The bar: PyTorch's own float32 logits are 4e-7 to 7e-7 (relative to the largest) from float64 on
@@ -68,7 +68,8 @@ fn check_model(model: &str, transform_input: bool, crop_recorded: bool) {
     let f = Fixture::open("pretrained");
     let dir = TempDir::new(model);
     let weights = write_state_dict(&f, model, &dir);
-    let mut classifier = Classifier::from_safetensors(Some(model), &weights).unwrap();
+    // No model named: the file's key set says which it is.
+    let mut classifier = Classifier::from_safetensors(None, &weights).unwrap();
     assert_eq!(classifier.transform_input(), transform_input, "{model}");
     assert_eq!(classifier.class_names().len(), 1000);
     assert_eq!(
@@ -132,14 +133,7 @@ fn predict_names_imagenet_classes() {
     let weights = write_state_dict(&f, "googlenet", &dir);
     let run = |extra: &[&str]| -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_incept"))
-            .args([
-                "predict",
-                "--model",
-                "googlenet",
-                "--weights",
-                weights.to_str().unwrap(),
-                "--json",
-            ])
+            .args(["predict", "--weights", weights.to_str().unwrap(), "--json"])
             .args(extra)
             .arg(PHOTO)
             .output()
@@ -289,4 +283,27 @@ fn classifier_fine_tunes_and_saves() {
         .forward(x.view())
         .unwrap();
     assert_ne!(original, before, "the steps changed the weights");
+}
+
+/// A state_dict of no known model, given without `--model`, is refused with the models listed.
+#[test]
+fn weights_of_no_known_model_are_refused() {
+    let dir = TempDir::new("unknown");
+    let path = dir.join("other.safetensors");
+    let bytes = [0u8; 16];
+    let views = [(
+        "fc.weight".to_string(),
+        TensorView::new(Dtype::F32, vec![2, 2], &bytes).unwrap(),
+    )];
+    safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &path).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_incept"))
+        .args(["predict", "--weights", path.to_str().unwrap(), PHOTO])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("fit none of them") && err.contains("inception-resnet-v2"),
+        "{err}"
+    );
 }

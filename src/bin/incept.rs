@@ -509,10 +509,11 @@ fn limit(data: Dataset, n: Option<usize>, flag: &str) -> Result<Dataset> {
     }
 }
 
-/// The model a command runs: `--model`, or the one the checkpoint records; they must agree.
-fn resolve_model(flag: Option<String>, recorded: &Recorded, checkpoint: &Path) -> Result<String> {
+/// The model a command runs on weights: `--model`, or the one the checkpoint records (they must agree), else the
+/// one whose state_dict the file holds.
+fn resolve_model(flag: Option<String>, recorded: &Recorded, file: &TensorFile, checkpoint: &Path) -> Result<String> {
     resolve("model", flag, recorded.model.clone(), checkpoint, || {
-        Ok("googlenet-d2l".to_string())
+        models::detect(file, checkpoint).map(str::to_string)
     })
 }
 
@@ -587,7 +588,9 @@ fn train_command(args: TrainArgs) -> Result<()> {
         Some(path) => (Recorded::read(path)?, path.clone()),
         None => (Recorded::default(), PathBuf::new()),
     };
-    let model = resolve_model(model, &recorded, &checkpoint)?;
+    let model = resolve("model", model, recorded.model.clone(), &checkpoint, || {
+        Ok("googlenet-d2l".to_string())
+    })?;
     let mut config = models::default_config(&model)?;
     let (train_set, test_set) = load_data(&data, config.classes)?;
     let class_names = class_names(&data, config.classes)?;
@@ -694,7 +697,7 @@ fn eval_command(args: EvalArgs) -> Result<()> {
     // One read of the weights: channels, classes, parameters and normalization all come from it.
     let file = TensorFile::read(&weights)?;
     let recorded = file.recorded(&weights)?;
-    let model = resolve_model(model, &recorded, &weights)?;
+    let model = resolve_model(model, &recorded, &file, &weights)?;
     let mut config = models::config_from_weights(&model, &file)?;
     config.size = resolve_size(resize, &recorded, &weights, config.size)?.0;
     if batch == 0 {

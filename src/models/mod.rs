@@ -270,3 +270,30 @@ pub fn config_from_weights(name: &str, weights: &crate::io::checkpoint::TensorFi
         .any(|prefix| weights.tensors.keys().any(|k| k.starts_with(prefix)));
     Ok(config)
 }
+
+/// The model whose state_dict `weights` is, for files that do not record one (PyTorch's): the one model
+/// whose every parameter the file holds, with nothing left over (auxiliary heads may be absent).
+/// An error when none or several fit.
+pub fn detect(weights: &crate::io::checkpoint::TensorFile, path: &std::path::Path) -> Result<&'static str> {
+    let fits = |m: &ModelEntry| -> bool {
+        let Ok(config) = config_from_weights(m.name, weights) else {
+            return false;
+        };
+        build(m.name, config).is_ok_and(|graph| weights.params_for(&graph, path).is_ok())
+    };
+    let found: Vec<&'static str> = MODELS.iter().filter(|m| fits(m)).map(|m| m.name).collect();
+    match found[..] {
+        [one] => Ok(one),
+        [] => Err(Error::file(
+            path.display(),
+            format!(
+                "the state_dict of one of the models ({}), but its tensors fit none of them; pass --model to see what differs",
+                model_names().join(", ")
+            ),
+        )),
+        _ => Err(Error::file(
+            path.display(),
+            format!("weights that fit {}; pass --model to choose", found.join(" and ")),
+        )),
+    }
+}
