@@ -343,7 +343,7 @@ struct TrainArgs {
 
 #[derive(clap::Args)]
 struct EvalArgs {
-    /// The model (default: the one the checkpoint records, else googlenet-d2l).
+    /// The model (default: the one the checkpoint records, else the one whose state_dict the file holds).
     #[arg(long)]
     model: Option<String>,
     /// The weights: an incept checkpoint, or a PyTorch state_dict saved as safetensors.
@@ -365,7 +365,7 @@ struct EvalArgs {
 
 #[derive(clap::Args)]
 struct PredictArgs {
-    /// The model (default: the one the checkpoint records, else googlenet-d2l).
+    /// The model (default: the one the checkpoint records, else the one whose state_dict the file holds).
     #[arg(long)]
     model: Option<String>,
     /// The weights: an incept checkpoint, or a PyTorch state_dict saved as safetensors.
