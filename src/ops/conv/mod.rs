@@ -21,6 +21,8 @@ mod gemm_conv;
 mod im2col;
 mod naive;
 mod winograd;
+pub mod winograd_blocked;
+mod winograd_math;
 
 use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4};
 

@@ -20,7 +20,7 @@
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::{ConvGeometry, Fused};
+use super::{ConvGeometry, Fused, winograd_math};
 use crate::kernels::vectorize;
 use crate::matmul::{MatMut, MatRef, Threads, matmul};
 use crate::parallel::{for_each_chunk_mut, for_each_part};
@@ -125,78 +125,21 @@ fn transform_weights(w: &[f32], outputs: usize, inputs: usize, u: &mut [f32]) {
     });
 }
 
-/// `G g Gᵀ` for one 3×3 kernel, with
-///
-/// ```text
-/// G = [  1/4     0     0  ]
-///     [ -1/6  -1/6  -1/6  ]
-///     [ -1/6   1/6  -1/6  ]
-///     [ 1/24  1/12   1/6  ]
-///     [ 1/24 -1/12   1/6  ]
-///     [   0     0     1   ]
-/// ```
-#[inline]
+/// `G g Gᵀ` for one 3×3 kernel ([`winograd_math::kernel`]).
 fn transform_kernel(k: &[f32; 9]) -> [f32; POINTS] {
-    let g = |v: [f32; 3]| -> [f32; 6] {
-        [
-            v[0] / 4.0,
-            -(v[0] + v[1] + v[2]) / 6.0,
-            -(v[0] - v[1] + v[2]) / 6.0,
-            v[0] / 24.0 + v[1] / 12.0 + v[2] / 6.0,
-            v[0] / 24.0 - v[1] / 12.0 + v[2] / 6.0,
-            v[2],
-        ]
-    };
-    // Columns first (G g), then rows ((G g) Gᵀ).
-    let cols: [[f32; 6]; 3] = std::array::from_fn(|j| g([k[j], k[3 + j], k[6 + j]]));
-    let mut out = [0.0; POINTS];
-    for i in 0..WINDOW {
-        let row = g([cols[0][i], cols[1][i], cols[2][i]]);
-        out[i * WINDOW..][..WINDOW].copy_from_slice(&row);
-    }
-    out
+    winograd_math::kernel::<TILE>(k)
 }
 
-/// `Bᵀ d` for one 6-vector, with
-///
-/// ```text
-/// Bᵀ = [ 4  0 -5  0  1  0 ]
-///      [ 0 -4 -4  1  1  0 ]
-///      [ 0  4 -4 -1  1  0 ]
-///      [ 0 -2 -1  2  1  0 ]
-///      [ 0  2 -1 -2  1  0 ]
-///      [ 0  4  0 -5  0  1 ]
-/// ```
+/// `Bᵀ d` for one 6-vector ([`winograd_math::input_1d`]).
 #[inline(always)]
 fn input_1d(d: [f32; 6]) -> [f32; 6] {
-    [
-        4.0 * d[0] - 5.0 * d[2] + d[4],
-        -4.0 * (d[1] + d[2]) + d[3] + d[4],
-        4.0 * (d[1] - d[2]) - d[3] + d[4],
-        2.0 * (d[3] - d[1]) - d[2] + d[4],
-        2.0 * (d[1] - d[3]) - d[2] + d[4],
-        4.0 * d[1] - 5.0 * d[3] + d[5],
-    ]
+    winograd_math::input_1d::<TILE, f32>(d)
 }
 
-/// `Aᵀ m` for one 6-vector, with
-///
-/// ```text
-/// Aᵀ = [ 1  1  1  1  1  0 ]
-///      [ 0  1 -1  2 -2  0 ]
-///      [ 0  1  1  4  4  0 ]
-///      [ 0  1 -1  8 -8  1 ]
-/// ```
+/// `Aᵀ m` for one 6-vector ([`winograd_math::output_1d`]).
 #[inline(always)]
 fn output_1d(m: [f32; 6]) -> [f32; 4] {
-    let (sum, diff) = (m[1] + m[2], m[1] - m[2]);
-    let (sum2, diff2) = (m[3] + m[4], m[3] - m[4]);
-    [
-        m[0] + sum + sum2,
-        diff + 2.0 * diff2,
-        sum + 4.0 * sum2,
-        diff + 8.0 * diff2 + m[5],
-    ]
+    winograd_math::output_1d::<TILE, f32>(m)
 }
 
 /// What the output transform does with each value.

@@ -1,0 +1,412 @@
+//! Winograd F(m×m, 3×3), m = 2 or 4 ([`super::winograd_math`]), on the blocked channel layout and
+//! incept's microkernel: the Winograd that pays.
+//!
+//! The batch's output tiles (`m × m` pixels each, image after image) are cut into blocks of `T` tiles
+//! sized so a block's transformed input and products stay in L2. For each block, in one pass:
+//!
+//! 1. input transform: each tile's `(m + 2)²` window, 16 input channels at a time (one vector: the
+//!    blocked layout's lanes are channels), into `V[ξ][input block][tile][16]`, reading the image in
+//!    place (zeros where the window leaves it, so no padded copy);
+//! 2. the `(m + 2)²` products `M[ξ] = U[ξ] · V[ξ]` on the microkernel: output channels by tiles, one
+//!    run of depth 16 per input block;
+//! 3. output transform with bias and ReLU, straight into the blocked output.
+//!
+//! `U` (the transformed weights) is packed once per weight update ([`WinogradWeights::repack`]) in the
+//! microkernel's layout: per output block, `[ξ][input block][16 in][16 out]`.
+
+use super::ConvGeometry;
+use super::winograd_math::{self, Lanes};
+use crate::blocked;
+use crate::kernels::vectorize;
+use crate::microkernel::{self, Epilogue, Isa, LANES, Tile, TileShape};
+use crate::parallel::for_each_part;
+use crate::tensor::{Images, ImagesMut};
+use crate::workspace::{Workspace, WorkspaceSize};
+
+/// Bytes of a block's transformed input and products the tile-block size aims for: within L2 (1 MiB
+/// or more on the machines we run) with room for the weights streaming through.
+const BLOCK_BYTES: usize = 512 * 1024;
+/// The most tiles a block holds.
+const MAX_TILES: usize = 96;
+
+/// Whether this module computes `g`: a 3×3 kernel, stride 1, no dilation, padding of at most 2 a side.
+pub fn eligible(g: &ConvGeometry) -> bool {
+    [&g.h, &g.w]
+        .iter()
+        .all(|a| a.kernel == 3 && a.stride == 1 && a.dilation == 1 && a.pad_lo <= 2 && a.pad_hi <= 2)
+}
+
+/// A convolution's weights transformed and packed for F(m×m, 3×3), its bias, and the runs of its
+/// products.
+#[derive(Debug, Clone)]
+pub struct WinogradWeights {
+    geometry: ConvGeometry,
+    /// Output tile side: 2 or 4.
+    tile: usize,
+    /// Distance between consecutive output blocks' weights.
+    block_stride: usize,
+    weights: Vec<f32>,
+    /// One per output channel, padded to whole blocks.
+    bias: Vec<f32>,
+}
+
+impl WinogradWeights {
+    /// Transforms PyTorch-layout weights `[out, in, 3, 3]` (and a bias) for `g` with output tiles of
+    /// `tile` (2 or 4) a side. Panics unless [`eligible`].
+    pub fn new(g: &ConvGeometry, tile: usize, w: &[f32], b: Option<&[f32]>) -> WinogradWeights {
+        assert!(
+            eligible(g),
+            "Winograd needs a 3x3, stride-1, undilated convolution, found {g}"
+        );
+        assert!(
+            tile == 2 || tile == 4,
+            "Winograd output tiles are 2 or 4 a side, not {tile}"
+        );
+        let points = (tile + 2) * (tile + 2);
+        let block_stride = microkernel::block_stride(points * blocked::blocks(g.in_channels) * LANES * LANES);
+        let mut packed = WinogradWeights {
+            geometry: *g,
+            tile,
+            block_stride,
+            weights: vec![0.0; blocked::blocks(g.out_channels) * block_stride],
+            bias: vec![0.0; blocked::blocks(g.out_channels) * LANES],
+        };
+        packed.repack(w, b);
+        packed
+    }
+
+    /// Transforms new values of the same weights (after an optimizer step) into the existing buffers.
+    pub fn repack(&mut self, w: &[f32], b: Option<&[f32]>) {
+        let g = self.geometry;
+        let (inputs, outputs) = (g.in_channels, g.out_channels);
+        assert_eq!(w.len(), outputs * inputs * 9, "conv weights [out, in, 3, 3]");
+        let (points, in_blocks) = (self.points(), blocked::blocks(inputs));
+        let tile = self.tile;
+        use rayon::prelude::*;
+        self.weights
+            .par_chunks_mut(self.block_stride)
+            .enumerate()
+            .for_each(|(ob, block)| {
+                block.fill(0.0);
+                for oc in 0..LANES.min(outputs.saturating_sub(ob * LANES)) {
+                    let o = ob * LANES + oc;
+                    for c in 0..inputs {
+                        let k: &[f32; 9] = w[(o * inputs + c) * 9..][..9].try_into().expect("3x3");
+                        let u = if tile == 4 {
+                            winograd_math::kernel::<4>(k)
+                        } else {
+                            winograd_math::kernel::<2>(k)
+                        };
+                        let (icb, ic) = (c / LANES, c % LANES);
+                        for (xi, &value) in u[..points].iter().enumerate() {
+                            block[((xi * in_blocks + icb) * LANES + ic) * LANES + oc] = value;
+                        }
+                    }
+                }
+            });
+        self.bias.fill(0.0);
+        if let Some(b) = b {
+            self.bias[..outputs].copy_from_slice(&b[..outputs]);
+        }
+    }
+
+    /// The output tile side (2 or 4).
+    pub fn tile(&self) -> usize {
+        self.tile
+    }
+
+    fn points(&self) -> usize {
+        (self.tile + 2) * (self.tile + 2)
+    }
+
+    /// Tiles per block for a batch of `batch` images: as many as [`BLOCK_BYTES`] holds, but no more
+    /// than gives every thread a block.
+    fn tiles_per_block(&self, batch: usize) -> usize {
+        let g = &self.geometry;
+        let channel_blocks = blocked::blocks(g.in_channels) + blocked::blocks(g.out_channels);
+        let per_tile = self.points() * channel_blocks * LANES * 4;
+        let fits = (BLOCK_BYTES / per_tile).clamp(1, MAX_TILES);
+        let total = self.tiles_per_image() * batch;
+        fits.min(total.div_ceil(crate::parallel::threads()).max(1))
+    }
+
+    fn tiles_per_image(&self) -> usize {
+        let g = &self.geometry;
+        g.h.output.div_ceil(self.tile) * g.w.output.div_ceil(self.tile)
+    }
+
+    /// The scratch of one block of `tiles` tiles: its transformed input, then its products.
+    fn region_len(&self, tiles: usize) -> usize {
+        let g = &self.geometry;
+        self.points() * (blocked::blocks(g.in_channels) + blocked::blocks(g.out_channels)) * tiles * LANES
+    }
+
+    /// The workspace [`WinogradWeights::forward_images`] takes for batches of up to `batch` images.
+    pub fn workspace(&self, batch: usize) -> WorkspaceSize {
+        WorkspaceSize::regions(self.region_len(self.tiles_per_block(batch.max(1))))
+    }
+
+    /// `y = conv(x, w) + b`, rectified when `relu`, for blocked images `x` into blocked images `y`
+    /// (neither with a halo), with `isa`'s microkernel.
+    pub fn forward_images(&self, x: Images<'_>, relu: bool, y: &mut ImagesMut<'_>, ws: &mut Workspace, isa: Isa) {
+        let batch = x.count();
+        if batch == 0 || self.geometry.output_pixels() == 0 {
+            return;
+        }
+        let per_block = self.tiles_per_block(batch);
+        let total = self.tiles_per_image() * batch;
+        let region_len = self.region_len(per_block);
+        let out = OutputImages::of(y);
+        let mut blocks: Vec<usize> = (0..total.div_ceil(per_block)).collect();
+        for_each_part(
+            &mut blocks,
+            1,
+            ws.regions(region_len),
+            region_len,
+            |_, run, region, _| {
+                for &block in run.iter() {
+                    let first = block * per_block;
+                    let tiles = per_block.min(total - first);
+                    let step = Step {
+                        weights: self,
+                        x,
+                        out: &out,
+                        first,
+                        tiles,
+                        stride: per_block,
+                        relu,
+                        isa,
+                    };
+                    match self.tile {
+                        4 => step.run::<4>(region),
+                        _ => step.run::<2>(region),
+                    }
+                }
+            },
+        );
+    }
+}
+
+/// The output images as raw pointers, so blocks of tiles from the same image can be written from
+/// different threads (each output pixel belongs to exactly one tile).
+struct OutputImages {
+    images: Vec<(*mut f32, usize)>,
+}
+
+// SAFETY: the pointers come from disjoint `&mut` image slices that outlive every use (the
+// `forward_images` call holds the `ImagesMut` borrow); each value is written by exactly one tile, so
+// no two threads touch the same element.
+unsafe impl Sync for OutputImages {}
+
+impl OutputImages {
+    fn of(y: &mut ImagesMut<'_>) -> OutputImages {
+        OutputImages {
+            images: y.iter_mut().map(|(_, img)| (img.as_mut_ptr(), img.len())).collect(),
+        }
+    }
+
+    /// Stores 16 lanes at `offset` of image `n`.
+    #[inline(always)]
+    fn store(&self, n: usize, offset: usize, value: Lanes) {
+        let (ptr, len) = self.images[n];
+        assert!(offset + LANES <= len, "output offset {offset} past an image of {len}");
+        // SAFETY: in bounds (checked above) of a live image slice; see the `Sync` impl for why no other
+        // thread writes these 16 values.
+        unsafe { std::ptr::copy_nonoverlapping(value.0.as_ptr(), ptr.add(offset), LANES) };
+    }
+}
+
+/// One block of tiles through the three stages.
+struct Step<'a> {
+    weights: &'a WinogradWeights,
+    x: Images<'a>,
+    out: &'a OutputImages,
+    /// The block's first tile, counting over the batch (image after image, row-major in each).
+    first: usize,
+    /// Tiles in the block.
+    tiles: usize,
+    /// The block's tile capacity: the distance between consecutive (point, channel block) rows of
+    /// `V` and `M`.
+    stride: usize,
+    relu: bool,
+    isa: Isa,
+}
+
+impl Step<'_> {
+    fn run<const M: usize>(&self, region: &mut [f32]) {
+        let g = &self.weights.geometry;
+        let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
+        let points = (M + 2) * (M + 2);
+        let (v, m) = region.split_at_mut(points * in_blocks * self.stride * LANES);
+        let m = &mut m[..points * out_blocks * self.stride * LANES];
+        struct Input<'s, 'a, const M: usize>(&'s Step<'a>, &'s mut [f32]);
+        impl<const M: usize> pulp::WithSimd for Input<'_, '_, M> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: pulp::Simd>(self, _: S) {
+                self.0.input_transform::<M>(self.1)
+            }
+        }
+        vectorize(Input::<M>(self, v));
+        self.products(points, v, m);
+        struct Output<'s, 'a, const M: usize>(&'s Step<'a>, &'s [f32]);
+        impl<const M: usize> pulp::WithSimd for Output<'_, '_, M> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: pulp::Simd>(self, _: S) {
+                self.0.output_transform::<M>(self.1)
+            }
+        }
+        vectorize(Output::<M>(self, m));
+    }
+
+    /// Image and tile row and column of the block's tile `t`.
+    fn locate(&self, t: usize) -> (usize, usize, usize) {
+        let g = &self.weights.geometry;
+        let m = self.weights.tile;
+        let tiles_w = g.w.output.div_ceil(m);
+        let per_image = g.h.output.div_ceil(m) * tiles_w;
+        let global = self.first + t;
+        let (n, within) = (global / per_image, global % per_image);
+        (n, within / tiles_w, within % tiles_w)
+    }
+
+    /// `V[ξ][icb][t] = (Bᵀ d B)[ξ]` for every tile `t` of the block and input block `icb`.
+    #[inline(always)]
+    fn input_transform<const M: usize>(&self, v: &mut [f32]) {
+        let g = &self.weights.geometry;
+        let window = M + 2;
+        let (h, w) = (g.h.input as isize, g.w.input as isize);
+        let in_blocks = blocked::blocks(g.in_channels);
+        let plane = g.h.input * g.w.input * LANES;
+        for t in 0..self.tiles {
+            let (n, ty, tx) = self.locate(t);
+            let image = self.x.get(n);
+            let (y0, x0) = (
+                (ty * M) as isize - g.h.pad_lo as isize,
+                (tx * M) as isize - g.w.pad_lo as isize,
+            );
+            let inside = y0 >= 0 && x0 >= 0 && y0 + window as isize <= h && x0 + window as isize <= w;
+            for icb in 0..in_blocks {
+                let channels = &image[icb * plane..][..plane];
+                // d[i][j]: the window, zero outside the image.
+                let mut d = [[Lanes::ZERO; 6]; 6];
+                for (i, row) in d.iter_mut().enumerate().take(window) {
+                    let yy = y0 + i as isize;
+                    for (j, value) in row.iter_mut().enumerate().take(window) {
+                        let xx = x0 + j as isize;
+                        if inside || (0..h).contains(&yy) && (0..w).contains(&xx) {
+                            *value = Lanes::load(&channels[((yy * w + xx) as usize) * LANES..]);
+                        }
+                    }
+                }
+                // Bᵀ d (columns), then (Bᵀ d) B (rows).
+                let mut cols = [[Lanes::ZERO; 6]; 6];
+                for j in 0..window {
+                    let column = winograd_math::input_1d::<M, Lanes>(std::array::from_fn(|i| d[i][j]));
+                    for (i, value) in column.into_iter().enumerate().take(window) {
+                        cols[i][j] = value;
+                    }
+                }
+                for (i, row) in cols.iter().enumerate().take(window) {
+                    let transformed = winograd_math::input_1d::<M, Lanes>(*row);
+                    for (j, value) in transformed.into_iter().enumerate().take(window) {
+                        let xi = i * window + j;
+                        value.store(&mut v[((xi * in_blocks + icb) * self.stride + t) * LANES..]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `M[ξ] = U[ξ] · V[ξ]` for every point, on the microkernel: tiles of output blocks by tiles.
+    fn products(&self, points: usize, v: &[f32], m: &mut [f32]) {
+        let weights = self.weights;
+        let g = &weights.geometry;
+        let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
+        let preferred = self.isa.preferred_tile().blocks.min(out_blocks);
+        let row = self.stride * LANES;
+        let mut runs = Vec::with_capacity(in_blocks);
+        for xi in 0..points {
+            runs.clear();
+            runs.extend(
+                (0..in_blocks).map(|icb| ((xi * in_blocks + icb) * LANES * LANES, (xi * in_blocks + icb) * row)),
+            );
+            for ob in (0..out_blocks).step_by(preferred) {
+                let blocks = preferred.min(out_blocks - ob);
+                let pixels = self.isa.tile_pixels(blocks);
+                for t in (0..self.tiles).step_by(pixels) {
+                    let tile = Tile {
+                        shape: TileShape {
+                            blocks,
+                            pixels: pixels.min(self.tiles - t),
+                        },
+                        runs: &runs,
+                        depth: LANES,
+                        w_block_stride: weights.block_stride,
+                        x_pixel_stride: LANES,
+                        x_depth_stride: 1,
+                        c_offset: (xi * out_blocks + ob) * row + t * LANES,
+                        c_block_stride: row,
+                        epilogue: Epilogue::default(),
+                    };
+                    microkernel::run(
+                        self.isa,
+                        &tile,
+                        &weights.weights[ob * weights.block_stride..],
+                        &v[t * LANES..],
+                        m,
+                    );
+                }
+            }
+        }
+    }
+
+    /// `Y = Aᵀ M A` plus the bias, rectified when asked, for every tile and output block, into the
+    /// output images (the part of each tile inside the map).
+    #[inline(always)]
+    fn output_transform<const M: usize>(&self, m: &[f32]) {
+        let g = &self.weights.geometry;
+        let window = M + 2;
+        let (oh, ow) = (g.h.output, g.w.output);
+        let out_blocks = blocked::blocks(g.out_channels);
+        let plane = oh * ow * LANES;
+        for t in 0..self.tiles {
+            let (n, ty, tx) = self.locate(t);
+            for ob in 0..out_blocks {
+                let mut rows = [[Lanes::ZERO; 6]; 4];
+                for j in 0..window {
+                    let column = winograd_math::output_1d::<M, Lanes>(std::array::from_fn(|i| {
+                        if i < window {
+                            Lanes::load(&m[(((i * window + j) * out_blocks + ob) * self.stride + t) * LANES..])
+                        } else {
+                            Lanes::ZERO
+                        }
+                    }));
+                    for (i, value) in column.into_iter().enumerate().take(M) {
+                        rows[i][j] = value;
+                    }
+                }
+                let bias = Lanes::load(&self.weights.bias[ob * LANES..]);
+                for (i, row) in rows.iter().enumerate().take(M) {
+                    let oy = ty * M + i;
+                    if oy >= oh {
+                        break;
+                    }
+                    let outputs = winograd_math::output_1d::<M, Lanes>(*row);
+                    for (j, value) in outputs.into_iter().enumerate().take(M) {
+                        let ox = tx * M + j;
+                        if ox >= ow {
+                            break;
+                        }
+                        let mut value = value + bias;
+                        if self.relu {
+                            value = Lanes(value.0.map(|v| v.max(0.0)));
+                        }
+                        self.out.store(n, ob * plane + (oy * ow + ox) * LANES, value);
+                    }
+                }
+            }
+        }
+    }
+}
