@@ -15,6 +15,10 @@
 //! contains `3x3`. `PARTS=1` also prints, per layer, the time of each part of the backward pass (the
 //! ReLU mask with the bias gradient, the weight gradient, the input gradient) to stderr. Every
 //! algorithm on the same layers: `cargo bench --bench conv_algorithms`.
+//!
+//! For the 3×3 stride-1 layers the table also gives the forward of Winograd F(2,3) and F(4,3) on the
+//! blocked layout (`winograd_blocked`, same input, bias and ReLU), in GF/s of the direct FLOPs so the
+//! columns compare as times do.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -26,6 +30,7 @@ use incept::graph::Layer;
 use incept::microkernel::Isa;
 use incept::models;
 use incept::ops::conv::direct::{self, DirectWeights};
+use incept::ops::conv::winograd_blocked::{self, WinogradWeights};
 use incept::ops::conv::{self, Conv2d, ConvAlgo, ConvGeometry};
 use incept::tensor::{Images, ImagesMut};
 use incept::workspace::Workspace;
@@ -134,6 +139,8 @@ struct LayerRun {
     x: Vec<f32>,
     weights: Vec<f32>,
     packed: DirectWeights,
+    /// F(2,3) and F(4,3) weights, for a Winograd-eligible layer with a blocked input.
+    winograd: Vec<WinogradWeights>,
     ws: Workspace,
     y: Vec<f32>,
     dy: Vec<f32>,
@@ -161,7 +168,13 @@ impl LayerRun {
         let weights = values(case.conv.weight_shape().iter().product(), 2);
         let bias = values(g.out_channels, 3);
         let dy_nchw = values(batch * g.output_image_len(), 4);
+        let winograd = if winograd_blocked::eligible(&g) && in_layout == Layout::Blocked {
+            [2, 4].map(|tile| WinogradWeights::new(&g, tile, &weights, Some(&bias))).to_vec()
+        } else {
+            Vec::new()
+        };
         LayerRun {
+            winograd,
             packed: DirectWeights::new(&g, &weights, Some(&bias)),
             ws: Workspace::with_size(conv::workspace(&g, ConvAlgo::Direct)),
             y: vec![0.0; batch * out_len],
@@ -195,6 +208,13 @@ impl LayerRun {
             &mut self.ws,
             self.isa,
         );
+    }
+
+    /// The forward pass of Winograd weights `index` (0: F(2,3), 1: F(4,3)).
+    fn winograd_forward(&mut self, index: usize) {
+        let mut y = ImagesMut::dense(&mut self.y, self.batch, self.out_len);
+        let x = Images::dense(&self.x, self.batch, self.in_len);
+        self.winograd[index].forward_images(x, true, &mut y, &mut self.ws, self.isa);
     }
 
     /// The ReLU mask fused with the bias gradient.
@@ -251,10 +271,19 @@ impl LayerRun {
     }
 }
 
-/// Our median forward and forward + backward milliseconds for `case` at `batch`.
-fn time_ours(case: &LayerCase, batch: usize, reps: usize, isa: Isa) -> (f64, f64) {
+/// Our median milliseconds for `case` at `batch`: forward, forward + backward, and the Winograd
+/// F(2,3) and F(4,3) forwards where the layer has them.
+struct OurTimes {
+    fwd: f64,
+    fwd_bwd: f64,
+    winograd: Option<[f64; 2]>,
+}
+
+fn time_ours(case: &LayerCase, batch: usize, reps: usize, isa: Isa) -> OurTimes {
     let mut run = LayerRun::new(case, batch, isa);
     let fwd = median_ms(reps, || run.forward());
+    let winograd =
+        (!run.winograd.is_empty()).then(|| [0, 1].map(|index| median_ms(reps, || run.winograd_forward(index))));
     let fwd_bwd = median_ms(reps, || {
         run.forward();
         run.mask_and_bias_grad();
@@ -274,7 +303,7 @@ fn time_ours(case: &LayerCase, batch: usize, reps: usize, isa: Isa) -> (f64, f64
             f / ig * 1e3
         );
     }
-    (fwd, fwd_bwd)
+    OurTimes { fwd, fwd_bwd, winograd }
 }
 
 /// PyTorch's median forward and forward + backward milliseconds per layer name, or why there are none.
@@ -338,11 +367,11 @@ fn main() {
         "conv layers, {} threads, microkernel on {isa:?}, medians of {reps}; ratio = PyTorch's time / ours",
         incept::parallel::threads()
     );
-    let ours: Vec<(f64, f64)> = cases
+    let ours: Vec<OurTimes> = cases
         .iter()
         .map(|(name, case, batch)| {
             let t = time_ours(case, *batch, reps, isa);
-            eprintln!("{name}: ours {:.3} / {:.3} ms", t.0, t.1);
+            eprintln!("{name}: ours {:.3} / {:.3} ms", t.fwd, t.fwd_bwd);
             t
         })
         .collect();
@@ -351,11 +380,12 @@ fn main() {
         println!("PyTorch not measured: {why}");
     }
     println!(
-        "{:<44} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6}",
-        "layer", "fwd GF/s", "torch", "ratio", "f+b GF/s", "torch", "ratio"
+        "{:<44} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>8} {:>8}",
+        "layer", "fwd GF/s", "torch", "ratio", "f+b GF/s", "torch", "ratio", "F(2,3)", "F(4,3)"
     );
     let (mut log_fwd, mut log_both, mut counted) = (0.0, 0.0, 0);
-    for ((name, case, batch), (fwd, both)) in cases.iter().zip(&ours) {
+    for ((name, case, batch), times) in cases.iter().zip(&ours) {
+        let (fwd, both) = (&times.fwd, &times.fwd_bwd);
         let flops = geometry(case, *batch).forward_flops() as f64;
         let both_flops = flops * if case.graph_input { 2.0 } else { 3.0 };
         let rate = |flops: f64, ms: f64| flops / (ms * 1e-3) / 1e9;
@@ -371,7 +401,7 @@ fn main() {
             counted += 1;
         }
         println!(
-            "{:<44} {:>9.1} {:>9} {:>6} {:>9.1} {:>9} {:>6}",
+            "{:<44} {:>9.1} {:>9} {:>6} {:>9.1} {:>9} {:>6} {:>8} {:>8}",
             name,
             rate(flops, *fwd),
             cell(peer.map(|p| rate(flops, p.0))),
@@ -379,6 +409,8 @@ fn main() {
             rate(both_flops, *both),
             cell(peer.map(|p| rate(both_flops, p.1))),
             ratio(peer.map(|p| p.1 / both)),
+            cell(times.winograd.map(|w| rate(flops, w[0]))),
+            cell(times.winograd.map(|w| rate(flops, w[1]))),
         );
     }
     if counted > 0 {

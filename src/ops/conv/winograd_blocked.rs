@@ -23,9 +23,12 @@ use crate::parallel::for_each_part;
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
 
-/// Bytes of a block's transformed input and products the tile-block size aims for: within L2 (1 MiB
-/// or more on the machines we run) with room for the weights streaming through.
-const BLOCK_BYTES: usize = 512 * 1024;
+/// Bytes of a block's transformed input and products the tile-block size aims for: well within L2 (1
+/// MiB or more on the machines we run), with room for the weights streaming through. On googlenet-d2l's
+/// 3×3 layers at batch 128 (`cargo bench --bench conv -- 3x3/1`, one run each) 256 KiB blocks ran
+/// F(4,3) at 260-410 GF/s of direct FLOPs on 12×12 and 24×24 maps, 512 KiB and 1 MiB blocks at
+/// 200-360; the spread between runs is as large, so the choice is loose.
+const BLOCK_BYTES: usize = 256 * 1024;
 /// The most tiles a block holds.
 const MAX_TILES: usize = 96;
 
@@ -119,13 +122,15 @@ impl WinogradWeights {
         (self.tile + 2) * (self.tile + 2)
     }
 
-    /// Tiles per block for a batch of `batch` images: as many as [`BLOCK_BYTES`] holds, but no more
+    /// Tiles per block for a batch of `batch` images: as many as [`BLOCK_BYTES`] holds in whole
+    /// microkernel tiles (a last call of one or two tiles cost up to a quarter of the time), but no more
     /// than gives every thread a block.
-    fn tiles_per_block(&self, batch: usize) -> usize {
+    fn tiles_per_block(&self, batch: usize, isa: Isa) -> usize {
         let g = &self.geometry;
-        let channel_blocks = blocked::blocks(g.in_channels) + blocked::blocks(g.out_channels);
-        let per_tile = self.points() * channel_blocks * LANES * 4;
-        let fits = (BLOCK_BYTES / per_tile).clamp(1, MAX_TILES);
+        let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
+        let per_tile = self.points() * (in_blocks + out_blocks) * LANES * 4;
+        let pixels = isa.tile_pixels(isa.preferred_tile().blocks.min(out_blocks));
+        let fits = (BLOCK_BYTES / per_tile / pixels * pixels).clamp(pixels, MAX_TILES);
         let total = self.tiles_per_image() * batch;
         fits.min(total.div_ceil(crate::parallel::threads()).max(1))
     }
@@ -143,7 +148,8 @@ impl WinogradWeights {
 
     /// The workspace [`WinogradWeights::forward_images`] takes for batches of up to `batch` images.
     pub fn workspace(&self, batch: usize) -> WorkspaceSize {
-        WorkspaceSize::regions(self.region_len(self.tiles_per_block(batch.max(1))))
+        let most = Isa::ALL.iter().map(|&isa| self.tiles_per_block(batch.max(1), isa)).max();
+        WorkspaceSize::regions(self.region_len(most.unwrap_or(MAX_TILES)))
     }
 
     /// `y = conv(x, w) + b`, rectified when `relu`, for blocked images `x` into blocked images `y`
@@ -153,7 +159,7 @@ impl WinogradWeights {
         if batch == 0 || self.geometry.output_pixels() == 0 {
             return;
         }
-        let per_block = self.tiles_per_block(batch);
+        let per_block = self.tiles_per_block(batch, isa);
         let total = self.tiles_per_image() * batch;
         let region_len = self.region_len(per_block);
         let out = OutputImages::of(y);
