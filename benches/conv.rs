@@ -169,7 +169,9 @@ impl LayerRun {
         let bias = values(g.out_channels, 3);
         let dy_nchw = values(batch * g.output_image_len(), 4);
         let winograd = if winograd_blocked::eligible(&g) && in_layout == Layout::Blocked {
-            [2, 4].map(|tile| WinogradWeights::new(&g, tile, &weights, Some(&bias))).to_vec()
+            [2, 4]
+                .map(|tile| WinogradWeights::new(&g, tile, &weights, Some(&bias)))
+                .to_vec()
         } else {
             Vec::new()
         };

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::graph::{BranchSchedule, Executor, Graph, Mode, NodeTime};
+use crate::graph::{BranchSchedule, Executor, Graph, Mode, NodeTime, PlanOptions, WinogradPolicy};
 use crate::microkernel::Isa;
 use crate::models::Model;
 use crate::ops::conv::ConvAlgo;
@@ -28,6 +28,8 @@ pub struct BenchOptions {
     pub profile: bool,
     /// The convolution algorithm forced on every layer (`Auto`: the plan's choice per layer).
     pub conv_algo: ConvAlgo,
+    /// Which Winograd transforms inference may run.
+    pub winograd: WinogradPolicy,
 }
 
 /// Median milliseconds per batch and images per second of the timed steps.
@@ -72,7 +74,11 @@ pub fn bench(model: Model, options: BenchOptions) -> Result<BenchResult> {
     let lens: Vec<usize> = graph.params.iter().map(|p| p.len()).collect();
     let mut exec = Executor::new(model, batch)?;
     exec.set_branch_schedule(options.branches);
-    exec.set_conv_algo(options.conv_algo)?;
+    exec.set_plan_options(PlanOptions {
+        conv_algo: options.conv_algo,
+        winograd: options.winograd,
+        ..exec.plan().options
+    })?;
     let mut opt = Optimizer::Adam(Adam::new(&lens));
     let steps = options.steps;
     let mut times = Vec::with_capacity(steps);

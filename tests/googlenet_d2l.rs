@@ -9,7 +9,7 @@ mod common;
 
 use common::fixture::Fixture;
 use common::{assert_state_dict_names, formula_params, parity, rel_l2};
-use incept::graph::{Executor, Mode};
+use incept::graph::{Executor, Mode, PlanOptions, WinogradPolicy};
 use incept::models::{self, Model};
 use incept::tensor::Images;
 
@@ -63,6 +63,33 @@ fn eval_logits_match_pytorch() {
         assert!(
             err <= 1e-4,
             "logits on {isa:?} differ from PyTorch by {err:.2e} (relative L2) > 1e-4"
+        );
+    }
+}
+
+/// The same logits with inference allowed Winograd F(4,3) (`WinogradPolicy::Fast`) on the 24×24,
+/// 12×12 and 3×3 layers and F(2,3) on the 6×6 ones, on every instruction set.
+#[test]
+fn eval_logits_match_pytorch_with_fast_winograd() {
+    let f = Fixture::open("googlenet_d2l");
+    let model = pytorch_model(&f, 96);
+    let x = values(&f, "x");
+    for (isa, model) in parity::on_each_isa(&model, 4) {
+        let mut exec = Executor::new(model, 4).unwrap();
+        let options = PlanOptions {
+            isa,
+            winograd: WinogradPolicy::Fast,
+            ..exec.plan().options
+        };
+        exec.set_plan_options(options).unwrap();
+        let tiles: Vec<usize> = exec.plan().winograd_tiles.iter().flatten().copied().collect();
+        assert!(tiles.contains(&4) && tiles.contains(&2), "the plan chose {tiles:?}");
+        exec.forward(Images::dense(&x, 4, 96 * 96), Mode::Eval).unwrap();
+        let err = rel_l2(&exec.output_vec(), &values(&f, "logits"));
+        eprintln!("googlenet-d2l eval logits with F(4,3) on {isa:?} vs PyTorch: relative L2 error {err:.2e}");
+        assert!(
+            err <= 5e-6,
+            "logits on {isa:?} differ from PyTorch by {err:.2e} (relative L2) > 5e-6"
         );
     }
 }

@@ -10,7 +10,7 @@ use incept::data::augment::Augmentation;
 use incept::data::transforms::Normalization;
 use incept::data::{self, Dataset, cifar, idx, images, npy};
 use incept::graph::plan::{Layout, Plan};
-use incept::graph::{BranchSchedule, Executor};
+use incept::graph::{BranchSchedule, Executor, WinogradPolicy};
 use incept::io::checkpoint::{InputSize, Recorded, TensorFile, resolve};
 use incept::models::{self, Model};
 use incept::ops::conv::ConvAlgo;
@@ -446,6 +446,21 @@ struct BenchArgs {
     /// Force one convolution algorithm on every layer.
     #[arg(long, value_enum, default_value = "auto")]
     conv_algo: ConvAlgoArg,
+    /// Winograd in inference: `accurate` F(2,3) where it is faster, `fast` F(4,3) too (errors up to
+    /// 1e-5 a layer), `off`.
+    #[arg(long, value_enum, default_value = "accurate")]
+    winograd: WinogradArg,
+}
+
+/// `--winograd`: see [`WinogradPolicy`].
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WinogradArg {
+    /// The direct microkernel everywhere.
+    Off,
+    /// F(2x2, 3x3) where it is faster.
+    Accurate,
+    /// F(4x4, 3x3) too.
+    Fast,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -835,18 +850,20 @@ fn models_command() -> Result<()> {
 fn summary_command(args: SummaryArgs) -> Result<()> {
     let SummaryArgs { model, input, algos } = args;
     let mut config = models::default_config(&model)?;
+    let mut batch = 1;
     if let Some(spec) = input {
         let dims: Vec<usize> = spec
             .split('x')
             .map(|d| d.trim().parse())
             .collect::<std::result::Result<_, _>>()
             .map_err(|_| Error::config("summary", format!("--input must look like 1x1x96x96, found {spec:?}")))?;
-        let [_, c, h, w] = dims[..] else {
+        let [n, c, h, w] = dims[..] else {
             return Err(Error::config(
                 "summary",
                 format!("--input needs 4 sizes NxCxHxW, found {spec:?}"),
             ));
         };
+        batch = n.max(1);
         config.in_channels = c;
         config.size = [h, w];
     }
@@ -857,22 +874,27 @@ fn summary_command(args: SummaryArgs) -> Result<()> {
     println!("parameters: {}", graph.parameter_count());
     println!("GFLOP per image (forward): {:.4}", graph.flops_per_image() as f64 / 1e9);
     if algos {
-        let plan = Plan::new(&graph)?;
+        let mut plan = Plan::new(&graph)?;
+        plan.choose_winograd(&graph, batch)?;
         let total = graph.flops_per_image() as f64;
         println!(
-            "{:<14} {:<26} {:>9} {:<11} {:<15} {:>6}",
+            "{:<14} {:<26} {:>9} {:<13} {:<15} {:>6}",
             "conv", "op", "output", "algorithm", "layout in->out", "FLOPs"
         );
         for (id, (node, algo)) in graph.nodes.iter().zip(&plan.conv_algos).enumerate() {
             let Some(algo) = algo else { continue };
             let [_, h, w] = node.shape;
             let layouts = format!("{:?}->{:?}", plan.layouts[node.inputs[0]], plan.layouts[id]);
+            let algorithm = match plan.winograd_tiles[id] {
+                Some(tile) => format!("{algo:?}+F({tile},3)"),
+                None => format!("{algo:?}"),
+            };
             println!(
-                "{:<14} {:<26} {:>9} {:<11} {:<15} {:>5.1}%",
+                "{:<14} {:<26} {:>9} {:<13} {:<15} {:>5.1}%",
                 node.name,
                 node.layer.describe(),
                 format!("{h}x{w}"),
-                format!("{algo:?}"),
+                algorithm,
                 layouts,
                 100.0 * graph.node_flops(node) as f64 / total
             );
@@ -883,6 +905,11 @@ fn summary_command(args: SummaryArgs) -> Result<()> {
             graph.nodes.len(),
             plan.options.isa
         );
+        if plan.winograd_tiles.iter().any(Option::is_some) {
+            println!(
+                "Direct+F(m,3): inference at batch {batch} runs Winograd F(m×m, 3×3) on the microkernel; training runs Direct"
+            );
+        }
     }
     Ok(())
 }
@@ -913,6 +940,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         profile,
         protocol,
         conv_algo,
+        winograd,
     } = args;
     let (warmup, steps) = match protocol {
         Protocol::Median => (warmup, steps),
@@ -933,6 +961,11 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         branches,
         profile,
         conv_algo: conv_algo.algo(),
+        winograd: match winograd {
+            WinogradArg::Off => WinogradPolicy::Off,
+            WinogradArg::Accurate => WinogradPolicy::Accurate,
+            WinogradArg::Fast => WinogradPolicy::Fast,
+        },
     };
     let r = bench::bench(m, options)?;
     let mode = if mode == BenchMode::Train { "train" } else { "infer" };

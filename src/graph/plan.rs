@@ -10,7 +10,7 @@ use super::builder::{Graph, Layer, NodeId};
 pub use crate::blocked::Layout;
 use crate::error::{Error, Result};
 use crate::microkernel::{Isa, LANES};
-use crate::ops::conv::{self, ConvAlgo, ConvGeometry, direct};
+use crate::ops::conv::{self, ConvAlgo, ConvGeometry, direct, winograd_blocked};
 
 /// Where a node's output lives: image `n` is `buffer[n * stride + offset..][..len]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,11 @@ pub struct Plan {
     pub branch_groups: Vec<BranchGroup>,
     /// Per node: the algorithm of a convolution (chosen once, here), `None` for other nodes.
     pub conv_algos: Vec<Option<ConvAlgo>>,
+    /// Per node: the Winograd output tile (2 or 4) a blocked 3×3 convolution's inference forward runs
+    /// with instead of the direct microkernel, for the batch capacity [`Plan::choose_winograd`] was
+    /// given (`None`: direct). Training runs the direct path until Winograd's training accuracy is
+    /// checked against the loss curve of a float64 reference.
+    pub winograd_tiles: Vec<Option<usize>>,
     /// What the caller forced; among it the instruction set every microkernel call of this plan runs.
     pub options: PlanOptions,
 }
@@ -57,6 +62,8 @@ pub struct PlanOptions {
     /// The microkernel's instruction set. Tests force each one the CPU has; the default is
     /// [`Isa::best`] when the plan is made.
     pub isa: Isa,
+    /// Which Winograd transforms inference may run ([`WinogradPolicy`]).
+    pub winograd: WinogradPolicy,
 }
 
 impl Default for PlanOptions {
@@ -64,8 +71,23 @@ impl Default for PlanOptions {
         PlanOptions {
             conv_algo: ConvAlgo::Auto,
             isa: Isa::best(),
+            winograd: WinogradPolicy::Accurate,
         }
     }
+}
+
+/// Which Winograd transforms the plan may pick for inference ([`winograd_blocked::choose_tile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WinogradPolicy {
+    /// The direct microkernel everywhere.
+    Off,
+    /// F(2×2, 3×3) where it is faster: its error, at most 5.1e-7 of the largest output on googlenet-d2l's
+    /// layers, keeps every model's logits as close to float64 as PyTorch float32's.
+    #[default]
+    Accurate,
+    /// F(4×4, 3×3) too, faster again on larger maps but with errors up to 1e-5 a layer, which the
+    /// deep inception-v3 and -v4 amplify to 2-5× PyTorch float32's distance from float64.
+    Fast,
 }
 
 /// The branches of an Inception block, which the forward pass may run at the same time: chains of
@@ -198,9 +220,37 @@ impl Plan {
             buffer_image_len,
             in_place,
             branch_groups,
+            winograd_tiles: vec![None; conv_algos.len()],
             conv_algos,
             options,
         })
+    }
+
+    /// Chooses where inference runs Winograd ([`Plan::winograd_tiles`]) for batches of up to
+    /// `capacity` images, by [`winograd_blocked::choose_tile`]'s rule within `options.winograd`: on
+    /// direct convolutions that read and write the blocked layout, unless one algorithm is forced on
+    /// every layer.
+    pub fn choose_winograd(&mut self, graph: &Graph, capacity: usize) -> Result<()> {
+        let threads = crate::parallel::threads();
+        for (id, node) in graph.nodes.iter().enumerate() {
+            let Layer::Conv { conv, .. } = &node.layer else {
+                continue;
+            };
+            let input = node.inputs[0];
+            let blocked = self.layouts[input] == Layout::Blocked && self.layouts[id] == Layout::Blocked;
+            // A layer that asks for Direct runs on the blocked layout either way; forcing Direct on
+            // every layer (`--conv-algo direct`) means the direct microkernel itself.
+            let chosen =
+                self.options.conv_algo == ConvAlgo::Auto && self.conv_algos[id] == Some(ConvAlgo::Direct) && blocked;
+            let [c, h, w] = graph.nodes[input].shape;
+            let g = conv.geometry([capacity, c, h, w]).map_err(|e| e.in_node(&node.name))?;
+            self.winograd_tiles[id] = match self.options.winograd {
+                WinogradPolicy::Off => None,
+                _ if !chosen => None,
+                policy => winograd_blocked::choose_tile(&g, threads, policy == WinogradPolicy::Fast),
+            };
+        }
+        Ok(())
     }
 
     /// Total f32 values of activations (or of gradients) per image.

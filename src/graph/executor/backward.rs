@@ -110,7 +110,7 @@ impl State {
                     }
                     let x = images(acts, ip, batch);
                     let dy = images(grads, p, batch);
-                    let (dw, packed) = (&mut param_grads[*weight], packed[id].as_ref());
+                    let (dw, packed) = (&mut param_grads[*weight], packed.direct[id].as_ref());
                     let isa = plan.options.isa;
                     match packed {
                         Some(packed) => {

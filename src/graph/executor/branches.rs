@@ -4,11 +4,11 @@
 use super::Mode;
 use super::forward::{NodeRun, Saved, forward_node, node_seed};
 use super::images;
+use super::state::PackedWeights;
 use crate::error::Result;
 use crate::graph::builder::{Graph, NodeId};
 use crate::graph::plan::{BranchGroup, Plan};
 use crate::ops::batchnorm::ChannelStats;
-use crate::ops::conv::direct::DirectWeights;
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::Workspace;
 use rayon::prelude::*;
@@ -19,7 +19,7 @@ pub(super) struct BranchRun<'a> {
     pub(super) params: &'a [Vec<f32>],
     pub(super) plan: &'a Plan,
     /// Per node: the packed weights of a convolution that runs `ConvAlgo::Direct`.
-    pub(super) packed: &'a [Option<DirectWeights>],
+    pub(super) packed: &'a PackedWeights,
     pub(super) batch: usize,
     /// The pass's mode (training runs branches concurrently only when no batch norm needs the batch).
     pub(super) mode: Mode,
@@ -153,7 +153,7 @@ impl BranchRun<'_> {
             &mut y,
             saved,
             self.params,
-            NodeRun::of(self.graph, self.plan, self.packed, id),
+            NodeRun::of(self.graph, self.plan, self.packed, self.mode, id),
             self.mode,
             ws,
         )

@@ -2,7 +2,7 @@
 //! concurrently (`branches.rs`); each node's arithmetic is a call into its op in `ops/`.
 
 use super::branches::BranchRun;
-use super::state::State;
+use super::state::{PackedWeights, State};
 use super::{BranchSchedule, Mode, images, images_mut, with_buffer};
 use crate::blocked;
 use crate::error::{Error, Result};
@@ -12,6 +12,7 @@ use crate::microkernel::Isa;
 use crate::ops::activation;
 use crate::ops::batchnorm::ChannelStats;
 use crate::ops::conv::direct::{self, DirectWeights};
+use crate::ops::conv::winograd_blocked::WinogradWeights;
 use crate::ops::conv::{self, ConvAlgo, Fused};
 use crate::ops::pool::{self, max_pool_forward};
 use crate::ops::pool_blocked;
@@ -33,11 +34,13 @@ pub(super) struct Saved<'a> {
 }
 
 /// What the plan decided for one node: the layouts of its (first) input and its output and, for a
-/// convolution, its algorithm and, for [`ConvAlgo::Direct`], its weights packed once.
+/// convolution, its algorithm and, for [`ConvAlgo::Direct`], its weights packed once (and transformed
+/// for Winograd, in an inference pass where the plan runs it).
 #[derive(Clone, Copy)]
 pub(super) struct NodeRun<'a> {
     pub(super) algo: Option<ConvAlgo>,
     pub(super) packed: Option<&'a DirectWeights>,
+    pub(super) winograd: Option<&'a WinogradWeights>,
     pub(super) input: Layout,
     pub(super) output: Layout,
     /// The instruction set of the microkernel calls.
@@ -45,11 +48,12 @@ pub(super) struct NodeRun<'a> {
 }
 
 impl<'a> NodeRun<'a> {
-    /// Node `id`'s run, from the plan and the executor's packed weights.
-    pub(super) fn of(graph: &Graph, plan: &Plan, packed: &'a [Option<DirectWeights>], id: NodeId) -> Self {
+    /// Node `id`'s run in a pass of `mode`, from the plan and the executor's packed weights.
+    pub(super) fn of(graph: &Graph, plan: &Plan, packed: &'a PackedWeights, mode: Mode, id: NodeId) -> Self {
         NodeRun {
             algo: plan.conv_algos[id],
-            packed: packed[id].as_ref(),
+            packed: packed.direct[id].as_ref(),
+            winograd: packed.winograd[id].as_ref().filter(|_| mode == Mode::Eval),
             input: graph.nodes[id]
                 .inputs
                 .first()
@@ -88,9 +92,10 @@ pub(super) fn forward_node(
                 .algo
                 .expect("every convolution's algorithm is resolved when the executor is built");
             let b = bias.map(|b| params[b].as_slice());
-            match run.packed {
-                Some(packed) => direct::forward_images(packed, x, run.input, *relu, y, run.output, ws, run.isa),
-                None => {
+            match (run.winograd, run.packed) {
+                (Some(winograd), _) => winograd.forward_images(x, *relu, y, ws, run.isa),
+                (None, Some(packed)) => direct::forward_images(packed, x, run.input, *relu, y, run.output, ws, run.isa),
+                (None, None) => {
                     let fused = Fused { bias: b, relu: *relu };
                     conv::forward_images_fused(&g, algo, x, &params[*weight], fused, y, ws);
                 }
@@ -185,7 +190,7 @@ impl State {
                 format!("{} images", input.count()),
             ));
         }
-        self.pack_weights(graph, params)?;
+        self.pack_weights(graph, params, mode)?;
         let batch = input.count();
         self.batch = batch;
         self.mode = mode;
@@ -267,7 +272,7 @@ impl State {
     ) -> Result<()> {
         let node = &graph.nodes[id];
         let (batch, places) = (self.batch, &self.plan.places);
-        let node_run = NodeRun::of(graph, &self.plan, &self.packed, id);
+        let node_run = NodeRun::of(graph, &self.plan, &self.packed, mode, id);
         let p = places[id];
         let in_place = &self.plan.in_place[id];
         let argmax = &mut self.argmax[id];

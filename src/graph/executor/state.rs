@@ -7,10 +7,22 @@ use crate::graph::builder::{Graph, Layer, NodeId};
 use crate::graph::plan::{Plan, PlanOptions};
 use crate::ops::batchnorm::ChannelStats;
 use crate::ops::conv::direct::DirectWeights;
+use crate::ops::conv::winograd_blocked::{self, WinogradWeights};
 use crate::ops::conv::{self, ConvAlgo};
 use crate::ops::loss;
 use crate::ops::pool;
 use crate::workspace::{Workspace, WorkspaceSize};
+
+/// The convolution weights an executor keeps packed, per node.
+pub(super) struct PackedWeights {
+    /// For [`ConvAlgo::Direct`]: packed at the first forward pass, again after the parameters change.
+    pub(super) direct: Vec<Option<DirectWeights>>,
+    /// Transformed for Winograd where the plan runs it ([`Plan::winograd_tiles`]): at the first
+    /// inference pass after the parameters change, so training steps do not transform them.
+    pub(super) winograd: Vec<Option<WinogradWeights>>,
+    /// Whether the parameters may have changed since `winograd` was transformed.
+    winograd_stale: bool,
+}
 
 /// Everything an executor holds besides its model.
 pub(super) struct State {
@@ -19,7 +31,7 @@ pub(super) struct State {
     /// Images in the last forward pass.
     pub(super) batch: usize,
     /// Per node running [`ConvAlgo::Direct`]: its weights, packed at the first forward pass.
-    pub(super) packed: Vec<Option<DirectWeights>>,
+    pub(super) packed: PackedWeights,
     /// Whether the parameters may have changed since the weights in `packed` were packed.
     pub(super) packed_stale: bool,
     pub(super) branches: BranchSchedule,
@@ -55,7 +67,8 @@ impl State {
         if capacity == 0 {
             return Err(Error::config("executor", "the batch capacity must be at least 1"));
         }
-        let plan = Plan::new(graph)?;
+        let mut plan = Plan::new(graph)?;
+        plan.choose_winograd(graph, capacity)?;
         let (acts, argmax) = buffers(graph, &plan, capacity);
         let chains = plan.branch_groups.iter().map(|g| g.chains.len()).max().unwrap_or(0);
         let classes = graph.output_len();
@@ -80,7 +93,11 @@ impl State {
                 .iter()
                 .map(|p| vec![0.0; if p.trainable { p.len() } else { 0 }])
                 .collect(),
-            packed: vec![None; graph.nodes.len()],
+            packed: PackedWeights {
+                direct: vec![None; graph.nodes.len()],
+                winograd: vec![None; graph.nodes.len()],
+                winograd_stale: true,
+            },
             packed_stale: true,
             workspace: Workspace::with_size(workspace_size(graph, &plan, capacity)?),
             chain_workspaces: (0..chains)
@@ -93,7 +110,8 @@ impl State {
     /// See [`super::Executor::set_plan_options`]: plans again, and reallocates the buffers whose
     /// layout changed their size (gradients on the next backward pass).
     pub(super) fn set_plan_options(&mut self, graph: &Graph, options: PlanOptions) -> Result<()> {
-        let plan = Plan::with_options(graph, options)?;
+        let mut plan = Plan::with_options(graph, options)?;
+        plan.choose_winograd(graph, self.capacity)?;
         self.workspace.reserve(workspace_size(graph, &plan, self.capacity)?);
         let per_image = workspace_size(graph, &plan, 1)?;
         self.chain_workspaces.iter_mut().for_each(|ws| ws.reserve(per_image));
@@ -112,30 +130,50 @@ impl State {
 
     /// Packs the weights of every convolution that runs [`ConvAlgo::Direct`] when the parameters may
     /// have changed since the last packing (an optimizer step, `param_mut`, `set_params`), so a
-    /// forward pass never packs and an unchanged model is packed once. Only the first packing allocates.
-    pub(super) fn pack_weights(&mut self, graph: &Graph, params: &[Vec<f32>]) -> Result<()> {
-        if !self.packed_stale {
-            return Ok(());
-        }
-        for (id, node) in graph.nodes.iter().enumerate() {
-            let Layer::Conv { conv, weight, bias, .. } = &node.layer else {
-                continue;
-            };
-            if self.plan.conv_algos[id] != Some(ConvAlgo::Direct) {
-                self.packed[id] = None;
-                continue;
-            }
-            let (w, b) = (&params[*weight], bias.map(|b| params[b].as_slice()));
-            match &mut self.packed[id] {
-                Some(packed) => packed.repack(w, b),
-                slot => {
-                    let [c, h, width] = graph.nodes[node.inputs[0]].shape;
-                    let g = conv.geometry([1, c, h, width]).map_err(|e| e.in_node(&node.name))?;
-                    *slot = Some(DirectWeights::new(&g, w, b));
+    /// forward pass never packs and an unchanged model is packed once; in a pass of `mode` Eval, also
+    /// the Winograd transforms. Only the first packing allocates.
+    pub(super) fn pack_weights(&mut self, graph: &Graph, params: &[Vec<f32>], mode: Mode) -> Result<()> {
+        if self.packed_stale {
+            for (id, node) in graph.nodes.iter().enumerate() {
+                let Layer::Conv { conv, weight, bias, .. } = &node.layer else {
+                    continue;
+                };
+                if self.plan.conv_algos[id] != Some(ConvAlgo::Direct) {
+                    self.packed.direct[id] = None;
+                    continue;
+                }
+                let (w, b) = (&params[*weight], bias.map(|b| params[b].as_slice()));
+                match &mut self.packed.direct[id] {
+                    Some(packed) => packed.repack(w, b),
+                    slot => {
+                        let [c, h, width] = graph.nodes[node.inputs[0]].shape;
+                        let g = conv.geometry([1, c, h, width]).map_err(|e| e.in_node(&node.name))?;
+                        *slot = Some(DirectWeights::new(&g, w, b));
+                    }
                 }
             }
+            self.packed_stale = false;
+            self.packed.winograd_stale = true;
         }
-        self.packed_stale = false;
+        if mode == Mode::Eval && self.packed.winograd_stale {
+            for (id, node) in graph.nodes.iter().enumerate() {
+                let (Layer::Conv { conv, weight, bias, .. }, Some(tile)) = (&node.layer, self.plan.winograd_tiles[id])
+                else {
+                    self.packed.winograd[id] = None;
+                    continue;
+                };
+                let (w, b) = (&params[*weight], bias.map(|b| params[b].as_slice()));
+                match &mut self.packed.winograd[id] {
+                    Some(packed) if packed.tile() == tile => packed.repack(w, b),
+                    slot => {
+                        let [c, h, width] = graph.nodes[node.inputs[0]].shape;
+                        let g = conv.geometry([1, c, h, width]).map_err(|e| e.in_node(&node.name))?;
+                        *slot = Some(WinogradWeights::new(&g, tile, w, b));
+                    }
+                }
+            }
+            self.packed.winograd_stale = false;
+        }
         Ok(())
     }
 
@@ -246,12 +284,15 @@ fn buffers(graph: &Graph, plan: &Plan, capacity: usize) -> (Vec<Vec<f32>>, Vec<V
 /// batch `capacity`.
 fn workspace_size(graph: &Graph, plan: &Plan, capacity: usize) -> Result<WorkspaceSize> {
     let mut size = WorkspaceSize::default();
-    for (node, algo) in graph.nodes.iter().zip(&plan.conv_algos) {
+    for (id, (node, algo)) in graph.nodes.iter().zip(&plan.conv_algos).enumerate() {
         let [c, h, w] = graph.nodes[node.inputs.first().copied().unwrap_or(0)].shape;
         match (&node.layer, algo) {
             (Layer::Conv { conv, .. }, Some(algo)) => {
                 let g = conv.geometry([capacity, c, h, w])?;
                 size = size.max(conv::workspace(&g, *algo));
+                if let Some(tile) = plan.winograd_tiles[id] {
+                    size = size.max(winograd_blocked::workspace(&g, tile));
+                }
             }
             (Layer::MaxPool(pool), _) => {
                 let g = pool.window.geometry("max_pool2d", [capacity, c, h, w])?;

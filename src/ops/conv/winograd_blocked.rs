@@ -39,6 +39,66 @@ pub fn eligible(g: &ConvGeometry) -> bool {
         .all(|a| a.kernel == 3 && a.stride == 1 && a.dilation == 1 && a.pad_lo <= 2 && a.pad_hi <= 2)
 }
 
+/// The output tile side the plan runs `g`'s inference forward with (`g.batch` images at a time, on
+/// `threads` threads; F(4,3) only if `fast`), or `None` for the direct microkernel. The rule, from
+/// `cargo bench --bench conv -- 3x3/1` (googlenet-d2l's 3×3 layers, 2 threads, AVX-512, one run, times
+/// as GF/s of direct FLOPs):
+///
+/// - maps of 4 to 7: F(2,3) (6×6 at batch 128: 235-270 against the direct path's 175-265, where
+///   F(4,3) wastes the tiles' outer halves);
+/// - maps of 3 and less: F(4,3), one tile a map (3×3 at batch 128: 220-250 against 135-140), or else
+///   F(2,3) (160);
+/// - maps of 8 and more: F(4,3) (24×24 and 12×12 at batch 128: 305-360 against 190-250; at batch 1:
+///   170-280 against 155-180), or else direct (F(2,3) 175-230: a tie);
+///
+/// unless the batch has fewer than 6 tiles per thread (one microkernel tile each): at batch 1 the 6×6
+/// and 3×3 layers then give one block to one thread, and ran 27-135 against the direct 50-146.
+pub fn choose_tile(g: &ConvGeometry, threads: usize, fast: bool) -> Option<usize> {
+    if !eligible(g) || g.in_channels < LANES || g.out_channels < LANES {
+        return None;
+    }
+    let map = g.h.output.min(g.w.output);
+    let tile = match (map, fast) {
+        (4..8, _) => 2,
+        (_, true) => 4,
+        (..4, false) => 2,
+        (_, false) => return None,
+    };
+    (tiles_per_image(g, tile) * g.batch >= 6 * threads).then_some(tile)
+}
+
+/// Output tiles of `tile` a side that cover one image of `g`.
+fn tiles_per_image(g: &ConvGeometry, tile: usize) -> usize {
+    g.h.output.div_ceil(tile) * g.w.output.div_ceil(tile)
+}
+
+/// Tiles per block for a batch of `batch` images: as many as [`BLOCK_BYTES`] holds in whole
+/// microkernel tiles (a last call of one or two tiles costs up to a quarter of the time), but no more
+/// than gives every thread a block.
+fn tiles_per_block(g: &ConvGeometry, tile: usize, batch: usize, isa: Isa) -> usize {
+    let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
+    let per_tile = (tile + 2) * (tile + 2) * (in_blocks + out_blocks) * LANES * 4;
+    let pixels = isa.tile_pixels(isa.preferred_tile().blocks.min(out_blocks));
+    let fits = (BLOCK_BYTES / per_tile / pixels * pixels).clamp(pixels, MAX_TILES);
+    let total = tiles_per_image(g, tile) * batch;
+    fits.min(total.div_ceil(crate::parallel::threads()).max(1))
+}
+
+/// The scratch of one block of `tiles` tiles: its transformed input, then its products.
+fn region_len(g: &ConvGeometry, tile: usize, tiles: usize) -> usize {
+    (tile + 2) * (tile + 2) * (blocked::blocks(g.in_channels) + blocked::blocks(g.out_channels)) * tiles * LANES
+}
+
+/// The workspace [`WinogradWeights::forward_images`] takes over `g` (batches up to `g.batch`) with
+/// tiles of `tile` a side, on any instruction set.
+pub fn workspace(g: &ConvGeometry, tile: usize) -> WorkspaceSize {
+    let most = Isa::ALL
+        .iter()
+        .map(|&isa| tiles_per_block(g, tile, g.batch.max(1), isa))
+        .max();
+    WorkspaceSize::regions(region_len(g, tile, most.unwrap_or(MAX_TILES)))
+}
+
 /// A convolution's weights transformed and packed for F(m×m, 3×3), its bias, and the runs of its
 /// products.
 #[derive(Debug, Clone)]
@@ -122,36 +182,6 @@ impl WinogradWeights {
         (self.tile + 2) * (self.tile + 2)
     }
 
-    /// Tiles per block for a batch of `batch` images: as many as [`BLOCK_BYTES`] holds in whole
-    /// microkernel tiles (a last call of one or two tiles cost up to a quarter of the time), but no more
-    /// than gives every thread a block.
-    fn tiles_per_block(&self, batch: usize, isa: Isa) -> usize {
-        let g = &self.geometry;
-        let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
-        let per_tile = self.points() * (in_blocks + out_blocks) * LANES * 4;
-        let pixels = isa.tile_pixels(isa.preferred_tile().blocks.min(out_blocks));
-        let fits = (BLOCK_BYTES / per_tile / pixels * pixels).clamp(pixels, MAX_TILES);
-        let total = self.tiles_per_image() * batch;
-        fits.min(total.div_ceil(crate::parallel::threads()).max(1))
-    }
-
-    fn tiles_per_image(&self) -> usize {
-        let g = &self.geometry;
-        g.h.output.div_ceil(self.tile) * g.w.output.div_ceil(self.tile)
-    }
-
-    /// The scratch of one block of `tiles` tiles: its transformed input, then its products.
-    fn region_len(&self, tiles: usize) -> usize {
-        let g = &self.geometry;
-        self.points() * (blocked::blocks(g.in_channels) + blocked::blocks(g.out_channels)) * tiles * LANES
-    }
-
-    /// The workspace [`WinogradWeights::forward_images`] takes for batches of up to `batch` images.
-    pub fn workspace(&self, batch: usize) -> WorkspaceSize {
-        let most = Isa::ALL.iter().map(|&isa| self.tiles_per_block(batch.max(1), isa)).max();
-        WorkspaceSize::regions(self.region_len(most.unwrap_or(MAX_TILES)))
-    }
-
     /// `y = conv(x, w) + b`, rectified when `relu`, for blocked images `x` into blocked images `y`
     /// (neither with a halo), with `isa`'s microkernel.
     pub fn forward_images(&self, x: Images<'_>, relu: bool, y: &mut ImagesMut<'_>, ws: &mut Workspace, isa: Isa) {
@@ -159,9 +189,10 @@ impl WinogradWeights {
         if batch == 0 || self.geometry.output_pixels() == 0 {
             return;
         }
-        let per_block = self.tiles_per_block(batch, isa);
-        let total = self.tiles_per_image() * batch;
-        let region_len = self.region_len(per_block);
+        let g = &self.geometry;
+        let per_block = tiles_per_block(g, self.tile, batch, isa);
+        let total = tiles_per_image(g, self.tile) * batch;
+        let region_len = region_len(g, self.tile, per_block);
         let out = OutputImages::of(y);
         let mut blocks: Vec<usize> = (0..total.div_ceil(per_block)).collect();
         for_each_part(
