@@ -82,7 +82,8 @@ pub enum WinogradPolicy {
     /// The direct microkernel everywhere.
     Off,
     /// F(2×2, 3×3) where it is faster: its error, at most 5.1e-7 of the largest output on googlenet-d2l's
-    /// layers, keeps every model's logits as close to float64 as PyTorch float32's.
+    /// layers, keeps every model's logits within the tests' bars (as close to float64 as PyTorch
+    /// float32's, or within its few times).
     #[default]
     Accurate,
     /// F(4×4, 3×3) too, faster again on larger maps but with errors up to 1e-5 a layer, which the

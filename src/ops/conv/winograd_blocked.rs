@@ -23,12 +23,13 @@ use crate::parallel::for_each_part;
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
 
-/// Bytes of a block's transformed input and products the tile-block size aims for: well within L2 (1
-/// MiB or more on the machines we run), with room for the weights streaming through. On googlenet-d2l's
-/// 3×3 layers at batch 128 (`cargo bench --bench conv -- 3x3/1`, one run each) 256 KiB blocks ran
-/// F(4,3) at 260-410 GF/s of direct FLOPs on 12×12 and 24×24 maps, 512 KiB and 1 MiB blocks at
-/// 200-360; the spread between runs is as large, so the choice is loose.
-const BLOCK_BYTES: usize = 256 * 1024;
+/// Bytes of a block's transformed input and one group's products the tile-block size aims for: within
+/// L2 (1 MiB or more on the machines we run), with room for the weights streaming through. On
+/// googlenet-d2l's 3×3 layers at batch 128 (`cargo bench --bench conv -- 3x3/1`, two runs each), 256
+/// KiB, 512 KiB and 1 MiB blocks ran within the spread between runs (F(4,3) on 12×12: 330-400,
+/// 340-520, 320-400 GF/s of direct FLOPs); the weights are reused once per tile of a block, so
+/// blocks much smaller lose.
+const BLOCK_BYTES: usize = 512 * 1024;
 /// The most tiles a block holds.
 const MAX_TILES: usize = 96;
 
@@ -41,30 +42,24 @@ pub fn eligible(g: &ConvGeometry) -> bool {
 
 /// The output tile side the plan runs `g`'s inference forward with (`g.batch` images at a time, on
 /// `threads` threads; F(4,3) only if `fast`), or `None` for the direct microkernel. The rule, from
-/// `cargo bench --bench conv -- 3x3/1` (googlenet-d2l's 3×3 layers, 2 threads, AVX-512, one run, times
-/// as GF/s of direct FLOPs):
+/// `cargo bench --bench conv -- 3x3/1` (googlenet-d2l's 3×3 layers, 2 threads, AVX-512, one run, GF/s
+/// of direct FLOPs; direct / F(2,3) / F(4,3)):
 ///
-/// - maps of 4 to 7: F(2,3) (6×6 at batch 128: 235-270 against the direct path's 175-265, where
-///   F(4,3) wastes the tiles' outer halves);
-/// - maps of 3 and less: F(4,3), one tile a map (3×3 at batch 128: 220-250 against 135-140), or else
-///   F(2,3) (160);
-/// - maps of 8 and more: F(4,3) (24×24 and 12×12 at batch 128: 305-360 against 190-250; at batch 1:
-///   170-280 against 155-180), or else direct (F(2,3) 175-230: a tie);
+/// - F(2,3) on every map by default: at batch 128, 24×24 264 / 250 / 374, 12×12 185-188 / 229-249 /
+///   322-373, 6×6 161-183 / 236-271 / 209-273, 3×3 125-134 / 158-160 / 225-239; at batch 1, 12×12
+///   163-170 / 179-248, 6×6 87-151 / 91-182;
+/// - with `fast`, F(4,3) where it is faster again: maps of 8 and more, and of 3 and less (one tile a
+///   map);
 ///
-/// unless the batch has fewer than 6 tiles per thread (one microkernel tile each): at batch 1 the 6×6
-/// and 3×3 layers then give one block to one thread, and ran 27-135 against the direct 50-146.
+/// unless the batch has fewer than 4 tiles per thread: at batch 1 the 3×3 maps give one or four
+/// tiles, and ran 29-64 against the direct path's 84-101.
 pub fn choose_tile(g: &ConvGeometry, threads: usize, fast: bool) -> Option<usize> {
     if !eligible(g) || g.in_channels < LANES || g.out_channels < LANES {
         return None;
     }
     let map = g.h.output.min(g.w.output);
-    let tile = match (map, fast) {
-        (4..8, _) => 2,
-        (_, true) => 4,
-        (..4, false) => 2,
-        (_, false) => return None,
-    };
-    (tiles_per_image(g, tile) * g.batch >= 6 * threads).then_some(tile)
+    let tile = if fast && !(4..8).contains(&map) { 4 } else { 2 };
+    (tiles_per_image(g, tile) * g.batch >= 4 * threads).then_some(tile)
 }
 
 /// Output tiles of `tile` a side that cover one image of `g`.
@@ -74,19 +69,26 @@ fn tiles_per_image(g: &ConvGeometry, tile: usize) -> usize {
 
 /// Tiles per block for a batch of `batch` images: as many as [`BLOCK_BYTES`] holds in whole
 /// microkernel tiles (a last call of one or two tiles costs up to a quarter of the time), but no more
-/// than gives every thread a block.
+/// than gives every thread a block. Each weight is read once per block, so more tiles reuse it more.
 fn tiles_per_block(g: &ConvGeometry, tile: usize, batch: usize, isa: Isa) -> usize {
     let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
-    let per_tile = (tile + 2) * (tile + 2) * (in_blocks + out_blocks) * LANES * 4;
-    let pixels = isa.tile_pixels(isa.preferred_tile().blocks.min(out_blocks));
+    let group = group_blocks(isa, out_blocks);
+    let per_tile = (tile + 2) * (tile + 2) * (in_blocks + group) * LANES * 4;
+    let pixels = isa.tile_pixels(group);
     let fits = (BLOCK_BYTES / per_tile / pixels * pixels).clamp(pixels, MAX_TILES);
     let total = tiles_per_image(g, tile) * batch;
     fits.min(total.div_ceil(crate::parallel::threads()).max(1))
 }
 
-/// The scratch of one block of `tiles` tiles: its transformed input, then its products.
-fn region_len(g: &ConvGeometry, tile: usize, tiles: usize) -> usize {
-    (tile + 2) * (tile + 2) * (blocked::blocks(g.in_channels) + blocked::blocks(g.out_channels)) * tiles * LANES
+/// Output blocks whose products a block computes together: one microkernel tile's.
+fn group_blocks(isa: Isa, out_blocks: usize) -> usize {
+    isa.preferred_tile().blocks.min(out_blocks)
+}
+
+/// The scratch of one block of `tiles` tiles on `isa`: its transformed input, then one group's products.
+fn region_len(g: &ConvGeometry, tile: usize, tiles: usize, isa: Isa) -> usize {
+    let group = group_blocks(isa, blocked::blocks(g.out_channels));
+    (tile + 2) * (tile + 2) * (blocked::blocks(g.in_channels) + group) * tiles * LANES
 }
 
 /// The workspace [`WinogradWeights::forward_images`] takes over `g` (batches up to `g.batch`) with
@@ -94,9 +96,9 @@ fn region_len(g: &ConvGeometry, tile: usize, tiles: usize) -> usize {
 pub fn workspace(g: &ConvGeometry, tile: usize) -> WorkspaceSize {
     let most = Isa::ALL
         .iter()
-        .map(|&isa| tiles_per_block(g, tile, g.batch.max(1), isa))
+        .map(|&isa| region_len(g, tile, tiles_per_block(g, tile, g.batch.max(1), isa), isa))
         .max();
-    WorkspaceSize::regions(region_len(g, tile, most.unwrap_or(MAX_TILES)))
+    WorkspaceSize::regions(most.unwrap_or(0))
 }
 
 /// A convolution's weights transformed and packed for F(m×m, 3×3), its bias, and the runs of its
@@ -192,7 +194,7 @@ impl WinogradWeights {
         let g = &self.geometry;
         let per_block = tiles_per_block(g, self.tile, batch, isa);
         let total = tiles_per_image(g, self.tile) * batch;
-        let region_len = region_len(g, self.tile, per_block);
+        let region_len = region_len(g, self.tile, per_block, isa);
         let out = OutputImages::of(y);
         let mut blocks: Vec<usize> = (0..total.div_ceil(per_block)).collect();
         for_each_part(
@@ -274,8 +276,9 @@ impl Step<'_> {
         let g = &self.weights.geometry;
         let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
         let points = (M + 2) * (M + 2);
+        let group = group_blocks(self.isa, out_blocks);
         let (v, m) = region.split_at_mut(points * in_blocks * self.stride * LANES);
-        let m = &mut m[..points * out_blocks * self.stride * LANES];
+        let m = &mut m[..points * group * self.stride * LANES];
         struct Input<'s, 'a, const M: usize>(&'s Step<'a>, &'s mut [f32]);
         impl<const M: usize> pulp::WithSimd for Input<'_, '_, M> {
             type Output = ();
@@ -285,16 +288,21 @@ impl Step<'_> {
             }
         }
         vectorize(Input::<M>(self, v));
-        self.products(points, v, m);
-        struct Output<'s, 'a, const M: usize>(&'s Step<'a>, &'s [f32]);
+        // One group of output blocks at a time: its products, then its output transform while they
+        // are in cache, so `M` holds one group and the block can hold more tiles.
+        struct Output<'s, 'a, const M: usize>(&'s Step<'a>, &'s [f32], usize, usize);
         impl<const M: usize> pulp::WithSimd for Output<'_, '_, M> {
             type Output = ();
             #[inline(always)]
             fn with_simd<S: pulp::Simd>(self, _: S) {
-                self.0.output_transform::<M>(self.1)
+                self.0.output_transform::<M>(self.1, self.2, self.3)
             }
         }
-        vectorize(Output::<M>(self, m));
+        for first in (0..out_blocks).step_by(group) {
+            let blocks = group.min(out_blocks - first);
+            self.products(points, v, m, first, blocks);
+            vectorize(Output::<M>(self, m, first, blocks));
+        }
     }
 
     /// Image and tile row and column of the block's tile `t`.
@@ -356,66 +364,63 @@ impl Step<'_> {
         }
     }
 
-    /// `M[ξ] = U[ξ] · V[ξ]` for every point, on the microkernel: tiles of output blocks by tiles.
-    fn products(&self, points: usize, v: &[f32], m: &mut [f32]) {
+    /// `M[ξ] = U[ξ] · V[ξ]` for every point and the `blocks` output blocks from `first`, on the
+    /// microkernel: all the group's blocks by up to a tile's pixels of tiles per call.
+    fn products(&self, points: usize, v: &[f32], m: &mut [f32], first: usize, blocks: usize) {
         let weights = self.weights;
-        let g = &weights.geometry;
-        let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
-        let preferred = self.isa.preferred_tile().blocks.min(out_blocks);
+        let in_blocks = blocked::blocks(weights.geometry.in_channels);
         let row = self.stride * LANES;
+        let pixels = self.isa.tile_pixels(blocks);
         let mut runs = Vec::with_capacity(in_blocks);
         for xi in 0..points {
             runs.clear();
             runs.extend(
                 (0..in_blocks).map(|icb| ((xi * in_blocks + icb) * LANES * LANES, (xi * in_blocks + icb) * row)),
             );
-            for ob in (0..out_blocks).step_by(preferred) {
-                let blocks = preferred.min(out_blocks - ob);
-                let pixels = self.isa.tile_pixels(blocks);
-                for t in (0..self.tiles).step_by(pixels) {
-                    let tile = Tile {
-                        shape: TileShape {
-                            blocks,
-                            pixels: pixels.min(self.tiles - t),
-                        },
-                        runs: &runs,
-                        depth: LANES,
-                        w_block_stride: weights.block_stride,
-                        x_pixel_stride: LANES,
-                        x_depth_stride: 1,
-                        c_offset: (xi * out_blocks + ob) * row + t * LANES,
-                        c_block_stride: row,
-                        epilogue: Epilogue::default(),
-                    };
-                    microkernel::run(
-                        self.isa,
-                        &tile,
-                        &weights.weights[ob * weights.block_stride..],
-                        &v[t * LANES..],
-                        m,
-                    );
-                }
+            for t in (0..self.tiles).step_by(pixels) {
+                let tile = Tile {
+                    shape: TileShape {
+                        blocks,
+                        pixels: pixels.min(self.tiles - t),
+                    },
+                    runs: &runs,
+                    depth: LANES,
+                    w_block_stride: weights.block_stride,
+                    x_pixel_stride: LANES,
+                    x_depth_stride: 1,
+                    c_offset: xi * blocks * row + t * LANES,
+                    c_block_stride: row,
+                    epilogue: Epilogue::default(),
+                };
+                microkernel::run(
+                    self.isa,
+                    &tile,
+                    &weights.weights[first * weights.block_stride..],
+                    &v[t * LANES..],
+                    m,
+                );
             }
         }
     }
 
-    /// `Y = Aᵀ M A` plus the bias, rectified when asked, for every tile and output block, into the
-    /// output images (the part of each tile inside the map).
+    /// `Y = Aᵀ M A` plus the bias, rectified when asked, for every tile and the `blocks` output blocks
+    /// from `first` (whose products `m` holds), into the output images (the part of each tile inside
+    /// the map).
     #[inline(always)]
-    fn output_transform<const M: usize>(&self, m: &[f32]) {
+    fn output_transform<const M: usize>(&self, m: &[f32], first: usize, blocks: usize) {
         let g = &self.weights.geometry;
         let window = M + 2;
         let (oh, ow) = (g.h.output, g.w.output);
-        let out_blocks = blocked::blocks(g.out_channels);
         let plane = oh * ow * LANES;
         for t in 0..self.tiles {
             let (n, ty, tx) = self.locate(t);
-            for ob in 0..out_blocks {
+            for b in 0..blocks {
+                let ob = first + b;
                 let mut rows = [[Lanes::ZERO; 6]; 4];
                 for j in 0..window {
                     let column = winograd_math::output_1d::<M, Lanes>(std::array::from_fn(|i| {
                         if i < window {
-                            Lanes::load(&m[(((i * window + j) * out_blocks + ob) * self.stride + t) * LANES..])
+                            Lanes::load(&m[(((i * window + j) * blocks + b) * self.stride + t) * LANES..])
                         } else {
                             Lanes::ZERO
                         }
