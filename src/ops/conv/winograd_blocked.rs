@@ -48,8 +48,10 @@ pub fn eligible(g: &ConvGeometry) -> bool {
 /// - F(2,3) on every map by default: at batch 128, 24×24 264 / 250 / 374, 12×12 185-188 / 229-249 /
 ///   322-373, 6×6 161-183 / 236-271 / 209-273, 3×3 125-134 / 158-160 / 225-239; at batch 1, 12×12
 ///   163-170 / 179-248, 6×6 87-151 / 91-182;
+///   but not with 64 input channels or fewer, whose products reduce over only 4 blocks: 64→192 @24
+///   264 / 250, inception-v3's 64→96 @35 186 / 171;
 /// - with `fast`, F(4,3) where it is faster again: maps of 8 and more, and of 3 and less (one tile a
-///   map);
+///   map), whatever the channels (inception-v3's 64→96 @35: 246);
 ///
 /// unless the batch has fewer than 4 tiles per thread: at batch 1 the 3×3 maps give one or four
 /// tiles, and ran 29-64 against the direct path's 84-101.
@@ -58,7 +60,11 @@ pub fn choose_tile(g: &ConvGeometry, threads: usize, fast: bool) -> Option<usize
         return None;
     }
     let map = g.h.output.min(g.w.output);
-    let tile = if fast && !(4..8).contains(&map) { 4 } else { 2 };
+    let tile = match (fast && !(4..8).contains(&map), g.in_channels > 64) {
+        (true, _) => 4,
+        (false, true) => 2,
+        (false, false) => return None,
+    };
     (tiles_per_image(g, tile) * g.batch >= 4 * threads).then_some(tile)
 }
 
