@@ -272,14 +272,7 @@ impl Classifier {
     /// image recipe, `transform_input` and class names, so [`Classifier::from_safetensors`] loads it
     /// back as it is (and PyTorch loads its tensors under their state_dict names).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let c = &self.config;
         let mut metadata: std::collections::HashMap<String, String> = [
-            ("format", "incept-checkpoint-1".to_string()),
-            ("model", self.model.clone()),
-            ("in_channels", c.in_channels.to_string()),
-            ("classes", c.classes.to_string()),
-            ("height", c.size[0].to_string()),
-            ("width", c.size[1].to_string()),
             ("image_recipe", self.recipe.to_metadata()),
             ("transform_input", self.transform_input.to_string()),
             (
@@ -289,6 +282,7 @@ impl Classifier {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        .chain(crate::io::checkpoint::model_metadata(&self.model, &self.config))
         .collect();
         if let Some(n) = &self.normalization {
             metadata.insert("normalization".into(), n.to_metadata());

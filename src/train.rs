@@ -241,14 +241,7 @@ fn build_optimizer(cfg: &TrainConfig, lens: &[usize]) -> Optimizer {
 }
 
 fn metadata(cfg: &TrainConfig, opt: &Optimizer, pos: &Position) -> HashMap<String, String> {
-    let c = cfg.config;
     [
-        ("format", "incept-checkpoint-1".to_string()),
-        ("model", cfg.model.clone()),
-        ("in_channels", c.in_channels.to_string()),
-        ("classes", c.classes.to_string()),
-        ("height", c.size[0].to_string()),
-        ("width", c.size[1].to_string()),
         ("optimizer", opt.name().to_string()),
         ("optimizer_steps", opt.steps().to_string()),
         ("seed", cfg.seed.to_string()),
@@ -265,6 +258,7 @@ fn metadata(cfg: &TrainConfig, opt: &Optimizer, pos: &Position) -> HashMap<Strin
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(crate::io::checkpoint::model_metadata(&cfg.model, &cfg.config))
     .chain((!cfg.class_names.is_empty()).then(|| {
         let names = serde_json::to_string(&cfg.class_names).expect("strings serialize");
         ("class_names".to_string(), names)

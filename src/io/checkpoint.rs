@@ -68,6 +68,22 @@ impl Recorded {
     }
 }
 
+/// The entries every incept checkpoint records about its model: the format, the model's name, input
+/// channels, classes and input size (what [`Recorded`] reads back).
+pub fn model_metadata(model: &str, config: &crate::models::ModelConfig) -> Vec<(String, String)> {
+    [
+        ("format", "incept-checkpoint-1".to_string()),
+        ("model", model.to_string()),
+        ("in_channels", config.in_channels.to_string()),
+        ("classes", config.classes.to_string()),
+        ("height", config.size[0].to_string()),
+        ("width", config.size[1].to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// An input height and width, shown as `HxW`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InputSize(pub [usize; 2]);
