@@ -7,9 +7,14 @@
 //! 1. input transform: each tile's `(m + 2)²` window, 16 input channels at a time (one vector: the
 //!    blocked layout's lanes are channels), into `V[ξ][input block][tile][16]`, reading the image in
 //!    place (zeros where the window leaves it, so no padded copy);
-//! 2. the `(m + 2)²` products `M[ξ] = U[ξ] · V[ξ]` on the microkernel: output channels by tiles, one
-//!    run of depth 16 per input block;
-//! 3. output transform with bias and ReLU, straight into the blocked output.
+//! 2. for each group of output blocks (as many as one microkernel tile holds), the `(m + 2)²` products
+//!    `M[ξ] = U[ξ] · V[ξ]` on the microkernel (the group's channels by tiles, one run of depth 16 per
+//!    input block),
+//! 3. and the group's output transform with bias and ReLU, straight into the blocked output, while its
+//!    products are in cache.
+//!
+//! Each weight is read once per block, so the larger the block the fewer times the weights stream
+//! through; holding one group's products instead of all of them lets a block hold 2-3× more tiles.
 //!
 //! `U` (the transformed weights) is packed once per weight update ([`WinogradWeights::repack`]) in the
 //! microkernel's layout: per output block, `[ξ][input block][16 in][16 out]`.
