@@ -1,7 +1,8 @@
 //! Training gives the same bits at any thread count: a few Adam steps of googlenet-d2l (small input) in
 //! rayon pools of 1, 2 and 3 threads end with byte-identical parameters. Every reduction (weight- and
 //! bias-gradient sums, batch-norm statistics, the loss) runs over fixed chunks in a fixed order, never
-//! over whatever each thread happened to get.
+//! over whatever each thread happened to get. Inference with Winograd gives the same bits at any thread
+//! count too.
 
 mod common;
 
@@ -155,5 +156,41 @@ fn incept_train_writes_byte_identical_weights_at_1_2_and_3_threads() {
             "1 and {threads} threads saved different tensors"
         );
         assert_eq!(saved[0].metadata, file.metadata, "1 and {threads} threads");
+    }
+}
+
+/// Inference with Winograd (both policies: F(2,3), and F(4,3) too) gives the same logits, bit for bit,
+/// whether the executor is planned and run in a pool of 1, 2 or 3 threads: the plan's choice does not
+/// depend on the thread count, and neither do the tile blocks' sums.
+#[test]
+fn winograd_inference_gives_the_same_bits_at_1_2_and_3_threads() {
+    use incept::graph::{Mode, PlanOptions, WinogradPolicy};
+    let model = model("googlenet-d2l", 96);
+    let x: Vec<f32> = (0..4 * 96 * 96).map(|i| ((i * 37) % 101) as f32 / 101.0).collect();
+    for policy in [WinogradPolicy::Accurate, WinogradPolicy::Fast] {
+        let logits: Vec<(Vec<f32>, Vec<Option<usize>>)> = [1, 2, 3]
+            .into_iter()
+            .map(|threads| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let mut exec = Executor::new(model.clone(), 4).unwrap();
+                    let options = PlanOptions {
+                        winograd: policy,
+                        ..exec.plan().options
+                    };
+                    exec.set_plan_options(options).unwrap();
+                    exec.forward(Images::dense(&x, 4, 96 * 96), Mode::Eval).unwrap();
+                    (exec.output_vec(), exec.plan().winograd_tiles.clone())
+                })
+            })
+            .collect();
+        assert!(logits[0].1.iter().any(Option::is_some), "{policy:?}: no Winograd layer");
+        for (threads, other) in [2, 3].iter().zip(&logits[1..]) {
+            assert_eq!(
+                other.1, logits[0].1,
+                "{policy:?}: the plan's choice at {threads} threads"
+            );
+            assert_eq!(other.0, logits[0].0, "{policy:?}: logits at {threads} threads");
+        }
     }
 }

@@ -232,7 +232,6 @@ impl Plan {
     /// direct convolutions that read and write the blocked layout, unless one algorithm is forced on
     /// every layer.
     pub fn choose_winograd(&mut self, graph: &Graph, capacity: usize) -> Result<()> {
-        let threads = crate::parallel::threads();
         for (id, node) in graph.nodes.iter().enumerate() {
             let Layer::Conv { conv, .. } = &node.layer else {
                 continue;
@@ -248,7 +247,7 @@ impl Plan {
             self.winograd_tiles[id] = match self.options.winograd {
                 WinogradPolicy::Off => None,
                 _ if !chosen => None,
-                policy => winograd_blocked::choose_tile(&g, threads, policy == WinogradPolicy::Fast),
+                policy => winograd_blocked::choose_tile(&g, policy == WinogradPolicy::Fast),
             };
         }
         Ok(())

@@ -45,8 +45,8 @@ pub fn eligible(g: &ConvGeometry) -> bool {
         .all(|a| a.kernel == 3 && a.stride == 1 && a.dilation == 1 && a.pad_lo <= 2 && a.pad_hi <= 2)
 }
 
-/// The output tile side the plan runs `g`'s inference forward with (`g.batch` images at a time, on
-/// `threads` threads; F(4,3) only if `fast`), or `None` for the direct microkernel. The rule, from
+/// The output tile side the plan runs `g`'s inference forward with (`g.batch` images at a time; F(4,3)
+/// only if `fast`), or `None` for the direct microkernel. The rule, from
 /// `cargo bench --bench conv -- 3x3/1` (googlenet-d2l's 3×3 layers, 2 threads, AVX-512, one run, GF/s
 /// of direct FLOPs; direct / F(2,3) / F(4,3)):
 ///
@@ -58,9 +58,10 @@ pub fn eligible(g: &ConvGeometry) -> bool {
 /// - with `fast`, F(4,3) where it is faster again: maps of 8 and more, and of 3 and less (one tile a
 ///   map), whatever the channels (inception-v3's 64→96 @35: 246);
 ///
-/// unless the batch has fewer than 4 tiles per thread: at batch 1 the 3×3 maps give one or four
-/// tiles, and ran 29-64 against the direct path's 84-101.
-pub fn choose_tile(g: &ConvGeometry, threads: usize, fast: bool) -> Option<usize> {
+/// unless the batch has fewer than 8 tiles (4 per thread on the 2 threads measured; a fixed count, so
+/// the choice, and with it every bit of the output, does not depend on the thread count): at batch 1
+/// the 3×3 maps give one or four tiles, and ran 29-64 against the direct path's 84-101.
+pub fn choose_tile(g: &ConvGeometry, fast: bool) -> Option<usize> {
     if !eligible(g) || g.in_channels < LANES || g.out_channels < LANES {
         return None;
     }
@@ -70,7 +71,7 @@ pub fn choose_tile(g: &ConvGeometry, threads: usize, fast: bool) -> Option<usize
         (false, true) => 2,
         (false, false) => return None,
     };
-    (tiles_per_image(g, tile) * g.batch >= 4 * threads).then_some(tile)
+    (tiles_per_image(g, tile) * g.batch >= 8).then_some(tile)
 }
 
 /// Output tiles of `tile` a side that cover one image of `g`.
