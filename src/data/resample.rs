@@ -47,8 +47,10 @@ impl Filter {
 /// Fractional bits of the fixed-point coefficients (PIL's `PRECISION_BITS`).
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// For each output index along an axis: the first source index and the fixed-point weights from there.
-fn coefficients(input: usize, output: usize, filter: Filter) -> Vec<(usize, Vec<i32>)> {
+/// For each output index along an axis of `input` values resized to `output`: the first source index
+/// and the filter's weights from there, normalized to sum to 1 (PIL's `precompute_coeffs`, in double
+/// precision). Floating-point resizing ([`super::transforms::resize_bilinear`]) uses them as they are.
+pub fn weights(input: usize, output: usize, filter: Filter) -> Vec<(usize, Vec<f64>)> {
     let scale = input as f64 / output as f64;
     let filter_scale = scale.max(1.0);
     let support = filter.support() * filter_scale;
@@ -62,15 +64,21 @@ fn coefficients(input: usize, output: usize, filter: Filter) -> Vec<(usize, Vec<
                 .map(|i| filter.weight((i as f64 - centre + 0.5) / filter_scale))
                 .collect();
             let total: f64 = raw.iter().sum();
-            let fixed = raw
+            let normalized = raw.iter().map(|&w| if total != 0.0 { w / total } else { w }).collect();
+            (first, normalized)
+        })
+        .collect()
+}
+
+/// [`weights`] in PIL's 22-bit fixed point, each rounded half away from zero (`normalize_coeffs_8bpc`).
+fn coefficients(input: usize, output: usize, filter: Filter) -> Vec<(usize, Vec<i32>)> {
+    weights(input, output, filter)
+        .into_iter()
+        .map(|(first, w)| {
+            let fixed = w
                 .iter()
-                .map(|&w| {
-                    let w = if total != 0.0 { w / total } else { w };
-                    // Rounded half away from zero, as PIL's `normalize_coeffs_8bpc`.
-                    (w * f64::from(1u32 << PRECISION_BITS)).round() as i32
-                })
-                .collect();
-            (first, fixed)
+                .map(|&w| (w * f64::from(1u32 << PRECISION_BITS)).round() as i32);
+            (first, fixed.collect())
         })
         .collect()
 }

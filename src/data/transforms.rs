@@ -9,31 +9,13 @@ use super::resample::{self, Filter};
 /// For one output index along an axis: the source indices and their weights (summing to 1).
 type Taps = Vec<(usize, f32)>;
 
-/// Each output index's taps along an axis of `input` values resized to `output`.
+/// Each output index's taps along an axis of `input` values resized to `output`: PIL's bilinear
+/// weights ([`resample::weights`]; growing, the two nearest sources; shrinking, the triangle widened
+/// to the shrink factor).
 fn taps(input: usize, output: usize) -> Vec<Taps> {
-    let scale = input as f32 / output as f32;
-    (0..output)
-        .map(|o| {
-            let centre = (o as f32 + 0.5) * scale;
-            if scale <= 1.0 {
-                // Growing: the two nearest sources.
-                let src = (centre - 0.5).max(0.0);
-                let i0 = (src.floor() as usize).min(input - 1);
-                let i1 = (i0 + 1).min(input - 1);
-                let f = src - i0 as f32;
-                vec![(i0, 1.0 - f), (i1, f)]
-            } else {
-                // Shrinking: PIL's triangle of half-width `scale` around the centre, over the sources
-                // whose centres it covers, normalized.
-                let first = ((centre - scale + 0.5).floor().max(0.0) as usize).min(input - 1);
-                let end = ((centre + scale + 0.5).floor() as usize).clamp(first + 1, input);
-                let raw: Vec<(usize, f32)> = (first..end)
-                    .map(|i| (i, (1.0 - ((i as f32 + 0.5 - centre) / scale).abs()).max(0.0)))
-                    .collect();
-                let total: f32 = raw.iter().map(|&(_, w)| w).sum();
-                raw.into_iter().map(|(i, w)| (i, w / total)).collect()
-            }
-        })
+    resample::weights(input, output, Filter::Bilinear)
+        .into_iter()
+        .map(|(first, w)| w.iter().enumerate().map(|(k, &w)| (first + k, w as f32)).collect())
         .collect()
 }
 
