@@ -104,8 +104,8 @@ impl Classifier {
         // A state_dict from torchvision or timm records nothing: it gets its library's preprocessing.
         let foreign = recorded.model.is_none();
         let pretrained = models::entry(&model)?.pretrained.filter(|_| foreign);
-        let normalization = match (file.metadata.get("normalization"), pretrained) {
-            (Some(text), _) => Some(Normalization::from_metadata(text).map_err(|e| Error::file(path.display(), e))?),
+        let normalization = match (file.normalization(path)?, pretrained) {
+            (Some(recorded), _) => Some(recorded),
             (None, Some(p)) if config.in_channels == 3 => Some(p.normalization()),
             (None, _) => None,
         };

@@ -7,7 +7,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use incept::bench::{self, BenchOptions};
 use incept::classifier::Classifier;
 use incept::data::augment::Augmentation;
-use incept::data::transforms::Normalization;
 use incept::data::{self, Dataset, cifar, idx, images, npy};
 use incept::graph::plan::{Layout, Plan};
 use incept::graph::{BranchSchedule, Executor, WinogradPolicy};
@@ -503,14 +502,6 @@ fn load_data(args: &DataArgs, classes: usize) -> Result<(Dataset, Dataset)> {
     idx::read_dir(&args.data)
 }
 
-/// The normalization a checkpoint's model was trained with, if any.
-fn checkpoint_normalization(file: &TensorFile, weights: &Path) -> Result<Option<Normalization>> {
-    file.metadata
-        .get("normalization")
-        .map(|text| Normalization::from_metadata(text).map_err(|e| Error::file(weights.display(), e)))
-        .transpose()
-}
-
 /// The first `n` images of `data` (all without a limit); `flag` names the option for the error a limit of
 /// 0 gets.
 fn limit(data: Dataset, n: Option<usize>, flag: &str) -> Result<Dataset> {
@@ -723,7 +714,7 @@ fn eval_command(args: EvalArgs) -> Result<()> {
     let (_, test_set) = load_data(&data, graph.output_len())?;
     let test_set = limit(test_set, test_limit, "--test-limit")?;
     let mut exec = Executor::new(Model { graph, params }, batch)?;
-    let normalization = checkpoint_normalization(&file, &weights)?;
+    let normalization = file.normalization(&weights)?;
     let (loss, acc) = train::evaluate(&mut exec, &test_set, batch, normalization.as_ref())?;
     println!("test loss {loss:.4}, test acc {acc:.4} ({} images)", test_set.len());
     Ok(())

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
+use crate::data::transforms::Normalization;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::optim::Optimizer;
@@ -213,6 +214,28 @@ impl TensorFile {
             .filter(|prefix| !self.tensors.keys().any(|k| k.starts_with(prefix)))
             .collect();
         let kept_fresh = |name: &str| absent.iter().any(|prefix| name.starts_with(prefix));
+        self.check_fit(graph, path, kept_fresh)?;
+        let params = graph
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match kept_fresh(&p.name) {
+                true => std::mem::take(&mut fresh[i]),
+                false => self.tensors[&p.name].1.clone(),
+            })
+            .collect();
+        Ok((params, absent))
+    }
+
+    /// Whether this file holds exactly `graph`'s parameters, in their shapes (the error of
+    /// [`TensorFile::params_for`] when not), without copying any.
+    pub fn fits(&self, graph: &Graph, path: &Path) -> Result<()> {
+        self.check_fit(graph, path, |_| false)
+    }
+
+    /// Every missing, unexpected and misshaped tensor in one error, leaving out the parameters
+    /// `kept_fresh` accepts as absent.
+    fn check_fit(&self, graph: &Graph, path: &Path, kept_fresh: impl Fn(&str) -> bool) -> Result<()> {
         let mut problems = Vec::new();
         for spec in graph.params.iter().filter(|p| !kept_fresh(&p.name)) {
             match self.tensors.get(&spec.name) {
@@ -229,36 +252,35 @@ impl TensorFile {
                 problems.push(format!("unexpected {name}"));
             }
         }
-        if !problems.is_empty() {
-            // The first few by kind, then counts: a wrong model's mismatch can list hundreds.
-            const SHOWN: usize = 10;
-            let count = |kind: &str| problems.iter().filter(|p| p.starts_with(kind)).count();
-            let summary = format!(
-                "{} missing, {} misshaped, {} unexpected",
-                count("missing"),
-                count("misshaped"),
-                count("unexpected")
-            );
-            let more = problems.len().saturating_sub(SHOWN);
-            let mut shown = problems[..problems.len().min(SHOWN)].join("; ");
-            if more > 0 {
-                shown.push_str(&format!("; and {more} more"));
-            }
-            return Err(Error::file(
-                path.display(),
-                format!("weights do not fit the model ({summary}): {shown}"),
-            ));
+        if problems.is_empty() {
+            return Ok(());
         }
-        let params = graph
-            .params
-            .iter()
-            .enumerate()
-            .map(|(i, p)| match kept_fresh(&p.name) {
-                true => std::mem::take(&mut fresh[i]),
-                false => self.tensors[&p.name].1.clone(),
-            })
-            .collect();
-        Ok((params, absent))
+        // The first few by kind, then counts: a wrong model's mismatch can list hundreds.
+        const SHOWN: usize = 10;
+        let count = |kind: &str| problems.iter().filter(|p| p.starts_with(kind)).count();
+        let summary = format!(
+            "{} missing, {} misshaped, {} unexpected",
+            count("missing"),
+            count("misshaped"),
+            count("unexpected")
+        );
+        let more = problems.len().saturating_sub(SHOWN);
+        let mut shown = problems[..problems.len().min(SHOWN)].join("; ");
+        if more > 0 {
+            shown.push_str(&format!("; and {more} more"));
+        }
+        Err(Error::file(
+            path.display(),
+            format!("weights do not fit the model ({summary}): {shown}"),
+        ))
+    }
+
+    /// The input normalization the run that wrote this file recorded (`None`: it recorded none).
+    pub fn normalization(&self, path: &Path) -> Result<Option<Normalization>> {
+        self.metadata
+            .get("normalization")
+            .map(|text| Normalization::from_metadata(text).map_err(|e| Error::file(path.display(), e)))
+            .transpose()
     }
 
     /// The optimizer state saved for `graph`'s parameters, as `(slot, one vector per parameter)`.

@@ -279,7 +279,7 @@ pub fn detect(weights: &crate::io::checkpoint::TensorFile, path: &std::path::Pat
         let Ok(config) = config_from_weights(m.name, weights) else {
             return false;
         };
-        build(m.name, config).is_ok_and(|graph| weights.params_for(&graph, path).is_ok())
+        build(m.name, config).is_ok_and(|graph| weights.fits(&graph, path).is_ok())
     };
     let found: Vec<&'static str> = MODELS.iter().filter(|m| fits(m)).map(|m| m.name).collect();
     match found[..] {
