@@ -8,7 +8,7 @@ use incept::bench::{self, BenchOptions};
 use incept::classifier::Classifier;
 use incept::data::augment::Augmentation;
 use incept::data::{self, Dataset, cifar, idx, images, npy};
-use incept::graph::plan::{Layout, Plan};
+use incept::graph::plan::{Layout, Plan, PlanOptions};
 use incept::graph::{BranchSchedule, Executor, WinogradPolicy};
 use incept::io::checkpoint::{InputSize, Recorded, TensorFile, resolve};
 use incept::models::{self, Model};
@@ -865,8 +865,7 @@ fn summary_command(args: SummaryArgs) -> Result<()> {
     println!("parameters: {}", graph.parameter_count());
     println!("GFLOP per image (forward): {:.4}", graph.flops_per_image() as f64 / 1e9);
     if algos {
-        let mut plan = Plan::new(&graph)?;
-        plan.choose_winograd(&graph, batch)?;
+        let plan = Plan::for_capacity(&graph, PlanOptions::default(), batch)?;
         let total = graph.flops_per_image() as f64;
         println!(
             "{:<14} {:<26} {:>9} {:<13} {:<15} {:>6}",

@@ -227,6 +227,14 @@ impl Plan {
         })
     }
 
+    /// Plans `graph` with `options` ([`Plan::with_options`]) for an executor of batches of up to
+    /// `capacity` images, where inference may run Winograd ([`Plan::choose_winograd`]).
+    pub fn for_capacity(graph: &Graph, options: PlanOptions, capacity: usize) -> Result<Plan> {
+        let mut plan = Plan::with_options(graph, options)?;
+        plan.choose_winograd(graph, capacity)?;
+        Ok(plan)
+    }
+
     /// Chooses where inference runs Winograd ([`Plan::winograd_tiles`]) for batches of up to
     /// `capacity` images, by [`winograd_blocked::choose_tile`]'s rule within `options.winograd`: on
     /// direct convolutions that read and write the blocked layout, unless one algorithm is forced on

@@ -3,12 +3,12 @@
 
 use super::{BatchLoss, BranchSchedule, Mode, NodeTime};
 use crate::error::{Error, Result};
-use crate::graph::builder::{Graph, Layer, NodeId};
+use crate::graph::builder::{Graph, Layer, Node, NodeId};
 use crate::graph::plan::{Plan, PlanOptions};
 use crate::ops::batchnorm::ChannelStats;
 use crate::ops::conv::direct::DirectWeights;
 use crate::ops::conv::winograd_blocked::{self, WinogradWeights};
-use crate::ops::conv::{self, ConvAlgo};
+use crate::ops::conv::{self, Conv2d, ConvAlgo, ConvGeometry};
 use crate::ops::loss;
 use crate::ops::pool;
 use crate::workspace::{Workspace, WorkspaceSize};
@@ -67,8 +67,7 @@ impl State {
         if capacity == 0 {
             return Err(Error::config("executor", "the batch capacity must be at least 1"));
         }
-        let mut plan = Plan::new(graph)?;
-        plan.choose_winograd(graph, capacity)?;
+        let plan = Plan::for_capacity(graph, PlanOptions::default(), capacity)?;
         let (acts, argmax) = buffers(graph, &plan, capacity);
         let chains = plan.branch_groups.iter().map(|g| g.chains.len()).max().unwrap_or(0);
         let classes = graph.output_len();
@@ -110,8 +109,7 @@ impl State {
     /// See [`super::Executor::set_plan_options`]: plans again, and reallocates the buffers whose
     /// layout changed their size (gradients on the next backward pass).
     pub(super) fn set_plan_options(&mut self, graph: &Graph, options: PlanOptions) -> Result<()> {
-        let mut plan = Plan::with_options(graph, options)?;
-        plan.choose_winograd(graph, self.capacity)?;
+        let plan = Plan::for_capacity(graph, options, self.capacity)?;
         self.workspace.reserve(workspace_size(graph, &plan, self.capacity)?);
         let per_image = workspace_size(graph, &plan, 1)?;
         self.chain_workspaces.iter_mut().for_each(|ws| ws.reserve(per_image));
@@ -145,11 +143,7 @@ impl State {
                 let (w, b) = (&params[*weight], bias.map(|b| params[b].as_slice()));
                 match &mut self.packed.direct[id] {
                     Some(packed) => packed.repack(w, b),
-                    slot => {
-                        let [c, h, width] = graph.nodes[node.inputs[0]].shape;
-                        let g = conv.geometry([1, c, h, width]).map_err(|e| e.in_node(&node.name))?;
-                        *slot = Some(DirectWeights::new(&g, w, b));
-                    }
+                    slot => *slot = Some(DirectWeights::new(&one_image_geometry(graph, node, conv)?, w, b)),
                 }
             }
             self.packed_stale = false;
@@ -166,9 +160,12 @@ impl State {
                 match &mut self.packed.winograd[id] {
                     Some(packed) if packed.tile() == tile => packed.repack(w, b),
                     slot => {
-                        let [c, h, width] = graph.nodes[node.inputs[0]].shape;
-                        let g = conv.geometry([1, c, h, width]).map_err(|e| e.in_node(&node.name))?;
-                        *slot = Some(WinogradWeights::new(&g, tile, w, b));
+                        *slot = Some(WinogradWeights::new(
+                            &one_image_geometry(graph, node, conv)?,
+                            tile,
+                            w,
+                            b,
+                        ))
                     }
                 }
             }
@@ -278,6 +275,12 @@ fn buffers(graph: &Graph, plan: &Plan, capacity: usize) -> (Vec<Vec<f32>>, Vec<V
         })
         .collect();
     (acts, argmax)
+}
+
+/// The geometry of convolution `node` (`conv`) on one image of its input: what packing its weights needs.
+fn one_image_geometry(graph: &Graph, node: &Node, conv: &Conv2d) -> Result<ConvGeometry> {
+    let [c, h, w] = graph.nodes[node.inputs[0]].shape;
+    conv.geometry([1, c, h, w]).map_err(|e| e.in_node(&node.name))
 }
 
 /// The workspace that every convolution (with the algorithm it runs) and max pool of `graph` fits in at
