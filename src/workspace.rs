@@ -14,8 +14,8 @@ pub struct WorkspaceSize {
     pub regions: usize,
     /// Weight-gradient partials, one gradient per part.
     pub partials: usize,
-    /// Weights transformed for one call (Winograd), held while the call's parts use their regions.
-    pub weights: usize,
+    /// Operands transformed once for a call and shared by its parts (Winograd's weights or tiles).
+    pub shared: usize,
 }
 
 impl WorkspaceSize {
@@ -24,7 +24,7 @@ impl WorkspaceSize {
         WorkspaceSize {
             regions: self.regions.max(other.regions),
             partials: self.partials.max(other.partials),
-            weights: self.weights.max(other.weights),
+            shared: self.shared.max(other.shared),
         }
     }
 
@@ -42,7 +42,7 @@ impl WorkspaceSize {
 pub struct Workspace {
     regions: Vec<f32>,
     partials: Vec<f32>,
-    weights: Vec<f32>,
+    shared: Vec<f32>,
 }
 
 /// The values `parts` regions of `region_len` take: one [`region_stride`] per thread.
@@ -77,7 +77,7 @@ impl Workspace {
     pub fn reserve(&mut self, size: WorkspaceSize) {
         at_least(&mut self.regions, size.regions);
         at_least(&mut self.partials, size.partials);
-        at_least(&mut self.weights, size.weights);
+        at_least(&mut self.shared, size.shared);
     }
 
     /// What the buffers hold now.
@@ -85,7 +85,7 @@ impl Workspace {
         WorkspaceSize {
             regions: self.regions.len(),
             partials: self.partials.len(),
-            weights: self.weights.len(),
+            shared: self.shared.len(),
         }
     }
 
@@ -94,10 +94,18 @@ impl Workspace {
         at_least(&mut self.regions, regions_len(region_len))
     }
 
-    /// `weights_len` values for transformed weights, and [`Workspace::regions`] beside them.
-    pub(crate) fn weights_and_regions(&mut self, weights_len: usize, region_len: usize) -> (&mut [f32], &mut [f32]) {
-        let weights = at_least(&mut self.weights, weights_len);
-        (weights, at_least(&mut self.regions, regions_len(region_len)))
+    /// `shared_len` values for operands transformed once per call, and [`Workspace::regions`] beside
+    /// them.
+    pub(crate) fn shared_and_regions(&mut self, shared_len: usize, region_len: usize) -> (&mut [f32], &mut [f32]) {
+        let shared = at_least(&mut self.shared, shared_len);
+        (shared, at_least(&mut self.regions, regions_len(region_len)))
+    }
+
+    /// `partials_len` values for a weight gradient's partials, and `shared_len` values for operands
+    /// transformed once per call.
+    pub(crate) fn partials_and_shared(&mut self, partials_len: usize, shared_len: usize) -> (&mut [f32], &mut [f32]) {
+        let partials = at_least(&mut self.partials, partials_len);
+        (partials, at_least(&mut self.shared, shared_len))
     }
 
     /// `partials_len` values for weight-gradient partials, and [`Workspace::regions`] beside them.

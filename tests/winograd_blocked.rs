@@ -155,3 +155,98 @@ fn repacking_new_weights_matches_packing_them_fresh() {
     assert_eq!(run(&packed), run(&WinogradWeights::new(&g, 4, &w2, None)));
     assert_ne!(run(&packed), before);
 }
+
+/// The largest error of `ours` over the largest float64 value of `exact`.
+fn relative_error(ours: &[f32], exact: &[f32]) -> f64 {
+    let scale = exact.iter().fold(0f64, |m, &e| m.max(f64::from(e).abs()));
+    let worst = ours
+        .iter()
+        .zip(exact)
+        .fold(0f64, |m, (&o, &e)| m.max((f64::from(o) - f64::from(e)).abs()));
+    worst / scale
+}
+
+/// The input gradient (the flipped, channel-swapped kernels through the same stages, added into `dx`)
+/// and the weight gradient (in the Winograd domain, then back through `G`) against the float64 naive
+/// convolution's, on every layer of [`cases`] and every microkernel build. The bars, per layer and
+/// gradient, about twice the largest measured: F(2,3) 2e-6 (measured up to 7.9e-7 for the input
+/// gradient and 1.03e-6 for the weight gradient, whose float32 sums run over every tile of the batch),
+/// F(4,3) 2e-5 (measured 1.24e-5 and 7.3e-6: the input gradient of 144->288 @6 reduces over 288
+/// channels and misses the 1e-5, so training runs F(2,3) only). `WINOGRAD_ERRORS=1` prints
+/// each layer's errors.
+#[test]
+fn winograd_blocked_gradients_match_float64() {
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.available()).collect();
+    let mut largest = [[0f64; 2]; 5];
+    for (name, conv, input) in cases() {
+        let conv = conv.with_algo(ConvAlgo::Naive);
+        let g = conv.geometry(input).unwrap();
+        let [n, c, h, w] = input;
+        let (oh, ow) = (g.h.output, g.w.output);
+        let x = values(n * c * h * w, 11);
+        let wt = values(conv.weight_shape().iter().product(), 12);
+        let dy = values(n * g.out_channels * oh * ow, 13);
+        let (exact_dx, exact_dw) = {
+            let x = Array4::from_shape_vec(input, x.clone()).unwrap();
+            let w = Array4::from_shape_vec(conv.weight_shape(), wt.clone()).unwrap();
+            let dy = Array4::from_shape_vec(g.output_shape(), dy.clone()).unwrap();
+            let dx = conv.backward_input(w.view(), dy.view(), input).unwrap();
+            let mut dw = Array4::zeros(conv.weight_shape());
+            conv.backward_weight(x.view(), dy.view(), dw.view_mut()).unwrap();
+            (dx.into_raw_vec_and_offset().0, dw.into_raw_vec_and_offset().0)
+        };
+        let in_len = blocked::image_len(c, [h, w], Halo::default());
+        let out_len = blocked::image_len(g.out_channels, [oh, ow], Halo::default());
+        let xb = blocked::batch_from_nchw(&x, c, [h, w], Halo::default());
+        let dyb = blocked::batch_from_nchw(&dy, g.out_channels, [oh, ow], Halo::default());
+        // What the gradients are added to: not zero, so a store instead of an add shows.
+        let dx_before = values(n * c * h * w, 14);
+        let dw_before = values(wt.len(), 15);
+        for tile in [2, 4] {
+            let forward = WinogradWeights::new(&g, tile, &wt, None);
+            let backward = WinogradWeights::for_input_grad(&g, tile, &wt);
+            for &isa in &isas {
+                let mut ws = Workspace::default();
+                let mut dxb = blocked::batch_from_nchw(&dx_before, c, [h, w], Halo::default());
+                let mut dx_images = ImagesMut::dense(&mut dxb, n, in_len);
+                backward.add_input_grad_images(Images::dense(&dyb, n, out_len), &mut dx_images, &mut ws, isa);
+                let dx: Vec<f32> = blocked::batch_to_nchw(&dxb, c, [h, w])
+                    .iter()
+                    .zip(&dx_before)
+                    .map(|(after, before)| after - before)
+                    .collect();
+                let mut dw = dw_before.clone();
+                forward.add_weight_grad_images(
+                    Images::dense(&xb, n, in_len),
+                    Images::dense(&dyb, n, out_len),
+                    &mut dw,
+                    &mut ws,
+                    isa,
+                );
+                let dw: Vec<f32> = dw
+                    .iter()
+                    .zip(&dw_before)
+                    .map(|(after, before)| after - before)
+                    .collect();
+                let errors = [relative_error(&dx, &exact_dx), relative_error(&dw, &exact_dw)];
+                if std::env::var_os("WINOGRAD_ERRORS").is_some() && isa == Isa::best() {
+                    eprintln!("{name} F({tile},3): dx {:.2e}, dw {:.2e}", errors[0], errors[1]);
+                }
+                let bar = if tile == 4 { 2e-5 } else { 2e-6 };
+                for (which, error) in ["input", "weight"].iter().zip(errors) {
+                    assert!(
+                        error <= bar,
+                        "{name} F({tile},3) {isa:?}: {which} gradient {error:.2e} relative to float64"
+                    );
+                }
+                for (l, e) in largest[tile].iter_mut().zip(errors) {
+                    *l = l.max(e);
+                }
+            }
+        }
+    }
+    eprintln!(
+        "largest gradient errors relative to float64 (input, weight): F(2,3) {:.2e} {:.2e}, F(4,3) {:.2e} {:.2e}",
+        largest[2][0], largest[2][1], largest[4][0], largest[4][1]
+    );
+}

@@ -275,7 +275,7 @@ impl Executor {
             .fold(WorkspaceSize::default(), |total, w| WorkspaceSize {
                 regions: total.regions + w.regions,
                 partials: total.partials + w.partials,
-                weights: total.weights + w.weights,
+                shared: total.shared + w.shared,
             })
     }
 

@@ -54,7 +54,7 @@ pub(super) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
     let backward = g.h.input.div_ceil(TILE) * g.w.input.div_ceil(TILE);
     let region = |tiles| chunking(g, tiles, g.batch).1;
     WorkspaceSize {
-        weights: POINTS * g.in_channels * g.out_channels,
+        shared: POINTS * g.in_channels * g.out_channels,
         ..WorkspaceSize::regions(region(forward).max(region(backward)))
     }
 }
@@ -78,7 +78,7 @@ pub(super) fn forward(
     let Fused { bias: b, relu } = fused;
     debug_assert!(eligible(g));
     let (inputs, outputs) = (g.in_channels, g.out_channels);
-    let (u, regions) = ws.weights_and_regions(POINTS * outputs * inputs, region_len(g, x.count()));
+    let (u, regions) = ws.shared_and_regions(POINTS * outputs * inputs, region_len(g, x.count()));
     transform_weights(w, outputs, inputs, u);
     run(g, x, u, b, y, Epilogue::Write { relu }, regions);
 }
@@ -91,7 +91,7 @@ pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &m
     let back = g
         .input_grad_geometry()
         .expect("a Winograd-eligible geometry (3×3, stride 1, padding ≤ 2) has a mirrored one");
-    let (u, regions) = ws.weights_and_regions(POINTS * outputs * inputs, region_len(&back, dy.count()));
+    let (u, regions) = ws.shared_and_regions(POINTS * outputs * inputs, region_len(&back, dy.count()));
     // U of the backward convolution, from w'[c][o][ky][kx] = w[o][c][2-ky][2-kx], transformed straight
     // from `w` without materializing w'.
     u.par_chunks_mut(POINTS * outputs).enumerate().for_each(|(c, u_c)| {

@@ -18,15 +18,27 @@
 //!
 //! `U` (the transformed weights) is packed once per weight update ([`WinogradWeights::repack`]) in the
 //! microkernel's layout: per output block, `[ξ][input block][16 in][16 out]`.
+//!
+//! Training runs the same machinery twice more:
+//!
+//! - the input gradient is the stride-1 convolution of `dy` with the kernels flipped and their input
+//!   and output channels swapped ([`WinogradWeights::for_input_grad`]), through the same three stages,
+//!   adding into `dx`;
+//! - the weight gradient is computed in the Winograd domain: for each chunk of tiles, the input
+//!   transform `V` and the output gradient carried back through `Aᵀ` (`dM = A dY Aᵀ`), then per point
+//!   `dU[ξ] += dM[ξ] · V[ξ]ᵀ` on the microkernel (the reduction runs over the tiles), and once at the
+//!   end `dw += Gᵀ dU G` ([`WinogradWeights::add_weight_grad_images`]).
 
 use super::ConvGeometry;
 use super::winograd_math::{self, Lanes};
 use crate::blocked;
+use crate::geometry::Axis;
 use crate::kernels::vectorize;
 use crate::microkernel::{self, Epilogue, Isa, LANES, Tile, TileShape};
 use crate::parallel::for_each_part;
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
+use rayon::prelude::*;
 
 /// Bytes of a block's transformed input and one group's products the tile-block size aims for: within
 /// L2 (1 MiB or more on the machines we run), with room for the weights streaming through. On
@@ -37,6 +49,10 @@ use crate::workspace::{Workspace, WorkspaceSize};
 const BLOCK_BYTES: usize = 512 * 1024;
 /// The most tiles a block holds.
 const MAX_TILES: usize = 96;
+/// Bytes of one chunk's transformed inputs and output gradients in the weight gradient: the chunk's
+/// tiles are the reduction depth of every microkernel call, so deeper chunks store the gradient's
+/// accumulators less often; 4 MiB stays within the L3 of the machines we run.
+const WEIGHT_GRAD_BYTES: usize = 4 * 1024 * 1024;
 
 /// Whether this module computes `g`: a 3×3 kernel, stride 1, no dilation, padding of at most 2 a side.
 pub fn eligible(g: &ConvGeometry) -> bool {
@@ -113,6 +129,47 @@ pub fn workspace(g: &ConvGeometry, tile: usize) -> WorkspaceSize {
     WorkspaceSize::regions(most.unwrap_or(0))
 }
 
+/// Tiles per chunk of [`WinogradWeights::add_weight_grad_images`]: from the geometry alone (not the
+/// batch or the thread count), so the order of the sums, and with it every bit of the gradient, is
+/// fixed.
+fn weight_grad_chunk(g: &ConvGeometry, tile: usize) -> usize {
+    let per_tile =
+        (tile + 2) * (tile + 2) * (blocked::blocks(g.in_channels) + blocked::blocks(g.out_channels)) * LANES * 4;
+    (WEIGHT_GRAD_BYTES / per_tile).clamp(16, 512)
+}
+
+/// The workspace [`WinogradWeights::add_weight_grad_images`] takes over `g` with tiles of `tile` a side:
+/// the gradient in the Winograd domain, and one chunk's transformed tiles.
+pub fn weight_grad_workspace(g: &ConvGeometry, tile: usize) -> WorkspaceSize {
+    let points = (tile + 2) * (tile + 2);
+    let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
+    WorkspaceSize {
+        partials: points * out_blocks * in_blocks * LANES * LANES,
+        shared: points * (in_blocks + out_blocks) * weight_grad_chunk(g, tile) * LANES,
+        ..WorkspaceSize::default()
+    }
+}
+
+/// The stride-1 convolution whose output is `g`'s input gradient: `g`'s output gradient convolved
+/// with the flipped kernels, input and output channels swapped, with the padding that makes its
+/// output the size of `g`'s input (`2 - pad` a side).
+pub fn input_grad_geometry(g: &ConvGeometry) -> ConvGeometry {
+    let swap = |a: Axis| Axis {
+        input: a.output,
+        output: a.input,
+        pad_lo: 2 - a.pad_lo,
+        pad_hi: 2 - a.pad_hi,
+        ..a
+    };
+    ConvGeometry {
+        batch: g.batch,
+        in_channels: g.out_channels,
+        out_channels: g.in_channels,
+        h: swap(g.h),
+        w: swap(g.w),
+    }
+}
+
 /// A convolution's weights transformed and packed for F(m×m, 3×3), its bias, and the runs of its
 /// products.
 #[derive(Debug, Clone)]
@@ -125,12 +182,30 @@ pub struct WinogradWeights {
     weights: Vec<f32>,
     /// One per output channel, padded to whole blocks.
     bias: Vec<f32>,
+    /// Whether these weights compute the input gradient ([`WinogradWeights::for_input_grad`]).
+    input_grad: bool,
 }
 
 impl WinogradWeights {
     /// Transforms PyTorch-layout weights `[out, in, 3, 3]` (and a bias) for `g` with output tiles of
     /// `tile` (2 or 4) a side. Panics unless [`eligible`].
     pub fn new(g: &ConvGeometry, tile: usize, w: &[f32], b: Option<&[f32]>) -> WinogradWeights {
+        let mut packed = WinogradWeights::allocate(g, tile, false);
+        packed.repack(w, b);
+        packed
+    }
+
+    /// The weights [`WinogradWeights::add_input_grad_images`] runs for convolution `g` (its PyTorch-layout
+    /// weights `w`): the kernels flipped, input and output channels swapped, over
+    /// [`input_grad_geometry`].
+    pub fn for_input_grad(g: &ConvGeometry, tile: usize, w: &[f32]) -> WinogradWeights {
+        let mut packed = WinogradWeights::allocate(&input_grad_geometry(g), tile, true);
+        packed.repack(w, None);
+        packed
+    }
+
+    /// Zeroed buffers for `g`'s weights.
+    fn allocate(g: &ConvGeometry, tile: usize, input_grad: bool) -> WinogradWeights {
         assert!(
             eligible(g),
             "Winograd needs a 3x3, stride-1, undilated convolution, found {g}"
@@ -141,24 +216,34 @@ impl WinogradWeights {
         );
         let points = (tile + 2) * (tile + 2);
         let block_stride = microkernel::block_stride(points * blocked::blocks(g.in_channels) * LANES * LANES);
-        let mut packed = WinogradWeights {
+        WinogradWeights {
             geometry: *g,
             tile,
             block_stride,
             weights: vec![0.0; blocked::blocks(g.out_channels) * block_stride],
             bias: vec![0.0; blocked::blocks(g.out_channels) * LANES],
-        };
-        packed.repack(w, b);
-        packed
+            input_grad,
+        }
     }
 
-    /// Transforms new values of the same weights (after an optimizer step) into the existing buffers.
+    /// Transforms new values of the same weights (after an optimizer step; PyTorch's layout, the
+    /// convolution's own for input-gradient weights) into the existing buffers.
     pub fn repack(&mut self, w: &[f32], b: Option<&[f32]>) {
         let g = self.geometry;
         let (inputs, outputs) = (g.in_channels, g.out_channels);
         assert_eq!(w.len(), outputs * inputs * 9, "conv weights [out, in, 3, 3]");
         let (points, in_blocks) = (self.points(), blocked::blocks(inputs));
-        let tile = self.tile;
+        let (tile, input_grad) = (self.tile, self.input_grad);
+        // Kernel (o, c) of the convolution these weights run: for the input gradient, kernel (c, o) of
+        // the forward convolution, flipped.
+        let kernel_of = |o: usize, c: usize| -> [f32; 9] {
+            if input_grad {
+                let k = &w[(c * outputs + o) * 9..][..9];
+                std::array::from_fn(|t| k[8 - t])
+            } else {
+                w[(o * inputs + c) * 9..][..9].try_into().expect("3x3")
+            }
+        };
         use rayon::prelude::*;
         self.weights
             .par_chunks_mut(self.block_stride)
@@ -168,11 +253,11 @@ impl WinogradWeights {
                 for oc in 0..LANES.min(outputs.saturating_sub(ob * LANES)) {
                     let o = ob * LANES + oc;
                     for c in 0..inputs {
-                        let k: &[f32; 9] = w[(o * inputs + c) * 9..][..9].try_into().expect("3x3");
+                        let k = kernel_of(o, c);
                         let u = if tile == 4 {
-                            winograd_math::kernel::<4>(k)
+                            winograd_math::kernel::<4>(&k)
                         } else {
-                            winograd_math::kernel::<2>(k)
+                            winograd_math::kernel::<2>(&k)
                         };
                         let (icb, ic) = (c / LANES, c % LANES);
                         for (xi, &value) in u[..points].iter().enumerate() {
@@ -199,6 +284,124 @@ impl WinogradWeights {
     /// `y = conv(x, w) + b`, rectified when `relu`, for blocked images `x` into blocked images `y`
     /// (neither with a halo), with `isa`'s microkernel.
     pub fn forward_images(&self, x: Images<'_>, relu: bool, y: &mut ImagesMut<'_>, ws: &mut Workspace, isa: Isa) {
+        assert!(!self.input_grad, "input-gradient weights run add_input_grad_images");
+        self.run_tiles(x, Finish { relu, add: false }, y, ws, isa);
+    }
+
+    /// `dx += the input gradient of the convolution` for the blocked output gradient `dy` (weights from
+    /// [`WinogradWeights::for_input_grad`]; neither with a halo).
+    pub fn add_input_grad_images(&self, dy: Images<'_>, dx: &mut ImagesMut<'_>, ws: &mut Workspace, isa: Isa) {
+        assert!(self.input_grad, "the forward convolution's weights run forward_images");
+        self.run_tiles(dy, Finish { relu: false, add: true }, dx, ws, isa);
+    }
+
+    /// `dw += the weight gradient` (PyTorch's `[out, in, 3, 3]`) of the convolution these weights run,
+    /// for blocked inputs `x` and output gradients `dy` (neither with a halo), in the Winograd domain:
+    /// chunk after chunk of tiles ([`weight_grad_chunk`]), `V` and `dM = A dY Aᵀ` of the chunk's tiles,
+    /// then per point `dU[ξ] += dM[ξ] · V[ξ]ᵀ` on the microkernel; finally `dw += Gᵀ dU G` in float64.
+    /// Every sum runs in an order fixed by the geometry, whatever the thread count.
+    pub fn add_weight_grad_images(&self, x: Images<'_>, dy: Images<'_>, dw: &mut [f32], ws: &mut Workspace, isa: Isa) {
+        assert!(
+            !self.input_grad,
+            "the weight gradient runs on the forward convolution's weights"
+        );
+        let g = &self.geometry;
+        let (inputs, outputs) = (g.in_channels, g.out_channels);
+        assert_eq!(dw.len(), outputs * inputs * 9, "conv weight gradient [out, in, 3, 3]");
+        let total = tiles_per_image(g, self.tile) * x.count();
+        if total == 0 {
+            return;
+        }
+        let (in_blocks, out_blocks) = (blocked::blocks(inputs), blocked::blocks(outputs));
+        let (tile, points) = (self.tile, self.points());
+        let chunk = weight_grad_chunk(g, tile);
+        // `V[icb][ξ][t]`, `dM[ob][ξ][t]` (16 lanes each) and `dU[ξ][ob][input channel][16 outputs]`.
+        let row = chunk * LANES;
+        let per_block = points * row;
+        let du_block = in_blocks * LANES * LANES;
+        let size = weight_grad_workspace(g, tile);
+        let (du, shared) = ws.partials_and_shared(size.partials, size.shared);
+        du.fill(0.0);
+        let (v, dm) = shared.split_at_mut(in_blocks * per_block);
+        for first in (0..total).step_by(chunk) {
+            let tiles = chunk.min(total - first);
+            let chunk_tiles = ChunkTiles { g, first, tiles, row };
+            rayon::join(
+                || {
+                    v.par_chunks_mut(per_block)
+                        .enumerate()
+                        .for_each(|(icb, v)| chunk_tiles.transform_inputs(tile, x, icb, v))
+                },
+                || {
+                    dm.par_chunks_mut(per_block)
+                        .enumerate()
+                        .for_each(|(ob, dm)| chunk_tiles.transform_gradients(tile, dy, ob, dm))
+                },
+            );
+            let (v, dm) = (&*v, &*dm);
+            // One task per point and group of output blocks, each owning its part of `dU`; every sum
+            // runs over the chunk's tiles in order however the tasks are cut.
+            let group = group_blocks(isa, out_blocks);
+            du.par_chunks_mut(out_blocks * du_block)
+                .enumerate()
+                .for_each(|(xi, du)| {
+                    du.par_chunks_mut(group * du_block).enumerate().for_each(|(gi, du)| {
+                        let blocks = du.len() / du_block;
+                        // The tile's "pixels" are input channels of one block.
+                        let pixels = isa.tile_pixels(blocks).min(LANES);
+                        let dm = &dm[(gi * group * points + xi) * row..];
+                        for icb in 0..in_blocks {
+                            let v = &v[(icb * points + xi) * row..];
+                            for ic in (0..LANES).step_by(pixels) {
+                                let tile = Tile {
+                                    shape: TileShape {
+                                        blocks,
+                                        pixels: pixels.min(LANES - ic),
+                                    },
+                                    runs: &[(0, ic)],
+                                    depth: tiles,
+                                    w_block_stride: per_block,
+                                    x_pixel_stride: 1,
+                                    x_depth_stride: LANES,
+                                    c_offset: (icb * LANES + ic) * LANES,
+                                    c_block_stride: du_block,
+                                    epilogue: Epilogue {
+                                        accumulate: true,
+                                        ..Epilogue::default()
+                                    },
+                                };
+                                microkernel::run(isa, &tile, dm, v, du);
+                            }
+                        }
+                    })
+                });
+        }
+        let du = &*du;
+        dw.par_chunks_mut(inputs * 9).enumerate().for_each(|(o, dw)| {
+            let (ob, oc) = (o / LANES, o % LANES);
+            for (c, dw) in dw.chunks_exact_mut(9).enumerate() {
+                let u: [f64; 36] = std::array::from_fn(|xi| {
+                    if xi < points {
+                        f64::from(du[(xi * out_blocks + ob) * du_block + c * LANES + oc])
+                    } else {
+                        0.0
+                    }
+                });
+                let k = if tile == 4 {
+                    winograd_math::kernel_adjoint::<4>(&u)
+                } else {
+                    winograd_math::kernel_adjoint::<2>(&u)
+                };
+                for (d, k) in dw.iter_mut().zip(k) {
+                    *d += k as f32;
+                }
+            }
+        });
+    }
+
+    /// The three stages over every block of tiles: `x` through the convolution into `y`, finished as
+    /// `finish` says.
+    fn run_tiles(&self, x: Images<'_>, finish: Finish, y: &mut ImagesMut<'_>, ws: &mut Workspace, isa: Isa) {
         let batch = x.count();
         if batch == 0 || self.geometry.output_pixels() == 0 {
             return;
@@ -225,7 +428,7 @@ impl WinogradWeights {
                         first,
                         tiles,
                         stride: per_block,
-                        relu,
+                        finish,
                         isa,
                     };
                     match self.tile {
@@ -256,14 +459,22 @@ impl OutputImages {
         }
     }
 
-    /// Stores 16 lanes at `offset` of image `n`.
+    /// Stores 16 lanes at `offset` of image `n`, or adds them to what is there when `add`.
     #[inline(always)]
-    fn store(&self, n: usize, offset: usize, value: Lanes) {
+    fn store(&self, n: usize, offset: usize, value: Lanes, add: bool) {
         let (ptr, len) = self.images[n];
         assert!(offset + LANES <= len, "output offset {offset} past an image of {len}");
         // SAFETY: in bounds (checked above) of a live image slice; see the `Sync` impl for why no other
-        // thread writes these 16 values.
-        unsafe { std::ptr::copy_nonoverlapping(value.0.as_ptr(), ptr.add(offset), LANES) };
+        // thread reads or writes these 16 values.
+        unsafe {
+            let at = ptr.add(offset);
+            let value = if add {
+                value + Lanes(std::ptr::read_unaligned(at as *const [f32; LANES]))
+            } else {
+                value
+            };
+            std::ptr::copy_nonoverlapping(value.0.as_ptr(), at, LANES)
+        };
     }
 }
 
@@ -279,8 +490,17 @@ struct Step<'a> {
     /// The block's tile capacity: the distance between consecutive (point, channel block) rows of
     /// `V` and `M`.
     stride: usize,
-    relu: bool,
+    finish: Finish,
     isa: Isa,
+}
+
+/// What the output transform does with its values besides the bias.
+#[derive(Debug, Clone, Copy)]
+struct Finish {
+    /// `max(·, 0)`.
+    relu: bool,
+    /// Add to the output instead of storing (a gradient adding into its buffer).
+    add: bool,
 }
 
 impl Step<'_> {
@@ -317,59 +537,20 @@ impl Step<'_> {
         }
     }
 
-    /// Image and tile row and column of the block's tile `t`.
-    fn locate(&self, t: usize) -> (usize, usize, usize) {
-        let g = &self.weights.geometry;
-        let m = self.weights.tile;
-        let tiles_w = g.w.output.div_ceil(m);
-        let per_image = g.h.output.div_ceil(m) * tiles_w;
-        let global = self.first + t;
-        let (n, within) = (global / per_image, global % per_image);
-        (n, within / tiles_w, within % tiles_w)
-    }
-
     /// `V[ξ][icb][t] = (Bᵀ d B)[ξ]` for every tile `t` of the block and input block `icb`.
     #[inline(always)]
     fn input_transform<const M: usize>(&self, v: &mut [f32]) {
         let g = &self.weights.geometry;
         let window = M + 2;
-        let (h, w) = (g.h.input as isize, g.w.input as isize);
         let in_blocks = blocked::blocks(g.in_channels);
-        let plane = g.h.input * g.w.input * LANES;
         for t in 0..self.tiles {
-            let (n, ty, tx) = self.locate(t);
+            let (n, ty, tx) = locate(g, M, self.first + t);
             let image = self.x.get(n);
-            let (y0, x0) = (
-                (ty * M) as isize - g.h.pad_lo as isize,
-                (tx * M) as isize - g.w.pad_lo as isize,
-            );
-            let inside = y0 >= 0 && x0 >= 0 && y0 + window as isize <= h && x0 + window as isize <= w;
             for icb in 0..in_blocks {
-                let channels = &image[icb * plane..][..plane];
-                // d[i][j]: the window, zero outside the image.
-                let mut d = [[Lanes::ZERO; 6]; 6];
-                for (i, row) in d.iter_mut().enumerate().take(window) {
-                    let yy = y0 + i as isize;
-                    for (j, value) in row.iter_mut().enumerate().take(window) {
-                        let xx = x0 + j as isize;
-                        if inside || (0..h).contains(&yy) && (0..w).contains(&xx) {
-                            *value = Lanes::load(&channels[((yy * w + xx) as usize) * LANES..]);
-                        }
-                    }
-                }
-                // Bᵀ d (columns), then (Bᵀ d) B (rows).
-                let mut cols = [[Lanes::ZERO; 6]; 6];
-                for j in 0..window {
-                    let column = winograd_math::input_1d::<M, Lanes>(std::array::from_fn(|i| d[i][j]));
-                    for (i, value) in column.into_iter().enumerate().take(window) {
-                        cols[i][j] = value;
-                    }
-                }
-                for (i, row) in cols.iter().enumerate().take(window) {
-                    let transformed = winograd_math::input_1d::<M, Lanes>(*row);
-                    for (j, value) in transformed.into_iter().enumerate().take(window) {
-                        let xi = i * window + j;
-                        value.store(&mut v[((xi * in_blocks + icb) * self.stride + t) * LANES..]);
+                let transformed = input_tile::<M>(g, image, icb, ty, tx);
+                for (i, row) in transformed.iter().enumerate().take(window) {
+                    for (j, value) in row.iter().enumerate().take(window) {
+                        value.store(&mut v[(((i * window + j) * in_blocks + icb) * self.stride + t) * LANES..]);
                     }
                 }
             }
@@ -425,7 +606,7 @@ impl Step<'_> {
         let (oh, ow) = (g.h.output, g.w.output);
         let plane = oh * ow * LANES;
         for t in 0..self.tiles {
-            let (n, ty, tx) = self.locate(t);
+            let (n, ty, tx) = locate(g, M, self.first + t);
             for b in 0..blocks {
                 let ob = first + b;
                 let mut rows = [[Lanes::ZERO; 6]; 4];
@@ -454,12 +635,150 @@ impl Step<'_> {
                             break;
                         }
                         let mut value = value + bias;
-                        if self.relu {
+                        if self.finish.relu {
                             value = Lanes(value.0.map(|v| v.max(0.0)));
                         }
-                        self.out.store(n, ob * plane + (oy * ow + ox) * LANES, value);
+                        self.out
+                            .store(n, ob * plane + (oy * ow + ox) * LANES, value, self.finish.add);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Image, tile row and tile column of tile `global` of a batch (image after image, row-major in each)
+/// of `g`'s outputs cut into tiles of `m` a side.
+#[inline(always)]
+fn locate(g: &ConvGeometry, m: usize, global: usize) -> (usize, usize, usize) {
+    let tiles_w = g.w.output.div_ceil(m);
+    let per_image = g.h.output.div_ceil(m) * tiles_w;
+    let (n, within) = (global / per_image, global % per_image);
+    (n, within / tiles_w, within % tiles_w)
+}
+
+/// `Bᵀ d B` for the window of output tile (`ty`, `tx`) in input block `icb` of the blocked `image`
+/// (zeros where the window leaves the image, so no padded copy): `(M + 2)²` vectors.
+#[inline(always)]
+fn input_tile<const M: usize>(g: &ConvGeometry, image: &[f32], icb: usize, ty: usize, tx: usize) -> [[Lanes; 6]; 6] {
+    let window = M + 2;
+    let (h, w) = (g.h.input as isize, g.w.input as isize);
+    let plane = g.h.input * g.w.input * LANES;
+    let channels = &image[icb * plane..][..plane];
+    let (y0, x0) = (
+        (ty * M) as isize - g.h.pad_lo as isize,
+        (tx * M) as isize - g.w.pad_lo as isize,
+    );
+    let inside = y0 >= 0 && x0 >= 0 && y0 + window as isize <= h && x0 + window as isize <= w;
+    // d[i][j]: the window, zero outside the image.
+    let mut d = [[Lanes::ZERO; 6]; 6];
+    for (i, row) in d.iter_mut().enumerate().take(window) {
+        let yy = y0 + i as isize;
+        for (j, value) in row.iter_mut().enumerate().take(window) {
+            let xx = x0 + j as isize;
+            if inside || (0..h).contains(&yy) && (0..w).contains(&xx) {
+                *value = Lanes::load(&channels[((yy * w + xx) as usize) * LANES..]);
+            }
+        }
+    }
+    // Bᵀ d (columns), then (Bᵀ d) B (rows).
+    let mut cols = [[Lanes::ZERO; 6]; 6];
+    for j in 0..window {
+        let column = winograd_math::input_1d::<M, Lanes>(std::array::from_fn(|i| d[i][j]));
+        for (i, value) in column.into_iter().enumerate().take(window) {
+            cols[i][j] = value;
+        }
+    }
+    std::array::from_fn(|i| winograd_math::input_1d::<M, Lanes>(cols[i]))
+}
+
+/// `A dY Aᵀ` for output tile (`ty`, `tx`) of output block `ob` of the blocked output gradient `image`
+/// (zeros where the tile leaves the map): the gradient of the tile's `(M + 2)²` products.
+#[inline(always)]
+fn gradient_tile<const M: usize>(g: &ConvGeometry, image: &[f32], ob: usize, ty: usize, tx: usize) -> [[Lanes; 6]; 6] {
+    let (oh, ow) = (g.h.output, g.w.output);
+    let plane = oh * ow * LANES;
+    let channels = &image[ob * plane..][..plane];
+    let mut dy = [[Lanes::ZERO; 4]; 4];
+    for (i, row) in dy.iter_mut().enumerate().take(M) {
+        let oy = ty * M + i;
+        for (j, value) in row.iter_mut().enumerate().take(M) {
+            let ox = tx * M + j;
+            if oy < oh && ox < ow {
+                *value = Lanes::load(&channels[(oy * ow + ox) * LANES..]);
+            }
+        }
+    }
+    // A dY (columns), then (A dY) Aᵀ (rows).
+    let mut cols = [[Lanes::ZERO; 4]; 6];
+    for j in 0..M {
+        let column = winograd_math::output_adjoint_1d::<M, Lanes>(std::array::from_fn(|i| dy[i][j]));
+        for (i, value) in column.into_iter().enumerate().take(M + 2) {
+            cols[i][j] = value;
+        }
+    }
+    std::array::from_fn(|i| winograd_math::output_adjoint_1d::<M, Lanes>(cols[i]))
+}
+
+/// One chunk of the weight gradient's tiles: tiles `first..first + tiles` of the batch, each
+/// transformed block holding `row` values per point.
+struct ChunkTiles<'a> {
+    g: &'a ConvGeometry,
+    first: usize,
+    tiles: usize,
+    row: usize,
+}
+
+impl ChunkTiles<'_> {
+    /// `V[ξ][t] = (Bᵀ d B)[ξ]` of input block `icb` for every tile of the chunk.
+    fn transform_inputs(&self, tile: usize, x: Images<'_>, icb: usize, v: &mut [f32]) {
+        struct Inputs<'s, 'a, const M: usize>(&'s ChunkTiles<'a>, Images<'s>, usize, &'s mut [f32]);
+        impl<const M: usize> pulp::WithSimd for Inputs<'_, '_, M> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: pulp::Simd>(self, _: S) {
+                let Inputs(chunk, x, icb, v) = self;
+                for t in 0..chunk.tiles {
+                    let (n, ty, tx) = locate(chunk.g, M, chunk.first + t);
+                    let transformed = input_tile::<M>(chunk.g, x.get(n), icb, ty, tx);
+                    chunk.store::<M>(&transformed, t, v);
+                }
+            }
+        }
+        match tile {
+            4 => vectorize(Inputs::<4>(self, x, icb, v)),
+            _ => vectorize(Inputs::<2>(self, x, icb, v)),
+        }
+    }
+
+    /// `dM[ξ][t] = (A dY Aᵀ)[ξ]` of output block `ob` for every tile of the chunk.
+    fn transform_gradients(&self, tile: usize, dy: Images<'_>, ob: usize, dm: &mut [f32]) {
+        struct Gradients<'s, 'a, const M: usize>(&'s ChunkTiles<'a>, Images<'s>, usize, &'s mut [f32]);
+        impl<const M: usize> pulp::WithSimd for Gradients<'_, '_, M> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: pulp::Simd>(self, _: S) {
+                let Gradients(chunk, dy, ob, dm) = self;
+                for t in 0..chunk.tiles {
+                    let (n, ty, tx) = locate(chunk.g, M, chunk.first + t);
+                    let transformed = gradient_tile::<M>(chunk.g, dy.get(n), ob, ty, tx);
+                    chunk.store::<M>(&transformed, t, dm);
+                }
+            }
+        }
+        match tile {
+            4 => vectorize(Gradients::<4>(self, dy, ob, dm)),
+            _ => vectorize(Gradients::<2>(self, dy, ob, dm)),
+        }
+    }
+
+    /// Stores tile `t`'s `(M + 2)²` transformed vectors at their points.
+    #[inline(always)]
+    fn store<const M: usize>(&self, transformed: &[[Lanes; 6]; 6], t: usize, out: &mut [f32]) {
+        let window = M + 2;
+        for (i, row) in transformed.iter().enumerate().take(window) {
+            for (j, value) in row.iter().enumerate().take(window) {
+                value.store(&mut out[((i * window + j) * self.row) + t * LANES..]);
             }
         }
     }

@@ -113,6 +113,19 @@ pub(super) fn output_1d<const M: usize, T: Value>(m: [T; 6]) -> [T; 4] {
     }
 }
 
+/// `A y` for one column of `M` output gradients: the adjoint of [`output_1d`], which carries a tile's
+/// output gradient back to its `M + 2` transformed values (`dM = A dY Aᵀ`).
+#[inline(always)]
+pub(super) fn output_adjoint_1d<const M: usize, T: Value>(y: [T; 4]) -> [T; 6] {
+    if M == 4 {
+        let (even, odd) = (y[0] + y[2], y[1] + y[3]);
+        let (even4, odd4) = (y[0] + y[2] * 4.0, (y[1] + y[3] * 4.0) * 2.0);
+        [y[0], even + odd, even - odd, even4 + odd4, even4 - odd4, y[3]]
+    } else {
+        [y[0], y[0] + y[1], y[0] - y[1], y[1] * -1.0, y[0], y[0]]
+    }
+}
+
 /// `G g Gᵀ` for one 3×3 kernel (row-major), `(M + 2)²` values row-major, computed in float64 and
 /// rounded once.
 ///
@@ -160,6 +173,45 @@ pub(super) fn kernel<const M: usize>(k: &[f32; 9]) -> [f32; 36] {
     out
 }
 
+/// `Gᵀ u G` for one kernel's `(M + 2)²` transformed gradient values (row-major): the adjoint of
+/// [`kernel`], which carries a gradient in the Winograd domain back to the 3×3 kernel, in float64.
+pub(super) fn kernel_adjoint<const M: usize>(u: &[f64; 36]) -> [f64; 9] {
+    let gt = |v: [f64; 6]| -> [f64; 3] {
+        if M == 4 {
+            [
+                v[0] / 4.0 - (v[1] + v[2]) / 6.0 + (v[3] + v[4]) / 24.0,
+                (v[2] - v[1]) / 6.0 + (v[3] - v[4]) / 12.0,
+                (v[3] + v[4] - v[1] - v[2]) / 6.0 + v[5],
+            ]
+        } else {
+            [
+                v[0] + (v[1] + v[2]) / 2.0,
+                (v[1] - v[2]) / 2.0,
+                (v[1] + v[2]) / 2.0 + v[3],
+            ]
+        }
+    };
+    let window = M + 2;
+    // Rows first (u G), then columns (Gᵀ (u G)).
+    let rows: [[f64; 3]; 6] = std::array::from_fn(|i| {
+        if i < window {
+            gt(std::array::from_fn(
+                |j| if j < window { u[i * window + j] } else { 0.0 },
+            ))
+        } else {
+            [0.0; 3]
+        }
+    });
+    let mut out = [0.0; 9];
+    for b in 0..3 {
+        let column = gt(std::array::from_fn(|i| rows[i][b]));
+        for (a, v) in column.into_iter().enumerate() {
+            out[a * 3 + b] = v;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +246,30 @@ mod tests {
             }
         }
         std::array::from_fn(|i| output_1d::<M, f32>(rows[i]))
+    }
+
+    /// `<A y, m> = <y, Aᵀ m>` and `<G k Gᵀ, u> = <k, Gᵀ u G>`: the adjoints are the transposes.
+    #[test]
+    fn adjoints_are_the_transposes_of_the_transforms() {
+        fn check<const M: usize>() {
+            let window = M + 2;
+            let m: [f32; 6] = std::array::from_fn(|i| (i as f32 * 0.37 - 0.8).sin());
+            let y: [f32; 4] = std::array::from_fn(|i| (i as f32 * 1.3 + 0.2).cos());
+            let forward = output_1d::<M, f32>(m);
+            let back = output_adjoint_1d::<M, f32>(y);
+            let lhs: f64 = (0..M).map(|a| f64::from(forward[a]) * f64::from(y[a])).sum();
+            let rhs: f64 = (0..window).map(|i| f64::from(back[i]) * f64::from(m[i])).sum();
+            assert!((lhs - rhs).abs() < 1e-5, "F({M},3) output adjoint: {lhs} vs {rhs}");
+            let k: [f32; 9] = std::array::from_fn(|i| (i as f32 * 0.71 + 0.3).sin());
+            let u: [f64; 36] = std::array::from_fn(|i| (i as f64 * 0.53 - 1.1).cos());
+            let transformed = kernel::<M>(&k);
+            let lhs: f64 = (0..window * window).map(|i| f64::from(transformed[i]) * u[i]).sum();
+            let back = kernel_adjoint::<M>(&u);
+            let rhs: f64 = (0..9).map(|i| f64::from(k[i]) * back[i]).sum();
+            assert!((lhs - rhs).abs() < 1e-5, "F({M},3) kernel adjoint: {lhs} vs {rhs}");
+        }
+        check::<2>();
+        check::<4>();
     }
 
     #[test]
