@@ -16,9 +16,10 @@
 //! ReLU mask with the bias gradient, the weight gradient, the input gradient) to stderr. Every
 //! algorithm on the same layers: `cargo bench --bench conv_algorithms`.
 //!
-//! For the 3×3 stride-1 layers the table also gives the forward of Winograd F(2,3) and F(4,3) on the
-//! blocked layout (`winograd_blocked`, same input, bias and ReLU), in GF/s of the direct FLOPs so the
-//! columns compare as times do.
+//! For the 3×3 stride-1 layers the table also gives Winograd F(2,3) and F(4,3) on the blocked layout
+//! (`winograd_blocked`, same input, bias and ReLU): the forward, and forward + backward (the same ReLU
+//! mask and bias gradient, Winograd's weight gradient and input gradient), in GF/s of the direct FLOPs
+//! so the columns compare as times do. `PARTS=1` prints Winograd's gradient parts too.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -141,6 +142,8 @@ struct LayerRun {
     packed: DirectWeights,
     /// F(2,3) and F(4,3) weights, for a Winograd-eligible layer with a blocked input.
     winograd: Vec<WinogradWeights>,
+    /// Their input-gradient weights.
+    winograd_input: Vec<WinogradWeights>,
     ws: Workspace,
     y: Vec<f32>,
     dy: Vec<f32>,
@@ -175,8 +178,13 @@ impl LayerRun {
         } else {
             Vec::new()
         };
+        let winograd_input = winograd
+            .iter()
+            .map(|w| WinogradWeights::for_input_grad(&g, w.tile(), &weights))
+            .collect();
         LayerRun {
             winograd,
+            winograd_input,
             packed: DirectWeights::new(&g, &weights, Some(&bias)),
             ws: Workspace::with_size(conv::workspace(&g, ConvAlgo::Direct)),
             y: vec![0.0; batch * out_len],
@@ -217,6 +225,20 @@ impl LayerRun {
         let mut y = ImagesMut::dense(&mut self.y, self.batch, self.out_len);
         let x = Images::dense(&self.x, self.batch, self.in_len);
         self.winograd[index].forward_images(x, true, &mut y, &mut self.ws, self.isa);
+    }
+
+    /// Winograd's weight gradient with weights `index`.
+    fn winograd_weight_grad(&mut self, index: usize) {
+        let dy = Images::dense(&self.dy, self.batch, self.out_len);
+        let x = Images::dense(&self.x, self.batch, self.in_len);
+        self.winograd[index].add_weight_grad_images(x, dy, &mut self.dw, &mut self.ws, self.isa);
+    }
+
+    /// Winograd's input gradient with weights `index`.
+    fn winograd_input_grad(&mut self, index: usize) {
+        let dy = Images::dense(&self.dy, self.batch, self.out_len);
+        let mut dx = ImagesMut::dense(&mut self.dx, self.batch, self.in_len);
+        self.winograd_input[index].add_input_grad_images(dy, &mut dx, &mut self.ws, self.isa);
     }
 
     /// The ReLU mask fused with the bias gradient.
@@ -274,11 +296,12 @@ impl LayerRun {
 }
 
 /// Our median milliseconds for `case` at `batch`: forward, forward + backward, and the Winograd
-/// F(2,3) and F(4,3) forwards where the layer has them.
+/// F(2,3) and F(4,3) forwards and forward + backward passes where the layer has them.
 struct OurTimes {
     fwd: f64,
     fwd_bwd: f64,
     winograd: Option<[f64; 2]>,
+    winograd_fwd_bwd: Option<[f64; 2]>,
 }
 
 fn time_ours(case: &LayerCase, batch: usize, reps: usize, isa: Isa) -> OurTimes {
@@ -292,7 +315,29 @@ fn time_ours(case: &LayerCase, batch: usize, reps: usize, isa: Isa) -> OurTimes 
         run.weight_grad();
         run.input_grad();
     });
+    let winograd_fwd_bwd = (!run.winograd.is_empty()).then(|| {
+        [0, 1].map(|index| {
+            median_ms(reps, || {
+                run.winograd_forward(index);
+                run.mask_and_bias_grad();
+                run.winograd_weight_grad(index);
+                run.winograd_input_grad(index);
+            })
+        })
+    });
     if std::env::var("PARTS").is_ok() {
+        let f = run.g.forward_flops() as f64 / 1e9;
+        for index in 0..run.winograd.len() {
+            let wg = median_ms(reps, || run.winograd_weight_grad(index));
+            let ig = median_ms(reps, || run.winograd_input_grad(index));
+            eprintln!(
+                "PARTS {} F({},3): weight grad {wg:.2} ms ({:.0} GF/s), input grad {ig:.2} ms ({:.0} GF/s)",
+                case.name,
+                run.winograd[index].tile(),
+                f / wg * 1e3,
+                f / ig * 1e3
+            );
+        }
         let mask = median_ms(reps, || run.mask_and_bias_grad());
         let wg = median_ms(reps, || run.weight_grad());
         let ig = median_ms(reps, || run.input_grad());
@@ -305,7 +350,12 @@ fn time_ours(case: &LayerCase, batch: usize, reps: usize, isa: Isa) -> OurTimes 
             f / ig * 1e3
         );
     }
-    OurTimes { fwd, fwd_bwd, winograd }
+    OurTimes {
+        fwd,
+        fwd_bwd,
+        winograd,
+        winograd_fwd_bwd,
+    }
 }
 
 /// PyTorch's median forward and forward + backward milliseconds per layer name, or why there are none.
@@ -382,8 +432,8 @@ fn main() {
         println!("PyTorch not measured: {why}");
     }
     println!(
-        "{:<44} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>8} {:>8}",
-        "layer", "fwd GF/s", "torch", "ratio", "f+b GF/s", "torch", "ratio", "F(2,3)", "F(4,3)"
+        "{:<44} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8}",
+        "layer", "fwd GF/s", "torch", "ratio", "f+b GF/s", "torch", "ratio", "F(2,3)", "F(4,3)", "F2 f+b", "F4 f+b"
     );
     let (mut log_fwd, mut log_both, mut counted) = (0.0, 0.0, 0);
     for ((name, case, batch), times) in cases.iter().zip(&ours) {
@@ -403,7 +453,7 @@ fn main() {
             counted += 1;
         }
         println!(
-            "{:<44} {:>9.1} {:>9} {:>6} {:>9.1} {:>9} {:>6} {:>8} {:>8}",
+            "{:<44} {:>9.1} {:>9} {:>6} {:>9.1} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8}",
             name,
             rate(flops, *fwd),
             cell(peer.map(|p| rate(flops, p.0))),
@@ -413,6 +463,8 @@ fn main() {
             ratio(peer.map(|p| p.1 / both)),
             cell(times.winograd.map(|w| rate(flops, w[0]))),
             cell(times.winograd.map(|w| rate(flops, w[1]))),
+            cell(times.winograd_fwd_bwd.map(|w| rate(both_flops, w[0]))),
+            cell(times.winograd_fwd_bwd.map(|w| rate(both_flops, w[1]))),
         );
     }
     if counted > 0 {

@@ -868,23 +868,24 @@ fn summary_command(args: SummaryArgs) -> Result<()> {
         let plan = Plan::for_capacity(&graph, PlanOptions::default(), batch)?;
         let total = graph.flops_per_image() as f64;
         println!(
-            "{:<14} {:<26} {:>9} {:<13} {:<15} {:>6}",
-            "conv", "op", "output", "algorithm", "layout in->out", "FLOPs"
+            "{:<14} {:<26} {:>9} {:<13} {:<13} {:<15} {:>6}",
+            "conv", "op", "output", "inference", "training", "layout in->out", "FLOPs"
         );
         for (id, (node, algo)) in graph.nodes.iter().zip(&plan.conv_algos).enumerate() {
             let Some(algo) = algo else { continue };
             let [_, h, w] = node.shape;
             let layouts = format!("{:?}->{:?}", plan.layouts[node.inputs[0]], plan.layouts[id]);
-            let algorithm = match plan.winograd_tiles[id] {
+            let algorithm = |training| match plan.winograd_tile(id, training) {
                 Some(tile) => format!("{algo:?}+F({tile},3)"),
                 None => format!("{algo:?}"),
             };
             println!(
-                "{:<14} {:<26} {:>9} {:<13} {:<15} {:>5.1}%",
+                "{:<14} {:<26} {:>9} {:<13} {:<13} {:<15} {:>5.1}%",
                 node.name,
                 node.layer.describe(),
                 format!("{h}x{w}"),
-                algorithm,
+                algorithm(false),
+                algorithm(true),
                 layouts,
                 100.0 * graph.node_flops(node) as f64 / total
             );
@@ -895,9 +896,14 @@ fn summary_command(args: SummaryArgs) -> Result<()> {
             graph.nodes.len(),
             plan.options.isa
         );
-        if plan.winograd_tiles.iter().any(Option::is_some) {
+        if plan
+            .winograd_tiles
+            .iter()
+            .chain(&plan.winograd_training_tiles)
+            .any(Option::is_some)
+        {
             println!(
-                "Direct+F(m,3): inference at batch {batch} runs Winograd F(m×m, 3×3) on the microkernel; training runs Direct"
+                "Direct+F(m,3): at batch {batch}, Winograd F(m×m, 3×3) on the microkernel (in training: forward, input and weight gradients)"
             );
         }
     }

@@ -47,9 +47,18 @@ pub struct Plan {
     pub conv_algos: Vec<Option<ConvAlgo>>,
     /// Per node: the Winograd output tile (2 or 4) a blocked 3×3 convolution's inference forward runs
     /// with instead of the direct microkernel, for the batch capacity [`Plan::choose_winograd`] was
-    /// given (`None`: direct). Training runs the direct path until Winograd's training accuracy is
-    /// checked against the loss curve of a float64 reference.
+    /// given (`None`: direct).
     pub winograd_tiles: Vec<Option<usize>>,
+    /// Per node: the Winograd output tile a training pass runs the convolution's forward, input
+    /// gradient and weight gradient with (`None`: direct). F(2,3) only, whatever the policy: F(4,3)'s
+    /// gradients reach 1.2e-5 of float64 (`tests/winograd_blocked.rs`), past the 1e-5 we hold a
+    /// layer to. And not on a convolution that feeds a batch norm: in training, the batch norm divides
+    /// by the batch's spread, so rounding relative to the outputs' size (F(2,3)'s is 3-5× the direct
+    /// path's) is amplified where the spread is small. On inception-v4's unconditioned fixture batch
+    /// (`tests/inception_family.rs`), training every such layer with F(2,3) moved the gradient norms
+    /// from 1.08× float64's on average (PyTorch float32: 1.11×) to 1.24×, and one past 2×, while the
+    /// backward pass's own Winograd changed none of them.
+    pub winograd_training_tiles: Vec<Option<usize>>,
     /// What the caller forced; among it the instruction set every microkernel call of this plan runs.
     pub options: PlanOptions,
 }
@@ -76,7 +85,8 @@ impl Default for PlanOptions {
     }
 }
 
-/// Which Winograd transforms the plan may pick for inference ([`winograd_blocked::choose_tile`]).
+/// Which Winograd transforms the plan may pick ([`winograd_blocked::choose_tile`]); training takes
+/// F(2,3) under both `Accurate` and `Fast`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WinogradPolicy {
     /// The direct microkernel everywhere.
@@ -222,6 +232,7 @@ impl Plan {
             in_place,
             branch_groups,
             winograd_tiles: vec![None; conv_algos.len()],
+            winograd_training_tiles: vec![None; conv_algos.len()],
             conv_algos,
             options,
         })
@@ -235,10 +246,14 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Chooses where inference runs Winograd ([`Plan::winograd_tiles`]) for batches of up to
-    /// `capacity` images, by [`winograd_blocked::choose_tile`]'s rule within `options.winograd`: on
-    /// direct convolutions that read and write the blocked layout, unless one algorithm is forced on
-    /// every layer.
+    /// Chooses where inference and training run Winograd ([`Plan::winograd_tiles`],
+    /// [`Plan::winograd_training_tiles`]) for batches of up to `capacity` images, by
+    /// [`winograd_blocked::choose_tile`]'s rule within `options.winograd`: on direct convolutions that
+    /// read and write the blocked layout, unless one algorithm is forced on every layer. Training takes
+    /// the rule's F(2,3) layers: `cargo bench --bench conv -- 3x3/1` (`PARTS=1`) measured its weight
+    /// and input gradients faster than the direct path's on the same layers (batch 128, ms, F(2,3) /
+    /// direct: 128->192 @12 weight 47 / 44, input 38 / 37; 160->320 @6 13 / 22, 11 / 16; 192->384 @3
+    /// 9.5 / 11.9, 9.0 / 12.9) and level on 64 input channels (64->192 @24: 84 / 84, 74 / 68).
     pub fn choose_winograd(&mut self, graph: &Graph, capacity: usize) -> Result<()> {
         for (id, node) in graph.nodes.iter().enumerate() {
             let Layer::Conv { conv, .. } = &node.layer else {
@@ -252,13 +267,27 @@ impl Plan {
                 self.options.conv_algo == ConvAlgo::Auto && self.conv_algos[id] == Some(ConvAlgo::Direct) && blocked;
             let [c, h, w] = graph.nodes[input].shape;
             let g = conv.geometry([capacity, c, h, w]).map_err(|e| e.in_node(&node.name))?;
-            self.winograd_tiles[id] = match self.options.winograd {
-                WinogradPolicy::Off => None,
-                _ if !chosen => None,
-                policy => winograd_blocked::choose_tile(&g, policy == WinogradPolicy::Fast),
+            let (inference, training) = match self.options.winograd {
+                WinogradPolicy::Off => (None, None),
+                _ if !chosen => (None, None),
+                policy => (
+                    winograd_blocked::choose_tile(&g, policy == WinogradPolicy::Fast),
+                    winograd_blocked::choose_tile(&g, false).filter(|_| !feeds_batch_norm(graph, id)),
+                ),
             };
+            self.winograd_tiles[id] = inference;
+            self.winograd_training_tiles[id] = training;
         }
         Ok(())
+    }
+
+    /// The Winograd tile node `id` runs with in a training pass (`training`) or an inference pass.
+    pub fn winograd_tile(&self, id: NodeId, training: bool) -> Option<usize> {
+        if training {
+            self.winograd_training_tiles[id]
+        } else {
+            self.winograd_tiles[id]
+        }
     }
 
     /// Total f32 values of activations (or of gradients) per image.
@@ -461,4 +490,12 @@ fn branch_group(graph: &Graph, concat: NodeId, in_place: &[Vec<bool>], consumers
         concat,
         chains,
     })
+}
+
+/// Whether a batch norm reads node `id`'s output.
+fn feeds_batch_norm(graph: &Graph, id: NodeId) -> bool {
+    graph
+        .nodes
+        .iter()
+        .any(|n| matches!(n.layer, Layer::BatchNorm { .. }) && n.inputs.contains(&id))
 }

@@ -110,13 +110,15 @@ impl State {
                     }
                     let x = images(acts, ip, batch);
                     let dy = images(grads, p, batch);
+                    let winograd = packed.winograd_training(id);
                     let (dw, packed) = (&mut param_grads[*weight], packed.direct[id].as_ref());
                     let isa = plan.options.isa;
-                    match packed {
-                        Some(packed) => {
+                    match (winograd, packed) {
+                        (Some((forward, _)), _) => forward.add_weight_grad_images(x, dy, dw, workspace, isa),
+                        (None, Some(packed)) => {
                             direct::add_weight_grad_images(packed, x, in_layout, dy, out_layout, dw, workspace, isa)
                         }
-                        None => conv::backward_weight_images(&g, algo, x, dy, dw, workspace),
+                        (None, None) => conv::backward_weight_images(&g, algo, x, dy, dw, workspace),
                     }
                     if let Some(b) = bias
                         && !fused_bias
@@ -128,12 +130,13 @@ impl State {
                         }
                     }
                     if input_needs_grad {
-                        add_input_grad(grads, p, ip, batch, |dy, dx| match packed {
-                            Some(packed) if packed.has_direct_input_grad() => {
+                        add_input_grad(grads, p, ip, batch, |dy, dx| match (winograd, packed) {
+                            (Some((_, input_grad)), _) => input_grad.add_input_grad_images(dy, dx, workspace, isa),
+                            (None, Some(packed)) if packed.has_direct_input_grad() => {
                                 direct::add_input_grad_images(packed, dy, out_layout, dx, in_layout, workspace, isa)
                             }
                             // A strided direct convolution on blocked activations.
-                            Some(_) if (in_layout, out_layout) != (Layout::Nchw, Layout::Nchw) => {
+                            (None, Some(_)) if (in_layout, out_layout) != (Layout::Nchw, Layout::Nchw) => {
                                 let w = &params[*weight];
                                 direct::add_input_grad_via_im2col(&g, w, dy, out_layout, dx, in_layout, workspace)
                             }

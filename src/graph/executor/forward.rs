@@ -35,7 +35,7 @@ pub(super) struct Saved<'a> {
 
 /// What the plan decided for one node: the layouts of its (first) input and its output and, for a
 /// convolution, its algorithm and, for [`ConvAlgo::Direct`], its weights packed once (and transformed
-/// for Winograd, in an inference pass where the plan runs it).
+/// for Winograd where the plan runs it in a pass of this mode).
 #[derive(Clone, Copy)]
 pub(super) struct NodeRun<'a> {
     pub(super) algo: Option<ConvAlgo>,
@@ -53,7 +53,9 @@ impl<'a> NodeRun<'a> {
         NodeRun {
             algo: plan.conv_algos[id],
             packed: packed.direct[id].as_ref(),
-            winograd: packed.winograd[id].as_ref().filter(|_| mode == Mode::Eval),
+            winograd: packed.winograd[id]
+                .as_ref()
+                .filter(|_| packed.winograd_mode == Some(mode)),
             input: graph.nodes[id]
                 .inputs
                 .first()

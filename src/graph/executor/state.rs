@@ -17,11 +17,27 @@ use crate::workspace::{Workspace, WorkspaceSize};
 pub(super) struct PackedWeights {
     /// For [`ConvAlgo::Direct`]: packed at the first forward pass, again after the parameters change.
     pub(super) direct: Vec<Option<DirectWeights>>,
-    /// Transformed for Winograd where the plan runs it ([`Plan::winograd_tiles`]): at the first
-    /// inference pass after the parameters change, so training steps do not transform them.
+    /// Transformed for Winograd where the plan runs it in passes of mode `winograd_mode`
+    /// ([`Plan::winograd_tile`]): at the first pass after the parameters change, or after a pass of
+    /// the other mode.
     pub(super) winograd: Vec<Option<WinogradWeights>>,
-    /// Whether the parameters may have changed since `winograd` was transformed.
-    winograd_stale: bool,
+    /// The input-gradient weights of `winograd`'s convolutions ([`WinogradWeights::for_input_grad`]),
+    /// when `winograd_mode` is training.
+    pub(super) winograd_input_grad: Vec<Option<WinogradWeights>>,
+    /// The mode of the pass `winograd` was transformed for, `None` when the parameters may have
+    /// changed since.
+    pub(super) winograd_mode: Option<Mode>,
+}
+
+impl PackedWeights {
+    /// Node `id`'s Winograd weights and input-gradient weights when the last pass trained with them:
+    /// what its backward pass runs.
+    pub(super) fn winograd_training(&self, id: NodeId) -> Option<(&WinogradWeights, &WinogradWeights)> {
+        if self.winograd_mode != Some(Mode::Train) {
+            return None;
+        }
+        self.winograd[id].as_ref().zip(self.winograd_input_grad[id].as_ref())
+    }
 }
 
 /// Everything an executor holds besides its model.
@@ -95,7 +111,8 @@ impl State {
             packed: PackedWeights {
                 direct: vec![None; graph.nodes.len()],
                 winograd: vec![None; graph.nodes.len()],
-                winograd_stale: true,
+                winograd_input_grad: vec![None; graph.nodes.len()],
+                winograd_mode: None,
             },
             packed_stale: true,
             workspace: Workspace::with_size(workspace_size(graph, &plan, capacity)?),
@@ -128,8 +145,9 @@ impl State {
 
     /// Packs the weights of every convolution that runs [`ConvAlgo::Direct`] when the parameters may
     /// have changed since the last packing (an optimizer step, `param_mut`, `set_params`), so a
-    /// forward pass never packs and an unchanged model is packed once; in a pass of `mode` Eval, also
-    /// the Winograd transforms. Only the first packing allocates.
+    /// forward pass never packs and an unchanged model is packed once; and the Winograd transforms of
+    /// a pass of `mode` (training: the forward's and the input gradient's). Only the first packing
+    /// allocates.
     pub(super) fn pack_weights(&mut self, graph: &Graph, params: &[Vec<f32>], mode: Mode) -> Result<()> {
         if self.packed_stale {
             for (id, node) in graph.nodes.iter().enumerate() {
@@ -147,29 +165,31 @@ impl State {
                 }
             }
             self.packed_stale = false;
-            self.packed.winograd_stale = true;
+            self.packed.winograd_mode = None;
         }
-        if mode == Mode::Eval && self.packed.winograd_stale {
+        if self.packed.winograd_mode != Some(mode) {
+            let training = mode == Mode::Train;
             for (id, node) in graph.nodes.iter().enumerate() {
-                let (Layer::Conv { conv, weight, bias, .. }, Some(tile)) = (&node.layer, self.plan.winograd_tiles[id])
+                let (Layer::Conv { conv, weight, bias, .. }, Some(tile)) =
+                    (&node.layer, self.plan.winograd_tile(id, training))
                 else {
                     self.packed.winograd[id] = None;
+                    self.packed.winograd_input_grad[id] = None;
                     continue;
                 };
                 let (w, b) = (&params[*weight], bias.map(|b| params[b].as_slice()));
+                let g = one_image_geometry(graph, node, conv)?;
                 match &mut self.packed.winograd[id] {
                     Some(packed) if packed.tile() == tile => packed.repack(w, b),
-                    slot => {
-                        *slot = Some(WinogradWeights::new(
-                            &one_image_geometry(graph, node, conv)?,
-                            tile,
-                            w,
-                            b,
-                        ))
-                    }
+                    slot => *slot = Some(WinogradWeights::new(&g, tile, w, b)),
+                }
+                match &mut self.packed.winograd_input_grad[id] {
+                    _ if !training => {}
+                    Some(packed) if packed.tile() == tile => packed.repack(w, None),
+                    slot => *slot = Some(WinogradWeights::for_input_grad(&g, tile, w)),
                 }
             }
-            self.packed.winograd_stale = false;
+            self.packed.winograd_mode = Some(mode);
         }
         Ok(())
     }
@@ -295,6 +315,13 @@ fn workspace_size(graph: &Graph, plan: &Plan, capacity: usize) -> Result<Workspa
                 size = size.max(conv::workspace(&g, *algo));
                 if let Some(tile) = plan.winograd_tiles[id] {
                     size = size.max(winograd_blocked::workspace(&g, tile));
+                }
+                if let Some(tile) = plan.winograd_training_tiles[id] {
+                    let input_grad = winograd_blocked::input_grad_geometry(&g);
+                    size = size
+                        .max(winograd_blocked::workspace(&g, tile))
+                        .max(winograd_blocked::workspace(&input_grad, tile))
+                        .max(winograd_blocked::weight_grad_workspace(&g, tile));
                 }
             }
             (Layer::MaxPool(pool), _) => {
