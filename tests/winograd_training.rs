@@ -1,0 +1,134 @@
+//! Training googlenet-d2l with Winograd follows the loss curve of training it without: the first 200
+//! steps of the run `fixtures/generate_loss_curve.py` describes (formula weights, the committed
+//! Fashion-MNIST slice at 32x32, batches of 16 in order, Adam at lr 1e-4), once with the plan's
+//! Winograd F(2,3) layers and once with Winograd off, compared step by step with the spread between
+//! PyTorch's float32 and float64 runs of the same steps (the fixture).
+//!
+//! The spread is tiny for the first steps and then grows as rounding differences are amplified by
+//! training, so each step's bar is the largest spread PyTorch showed up to that step: Winograd's
+//! training is as close to the direct path's as float32 PyTorch is to float64.
+
+mod common;
+
+use common::fixture::Fixture;
+use common::formula_params;
+use incept::data::{idx, resample};
+use incept::graph::{Executor, PlanOptions, WinogradPolicy};
+use incept::models::{self, Model};
+use incept::optim::{Adam, Optimizer};
+use incept::tensor::Images;
+use std::path::Path;
+
+/// The loss of every step of the fixture's run, with Winograd as `policy` allows.
+fn losses(model: &Model, images: &[f32], labels: &[usize], policy: WinogradPolicy, f: &Fixture) -> Vec<f64> {
+    let steps: usize = f.metadata("steps").parse().unwrap();
+    let batch: usize = f.metadata("batch").parse().unwrap();
+    let lr: f32 = f.metadata("lr").parse().unwrap();
+    let len = images.len() / labels.len();
+    let mut exec = Executor::new(model.clone(), batch).unwrap();
+    exec.set_plan_options(PlanOptions {
+        winograd: policy,
+        ..exec.plan().options
+    })
+    .unwrap();
+    let winograd_layers = exec.plan().winograd_training_tiles.iter().flatten().count();
+    assert_eq!(
+        winograd_layers > 0,
+        policy != WinogradPolicy::Off,
+        "{policy:?}: {winograd_layers} layers train with Winograd"
+    );
+    let lens: Vec<usize> = exec.params().iter().map(Vec::len).collect();
+    let mut optimizer = Optimizer::Adam(Adam::new(&lens));
+    (0..steps)
+        .map(|step| {
+            let first = (step * batch) % labels.len();
+            let x = &images[first * len..(first + batch) * len];
+            let y = &labels[first..first + batch];
+            exec.train_step(Images::dense(x, batch, len), y, &mut optimizer, lr)
+                .unwrap()
+                .loss
+        })
+        .collect()
+}
+
+#[test]
+fn training_with_winograd_follows_the_direct_loss_curve_within_pytorchs_float32_spread() {
+    let f = Fixture::open("loss_curve");
+    let size: usize = f.metadata("size").parse().unwrap();
+    let count: usize = f.metadata("images").parse().unwrap();
+    let (train, _) =
+        idx::read_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fashion-mnist-slice")).unwrap();
+    let [_, h, w] = train.shape;
+    // Pillow's bilinear resize of the bytes, as the fixture's `Image.resize` does.
+    let images: Vec<f32> = train.images[..count * h * w]
+        .chunks_exact(h * w)
+        .flat_map(|image| {
+            let bytes: Vec<u8> = image.iter().map(|&v| (v * 255.0).round() as u8).collect();
+            resample::resize(&bytes, 1, [h, w], [size, size], resample::Filter::Bilinear)
+        })
+        .map(|b| f32::from(b) / 255.0)
+        .collect();
+    let labels = &train.labels[..count];
+    let config = models::ModelConfig {
+        size: [size, size],
+        ..models::default_config("googlenet-d2l").unwrap()
+    };
+    let graph = models::build("googlenet-d2l", config).unwrap();
+    let model = Model {
+        params: formula_params(&graph),
+        graph,
+    };
+    let direct = losses(&model, &images, labels, WinogradPolicy::Off, &f);
+    let winograd = losses(&model, &images, labels, WinogradPolicy::Accurate, &f);
+    let torch = ["loss_f64", "loss_f32", "loss_f32_native"].map(|name| f.named_f64(name));
+    // The first steps, before PyTorch's float32 run leaves float64's curve by more than 1e-6: each
+    // step within the largest float32 spread so far, or one float32 rounding step of the loss.
+    let calm = torch[0]
+        .iter()
+        .zip(&torch[1])
+        .take_while(|(a, b)| (*a - *b).abs() <= 1e-6)
+        .count();
+    assert!(calm >= 3, "PyTorch's float32 run leaves float64 at step {calm}");
+    let mut envelope = 0f64;
+    for step in 0..calm {
+        envelope = envelope.max((torch[1][step] - torch[0][step]).abs());
+        let ulp = f64::from((direct[step] as f32).next_up() - direct[step] as f32);
+        let diff = (winograd[step] - direct[step]).abs();
+        eprintln!(
+            "step {step}: direct {:.7} winograd {:.7} |diff| {diff:.1e}; PyTorch float64 {:.7}, float32's largest distance so far {envelope:.1e}",
+            direct[step], winograd[step], torch[0][step]
+        );
+        assert!(
+            diff <= envelope.max(ulp),
+            "step {step}: Winograd's loss {} is {diff:.1e} from the direct path's {}, past PyTorch float32's {envelope:.1e} and the loss's float32 rounding {ulp:.1e}",
+            winograd[step],
+            direct[step]
+        );
+    }
+    // Then training amplifies rounding (float32 PyTorch is 0.1-0.9 from float64 on single steps
+    // after step 50), so the curves are compared by their mean over windows of 50 steps: Winograd's
+    // from the direct path's within the largest distance between two of PyTorch's three runs.
+    let mean = |curve: &[f64], window: &std::ops::Range<usize>| {
+        curve[window.clone()].iter().sum::<f64>() / window.len() as f64
+    };
+    for first in (0..direct.len()).step_by(50) {
+        let window = first..(first + 50).min(direct.len());
+        let (ours, theirs) = (mean(&direct, &window), mean(&winograd, &window));
+        let means = torch.clone().map(|curve| mean(&curve, &window));
+        let spread = [(0, 1), (0, 2), (1, 2)]
+            .iter()
+            .map(|&(a, b)| (means[a] - means[b]).abs())
+            .fold(0f64, f64::max);
+        eprintln!(
+            "steps {window:?}: mean loss direct {ours:.4} Winograd {theirs:.4} (|diff| {:.1e}); PyTorch float64 {:.4} float32 {:.4} float32 native {:.4} (largest |diff| {spread:.1e})",
+            (theirs - ours).abs(),
+            means[0],
+            means[1],
+            means[2]
+        );
+        assert!(
+            (theirs - ours).abs() <= spread,
+            "steps {window:?}: Winograd's mean loss {theirs:.4} vs the direct path's {ours:.4}, further apart than PyTorch's runs ({spread:.1e})"
+        );
+    }
+}
