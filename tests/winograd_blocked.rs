@@ -5,9 +5,9 @@
 //! without, over batches whose tile blocks span images.
 //!
 //! The bar, per layer: the largest error over the largest float64 output at most 1e-5 for F(4,3), the
-//! issue's bound (measured up to 9.9e-6: F(4,3)'s transforms scale values by up to 8 and 5, so its
-//! rounding errors do not shrink further in float32), and 1e-6 for F(2,3) (measured up to 5.1e-7),
-//! the bar that catches a bias off by 1e-4 (`WINOGRAD_ERRORS=1 ... --nocapture` prints each layer's).
+//! issue's bound (measured up to 4.3e-6 with the points 0, ±1, 1/2, -2; 9.9e-6 with the usual 0, ±1,
+//! ±2), and 1e-6 for F(2,3) (measured up to 5.1e-7), the bar that catches a bias off by 1e-4
+//! (`WINOGRAD_ERRORS=1 ... --nocapture` prints each layer's).
 
 use incept::Padding;
 use incept::blocked::{self, Halo};
@@ -57,6 +57,11 @@ fn cases() -> Vec<(String, Conv2d, [usize; 4])> {
         Conv2d::new(8, 24, [3, 3]).with_padding(Padding::explicit(0, 2, 1, 0)),
         [1, 8, 7, 8],
     ));
+    // googlenet-d2l's last blocks at 32x32: maps of 2x2 and 1x1 (one tile an image).
+    for (c, o, map) in [(96, 208, 2), (160, 320, 1)] {
+        let conv = Conv2d::new(c, o, [3, 3]).with_padding(Padding::symmetric(1, 1));
+        cases.push((format!("{c}->{o} @{map}"), conv, [5, c, map, map]));
+    }
     cases.push((
         "20->17 pad 2, 5x5".into(),
         Conv2d::new(20, 17, [3, 3]).with_padding(Padding::symmetric(2, 2)),
@@ -169,11 +174,10 @@ fn relative_error(ours: &[f32], exact: &[f32]) -> f64 {
 /// The input gradient (the flipped, channel-swapped kernels through the same stages, added into `dx`)
 /// and the weight gradient (in the Winograd domain, then back through `G`) against the float64 naive
 /// convolution's, on every layer of [`cases`] and every microkernel build. The bars, per layer and
-/// gradient, about twice the largest measured: F(2,3) 2e-6 (measured up to 7.9e-7 for the input
-/// gradient and 1.03e-6 for the weight gradient, whose float32 sums run over every tile of the batch),
-/// F(4,3) 2e-5 (measured 1.24e-5 and 7.3e-6: the input gradient of 144->288 @6 reduces over 288
-/// channels and misses the 1e-5, so training runs F(2,3) only). `WINOGRAD_ERRORS=1` prints
-/// each layer's errors.
+/// gradient: F(2,3) 2e-6, about twice the largest measured (7.9e-7 for the input gradient, 1.03e-6
+/// for the weight gradient, whose float32 sums run over every tile of the batch); F(4,3) the issue's
+/// 1e-5 (measured 4.8e-6 and 2.5e-6; with the usual points 0, ±1, ±2 they were 1.24e-5 and 7.3e-6).
+/// `WINOGRAD_ERRORS=1` prints each layer's errors.
 #[test]
 fn winograd_blocked_gradients_match_float64() {
     let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.available()).collect();
@@ -232,7 +236,7 @@ fn winograd_blocked_gradients_match_float64() {
                 if std::env::var_os("WINOGRAD_ERRORS").is_some() && isa == Isa::best() {
                     eprintln!("{name} F({tile},3): dx {:.2e}, dw {:.2e}", errors[0], errors[1]);
                 }
-                let bar = if tile == 4 { 2e-5 } else { 2e-6 };
+                let bar = if tile == 4 { 1e-5 } else { 2e-6 };
                 for (which, error) in ["input", "weight"].iter().zip(errors) {
                     assert!(
                         error <= bar,

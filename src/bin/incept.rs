@@ -445,8 +445,9 @@ struct BenchArgs {
     /// Force one convolution algorithm on every layer.
     #[arg(long, value_enum, default_value = "auto")]
     conv_algo: ConvAlgoArg,
-    /// Winograd in inference: `accurate` F(2,3) where it is faster, `fast` F(4,3) too (errors up to
-    /// 1e-5 a layer), `off`.
+    /// Winograd 3x3 convolutions: `accurate` F(4,3) and F(2,3) where faster, but only F(2,3) in
+    /// inference (and none in training) before a batch norm, which amplifies their rounding; `fast`
+    /// F(4,3) before batch norms too in inference; `off`.
     #[arg(long, value_enum, default_value = "accurate")]
     winograd: WinogradArg,
 }
@@ -456,9 +457,9 @@ struct BenchArgs {
 enum WinogradArg {
     /// The direct microkernel everywhere.
     Off,
-    /// F(2x2, 3x3) where it is faster.
+    /// F(4x4, 3x3) and F(2x2, 3x3) where faster; F(2x2, 3x3) only before a batch norm.
     Accurate,
-    /// F(4x4, 3x3) too.
+    /// F(4x4, 3x3) before batch norms too (inference).
     Fast,
 }
 

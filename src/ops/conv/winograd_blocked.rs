@@ -77,8 +77,12 @@ pub fn eligible(g: &ConvGeometry) -> bool {
 /// unless the batch has fewer than 8 tiles (4 per thread on the 2 threads measured; a fixed count, so
 /// the choice, and with it every bit of the output, does not depend on the thread count): at batch 1
 /// the 3×3 maps give one or four tiles, and ran 29-64 against the direct path's 84-101.
+///
+/// And not where a kernel tap reads only padding (a 1×1 map with padding 1): that tap's exact gradient
+/// is 0, which the direct path computes exactly and Winograd's transforms round to noise (1e-8 of the
+/// others), and Adam turns noise into full-size steps.
 pub fn choose_tile(g: &ConvGeometry, fast: bool) -> Option<usize> {
-    if !eligible(g) || g.in_channels < LANES || g.out_channels < LANES {
+    if !eligible(g) || g.in_channels < LANES || g.out_channels < LANES || !every_tap_reads_the_image(g) {
         return None;
     }
     let map = g.h.output.min(g.w.output);
@@ -88,6 +92,18 @@ pub fn choose_tile(g: &ConvGeometry, fast: bool) -> Option<usize> {
         (false, false) => return None,
     };
     (tiles_per_image(g, tile) * g.batch >= 8).then_some(tile)
+}
+
+/// Whether each of `g`'s kernel taps reads an image pixel for some output pixel (stride 1).
+fn every_tap_reads_the_image(g: &ConvGeometry) -> bool {
+    [&g.h, &g.w].iter().all(|a| {
+        (0..a.kernel as isize).all(|k| {
+            // Output y reads input y + k - pad_lo: some y in 0..output must land in 0..input.
+            let first = (a.pad_lo as isize - k).max(0);
+            let last = (a.output as isize - 1).min(a.input as isize - 1 + a.pad_lo as isize - k);
+            first <= last
+        })
+    })
 }
 
 /// Output tiles of `tile` a side that cover one image of `g`.
