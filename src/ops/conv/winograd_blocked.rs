@@ -346,12 +346,12 @@ impl WinogradWeights {
                 || {
                     v.par_chunks_mut(per_block)
                         .enumerate()
-                        .for_each(|(icb, v)| chunk_tiles.transform_inputs(tile, x, icb, v))
+                        .for_each(|(icb, v)| chunk_tiles.transform(tile, Side::Inputs, x, icb, v))
                 },
                 || {
                     dm.par_chunks_mut(per_block)
                         .enumerate()
-                        .for_each(|(ob, dm)| chunk_tiles.transform_gradients(tile, dy, ob, dm))
+                        .for_each(|(ob, dm)| chunk_tiles.transform(tile, Side::Gradients, dy, ob, dm))
                 },
             );
             let (v, dm) = (&*v, &*dm);
@@ -736,6 +736,15 @@ fn gradient_tile<const M: usize>(g: &ConvGeometry, image: &[f32], ob: usize, ty:
     std::array::from_fn(|i| winograd_math::output_adjoint_1d::<M, Lanes>(cols[i]))
 }
 
+/// Which tiles [`ChunkTiles::transform`] carries into the Winograd domain.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    /// The convolution's input windows, through `Bᵀ · B`.
+    Inputs,
+    /// The output gradient's tiles, through `A · Aᵀ`.
+    Gradients,
+}
+
 /// One chunk of the weight gradient's tiles: tiles `first..first + tiles` of the batch, each
 /// transformed block holding `row` values per point.
 struct ChunkTiles<'a> {
@@ -746,45 +755,29 @@ struct ChunkTiles<'a> {
 }
 
 impl ChunkTiles<'_> {
-    /// `V[ξ][t] = (Bᵀ d B)[ξ]` of input block `icb` for every tile of the chunk.
-    fn transform_inputs(&self, tile: usize, x: Images<'_>, icb: usize, v: &mut [f32]) {
-        struct Inputs<'s, 'a, const M: usize>(&'s ChunkTiles<'a>, Images<'s>, usize, &'s mut [f32]);
-        impl<const M: usize> pulp::WithSimd for Inputs<'_, '_, M> {
+    /// For every tile of the chunk, into `out`: `V[ξ][t] = (Bᵀ d B)[ξ]` of input block `block` of the
+    /// images (`Side::Inputs`), or `dM[ξ][t] = (A dY Aᵀ)[ξ]` of output block `block` of the output
+    /// gradients (`Side::Gradients`).
+    fn transform(&self, tile: usize, side: Side, images: Images<'_>, block: usize, out: &mut [f32]) {
+        struct Run<'s, 'a, const M: usize>(&'s ChunkTiles<'a>, Side, Images<'s>, usize, &'s mut [f32]);
+        impl<const M: usize> pulp::WithSimd for Run<'_, '_, M> {
             type Output = ();
             #[inline(always)]
             fn with_simd<S: pulp::Simd>(self, _: S) {
-                let Inputs(chunk, x, icb, v) = self;
+                let Run(chunk, side, images, block, out) = self;
                 for t in 0..chunk.tiles {
                     let (n, ty, tx) = locate(chunk.g, M, chunk.first + t);
-                    let transformed = input_tile::<M>(chunk.g, x.get(n), icb, ty, tx);
-                    chunk.store::<M>(&transformed, t, v);
+                    let transformed = match side {
+                        Side::Inputs => input_tile::<M>(chunk.g, images.get(n), block, ty, tx),
+                        Side::Gradients => gradient_tile::<M>(chunk.g, images.get(n), block, ty, tx),
+                    };
+                    chunk.store::<M>(&transformed, t, out);
                 }
             }
         }
         match tile {
-            4 => vectorize(Inputs::<4>(self, x, icb, v)),
-            _ => vectorize(Inputs::<2>(self, x, icb, v)),
-        }
-    }
-
-    /// `dM[ξ][t] = (A dY Aᵀ)[ξ]` of output block `ob` for every tile of the chunk.
-    fn transform_gradients(&self, tile: usize, dy: Images<'_>, ob: usize, dm: &mut [f32]) {
-        struct Gradients<'s, 'a, const M: usize>(&'s ChunkTiles<'a>, Images<'s>, usize, &'s mut [f32]);
-        impl<const M: usize> pulp::WithSimd for Gradients<'_, '_, M> {
-            type Output = ();
-            #[inline(always)]
-            fn with_simd<S: pulp::Simd>(self, _: S) {
-                let Gradients(chunk, dy, ob, dm) = self;
-                for t in 0..chunk.tiles {
-                    let (n, ty, tx) = locate(chunk.g, M, chunk.first + t);
-                    let transformed = gradient_tile::<M>(chunk.g, dy.get(n), ob, ty, tx);
-                    chunk.store::<M>(&transformed, t, dm);
-                }
-            }
-        }
-        match tile {
-            4 => vectorize(Gradients::<4>(self, dy, ob, dm)),
-            _ => vectorize(Gradients::<2>(self, dy, ob, dm)),
+            4 => vectorize(Run::<4>(self, side, images, block, out)),
+            _ => vectorize(Run::<2>(self, side, images, block, out)),
         }
     }
 
