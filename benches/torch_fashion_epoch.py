@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The chapter's recipe in PyTorch on this machine, for comparison with `incept train`: googlenet_d2l
 (../shared/reference/models.py), Fashion-MNIST resized to 96 with PIL + ToTensor as d2l's loader does,
-Adam 1e-3, batch 128, shuffled, 2 threads. Prints the chapter's epoch line with the mean loss.
+Adam 1e-3, batch 128, shuffled, 2 threads. Prints the chapter's epoch line with the mean loss, and
+the first step whose training loss fell below 2.0 (the end of the initial plateau).
 
-    /tmp/peers-venv/bin/python benches/torch_fashion_epoch.py [EPOCHS] [DATA_DIR]
+    SEED=0 /tmp/peers-venv/bin/python benches/torch_fashion_epoch.py [EPOCHS] [DATA_DIR]
 """
 import gzip, os, sys, time
 import numpy as np
@@ -18,7 +19,7 @@ import models  # noqa: E402
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 root = sys.argv[2] if len(sys.argv) > 2 else "/usr/share/datasets/fashion-mnist"
 torch.set_num_threads(2)
-torch.manual_seed(0)
+torch.manual_seed(int(os.environ.get("SEED", "0")))
 
 
 def idx(name, offset):
@@ -44,6 +45,7 @@ test = torch.utils.data.DataLoader(Fashion("t10k"), batch_size=128)
 net = models.googlenet_d2l()
 opt = torch.optim.Adam(net.parameters(), lr=1e-3)
 loss_fn = nn.CrossEntropyLoss()
+step, below_2 = 0, None
 for epoch in range(epochs):
     net.train()
     start, loss_sum, correct, n = time.time(), 0.0, 0, 0
@@ -53,6 +55,10 @@ for epoch in range(epochs):
         opt.zero_grad()
         loss.backward()
         opt.step()
+        step += 1
+        if below_2 is None and loss.item() < 2.0:
+            below_2 = step
+            print(f"step {step}: training loss {loss.item():.4f}, first below 2.0", flush=True)
         loss_sum += loss.item() * len(y)
         correct += (out.argmax(1) == y).sum().item()
         n += len(y)
