@@ -106,6 +106,11 @@ fn every_tap_reads_the_image(g: &ConvGeometry) -> bool {
     })
 }
 
+/// The transform's points (products per tile and channel pair) for output tiles of `tile` a side.
+fn points(tile: usize) -> usize {
+    (tile + 2) * (tile + 2)
+}
+
 /// Output tiles of `tile` a side that cover one image of `g`.
 fn tiles_per_image(g: &ConvGeometry, tile: usize) -> usize {
     g.h.output.div_ceil(tile) * g.w.output.div_ceil(tile)
@@ -117,7 +122,7 @@ fn tiles_per_image(g: &ConvGeometry, tile: usize) -> usize {
 fn tiles_per_block(g: &ConvGeometry, tile: usize, batch: usize, isa: Isa) -> usize {
     let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
     let group = group_blocks(isa, out_blocks);
-    let per_tile = (tile + 2) * (tile + 2) * (in_blocks + group) * LANES * 4;
+    let per_tile = points(tile) * (in_blocks + group) * LANES * 4;
     let pixels = isa.tile_pixels(group);
     let fits = (BLOCK_BYTES / per_tile / pixels * pixels).clamp(pixels, MAX_TILES);
     let total = tiles_per_image(g, tile) * batch;
@@ -132,7 +137,7 @@ fn group_blocks(isa: Isa, out_blocks: usize) -> usize {
 /// The scratch of one block of `tiles` tiles on `isa`: its transformed input, then one group's products.
 fn region_len(g: &ConvGeometry, tile: usize, tiles: usize, isa: Isa) -> usize {
     let group = group_blocks(isa, blocked::blocks(g.out_channels));
-    (tile + 2) * (tile + 2) * (blocked::blocks(g.in_channels) + group) * tiles * LANES
+    points(tile) * (blocked::blocks(g.in_channels) + group) * tiles * LANES
 }
 
 /// The workspace [`WinogradWeights::forward_images`] takes over `g` (batches up to `g.batch`) with
@@ -149,15 +154,14 @@ pub fn workspace(g: &ConvGeometry, tile: usize) -> WorkspaceSize {
 /// batch or the thread count), so the order of the sums, and with it every bit of the gradient, is
 /// fixed.
 fn weight_grad_chunk(g: &ConvGeometry, tile: usize) -> usize {
-    let per_tile =
-        (tile + 2) * (tile + 2) * (blocked::blocks(g.in_channels) + blocked::blocks(g.out_channels)) * LANES * 4;
+    let per_tile = points(tile) * (blocked::blocks(g.in_channels) + blocked::blocks(g.out_channels)) * LANES * 4;
     (WEIGHT_GRAD_BYTES / per_tile).clamp(16, 512)
 }
 
 /// The workspace [`WinogradWeights::add_weight_grad_images`] takes over `g` with tiles of `tile` a side:
 /// the gradient in the Winograd domain, and one chunk's transformed tiles.
 pub fn weight_grad_workspace(g: &ConvGeometry, tile: usize) -> WorkspaceSize {
-    let points = (tile + 2) * (tile + 2);
+    let points = points(tile);
     let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
     WorkspaceSize {
         partials: points * out_blocks * in_blocks * LANES * LANES,
@@ -230,8 +234,7 @@ impl WinogradWeights {
             tile == 2 || tile == 4,
             "Winograd output tiles are 2 or 4 a side, not {tile}"
         );
-        let points = (tile + 2) * (tile + 2);
-        let block_stride = microkernel::block_stride(points * blocked::blocks(g.in_channels) * LANES * LANES);
+        let block_stride = microkernel::block_stride(points(tile) * blocked::blocks(g.in_channels) * LANES * LANES);
         WinogradWeights {
             geometry: *g,
             tile,
@@ -260,7 +263,6 @@ impl WinogradWeights {
                 w[(o * inputs + c) * 9..][..9].try_into().expect("3x3")
             }
         };
-        use rayon::prelude::*;
         self.weights
             .par_chunks_mut(self.block_stride)
             .enumerate()
@@ -294,7 +296,7 @@ impl WinogradWeights {
     }
 
     fn points(&self) -> usize {
-        (self.tile + 2) * (self.tile + 2)
+        points(self.tile)
     }
 
     /// `y = conv(x, w) + b`, rectified when `relu`, for blocked images `x` into blocked images `y`
@@ -523,7 +525,7 @@ impl Step<'_> {
     fn run<const M: usize>(&self, region: &mut [f32]) {
         let g = &self.weights.geometry;
         let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
-        let points = (M + 2) * (M + 2);
+        let points = points(M);
         let group = group_blocks(self.isa, out_blocks);
         let (v, m) = region.split_at_mut(points * in_blocks * self.stride * LANES);
         let m = &mut m[..points * group * self.stride * LANES];
