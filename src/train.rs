@@ -491,7 +491,7 @@ pub fn train(
                 break;
             }
             let due = match cfg.checkpoint_every {
-                Some(CheckpointEvery::Steps(n)) => pos.global_step.is_multiple_of(n.max(1)),
+                Some(CheckpointEvery::Steps(n)) => pos.global_step % n.max(1) == 0,
                 Some(CheckpointEvery::Time(every)) => last_checkpoint.elapsed() >= every,
                 None => false,
             };

@@ -93,11 +93,11 @@ fn awkward_channel_counts_train_as_pytorch_with_every_conv_algorithm() {
         let mut forced = 0;
         for node in &mut m.graph.nodes {
             let [c, h, w] = node.inputs.first().map_or([0; 3], |&i| shapes[i]);
-            if let incept::graph::Layer::Conv { conv, .. } = &mut node.layer
-                && algo.supports(&conv.geometry([4, c, h, w]).unwrap())
-            {
-                conv.algo = algo;
-                forced += 1;
+            if let incept::graph::Layer::Conv { conv, .. } = &mut node.layer {
+                if algo.supports(&conv.geometry([4, c, h, w]).unwrap()) {
+                    conv.algo = algo;
+                    forced += 1;
+                }
             }
         }
         assert!(forced > 0, "{algo:?} runs none of the layers");

@@ -31,7 +31,7 @@ fn padding_lanes(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
     let last = (c.div_ceil(16) - 1) * h * w * 16;
     (0..n)
         .flat_map(|img| (0..h * w).flat_map(move |p| (c % 16..16).map(move |l| (img, p, l))))
-        .filter(|_| !c.is_multiple_of(16))
+        .filter(|_| c % 16 != 0)
         .map(|(img, p, l)| x[img * len + last + p * 16 + l])
         .collect()
 }

@@ -62,12 +62,11 @@ fn model_with(name: &str, size: usize, algo: ConvAlgo) -> (Model, usize) {
     let mut forced = 0;
     for node in &mut graph.nodes {
         let [c, h, w] = node.inputs.first().map_or([0; 3], |&i| shapes[i]);
-        if let Layer::Conv { conv, .. } = &mut node.layer
-            && algo != ConvAlgo::Auto
-            && algo.supports(&conv.geometry([8, c, h, w]).unwrap())
-        {
-            conv.algo = algo;
-            forced += 1;
+        if let Layer::Conv { conv, .. } = &mut node.layer {
+            if algo != ConvAlgo::Auto && algo.supports(&conv.geometry([8, c, h, w]).unwrap()) {
+                conv.algo = algo;
+                forced += 1;
+            }
         }
     }
     (Model::init(graph, 0), forced)

@@ -108,7 +108,10 @@ fn training_with_winograd_follows_the_direct_loss_curve_within_pytorchs_float32_
     let mut envelope = 0f64;
     for step in 0..calm {
         envelope = envelope.max(pytorch_spread(step));
-        let ulp = f64::from((direct[step] as f32).next_up() - direct[step] as f32);
+        // One float32 unit in the last place at the loss (positive, so the next value up is bits + 1;
+        // `f32::next_up` needs Rust 1.86).
+        let loss = direct[step] as f32;
+        let ulp = f64::from(f32::from_bits(loss.to_bits() + 1) - loss);
         let diff = (winograd[step] - direct[step]).abs();
         eprintln!(
             "step {step}: direct {:.7} winograd {:.7} |diff| {diff:.1e}; PyTorch float64 {:.7}, float32 {:.1e} from it, PyTorch's largest spread so far {envelope:.1e}",

@@ -1016,11 +1016,11 @@ fn main() -> ExitCode {
         eprintln!("error: --threads must be at least 1 (omit it to use every core)");
         return ExitCode::FAILURE;
     }
-    if let Some(threads) = cli.threads
-        && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()
-    {
-        eprintln!("error: could not start {threads} threads: {e}");
-        return ExitCode::FAILURE;
+    if let Some(threads) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+            eprintln!("error: could not start {threads} threads: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     incept::kernels::flush_denormals_everywhere();
     match run(cli) {

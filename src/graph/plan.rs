@@ -190,7 +190,7 @@ impl Plan {
             };
             let input = nodes[id].inputs[0];
             let [c, h, w] = nodes[input].shape;
-            layouts[input] == Layout::Nchw || (h * w == 1 && c.is_multiple_of(LANES))
+            layouts[input] == Layout::Nchw || (h * w == 1 && c % LANES == 0)
         };
         let mut buffer_image_len = Vec::new();
         for (id, _) in nodes.iter().enumerate() {
@@ -412,7 +412,7 @@ fn layouts(graph: &Graph, algos: &[Option<ConvAlgo>], convs: &[Option<(ConvAlgo,
                     | Layer::ZeroPad(_)
                     | Layer::AddScaled { .. } => true,
                     // Parts of whole blocks keep every part's channels in blocks of their own.
-                    Layer::Concat => node.inputs.iter().all(|&p| nodes[p].shape[0].is_multiple_of(LANES)),
+                    Layer::Concat => node.inputs.iter().all(|&p| nodes[p].shape[0] % LANES == 0),
                     _ => false,
                 }
         })

@@ -146,11 +146,7 @@ impl TileShape {
 /// the peak with 64 bytes more.
 pub fn block_stride(values: usize) -> usize {
     let stride = values.next_multiple_of(LANES);
-    if stride.is_multiple_of(1024) {
-        stride + LANES
-    } else {
-        stride
-    }
+    if stride % 1024 == 0 { stride + LANES } else { stride }
 }
 
 /// What happens to the sums before they are stored.
@@ -236,14 +232,14 @@ fn check(tile: &Tile<'_>, isa: Isa, w: &[f32], x: &[f32], c: &[f32]) -> Result<(
             c.len()
         ));
     }
-    if let Some(bias) = tile.epilogue.bias
-        && bias.len() < blocks * LANES
-    {
-        return Err(format!(
-            "{} bias values for {} output channels",
-            bias.len(),
-            blocks * LANES
-        ));
+    if let Some(bias) = tile.epilogue.bias {
+        if bias.len() < blocks * LANES {
+            return Err(format!(
+                "{} bias values for {} output channels",
+                bias.len(),
+                blocks * LANES
+            ));
+        }
     }
     Ok(())
 }

@@ -1,6 +1,10 @@
 //! The AVX-512 and AVX2+FMA builds of the microkernel, one monomorphized function per tile shape so the
 //! accumulators are a fixed set of registers, and the FMA loops that measure the peak.
 
+// `rust-version` (1.85) is the aarch64 build's floor, Debian trixie's rustc. On x86-64 these AVX-512
+// intrinsics need Rust 1.89, as do pulp's and gemm's `x86-v4` kernels: Cargo.toml says so.
+#![allow(clippy::incompatible_msrv)]
+
 use std::arch::x86_64::*;
 
 use super::{Checked, LANES};

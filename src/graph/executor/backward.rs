@@ -2,7 +2,7 @@
 //! forward pass, each computed by its op in `ops/`.
 
 use super::state::State;
-use super::{Mode, images, images_mut, with_buffer};
+use super::{Mode, images, images_mut, two_mut, with_buffer};
 use crate::blocked;
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer};
@@ -120,14 +120,15 @@ impl State {
                         }
                         (None, None) => conv::backward_weight_images(&g, algo, x, dy, dw, workspace),
                     }
-                    if let Some(b) = bias
-                        && !fused_bias
-                    {
-                        let db = &mut param_grads[*b];
-                        match out_layout {
-                            Layout::Blocked => direct::bias_grad_blocked(dy, channels, pixels, db),
-                            Layout::Nchw => conv::bias_grad(dy, channels, pixels, db),
+                    match bias {
+                        Some(b) if !fused_bias => {
+                            let db = &mut param_grads[*b];
+                            match out_layout {
+                                Layout::Blocked => direct::bias_grad_blocked(dy, channels, pixels, db),
+                                Layout::Nchw => conv::bias_grad(dy, channels, pixels, db),
+                            }
                         }
+                        _ => {}
                     }
                     if input_needs_grad {
                         add_input_grad(grads, p, ip, batch, |dy, dx| match (winograd, packed) {
@@ -167,9 +168,7 @@ impl State {
                     }
                     let x = images(acts, ip, batch);
                     // Split borrows: the two parameter gradients are distinct vectors.
-                    let [dgamma, dbeta] = param_grads
-                        .get_disjoint_mut([*gamma, *beta])
-                        .expect("gamma and beta are distinct parameters");
+                    let (dgamma, dbeta) = two_mut(param_grads, *gamma, *beta);
                     let stats = &bn_stats[id];
                     let gamma = &params[*gamma];
                     let blocked = in_layout == Layout::Blocked;

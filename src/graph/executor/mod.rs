@@ -387,6 +387,19 @@ fn images_mut(buf: &mut [f32], p: Place, batch: usize) -> ImagesMut<'_> {
     ImagesMut::strided(buf, batch, p.len, p.stride, p.offset)
 }
 
+/// Two distinct parameters mutably at once (`<[T]>::get_disjoint_mut` would do, from Rust 1.86; our
+/// `rust-version` is 1.85). Panics if `a == b`: the graph builder gives every parameter its own index.
+fn two_mut<T>(items: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    assert_ne!(a, b, "two_mut: the same parameter twice");
+    if a < b {
+        let (low, high) = items.split_at_mut(b);
+        (&mut low[a], &mut high[0])
+    } else {
+        let (low, high) = items.split_at_mut(a);
+        (&mut high[0], &mut low[b])
+    }
+}
+
 /// Runs `f` with `bufs[buffer]` taken out for writing and the rest readable. The plan guarantees no node
 /// reads the buffer it writes.
 fn with_buffer<R>(bufs: &mut [Vec<f32>], buffer: usize, f: impl FnOnce(&[Vec<f32>], &mut [f32]) -> R) -> R {

@@ -211,9 +211,7 @@ impl State {
                 ..
             } = &node.layer
             {
-                let [mean, var] = params
-                    .get_disjoint_mut([*running_mean, *running_var])
-                    .expect("running mean and variance are distinct parameters");
+                let (mean, var) = super::two_mut(params, *running_mean, *running_var);
                 bn.update_running_statistics(stats, mean, var);
             }
         }
