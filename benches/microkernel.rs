@@ -71,7 +71,7 @@ fn shapes(isa: Isa) -> Vec<TileShape> {
     let s = |blocks, pixels| TileShape { blocks, pixels };
     match isa {
         Isa::Avx512 => vec![s(4, 6), s(4, 4), s(3, 8), s(2, 8), s(1, 8)],
-        Isa::Avx2 => vec![s(1, 6), s(2, 3), s(2, 2), s(1, 4)],
+        Isa::Avx2 | Isa::Neon => vec![s(1, 6), s(2, 3), s(2, 2), s(1, 4)],
         Isa::Scalar => vec![s(1, 4)],
     }
 }

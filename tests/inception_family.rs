@@ -298,15 +298,6 @@ fn bench_with_the_chapters_protocol_reports_mean_and_deviation_over_100_steps() 
     );
 }
 
-/// `incept bench --json` names the instruction set the microkernel was dispatched to: the fastest this
-/// CPU has (what `Isa::best` finds here, checked independently of the CLI).
-#[test]
-fn bench_names_the_instruction_set_it_ran() {
-    let record: serde_json::Value = serde_json::from_str(&bench_tf_cifar(&["--steps", "1", "--json"])).unwrap();
-    let expected = format!("{:?}", Isa::best());
-    assert_eq!(record["isa"], expected.as_str(), "{record}");
-}
-
 /// A deep model block by block at 75×75 (`generate_family.py inception-v4-blocks inception-v3-blocks`):
 /// its logits say little at this initialization, but each block's output can be held to 10× PyTorch
 /// float32's own distance at that depth (1e-7 at the stem, growing to 1e-1 at inception-v4's last block),

@@ -922,6 +922,8 @@ struct BenchRecord<'a> {
     img_per_s: f64,
     /// The microkernel's instruction set.
     isa: String,
+    /// The instruction set of the element-wise kernels (`pulp`'s dispatch).
+    simd: &'static str,
 }
 
 /// `incept bench`: time per batch, and where it goes with `--profile`.
@@ -986,12 +988,16 @@ fn bench_command(args: BenchArgs) -> Result<()> {
             ms_per_batch: r.ms_per_batch,
             img_per_s: r.img_per_s,
             isa: format!("{:?}", r.isa),
+            simd: incept::kernels::instruction_set(),
         };
         println!("{}", serde_json::to_string(&record).expect("plain values"));
     } else {
         println!(
-            "{model} {mode} batch {batch}, {threads} threads, microkernel on {:?}: {:.1} ms per batch (median of {steps}), {:.1} img/s",
-            r.isa, r.ms_per_batch, r.img_per_s
+            "{model} {mode} batch {batch}, {threads} threads, microkernel on {:?}, element-wise kernels on {}: {:.1} ms per batch (median of {steps}), {:.1} img/s",
+            r.isa,
+            incept::kernels::instruction_set(),
+            r.ms_per_batch,
+            r.img_per_s
         );
     }
     if let Some(profile) = &r.profile {

@@ -15,9 +15,89 @@
 //! tile is `c` (with [`Epilogue::accumulate`]) or 0, plus the sum over runs and steps, plus the bias,
 //! then the ReLU.
 //!
-//! Three builds of the same loops: AVX-512 (one zmm per block and pixel), AVX2+FMA (two ymm), and a
-//! portable scalar one, the reference the tests hold the others to. [`Isa::best`] picks at run time.
+//! Four builds of the same loops: AVX-512 (one zmm per block and pixel), AVX2+FMA (two ymm), NEON on
+//! aarch64 (four q registers), and a portable scalar one, the reference the tests hold the others to.
+//! [`Isa::best`] picks at run time.
 
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+/// Defines one function per tile shape for an instruction set (the x86 and NEON builds use it), and the
+/// match that picks the one for a checked tile. The hot reduction step is spelled out by macro repetition over literal block and pixel
+/// indices: written as loops over const generics, LLVM left the 20- to 32-FMA shapes partly rolled,
+/// indexed the accumulators in memory and spilled (70+ stack accesses in the 4×6 kernel, 33% of peak).
+macro_rules! kernels {
+    ($isa:ident, $dispatch:ident, $($shape:pat => $name:ident: $bs:tt x $ps:tt),+ $(,)?) => {
+        $( $isa!($name, $bs, $ps); )+
+
+        pub(in crate::microkernel) fn $dispatch(k: Checked<'_>) {
+            // SAFETY: `run` checked that this CPU has the instruction set (`Isa::available`) and that
+            // every access the kernel makes lies inside the caller's slices.
+            unsafe {
+                match (k.tile.shape.blocks, k.tile.shape.pixels) {
+                    $( $shape => $name(k), )+
+                    _ => unreachable!("check() bounds the tile shape"),
+                }
+            }
+        }
+    };
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+/// Every tile shape the dispatcher instantiates (checked by `check`: 1 to 4 blocks, 1 to 8 pixels, 1 to
+/// 16 for one block and 12 for two), each with its function name and the block and pixel indices its
+/// step spells out.
+macro_rules! every_shape {
+    ($tile:ident) => {
+        kernels!($tile, dispatch,
+    (1, 1) => tile_1x1: [0] x [0],
+    (1, 2) => tile_1x2: [0] x [0, 1],
+    (1, 3) => tile_1x3: [0] x [0, 1, 2],
+    (1, 4) => tile_1x4: [0] x [0, 1, 2, 3],
+    (1, 5) => tile_1x5: [0] x [0, 1, 2, 3, 4],
+    (1, 6) => tile_1x6: [0] x [0, 1, 2, 3, 4, 5],
+    (1, 7) => tile_1x7: [0] x [0, 1, 2, 3, 4, 5, 6],
+    (1, 8) => tile_1x8: [0] x [0, 1, 2, 3, 4, 5, 6, 7],
+    (1, 9) => tile_1x9: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8],
+    (1, 10) => tile_1x10: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    (1, 11) => tile_1x11: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+    (1, 12) => tile_1x12: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+    (1, 13) => tile_1x13: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+    (1, 14) => tile_1x14: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+    (1, 15) => tile_1x15: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
+    (1, 16) => tile_1x16: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+    (2, 1) => tile_2x1: [0, 1] x [0],
+    (2, 2) => tile_2x2: [0, 1] x [0, 1],
+    (2, 3) => tile_2x3: [0, 1] x [0, 1, 2],
+    (2, 4) => tile_2x4: [0, 1] x [0, 1, 2, 3],
+    (2, 5) => tile_2x5: [0, 1] x [0, 1, 2, 3, 4],
+    (2, 6) => tile_2x6: [0, 1] x [0, 1, 2, 3, 4, 5],
+    (2, 7) => tile_2x7: [0, 1] x [0, 1, 2, 3, 4, 5, 6],
+    (2, 8) => tile_2x8: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7],
+    (2, 9) => tile_2x9: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7, 8],
+    (2, 10) => tile_2x10: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    (2, 11) => tile_2x11: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+    (2, 12) => tile_2x12: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+    (3, 1) => tile_3x1: [0, 1, 2] x [0],
+    (3, 2) => tile_3x2: [0, 1, 2] x [0, 1],
+    (3, 3) => tile_3x3: [0, 1, 2] x [0, 1, 2],
+    (3, 4) => tile_3x4: [0, 1, 2] x [0, 1, 2, 3],
+    (3, 5) => tile_3x5: [0, 1, 2] x [0, 1, 2, 3, 4],
+    (3, 6) => tile_3x6: [0, 1, 2] x [0, 1, 2, 3, 4, 5],
+    (3, 7) => tile_3x7: [0, 1, 2] x [0, 1, 2, 3, 4, 5, 6],
+    (3, 8) => tile_3x8: [0, 1, 2] x [0, 1, 2, 3, 4, 5, 6, 7],
+    (4, 1) => tile_4x1: [0, 1, 2, 3] x [0],
+    (4, 2) => tile_4x2: [0, 1, 2, 3] x [0, 1],
+    (4, 3) => tile_4x3: [0, 1, 2, 3] x [0, 1, 2],
+    (4, 4) => tile_4x4: [0, 1, 2, 3] x [0, 1, 2, 3],
+    (4, 5) => tile_4x5: [0, 1, 2, 3] x [0, 1, 2, 3, 4],
+    (4, 6) => tile_4x6: [0, 1, 2, 3] x [0, 1, 2, 3, 4, 5],
+    (4, 7) => tile_4x7: [0, 1, 2, 3] x [0, 1, 2, 3, 4, 5, 6],
+    (4, 8) => tile_4x8: [0, 1, 2, 3] x [0, 1, 2, 3, 4, 5, 6, 7]
+        );
+    };
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -54,14 +134,17 @@ pub enum Isa {
     Avx2,
     /// AVX-512F (x86-64-v4).
     Avx512,
+    /// NEON, aarch64's Advanced SIMD (every aarch64 CPU has it).
+    Neon,
 }
 
 /// `0` = no limit, else `1 + Isa as u8`: the fastest set [`Isa::best`] may return.
 static LIMIT: AtomicU8 = AtomicU8::new(0);
 
 impl Isa {
-    /// Every set, slowest first.
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+    /// Every set: the scalar reference, then x86's from the slowest, then aarch64's. A CPU has at most
+    /// one architecture's, so "faster" ([`Isa::best`], [`Isa::set_limit`]) only compares within it.
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
 
     /// Whether this CPU runs it.
     pub fn available(self) -> bool {
@@ -71,7 +154,8 @@ impl Isa {
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => is_x86_feature_detected!("avx512f"),
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             _ => false,
         }
     }
@@ -83,7 +167,7 @@ impl Isa {
             return Isa::Scalar;
         }
         let limit = match LIMIT.load(Ordering::Relaxed) {
-            0 => Isa::Avx512,
+            0 => Isa::Neon,
             n => Isa::ALL[usize::from(n - 1)],
         };
         Isa::ALL
@@ -99,11 +183,12 @@ impl Isa {
     }
 
     /// The tile this set runs best: as many accumulators as its registers hold beside the weights and
-    /// the broadcast input (AVX-512: 4 × 6 = 24 of 32 zmm; AVX2: 2 halves × 6 = 12 of 16 ymm).
+    /// the broadcast input (AVX-512: 4 × 6 = 24 of 32 zmm; AVX2: 2 halves × 6 = 12 of 16 ymm; NEON: 4
+    /// quarters × 6 = 24 of 32 q registers, beside 4 for the weights and 1 for the input).
     pub fn preferred_tile(self) -> TileShape {
         match self {
             Isa::Avx512 => TileShape { blocks: 4, pixels: 6 },
-            Isa::Avx2 => TileShape { blocks: 1, pixels: 6 },
+            Isa::Avx2 | Isa::Neon => TileShape { blocks: 1, pixels: 6 },
             Isa::Scalar => TileShape { blocks: 1, pixels: 4 },
         }
     }
@@ -262,7 +347,8 @@ pub fn run(isa: Isa, tile: &Tile<'_>, w: &[f32], x: &[f32], c: &mut [f32]) {
         Isa::Avx2 => x86::dispatch_avx2(checked),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => x86::dispatch_avx512(checked),
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => neon::dispatch(checked),
         _ => unreachable!("check() refused an unavailable instruction set"),
     }
 }
@@ -322,6 +408,8 @@ pub fn fma_peak_flops(isa: Isa, iterations: u64) -> u64 {
         Isa::Avx512 => x86::fma_loop_avx512(iterations),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => x86::fma_loop_avx2(iterations),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => neon::fma_loop(iterations),
         _ => {
             // Twelve independent chains, as the vector loops run; the compiler may vectorize them.
             let mut acc = [1.0f32; 12];

@@ -9,27 +9,6 @@ use std::arch::x86_64::*;
 
 use super::{Checked, LANES};
 
-/// Defines one function per tile shape for an instruction set, and the match that picks the one for a
-/// checked tile. The hot reduction step is spelled out by macro repetition over literal block and pixel
-/// indices: written as loops over const generics, LLVM left the 20- to 32-FMA shapes partly rolled,
-/// indexed the accumulators in memory and spilled (70+ stack accesses in the 4×6 kernel, 33% of peak).
-macro_rules! kernels {
-    ($isa:ident, $dispatch:ident, $($shape:pat => $name:ident: $bs:tt x $ps:tt),+ $(,)?) => {
-        $( $isa!($name, $bs, $ps); )+
-
-        pub(in crate::microkernel) fn $dispatch(k: Checked<'_>) {
-            // SAFETY: `run` checked that this CPU has the instruction set (`Isa::available`) and that
-            // every access the kernel makes lies inside the caller's slices.
-            unsafe {
-                match (k.tile.shape.blocks, k.tile.shape.pixels) {
-                    $( $shape => $name(k), )+
-                    _ => unreachable!("check() bounds the tile shape"),
-                }
-            }
-        }
-    };
-}
-
 /// `acc[b][p] += w[b] · x[p]` for every listed block `b` and pixel `p` (AVX-512).
 macro_rules! fmas_512 {
     ($acc:ident, $w:ident, $x:ident, $stride:expr, $bs:tt, [$($p:literal),+]) => {
@@ -151,59 +130,6 @@ macro_rules! avx2_tile {
                 }
             }
         }
-    };
-}
-
-/// Every tile shape the dispatcher instantiates (checked by `super::check`: 1 to 4 blocks, 1 to 8
-/// pixels, 1 to 16 for one block and 12 for two), each with its function name and the block and pixel indices its step spells out.
-macro_rules! every_shape {
-    ($tile:ident) => {
-        kernels!($tile, dispatch,
-    (1, 1) => tile_1x1: [0] x [0],
-    (1, 2) => tile_1x2: [0] x [0, 1],
-    (1, 3) => tile_1x3: [0] x [0, 1, 2],
-    (1, 4) => tile_1x4: [0] x [0, 1, 2, 3],
-    (1, 5) => tile_1x5: [0] x [0, 1, 2, 3, 4],
-    (1, 6) => tile_1x6: [0] x [0, 1, 2, 3, 4, 5],
-    (1, 7) => tile_1x7: [0] x [0, 1, 2, 3, 4, 5, 6],
-    (1, 8) => tile_1x8: [0] x [0, 1, 2, 3, 4, 5, 6, 7],
-    (1, 9) => tile_1x9: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8],
-    (1, 10) => tile_1x10: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-    (1, 11) => tile_1x11: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-    (1, 12) => tile_1x12: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
-    (1, 13) => tile_1x13: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
-    (1, 14) => tile_1x14: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
-    (1, 15) => tile_1x15: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
-    (1, 16) => tile_1x16: [0] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
-    (2, 1) => tile_2x1: [0, 1] x [0],
-    (2, 2) => tile_2x2: [0, 1] x [0, 1],
-    (2, 3) => tile_2x3: [0, 1] x [0, 1, 2],
-    (2, 4) => tile_2x4: [0, 1] x [0, 1, 2, 3],
-    (2, 5) => tile_2x5: [0, 1] x [0, 1, 2, 3, 4],
-    (2, 6) => tile_2x6: [0, 1] x [0, 1, 2, 3, 4, 5],
-    (2, 7) => tile_2x7: [0, 1] x [0, 1, 2, 3, 4, 5, 6],
-    (2, 8) => tile_2x8: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7],
-    (2, 9) => tile_2x9: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7, 8],
-    (2, 10) => tile_2x10: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-    (2, 11) => tile_2x11: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-    (2, 12) => tile_2x12: [0, 1] x [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
-    (3, 1) => tile_3x1: [0, 1, 2] x [0],
-    (3, 2) => tile_3x2: [0, 1, 2] x [0, 1],
-    (3, 3) => tile_3x3: [0, 1, 2] x [0, 1, 2],
-    (3, 4) => tile_3x4: [0, 1, 2] x [0, 1, 2, 3],
-    (3, 5) => tile_3x5: [0, 1, 2] x [0, 1, 2, 3, 4],
-    (3, 6) => tile_3x6: [0, 1, 2] x [0, 1, 2, 3, 4, 5],
-    (3, 7) => tile_3x7: [0, 1, 2] x [0, 1, 2, 3, 4, 5, 6],
-    (3, 8) => tile_3x8: [0, 1, 2] x [0, 1, 2, 3, 4, 5, 6, 7],
-    (4, 1) => tile_4x1: [0, 1, 2, 3] x [0],
-    (4, 2) => tile_4x2: [0, 1, 2, 3] x [0, 1],
-    (4, 3) => tile_4x3: [0, 1, 2, 3] x [0, 1, 2],
-    (4, 4) => tile_4x4: [0, 1, 2, 3] x [0, 1, 2, 3],
-    (4, 5) => tile_4x5: [0, 1, 2, 3] x [0, 1, 2, 3, 4],
-    (4, 6) => tile_4x6: [0, 1, 2, 3] x [0, 1, 2, 3, 4, 5],
-    (4, 7) => tile_4x7: [0, 1, 2, 3] x [0, 1, 2, 3, 4, 5, 6],
-    (4, 8) => tile_4x8: [0, 1, 2, 3] x [0, 1, 2, 3, 4, 5, 6, 7]
-        );
     };
 }
 
