@@ -44,6 +44,7 @@ pub mod bench;
 pub mod blocked;
 pub mod classifier;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod geometry;
 pub mod graph;

@@ -13,8 +13,9 @@ use crate::data::Dataset;
 use crate::data::augment::Augmentation;
 use crate::data::loader::{Loader, Prep, epoch_order};
 use crate::data::transforms::{Normalization, resize_bilinear};
+use crate::distributed::{Cluster, SingleProcess};
 use crate::error::{Error, Result};
-use crate::graph::{Executor, Mode};
+use crate::graph::{BatchLoss, Executor, Mode};
 use crate::io::checkpoint::{TensorFile, save};
 use crate::models::{Model, ModelConfig};
 use crate::optim::{Adam, Optimizer, RmsProp, Schedule, Sgd};
@@ -355,8 +356,28 @@ pub fn train(
     cfg: &TrainConfig,
     train: Dataset,
     test: &Dataset,
-    mut report: impl FnMut(&EpochMetrics),
+    report: impl FnMut(&EpochMetrics),
 ) -> Result<TrainReport> {
+    train_across(cfg, train, test, report, &SingleProcess)
+}
+
+/// [`train`] as one rank of a data-parallel run over `cluster`: each global batch of `cfg.batch`
+/// images is split across the ranks ([`crate::distributed::shard`]; this rank reads only its own),
+/// the gradients are summed across them once per step (weighted by each shard's share of the batch),
+/// and every rank applies the same optimizer step. Rank 0 alone shows progress, evaluates, reports
+/// and writes the checkpoint, metrics and step log; every rank can resume from that checkpoint. Batch
+/// norm statistics stay per rank, as PyTorch's DistributedDataParallel keeps them: training uses each
+/// rank's batch statistics, and rank 0's running statistics are the ones evaluated and saved. With
+/// [`SingleProcess`] this is [`train`], bit for bit.
+pub fn train_across(
+    cfg: &TrainConfig,
+    train: Dataset,
+    test: &Dataset,
+    mut report: impl FnMut(&EpochMetrics),
+    cluster: &dyn Cluster,
+) -> Result<TrainReport> {
+    let (rank, ranks) = (cluster.rank(), cluster.size());
+    let lead = rank == 0;
     if cfg.batch == 0 || cfg.epochs == 0 {
         return Err(Error::config("train", "batch and epochs must be at least 1"));
     }
@@ -409,10 +430,12 @@ pub fn train(
     };
     let save_now = |model: &Model, opt: &Optimizer, pos: &Position| -> Result<()> {
         match &cfg.save {
-            Some(path) => save(path, &model.graph, &model.params, Some(opt), &metadata_for(opt, pos)),
-            None => Ok(()),
+            Some(path) if lead => save(path, &model.graph, &model.params, Some(opt), &metadata_for(opt, pos)),
+            _ => Ok(()),
         }
     };
+    // Data-parallel: the gradients as one buffer, summed in one collective per step.
+    let mut all_grads = vec![0f32; if ranks > 1 { lens.iter().sum() } else { 0 }];
     let steps_left = |pos: &Position| cfg.max_steps.is_none_or(|m| pos.global_step < m);
     let mut interrupted = false;
     let mut last_checkpoint = Instant::now();
@@ -421,7 +444,7 @@ pub fn train(
         cfg.max_steps.map_or(planned, |m| m.min(planned))
     };
     let mut progress = Progress::new(
-        cfg.progress,
+        cfg.progress && lead,
         cfg.progress_every,
         cfg.epochs,
         batches_per_epoch,
@@ -442,9 +465,31 @@ pub fn train(
             seed: cfg.seed,
             epoch: pos.epoch,
         };
-        for batch in Loader::new(train.clone(), order, cfg.batch, pos.batch, prep) {
-            let n = batch.labels.len();
-            let loss = exec.train_step(Images::dense(&batch.images, n, image_len), &batch.labels, &mut opt, lr)?;
+        for batch in Loader::sharded(train.clone(), order, cfg.batch, pos.batch, prep, (rank, ranks)) {
+            let images = Images::dense(&batch.images, batch.labels.len(), image_len);
+            let asked_to_stop = cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+            let (loss, n, stop_requested) = if ranks == 1 {
+                let loss = exec.train_step(images, &batch.labels, &mut opt, lr)?;
+                (loss, batch.labels.len(), asked_to_stop)
+            } else {
+                let global = cfg.batch.min(train.len() - batch.index * cfg.batch);
+                let step = pos.global_step + 1;
+                let shard = Shard {
+                    images,
+                    labels: &batch.labels,
+                    global,
+                };
+                step_across(
+                    &mut exec,
+                    cluster,
+                    shard,
+                    &mut all_grads,
+                    &mut opt,
+                    lr,
+                    asked_to_stop,
+                    step,
+                )?
+            };
             if !loss.loss.is_finite() {
                 progress.abandon();
                 return Err(Error::NonFiniteLoss {
@@ -459,7 +504,7 @@ pub fn train(
                 });
             }
             pos.global_step += 1;
-            if let Some(path) = &cfg.step_log {
+            if let Some(path) = cfg.step_log.as_ref().filter(|_| lead) {
                 let record = StepRecord {
                     step: pos.global_step,
                     loss: loss.loss,
@@ -485,7 +530,7 @@ pub fn train(
                 stopped = pos.batch < batches_per_epoch;
                 break;
             }
-            if cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            if stop_requested {
                 interrupted = true;
                 stopped = pos.batch < batches_per_epoch;
                 break;
@@ -505,7 +550,7 @@ pub fn train(
         }
         progress.finish_epoch();
         let train_seconds = pos.seconds;
-        let (test_loss, test_acc) = if stopped {
+        let (test_loss, test_acc) = if stopped || !lead {
             (None, None)
         } else {
             let (l, a) = evaluate(&mut exec, test, cfg.batch, normalization.as_ref())?;
@@ -520,8 +565,10 @@ pub fn train(
             seconds: seconds_before + started.elapsed().as_secs_f64(),
             images_per_second: pos.seen as f64 / train_seconds.max(1e-9),
         };
-        report(&metrics);
-        if let Some(path) = &cfg.metrics {
+        if lead {
+            report(&metrics);
+        }
+        if let Some(path) = cfg.metrics.as_ref().filter(|_| lead) {
             append_metrics(path, &metrics)?;
         }
         epochs.push(metrics);
@@ -541,7 +588,7 @@ pub fn train(
             break;
         }
     }
-    if let Some(path) = &cfg.metrics {
+    if let Some(path) = cfg.metrics.as_ref().filter(|_| lead) {
         let all = read_metrics(path).unwrap_or_else(|_| epochs.clone());
         // The curves picture comes with the `cli` feature (plotters); the metrics file always.
         #[cfg(feature = "cli")]
@@ -555,6 +602,72 @@ pub fn train(
         global_step: pos.global_step,
         interrupted,
     })
+}
+
+/// This rank's part of one global batch.
+struct Shard<'a> {
+    images: Images<'a>,
+    labels: &'a [usize],
+    /// Images in the whole global batch, over every rank.
+    global: usize,
+}
+
+/// One data-parallel training step on this rank's shard: its gradients (zero for an empty shard), one
+/// sum of the step's loss, accuracy and stop requests across ranks, then, if the global loss is
+/// finite, one sum of the gradients, each rank's weighted by its shard's share of the global batch
+/// (so the result is the gradient of the global batch's mean loss), and the optimizer step. Returns
+/// the global batch's loss, its image count, and whether any rank was asked to stop.
+#[allow(clippy::too_many_arguments)]
+fn step_across(
+    exec: &mut Executor,
+    cluster: &dyn Cluster,
+    shard: Shard<'_>,
+    all_grads: &mut [f32],
+    opt: &mut Optimizer,
+    lr: f32,
+    asked_to_stop: bool,
+    step: u64,
+) -> Result<(BatchLoss, usize, bool)> {
+    let n = shard.labels.len();
+    let local = if n > 0 {
+        exec.compute_gradients(shard.images, shard.labels)?
+    } else {
+        BatchLoss { loss: 0.0, correct: 0 }
+    };
+    let mut totals = [
+        local.loss * n as f64,
+        local.correct as f64,
+        n as f64,
+        f64::from(u8::from(asked_to_stop)),
+    ];
+    cluster.sum_f64(&mut totals, &format!("sum of step {step}'s loss"))?;
+    let [loss_sum, correct, images, stops] = totals;
+    let global = BatchLoss {
+        loss: loss_sum / images,
+        correct: correct as usize,
+    };
+    if global.loss.is_finite() {
+        let weight = n as f32 / shard.global as f32;
+        let mut at = 0;
+        for g in exec.param_grads_mut() {
+            let dst = &mut all_grads[at..at + g.len()];
+            if n > 0 {
+                dst.iter_mut().zip(g.iter()).for_each(|(d, &v)| *d = v * weight);
+            } else {
+                dst.fill(0.0);
+            }
+            at += g.len();
+        }
+        cluster.sum_f32(all_grads, &format!("sum of step {step}'s gradients"))?;
+        let mut at = 0;
+        for g in exec.param_grads_mut() {
+            let len = g.len();
+            g.copy_from_slice(&all_grads[at..at + len]);
+            at += len;
+        }
+        exec.apply_gradients(opt, lr);
+    }
+    Ok((global, images as usize, stops > 0.0))
 }
 
 fn check_data(what: &str, data: &Dataset, config: ModelConfig) -> Result<()> {

@@ -8,6 +8,7 @@ use incept::bench::{self, BenchOptions};
 use incept::classifier::Classifier;
 use incept::data::augment::Augmentation;
 use incept::data::{self, Dataset, cifar, idx, images, npy};
+use incept::distributed::{Cluster, SingleProcess};
 use incept::graph::plan::{Layout, Plan, PlanOptions};
 use incept::graph::{BranchSchedule, Executor, WinogradPolicy};
 use incept::io::checkpoint::{InputSize, Recorded, TensorFile, resolve};
@@ -320,6 +321,11 @@ struct TrainArgs {
     /// Replace the run in --out (its checkpoint and metrics) instead of refusing to.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Under mpirun: how long a rank waits for the others at a collective (the per-step sums) before it
+    /// stops every rank with an error, in seconds.
+    #[cfg(feature = "mpi")]
+    #[arg(long, default_value_t = 600)]
+    collective_timeout: u64,
     /// Also write the checkpoint within an epoch: every N steps ("500"), or minutes ("5m") or seconds
     /// ("90s") of training. Ctrl-C (or SIGTERM) always finishes the step and writes it.
     #[arg(long, default_value = "5m", value_parser = parse_checkpoint_every)]
@@ -589,7 +595,26 @@ fn train_command(args: TrainArgs) -> Result<()> {
         progress_every,
         conv_algo,
         data,
+        #[cfg(feature = "mpi")]
+        collective_timeout,
     } = args;
+    // Started by mpirun: this process is one rank of a data-parallel run.
+    #[cfg(feature = "mpi")]
+    let mpi_cluster = match incept::distributed::mpi::MpiCluster::launched() {
+        true => Some(
+            incept::distributed::mpi::MpiCluster::init(std::time::Duration::from_secs(collective_timeout))
+                .ok_or_else(|| incept::Error::config("mpi", "MPI was already initialized"))?,
+        ),
+        false => None,
+    };
+    #[cfg(feature = "mpi")]
+    let cluster: &dyn Cluster = match &mpi_cluster {
+        Some(c) => c,
+        None => &SingleProcess,
+    };
+    #[cfg(not(feature = "mpi"))]
+    let cluster: &dyn Cluster = &SingleProcess;
+    let lead = cluster.rank() == 0;
     // A resumed run continues the recorded one: model and input size come from its checkpoint.
     let (recorded, checkpoint) = match &resume {
         Some(path) => (Recorded::read(path)?, path.clone()),
@@ -661,19 +686,32 @@ fn train_command(args: TrainArgs) -> Result<()> {
         checkpoint_every: Some(checkpoint_every),
         stop: Some(stop_on_signal()?),
     };
-    if cfg.resume.is_none() {
+    if cfg.resume.is_none() && lead {
         let checkpoint = cfg.save.as_deref().expect("set above");
         let metrics = cfg.metrics.as_deref().expect("set above");
         guard_previous_run(&[checkpoint, metrics], overwrite)?;
     }
-    println!(
-        "training {model} on {} images ({} test), {size}, batch {batch}, lr {lr}, {} epochs, {} threads",
-        train_set.len(),
-        test_set.len(),
-        epochs,
-        incept::parallel::threads()
-    );
-    let report = train::train(&cfg, train_set, &test_set, |m| println!("{}", m.line()))?;
+    if lead {
+        let ranks = match cluster.size() {
+            1 => String::new(),
+            n => format!(" on {n} ranks (each {} threads)", incept::parallel::threads()),
+        };
+        println!(
+            "training {model} on {} images ({} test), {size}, batch {batch}, lr {lr}, {} epochs, {} threads{ranks}",
+            train_set.len(),
+            test_set.len(),
+            epochs,
+            incept::parallel::threads()
+        );
+    }
+    let report = train::train_across(&cfg, train_set, &test_set, |m| println!("{}", m.line()), cluster)?;
+    // MPI is finalized (every rank together) before any early exit below.
+    #[cfg(feature = "mpi")]
+    drop(mpi_cluster);
+    if !lead {
+        // Rank 0 reports; a non-zero exit here would make mpirun stop it before it does.
+        return Ok(());
+    }
     let save_path = cfg.save.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     if report.interrupted {
         println!(

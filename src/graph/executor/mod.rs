@@ -254,15 +254,31 @@ impl Executor {
         optimizer: &mut Optimizer,
         lr: f32,
     ) -> Result<BatchLoss> {
+        let loss = self.compute_gradients(images, labels)?;
+        if loss.loss.is_finite() {
+            self.apply_gradients(optimizer, lr);
+        }
+        Ok(loss)
+    }
+
+    /// The first half of [`Executor::train_step`]: the training forward, the loss and, if it is finite,
+    /// the running-statistics update and the backward pass. Data-parallel training sums the gradients
+    /// across processes ([`Executor::param_grads_mut`]) before [`Executor::apply_gradients`].
+    pub fn compute_gradients(&mut self, images: Images<'_>, labels: &[usize]) -> Result<BatchLoss> {
         self.forward(images, Mode::Train)?;
         let loss = self.loss(labels)?;
         if loss.loss.is_finite() {
             self.update_running_statistics();
             self.backward()?;
-            optimizer.step(&mut self.model.params, &self.state.param_grads, lr);
-            self.state.packed_stale = true;
         }
         Ok(loss)
+    }
+
+    /// The second half of [`Executor::train_step`]: `optimizer`'s update of the parameters from the
+    /// current gradients at learning rate `lr`.
+    pub fn apply_gradients(&mut self, optimizer: &mut Optimizer, lr: f32) {
+        optimizer.step(&mut self.model.params, &self.state.param_grads, lr);
+        self.state.packed_stale = true;
     }
 
     /// The scratch the executor holds, over all its workspaces: sized from the plan when the executor
@@ -282,6 +298,12 @@ impl Executor {
     /// Parameter gradients from the last backward pass, in [`Graph::params`] order.
     pub fn param_grads(&self) -> &[Vec<f32>] {
         &self.state.param_grads
+    }
+
+    /// [`Executor::param_grads`] for a caller that combines them before [`Executor::apply_gradients`]
+    /// (data-parallel training sums them across processes).
+    pub fn param_grads_mut(&mut self) -> &mut [Vec<f32>] {
+        &mut self.state.param_grads
     }
 
     /// The output of the last forward pass: `batch` rows of [`Graph::output_len`] values.
