@@ -126,9 +126,13 @@ fn stop_on_signal() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
 }
 
 /// This process's own command line with `--resume CHECKPOINT` in place of any `--resume` or
-/// `--overwrite` it had: what continues an interrupted run.
-fn resume_command(checkpoint: &str) -> String {
+/// `--overwrite` it had: what continues an interrupted run (behind `mpirun -np N` for a run of N > 1
+/// ranks; the launcher's other options are not visible to the rank, so a hostfile must be added again).
+fn resume_command(checkpoint: &str, ranks: usize) -> String {
     let mut words: Vec<String> = Vec::new();
+    if ranks > 1 {
+        words.extend(["mpirun".into(), "-np".into(), ranks.to_string()]);
+    }
     let mut args = std::env::args();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -705,6 +709,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         );
     }
     let report = train::train_across(&cfg, train_set, &test_set, |m| println!("{}", m.line()), cluster)?;
+    let ranks = cluster.size();
     // MPI is finalized (every rank together) before any early exit below.
     #[cfg(feature = "mpi")]
     drop(mpi_cluster);
@@ -717,7 +722,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         println!(
             "interrupted after step {}; checkpoint {save_path}; continue with:\n  {}",
             report.global_step,
-            resume_command(&save_path)
+            resume_command(&save_path, ranks)
         );
         std::process::exit(130);
     }
