@@ -467,10 +467,11 @@ pub fn train_across(
         };
         for batch in Loader::sharded(train.clone(), order, cfg.batch, pos.batch, prep, (rank, ranks)) {
             let images = Images::dense(&batch.images, batch.labels.len(), image_len);
-            let asked_to_stop = cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+            // Read after the step's work, so a stop asked for during the step ends the run after it.
+            let asked_to_stop = || cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
             let (loss, n, stop_requested) = if ranks == 1 {
                 let loss = exec.train_step(images, &batch.labels, &mut opt, lr)?;
-                (loss, batch.labels.len(), asked_to_stop)
+                (loss, batch.labels.len(), asked_to_stop())
             } else {
                 let global = cfg.batch.min(train.len() - batch.index * cfg.batch);
                 let step = pos.global_step + 1;
@@ -625,7 +626,7 @@ fn step_across(
     all_grads: &mut [f32],
     opt: &mut Optimizer,
     lr: f32,
-    asked_to_stop: bool,
+    asked_to_stop: impl Fn() -> bool,
     step: u64,
 ) -> Result<(BatchLoss, usize, bool)> {
     let n = shard.labels.len();
@@ -638,7 +639,7 @@ fn step_across(
         local.loss * n as f64,
         local.correct as f64,
         n as f64,
-        f64::from(u8::from(asked_to_stop)),
+        f64::from(u8::from(asked_to_stop())),
     ];
     cluster.sum_f64(&mut totals, &format!("sum of step {step}'s loss"))?;
     let [loss_sum, correct, images, stops] = totals;
