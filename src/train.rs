@@ -434,8 +434,13 @@ pub fn train_across(
             _ => Ok(()),
         }
     };
-    // Data-parallel: the gradients as one buffer, summed in one collective per step.
-    let mut all_grads = vec![0f32; if ranks > 1 { lens.iter().sum() } else { 0 }];
+    // Data-parallel: this rank's weighted gradients as one buffer, and their sum over the ranks (one
+    // collective per step).
+    let flat_len = if ranks > 1 { lens.iter().sum() } else { 0 };
+    let mut flat_grads = FlatGrads {
+        local: vec![0f32; flat_len],
+        summed: vec![0f32; flat_len],
+    };
     let steps_left = |pos: &Position| cfg.max_steps.is_none_or(|m| pos.global_step < m);
     let mut interrupted = false;
     let mut last_checkpoint = Instant::now();
@@ -484,7 +489,7 @@ pub fn train_across(
                     &mut exec,
                     cluster,
                     shard,
-                    &mut all_grads,
+                    &mut flat_grads,
                     &mut opt,
                     lr,
                     asked_to_stop,
@@ -605,6 +610,14 @@ pub fn train_across(
     })
 }
 
+/// The buffers of [`step_across`]'s gradient sum, allocated once per run.
+struct FlatGrads {
+    /// This rank's gradients, weighted, every parameter after the other.
+    local: Vec<f32>,
+    /// Their sum over the ranks.
+    summed: Vec<f32>,
+}
+
 /// This rank's part of one global batch.
 struct Shard<'a> {
     images: Images<'a>,
@@ -623,7 +636,7 @@ fn step_across(
     exec: &mut Executor,
     cluster: &dyn Cluster,
     shard: Shard<'_>,
-    all_grads: &mut [f32],
+    flat: &mut FlatGrads,
     opt: &mut Optimizer,
     lr: f32,
     asked_to_stop: impl Fn() -> bool,
@@ -635,13 +648,14 @@ fn step_across(
     } else {
         BatchLoss { loss: 0.0, correct: 0 }
     };
-    let mut totals = [
+    let mine = [
         local.loss * n as f64,
         local.correct as f64,
         n as f64,
         f64::from(u8::from(asked_to_stop())),
     ];
-    cluster.sum_f64(&mut totals, &format!("sum of step {step}'s loss"))?;
+    let mut totals = [0f64; 4];
+    cluster.sum_f64(&mine, &mut totals, &format!("sum of step {step}'s loss"))?;
     let [loss_sum, correct, images, stops] = totals;
     let global = BatchLoss {
         loss: loss_sum / images,
@@ -651,7 +665,7 @@ fn step_across(
         let weight = n as f32 / shard.global as f32;
         let mut at = 0;
         for g in exec.param_grads_mut() {
-            let dst = &mut all_grads[at..at + g.len()];
+            let dst = &mut flat.local[at..at + g.len()];
             if n > 0 {
                 dst.iter_mut().zip(g.iter()).for_each(|(d, &v)| *d = v * weight);
             } else {
@@ -659,11 +673,15 @@ fn step_across(
             }
             at += g.len();
         }
-        cluster.sum_f32(all_grads, &format!("sum of step {step}'s gradients"))?;
+        cluster.sum_f32(
+            &flat.local,
+            &mut flat.summed,
+            &format!("sum of step {step}'s gradients"),
+        )?;
         let mut at = 0;
         for g in exec.param_grads_mut() {
             let len = g.len();
-            g.copy_from_slice(&all_grads[at..at + len]);
+            g.copy_from_slice(&flat.summed[at..at + len]);
             at += len;
         }
         exec.apply_gradients(opt, lr);

@@ -16,11 +16,12 @@ pub trait Cluster {
     fn rank(&self) -> usize;
     /// How many processes train together.
     fn size(&self) -> usize;
-    /// Replaces every value by its sum over all ranks; each rank ends with the same bits. `what`
-    /// names the collective in errors (a rank that stopped answering, say).
-    fn sum_f32(&self, values: &mut [f32], what: &str) -> Result<()>;
+    /// Writes into `sums` the elementwise sum of every rank's `values` (the same length on every
+    /// rank); each rank ends with the same bits. The caller owns both buffers, so a step allocates
+    /// nothing. `what` names the collective in errors (a rank that stopped answering, say).
+    fn sum_f32(&self, values: &[f32], sums: &mut [f32], what: &str) -> Result<()>;
     /// [`Cluster::sum_f32`] for float64 values (the step's loss and counts).
-    fn sum_f64(&self, values: &mut [f64], what: &str) -> Result<()>;
+    fn sum_f64(&self, values: &[f64], sums: &mut [f64], what: &str) -> Result<()>;
 }
 
 /// One process: every sum is the value itself.
@@ -34,10 +35,12 @@ impl Cluster for SingleProcess {
     fn size(&self) -> usize {
         1
     }
-    fn sum_f32(&self, _: &mut [f32], _: &str) -> Result<()> {
+    fn sum_f32(&self, values: &[f32], sums: &mut [f32], _: &str) -> Result<()> {
+        sums.copy_from_slice(values);
         Ok(())
     }
-    fn sum_f64(&self, _: &mut [f64], _: &str) -> Result<()> {
+    fn sum_f64(&self, values: &[f64], sums: &mut [f64], _: &str) -> Result<()> {
+        sums.copy_from_slice(values);
         Ok(())
     }
 }

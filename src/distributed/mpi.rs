@@ -39,15 +39,14 @@ impl MpiCluster {
             .any(|v| std::env::var_os(v).is_some())
     }
 
-    /// Sums `values` in place across the ranks, waiting at most the timeout. A timeout aborts every
+    /// Sums `values` across the ranks into `sums`, waiting at most the timeout. A timeout aborts every
     /// rank (`MPI_Abort`): an unfinished collective cannot be cancelled, and its buffers must outlive it.
-    fn sum<T: Copy + Default + mpi::datatype::Equivalence>(&self, values: &mut [T], what: &str) -> Result<()> {
-        let send = values.to_vec();
+    fn sum<T: mpi::datatype::Equivalence>(&self, values: &[T], sums: &mut [T], what: &str) -> Result<()> {
         let started = Instant::now();
         mpi::request::scope(|scope| {
             let mut request = self
                 .world
-                .immediate_all_reduce_into(scope, &send[..], values, SystemOperation::sum());
+                .immediate_all_reduce_into(scope, values, sums, SystemOperation::sum());
             loop {
                 match request.test() {
                     Ok(_) => return,
@@ -78,10 +77,10 @@ impl Cluster for MpiCluster {
     fn size(&self) -> usize {
         self.world.size() as usize
     }
-    fn sum_f32(&self, values: &mut [f32], what: &str) -> Result<()> {
-        self.sum(values, what)
+    fn sum_f32(&self, values: &[f32], sums: &mut [f32], what: &str) -> Result<()> {
+        self.sum(values, sums, what)
     }
-    fn sum_f64(&self, values: &mut [f64], what: &str) -> Result<()> {
-        self.sum(values, what)
+    fn sum_f64(&self, values: &[f64], sums: &mut [f64], what: &str) -> Result<()> {
+        self.sum(values, sums, what)
     }
 }
