@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TempDir;
+use common::{TempDir, rel_l2};
 use incept::io::checkpoint::TensorFile;
 use incept::models::{self, ModelConfig};
 
@@ -89,13 +89,7 @@ fn two_ranks_train_as_one_process_with_sgd() {
     let mut identical = 0;
     for ((name, x), (_, y)) in a.iter().zip(&b) {
         identical += usize::from(x == y);
-        let diff: f64 = x
-            .iter()
-            .zip(y)
-            .map(|(&p, &q)| (f64::from(p) - f64::from(q)).powi(2))
-            .sum();
-        let norm: f64 = x.iter().map(|&p| f64::from(p).powi(2)).sum();
-        let rel = (diff / norm.max(1e-30)).sqrt();
+        let rel = rel_l2(y, x);
         if rel > worst.0 {
             worst = (rel, name.clone());
         }
