@@ -59,6 +59,7 @@ pub mod parallel;
 #[cfg(feature = "cli")]
 pub mod plot;
 pub mod progress;
+pub mod reduction;
 pub mod tensor;
 pub mod train;
 pub mod workspace;

@@ -120,6 +120,18 @@ impl<'a> Images<'a> {
 
     batch_accessors!();
 
+    /// Images `range` of the batch.
+    pub fn range(&self, range: std::ops::Range<usize>) -> Images<'a> {
+        let l = self.layout;
+        assert!(
+            range.start <= range.end && range.end <= l.count,
+            "images {range:?} of {}",
+            l.count
+        );
+        let start = (range.start * l.stride).min(self.data.len());
+        Images::strided(&self.data[start..], range.len(), l.len, l.stride, l.offset)
+    }
+
     /// The batch as a `count x len` matrix, one image per row.
     pub(crate) fn as_matrix(&self) -> crate::matmul::MatRef<'a> {
         let l = self.layout;
@@ -154,6 +166,18 @@ impl<'a> ImagesMut<'a> {
         let l = self.layout;
         let start = l.offset.min(self.data.len());
         crate::matmul::MatMut::strided(&mut self.data[start..], l.count, l.len, l.stride)
+    }
+
+    /// Images `range` of the batch, writable.
+    pub fn range_mut(&mut self, range: std::ops::Range<usize>) -> ImagesMut<'_> {
+        let l = self.layout;
+        assert!(
+            range.start <= range.end && range.end <= l.count,
+            "images {range:?} of {}",
+            l.count
+        );
+        let start = (range.start * l.stride).min(self.data.len());
+        ImagesMut::strided(&mut self.data[start..], range.len(), l.len, l.stride, l.offset)
     }
 
     /// Image `n`, writable.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::progress::{Progress, Status};
 
@@ -19,6 +19,7 @@ use crate::graph::{BatchLoss, Executor, Mode};
 use crate::io::checkpoint::{TensorFile, save};
 use crate::models::{Model, ModelConfig};
 use crate::optim::{Adam, Optimizer, RmsProp, Schedule, Sgd};
+use crate::reduction::{GradientShard, Sharding};
 use crate::tensor::Images;
 
 /// Which optimizer to build.
@@ -99,6 +100,12 @@ pub struct TrainConfig {
     pub class_names: Vec<String>,
     /// Also write the checkpoint in the middle of an epoch, this often (besides after every epoch).
     pub checkpoint_every: Option<CheckpointEvery>,
+    /// Gradient groups per batch ([`crate::reduction`]); `None`: one per rank. The weights depend on
+    /// the groups and not on the ranks: one process with N groups trains as N ranks do.
+    pub gradient_groups: Option<usize>,
+    /// Batch norms take their training statistics over the global batch of every rank (PyTorch's
+    /// `SyncBatchNorm`) instead of each rank's own images.
+    pub sync_bn: bool,
     /// Set (by a signal handler) to stop: the step under way finishes, the checkpoint is written, and
     /// `train` returns with [`TrainReport::interrupted`].
     pub stop: Option<Arc<AtomicBool>>,
@@ -142,6 +149,8 @@ impl Default for TrainConfig {
             conv_algo: crate::ops::conv::ConvAlgo::Auto,
             class_names: Vec::new(),
             checkpoint_every: None,
+            gradient_groups: None,
+            sync_bn: false,
             stop: None,
         }
     }
@@ -220,6 +229,31 @@ pub struct TrainReport {
     pub global_step: u64,
     /// Whether [`TrainConfig::stop`] ended the run early (after writing its checkpoint).
     pub interrupted: bool,
+    /// Where a data-parallel run's steps went on this rank (`None` in one process).
+    pub step_times: Option<StepTimes>,
+}
+
+/// Where the data-parallel steps of a run went on one rank, summed over its steps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepTimes {
+    /// Steps timed.
+    pub steps: u64,
+    /// Forward, loss and backward on this rank's shard.
+    pub gradients: Duration,
+    /// The sum of the step's loss and stop requests: mostly waiting for the slowest rank to finish
+    /// its gradients.
+    pub waiting: Duration,
+    /// The gradients' sum across ranks, their copies in and out of one buffer included.
+    pub gradient_sum: Duration,
+    /// The optimizer's update.
+    pub update: Duration,
+}
+
+impl StepTimes {
+    /// The whole of the steps.
+    pub fn total(&self) -> Duration {
+        self.gradients + self.waiting + self.gradient_sum + self.update
+    }
 }
 
 fn build_optimizer(cfg: &TrainConfig, lens: &[usize]) -> Optimizer {
@@ -362,9 +396,8 @@ pub fn train(
 }
 
 /// [`train`] as one rank of a data-parallel run over `cluster`: each global batch of `cfg.batch`
-/// images is split across the ranks ([`crate::distributed::shard`]; this rank reads only its own),
-/// the gradients are summed across them once per step (weighted by each shard's share of the batch),
-/// and every rank applies the same optimizer step. Rank 0 alone shows progress, evaluates, reports
+/// images is split across the ranks ([`Sharding::shard`]; this rank reads only its own), the
+/// gradients are summed across them once per step, and every rank applies the same optimizer step. Rank 0 alone shows progress, evaluates, reports
 /// and writes the checkpoint, metrics and step log; every rank can resume from that checkpoint. Batch
 /// norm statistics stay per rank, as PyTorch's DistributedDataParallel keeps them: training uses each
 /// rank's batch statistics, and rank 0's running statistics are the ones evaluated and saved. With
@@ -382,6 +415,27 @@ pub fn train_across(
         return Err(Error::config("train", "batch and epochs must be at least 1"));
     }
     check_optimizer(cfg)?;
+    let groups = cfg.gradient_groups.unwrap_or(ranks);
+    if groups < ranks {
+        return Err(Error::config(
+            "train",
+            format!("--gradient-groups {groups} is fewer than the {ranks} ranks: each rank needs a group at least"),
+        ));
+    }
+    let sharding = Sharding { rank, ranks, groups };
+    // A synchronized batch norm waits for every rank, so every rank needs an image of every batch.
+    let last_batch = train.len() % cfg.batch;
+    if cfg.sync_bn && ranks > 1 && (cfg.batch < ranks || (last_batch > 0 && last_batch < ranks)) {
+        return Err(Error::config(
+            "train",
+            format!(
+                "--sync-bn needs at least one image per rank in every batch: {ranks} ranks, batch {}, \
+                 the last batch of an epoch {} images (change --batch or --train-limit)",
+                cfg.batch,
+                if last_batch > 0 { last_batch } else { cfg.batch }
+            ),
+        ));
+    }
     check_data("training data", &train, cfg.config)?;
     check_data("test data", test, cfg.config)?;
     let graph = crate::models::build(&cfg.model, cfg.config)?;
@@ -415,6 +469,8 @@ pub fn train_across(
     let mut exec = Executor::new(model, cfg.batch)?;
     exec.set_conv_algo(cfg.conv_algo)?;
     exec.set_label_smoothing(cfg.label_smoothing)?;
+    exec.set_gradient_groups(groups)?;
+    exec.set_sync_batch_norm(cfg.sync_bn);
     let normalization = cfg.normalize.then(|| Normalization::of_dataset(&train));
     let train = Arc::new(train);
     let size = cfg.config.size;
@@ -440,6 +496,7 @@ pub fn train_across(
     let mut flat_grads = FlatGrads {
         local: vec![0f32; flat_len],
         summed: vec![0f32; flat_len],
+        times: StepTimes::default(),
     };
     let steps_left = |pos: &Position| cfg.max_steps.is_none_or(|m| pos.global_step < m);
     let mut interrupted = false;
@@ -470,7 +527,7 @@ pub fn train_across(
             seed: cfg.seed,
             epoch: pos.epoch,
         };
-        for batch in Loader::sharded(train.clone(), order, cfg.batch, pos.batch, prep, (rank, ranks)) {
+        for batch in Loader::sharded(train.clone(), order, cfg.batch, pos.batch, prep, sharding) {
             let images = Images::dense(&batch.images, batch.labels.len(), image_len);
             // Read after the step's work, so a stop asked for during the step ends the run after it.
             let asked_to_stop = || cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
@@ -483,7 +540,7 @@ pub fn train_across(
                 let shard = Shard {
                     images,
                     labels: &batch.labels,
-                    global,
+                    of: sharding.shard(global),
                 };
                 step_across(
                     &mut exec,
@@ -607,29 +664,32 @@ pub fn train_across(
         epochs,
         global_step: pos.global_step,
         interrupted,
+        step_times: (ranks > 1).then_some(flat_grads.times),
     })
 }
 
 /// The buffers of [`step_across`]'s gradient sum, allocated once per run.
 struct FlatGrads {
-    /// This rank's gradients, weighted, every parameter after the other.
+    /// This rank's gradients, every parameter after the other.
     local: Vec<f32>,
     /// Their sum over the ranks.
     summed: Vec<f32>,
+    /// Where the steps went.
+    times: StepTimes,
 }
 
 /// This rank's part of one global batch.
 struct Shard<'a> {
     images: Images<'a>,
     labels: &'a [usize],
-    /// Images in the whole global batch, over every rank.
-    global: usize,
+    /// Where they are in the global batch, and how their gradients are summed.
+    of: GradientShard,
 }
 
 /// One data-parallel training step on this rank's shard: its gradients (zero for an empty shard), one
 /// sum of the step's loss, accuracy and stop requests across ranks, then, if the global loss is
-/// finite, one sum of the gradients, each rank's weighted by its shard's share of the global batch
-/// (so the result is the gradient of the global batch's mean loss), and the optimizer step. Returns
+/// finite, one sum of the gradients (each rank's already those of the global batch's mean loss over
+/// its images), and the optimizer step. Returns
 /// the global batch's loss, its image count, and whether any rank was asked to stop.
 #[allow(clippy::too_many_arguments)]
 fn step_across(
@@ -643,8 +703,9 @@ fn step_across(
     step: u64,
 ) -> Result<(BatchLoss, usize, bool)> {
     let n = shard.labels.len();
+    let started = Instant::now();
     let local = if n > 0 {
-        exec.compute_gradients(shard.images, shard.labels)?
+        exec.compute_shard_gradients(shard.images, shard.labels, &shard.of, cluster)?
     } else {
         BatchLoss { loss: 0.0, correct: 0 }
     };
@@ -655,19 +716,20 @@ fn step_across(
         f64::from(u8::from(asked_to_stop())),
     ];
     let mut totals = [0f64; 4];
+    let computed = Instant::now();
     cluster.sum_f64(&mine, &mut totals, &format!("sum of step {step}'s loss"))?;
+    let waited = Instant::now();
     let [loss_sum, correct, images, stops] = totals;
     let global = BatchLoss {
         loss: loss_sum / images,
         correct: correct as usize,
     };
     if global.loss.is_finite() {
-        let weight = n as f32 / shard.global as f32;
         let mut at = 0;
         for g in exec.param_grads_mut() {
             let dst = &mut flat.local[at..at + g.len()];
             if n > 0 {
-                dst.iter_mut().zip(g.iter()).for_each(|(d, &v)| *d = v * weight);
+                dst.copy_from_slice(g);
             } else {
                 dst.fill(0.0);
             }
@@ -684,8 +746,14 @@ fn step_across(
             g.copy_from_slice(&flat.summed[at..at + len]);
             at += len;
         }
+        let summed = Instant::now();
         exec.apply_gradients(opt, lr);
+        flat.times.gradient_sum += summed - waited;
+        flat.times.update += summed.elapsed();
     }
+    flat.times.steps += 1;
+    flat.times.gradients += computed - started;
+    flat.times.waiting += waited - computed;
     Ok((global, images as usize, stops > 0.0))
 }
 

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use super::Dataset;
 use super::augment::Augmentation;
 use super::transforms::{Normalization, resize_bilinear};
+use crate::reduction::Sharding;
 
 /// One batch, resized: `labels.len()` images of `channels * size[0] * size[1]` values.
 #[derive(Debug, Clone)]
@@ -58,11 +59,11 @@ impl Loader {
     /// Starts preparing batches of `batch` images from `data` in `order`, from batch `first` on, as
     /// `prep` says.
     pub fn new(data: Arc<Dataset>, order: Vec<usize>, batch: usize, first: usize, prep: Prep) -> Loader {
-        Loader::sharded(data, order, batch, first, prep, (0, 1))
+        Loader::sharded(data, order, batch, first, prep, Sharding::single(1))
     }
 
     /// [`Loader::new`] for rank `shard.0` of `shard.1` in data-parallel training: of each global batch
-    /// of `batch` images, only the images of this rank's shard ([`crate::distributed::shard`]) are
+    /// of `batch` images, only the images of this rank's shard ([`Sharding::shard`]) are
     /// read and prepared.
     pub fn sharded(
         data: Arc<Dataset>,
@@ -70,7 +71,7 @@ impl Loader {
         batch: usize,
         first: usize,
         prep: Prep,
-        (rank, ranks): (usize, usize),
+        sharding: Sharding,
     ) -> Loader {
         let Prep {
             size,
@@ -85,7 +86,7 @@ impl Loader {
             let out_len = c * size[0] * size[1];
             let mut augmented = vec![0.0; data.image_len()];
             for (index, global) in order.chunks(batch.max(1)).enumerate().skip(first) {
-                let chunk = &global[crate::distributed::shard(global.len(), rank, ranks)];
+                let chunk = &global[sharding.shard(global.len()).images()];
                 let mut images = vec![0.0; chunk.len() * out_len];
                 for (&i, dst) in chunk.iter().zip(images.chunks_exact_mut(out_len)) {
                     let mut src = &data.images[i * data.image_len()..][..data.image_len()];

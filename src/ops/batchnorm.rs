@@ -258,23 +258,42 @@ impl BatchNorm2d {
     /// the mean and then the sum of squared deviations (no cancellation).
     pub fn batch_statistics(&self, x: Images<'_>, pixels: usize, stats: &mut ChannelStats) -> Result<()> {
         let count = self.start_batch_statistics(x.count(), pixels, stats)?;
-        (stats
-            .mean
-            .par_iter_mut()
-            .zip(stats.rstd.par_iter_mut())
-            .zip(stats.var.par_iter_mut()))
-        .enumerate()
-        .for_each(|(ch, ((mean, rstd), var))| {
-            let m = (0..x.count())
-                .map(|n| kernels::sum(plane(x, n, ch, pixels)))
-                .sum::<f64>()
-                / count as f64;
-            let ss: f64 = (0..x.count())
-                .map(|n| kernels::squared_deviation(plane(x, n, ch, pixels), m))
-                .sum();
-            (*mean, *var, *rstd) = self.channel_statistics(m, ss, count);
-        });
+        let mut sums = vec![0f64; self.channels];
+        self.channel_sums(x, pixels, &mut sums);
+        let means: Vec<f64> = sums.iter().map(|s| s / count as f64).collect();
+        self.channel_squared_deviations(x, pixels, &means, &mut sums);
+        self.finish_statistics(&means, &sums, count, stats);
         Ok(())
+    }
+
+    /// Writes per channel `Σ x` over the images of `x` (f64, pixel order within an image, then image
+    /// order) into `sums`.
+    pub(crate) fn channel_sums(&self, x: Images<'_>, pixels: usize, sums: &mut [f64]) {
+        sums[..self.channels].par_iter_mut().enumerate().for_each(|(ch, sum)| {
+            *sum = (0..x.count())
+                .map(|n| kernels::sum(plane(x, n, ch, pixels)))
+                .sum::<f64>();
+        });
+    }
+
+    /// Writes per channel `Σ (x - means[ch])²` over the images of `x` into `squares`.
+    pub(crate) fn channel_squared_deviations(&self, x: Images<'_>, pixels: usize, means: &[f64], squares: &mut [f64]) {
+        squares[..self.channels]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(ch, ss)| {
+                *ss = (0..x.count())
+                    .map(|n| kernels::squared_deviation(plane(x, n, ch, pixels), means[ch]))
+                    .sum();
+            });
+    }
+
+    /// Fills `stats` (sized by [`BatchNorm2d::start_batch_statistics`]) from each channel's mean and
+    /// sum of squared deviations over `count` values.
+    pub(crate) fn finish_statistics(&self, means: &[f64], squares: &[f64], count: usize, stats: &mut ChannelStats) {
+        for ch in 0..self.channels {
+            (stats.mean[ch], stats.var[ch], stats.rstd[ch]) = self.channel_statistics(means[ch], squares[ch], count);
+        }
     }
 
     /// Checks that a batch of `images` images of `pixels` pixels has more than one value per channel,
@@ -366,8 +385,26 @@ impl BatchNorm2d {
         (dgamma, dbeta): (&mut [f32], &mut [f32]),
         dx: Option<&mut ImagesMut<'_>>,
     ) {
-        // Per channel: (Σ dy, Σ dy·x̂) in f64.
-        let sums: Vec<(f64, f64)> = (0..self.channels)
+        let sums = self.grad_sums(x, dy, pixels, stats);
+        for (ch, &(sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
+            dbeta[ch] += sum_dy as f32;
+            dgamma[ch] += sum_dy_xhat as f32;
+        }
+        if let Some(dx) = dx {
+            self.add_input_grad(x, dy, pixels, stats, gamma, &sums, (x.count() * pixels) as f64, dx);
+        }
+    }
+
+    /// Per channel `(Σ dy, Σ dy·x̂)` over the images of `x` and `dy`, in f64: `d beta` and `d gamma`,
+    /// and what the input gradient needs.
+    pub(crate) fn grad_sums(
+        &self,
+        x: Images<'_>,
+        dy: Images<'_>,
+        pixels: usize,
+        stats: &ChannelStats,
+    ) -> Vec<(f64, f64)> {
+        (0..self.channels)
             .into_par_iter()
             .map(|ch| {
                 let (mut sum_dy, mut sum_centered) = (0.0f64, 0.0f64);
@@ -382,13 +419,23 @@ impl BatchNorm2d {
                 }
                 (sum_dy, sum_centered * stats.rstd[ch] as f64)
             })
-            .collect();
-        for (ch, &(sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
-            dbeta[ch] += sum_dy as f32;
-            dgamma[ch] += sum_dy_xhat as f32;
-        }
-        let Some(dx) = dx else { return };
-        let m = (x.count() * pixels) as f64;
+            .collect()
+    }
+
+    /// Adds the input gradient of the images of `x` and `dy` into `dx`, from the channels' `sums`
+    /// ([`BatchNorm2d::grad_sums`]) over the `m` values per channel the statistics span.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_input_grad(
+        &self,
+        x: Images<'_>,
+        dy: Images<'_>,
+        pixels: usize,
+        stats: &ChannelStats,
+        gamma: &[f32],
+        sums: &[(f64, f64)],
+        m: f64,
+        dx: &mut ImagesMut<'_>,
+    ) {
         dx.par_iter_mut().for_each(|(n, dx_image)| {
             for (ch, &(sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
                 let coefficients = input_grad_coefficients(stats, gamma, ch, (sum_dy, sum_dy_xhat), m);

@@ -11,6 +11,11 @@ use crate::error::Result;
 use crate::microkernel::LANES;
 use crate::tensor::{Images, ImagesMut};
 
+/// The means of block `b`'s 16 channels (zero for padding channels).
+fn block_mean(stats: &ChannelStats, b: usize) -> [f32; LANES] {
+    std::array::from_fn(|lane| stats.mean.get(b * LANES + lane).copied().unwrap_or(0.0))
+}
+
 /// Block `b` of image `n`: `pixels` pixels of 16 channels.
 fn block_plane(images: Images<'_>, n: usize, b: usize, pixels: usize) -> &[f32] {
     &images.get(n)[b * pixels * LANES..][..pixels * LANES]
@@ -20,31 +25,54 @@ impl BatchNorm2d {
     /// [`BatchNorm2d::batch_statistics`] of blocked images.
     pub fn batch_statistics_blocked(&self, x: Images<'_>, pixels: usize, stats: &mut ChannelStats) -> Result<()> {
         let count = self.start_batch_statistics(x.count(), pixels, stats)?;
-        (stats.mean.par_chunks_mut(LANES))
-            .zip(stats.var.par_chunks_mut(LANES))
-            .zip(stats.rstd.par_chunks_mut(LANES))
+        let mut sums = vec![0f64; self.channels];
+        self.channel_sums_blocked(x, pixels, &mut sums);
+        let means: Vec<f64> = sums.iter().map(|s| s / count as f64).collect();
+        self.channel_squared_deviations_blocked(x, pixels, &means, &mut sums);
+        self.finish_statistics(&means, &sums, count, stats);
+        Ok(())
+    }
+
+    /// [`BatchNorm2d::channel_sums`] of blocked images (each channel summed in pixel order, then image
+    /// order, a block's 16 side by side).
+    pub(crate) fn channel_sums_blocked(&self, x: Images<'_>, pixels: usize, sums: &mut [f64]) {
+        sums[..self.channels]
+            .par_chunks_mut(LANES)
             .enumerate()
-            .for_each(|(b, ((mean, var), rstd))| {
+            .for_each(|(b, block_sums)| {
                 let mut sum = [0f64; LANES];
                 for n in 0..x.count() {
                     for pixel in block_plane(x, n, b, pixels).chunks_exact(LANES) {
                         sum.iter_mut().zip(pixel).for_each(|(s, &v)| *s += v as f64);
                     }
                 }
-                let m = sum.map(|s| s / count as f64);
-                let mut squares = [0f64; LANES];
+                block_sums.copy_from_slice(&sum[..block_sums.len()]);
+            });
+    }
+
+    /// [`BatchNorm2d::channel_squared_deviations`] of blocked images.
+    pub(crate) fn channel_squared_deviations_blocked(
+        &self,
+        x: Images<'_>,
+        pixels: usize,
+        means: &[f64],
+        squares: &mut [f64],
+    ) {
+        squares[..self.channels]
+            .par_chunks_mut(LANES)
+            .enumerate()
+            .for_each(|(b, block_squares)| {
+                let m: [f64; LANES] = std::array::from_fn(|lane| means.get(b * LANES + lane).copied().unwrap_or(0.0));
+                let mut ss = [0f64; LANES];
                 for n in 0..x.count() {
                     for pixel in block_plane(x, n, b, pixels).chunks_exact(LANES) {
-                        for ((s, &v), &m) in squares.iter_mut().zip(pixel).zip(&m) {
+                        for ((s, &v), &m) in ss.iter_mut().zip(pixel).zip(&m) {
                             *s += (v as f64 - m).powi(2);
                         }
                     }
                 }
-                for lane in 0..mean.len() {
-                    (mean[lane], var[lane], rstd[lane]) = self.channel_statistics(m[lane], squares[lane], count);
-                }
+                block_squares.copy_from_slice(&ss[..block_squares.len()]);
             });
-        Ok(())
     }
 
     /// [`BatchNorm2d::normalize_images`] of blocked images.
@@ -91,15 +119,30 @@ impl BatchNorm2d {
         (dgamma, dbeta): (&mut [f32], &mut [f32]),
         dx: Option<&mut ImagesMut<'_>>,
     ) {
-        let channels = self.channels;
-        let mean_of = |b: usize| -> [f32; LANES] {
-            std::array::from_fn(|lane| stats.mean.get(b * LANES + lane).copied().unwrap_or(0.0))
-        };
-        // Per channel: (Σ dy, Σ dy·x̂) in f64.
-        let sums: Vec<[(f64, f64); LANES]> = (0..blocked::blocks(channels))
+        let sums = self.grad_sums_blocked(x, dy, pixels, stats);
+        for ch in 0..self.channels {
+            let (sum_dy, sum_dy_xhat) = sums[ch / LANES][ch % LANES];
+            dbeta[ch] += sum_dy as f32;
+            dgamma[ch] += sum_dy_xhat as f32;
+        }
+        if let Some(dx) = dx {
+            let m = (x.count() * pixels) as f64;
+            self.add_input_grad_blocked(x, dy, pixels, stats, gamma, &sums, m, dx);
+        }
+    }
+
+    /// [`BatchNorm2d::grad_sums`] of blocked images, a block's 16 channels side by side.
+    pub(crate) fn grad_sums_blocked(
+        &self,
+        x: Images<'_>,
+        dy: Images<'_>,
+        pixels: usize,
+        stats: &ChannelStats,
+    ) -> Vec<[(f64, f64); LANES]> {
+        (0..blocked::blocks(self.channels))
             .into_par_iter()
             .map(|b| {
-                let mean = mean_of(b);
+                let mean = block_mean(stats, b);
                 let (mut sum_dy, mut sum_centered) = ([0f64; LANES], [0f64; LANES]);
                 for n in 0..x.count() {
                     let (dy, x) = (block_plane(dy, n, b, pixels), block_plane(x, n, b, pixels));
@@ -115,17 +158,26 @@ impl BatchNorm2d {
                     (sum_dy[lane], sum_centered[lane] * rstd as f64)
                 })
             })
-            .collect();
-        for ch in 0..channels {
-            let (sum_dy, sum_dy_xhat) = sums[ch / LANES][ch % LANES];
-            dbeta[ch] += sum_dy as f32;
-            dgamma[ch] += sum_dy_xhat as f32;
-        }
-        let Some(dx) = dx else { return };
-        let m = (x.count() * pixels) as f64;
+            .collect()
+    }
+
+    /// [`BatchNorm2d::add_input_grad`] of blocked images.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_input_grad_blocked(
+        &self,
+        x: Images<'_>,
+        dy: Images<'_>,
+        pixels: usize,
+        stats: &ChannelStats,
+        gamma: &[f32],
+        sums: &[[(f64, f64); LANES]],
+        m: f64,
+        dx: &mut ImagesMut<'_>,
+    ) {
+        let channels = self.channels;
         dx.par_iter_mut().for_each(|(n, dx_image)| {
             for (b, block_sums) in sums.iter().enumerate() {
-                let mean = mean_of(b);
+                let mean = block_mean(stats, b);
                 // dx = a·dy + b·(x - mean) + c per channel, coefficients folded in f64; zero for padding.
                 let mut coefficients = [[0f32; 3]; LANES];
                 for (lane, &sums) in block_sums.iter().enumerate().take(channels - b * LANES) {

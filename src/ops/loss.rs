@@ -71,7 +71,7 @@ impl SoftmaxCrossEntropy {
             self.label_smoothing,
             g,
             classes,
-            1.0,
+            MeanOver { weight: 1.0, images: n },
         );
         grad
     }
@@ -113,8 +113,16 @@ pub(crate) fn forward_rows(
     crate::kernels::vectorize(Kernel(logits, stride, classes, labels, label_smoothing, probabilities))
 }
 
-/// Writes `weight · (softmax - target) / n`, the gradient of `weight` times the batch-mean loss, for rows
-/// of `classes` probabilities into `grad` (row stride `stride`).
+/// What a loss's gradient is scaled by: `weight / images`, the gradient of `weight` times the loss's mean
+/// over `images` images (the batch, or the global batch when it is split across ranks).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MeanOver {
+    pub weight: f32,
+    pub images: usize,
+}
+
+/// Writes `weight · (softmax - target) / images` ([`MeanOver`]) for rows of `classes` probabilities into
+/// `grad` (row stride `stride`).
 pub(crate) fn backward_rows(
     probabilities: &[f32],
     labels: &[usize],
@@ -122,15 +130,15 @@ pub(crate) fn backward_rows(
     label_smoothing: f32,
     grad: &mut [f32],
     stride: usize,
-    weight: f32,
+    mean: MeanOver,
 ) {
-    struct Kernel<'a>(&'a [f32], &'a [usize], usize, f32, &'a mut [f32], usize, f32);
+    struct Kernel<'a>(&'a [f32], &'a [usize], usize, f32, &'a mut [f32], usize, MeanOver);
     impl pulp::WithSimd for Kernel<'_> {
         type Output = ();
         #[inline(always)]
         fn with_simd<S: pulp::Simd>(self, _: S) {
-            let Kernel(probabilities, labels, classes, smoothing, grad, stride, weight) = self;
-            backward_rows_body(probabilities, labels, classes, smoothing, grad, stride, weight);
+            let Kernel(probabilities, labels, classes, smoothing, grad, stride, mean) = self;
+            backward_rows_body(probabilities, labels, classes, smoothing, grad, stride, mean);
         }
     }
     crate::kernels::vectorize(Kernel(
@@ -140,7 +148,7 @@ pub(crate) fn backward_rows(
         label_smoothing,
         grad,
         stride,
-        weight,
+        mean,
     ));
 }
 
@@ -198,9 +206,9 @@ fn backward_rows_body(
     label_smoothing: f32,
     grad: &mut [f32],
     stride: usize,
-    weight: f32,
+    MeanOver { weight, images }: MeanOver,
 ) {
-    let n = labels.len() as f32;
+    let n = images as f32;
     let off = label_smoothing / classes as f32;
     for (i, (&label, p)) in labels.iter().zip(probabilities.chunks_exact(classes)).enumerate() {
         let row = &mut grad[i * stride..][..classes];

@@ -2,8 +2,10 @@
 //! forward pass, each computed by its op in `ops/`.
 
 use super::state::State;
+use super::sync_bn::{BatchNormInput, SyncBn};
 use super::{Mode, images, images_mut, two_mut, with_buffer};
 use crate::blocked;
+use crate::distributed::Cluster;
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer};
 use crate::graph::plan::{Layout, Place};
@@ -19,7 +21,7 @@ use std::time::Instant;
 
 impl State {
     /// See [`super::Executor::backward`].
-    pub(super) fn backward(&mut self, graph: &Graph, params: &[Vec<f32>]) -> Result<()> {
+    pub(super) fn backward(&mut self, graph: &Graph, params: &[Vec<f32>], sync: Option<&dyn Cluster>) -> Result<()> {
         if self.labels.len() != self.batch || self.batch == 0 {
             return Err(Error::config(
                 "executor",
@@ -41,7 +43,7 @@ impl State {
         for g in &mut self.param_grads {
             g.fill(0.0);
         }
-        let (classes, smoothing) = (graph.output_len(), self.loss_smoothing());
+        let (classes, smoothing, loss_images) = (graph.output_len(), self.loss_smoothing(), self.loss_images);
         for (head, (node, weight)) in self.loss_heads(graph).into_iter().enumerate() {
             let out = self.plan.places[node];
             let grad = &mut self.grads[out.buffer][out.offset..];
@@ -52,7 +54,10 @@ impl State {
                 smoothing,
                 grad,
                 out.stride,
-                weight,
+                loss::MeanOver {
+                    weight,
+                    images: loss_images,
+                },
             );
         }
         let State {
@@ -67,8 +72,13 @@ impl State {
             mode,
             main_path,
             workspace,
+            gradient_groups,
+            tree,
+            tree_f64,
+            loss_images,
             ..
         } = self;
+        let groups = &gradient_groups[..];
         let places = &plan.places;
         for (id, node) in graph.nodes.iter().enumerate().rev() {
             let p = places[id];
@@ -94,9 +104,10 @@ impl State {
                     let algo = plan.conv_algos[id]
                         .expect("every convolution's algorithm is resolved when the executor is built");
                     let (channels, pixels) = (g.out_channels, g.output_pixels());
-                    // On the blocked layout, the ReLU mask and the bias gradient share one pass over dy.
+                    // On the blocked layout, the ReLU mask and the bias gradient share one pass over dy
+                    // (when the batch is one gradient group).
                     let fused_bias = match (relu, bias, out_layout) {
-                        (true, Some(b), Layout::Blocked) => {
+                        (true, Some(b), Layout::Blocked) if groups.len() <= 1 => {
                             let (y, db) = (images(acts, p, batch), &mut param_grads[*b]);
                             let mut dy = images_mut(&mut grads[p.buffer], p, batch);
                             direct::relu_mask_and_bias_grad_blocked(&mut dy, y, channels, pixels, db);
@@ -113,20 +124,31 @@ impl State {
                     let winograd = packed.winograd_training(id);
                     let (dw, packed) = (&mut param_grads[*weight], packed.direct[id].as_ref());
                     let isa = plan.options.isa;
-                    match (winograd, packed) {
-                        (Some((forward, _)), _) => forward.add_weight_grad_images(x, dy, dw, workspace, isa),
-                        (None, Some(packed)) => {
-                            direct::add_weight_grad_images(packed, x, in_layout, dy, out_layout, dw, workspace, isa)
+                    tree.add_over_groups(groups, dw, |images, dw| {
+                        let (x, dy) = (x.range(images.clone()), dy.range(images.clone()));
+                        match (winograd, packed) {
+                            (Some((forward, _)), _) => forward.add_weight_grad_images(x, dy, dw, workspace, isa),
+                            (None, Some(packed)) => {
+                                direct::add_weight_grad_images(packed, x, in_layout, dy, out_layout, dw, workspace, isa)
+                            }
+                            (None, None) => {
+                                let g = conv::ConvGeometry {
+                                    batch: images.len(),
+                                    ..g
+                                };
+                                conv::backward_weight_images(&g, algo, x, dy, dw, workspace)
+                            }
                         }
-                        (None, None) => conv::backward_weight_images(&g, algo, x, dy, dw, workspace),
-                    }
+                    });
                     match bias {
                         Some(b) if !fused_bias => {
-                            let db = &mut param_grads[*b];
-                            match out_layout {
-                                Layout::Blocked => direct::bias_grad_blocked(dy, channels, pixels, db),
-                                Layout::Nchw => conv::bias_grad(dy, channels, pixels, db),
-                            }
+                            tree.add_over_groups(groups, &mut param_grads[*b], |images, db| {
+                                let dy = dy.range(images);
+                                match out_layout {
+                                    Layout::Blocked => direct::bias_grad_blocked(dy, channels, pixels, db),
+                                    Layout::Nchw => conv::bias_grad(dy, channels, pixels, db),
+                                }
+                            });
                         }
                         _ => {}
                     }
@@ -147,14 +169,26 @@ impl State {
                     Ok(())
                 })(),
                 Layer::Linear { linear, weight, bias } => {
-                    let dy = images(grads, p, batch);
-                    linear.backward_weight_images(images(acts, ip, batch), dy, &mut param_grads[*weight]);
+                    let (x, dy) = (images(acts, ip, batch), images(grads, p, batch));
+                    tree.add_over_groups(groups, &mut param_grads[*weight], |images, dw| {
+                        linear.backward_weight_images(x.range(images.clone()), dy.range(images), dw)
+                    });
                     if let Some(b) = bias {
-                        conv::bias_grad(dy, linear.out_features, 1, &mut param_grads[*b]);
+                        tree.add_over_groups(groups, &mut param_grads[*b], |images, db| {
+                            conv::bias_grad(dy.range(images), linear.out_features, 1, db)
+                        });
                     }
                     if input_needs_grad {
+                        // Per gradient group, as the forward pass ran it.
                         add_input_grad(grads, p, ip, batch, |dy, dx| {
-                            linear.backward_input_images(&params[*weight], dy, dx)
+                            if groups.len() > 1 {
+                                for g in groups {
+                                    let mut dx = dx.range_mut(g.clone());
+                                    linear.backward_input_images(&params[*weight], dy.range(g.clone()), &mut dx);
+                                }
+                            } else {
+                                linear.backward_input_images(&params[*weight], dy, dx)
+                            }
                         });
                     }
                     Ok(())
@@ -172,24 +206,49 @@ impl State {
                     let stats = &bn_stats[id];
                     let gamma = &params[*gamma];
                     let blocked = in_layout == Layout::Blocked;
-                    if input_needs_grad {
-                        add_input_grad(grads, p, ip, batch, |dy, dx| {
-                            let (grads, dx) = ((&mut dgamma[..], &mut dbeta[..]), Some(dx));
-                            if blocked {
-                                bn.backward_images_blocked(x, dy, h * w, stats, gamma, grads, dx)
-                            } else {
-                                bn.backward_images(x, dy, h * w, stats, gamma, grads, dx)
-                            }
-                        });
-                    } else {
-                        let dy = images(grads, p, batch);
-                        if blocked {
-                            bn.backward_images_blocked(x, dy, h * w, stats, gamma, (dgamma, dbeta), None)
+                    if let (Some(cluster), true) = (sync, stats.batch_statistics) {
+                        let mut sync = SyncBn {
+                            cluster,
+                            images: *loss_images,
+                            groups,
+                            tree: tree_f64,
+                            tree_f32: tree,
+                        };
+                        let input = BatchNormInput {
+                            bn,
+                            x,
+                            pixels: h * w,
+                            blocked,
+                        };
+                        let param_grads = (&mut dgamma[..], &mut dbeta[..]);
+                        if input_needs_grad {
+                            with_buffer(grads, ip.buffer, |bufs, dx| {
+                                let (dy, mut dx) = (images(bufs, p, batch), images_mut(dx, ip, batch));
+                                sync.backward(input, dy, stats, gamma, param_grads, Some(&mut dx))
+                            })
                         } else {
-                            bn.backward_images(x, dy, h * w, stats, gamma, (dgamma, dbeta), None)
+                            sync.backward(input, images(grads, p, batch), stats, gamma, param_grads, None)
                         }
+                    } else {
+                        if input_needs_grad {
+                            add_input_grad(grads, p, ip, batch, |dy, dx| {
+                                let (grads, dx) = ((&mut dgamma[..], &mut dbeta[..]), Some(dx));
+                                if blocked {
+                                    bn.backward_images_blocked(x, dy, h * w, stats, gamma, grads, dx)
+                                } else {
+                                    bn.backward_images(x, dy, h * w, stats, gamma, grads, dx)
+                                }
+                            });
+                        } else {
+                            let dy = images(grads, p, batch);
+                            if blocked {
+                                bn.backward_images_blocked(x, dy, h * w, stats, gamma, (dgamma, dbeta), None)
+                            } else {
+                                bn.backward_images(x, dy, h * w, stats, gamma, (dgamma, dbeta), None)
+                            }
+                        }
+                        Ok(())
                     }
-                    Ok(())
                 }
                 Layer::AddScaled { scale, relu } => {
                     if *relu {

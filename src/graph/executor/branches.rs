@@ -25,6 +25,8 @@ pub(super) struct BranchRun<'a> {
     pub(super) mode: Mode,
     /// Dropout's seed for this pass.
     pub(super) pass_seed: u64,
+    /// The global batch index of the batch's first image ([`super::state::State::first_image`]).
+    pub(super) first_image: usize,
 }
 
 /// The buffers one chain of a branch group writes, taken out of the executor while it runs.
@@ -141,8 +143,10 @@ impl BranchRun<'_> {
         let saved = Saved {
             argmax,
             seed: node_seed(self.pass_seed, id),
-            first_image: n,
+            first_image: self.first_image + n,
             stats,
+            groups: &[],
+            sync: None,
         };
         let mut y = ImagesMut::dense(out, 1, len);
         forward_node(

@@ -3,8 +3,10 @@
 
 use super::branches::BranchRun;
 use super::state::{PackedWeights, State};
+use super::sync_bn::{BatchNormInput, SyncBn};
 use super::{BranchSchedule, Mode, images, images_mut, with_buffer};
 use crate::blocked;
+use crate::distributed::Cluster;
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer, Node, NodeId};
 use crate::graph::plan::{Layout, Plan};
@@ -17,6 +19,7 @@ use crate::ops::conv::{self, ConvAlgo, Fused};
 use crate::ops::pool::{self, max_pool_forward};
 use crate::ops::pool_blocked;
 use crate::ops::shape;
+use crate::reduction::GradientShard;
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::Workspace;
 use std::time::Instant;
@@ -31,6 +34,12 @@ pub(super) struct Saved<'a> {
     pub(super) first_image: usize,
     /// A batch norm's statistics.
     pub(super) stats: &'a mut ChannelStats,
+    /// The gradient groups of a training pass ([`crate::reduction`]), as ranges of `x`'s images: a
+    /// linear layer runs each group on its own, so that the GEMM's shape (and with it the rounding)
+    /// of an image's row does not depend on how many other images share the call. Empty: one call.
+    pub(super) groups: &'a [std::ops::Range<usize>],
+    /// For a synchronized batch norm in training: the other ranks and the scratch of its sums.
+    pub(super) sync: Option<SyncBn<'a>>,
 }
 
 /// What the plan decided for one node: the layouts of its (first) input and its output and, for a
@@ -104,7 +113,14 @@ pub(super) fn forward_node(
             }
         }
         Layer::Linear { linear, weight, bias } => {
-            linear.forward_images(x, &params[*weight], bias.map(|b| params[b].as_slice()), y);
+            let (w, b) = (&params[*weight], bias.map(|b| params[b].as_slice()));
+            if saved.groups.len() > 1 {
+                for g in saved.groups {
+                    linear.forward_images(x.range(g.clone()), w, b, &mut y.range_mut(g.clone()));
+                }
+            } else {
+                linear.forward_images(x, w, b, y);
+            }
         }
         Layer::BatchNorm {
             bn,
@@ -115,10 +131,17 @@ pub(super) fn forward_node(
             relu,
         } => {
             let blocked = run.input == Layout::Blocked;
-            match mode {
-                Mode::Train if blocked => bn.batch_statistics_blocked(x, h * w, saved.stats)?,
-                Mode::Train => bn.batch_statistics(x, h * w, saved.stats)?,
-                Mode::Eval => bn.running_statistics(&params[*running_mean], &params[*running_var], saved.stats),
+            let input = BatchNormInput {
+                bn,
+                x,
+                pixels: h * w,
+                blocked,
+            };
+            match (mode, saved.sync) {
+                (Mode::Train, Some(mut sync)) => sync.batch_statistics(input, saved.stats)?,
+                (Mode::Train, None) if blocked => bn.batch_statistics_blocked(x, h * w, saved.stats)?,
+                (Mode::Train, None) => bn.batch_statistics(x, h * w, saved.stats)?,
+                (Mode::Eval, _) => bn.running_statistics(&params[*running_mean], &params[*running_var], saved.stats),
             }
             let (stats, gamma, beta) = (&*saved.stats, &params[*gamma], &params[*beta]);
             if blocked {
@@ -175,7 +198,17 @@ pub(super) fn node_seed(pass_seed: u64, id: NodeId) -> u64 {
 
 impl State {
     /// See [`super::Executor::forward`].
-    pub(super) fn forward(&mut self, graph: &Graph, params: &[Vec<f32>], input: Images<'_>, mode: Mode) -> Result<()> {
+    /// Runs the graph on `input`; in training, as `shard` of a global batch (`None`: a whole batch of
+    /// [`State::groups_per_batch`] groups), which the loss and backward pass then follow.
+    pub(super) fn forward(
+        &mut self,
+        graph: &Graph,
+        params: &[Vec<f32>],
+        input: Images<'_>,
+        mode: Mode,
+        shard: Option<&GradientShard>,
+        sync: Option<&dyn Cluster>,
+    ) -> Result<()> {
         let expected = self.plan.lens[0];
         if input.len() != expected {
             let shape = graph.input_shape();
@@ -194,6 +227,10 @@ impl State {
         }
         self.pack_weights(graph, params, mode)?;
         let batch = input.count();
+        match shard {
+            Some(shard) => self.set_gradient_shard(shard),
+            None => self.set_gradient_shard(&GradientShard::whole(batch, self.groups_per_batch)),
+        }
         self.batch = batch;
         self.mode = mode;
         if mode == Mode::Train {
@@ -226,6 +263,7 @@ impl State {
                     batch,
                     mode,
                     pass_seed: self.dropout_seed,
+                    first_image: self.first_image,
                 };
                 run.forward(
                     group,
@@ -249,7 +287,7 @@ impl State {
                 id += 1;
                 continue;
             }
-            self.forward_one(graph, params, id, input, mode)?;
+            self.forward_one(graph, params, id, input, mode, sync)?;
             self.record_forward(id, started);
             id += 1;
         }
@@ -271,6 +309,7 @@ impl State {
         id: NodeId,
         input: Images<'_>,
         mode: Mode,
+        sync: Option<&dyn Cluster>,
     ) -> Result<()> {
         let node = &graph.nodes[id];
         let (batch, places) = (self.batch, &self.plan.places);
@@ -280,6 +319,21 @@ impl State {
         let argmax = &mut self.argmax[id];
         let stats = &mut self.bn_stats[id];
         let seed = node_seed(self.dropout_seed, id);
+        let first_image_index = self.first_image;
+        let groups = match mode {
+            Mode::Train => &self.gradient_groups[..],
+            Mode::Eval => &[],
+        };
+        let sync = match (mode, sync) {
+            (Mode::Train, Some(cluster)) if matches!(node.layer, Layer::BatchNorm { .. }) => Some(SyncBn {
+                cluster,
+                images: self.loss_images,
+                groups: &self.gradient_groups,
+                tree: &mut self.tree_f64,
+                tree_f32: &mut self.tree,
+            }),
+            _ => None,
+        };
         let ws = &mut self.workspace;
         let run = |bufs: &[Vec<f32>], out: &mut [f32]| -> Result<()> {
             let mut y = images_mut(out, p, batch);
@@ -312,8 +366,10 @@ impl State {
                     let saved = Saved {
                         argmax,
                         seed,
-                        first_image: 0,
+                        first_image: first_image_index,
                         stats,
+                        groups,
+                        sync,
                     };
                     forward_node(graph, node, input, x, &mut y, saved, params, node_run, mode, ws)?;
                 }

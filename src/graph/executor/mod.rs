@@ -8,11 +8,13 @@
 
 use super::builder::Graph;
 use super::plan::{Layout, Place, Plan, PlanOptions};
+use crate::distributed::{Cluster, SingleProcess};
 use crate::error::{Error, Result};
 use crate::microkernel::Isa;
 use crate::models::Model;
 use crate::ops::conv::ConvAlgo;
 use crate::optim::Optimizer;
+use crate::reduction::GradientShard;
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
 use std::time::Duration;
@@ -21,6 +23,7 @@ mod backward;
 mod branches;
 mod forward;
 mod state;
+mod sync_bn;
 
 use state::State;
 
@@ -219,7 +222,9 @@ impl Executor {
 
     /// Runs the graph on `input` (`count` images of `c*h*w` values each).
     pub fn forward(&mut self, input: Images<'_>, mode: Mode) -> Result<()> {
-        self.state.forward(&self.model.graph, &self.model.params, input, mode)
+        let sync = self.state.sync_batch_norm.then_some(&SingleProcess as &dyn Cluster);
+        self.state
+            .forward(&self.model.graph, &self.model.params, input, mode, None, sync)
     }
 
     /// Softmax cross-entropy of the last forward's output against `labels`, batch-averaged (with the
@@ -232,7 +237,8 @@ impl Executor {
 
     /// Backward pass from the last [`Executor::loss`]: zeroes and fills every parameter gradient.
     pub fn backward(&mut self) -> Result<()> {
-        self.state.backward(&self.model.graph, &self.model.params)
+        let sync = self.state.sync_batch_norm.then_some(&SingleProcess as &dyn Cluster);
+        self.state.backward(&self.model.graph, &self.model.params, sync)
     }
 
     /// Moves every batch norm's running statistics toward the statistics of the last forward pass, as
@@ -265,11 +271,61 @@ impl Executor {
     /// the running-statistics update and the backward pass. Data-parallel training sums the gradients
     /// across processes ([`Executor::param_grads_mut`]) before [`Executor::apply_gradients`].
     pub fn compute_gradients(&mut self, images: Images<'_>, labels: &[usize]) -> Result<BatchLoss> {
-        self.forward(images, Mode::Train)?;
+        let shard = GradientShard::whole(images.count(), self.state.groups_per_batch);
+        self.compute_shard_gradients(images, labels, &shard, &SingleProcess)
+    }
+
+    /// Makes training batch norms take their statistics (and their input gradient's sums) over the
+    /// global batch of every rank, PyTorch's `SyncBatchNorm` (`crate::graph::executor` `sync_bn.rs`);
+    /// off by default, when each executor normalizes by its own images as DistributedDataParallel does.
+    pub fn set_sync_batch_norm(&mut self, on: bool) {
+        self.state.sync_batch_norm = on;
+    }
+
+    /// Cuts every batch into `groups` gradient groups (one by default): each group's parameter
+    /// gradients computed from zero, the groups summed in a fixed pairwise tree ([`crate::reduction`]),
+    /// so that training here gives the bits of a data-parallel run over up to `groups` ranks.
+    pub fn set_gradient_groups(&mut self, groups: usize) -> Result<()> {
+        if groups == 0 {
+            return Err(Error::config("executor", "the gradient groups must be at least 1"));
+        }
+        self.state.groups_per_batch = groups;
+        Ok(())
+    }
+
+    /// [`Executor::compute_gradients`] for `shard` of a global batch (one rank's part in data-parallel
+    /// training): the loss gradient is that of the mean over the global batch, and the parameter
+    /// gradients are summed over the shard's groups in the fixed order of [`crate::reduction`], so the
+    /// ranks' sums, added by [`crate::distributed::Cluster::sum_f32`], have one process's bits. The
+    /// returned loss is the shard's own mean. With [`Executor::set_sync_batch_norm`], batch norms
+    /// sum their statistics across `cluster`'s ranks, which must all make this call.
+    pub fn compute_shard_gradients(
+        &mut self,
+        images: Images<'_>,
+        labels: &[usize],
+        shard: &GradientShard,
+        cluster: &dyn Cluster,
+    ) -> Result<BatchLoss> {
+        if images.count() != shard.len() {
+            return Err(Error::shape(
+                "gradient shard",
+                format!("{} images (groups {:?} of {:?})", shard.len(), shard.held, shard.split),
+                format!("{} images", images.count()),
+            ));
+        }
+        let sync = self.state.sync_batch_norm.then_some(cluster);
+        self.state.forward(
+            &self.model.graph,
+            &self.model.params,
+            images,
+            Mode::Train,
+            Some(shard),
+            sync,
+        )?;
         let loss = self.loss(labels)?;
         if loss.loss.is_finite() {
             self.update_running_statistics();
-            self.backward()?;
+            self.state.backward(&self.model.graph, &self.model.params, sync)?;
         }
         Ok(loss)
     }

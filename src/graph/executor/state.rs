@@ -11,7 +11,9 @@ use crate::ops::conv::winograd_blocked::{self, WinogradWeights};
 use crate::ops::conv::{self, Conv2d, ConvAlgo, ConvGeometry};
 use crate::ops::loss;
 use crate::ops::pool;
+use crate::reduction::{GradientShard, TreeSum};
 use crate::workspace::{Workspace, WorkspaceSize};
+use std::ops::Range;
 
 /// The convolution weights an executor keeps packed, per node.
 pub(super) struct PackedWeights {
@@ -70,6 +72,23 @@ pub(super) struct State {
     /// Label smoothing for training losses.
     pub(super) label_smoothing: f32,
     pub(super) param_grads: Vec<Vec<f32>>,
+    /// The images the loss's mean is over: the batch, or the global batch a shard belongs to.
+    pub(super) loss_images: usize,
+    /// The global batch index of the batch's first image (a rank's shard starts inside the global
+    /// batch): dropout draws each image's mask by that index, so a shard draws the masks the whole
+    /// batch would.
+    pub(super) first_image: usize,
+    /// Gradient groups a whole batch is cut into ([`super::Executor::set_gradient_groups`]).
+    pub(super) groups_per_batch: usize,
+    /// The batch's gradient groups ([`crate::reduction`]): ranges of its images, each group's parameter
+    /// gradients computed from zero and summed in `tree`'s fixed order.
+    pub(super) gradient_groups: Vec<Range<usize>>,
+    pub(super) tree: TreeSum,
+    /// The float64 tree of synchronized batch norms' sums.
+    pub(super) tree_f64: TreeSum<f64>,
+    /// Whether training batch norms take their statistics over the global batch
+    /// ([`super::Executor::set_sync_batch_norm`]).
+    pub(super) sync_batch_norm: bool,
     /// Scratch for the whole-batch passes, sized for every node and the algorithm it runs.
     pub(super) workspace: Workspace,
     /// Scratch for each chain of a branch group run concurrently, sized for one image.
@@ -102,6 +121,13 @@ impl State {
             main_path: main_path(graph),
             labels: Vec::with_capacity(capacity),
             label_smoothing: 0.0,
+            loss_images: 0,
+            first_image: 0,
+            groups_per_batch: 1,
+            gradient_groups: Vec::new(),
+            tree: TreeSum::default(),
+            tree_f64: TreeSum::default(),
+            sync_batch_norm: false,
             // Running statistics get no gradient: an empty one, which optimizers skip.
             param_grads: graph
                 .params
@@ -235,6 +261,15 @@ impl State {
         self.labels.clear();
         self.labels.extend_from_slice(labels);
         Ok(BatchLoss { loss: total, correct })
+    }
+
+    /// Makes the next backward pass's gradients those of `shard` of a global batch: the loss averaged
+    /// over the global batch, the parameter gradients summed over the shard's groups.
+    pub(super) fn set_gradient_shard(&mut self, shard: &GradientShard) {
+        self.loss_images = shard.split.batch;
+        self.first_image = shard.images().start;
+        self.gradient_groups.clear();
+        self.gradient_groups.extend(shard.local_groups());
     }
 
     /// The label smoothing of the loss after the last forward: none after an eval forward.
