@@ -328,3 +328,26 @@ fn the_command_line_reports_bad_input_without_panicking() {
         "{err}"
     );
 }
+
+/// Started by `mpirun` (its environment) but built without the `mpi` feature, `incept train` would
+/// train alone in every rank, all writing the same files: it refuses, saying how to build it.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_refuses_to_run_as_a_rank() {
+    let dir = TempDir::new("no-mpi");
+    let out = Command::new(env!("CARGO_BIN_EXE_incept"))
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .args([
+            "train",
+            "--steps",
+            "1",
+            "--quiet",
+            "--out",
+            dir.join("run").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--features mpi"), "{err}");
+    assert!(!dir.join("run").exists(), "nothing written");
+}

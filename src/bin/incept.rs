@@ -618,7 +618,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
     } = args;
     // Started by mpirun: this process is one rank of a data-parallel run.
     #[cfg(feature = "mpi")]
-    let mpi_cluster = match incept::distributed::mpi::MpiCluster::launched() {
+    let mpi_cluster = match incept::distributed::launched_by_mpi() {
         true => Some(
             incept::distributed::mpi::MpiCluster::init(std::time::Duration::from_secs(collective_timeout))
                 .ok_or_else(|| incept::Error::config("mpi", "MPI was already initialized"))?,
@@ -630,6 +630,16 @@ fn train_command(args: TrainArgs) -> Result<()> {
         Some(c) => c,
         None => &SingleProcess,
     };
+    // Without the feature, ranks started by mpirun would each train the whole run alone, all writing
+    // the same files.
+    #[cfg(not(feature = "mpi"))]
+    if incept::distributed::launched_by_mpi() {
+        return Err(incept::Error::config(
+            "mpi",
+            "this incept was started by an MPI launcher but built without the `mpi` feature, so its ranks \
+             would each train alone: build it with `cargo build --release --features mpi`",
+        ));
+    }
     #[cfg(not(feature = "mpi"))]
     let cluster: &dyn Cluster = &SingleProcess;
     let lead = cluster.rank() == 0;

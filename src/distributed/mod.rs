@@ -27,6 +27,15 @@ pub trait Cluster {
     fn sum_f64(&self, values: &[f64], sums: &mut [f64], what: &str) -> Result<()>;
 }
 
+/// Whether this process was started by an MPI launcher (`mpirun`, `srun`): then `incept train` joins
+/// the others (with the `mpi` feature; without it, it refuses rather than train alone beside them);
+/// started alone, it trains as one process without initializing MPI.
+pub fn launched_by_mpi() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
 /// One process: every sum is the value itself.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SingleProcess;

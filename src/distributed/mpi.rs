@@ -40,14 +40,6 @@ impl MpiCluster {
         })
     }
 
-    /// Whether this process was started by an MPI launcher (`mpirun`, `srun`): then `incept train`
-    /// joins the others; started alone, it trains as one process without initializing MPI.
-    pub fn launched() -> bool {
-        ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some())
-    }
-
     /// Sums `values` across the ranks into `sums` by `MPI_Iallreduce`, in MPI's order.
     fn all_reduce<T: mpi::datatype::Equivalence>(&self, values: &[T], sums: &mut [T], what: &str) {
         mpi::request::scope(|scope| {
