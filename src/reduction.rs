@@ -16,7 +16,7 @@
 //! one-process run with 2 groups ends with the bits of a 2-rank run (one group each), and with 8
 //! groups, the bits of 1, 2, 4 or 8 ranks. Groups are not free in one process (each group's gradient
 //! is a weight-gradient pass of its own, and the fused ReLU-and-bias pass splits: googlenet-d2l's
-//! training step at batch 128 took 12% longer with 8 groups), so one process trains with one group
+//! training step at batch 128 took 12-22% longer with 8 groups, 3.5% with 2), so one process trains with one group
 //! unless asked, and a data-parallel run with one group per rank.
 
 use std::ops::Range;
