@@ -10,7 +10,7 @@
 //! pairwise tree* — groups 0+1, 2+3, ..., then (0+1)+(2+3), ... — which [`TreeSum`] builds. A rank that
 //! holds an aligned run of groups (a power-of-two count of them starting at a multiple of that count)
 //! computes a whole subtree, and the ranks' subtrees combined pairwise by rank distance 1, 2, 4, ...
-//! (recursive doubling, [`crate::distributed::Cluster::sum_f32`]) finish the same tree.
+//! ([`crate::distributed::Cluster::sum_f32`]: recursive halving and doubling) finish the same tree.
 //!
 //! The weights therefore depend on the number of groups, not on how many ranks compute them: a
 //! one-process run with 2 groups ends with the bits of a 2-rank run (one group each), and with 8
@@ -60,7 +60,7 @@ impl BatchSplit {
     }
 
     /// Whether ranks holding [`BatchSplit::groups_of_rank`] each hold an aligned subtree of the pairwise
-    /// tree, so that summing their gradients by recursive doubling gives the one-process bits.
+    /// tree, so that summing their gradients in that tree across ranks gives the one-process bits.
     pub fn exact_across(&self, ranks: usize) -> bool {
         ranks.is_power_of_two() && self.groups.is_power_of_two() && ranks <= self.groups
     }

@@ -90,18 +90,6 @@ fn ranks(model: &Model, algo: ConvAlgo, size: usize, ranks: usize) -> Vec<Vec<f3
     sums.swap_remove(0)
 }
 
-fn differing(model: &Model, a: &[Vec<f32>], b: &[Vec<f32>]) -> Vec<String> {
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    model
-        .graph
-        .params
-        .iter()
-        .zip(a.iter().zip(b))
-        .filter(|(_, (a, b))| bits(a) != bits(b))
-        .map(|(p, _)| p.name.clone())
-        .collect()
-}
-
 #[test]
 fn n_groups_in_one_process_have_the_bits_of_n_ranks() {
     let m = model();
@@ -110,7 +98,7 @@ fn n_groups_in_one_process_have_the_bits_of_n_ranks() {
     for (size, algo) in [(20, ConvAlgo::Auto), (20, ConvAlgo::Direct), (64, ConvAlgo::Auto)] {
         for n in [2, 4] {
             let (one, across) = (one_process(&m, algo, size, n), ranks(&m, algo, size, n));
-            let differ = differing(&m, &one, &across);
+            let differ = common::differing_params(&m.graph, &one, &across);
             assert!(
                 differ.is_empty(),
                 "{algo:?}, {size} images, {n} groups: {} of {} gradients differ from {n} ranks' sum: {differ:?}",
@@ -166,6 +154,6 @@ fn a_synchronized_batch_norm_in_one_process_changes_nothing() {
         exec.compute_gradients(Images::dense(&images, 4, len), &labels).unwrap();
         exec.param_grads().to_vec()
     };
-    let differ = differing(&m, &grads(true), &grads(false));
+    let differ = common::differing_params(&m.graph, &grads(true), &grads(false));
     assert!(differ.is_empty(), "{} gradients differ: {differ:?}", differ.len());
 }

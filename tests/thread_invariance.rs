@@ -51,25 +51,12 @@ fn train(model: Model, batch: usize, steps: usize, threads: usize) -> (Vec<Vec<f
     })
 }
 
-/// Names of the parameters whose values differ bit for bit.
-fn differing(model: &Model, a: &[Vec<f32>], b: &[Vec<f32>]) -> Vec<String> {
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    model
-        .graph
-        .params
-        .iter()
-        .zip(a.iter().zip(b))
-        .filter(|(_, (a, b))| bits(a) != bits(b))
-        .map(|(spec, _)| spec.name.clone())
-        .collect()
-}
-
 fn same_bits_at_1_2_and_3_threads(name: &str, size: usize, batch: usize) {
     let m = model(name, size);
     let (params_1, grads_1) = train(m.clone(), batch, 3, 1);
     for threads in [2, 3] {
         let (params_n, grads_n) = train(m.clone(), batch, 3, threads);
-        let grads = differing(&m, &grads_1, &grads_n);
+        let grads = common::differing_params(&m.graph, &grads_1, &grads_n);
         assert!(
             grads.is_empty(),
             "{name}: the first step's gradients of {} of {} tensors differ between 1 and {threads} threads, \
@@ -78,7 +65,7 @@ fn same_bits_at_1_2_and_3_threads(name: &str, size: usize, batch: usize) {
             m.params.len(),
             &grads[grads.len().saturating_sub(6)..]
         );
-        let params = differing(&m, &params_1, &params_n);
+        let params = common::differing_params(&m.graph, &params_1, &params_n);
         assert!(
             params.is_empty(),
             "{name}: after 3 steps {} of {} tensors differ between 1 and {threads} threads: {:?}",

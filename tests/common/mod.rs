@@ -30,6 +30,18 @@ pub fn max_rel_error(found: &[f32], expected: &[f32], floor: f64) -> f64 {
     worst / scale
 }
 
+/// Names of `graph`'s parameters whose values in `a` and `b` differ in any bit.
+pub fn differing_params(graph: &incept::graph::Graph, a: &[Vec<f32>], b: &[Vec<f32>]) -> Vec<String> {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    graph
+        .params
+        .iter()
+        .zip(a.iter().zip(b))
+        .filter(|(_, (a, b))| bits(a) != bits(b))
+        .map(|(spec, _)| spec.name.clone())
+        .collect()
+}
+
 /// `||a - b||₂ / ||b||₂`: relative L2 error.
 pub fn rel_l2(found: &[f32], expected: &[f32]) -> f64 {
     assert_eq!(found.len(), expected.len(), "compared slices differ in length");
