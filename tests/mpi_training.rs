@@ -66,13 +66,13 @@ fn run(mut command: Command) -> String {
 fn ranks_train_as_one_process(ranks: usize, groups: usize) {
     let groups = groups.to_string();
     let flags = ["--steps", "10", "--train-limit", "500", "--gradient-groups", &groups];
-    same_bits(ranks, &D2L, &flags);
+    same_bits(&format!("mpi-d2l-{ranks}-ranks"), ranks, &D2L, &flags);
 }
 
 /// Runs `args` + `flags` in one process and under `mpirun -np ranks`, and asserts that every tensor
-/// of the two checkpoints has the same bits.
-fn same_bits(ranks: usize, args: &[&str], flags: &[&str]) {
-    let dir = TempDir::new(&format!("mpi-{ranks}-ranks"));
+/// of the two checkpoints has the same bits. `name` names the test's own directory (tests run at once).
+fn same_bits(name: &str, ranks: usize, args: &[&str], flags: &[&str]) {
+    let dir = TempDir::new(name);
     let flags: Vec<&str> = args.iter().chain(flags).copied().collect();
     let (one, many) = (dir.join("one"), dir.join("many"));
     run({
@@ -127,7 +127,7 @@ fn two_ranks_with_synchronized_batch_norm_train_as_one_process() {
         "--gradient-groups",
         "2",
     ];
-    same_bits(2, &BN, &flags);
+    same_bits("mpi-sync-bn", 2, &BN, &flags);
 }
 
 /// Every rank resumes from rank 0's checkpoint: 4 steps, then a resumed run to step 10, end with the
@@ -266,6 +266,37 @@ fn a_killed_rank_stops_the_run_with_its_name() {
     eprintln!("ended {took:?} after rank 1 was killed:\n{messages}");
     assert!(
         messages.contains("rank 1") && messages.contains("exited on signal 9"),
+        "{messages}"
+    );
+}
+
+/// A rank that fails with an error (here rank 0, which alone writes the checkpoint, cannot) ends every
+/// rank at once with that error, instead of the others waiting for it until the collective timeout.
+#[test]
+fn a_rank_that_fails_ends_every_rank_at_once() {
+    let dir = TempDir::new("mpi-fail");
+    let blocker = dir.join("a-file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let save = blocker.join("checkpoint.safetensors");
+    let flags = [
+        "--steps",
+        "20",
+        "--collective-timeout",
+        "300",
+        "--save",
+        save.to_str().unwrap(),
+    ];
+    let child = mpirun(2)
+        .args(train_args(&dir.join("run"), &[&D2L[..], &flags].concat()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (messages, took) = finish(child, Duration::from_secs(120));
+    eprintln!("ended {took:?} after rank 0 failed:\n{messages}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert!(
+        messages.contains("rank 0 of 2") && messages.contains("stopping every rank"),
         "{messages}"
     );
 }

@@ -734,7 +734,16 @@ fn train_command(args: TrainArgs) -> Result<()> {
             incept::parallel::threads()
         );
     }
-    let report = train::train_across(&cfg, train_set, &test_set, |m| println!("{}", m.line()), cluster)?;
+    let report = train::train_across(&cfg, train_set, &test_set, |m| println!("{}", m.line()), cluster);
+    // A rank that fails (a checkpoint it cannot write, say) must not finalize MPI: that waits for the
+    // other ranks, which wait in the next step's sums until the collective timeout. It ends them all.
+    #[cfg(feature = "mpi")]
+    if let (Err(e), Some(c)) = (&report, &mpi_cluster) {
+        if c.size() > 1 {
+            c.abort_all(&e.to_string());
+        }
+    }
+    let report = report?;
     let ranks = cluster.size();
     // MPI is finalized (every rank together) before any early exit below.
     #[cfg(feature = "mpi")]

@@ -41,6 +41,16 @@ impl MpiCluster {
         })
     }
 
+    /// Prints `error` naming this rank and ends every rank (`MPI_Abort`), at once.
+    pub fn abort_all(&self, error: &str) -> ! {
+        eprintln!(
+            "error: rank {} of {}: {error}; stopping every rank",
+            self.rank(),
+            self.size()
+        );
+        self.world.abort(1)
+    }
+
     /// Sums `values` across the ranks into `sums` by `MPI_Iallreduce`, in MPI's order.
     fn all_reduce<T: mpi::datatype::Equivalence>(&self, values: &[T], sums: &mut [T], what: &str) {
         mpi::request::scope(|scope| {
