@@ -58,12 +58,6 @@ impl BatchSplit {
         );
         (rank * self.groups / ranks)..((rank + 1) * self.groups / ranks)
     }
-
-    /// Whether ranks holding [`BatchSplit::groups_of_rank`] each hold an aligned subtree of the pairwise
-    /// tree, so that summing their gradients in that tree across ranks gives the one-process bits.
-    pub fn exact_across(&self, ranks: usize) -> bool {
-        ranks.is_power_of_two() && self.groups.is_power_of_two() && ranks <= self.groups
-    }
 }
 
 /// The part of a global batch one executor's backward pass holds, and how its gradients are summed.
@@ -291,7 +285,6 @@ mod tests {
         let whole = pairwise_sum(&values);
         for ranks in [1, 2, 4, 8] {
             let split = BatchSplit { batch: 8, groups: 8 };
-            assert!(split.exact_across(ranks));
             let mut sums: Vec<f32> = (0..ranks)
                 .map(|r| pairwise_sum(&values[split.images_of(split.groups_of_rank(r, ranks))]))
                 .collect();

@@ -69,6 +69,17 @@ impl BatchLayout {
     fn is_empty(&self) -> bool {
         self.len == 0 || self.count == 0
     }
+
+    /// Where images `range` start in a buffer of `buffer_len` values (panics if they are not all
+    /// here); the images themselves are laid out as these.
+    fn sub_batch_start(&self, range: &std::ops::Range<usize>, buffer_len: usize) -> usize {
+        assert!(
+            range.start <= range.end && range.end <= self.count,
+            "images {range:?} of {}",
+            self.count
+        );
+        (range.start * self.stride).min(buffer_len)
+    }
 }
 
 /// `count`, `len` and `is_empty`, the same for [`Images`] and [`ImagesMut`].
@@ -123,12 +134,7 @@ impl<'a> Images<'a> {
     /// Images `range` of the batch.
     pub fn range(&self, range: std::ops::Range<usize>) -> Images<'a> {
         let l = self.layout;
-        assert!(
-            range.start <= range.end && range.end <= l.count,
-            "images {range:?} of {}",
-            l.count
-        );
-        let start = (range.start * l.stride).min(self.data.len());
+        let start = l.sub_batch_start(&range, self.data.len());
         Images::strided(&self.data[start..], range.len(), l.len, l.stride, l.offset)
     }
 
@@ -171,12 +177,7 @@ impl<'a> ImagesMut<'a> {
     /// Images `range` of the batch, writable.
     pub fn range_mut(&mut self, range: std::ops::Range<usize>) -> ImagesMut<'_> {
         let l = self.layout;
-        assert!(
-            range.start <= range.end && range.end <= l.count,
-            "images {range:?} of {}",
-            l.count
-        );
-        let start = (range.start * l.stride).min(self.data.len());
+        let start = l.sub_batch_start(&range, self.data.len());
         ImagesMut::strided(&mut self.data[start..], range.len(), l.len, l.stride, l.offset)
     }
 

@@ -397,8 +397,9 @@ pub fn train(
 
 /// [`train`] as one rank of a data-parallel run over `cluster`: each global batch of `cfg.batch`
 /// images is split across the ranks ([`Sharding::shard`]; this rank reads only its own), the
-/// gradients are summed across them once per step, and every rank applies the same optimizer step. Rank 0 alone shows progress, evaluates, reports
-/// and writes the checkpoint, metrics and step log; every rank can resume from that checkpoint. Batch
+/// gradients are summed across them once per step, and every rank applies the same optimizer step.
+/// Rank 0 alone shows progress, evaluates, reports and writes the checkpoint, metrics and step log;
+/// every rank can resume from that checkpoint. Batch
 /// norm statistics stay per rank, as PyTorch's DistributedDataParallel keeps them: training uses each
 /// rank's batch statistics, and rank 0's running statistics are the ones evaluated and saved. With
 /// [`SingleProcess`] this is [`train`], bit for bit.
@@ -490,8 +491,8 @@ pub fn train_across(
             _ => Ok(()),
         }
     };
-    // Data-parallel: this rank's weighted gradients as one buffer, and their sum over the ranks (one
-    // collective per step).
+    // Data-parallel: this rank's gradients as one buffer, and their sum over the ranks (one collective
+    // per step).
     let flat_len = if ranks > 1 { lens.iter().sum() } else { 0 };
     let mut flat_grads = FlatGrads {
         local: vec![0f32; flat_len],

@@ -23,7 +23,8 @@ pub(super) struct SyncBn<'a> {
     pub(super) cluster: &'a dyn Cluster,
     /// Images in the global batch.
     pub(super) images: usize,
-    /// The batch's gradient groups (ranges of this executor's images).
+    /// The batch's gradient groups (ranges of this executor's images; at least one, which every
+    /// forward pass sets).
     pub(super) groups: &'a [Range<usize>],
     pub(super) tree: &'a mut TreeSum<f64>,
     pub(super) tree_f32: &'a mut TreeSum<f32>,
@@ -71,42 +72,23 @@ impl BatchNormInput<'_> {
 }
 
 impl SyncBn<'_> {
-    /// The whole executor batch as one group when none are set.
-    fn groups(&self, count: usize) -> Vec<Range<usize>> {
-        match self.groups {
-            [] => std::iter::once(0..count).collect(),
-            groups => groups.to_vec(),
-        }
-    }
-
     /// Sums `add(group, partial)` over the groups in the tree, then across the ranks, into `out`.
-    fn sum(
-        &mut self,
-        count: usize,
-        out: &mut [f64],
-        what: &str,
-        add: impl FnMut(Range<usize>, &mut [f64]),
-    ) -> Result<()> {
+    fn sum(&mut self, out: &mut [f64], what: &str, add: impl FnMut(Range<usize>, &mut [f64])) -> Result<()> {
         let mut local = vec![0f64; out.len()];
-        let groups = self.groups(count);
-        self.tree.add_over_groups(&groups, &mut local, add);
+        self.tree.add_over_groups(self.groups, &mut local, add);
         self.cluster.sum_f64(&local, out, what)
     }
 
     /// The global batch's statistics of `input` into `stats`.
     pub(super) fn batch_statistics(&mut self, input: BatchNormInput<'_>, stats: &mut ChannelStats) -> Result<()> {
-        let (bn, count) = (input.bn, input.x.count());
+        let bn = input.bn;
         let values = bn.start_batch_statistics(self.images, input.pixels, stats)?;
         let mut sums = vec![0f64; bn.channels];
-        self.sum(
-            count,
-            &mut sums,
-            "sum of a synchronized batch norm's inputs",
-            |g, part| input.channel_sums(g, part),
-        )?;
+        self.sum(&mut sums, "sum of a synchronized batch norm's inputs", |g, part| {
+            input.channel_sums(g, part)
+        })?;
         let means: Vec<f64> = sums.iter().map(|s| s / values as f64).collect();
         self.sum(
-            count,
             &mut sums,
             "sum of a synchronized batch norm's squared deviations",
             |g, part| input.channel_squared_deviations(g, &means, part),
@@ -127,13 +109,12 @@ impl SyncBn<'_> {
         (dgamma, dbeta): (&mut [f32], &mut [f32]),
         dx: Option<&mut ImagesMut<'_>>,
     ) -> Result<()> {
-        let (bn, count, channels) = (input.bn, input.x.count(), input.bn.channels);
-        let groups = self.groups(count);
+        let (bn, channels, groups) = (input.bn, input.bn.channels, self.groups);
         let per_group: Vec<Vec<(f64, f64)>> = groups.iter().map(|g| input.grad_sums(dy, g.clone(), stats)).collect();
         let index = |g: &Range<usize>| groups.iter().position(|r| r == g).expect("one of the groups");
         // d beta then d gamma, each group's sums rounded to float32 before the tree.
         let mut params = vec![0f32; 2 * channels];
-        self.tree_f32.add_over_groups(&groups, &mut params, |g, part| {
+        self.tree_f32.add_over_groups(groups, &mut params, |g, part| {
             for (ch, &(sum_dy, sum_dy_xhat)) in per_group[index(&g)].iter().enumerate() {
                 part[ch] += sum_dy as f32;
                 part[channels + ch] += sum_dy_xhat as f32;
@@ -145,17 +126,12 @@ impl SyncBn<'_> {
         }
         let Some(dx) = dx else { return Ok(()) };
         let mut sums = vec![0f64; 2 * channels];
-        self.sum(
-            count,
-            &mut sums,
-            "sum of a synchronized batch norm's gradients",
-            |g, part| {
-                for (ch, &(sum_dy, sum_dy_xhat)) in per_group[index(&g)].iter().enumerate() {
-                    part[ch] += sum_dy;
-                    part[channels + ch] += sum_dy_xhat;
-                }
-            },
-        )?;
+        self.sum(&mut sums, "sum of a synchronized batch norm's gradients", |g, part| {
+            for (ch, &(sum_dy, sum_dy_xhat)) in per_group[index(&g)].iter().enumerate() {
+                part[ch] += sum_dy;
+                part[channels + ch] += sum_dy_xhat;
+            }
+        })?;
         let m = (self.images * input.pixels) as f64;
         let pairs: Vec<(f64, f64)> = (0..channels).map(|ch| (sums[ch], sums[channels + ch])).collect();
         if input.blocked {
