@@ -1,16 +1,15 @@
 //! Training googlenet-d2l with Winograd follows the loss curve of training it without: the first 200
 //! steps of the run `fixtures/generate_loss_curve.py` describes (formula weights, the committed
-//! Fashion-MNIST slice at 32x32, batches of 16 in order, Adam at lr 1e-4), once with the plan's
-//! Winograd F(2,3) layers and once with Winograd off, compared step by step with the spread between
-//! PyTorch's float32 and float64 runs of the same steps (the fixture).
+//! Fashion-MNIST slice at 32x32, batches of 16 in order, Adam at lr 1e-4 and eps 1e-4), once with the
+//! plan's Winograd layers and once with Winograd off, compared step by step with the spread between
+//! PyTorch's float64 and float32 runs of the same steps (the fixture: float64, float32, float32 without
+//! oneDNN, and four float32 runs with every input pixel moved by up to one float32 ulp).
 //!
-//! The spread is tiny for the first steps and then grows as rounding differences are amplified by
-//! training (Adam turns the sign of a gradient that is rounding noise into a full step): the first
-//! steps are held to the largest spread of PyTorch's runs so far, the whole run by 50-step means
-//! against the spread of PyTorch's three runs. The per-layer gradients are held far tighter by
-//! `tests/winograd_blocked.rs`; a weight gradient that loses one Winograd point moves step 1 here by
-//! only 1.2e-5, and fails on the first 50 steps' mean (4.3e-2 against 2.0e-2). F(4,3) in training
-//! failed the same mean (2.2e-2; `Plan::winograd_training_tiles`).
+//! The spread is tiny for the first steps (Adam's eps of 1e-4 keeps it from turning the sign of a
+//! gradient that is rounding noise into a full step) and then grows, as training from these weights is
+//! chaotic: the first steps are held to the largest spread of PyTorch's runs so far, the whole run by
+//! 50-step means against the largest distance between two of PyTorch's runs. The per-layer gradients
+//! are held far tighter by `tests/winograd_blocked.rs`.
 
 mod common;
 
@@ -28,6 +27,7 @@ fn losses(model: &Model, images: &[f32], labels: &[usize], policy: WinogradPolic
     let steps: usize = f.metadata("steps").parse().unwrap();
     let batch: usize = f.metadata("batch").parse().unwrap();
     let lr: f32 = f.metadata("lr").parse().unwrap();
+    let eps: f32 = f.metadata("eps").parse().unwrap();
     let len = images.len() / labels.len();
     let mut exec = Executor::new(model.clone(), batch).unwrap();
     exec.set_plan_options(PlanOptions {
@@ -42,7 +42,10 @@ fn losses(model: &Model, images: &[f32], labels: &[usize], policy: WinogradPolic
         "{policy:?}: {winograd_layers} layers train with Winograd"
     );
     let lens: Vec<usize> = exec.params().iter().map(Vec::len).collect();
-    let mut optimizer = Optimizer::Adam(Adam::new(&lens));
+    let mut optimizer = Optimizer::Adam(Adam {
+        eps,
+        ..Adam::new(&lens)
+    });
     (0..steps)
         .map(|step| {
             let first = (step * batch) % labels.len();
@@ -84,30 +87,42 @@ fn training_with_winograd_follows_the_direct_loss_curve_within_pytorchs_float32_
     };
     let direct = losses(&model, &images, labels, WinogradPolicy::Off, &f);
     let winograd = losses(&model, &images, labels, WinogradPolicy::Accurate, &f);
-    let torch = ["loss_f64", "loss_f32", "loss_f32_native"].map(|name| f.named_f64(name));
-    // The largest distance between two of PyTorch's three runs (float64, float32, float32 with its own
-    // convolutions instead of oneDNN's) at one step: how far legitimate engines land from each other.
-    let pytorch_spread = |step: usize| {
-        [(0, 1), (0, 2), (1, 2)]
+    let steps = direct.len();
+    // PyTorch's runs: float64, float32, float32 with its own convolutions instead of oneDNN's, and
+    // float32 with the inputs moved by an ulp.
+    let mut torch = ["loss_f64", "loss_f32", "loss_f32_native"]
+        .map(|name| f.named_f64(name))
+        .to_vec();
+    torch.extend(
+        f.named_f64("loss_f32_perturbed")
+            .chunks_exact(steps)
+            .map(<[f64]>::to_vec),
+    );
+    assert!(torch.len() >= 7 && torch.iter().all(|run| run.len() == steps));
+    const NATIVE: usize = 2;
+    // The largest distance between two of `runs` (indices into `torch`) in `value`: how far legitimate
+    // engines land from each other.
+    let pytorch_spread = |runs: &mut dyn Iterator<Item = usize>, value: &dyn Fn(&[f64]) -> f64| {
+        let values: Vec<f64> = runs.map(|run| value(&torch[run])).collect();
+        let (lo, hi) = values
             .iter()
-            .map(|&(a, b)| (torch[a][step] - torch[b][step]).abs())
-            .fold(0f64, f64::max)
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        hi - lo
     };
-    // The first steps, before PyTorch's float32 run leaves float64's curve by more than 1e-6: each
-    // within the largest spread of PyTorch's runs so far, or one float32 rounding step of the loss.
-    // After one Adam step two float32 runs differ by 1e-7 to 1e-3: Adam turns the sign of a gradient
-    // that is rounding noise into a full step (PyTorch float32 is 3.1e-7 from float64 at step 1, its
-    // float32 without oneDNN 7.9e-4; Winograd was 2.5e-7 and 7.1e-7 from the direct path there in two
-    // versions of the plan, and F(4,3) 3.5e-7).
-    let calm = torch[0]
-        .iter()
-        .zip(&torch[1])
-        .take_while(|(a, b)| (*a - *b).abs() <= 1e-6)
+    // The first steps, while PyTorch's oneDNN runs (float64, float32, float32 with the inputs moved by
+    // an ulp) stay within 1e-6 of each other (three steps; by step 3 they part by 7e-6, by step 5 by
+    // 4e-4): each within the largest spread of those runs so far, or one float32 rounding step of the
+    // loss. The float32 run without oneDNN is left out here: it is 2.9e-5 from float64 at step 2
+    // already. Winograd F(2,3) stays within 4e-8 of the direct path on these steps; F(4,3) on the 8x8
+    // maps (or on every layer it could take) is 5.0e-7 (3.9e-7) off at step 2 and fails here.
+    let onednn = || (0..torch.len()).filter(|&run| run != NATIVE);
+    let calm = (0..steps)
+        .take_while(|&step| pytorch_spread(&mut onednn(), &|run| run[step]) <= 1e-6)
         .count();
-    assert!(calm >= 3, "PyTorch's float32 run leaves float64 at step {calm}");
+    assert!(calm >= 3, "PyTorch's oneDNN runs part by more than 1e-6 at step {calm}");
     let mut envelope = 0f64;
     for step in 0..calm {
-        envelope = envelope.max(pytorch_spread(step));
+        envelope = envelope.max(pytorch_spread(&mut onednn(), &|run| run[step]));
         // One float32 unit in the last place at the loss (positive, so the next value up is bits + 1;
         // `f32::next_up` needs Rust 1.86).
         let loss = direct[step] as f32;
@@ -127,26 +142,24 @@ fn training_with_winograd_follows_the_direct_loss_curve_within_pytorchs_float32_
             direct[step]
         );
     }
-    // Then training amplifies rounding (float32 PyTorch is 0.1-0.9 from float64 on single steps
-    // after step 50), so the curves are compared by their mean over windows of 50 steps: Winograd's
-    // from the direct path's within the largest distance between two of PyTorch's three runs.
+    // Then training from these weights is chaotic (PyTorch's runs part by 1e-1 to 5e-1 on single
+    // steps after step 50, as each leaves the plateau at its own step), so the curves are compared by
+    // their mean over windows of 50 steps: Winograd's from the direct path's within the largest
+    // distance between two of PyTorch's seven runs. A weak check, as the later windows' spread says:
+    // the early steps above are the sharp one.
     let mean = |curve: &[f64], window: &std::ops::Range<usize>| {
         curve[window.clone()].iter().sum::<f64>() / window.len() as f64
     };
-    for first in (0..direct.len()).step_by(50) {
-        let window = first..(first + 50).min(direct.len());
+    for first in (0..steps).step_by(50) {
+        let window = first..(first + 50).min(steps);
         let (ours, theirs) = (mean(&direct, &window), mean(&winograd, &window));
-        let means = torch.clone().map(|curve| mean(&curve, &window));
-        let spread = [(0, 1), (0, 2), (1, 2)]
-            .iter()
-            .map(|&(a, b)| (means[a] - means[b]).abs())
-            .fold(0f64, f64::max);
+        let spread = pytorch_spread(&mut (0..torch.len()), &|run| mean(run, &window));
         eprintln!(
-            "steps {window:?}: mean loss direct {ours:.4} Winograd {theirs:.4} (|diff| {:.1e}); PyTorch float64 {:.4} float32 {:.4} float32 native {:.4} (largest |diff| {spread:.1e})",
+            "steps {window:?}: mean loss direct {ours:.4} Winograd {theirs:.4} (|diff| {:.1e}); PyTorch float64 {:.4} float32 {:.4} (largest |diff| of PyTorch's {} runs {spread:.1e})",
             (theirs - ours).abs(),
-            means[0],
-            means[1],
-            means[2]
+            mean(&torch[0], &window),
+            mean(&torch[1], &window),
+            torch.len()
         );
         assert!(
             (theirs - ours).abs() <= spread,
