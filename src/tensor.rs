@@ -138,6 +138,11 @@ impl<'a> Images<'a> {
         Images::strided(&self.data[start..], range.len(), l.len, l.stride, l.offset)
     }
 
+    /// The buffer the images lie in, where image 0 starts in it, and the distance between images.
+    pub(crate) fn storage(&self) -> (&'a [f32], usize, usize) {
+        (self.data, self.layout.offset, self.layout.stride)
+    }
+
     /// The batch as a `count x len` matrix, one image per row.
     pub(crate) fn as_matrix(&self) -> crate::matmul::MatRef<'a> {
         let l = self.layout;
