@@ -571,9 +571,15 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// Whether the images already are blocked images with the halo (a blocked layout, and no halo to
+    /// add), so they can be read where they lie.
+    fn readable_in_place(&self) -> bool {
+        self.layout == Layout::Blocked && self.halo == Halo::default()
+    }
+
     /// The images as they lie, when they already are blocked images with the halo.
     fn in_place(&self) -> Option<InPlace<'a>> {
-        (self.layout == Layout::Blocked && self.halo == Halo::default()).then(|| {
+        self.readable_in_place().then(|| {
             let (data, first, stride) = self.images.storage();
             InPlace { data, first, stride }
         })
@@ -585,7 +591,7 @@ impl<'a> Source<'a> {
     where
         'a: 'r,
     {
-        if self.layout == Layout::Blocked && self.halo == Halo::default() {
+        if self.readable_in_place() {
             return self.images.get(n);
         }
         self.write_blocked(n, scratch);
