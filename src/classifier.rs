@@ -2,12 +2,20 @@
 //! state_dict), with what the checkpoint records (model, input size, normalization, class names), behind
 //! an images-in, classes-out API. `incept predict` is built on it.
 //!
-//! A state_dict saved from torchvision's googlenet / inception_v3 or timm's inception_v4 /
-//! inception_resnet_v2 records nothing: it gets its library's ImageNet preprocessing
-//! ([`crate::models::pretrained`]: resize, centre crop, normalization, torchvision's `transform_input`)
-//! and, with a 1000-class head, ImageNet's class names. Auxiliary heads are optional.
+//! Two kinds of input, kept apart:
+//! - **Tensors** ([`Classifier::forward_tensor`], [`Classifier::train_step_tensor`]) are the network's
+//!   input, as PyTorch's `model(x)` takes it: fed as given, nothing normalized.
+//! - **Images** ([`Classifier::read_images`], [`Classifier::forward_images`],
+//!   [`Classifier::train_step_images`]) are values in [0, 1]; they get the preprocessing the weights
+//!   expect ([`Classifier::preprocess`]: the normalization the checkpoint records, or for a torchvision
+//!   or timm state_dict that library's ImageNet one) before the network.
 //!
-//! [`Classifier::train_step`] fine-tunes it on batches of images prepared the same way, and
+//! torchvision's `transform_input` is part of its googlenet / inception_v3 model, not of the
+//! preprocessing: when on, it runs on both kinds of input, as in PyTorch. A state_dict does not record
+//! it, so it is assumed by torchvision's own rule ([`TransformInputRule`]): on for a 1000-class head (the
+//! trace of torchvision's ImageNet weights, the only ones its constructor turns it on for), off for any
+//! other head.
+//!
 //! [`Classifier::save`] writes an incept checkpoint that records all of the above.
 //!
 //! ```no_run
@@ -49,6 +57,21 @@ pub struct Prediction {
     pub probability: f32,
 }
 
+/// Where a classifier's `transform_input` setting comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransformInputRule {
+    /// The model has no `transform_input` (only torchvision's googlenet and inception_v3 do), or the
+    /// weights are incept's own, trained without it: off.
+    NotPartOfModel,
+    /// The checkpoint records it ([`Classifier::save`]).
+    Recorded,
+    /// A torchvision state_dict, which does not record it: on for a 1000-class head, off for any other,
+    /// as torchvision's constructor turns it on only for its own ImageNet weights.
+    AssumedFromHead,
+    /// Set by [`Classifier::set_transform_input`].
+    Set,
+}
+
 /// A model with its weights, in eval mode, at one input size.
 pub struct Classifier {
     exec: Executor,
@@ -56,6 +79,9 @@ pub struct Classifier {
     config: ModelConfig,
     normalization: Option<Normalization>,
     transform_input: bool,
+    transform_input_rule: TransformInputRule,
+    /// The library whose state_dict this is (`None`: an incept checkpoint).
+    source: Option<&'static str>,
     recipe: ImageRecipe,
     class_names: Vec<String>,
 }
@@ -115,9 +141,15 @@ impl Classifier {
             (None, Some(p)) => p.recipe_at(native, config.size),
             (None, None) => ImageRecipe::STRETCH,
         };
-        let transform_input = match file.metadata.get("transform_input") {
-            Some(_) => file.meta::<bool>("transform_input", path)?,
-            None => pretrained.is_some_and(|p| p.transform_input) && config.in_channels == 3,
+        let (transform_input, transform_input_rule) = match file.metadata.get("transform_input") {
+            Some(_) => (
+                file.meta::<bool>("transform_input", path)?,
+                TransformInputRule::Recorded,
+            ),
+            None if pretrained.is_some_and(|p| p.transform_input) && config.in_channels == 3 => {
+                (config.classes == 1000, TransformInputRule::AssumedFromHead)
+            }
+            None => (false, TransformInputRule::NotPartOfModel),
         };
         let class_names = match file.metadata.get("class_names") {
             Some(text) => {
@@ -146,6 +178,8 @@ impl Classifier {
             config,
             normalization,
             transform_input,
+            transform_input_rule,
+            source: pretrained.map(|p| p.source),
             recipe,
             class_names,
         })
@@ -156,10 +190,62 @@ impl Classifier {
         [self.config.in_channels, self.config.size[0], self.config.size[1]]
     }
 
-    /// Whether torchvision's `transform_input` runs after normalization (on for a torchvision
-    /// googlenet / inception_v3 state_dict, as its pretrained weights need; off for everything else).
+    /// Whether torchvision's `transform_input` runs as the network's first step, on tensors and images
+    /// alike ([`TransformInputRule`] says how it was decided).
     pub fn transform_input(&self) -> bool {
         self.transform_input
+    }
+
+    /// How [`Classifier::transform_input`] was decided.
+    pub fn transform_input_rule(&self) -> TransformInputRule {
+        self.transform_input_rule
+    }
+
+    /// When `transform_input` was assumed rather than recorded or set: the sentence saying what was
+    /// assumed and why (a caller that shows it adds how to change it).
+    pub fn transform_input_assumption(&self) -> Option<String> {
+        (self.transform_input_rule == TransformInputRule::AssumedFromHead).then(|| {
+            let state = if self.transform_input { "on" } else { "off" };
+            format!(
+                "transform_input {state}: assumed for a {} {} state_dict with a {}-class head (torchvision \
+                 turns it on for its ImageNet weights, whose head has 1000 classes, and only for those)",
+                self.source.unwrap_or("torchvision"),
+                self.model,
+                self.config.classes
+            )
+        })
+    }
+
+    /// How [`Classifier::read_images`] brings an image file to the input size, in words.
+    pub fn image_recipe(&self) -> String {
+        let [h, w] = self.config.size;
+        let filter = match self.recipe.filter {
+            crate::data::resample::Filter::Bilinear => "bilinear",
+            crate::data::resample::Filter::Bicubic => "bicubic",
+        };
+        match self.recipe.fit {
+            images::Fit::Stretch => format!("resized to {h}x{w} ({filter})"),
+            images::Fit::ResizeThenCenterCrop { shorter_side } => {
+                format!("shorter side resized to {shorter_side} ({filter}), centre crop {h}x{w}")
+            }
+        }
+    }
+
+    /// What [`Classifier::preprocess`] does to an image in [0, 1], in one line.
+    pub fn preprocessing(&self) -> String {
+        match &self.normalization {
+            Some(n) => format!("normalized (x - mean) / std, mean {:?}, std {:?}", n.mean, n.std),
+            None => "none (the weights record no normalization)".to_string(),
+        }
+    }
+
+    /// What the network itself does to its input first, in words: torchvision's `transform_input`, or
+    /// nothing.
+    pub fn network_input_step(&self) -> &'static str {
+        match self.transform_input {
+            true => "torchvision's transform_input (part of the model) runs first",
+            false => "no transform_input",
+        }
     }
 
     /// Turns `transform_input` on or off (for torchvision weights trained with it off; an error for a
@@ -175,6 +261,7 @@ impl Classifier {
             ));
         }
         self.transform_input = on;
+        self.transform_input_rule = TransformInputRule::Set;
         Ok(())
     }
 
@@ -199,11 +286,12 @@ impl Classifier {
         Ok(())
     }
 
-    /// Eval-mode logits `[n, classes]` of images `[n, c, h, w]` with values in [0, 1] at
-    /// [`Classifier::input_shape`], normalized first as the checkpoint's run normalized them (and
-    /// `transform_input` applied after, when on).
-    pub fn forward(&mut self, x: ArrayView4<f32>) -> Result<Array2<f32>> {
-        let x = self.prepared(x)?;
+    /// Eval-mode logits `[n, classes]` of the network's input tensor `[n, c, h, w]` at
+    /// [`Classifier::input_shape`], as PyTorch's `model(x)` computes them: fed as given, nothing
+    /// normalized (`transform_input`, part of torchvision's model, runs when on).
+    pub fn forward_tensor(&mut self, x: ArrayView4<f32>) -> Result<Array2<f32>> {
+        let mut x = self.checked(x)?;
+        self.apply_transform_input(&mut x);
         let image = self.image_len();
         let count = x.len() / image;
         let mut logits = Vec::with_capacity(count * self.config.classes);
@@ -215,12 +303,31 @@ impl Classifier {
         Ok(Array2::from_shape_vec([count, self.config.classes], logits).expect("one row per image"))
     }
 
+    /// Eval-mode logits of images `[n, c, h, w]` with values in [0, 1] (as [`Classifier::read_images`]
+    /// returns them): [`Classifier::preprocess`], then [`Classifier::forward_tensor`].
+    pub fn forward_images(&mut self, x: ArrayView4<f32>) -> Result<Array2<f32>> {
+        let x = self.preprocess(x)?;
+        self.forward_tensor(x.view())
+    }
+
+    /// Images `[n, c, h, w]` with values in [0, 1] as the network's input tensor: normalized as the
+    /// checkpoint's run normalized them (a torchvision or timm state_dict: its library's ImageNet
+    /// normalization; weights that record none: unchanged). [`Classifier::preprocessing`] says which.
+    pub fn preprocess(&self, x: ArrayView4<f32>) -> Result<Array4<f32>> {
+        let mut x = self.checked(x)?;
+        if let Some(n) = &self.normalization {
+            x.chunks_exact_mut(self.image_len()).for_each(|img| n.apply(img));
+        }
+        let [c, h, w] = self.input_shape();
+        Ok(Array4::from_shape_vec([x.len() / self.image_len(), c, h, w], x).expect("whole images"))
+    }
+
     /// The `top_k` most likely classes of each image file (PNG, JPEG), most likely first: each image
     /// converted to the model's channels and resized to its input size as torchvision would
     /// ([`images::read_image`]).
     pub fn predict_images(&mut self, paths: &[impl AsRef<Path>], top_k: usize) -> Result<Vec<Vec<Prediction>>> {
         let x = self.read_images(paths)?;
-        let logits = self.forward(x.view())?;
+        let logits = self.forward_images(x.view())?;
         Ok(self.top(&logits, top_k))
     }
 
@@ -236,19 +343,33 @@ impl Classifier {
         Ok(Array4::from_shape_vec([paths.len(), c, h, w], x).expect("whole images"))
     }
 
-    /// One training step (fine-tuning) on images `[n, c, h, w]` with values in [0, 1], prepared as
-    /// [`Classifier::forward`] prepares them, and their labels: training-mode forward, loss, backward,
-    /// and `optimizer`'s update at learning rate `lr` (auxiliary heads, where loaded, add their weighted
-    /// losses). At most 64 images per step. A non-finite loss leaves the weights as they were and is
-    /// returned for the caller to handle.
-    pub fn train_step(
+    /// One training step (fine-tuning) on images `[n, c, h, w]` with values in [0, 1]:
+    /// [`Classifier::preprocess`], then [`Classifier::train_step_tensor`].
+    pub fn train_step_images(
         &mut self,
         x: ArrayView4<f32>,
         labels: &[usize],
         optimizer: &mut Optimizer,
         lr: f32,
     ) -> Result<BatchLoss> {
-        let x = self.prepared(x)?;
+        let x = self.preprocess(x)?;
+        self.train_step_tensor(x.view(), labels, optimizer, lr)
+    }
+
+    /// One training step (fine-tuning) on the network's input tensor `[n, c, h, w]`, fed as given as
+    /// [`Classifier::forward_tensor`] feeds it, and its labels: training-mode forward, loss, backward,
+    /// and `optimizer`'s update at learning rate `lr` (auxiliary heads, where loaded, add their weighted
+    /// losses). At most 64 images per step. A non-finite loss leaves the weights as they were and is
+    /// returned for the caller to handle.
+    pub fn train_step_tensor(
+        &mut self,
+        x: ArrayView4<f32>,
+        labels: &[usize],
+        optimizer: &mut Optimizer,
+        lr: f32,
+    ) -> Result<BatchLoss> {
+        let mut x = self.checked(x)?;
+        self.apply_transform_input(&mut x);
         let image = self.image_len();
         let count = x.len() / image;
         if count != labels.len() || !(1..=BATCH).contains(&count) {
@@ -318,9 +439,8 @@ impl Classifier {
         self.input_shape().iter().product()
     }
 
-    /// Images `[n, c, h, w]` with values in [0, 1] as the network's input: checked against the input
-    /// shape, normalized, `transform_input` applied when on.
-    fn prepared(&self, x: ArrayView4<f32>) -> Result<Vec<f32>> {
+    /// `x` as a flat vector, after checking its shape against [`Classifier::input_shape`].
+    fn checked(&self, x: ArrayView4<f32>) -> Result<Vec<f32>> {
         let [c, h, w] = self.input_shape();
         let shape = x.shape();
         if shape[1..] != [c, h, w] {
@@ -330,14 +450,14 @@ impl Classifier {
                 format!("{shape:?}"),
             ));
         }
-        let mut x = x.as_standard_layout().into_owned().into_raw_vec_and_offset().0;
-        let image = self.image_len();
-        if let Some(n) = &self.normalization {
-            x.chunks_exact_mut(image).for_each(|img| n.apply(img));
-        }
+        Ok(x.as_standard_layout().into_owned().into_raw_vec_and_offset().0)
+    }
+
+    /// torchvision's `transform_input` on every image of `x`, when on.
+    fn apply_transform_input(&self, x: &mut [f32]) {
         if self.transform_input {
-            x.chunks_exact_mut(image).for_each(pretrained::transform_input);
+            x.chunks_exact_mut(self.image_len())
+                .for_each(pretrained::transform_input);
         }
-        Ok(x)
     }
 }

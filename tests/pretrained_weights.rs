@@ -27,39 +27,9 @@ const TIMES_PYTORCH: f64 = 4.0;
 
 /// Writes the state_dict the fixture describes for `model` as torchvision / timm would save it.
 fn write_state_dict(f: &Fixture, model: &str, dir: &TempDir) -> PathBuf {
-    let manifest: Vec<(String, Vec<usize>, String)> =
-        serde_json::from_str(f.metadata(&format!("{model}/state_dict"))).unwrap();
-    let mut float_index = 0;
-    let data: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = manifest
-        .into_iter()
-        .map(|(name, shape, dtype)| match dtype.as_str() {
-            "float32" => {
-                let values = common::hashed_tensor(float_index, &name, &shape);
-                float_index += 1;
-                let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (name, shape, Dtype::F32, bytes)
-            }
-            "int64" => (name, shape, Dtype::I64, 0i64.to_le_bytes().to_vec()),
-            other => panic!("{name}: unexpected dtype {other}"),
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = data
-        .iter()
-        .map(|(name, shape, dtype, bytes)| (name.clone(), TensorView::new(*dtype, shape.clone(), bytes).unwrap()))
-        .collect();
     let path = dir.join(format!("{model}.safetensors"));
-    safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &path).unwrap();
+    common::write_state_dict(f, model, &path);
     path
-}
-
-/// Largest |ours - reference| over the largest |reference|.
-fn relative(ours: &[f32], reference: &[f64]) -> f64 {
-    let scale = reference.iter().fold(0f64, |m, &r| m.max(r.abs()));
-    let diff = ours
-        .iter()
-        .zip(reference)
-        .fold(0f64, |m, (&o, &r)| m.max((f64::from(o) - r).abs()));
-    diff / scale
 }
 
 /// Loads `model`'s state_dict, checks what the classifier made of it, and compares the photo's logits
@@ -91,12 +61,12 @@ fn check_model(model: &str, transform_input: bool, crop_recorded: bool) {
             crop.len()
         );
     }
-    let logits = classifier.forward(x.view()).unwrap();
+    let logits = classifier.forward_images(x.view()).unwrap();
     let logits = logits.as_slice().unwrap();
     let reference = f.named_f64(&format!("{model}/logits64"));
     let pytorch = f.named(&format!("{model}/logits32"));
-    let floor = relative(pytorch.as_slice().unwrap(), &reference);
-    let error = relative(logits, &reference);
+    let floor = common::relative_to_largest(pytorch.as_slice().unwrap(), &reference);
+    let error = common::relative_to_largest(logits, &reference);
     eprintln!("{model}: ours {error:.2e}, PyTorch float32 {floor:.2e} (relative to float64)");
     assert!(
         error <= TIMES_PYTORCH * floor.max(2e-7),
@@ -254,7 +224,12 @@ fn classifier_fine_tunes_and_saves() {
     let labels = [7, 7];
     let mut adam = classifier.adam();
     let losses: Vec<f64> = (0..4)
-        .map(|_| classifier.train_step(x.view(), &labels, &mut adam, 1e-3).unwrap().loss)
+        .map(|_| {
+            classifier
+                .train_step_images(x.view(), &labels, &mut adam, 1e-3)
+                .unwrap()
+                .loss
+        })
         .collect();
     // Measured: 6.96, 6.09, 5.02, 3.95.
     assert!(
@@ -262,7 +237,7 @@ fn classifier_fine_tunes_and_saves() {
         "Adam on one batch should fit it: {losses:?}"
     );
     let err = classifier
-        .train_step(x.view(), &[7], &mut adam, 1e-3)
+        .train_step_images(x.view(), &[7], &mut adam, 1e-3)
         .unwrap_err()
         .to_string();
     assert!(err.contains("2 images, 1 labels"), "{err}");
@@ -276,11 +251,11 @@ fn classifier_fine_tunes_and_saves() {
         reloaded.read_images(&[PHOTO]).unwrap(),
         classifier.read_images(&[PHOTO]).unwrap()
     );
-    let before = classifier.forward(x.view()).unwrap();
-    assert_eq!(reloaded.forward(x.view()).unwrap(), before);
+    let before = classifier.forward_images(x.view()).unwrap();
+    assert_eq!(reloaded.forward_images(x.view()).unwrap(), before);
     let original = Classifier::from_safetensors(Some("googlenet"), &weights)
         .unwrap()
-        .forward(x.view())
+        .forward_images(x.view())
         .unwrap();
     assert_ne!(original, before, "the steps changed the weights");
 }

@@ -398,9 +398,14 @@ struct PredictArgs {
     /// ImageNet preprocessing instead (resize, centre crop, normalization).
     #[arg(value_name = "IMAGE|DIR", conflicts_with = "input")]
     images: Vec<PathBuf>,
-    /// Instead of image files: float32 images [n, c, h, w] as .npy, at the checkpoint's input size.
+    /// Instead of image files: the network's input tensor [n, c, h, w] as float32 .npy, at the
+    /// checkpoint's input size, fed as given (as PyTorch's `model(x)` takes it: not normalized).
     #[arg(long, requires = "output")]
     input: Option<PathBuf>,
+    /// With --input: the tensor holds images in [0, 1]; normalize them as image files are (the
+    /// checkpoint's normalization, or the library's for torchvision / timm weights) before the network.
+    #[arg(long, requires = "input")]
+    normalize_input: bool,
     /// Write the logits [n, classes] as float32 .npy here (required with --input).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -414,8 +419,10 @@ struct PredictArgs {
     /// either, classes are named by number).
     #[arg(long, value_name = "FILE")]
     classes: Option<PathBuf>,
-    /// Apply torchvision's transform_input after normalization, true or false (default: true for a
-    /// torchvision googlenet / inception-v3 state_dict, as its pretrained weights need; else false).
+    /// torchvision's transform_input (part of its googlenet / inception_v3 model, run on images and
+    /// tensors alike), true or false. Default: what the checkpoint records; for a torchvision state_dict,
+    /// which records nothing, true with a 1000-class head (torchvision turns it on for its ImageNet
+    /// weights only) and false with any other (printed when assumed); false for every other model.
     #[arg(long, value_name = "BOOL")]
     transform_input: Option<bool>,
 }
@@ -826,6 +833,7 @@ fn predict_command(args: PredictArgs) -> Result<()> {
         json,
         classes,
         transform_input,
+        normalize_input,
     } = args;
     if top_k == 0 {
         return Err(Error::config("top-k", "--top-k must be at least 1"));
@@ -839,8 +847,14 @@ fn predict_command(args: PredictArgs) -> Result<()> {
         }
         (_, e) => e,
     })?;
-    if let Some(on) = transform_input {
-        classifier.set_transform_input(on)?;
+    match transform_input {
+        Some(on) => classifier.set_transform_input(on)?,
+        None => {
+            if let Some(assumed) = classifier.transform_input_assumption() {
+                let other = !classifier.transform_input();
+                eprintln!("{assumed}; --transform-input {other} to change it");
+            }
+        }
     }
     if let Some(path) = &classes {
         let names = data::read_class_names(path)?;
@@ -865,7 +879,23 @@ fn predict_command(args: PredictArgs) -> Result<()> {
                 ));
             }
             let names: Vec<String> = (0..x.shape()[0]).map(|i| format!("{}[{i}]", input.display())).collect();
-            (names, classifier.forward(x.view())?)
+            let logits = if normalize_input {
+                eprintln!(
+                    "preprocessing of {} (--normalize-input): {}; {}",
+                    input.display(),
+                    classifier.preprocessing(),
+                    classifier.network_input_step()
+                );
+                classifier.forward_images(x.view())?
+            } else {
+                eprintln!(
+                    "preprocessing of {}: none, the tensor goes to the network as given; {}",
+                    input.display(),
+                    classifier.network_input_step()
+                );
+                classifier.forward_tensor(x.view())?
+            };
+            (names, logits)
         }
         _ => {
             if images.is_empty() {
@@ -876,8 +906,14 @@ fn predict_command(args: PredictArgs) -> Result<()> {
             }
             let files = images::image_files(&images)?;
             let x = classifier.read_images(&files)?;
+            eprintln!(
+                "preprocessing of the images: {}, values in [0, 1], {}; {}",
+                classifier.image_recipe(),
+                classifier.preprocessing(),
+                classifier.network_input_step()
+            );
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-            (names, classifier.forward(x.view())?)
+            (names, classifier.forward_images(x.view())?)
         }
     };
     if let Some(output) = &output {

@@ -18,8 +18,8 @@ pub struct Pretrained {
     pub mean: [f32; 3],
     /// Normalization standard deviation per RGB channel.
     pub std: [f32; 3],
-    /// Whether the model maps ImageNet-normalized input to its own (torchvision's `transform_input`,
-    /// set when its pretrained weights are loaded).
+    /// Whether the model has torchvision's `transform_input` (which maps ImageNet-normalized input to
+    /// the original Google weights' own; torchvision turns it on when it loads its ImageNet weights).
     pub transform_input: bool,
 }
 

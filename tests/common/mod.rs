@@ -213,7 +213,7 @@ pub fn formula_params(graph: &incept::graph::Graph) -> Vec<Vec<f32>> {
 
 /// `generate_family.py`'s `splitmix_uniform`: `n` values in [0, 1) from splitmix64 of (tensor number `p`,
 /// flat index), 24 bits each.
-fn splitmix_uniform(p: usize, n: usize) -> impl Iterator<Item = f64> {
+pub fn splitmix_uniform(p: usize, n: usize) -> impl Iterator<Item = f64> {
     (0..n as u64).map(move |i| {
         let mut z = i.wrapping_add((p as u64) << 40).wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -267,6 +267,44 @@ pub fn assert_state_dict_names(graph: &incept::graph::Graph, f: &fixture::Fixtur
         ours, names,
         "{what}: parameter names and order must be PyTorch's state_dict keys"
     );
+}
+
+/// Writes the state_dict a fixture's `<key>/state_dict` manifest describes (keys, shapes and dtypes in
+/// order) to `path` as torchvision / timm save it: float tensors [`hashed_tensor`] in order, int64
+/// `num_batches_tracked` 0, no metadata.
+pub fn write_state_dict(f: &fixture::Fixture, key: &str, path: &std::path::Path) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let manifest: Vec<(String, Vec<usize>, String)> =
+        serde_json::from_str(f.metadata(&format!("{key}/state_dict"))).unwrap();
+    let mut float_index = 0;
+    let data: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = manifest
+        .into_iter()
+        .map(|(name, shape, dtype)| match dtype.as_str() {
+            "float32" => {
+                let values = hashed_tensor(float_index, &name, &shape);
+                float_index += 1;
+                let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (name, shape, Dtype::F32, bytes)
+            }
+            "int64" => (name, shape, Dtype::I64, 0i64.to_le_bytes().to_vec()),
+            other => panic!("{name}: unexpected dtype {other}"),
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = data
+        .iter()
+        .map(|(name, shape, dtype, bytes)| (name.clone(), TensorView::new(*dtype, shape.clone(), bytes).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None::<std::collections::HashMap<String, String>>, path).unwrap();
+}
+
+/// Largest |ours - reference| over the largest |reference|.
+pub fn relative_to_largest(ours: &[f32], reference: &[f64]) -> f64 {
+    let scale = reference.iter().fold(0f64, |m, &r| m.max(r.abs()));
+    let diff = ours
+        .iter()
+        .zip(reference)
+        .fold(0f64, |m, (&o, &r)| m.max((f64::from(o) - r).abs()));
+    diff / scale
 }
 
 /// Writes float32 `data` of `shape` as a .npy file.
