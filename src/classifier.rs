@@ -37,13 +37,14 @@ use ndarray::{Array2, Array4, ArrayView4};
 use crate::data::images::{self, ImageRecipe};
 use crate::data::transforms::Normalization;
 use crate::error::{Error, Result};
-use crate::graph::{BatchLoss, Executor, Mode};
+use crate::graph::{BatchLoss, Executor, Mode, PlanOptions};
 use crate::io::checkpoint::{InputSize, TensorFile};
+use crate::memory;
 use crate::models::{self, Model, ModelConfig, pretrained};
 use crate::optim::Optimizer;
 use crate::tensor::Images;
 
-/// Images per forward pass.
+/// Images per forward pass, at most (fewer when 64 would not fit in memory).
 const BATCH: usize = 64;
 
 /// One class of an answer.
@@ -80,6 +81,8 @@ pub struct Classifier {
     normalization: Option<Normalization>,
     transform_input: bool,
     transform_input_rule: TransformInputRule,
+    /// Images per forward pass: [`BATCH`], or as many as fit in memory.
+    capacity: usize,
     /// The library whose state_dict this is (`None`: an incept checkpoint).
     source: Option<&'static str>,
     recipe: ImageRecipe,
@@ -171,9 +174,22 @@ impl Classifier {
             None => (0..config.classes).map(|c| format!("class {c}")).collect(),
         };
         let graph = models::build(&model, config)?;
+        // Huge inputs run in smaller batches rather than not at all.
+        let need = |b| Executor::memory_need(&graph, PlanOptions::default(), b, false);
+        let Some(capacity) = memory::largest_batch(BATCH, need)? else {
+            let [c, h, w] = graph.input_shape();
+            return Err(Error::Memory {
+                reason: format!(
+                    "{model} at {c}x{h}x{w} needs {} for the activations of one image; {} are available",
+                    memory::gib(need(1)?.total()),
+                    memory::available().map_or("less".to_string(), |a| memory::gib(a.bytes))
+                ),
+            });
+        };
         let params = file.params_for(&graph, path)?;
         Ok(Classifier {
-            exec: Executor::new(Model { graph, params }, BATCH)?,
+            exec: Executor::new(Model { graph, params }, capacity)?,
+            capacity,
             model,
             config,
             normalization,
@@ -295,7 +311,7 @@ impl Classifier {
         let image = self.image_len();
         let count = x.len() / image;
         let mut logits = Vec::with_capacity(count * self.config.classes);
-        for chunk in x.chunks(BATCH * image) {
+        for chunk in x.chunks(self.capacity * image) {
             self.exec
                 .forward(Images::dense(chunk, chunk.len() / image, image), Mode::Eval)?;
             logits.extend(self.exec.output_vec());
@@ -359,7 +375,8 @@ impl Classifier {
     /// One training step (fine-tuning) on the network's input tensor `[n, c, h, w]`, fed as given as
     /// [`Classifier::forward_tensor`] feeds it, and its labels: training-mode forward, loss, backward,
     /// and `optimizer`'s update at learning rate `lr` (auxiliary heads, where loaded, add their weighted
-    /// losses). At most 64 images per step. A non-finite loss leaves the weights as they were and is
+    /// losses). At most 64 images per step (fewer for inputs so large that 64 would not fit in
+    /// memory). A non-finite loss leaves the weights as they were and is
     /// returned for the caller to handle.
     pub fn train_step_tensor(
         &mut self,
@@ -372,10 +389,10 @@ impl Classifier {
         self.apply_transform_input(&mut x);
         let image = self.image_len();
         let count = x.len() / image;
-        if count != labels.len() || !(1..=BATCH).contains(&count) {
+        if count != labels.len() || !(1..=self.capacity).contains(&count) {
             return Err(Error::shape(
                 "classifier train_step",
-                format!("1 to {BATCH} images with one label each"),
+                format!("1 to {} images with one label each", self.capacity),
                 format!("{count} images, {} labels", labels.len()),
             ));
         }

@@ -50,6 +50,12 @@ pub enum Error {
         /// is none.
         kept: String,
     },
+    /// A run would need more memory than the machine gives it, or an allocation was refused.
+    #[error("{reason}")]
+    Memory {
+        /// What needs how much, what is available, and what to try instead.
+        reason: String,
+    },
     /// A label was outside `0..classes`.
     #[error("{op}: label {label} at batch index {index} is outside 0..{classes}")]
     Label {

@@ -51,6 +51,7 @@ pub mod graph;
 pub mod io;
 pub mod kernels;
 pub(crate) mod matmul;
+pub mod memory;
 pub mod microkernel;
 pub mod models;
 pub mod ops;

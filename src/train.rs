@@ -416,6 +416,19 @@ pub fn train_across(
         return Err(Error::config("train", "batch and epochs must be at least 1"));
     }
     check_optimizer(cfg)?;
+    // What the run writes is checked before any work, so a path that cannot be written loses nothing.
+    if lead {
+        let outputs = [
+            ("save", &cfg.save),
+            ("metrics", &cfg.metrics),
+            ("step_log", &cfg.step_log),
+        ];
+        for (what, path) in outputs {
+            if let Some(path) = path {
+                crate::io::output::check_file(what, path)?;
+            }
+        }
+    }
     let groups = cfg.gradient_groups.unwrap_or(ranks);
     if groups < ranks {
         return Err(Error::config(
@@ -440,6 +453,10 @@ pub fn train_across(
     check_data("training data", &train, cfg.config)?;
     check_data("test data", test, cfg.config)?;
     let graph = crate::models::build(&cfg.model, cfg.config)?;
+    // A batch larger than the training set is one short batch per epoch (as PyTorch's DataLoader
+    // without drop_last): the buffers are planned for the images a batch can hold.
+    let capacity = cfg.batch.min(train.len());
+    check_memory(cfg, train.len(), ranks)?;
     let mut model = Model::init(graph, cfg.seed);
     if let Some(init) = &cfg.init {
         // Weights saved for inference lack the auxiliary heads training needs: those start fresh.
@@ -467,7 +484,7 @@ pub fn train_across(
     }
     // The last checkpoint on disk and the step it holds: what a run stopped by a NaN loss leaves.
     let mut kept: Option<(PathBuf, u64)> = cfg.resume.clone().map(|p| (p, pos.global_step));
-    let mut exec = Executor::new(model, cfg.batch)?;
+    let mut exec = Executor::new(model, capacity)?;
     exec.set_conv_algo(cfg.conv_algo)?;
     exec.set_label_smoothing(cfg.label_smoothing)?;
     exec.set_gradient_groups(groups)?;
@@ -529,6 +546,7 @@ pub fn train_across(
             epoch: pos.epoch,
         };
         for batch in Loader::sharded(train.clone(), order, cfg.batch, pos.batch, prep, sharding) {
+            let batch = batch?;
             let images = Images::dense(&batch.images, batch.labels.len(), image_len);
             // Read after the step's work, so a stop asked for during the step ends the run after it.
             let asked_to_stop = || cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
@@ -669,6 +687,46 @@ pub fn train_across(
     })
 }
 
+/// Refuses a run of `cfg` on `images` training images over `ranks` processes whose buffers exceed the
+/// memory available ([`crate::memory::check_batch`]), before anything is allocated: activations and
+/// their gradients, the workspace, parameters with their packed copies, parameter gradients and the
+/// optimizer's state (at most three values per parameter), the data-parallel gradient sum, and the input
+/// batches (the loader's queue of two, the one it fills, the step's, evaluation's). A batch larger than
+/// the training set is planned as the one batch of all of it that it is. [`train`] checks this first.
+pub fn check_memory(cfg: &TrainConfig, images: usize, ranks: usize) -> Result<()> {
+    let graph = &crate::models::build(&cfg.model, cfg.config)?;
+    let capacity = cfg.batch.min(images).max(1);
+    let options = crate::graph::PlanOptions {
+        conv_algo: cfg.conv_algo,
+        ..Default::default()
+    };
+    let params: u64 = graph.params.iter().map(|p| p.len() as u64 * 4).sum();
+    let image_bytes = 4 * graph.input_shape().iter().product::<usize>() as u64;
+    let need = |b: usize| {
+        let mut need = Executor::memory_need(graph, options, b, true)?;
+        need.parameters =
+            need.parameters
+                .saturating_add(3 * params)
+                .saturating_add(if ranks > 1 { 2 * params } else { 0 });
+        need.inputs = image_bytes.saturating_mul(5 * b as u64);
+        Ok(need)
+    };
+    let [_, h, w] = graph.input_shape();
+    let whole_set = match cfg.batch > images {
+        true => format!(" (one batch of all {images} training images)"),
+        false => String::new(),
+    };
+    crate::memory::check_batch(
+        capacity,
+        &format!("batch {}{whole_set} at {h}x{w}", cfg.batch),
+        need,
+        |k| match k {
+            Some(k) => format!("try --batch {k}"),
+            None => "try a smaller --resize".to_string(),
+        },
+    )
+}
+
 /// The buffers of [`step_across`]'s gradient sum, allocated once per run.
 struct FlatGrads {
     /// This rank's gradients, every parameter after the other.
@@ -798,7 +856,7 @@ pub fn evaluate(
     }
     let batch = batch.min(exec.capacity()).max(1);
     let (mut loss_sum, mut correct) = (0.0, 0usize);
-    let mut images = vec![0.0; batch * c * h * w];
+    let mut images = crate::memory::zeroed(batch * c * h * w, "a batch of evaluation images")?;
     for start in (0..data.len()).step_by(batch) {
         let n = batch.min(data.len() - start);
         for i in 0..n {

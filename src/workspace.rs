@@ -80,6 +80,28 @@ impl Workspace {
         at_least(&mut self.shared, size.shared);
     }
 
+    /// A workspace holding `size` values, allocated fallibly ([`crate::memory::zeroed`]): what a planned
+    /// executor holds.
+    pub fn try_with_size(size: WorkspaceSize) -> crate::error::Result<Workspace> {
+        let mut ws = Workspace::default();
+        ws.try_reserve(size)?;
+        Ok(ws)
+    }
+
+    /// [`Workspace::reserve`], with an error instead of an abort when the allocator refuses.
+    pub fn try_reserve(&mut self, size: WorkspaceSize) -> crate::error::Result<()> {
+        for (buf, len) in [
+            (&mut self.regions, size.regions),
+            (&mut self.partials, size.partials),
+            (&mut self.shared, size.shared),
+        ] {
+            if buf.len() < len {
+                *buf = crate::memory::zeroed(len, "workspace")?;
+            }
+        }
+        Ok(())
+    }
+
     /// What the buffers hold now.
     pub fn size(&self) -> WorkspaceSize {
         WorkspaceSize {

@@ -12,6 +12,7 @@ use incept::distributed::{Cluster, SingleProcess};
 use incept::graph::plan::{Layout, Plan, PlanOptions};
 use incept::graph::{BranchSchedule, Executor, WinogradPolicy};
 use incept::io::checkpoint::{InputSize, Recorded, TensorFile, resolve};
+use incept::io::output::{check_dir, check_file};
 use incept::models::{self, Model};
 use incept::ops::conv::ConvAlgo;
 use incept::optim::Schedule;
@@ -650,6 +651,19 @@ fn train_command(args: TrainArgs) -> Result<()> {
     #[cfg(not(feature = "mpi"))]
     let cluster: &dyn Cluster = &SingleProcess;
     let lead = cluster.rank() == 0;
+    // Every output is checked before the data is read, so a path that cannot be written loses nothing.
+    if lead {
+        check_dir("--out", &out)?;
+        match &save {
+            Some(path) => check_file("--save", path)?,
+            None => check_file("--out", &out.join("checkpoint.safetensors"))?,
+        }
+        check_file("--out", &out.join("metrics.jsonl"))?;
+        check_file("--out", &out.join("metrics.svg"))?;
+        if let Some(path) = &step_log {
+            check_file("--step-log", path)?;
+        }
+    }
     // A resumed run continues the recorded one: model and input size come from its checkpoint.
     let (recorded, checkpoint) = match &resume {
         Some(path) => (Recorded::read(path)?, path.clone()),
@@ -728,7 +742,15 @@ fn train_command(args: TrainArgs) -> Result<()> {
         let metrics = cfg.metrics.as_deref().expect("set above");
         guard_previous_run(&[checkpoint, metrics], overwrite)?;
     }
+    train::check_memory(&cfg, train_set.len(), cluster.size())?;
     if lead {
+        if batch > train_set.len() {
+            println!(
+                "batch {batch} is more than the {} training images: each epoch is one batch of all of them \
+                 (as PyTorch's DataLoader without drop_last)",
+                train_set.len()
+            );
+        }
         let ranks = match cluster.size() {
             1 => String::new(),
             n => format!(" on {n} ranks (each {} threads)", incept::parallel::threads()),
@@ -811,10 +833,25 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         return Err(Error::config("--batch", "--batch must be at least 1"));
     }
     let graph = models::build(&model, config)?;
-    let params = file.params_for(&graph, &weights)?;
     let (_, test_set) = load_data(&data, graph.output_len())?;
     let test_set = limit(test_set, test_limit, "--test-limit")?;
-    let mut exec = Executor::new(Model { graph, params }, batch)?;
+    // Planned for the batch that occurs: a batch beyond the test set is all of it.
+    let capacity = batch.min(test_set.len()).max(1);
+    // Checked with the parameters loaded, as Executor::new checks.
+    let params = file.params_for(&graph, &weights)?;
+    let [_, h, w] = graph.input_shape();
+    Executor::check_memory(
+        &graph,
+        Default::default(),
+        capacity,
+        false,
+        &format!("batch {batch} at {h}x{w}"),
+        |k| match k {
+            Some(k) => format!("try --batch {k}"),
+            None => "try a smaller --resize".to_string(),
+        },
+    )?;
+    let mut exec = Executor::new(Model { graph, params }, capacity)?;
     let normalization = file.normalization(&weights)?;
     let (loss, acc) = train::evaluate(&mut exec, &test_set, batch, normalization.as_ref())?;
     println!("test loss {loss:.4}, test acc {acc:.4} ({} images)", test_set.len());
@@ -837,6 +874,9 @@ fn predict_command(args: PredictArgs) -> Result<()> {
     } = args;
     if top_k == 0 {
         return Err(Error::config("top-k", "--top-k must be at least 1"));
+    }
+    if let Some(path) = &output {
+        check_file("--output", path)?;
     }
     // The .npy images' own size, for weights that record none.
     let x = input.as_deref().map(npy::read_images).transpose()?;

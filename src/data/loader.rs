@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use super::Dataset;
 use super::augment::Augmentation;
 use super::transforms::{Normalization, resize_bilinear};
+use crate::error::Result;
 use crate::reduction::Sharding;
 
 /// One batch, resized: `labels.len()` images of `channels * size[0] * size[1]` values.
@@ -49,9 +50,10 @@ pub struct Prep {
 }
 
 /// Yields the batches of one epoch (the last one may be smaller), starting at batch `first`, prepared
-/// on a background thread two batches ahead.
+/// on a background thread two batches ahead; a batch whose buffer cannot be allocated is an error, and
+/// the last item.
 pub struct Loader {
-    receiver: Receiver<Batch>,
+    receiver: Receiver<Result<Batch>>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -87,7 +89,13 @@ impl Loader {
             let mut augmented = vec![0.0; data.image_len()];
             for (index, global) in order.chunks(batch.max(1)).enumerate().skip(first) {
                 let chunk = &global[sharding.shard(global.len()).images()];
-                let mut images = vec![0.0; chunk.len() * out_len];
+                let mut images = match crate::memory::zeroed(chunk.len() * out_len, "a batch of input images") {
+                    Ok(images) => images,
+                    Err(e) => {
+                        let _ = sender.send(Err(e));
+                        return;
+                    }
+                };
                 for (&i, dst) in chunk.iter().zip(images.chunks_exact_mut(out_len)) {
                     let mut src = &data.images[i * data.image_len()..][..data.image_len()];
                     if !augment.is_identity() {
@@ -100,7 +108,7 @@ impl Loader {
                     }
                 }
                 let labels = chunk.iter().map(|&i| data.labels[i]).collect();
-                if sender.send(Batch { index, images, labels }).is_err() {
+                if sender.send(Ok(Batch { index, images, labels })).is_err() {
                     return; // The consumer stopped early.
                 }
             }
@@ -113,9 +121,9 @@ impl Loader {
 }
 
 impl Iterator for Loader {
-    type Item = Batch;
+    type Item = Result<Batch>;
 
-    fn next(&mut self) -> Option<Batch> {
+    fn next(&mut self) -> Option<Result<Batch>> {
         self.receiver.recv().ok()
     }
 }

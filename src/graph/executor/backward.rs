@@ -34,8 +34,8 @@ impl State {
                 .plan
                 .buffer_image_len
                 .iter()
-                .map(|&len| vec![0.0; len * self.capacity])
-                .collect();
+                .map(|&len| crate::memory::zeroed(len * self.capacity, "activation gradients"))
+                .collect::<Result<_>>()?;
         }
         for (g, &len) in self.grads.iter_mut().zip(&self.plan.buffer_image_len) {
             g[..len * batch].fill(0.0);

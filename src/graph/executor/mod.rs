@@ -113,11 +113,40 @@ pub struct Executor {
 impl Executor {
     /// Plans `model`'s graph and allocates activation buffers for batches of up to `capacity` images.
     /// Gradient buffers are allocated on the first backward pass, so inference-only executors never hold
-    /// them. An error if a parameter's length is not the one its spec gives.
+    /// them. An error if a parameter's length is not the one its spec gives, or if the buffers would not
+    /// fit in the memory available ([`Executor::check_memory`]; allocations are fallible too).
     pub fn new(model: Model, capacity: usize) -> Result<Executor> {
         check_params(&model.graph, &model.params)?;
         let state = State::new(&model.graph, capacity)?;
         Ok(Executor { model, state })
+    }
+
+    /// What an executor for `graph` planned with `options` allocates for batches of up to `capacity`
+    /// images, in bytes: for inference, or with `training` also the gradients (not the optimizer's state,
+    /// which [`crate::optim`] holds). [`Executor::new`] refuses a capacity whose inference need exceeds
+    /// [`crate::memory::available`]; a training caller checks this need first.
+    pub fn memory_need(
+        graph: &Graph,
+        options: PlanOptions,
+        capacity: usize,
+        training: bool,
+    ) -> Result<crate::memory::MemoryNeed> {
+        state::memory_need(graph, options, capacity, training)
+    }
+
+    /// Refuses an executor for `graph` at batch `capacity` (with gradients when `training`) whose
+    /// [`Executor::memory_need`] exceeds [`crate::memory::available`]: an error saying that `what`
+    /// ("batch 128 at 96x96") needs so much, what is available, and `advice` for the largest batch that
+    /// fits (`None`: not even one image).
+    pub fn check_memory(
+        graph: &Graph,
+        options: PlanOptions,
+        capacity: usize,
+        training: bool,
+        what: &str,
+        advice: impl Fn(Option<usize>) -> String,
+    ) -> Result<()> {
+        state::check_memory(graph, options, capacity, training, what, advice)
     }
 
     /// The graph this executor runs.

@@ -2,9 +2,12 @@
 //! building them, resolving each convolution's algorithm, the loss and the running-statistics update.
 
 use super::{BatchLoss, BranchSchedule, Mode, NodeTime};
+use crate::blocked;
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer, Node, NodeId};
 use crate::graph::plan::{Plan, PlanOptions};
+use crate::memory::{self, MemoryNeed};
+use crate::microkernel::LANES;
 use crate::ops::batchnorm::ChannelStats;
 use crate::ops::conv::direct::DirectWeights;
 use crate::ops::conv::winograd_blocked::{self, WinogradWeights};
@@ -102,8 +105,10 @@ impl State {
         if capacity == 0 {
             return Err(Error::config("executor", "the batch capacity must be at least 1"));
         }
+        // Refused with the sizes before anything is allocated, rather than aborted on an allocation.
+        memory_check(graph, PlanOptions::default(), capacity)?;
         let plan = Plan::for_capacity(graph, PlanOptions::default(), capacity)?;
-        let (acts, argmax) = buffers(graph, &plan, capacity);
+        let (acts, argmax) = buffers(graph, &plan, capacity)?;
         let chains = plan.branch_groups.iter().map(|g| g.chains.len()).max().unwrap_or(0);
         let classes = graph.output_len();
         Ok(State {
@@ -117,7 +122,9 @@ impl State {
             bn_stats: vec![ChannelStats::default(); graph.nodes.len()],
             mode: Mode::Eval,
             dropout_seed: 0,
-            probabilities: vec![vec![0.0; classes * capacity]; 1 + graph.aux_outputs.len()],
+            probabilities: (0..1 + graph.aux_outputs.len())
+                .map(|_| memory::zeroed(classes * capacity, "softmax probabilities"))
+                .collect::<Result<_>>()?,
             main_path: main_path(graph),
             labels: Vec::with_capacity(capacity),
             label_smoothing: 0.0,
@@ -141,9 +148,9 @@ impl State {
                 winograd_mode: None,
             },
             packed_stale: true,
-            workspace: Workspace::with_size(workspace_size(graph, &plan, capacity)?),
+            workspace: Workspace::try_with_size(workspace_size(graph, &plan, capacity)?)?,
             chain_workspaces: (0..chains)
-                .map(|_| Ok(Workspace::with_size(workspace_size(graph, &plan, 1)?)))
+                .map(|_| Workspace::try_with_size(workspace_size(graph, &plan, 1)?))
                 .collect::<Result<_>>()?,
             plan,
         })
@@ -153,14 +160,19 @@ impl State {
     /// layout changed their size (gradients on the next backward pass).
     pub(super) fn set_plan_options(&mut self, graph: &Graph, options: PlanOptions) -> Result<()> {
         let plan = Plan::for_capacity(graph, options, self.capacity)?;
-        self.workspace.reserve(workspace_size(graph, &plan, self.capacity)?);
+        self.workspace
+            .try_reserve(workspace_size(graph, &plan, self.capacity)?)?;
         let per_image = workspace_size(graph, &plan, 1)?;
-        self.chain_workspaces.iter_mut().for_each(|ws| ws.reserve(per_image));
+        for ws in &mut self.chain_workspaces {
+            ws.try_reserve(per_image)?;
+        }
         let chains = plan.branch_groups.iter().map(|g| g.chains.len()).max().unwrap_or(0);
-        self.chain_workspaces
-            .resize_with(chains, || Workspace::with_size(per_image));
+        while self.chain_workspaces.len() < chains {
+            self.chain_workspaces.push(Workspace::try_with_size(per_image)?);
+        }
+        self.chain_workspaces.truncate(chains);
         if plan.buffer_image_len != self.plan.buffer_image_len || plan.lens != self.plan.lens {
-            (self.acts, self.argmax) = buffers(graph, &plan, self.capacity);
+            (self.acts, self.argmax) = buffers(graph, &plan, self.capacity)?;
             self.grads = Vec::new();
             self.labels.clear();
         }
@@ -307,27 +319,120 @@ fn main_path(graph: &Graph) -> Vec<bool> {
     needed
 }
 
+/// Per buffer (activations) or node (argmaxes), its values for every image.
+type Buffers<T> = Vec<Vec<T>>;
+
 /// Activation buffers for `capacity` images, and the max pools' argmaxes and dropouts' kept flags (one
 /// per output value).
-fn buffers(graph: &Graph, plan: &Plan, capacity: usize) -> (Vec<Vec<f32>>, Vec<Vec<u32>>) {
+fn buffers(graph: &Graph, plan: &Plan, capacity: usize) -> Result<(Buffers<f32>, Buffers<u32>)> {
     let acts = plan
         .buffer_image_len
         .iter()
-        .map(|&len| vec![0.0; len * capacity])
-        .collect();
+        .map(|&len| memory::zeroed(len * capacity, "activations"))
+        .collect::<Result<_>>()?;
     let argmax = graph
         .nodes
         .iter()
         .zip(&plan.lens)
-        .map(|(n, &len)| {
-            if matches!(n.layer, Layer::MaxPool(_) | Layer::Dropout(_)) {
-                vec![0u32; len * capacity]
-            } else {
-                Vec::new()
-            }
+        .map(|(n, &len)| match n.layer {
+            Layer::MaxPool(_) | Layer::Dropout(_) => memory::zeroed(len * capacity, "max-pool argmaxes"),
+            _ => Ok(Vec::new()),
         })
-        .collect();
-    (acts, argmax)
+        .collect::<Result<_>>()?;
+    Ok((acts, argmax))
+}
+
+/// Refuses a `capacity` whose inference buffers (activations, workspace, parameters' packed copies) do
+/// not fit in the memory available, naming the need and the largest capacity that fits.
+fn memory_check(graph: &Graph, options: PlanOptions, capacity: usize) -> Result<()> {
+    let [c, h, w] = graph.input_shape();
+    check_memory(
+        graph,
+        options,
+        capacity,
+        false,
+        &format!("a batch of {capacity} at {c}x{h}x{w}"),
+        |k| match k {
+            Some(k) => format!("batches of at most {k} images fit"),
+            None => "use a smaller input size".to_string(),
+        },
+    )
+}
+
+/// See [`super::Executor::check_memory`].
+pub(super) fn check_memory(
+    graph: &Graph,
+    options: PlanOptions,
+    capacity: usize,
+    training: bool,
+    what: &str,
+    advice: impl Fn(Option<usize>) -> String,
+) -> Result<()> {
+    memory::check_batch(capacity, what, |b| memory_need(graph, options, b, training), advice)
+}
+
+/// What an executor for `graph` planned with `options` at batch `capacity` allocates, in bytes
+/// ([`super::Executor::memory_need`]).
+pub(super) fn memory_need(graph: &Graph, options: PlanOptions, capacity: usize, training: bool) -> Result<MemoryNeed> {
+    const F32: u64 = 4;
+    let bytes = |values: usize| (values as u64).saturating_mul(F32);
+    let per_batch = |values: usize| bytes(values).saturating_mul(capacity as u64);
+    // Sizes grow linearly with the batch: a batch whose one-image need already passes any memory is
+    // refused from that, before a plan at its size multiplies out.
+    if capacity > 1 {
+        let one = memory_need(graph, options, 1, training)?;
+        if one.total().saturating_mul(capacity as u64) >= u64::MAX / 4 {
+            return Ok(MemoryNeed {
+                activations: u64::MAX / 4,
+                ..MemoryNeed::default()
+            });
+        }
+    }
+    let plan = Plan::for_capacity(graph, options, capacity)?;
+    let act_values: usize = plan.buffer_image_len.iter().sum();
+    let masked: usize = graph
+        .nodes
+        .iter()
+        .zip(&plan.lens)
+        .filter(|(n, _)| matches!(n.layer, Layer::MaxPool(_) | Layer::Dropout(_)))
+        .map(|(_, &len)| len)
+        .sum();
+    let heads = 1 + graph.aux_outputs.len();
+    let activations = per_batch(act_values)
+        .saturating_add(per_batch(masked))
+        .saturating_add(per_batch(heads * graph.output_len()));
+    let ws = workspace_size(graph, &plan, capacity)?;
+    let one = workspace_size(graph, &plan, 1)?;
+    let chains = plan.branch_groups.iter().map(|g| g.chains.len()).max().unwrap_or(0);
+    let ws_values = |w: WorkspaceSize| w.regions + w.partials + w.shared;
+    let workspace = bytes(ws_values(ws)).saturating_add(bytes(ws_values(one)).saturating_mul(chains as u64));
+    let params: usize = graph.params.iter().map(|p| p.len()).sum();
+    let trainable: usize = graph.params.iter().filter(|p| p.trainable).map(|p| p.len()).sum();
+    // Packed copies: the direct path's (forward and input gradient, channels rounded up to whole
+    // blocks) and Winograd's transformed weights.
+    let mut packed = 0usize;
+    for (id, node) in graph.nodes.iter().enumerate() {
+        if let Layer::Conv { conv, .. } = &node.layer {
+            let [ic, ..] = graph.nodes[node.inputs[0]].shape;
+            let blocked = blocked::blocks(ic) * blocked::blocks(conv.out_channels) * LANES * LANES;
+            let copies = if training { 2 } else { 1 };
+            packed += copies * blocked * conv.kernel[0] * conv.kernel[1];
+            if let Some(tile) = plan.winograd_tiles[id].or(plan.winograd_training_tiles[id]) {
+                packed += copies * blocked * (tile + 2) * (tile + 2);
+            }
+        }
+    }
+    Ok(MemoryNeed {
+        activations,
+        gradients: if training {
+            per_batch(act_values).saturating_add(bytes(trainable))
+        } else {
+            0
+        },
+        workspace,
+        parameters: bytes(params + packed),
+        inputs: 0,
+    })
 }
 
 /// The geometry of convolution `node` (`conv`) on one image of its input: what packing its weights needs.
