@@ -301,11 +301,14 @@ fn metadata(cfg: &TrainConfig, opt: &Optimizer, pos: &Position) -> HashMap<Strin
     .collect()
 }
 
-fn restore(cfg: &TrainConfig, model: &mut Model, opt: &mut Optimizer, path: &Path) -> Result<Position> {
-    let file = TensorFile::read(path)?;
+/// Refuses to resume from a checkpoint (`metadata` of the file at `path`) that a run with other
+/// settings than `cfg`'s wrote: model, input, normalization, optimizer, batch, seed, shuffling.
+fn check_resume(cfg: &TrainConfig, metadata: &HashMap<String, String>, path: &Path) -> Result<()> {
     let check = |key: &str, expected: String| -> Result<()> {
-        let found: String = file.meta(key, path)?;
-        if found != expected {
+        let found = metadata
+            .get(key)
+            .ok_or_else(|| Error::file(path.display(), format!("metadata {key} is missing")))?;
+        if *found != expected {
             return Err(Error::file(
                 path.display(),
                 format!("was saved with {key} {found}, this run has {expected}"),
@@ -317,7 +320,7 @@ fn restore(cfg: &TrainConfig, model: &mut Model, opt: &mut Optimizer, path: &Pat
     check("in_channels", cfg.config.in_channels.to_string())?;
     check("height", cfg.config.size[0].to_string())?;
     check("width", cfg.config.size[1].to_string())?;
-    if file.recorded(path)?.normalized != cfg.normalize {
+    if crate::io::checkpoint::Recorded::from_metadata(metadata, path)?.normalized != cfg.normalize {
         let (was, now) = if cfg.normalize {
             ("without", "with")
         } else {
@@ -328,10 +331,46 @@ fn restore(cfg: &TrainConfig, model: &mut Model, opt: &mut Optimizer, path: &Pat
             format!("was saved by a run {was} --normalize, this run is {now} it"),
         ));
     }
-    check("optimizer", opt.name().to_string())?;
+    check("optimizer", build_optimizer(cfg, &[]).name().to_string())?;
     check("batch", cfg.batch.to_string())?;
     check("seed", cfg.seed.to_string())?;
-    check("shuffle", cfg.shuffle.to_string())?;
+    check("shuffle", cfg.shuffle.to_string())
+}
+
+/// Everything about a run of `cfg` on `images` training images across `cluster` that can be refused
+/// before any work, each with one clear error: batch and epochs, the optimizer's settings, the output
+/// paths (on rank 0, which writes them), the memory the run needs ([`check_memory`]), a checkpoint to
+/// resume that another run's settings wrote, and unreadable `--init` / `--resume` headers. [`train`]
+/// runs it first; a caller that prints before training runs it before that.
+pub fn check_before_work(cfg: &TrainConfig, images: usize, cluster: &dyn Cluster) -> Result<()> {
+    if cfg.batch == 0 || cfg.epochs == 0 {
+        return Err(Error::config("train", "batch and epochs must be at least 1"));
+    }
+    check_optimizer(cfg)?;
+    if cluster.rank() == 0 {
+        let outputs = [
+            ("save", &cfg.save),
+            ("metrics", &cfg.metrics),
+            ("step_log", &cfg.step_log),
+        ];
+        for (what, path) in outputs {
+            if let Some(path) = path {
+                crate::io::output::check_file(what, path)?;
+            }
+        }
+    }
+    if let Some(init) = &cfg.init {
+        TensorFile::read_metadata(init)?;
+    }
+    if let Some(resume) = &cfg.resume {
+        check_resume(cfg, &TensorFile::read_metadata(resume)?, resume)?;
+    }
+    check_memory(cfg, images, cluster.size())
+}
+
+fn restore(cfg: &TrainConfig, model: &mut Model, opt: &mut Optimizer, path: &Path) -> Result<Position> {
+    let file = TensorFile::read(path)?;
+    check_resume(cfg, &file.metadata, path)?;
     model.params = file.params_for(&model.graph, path)?;
     let slots: Vec<&str> = opt.slots().iter().map(|s| s.0).collect();
     let state = file.optimizer_slots(&model.graph, &slots, path)?;
@@ -412,23 +451,7 @@ pub fn train_across(
 ) -> Result<TrainReport> {
     let (rank, ranks) = (cluster.rank(), cluster.size());
     let lead = rank == 0;
-    if cfg.batch == 0 || cfg.epochs == 0 {
-        return Err(Error::config("train", "batch and epochs must be at least 1"));
-    }
-    check_optimizer(cfg)?;
-    // What the run writes is checked before any work, so a path that cannot be written loses nothing.
-    if lead {
-        let outputs = [
-            ("save", &cfg.save),
-            ("metrics", &cfg.metrics),
-            ("step_log", &cfg.step_log),
-        ];
-        for (what, path) in outputs {
-            if let Some(path) = path {
-                crate::io::output::check_file(what, path)?;
-            }
-        }
-    }
+    check_before_work(cfg, train.len(), cluster)?;
     let groups = cfg.gradient_groups.unwrap_or(ranks);
     if groups < ranks {
         return Err(Error::config(
@@ -456,7 +479,6 @@ pub fn train_across(
     // A batch larger than the training set is one short batch per epoch (as PyTorch's DataLoader
     // without drop_last): the buffers are planned for the images a batch can hold.
     let capacity = cfg.batch.min(train.len());
-    check_memory(cfg, train.len(), ranks)?;
     let mut model = Model::init(graph, cfg.seed);
     if let Some(init) = &cfg.init {
         // Weights saved for inference lack the auxiliary heads training needs: those start fresh.

@@ -351,3 +351,55 @@ fn a_build_without_mpi_refuses_to_run_as_a_rank() {
     assert!(!out.status.success() && err.contains("--features mpi"), "{err}");
     assert!(!dir.join("run").exists(), "nothing written");
 }
+
+/// Settings that cannot run are refused before the run starts: one line on stderr, nothing on stdout
+/// (not even the run's header), exit code 1, nothing written. Among them a checkpoint to resume that a
+/// run with another batch size or optimizer wrote, and an `--init` file that is not safetensors.
+#[test]
+fn refusals_come_before_the_run_starts() {
+    let dir = TempDir::new("before-start");
+    let slice_dir = format!("{}/fixtures/fashion-mnist-slice", env!("CARGO_MANIFEST_DIR"));
+    let train = |out: &str, extra: &[&str]| {
+        let mut args = vec!["train", "--data", &slice_dir, "--resize", "32", "--quiet", "--out", out];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_incept")).args(args).output().unwrap()
+    };
+    let first = dir.join("first");
+    let first = first.to_str().unwrap();
+    assert!(train(first, &["--steps", "1", "--batch", "16"]).status.success());
+    let checkpoint = format!("{first}/checkpoint.safetensors");
+    let not_safetensors = dir.join("init.safetensors");
+    std::fs::write(&not_safetensors, "hello").unwrap();
+    let fresh = dir.join("fresh");
+    let fresh = fresh.to_str().unwrap();
+    for (extra, expected) in [
+        (vec!["--epochs", "0"], "batch and epochs must be at least 1"),
+        (vec!["--lr", "NaN"], "learning rate must be finite"),
+        (
+            vec!["--init", not_safetensors.to_str().unwrap()],
+            "a safetensors file, but",
+        ),
+        (
+            vec!["--resume", &checkpoint, "--batch", "32"],
+            "was saved with batch 16, this run has 32",
+        ),
+        (
+            vec!["--resume", &checkpoint, "--optimizer", "sgd"],
+            "was saved with optimizer adam, this run has sgd",
+        ),
+    ] {
+        let out = train(fresh, &extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(
+            err.contains(expected) && err.trim_end().lines().count() == 1,
+            "{extra:?}: {err}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!Path::new(fresh).exists(), "{extra:?}: nothing written");
+    }
+}

@@ -742,7 +742,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         let metrics = cfg.metrics.as_deref().expect("set above");
         guard_previous_run(&[checkpoint, metrics], overwrite)?;
     }
-    train::check_memory(&cfg, train_set.len(), cluster.size())?;
+    train::check_before_work(&cfg, train_set.len(), cluster)?;
     if lead {
         if batch > train_set.len() {
             println!(
