@@ -270,30 +270,63 @@ fn a_killed_rank_stops_the_run_with_its_name() {
     );
 }
 
-/// A rank that fails with an error (here rank 0, which alone writes the checkpoint, cannot) ends every
-/// rank at once with that error, instead of the others waiting for it until the collective timeout.
+/// A rank that fails with an error ends every rank at once with that error, instead of the others
+/// waiting for it until the collective timeout: here rank 0, which alone writes the checkpoint, finds
+/// it cannot, once before the first step (a --save path under a file) and once mid-run (its directory
+/// replaced by a file after the first steps, so the checkpoint every 4 steps fails).
 #[test]
 fn a_rank_that_fails_ends_every_rank_at_once() {
     let dir = TempDir::new("mpi-fail");
     let blocker = dir.join("a-file");
     std::fs::write(&blocker, "not a directory").unwrap();
-    let save = blocker.join("checkpoint.safetensors");
-    let flags = [
-        "--steps",
-        "20",
-        "--collective-timeout",
-        "300",
-        "--save",
-        save.to_str().unwrap(),
-    ];
-    let child = mpirun(2)
-        .args(train_args(&dir.join("run"), &[&D2L[..], &flags].concat()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = |save: &Path, extra: &[&str]| {
+        let flags = [
+            &["--collective-timeout", "300", "--save", save.to_str().unwrap()],
+            extra,
+        ]
+        .concat();
+        mpirun(2)
+            .args(train_args(&dir.join("run"), &[&D2L[..], &flags].concat()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let child = run(&blocker.join("checkpoint.safetensors"), &["--steps", "20"]);
     let (messages, took) = finish(child, Duration::from_secs(120));
-    eprintln!("ended {took:?} after rank 0 failed:\n{messages}");
+    eprintln!("ended {took:?} after rank 0 refused its --save:\n{messages}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert!(
+        messages.contains("rank 0 of 2") && messages.contains("stopping every rank") && messages.contains("--save"),
+        "{messages}"
+    );
+
+    let saves = dir.join("saves");
+    std::fs::create_dir_all(&saves).unwrap();
+    let log = dir.join("steps.jsonl");
+    let child = run(
+        &saves.join("checkpoint.safetensors"),
+        &[
+            "--steps",
+            "100000",
+            "--checkpoint-every",
+            "4",
+            "--step-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let started = Instant::now();
+    while std::fs::read_to_string(&log).map_or(true, |s| s.lines().count() < 2) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no step logged in 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_dir_all(&saves).unwrap();
+    std::fs::write(&saves, "now a file").unwrap();
+    let (messages, took) = finish(child, Duration::from_secs(120));
+    eprintln!("ended {took:?} after rank 0 failed mid-run:\n{messages}");
     assert!(took < Duration::from_secs(60), "took {took:?}");
     assert!(
         messages.contains("rank 0 of 2") && messages.contains("stopping every rank"),

@@ -651,119 +651,127 @@ fn train_command(args: TrainArgs) -> Result<()> {
     #[cfg(not(feature = "mpi"))]
     let cluster: &dyn Cluster = &SingleProcess;
     let lead = cluster.rank() == 0;
-    // Every output is checked before the data is read, so a path that cannot be written loses nothing.
-    if lead {
-        check_dir("--out", &out)?;
-        match &save {
-            Some(path) => check_file("--save", path)?,
-            None => check_file("--out", &out.join("checkpoint.safetensors"))?,
+    // What can be refused before training is, on every rank; a rank that refuses must end the others,
+    // which would otherwise wait for it at the first step's sums until the collective timeout.
+    let prepared = (|| -> Result<(TrainConfig, Dataset, Dataset)> {
+        // Every output is checked before the data is read, so a path that cannot be written loses nothing.
+        if lead {
+            check_dir("--out", &out)?;
+            match &save {
+                Some(path) => check_file("--save", path)?,
+                None => check_file("--out", &out.join("checkpoint.safetensors"))?,
+            }
+            check_file("--out", &out.join("metrics.jsonl"))?;
+            check_file("--out", &out.join("metrics.svg"))?;
+            if let Some(path) = &step_log {
+                check_file("--step-log", path)?;
+            }
         }
-        check_file("--out", &out.join("metrics.jsonl"))?;
-        check_file("--out", &out.join("metrics.svg"))?;
-        if let Some(path) = &step_log {
-            check_file("--step-log", path)?;
-        }
-    }
-    // A resumed run continues the recorded one: model and input size come from its checkpoint.
-    let (recorded, checkpoint) = match &resume {
-        Some(path) => (Recorded::read(path)?, path.clone()),
-        None => (Recorded::default(), PathBuf::new()),
-    };
-    let model = resolve("model", model, recorded.model.clone(), &checkpoint, || {
-        Ok("googlenet-d2l".to_string())
-    })?;
-    let mut config = models::default_config(&model)?;
-    let (train_set, test_set) = load_data(&data, config.classes)?;
-    let class_names = class_names(&data, config.classes)?;
-    config.in_channels = train_set.shape[0];
-    // Your own images train at their own size; a dataset at the model's native size.
-    let native = if data.data_npy.is_some() {
-        [train_set.shape[1], train_set.shape[2]]
-    } else {
-        config.size
-    };
-    let size = resolve_size(resize, &recorded, &checkpoint, native)?;
-    config.size = size.0;
-    let train_set = limit(train_set, train_limit, "--train-limit")?;
-    let test_set = limit(test_set, test_limit, "--test-limit")?;
-    let schedule = match schedule {
-        ScheduleArg::Constant => Schedule::Constant,
-        ScheduleArg::Step => Schedule::Step {
-            every: step_every,
-            gamma: step_gamma,
-        },
-        ScheduleArg::Cosine => Schedule::Cosine { epochs, min_lr: 0.0 },
-    };
-    let optimizer = match optimizer {
-        OptimizerArg::Adam => OptimizerKind::Adam,
-        OptimizerArg::Sgd => OptimizerKind::Sgd { momentum, nesterov },
-        OptimizerArg::Rmsprop => OptimizerKind::RmsProp {
-            alpha: rmsprop_alpha,
-            eps: rmsprop_eps,
-            momentum,
-            centered: rmsprop_centered,
-        },
-    };
-    let cfg = TrainConfig {
-        model: model.clone(),
-        config,
-        epochs,
-        batch,
-        lr,
-        schedule,
-        optimizer,
-        weight_decay,
-        label_smoothing,
-        augmentation: if augment {
-            Augmentation::crop_and_flip()
+        // A resumed run continues the recorded one: model and input size come from its checkpoint.
+        let (recorded, checkpoint) = match &resume {
+            Some(path) => (Recorded::read(path)?, path.clone()),
+            None => (Recorded::default(), PathBuf::new()),
+        };
+        let model = resolve("model", model, recorded.model.clone(), &checkpoint, || {
+            Ok("googlenet-d2l".to_string())
+        })?;
+        let mut config = models::default_config(&model)?;
+        let (train_set, test_set) = load_data(&data, config.classes)?;
+        let class_names = class_names(&data, config.classes)?;
+        config.in_channels = train_set.shape[0];
+        // Your own images train at their own size; a dataset at the model's native size.
+        let native = if data.data_npy.is_some() {
+            [train_set.shape[1], train_set.shape[2]]
         } else {
-            Augmentation::default()
-        },
-        normalize,
-        seed,
-        shuffle: !no_shuffle,
-        max_steps: steps,
-        init,
-        resume,
-        save: Some(save.unwrap_or_else(|| out.join("checkpoint.safetensors"))),
-        metrics: Some(out.join("metrics.jsonl")),
-        step_log,
-        progress: !quiet,
-        progress_every: std::time::Duration::from_secs(progress_every),
-        conv_algo: conv_algo.algo(),
-        class_names,
-        checkpoint_every: Some(checkpoint_every),
-        gradient_groups: gradient_groups.map(|g| g as usize),
-        sync_bn,
-        stop: Some(stop_on_signal()?),
-    };
-    if cfg.resume.is_none() && lead {
-        let checkpoint = cfg.save.as_deref().expect("set above");
-        let metrics = cfg.metrics.as_deref().expect("set above");
-        guard_previous_run(&[checkpoint, metrics], overwrite)?;
-    }
-    train::check_before_work(&cfg, train_set.len(), cluster)?;
-    if lead {
-        if batch > train_set.len() {
-            println!(
-                "batch {batch} is more than the {} training images: each epoch is one batch of all of them \
+            config.size
+        };
+        let size = resolve_size(resize, &recorded, &checkpoint, native)?;
+        config.size = size.0;
+        let train_set = limit(train_set, train_limit, "--train-limit")?;
+        let test_set = limit(test_set, test_limit, "--test-limit")?;
+        let schedule = match schedule {
+            ScheduleArg::Constant => Schedule::Constant,
+            ScheduleArg::Step => Schedule::Step {
+                every: step_every,
+                gamma: step_gamma,
+            },
+            ScheduleArg::Cosine => Schedule::Cosine { epochs, min_lr: 0.0 },
+        };
+        let optimizer = match optimizer {
+            OptimizerArg::Adam => OptimizerKind::Adam,
+            OptimizerArg::Sgd => OptimizerKind::Sgd { momentum, nesterov },
+            OptimizerArg::Rmsprop => OptimizerKind::RmsProp {
+                alpha: rmsprop_alpha,
+                eps: rmsprop_eps,
+                momentum,
+                centered: rmsprop_centered,
+            },
+        };
+        let cfg = TrainConfig {
+            model: model.clone(),
+            config,
+            epochs,
+            batch,
+            lr,
+            schedule,
+            optimizer,
+            weight_decay,
+            label_smoothing,
+            augmentation: if augment {
+                Augmentation::crop_and_flip()
+            } else {
+                Augmentation::default()
+            },
+            normalize,
+            seed,
+            shuffle: !no_shuffle,
+            max_steps: steps,
+            init,
+            resume,
+            save: Some(save.unwrap_or_else(|| out.join("checkpoint.safetensors"))),
+            metrics: Some(out.join("metrics.jsonl")),
+            step_log,
+            progress: !quiet,
+            progress_every: std::time::Duration::from_secs(progress_every),
+            conv_algo: conv_algo.algo(),
+            class_names,
+            checkpoint_every: Some(checkpoint_every),
+            gradient_groups: gradient_groups.map(|g| g as usize),
+            sync_bn,
+            stop: Some(stop_on_signal()?),
+        };
+        if cfg.resume.is_none() && lead {
+            let checkpoint = cfg.save.as_deref().expect("set above");
+            let metrics = cfg.metrics.as_deref().expect("set above");
+            guard_previous_run(&[checkpoint, metrics], overwrite)?;
+        }
+        train::check_before_work(&cfg, train_set.len(), cluster)?;
+        if lead {
+            if batch > train_set.len() {
+                println!(
+                    "batch {batch} is more than the {} training images: each epoch is one batch of all of them \
                  (as PyTorch's DataLoader without drop_last)",
-                train_set.len()
+                    train_set.len()
+                );
+            }
+            let ranks = match cluster.size() {
+                1 => String::new(),
+                n => format!(" on {n} ranks (each {} threads)", incept::parallel::threads()),
+            };
+            println!(
+                "training {model} on {} images ({} test), {size}, batch {batch}, lr {lr}, {} epochs, {} threads{ranks}",
+                train_set.len(),
+                test_set.len(),
+                epochs,
+                incept::parallel::threads()
             );
         }
-        let ranks = match cluster.size() {
-            1 => String::new(),
-            n => format!(" on {n} ranks (each {} threads)", incept::parallel::threads()),
-        };
-        println!(
-            "training {model} on {} images ({} test), {size}, batch {batch}, lr {lr}, {} epochs, {} threads{ranks}",
-            train_set.len(),
-            test_set.len(),
-            epochs,
-            incept::parallel::threads()
-        );
-    }
-    let report = train::train_across(&cfg, train_set, &test_set, |m| println!("{}", m.line()), cluster);
+        Ok((cfg, train_set, test_set))
+    })();
+    let report = prepared.and_then(|(cfg, train_set, test_set)| {
+        let report = train::train_across(&cfg, train_set, &test_set, |m| println!("{}", m.line()), cluster);
+        report.map(|r| (r, cfg))
+    });
     // A rank that fails (a checkpoint it cannot write, say) must not finalize MPI: that waits for the
     // other ranks, which wait in the next step's sums until the collective timeout. It ends them all.
     #[cfg(feature = "mpi")]
@@ -772,7 +780,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
             c.abort_all(&e.to_string());
         }
     }
-    let report = report?;
+    let (report, cfg) = report?;
     let ranks = cluster.size();
     // MPI is finalized (every rank together) before any early exit below.
     #[cfg(feature = "mpi")]
