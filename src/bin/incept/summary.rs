@@ -1,0 +1,91 @@
+//! `incept summary`: the per-block shape trace, parameters and FLOPs, and the plan's algorithms.
+
+use incept::graph::plan::{Layout, Plan, PlanOptions};
+use incept::models;
+use incept::{Error, Result};
+
+#[derive(clap::Args)]
+pub(crate) struct SummaryArgs {
+    /// The model (googlenet-d2l, googlenet-bn, inception-v2, inception-tf-cifar, inception-v3, googlenet, inception-v4, inception-resnet-v2).
+    #[arg(long, default_value = "googlenet-d2l")]
+    model: String,
+    /// Input as NxCxHxW, e.g. 1x1x96x96.
+    #[arg(long)]
+    input: Option<String>,
+    /// Also list every convolution with the algorithm the plan chose for it.
+    #[arg(long)]
+    algos: bool,
+}
+
+/// `incept summary`: shape trace, parameters, FLOPs and the plan's algorithms.
+pub(crate) fn summary_command(args: SummaryArgs) -> Result<()> {
+    let SummaryArgs { model, input, algos } = args;
+    let mut config = models::default_config(&model)?;
+    let mut batch = 1;
+    if let Some(spec) = input {
+        let dims: Vec<usize> = spec
+            .split('x')
+            .map(|d| d.trim().parse())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::config("summary", format!("--input must look like 1x1x96x96, found {spec:?}")))?;
+        let [n, c, h, w] = dims[..] else {
+            return Err(Error::config(
+                "summary",
+                format!("--input needs 4 sizes NxCxHxW, found {spec:?}"),
+            ));
+        };
+        batch = n.max(1);
+        config.in_channels = c;
+        config.size = [h, w];
+    }
+    let graph = models::build(&model, config)?;
+    for line in models::shape_trace(&graph) {
+        println!("{line}");
+    }
+    println!("parameters: {}", graph.parameter_count());
+    println!("GFLOP per image (forward): {:.4}", graph.flops_per_image() as f64 / 1e9);
+    if algos {
+        let plan = Plan::for_capacity(&graph, PlanOptions::default(), batch)?;
+        let total = graph.flops_per_image() as f64;
+        println!(
+            "{:<14} {:<26} {:>9} {:<13} {:<13} {:<15} {:>6}",
+            "conv", "op", "output", "inference", "training", "layout in->out", "FLOPs"
+        );
+        for (id, (node, algo)) in graph.nodes.iter().zip(&plan.conv_algos).enumerate() {
+            let Some(algo) = algo else { continue };
+            let [_, h, w] = node.shape;
+            let layouts = format!("{:?}->{:?}", plan.layouts[node.inputs[0]], plan.layouts[id]);
+            let algorithm = |training| match plan.winograd_tile(id, training) {
+                Some(tile) => format!("{algo:?}+F({tile},3)"),
+                None => format!("{algo:?}"),
+            };
+            println!(
+                "{:<14} {:<26} {:>9} {:<13} {:<13} {:<15} {:>5.1}%",
+                node.name,
+                node.layer.describe(),
+                format!("{h}x{w}"),
+                algorithm(false),
+                algorithm(true),
+                layouts,
+                100.0 * graph.node_flops(node) as f64 / total
+            );
+        }
+        let blocked = plan.layouts.iter().filter(|&&l| l == Layout::Blocked).count();
+        println!(
+            "{blocked} of {} nodes keep their output in the blocked layout; the microkernel runs on {:?}",
+            graph.nodes.len(),
+            plan.options.isa
+        );
+        if plan
+            .winograd_tiles
+            .iter()
+            .chain(&plan.winograd_training_tiles)
+            .any(Option::is_some)
+        {
+            println!(
+                "Direct+F(m,3): at batch {batch}, Winograd F(m×m, 3×3) on the microkernel (in training: forward, input and weight gradients)"
+            );
+        }
+    }
+    Ok(())
+}
