@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # incept against PyTorch 2.15 (CPU, oneDNN) and ONNX Runtime, measured in one run with 2 threads each,
-# medians; then the ratios the README quotes: googlenet-d2l (training, inference at batch 128 and 1, peak
+# medians; then the ratios README and docs/performance.md quote: googlenet-d2l (training, inference at batch 128 and 1, peak
 # RSS), inception-tf-cifar training at batch 128, inception-v3 inference at batch 32.
 #   benches/compare_peers.sh [PYTHON]   (PYTHON: the peer environment's python, default
 #                                        /tmp/peers-venv/bin/python; ../shared/peers/setup.sh builds it)

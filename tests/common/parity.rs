@@ -4,7 +4,7 @@
 //! A gradient is piecewise smooth: each ReLU input and each max-pool window decides which piece applies,
 //! and a decision within rounding of its kink can go either way in float32, in any engine, moving whole
 //! tensors upstream of it by up to several percent. In the batch-normalized models at their native sizes
-//! every batch tried has such decisions (see the README). So the comparison comes in two strengths
+//! every batch tried has such decisions (see docs/models.md). So the comparison comes in two strengths
 //! ([`Limits`]): with every convolution forced to the naive path, which accumulates in float64, incept's
 //! forward rounding is far below float32's and no decision flips, and every tensor is held to a flat
 //! limit (`Exact`); with the fast algorithms, each tensor is held to a floor or 10× how far float32-sized
