@@ -15,12 +15,19 @@ use crate::data::loader::{Loader, Prep, epoch_order};
 use crate::data::transforms::{Normalization, resize_bilinear};
 use crate::distributed::{Cluster, SingleProcess};
 use crate::error::{Error, Result};
-use crate::graph::{BatchLoss, Executor, Mode};
+use crate::graph::{Executor, Mode};
 use crate::io::checkpoint::{TensorFile, save};
 use crate::models::{Model, ModelConfig};
 use crate::optim::{Adam, Optimizer, RmsProp, Schedule, Sgd};
-use crate::reduction::{GradientShard, Sharding};
+use crate::reduction::Sharding;
 use crate::tensor::Images;
+
+mod checks;
+mod data_parallel;
+
+pub use checks::{check_before_work, check_memory};
+use checks::{check_data, check_resume};
+use data_parallel::{FlatGrads, Shard, step_across};
 
 /// Which optimizer to build.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -301,73 +308,6 @@ fn metadata(cfg: &TrainConfig, opt: &Optimizer, pos: &Position) -> HashMap<Strin
     .collect()
 }
 
-/// Refuses to resume from a checkpoint (`metadata` of the file at `path`) that a run with other
-/// settings than `cfg`'s wrote: model, input, normalization, optimizer, batch, seed, shuffling.
-fn check_resume(cfg: &TrainConfig, metadata: &HashMap<String, String>, path: &Path) -> Result<()> {
-    let check = |key: &str, expected: String| -> Result<()> {
-        let found = metadata
-            .get(key)
-            .ok_or_else(|| Error::file(path.display(), format!("metadata {key} is missing")))?;
-        if *found != expected {
-            return Err(Error::file(
-                path.display(),
-                format!("was saved with {key} {found}, this run has {expected}"),
-            ));
-        }
-        Ok(())
-    };
-    check("model", cfg.model.clone())?;
-    check("in_channels", cfg.config.in_channels.to_string())?;
-    check("height", cfg.config.size[0].to_string())?;
-    check("width", cfg.config.size[1].to_string())?;
-    if crate::io::checkpoint::Recorded::from_metadata(metadata, path)?.normalized != cfg.normalize {
-        let (was, now) = if cfg.normalize {
-            ("without", "with")
-        } else {
-            ("with", "without")
-        };
-        return Err(Error::file(
-            path.display(),
-            format!("was saved by a run {was} --normalize, this run is {now} it"),
-        ));
-    }
-    check("optimizer", build_optimizer(cfg, &[]).name().to_string())?;
-    check("batch", cfg.batch.to_string())?;
-    check("seed", cfg.seed.to_string())?;
-    check("shuffle", cfg.shuffle.to_string())
-}
-
-/// Everything about a run of `cfg` on `images` training images across `cluster` that can be refused
-/// before any work, each with one clear error: batch and epochs, the optimizer's settings, the output
-/// paths (on rank 0, which writes them), the memory the run needs ([`check_memory`]), a checkpoint to
-/// resume that another run's settings wrote, and unreadable `--init` / `--resume` headers. [`train`]
-/// runs it first; a caller that prints before training runs it before that.
-pub fn check_before_work(cfg: &TrainConfig, images: usize, cluster: &dyn Cluster) -> Result<()> {
-    if cfg.batch == 0 || cfg.epochs == 0 {
-        return Err(Error::config("train", "batch and epochs must be at least 1"));
-    }
-    check_optimizer(cfg)?;
-    if cluster.rank() == 0 {
-        let outputs = [
-            ("save", &cfg.save),
-            ("metrics", &cfg.metrics),
-            ("step_log", &cfg.step_log),
-        ];
-        for (what, path) in outputs {
-            if let Some(path) = path {
-                crate::io::output::check_file(what, path)?;
-            }
-        }
-    }
-    if let Some(init) = &cfg.init {
-        TensorFile::read_metadata(init)?;
-    }
-    if let Some(resume) = &cfg.resume {
-        check_resume(cfg, &TensorFile::read_metadata(resume)?, resume)?;
-    }
-    check_memory(cfg, images, cluster.size())
-}
-
 fn restore(cfg: &TrainConfig, model: &mut Model, opt: &mut Optimizer, path: &Path) -> Result<Position> {
     let file = TensorFile::read(path)?;
     check_resume(cfg, &file.metadata, path)?;
@@ -390,37 +330,6 @@ fn restore(cfg: &TrainConfig, model: &mut Model, opt: &mut Optimizer, path: &Pat
         seen: file.meta("seen", path)?,
         seconds: bits("seconds")?,
     })
-}
-
-/// Rejects settings PyTorch's optimizers reject, and label smoothing outside [0, 1), naming the setting
-/// and the value found.
-fn check_optimizer(cfg: &TrainConfig) -> Result<()> {
-    let bad = |what: &str, expected: &str, found: f32| {
-        Err(Error::config(
-            "train",
-            format!("{what} must be {expected}, found {found}"),
-        ))
-    };
-    // False for NaN too.
-    let at_least_zero = |v: f32| v >= 0.0;
-    if !(0.0..1.0).contains(&cfg.label_smoothing) {
-        return bad("label smoothing", "in [0, 1)", cfg.label_smoothing);
-    }
-    if !(at_least_zero(cfg.lr) && cfg.lr.is_finite()) {
-        return bad("the learning rate", "finite and at least 0", cfg.lr);
-    }
-    if !at_least_zero(cfg.weight_decay) {
-        return bad("weight decay", "at least 0", cfg.weight_decay);
-    }
-    match cfg.optimizer {
-        OptimizerKind::Sgd { momentum, .. } if !at_least_zero(momentum) => bad("momentum", "at least 0", momentum),
-        OptimizerKind::RmsProp { alpha, .. } if !(0.0..=1.0).contains(&alpha) => {
-            bad("RMSProp's alpha", "in [0, 1]", alpha)
-        }
-        OptimizerKind::RmsProp { eps, .. } if !at_least_zero(eps) => bad("RMSProp's eps", "at least 0", eps),
-        OptimizerKind::RmsProp { momentum, .. } if !at_least_zero(momentum) => bad("momentum", "at least 0", momentum),
-        _ => Ok(()),
-    }
 }
 
 /// Trains `cfg.model` on `train`, evaluating on `test` after each epoch. `report` receives each
@@ -707,157 +616,6 @@ pub fn train_across(
         interrupted,
         step_times: (ranks > 1).then_some(flat_grads.times),
     })
-}
-
-/// Refuses a run of `cfg` on `images` training images over `ranks` processes whose buffers exceed the
-/// memory available ([`crate::memory::check_batch`]), before anything is allocated: activations and
-/// their gradients, the workspace, parameters with their packed copies, parameter gradients and the
-/// optimizer's state (at most three values per parameter), the data-parallel gradient sum, and the input
-/// batches (the loader's queue of two, the one it fills, the step's, evaluation's). A batch larger than
-/// the training set is planned as the one batch of all of it that it is. [`train`] checks this first.
-pub fn check_memory(cfg: &TrainConfig, images: usize, ranks: usize) -> Result<()> {
-    let graph = &crate::models::build(&cfg.model, cfg.config)?;
-    let capacity = cfg.batch.min(images).max(1);
-    let options = crate::graph::PlanOptions {
-        conv_algo: cfg.conv_algo,
-        ..Default::default()
-    };
-    let params: u64 = graph.params.iter().map(|p| p.len() as u64 * 4).sum();
-    let image_bytes = 4 * graph.input_shape().iter().product::<usize>() as u64;
-    let need = |b: usize| {
-        let mut need = Executor::memory_need(graph, options, b, true)?;
-        need.parameters =
-            need.parameters
-                .saturating_add(3 * params)
-                .saturating_add(if ranks > 1 { 2 * params } else { 0 });
-        need.inputs = image_bytes.saturating_mul(5 * b as u64);
-        Ok(need)
-    };
-    let [_, h, w] = graph.input_shape();
-    let whole_set = match cfg.batch > images {
-        true => format!(" (one batch of all {images} training images)"),
-        false => String::new(),
-    };
-    crate::memory::check_batch(
-        capacity,
-        &format!("batch {}{whole_set} at {h}x{w}", cfg.batch),
-        need,
-        |k| match k {
-            Some(k) => format!("try --batch {k}"),
-            None => "try a smaller --resize".to_string(),
-        },
-    )
-}
-
-/// The buffers of [`step_across`]'s gradient sum, allocated once per run.
-struct FlatGrads {
-    /// This rank's gradients, every parameter after the other.
-    local: Vec<f32>,
-    /// Their sum over the ranks.
-    summed: Vec<f32>,
-    /// Where the steps went.
-    times: StepTimes,
-}
-
-/// This rank's part of one global batch.
-struct Shard<'a> {
-    images: Images<'a>,
-    labels: &'a [usize],
-    /// Where they are in the global batch, and how their gradients are summed.
-    of: GradientShard,
-}
-
-/// One data-parallel training step on this rank's shard: its gradients (zero for an empty shard), one
-/// sum of the step's loss, accuracy and stop requests across ranks, then, if the global loss is
-/// finite, one sum of the gradients (each rank's already those of the global batch's mean loss over
-/// its images), and the optimizer step. Returns
-/// the global batch's loss, its image count, and whether any rank was asked to stop.
-#[allow(clippy::too_many_arguments)]
-fn step_across(
-    exec: &mut Executor,
-    cluster: &dyn Cluster,
-    shard: Shard<'_>,
-    flat: &mut FlatGrads,
-    opt: &mut Optimizer,
-    lr: f32,
-    asked_to_stop: impl Fn() -> bool,
-    step: u64,
-) -> Result<(BatchLoss, usize, bool)> {
-    let n = shard.labels.len();
-    let started = Instant::now();
-    let local = if n > 0 {
-        exec.compute_shard_gradients(shard.images, shard.labels, &shard.of, cluster)?
-    } else {
-        BatchLoss { loss: 0.0, correct: 0 }
-    };
-    let mine = [
-        local.loss * n as f64,
-        local.correct as f64,
-        n as f64,
-        f64::from(u8::from(asked_to_stop())),
-    ];
-    let mut totals = [0f64; 4];
-    let computed = Instant::now();
-    cluster.sum_f64(&mine, &mut totals, &format!("sum of step {step}'s loss"))?;
-    let waited = Instant::now();
-    let [loss_sum, correct, images, stops] = totals;
-    let global = BatchLoss {
-        loss: loss_sum / images,
-        correct: correct as usize,
-    };
-    if global.loss.is_finite() {
-        let mut at = 0;
-        for g in exec.param_grads_mut() {
-            let dst = &mut flat.local[at..at + g.len()];
-            if n > 0 {
-                dst.copy_from_slice(g);
-            } else {
-                dst.fill(0.0);
-            }
-            at += g.len();
-        }
-        cluster.sum_f32(
-            &flat.local,
-            &mut flat.summed,
-            &format!("sum of step {step}'s gradients"),
-        )?;
-        let mut at = 0;
-        for g in exec.param_grads_mut() {
-            let len = g.len();
-            g.copy_from_slice(&flat.summed[at..at + len]);
-            at += len;
-        }
-        let summed = Instant::now();
-        exec.apply_gradients(opt, lr);
-        flat.times.gradient_sum += summed - waited;
-        flat.times.update += summed.elapsed();
-    }
-    flat.times.steps += 1;
-    flat.times.gradients += computed - started;
-    flat.times.waiting += waited - computed;
-    Ok((global, images as usize, stops > 0.0))
-}
-
-fn check_data(what: &str, data: &Dataset, config: ModelConfig) -> Result<()> {
-    if data.is_empty() {
-        return Err(Error::config("train", format!("the {what} is empty")));
-    }
-    if data.shape[0] != config.in_channels {
-        return Err(Error::shape(
-            what,
-            format!("{} channel(s) per image, as the model takes", config.in_channels),
-            format!("{:?}", data.shape),
-        ));
-    }
-    if let Some((i, &l)) = data.labels.iter().enumerate().find(|&(_, &l)| l >= config.classes) {
-        return Err(Error::Label {
-            op: what.to_string(),
-            index: i,
-            label: l,
-            classes: config.classes,
-        });
-    }
-    Ok(())
 }
 
 /// Eval-mode loss and accuracy of `exec`'s model on `data`, resized to the model's input size (and
