@@ -1,0 +1,102 @@
+//! Direct convolution on the blocked layout (`crate::blocked`) with incept's microkernel: no im2col copy.
+//! Each output tile (up to 4 blocks of 16 output channels × up to 8 pixels of one output row) is one
+//! microkernel call whose runs walk every (input-channel block, kernel tap) pair over the input in
+//! place, 16 input channels per run.
+//!
+//! Weights are packed once into the kernel's layout ([`PackedConv`]): per output block, for each
+//! (input block, tap), 16 input channels × 16 output channels; channels past the real counts are zero.
+//! The input is a blocked image with a zero halo as wide as the convolution's padding, so border tiles
+//! need no special case.
+//!
+//! The input gradient of a stride-1 convolution is the same direct convolution over the output gradient,
+//! with the weights flipped and transposed ([`PackedConv::input_grad`]).
+//!
+//! [`ConvAlgo::Direct`](super::ConvAlgo::Direct) runs these kernels on NCHW activations: each image is
+//! reordered into the blocked layout in the caller's workspace, convolved, and reordered back
+//! ([`forward_images`], [`add_input_grad_images`], [`add_weight_grad_images`]), with the weights packed
+//! once in a [`DirectWeights`] the executor refreshes after every weight update. A reorder reads and
+//! writes each value once; the convolution does `k·k·out` multiply-adds per input value.
+//!
+//! The passes are in rooms of their own: `forward.rs`, `input_grad.rs`, `weight_grad.rs`, sharing the
+//! geometry and packing of `packing.rs`.
+
+mod forward;
+mod input_grad;
+mod packing;
+mod weight_grad;
+
+pub use forward::{forward_blocked, forward_images};
+pub use input_grad::{add_input_grad_images, add_input_grad_via_im2col};
+pub use packing::{PackedConv, direct_input_grad, few_channels, halo};
+pub(super) use packing::{group_blocks, pack_bias, weight_grad_chunk, workspace};
+pub use weight_grad::{add_weight_grad_images, bias_grad_blocked, relu_mask_and_bias_grad_blocked};
+
+use super::ConvGeometry;
+use super::direct_stem::{self, StemWeights};
+
+/// A convolution's weights packed once for [`ConvAlgo::Direct`](super::ConvAlgo::Direct): on the
+/// blocked layout, for the forward pass and the weight gradient, and flipped and transposed for the
+/// input gradient of a stride-1 convolution (`None` otherwise: that input gradient goes through
+/// im2col + GEMM); or, for an input of fewer than 16 channels, in the few-channel layout of
+/// `direct_stem.rs` (whose input gradient also goes through im2col).
+#[derive(Debug, Clone)]
+pub struct DirectWeights(Packed);
+
+#[derive(Debug, Clone)]
+enum Packed {
+    Blocked {
+        forward: Box<PackedConv>,
+        input_grad: Option<Box<PackedConv>>,
+    },
+    FewChannels(Box<StemWeights>),
+}
+
+impl DirectWeights {
+    /// Packs `w` (`[out, in, kh, kw]`) and `b` for `g` (whose batch size does not matter).
+    pub fn new(g: &ConvGeometry, w: &[f32], b: Option<&[f32]>) -> DirectWeights {
+        DirectWeights(if direct_stem::eligible(g) {
+            Packed::FewChannels(Box::new(StemWeights::new(g, w, b)))
+        } else {
+            Packed::Blocked {
+                forward: Box::new(PackedConv::new(g, w, b)),
+                input_grad: PackedConv::input_grad(g, w).map(Box::new),
+            }
+        })
+    }
+
+    /// Zero weights in `g`'s layout: enough for a weight gradient, which does not read them.
+    pub fn layout(g: &ConvGeometry) -> DirectWeights {
+        if direct_stem::eligible(g) {
+            let zeros = vec![0.0; g.out_channels * g.in_channels * g.h.kernel * g.w.kernel];
+            return DirectWeights(Packed::FewChannels(Box::new(StemWeights::new(g, &zeros, None))));
+        }
+        DirectWeights(Packed::Blocked {
+            forward: Box::new(PackedConv::zeros(g)),
+            input_grad: None,
+        })
+    }
+
+    /// Packs new values of the same weights into the existing buffers (no allocation).
+    pub fn repack(&mut self, w: &[f32], b: Option<&[f32]>) {
+        match &mut self.0 {
+            Packed::Blocked { forward, input_grad } => {
+                forward.repack(w, b);
+                if let Some(back) = input_grad {
+                    back.repack_flipped(w);
+                }
+            }
+            Packed::FewChannels(stem) => stem.repack(w, b),
+        }
+    }
+
+    /// Whether the input gradient runs on the microkernel (stride 1) rather than through im2col + GEMM.
+    pub fn has_direct_input_grad(&self) -> bool {
+        matches!(
+            self.0,
+            Packed::Blocked {
+                input_grad: Some(_),
+                ..
+            }
+        )
+    }
+}
