@@ -1,28 +1,30 @@
 //! 2-D convolution (NCHW activations, `[out, in, kh, kw]` weights as PyTorch stores them): geometry, the
 //! choice of algorithm, and the ndarray-facing API. Each algorithm lives in its own file:
 //!
+//! Two groups: `blocked/`, the production path the plan picks (the blocked layout and incept's
+//! microkernel), and `nchw/`, the reference and NCHW paths behind the ndarray API and `--conv-algo`.
+//!
 //! | algorithm | file | when |
 //! | --- | --- | --- |
-//! | [`ConvAlgo::Naive`] | `naive.rs` | the f64 reference every other path is tested against |
-//! | [`ConvAlgo::Gemm1x1`] | `gemm_conv.rs` | 1×1, stride 1, no padding: the input already is the GEMM operand |
-//! | [`ConvAlgo::Winograd`] | `winograd.rs` | 3×3, stride 1: F(4×4, 3×3), forward and input gradient |
-//! | [`ConvAlgo::Factorized`] | `factorized.rs` | 1×k and k×1, stride 1: one GEMM per tap on a padded copy |
-//! | [`ConvAlgo::Im2colGemm`] | `im2col.rs` + `gemm_conv.rs` | everything else |
-//! | [`ConvAlgo::Direct`] | `direct.rs` | any geometry: incept's microkernel on the blocked layout |
+//! | [`ConvAlgo::Direct`] | `blocked/direct/` (and `blocked/direct_stem.rs` for 1-15 input channels) | any geometry: incept's microkernel on the blocked layout; the plan's choice |
+//! | Winograd on the blocked layout | `blocked/winograd_blocked.rs` | 3×3, stride 1, where the plan finds F(2,3) or F(4,3) faster than direct |
+//! | [`ConvAlgo::Naive`] | `nchw/naive.rs` | the f64 reference every other path is tested against |
+//! | [`ConvAlgo::Gemm1x1`] | `nchw/gemm_conv.rs` | 1×1, stride 1, no padding: the input already is the GEMM operand |
+//! | [`ConvAlgo::Winograd`] | `nchw/winograd.rs` | 3×3, stride 1, NCHW: F(4×4, 3×3), forward and input gradient |
+//! | [`ConvAlgo::Factorized`] | `nchw/factorized.rs` | 1×k and k×1, stride 1: one GEMM per tap on a padded copy |
+//! | [`ConvAlgo::Im2colGemm`] | `nchw/im2col.rs` + `nchw/gemm_conv.rs` | everything else |
 //!
-//! The weight gradient of a Winograd layer is computed by im2col + GEMM. `batching.rs` holds how the
-//! GEMM-based algorithms split a batch into chunks and threads.
+//! The weight gradient of an NCHW Winograd layer is computed by im2col + GEMM. `nchw/batching.rs` holds how
+//! the GEMM-based algorithms split a batch into chunks and threads; `winograd_math.rs` the transforms both
+//! Winograd paths share.
 
-mod batching;
-pub mod direct;
-mod direct_stem;
-mod factorized;
-mod gemm_conv;
-mod im2col;
-mod naive;
-mod winograd;
-pub mod winograd_blocked;
+mod blocked;
+mod nchw;
 mod winograd_math;
+
+use blocked::direct_stem;
+pub use blocked::{direct, winograd_blocked};
+use nchw::{batching, factorized, gemm_conv, im2col, naive, winograd};
 
 use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4};
 

@@ -1,4 +1,4 @@
-//! Winograd F(m×m, 3×3), m = 2 or 4 ([`super::winograd_math`]), on the blocked channel layout and
+//! Winograd F(m×m, 3×3), m = 2 or 4 ([`crate::ops::conv::winograd_math`]), on the blocked channel layout and
 //! incept's microkernel: the Winograd that pays.
 //!
 //! The batch's output tiles (`m × m` pixels each, image after image) are cut into blocks of `T` tiles
@@ -29,12 +29,12 @@
 //!   `dU[ξ] += dM[ξ] · V[ξ]ᵀ` on the microkernel (the reduction runs over the tiles), and once at the
 //!   end `dw += Gᵀ dU G` ([`WinogradWeights::add_weight_grad_images`]).
 
-use super::ConvGeometry;
-use super::winograd_math::{self, Lanes};
 use crate::blocked;
 use crate::geometry::Axis;
 use crate::kernels::vectorize;
 use crate::microkernel::{self, Epilogue, Isa, LANES, Tile, TileShape};
+use crate::ops::conv::ConvGeometry;
+use crate::ops::conv::winograd_math::{self, Lanes};
 use crate::parallel::for_each_part;
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};

@@ -20,9 +20,9 @@
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::{ConvGeometry, Fused, winograd_math};
 use crate::kernels::vectorize;
 use crate::matmul::{MatMut, MatRef, Threads, matmul};
+use crate::ops::conv::{ConvGeometry, Fused, winograd_math};
 use crate::parallel::{for_each_chunk_mut, for_each_part};
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
@@ -39,7 +39,7 @@ const TARGET_TILES: usize = 96;
 
 /// True when Winograd can compute this geometry: a 3×3 kernel, stride 1, no dilation, and padding of
 /// at most 2 on every side (so the mirrored backward geometry is valid too).
-pub(super) fn eligible(g: &ConvGeometry) -> bool {
+pub(in crate::ops::conv) fn eligible(g: &ConvGeometry) -> bool {
     [&g.h, &g.w]
         .iter()
         .all(|a| a.kernel == 3 && a.stride == 1 && a.dilation == 1 && a.pad_lo <= 2 && a.pad_hi <= 2)
@@ -47,7 +47,7 @@ pub(super) fn eligible(g: &ConvGeometry) -> bool {
 
 /// The workspace a forward and an input-gradient pass over `g` take: the transformed weights, and a
 /// chunk's transformed tiles and products per part.
-pub(super) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
+pub(in crate::ops::conv) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
     // Forward tiles the output; the input gradient tiles the input (with in and out swapped, which
     // leaves the chunk's scratch the same).
     let forward = tiles(g).0 * tiles(g).1;
@@ -67,7 +67,7 @@ fn chunking(g: &ConvGeometry, tiles: usize, batch: usize) -> (usize, usize) {
 }
 
 /// `y = conv(x, w)`, with `fused`'s bias and ReLU applied as each output tile is written.
-pub(super) fn forward(
+pub(in crate::ops::conv) fn forward(
     g: &ConvGeometry,
     x: Images<'_>,
     w: &[f32],
@@ -85,7 +85,13 @@ pub(super) fn forward(
 
 /// Adds the input gradient of the convolution `g` into `dx`: a Winograd convolution of `dy` with the
 /// flipped, transposed weights and the mirrored padding.
-pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>, ws: &mut Workspace) {
+pub(in crate::ops::conv) fn backward_input(
+    g: &ConvGeometry,
+    w: &[f32],
+    dy: Images<'_>,
+    dx: &mut ImagesMut<'_>,
+    ws: &mut Workspace,
+) {
     debug_assert!(eligible(g));
     let (inputs, outputs) = (g.in_channels, g.out_channels);
     let back = g

@@ -11,7 +11,7 @@
 //! The input gradient of a stride-1 convolution is the same direct convolution over the output gradient,
 //! with the weights flipped and transposed ([`PackedConv::input_grad`]).
 //!
-//! [`ConvAlgo::Direct`](super::ConvAlgo::Direct) runs these kernels on NCHW activations: each image is
+//! [`ConvAlgo::Direct`](crate::ops::conv::ConvAlgo::Direct) runs these kernels on NCHW activations: each image is
 //! reordered into the blocked layout in the caller's workspace, convolved, and reordered back
 //! ([`forward_images`], [`add_input_grad_images`], [`add_weight_grad_images`]), with the weights packed
 //! once in a [`DirectWeights`] the executor refreshes after every weight update. A reorder reads and
@@ -28,13 +28,13 @@ mod weight_grad;
 pub use forward::{forward_blocked, forward_images};
 pub use input_grad::{add_input_grad_images, add_input_grad_via_im2col};
 pub use packing::{PackedConv, direct_input_grad, few_channels, halo};
-pub(super) use packing::{group_blocks, pack_bias, weight_grad_chunk, workspace};
+pub(in crate::ops::conv) use packing::{group_blocks, pack_bias, weight_grad_chunk, workspace};
 pub use weight_grad::{add_weight_grad_images, bias_grad_blocked, relu_mask_and_bias_grad_blocked};
 
-use super::ConvGeometry;
-use super::direct_stem::{self, StemWeights};
+use crate::ops::conv::ConvGeometry;
+use crate::ops::conv::direct_stem::{self, StemWeights};
 
-/// A convolution's weights packed once for [`ConvAlgo::Direct`](super::ConvAlgo::Direct): on the
+/// A convolution's weights packed once for [`ConvAlgo::Direct`](crate::ops::conv::ConvAlgo::Direct): on the
 /// blocked layout, for the forward pass and the weight gradient, and flipped and transposed for the
 /// input gradient of a stride-1 convolution (`None` otherwise: that input gradient goes through
 /// im2col + GEMM); or, for an input of fewer than 16 channels, in the few-channel layout of

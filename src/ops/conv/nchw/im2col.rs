@@ -2,13 +2,13 @@
 //! input value that tap reads (zero where it reads padding). Convolution becomes `W[out, in*kh*kw] · col`.
 //! col2im is its adjoint: it adds each row back onto the input pixels it came from.
 
-use super::ConvGeometry;
 use crate::geometry::Axis;
+use crate::ops::conv::ConvGeometry;
 
 /// Where one image's im2col block sits in a matrix that may hold several images side by side: row `r`
 /// of the block starts at `r * row_stride + column`.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Block {
+pub(in crate::ops::conv) struct Block {
     /// Values between consecutive rows of the matrix.
     pub row_stride: usize,
     /// The block's first column.
@@ -27,7 +27,7 @@ impl Block {
 
 /// Fills one image's block of `col` (`patch_len` rows of `output_pixels` values) from the image `x`
 /// (`in x h x w`).
-pub(super) fn im2col(g: &ConvGeometry, x: &[f32], col: &mut [f32], block: Block) {
+pub(in crate::ops::conv) fn im2col(g: &ConvGeometry, x: &[f32], col: &mut [f32], block: Block) {
     for_each_row_segment(g, block, |plane, row_segment, iy, ox_range, kx| {
         let Some(iy) = iy else {
             col[row_segment].fill(0.0);
@@ -51,7 +51,7 @@ pub(super) fn im2col(g: &ConvGeometry, x: &[f32], col: &mut [f32], block: Block)
 
 /// Adds the rows of one image's block of `col` back onto the pixels of its gradient `dx` they were
 /// read from.
-pub(super) fn col2im(g: &ConvGeometry, col: &[f32], block: Block, dx: &mut [f32]) {
+pub(in crate::ops::conv) fn col2im(g: &ConvGeometry, col: &[f32], block: Block, dx: &mut [f32]) {
     for_each_row_segment(g, block, |plane, row_segment, iy, ox_range, kx| {
         let Some(iy) = iy else { return };
         let src = &col[row_segment][ox_range.clone()];

@@ -6,22 +6,22 @@
 //! covers the chunk; outputs and output gradients are then copied between the chunk's matrix and the
 //! images. Scratch (lowered matrices, weight-gradient partials) is reused across calls.
 
-use super::batching::{Chunking, accumulate_weight_grad, for_each_chunk, weight_grad_workspace};
-use super::im2col::{Block, col2im, im2col};
-use super::{ConvGeometry, Fused};
 use crate::matmul::{MatMut, MatRef, matmul};
+use crate::ops::conv::batching::{Chunking, accumulate_weight_grad, for_each_chunk, weight_grad_workspace};
+use crate::ops::conv::im2col::{Block, col2im, im2col};
+use crate::ops::conv::{ConvGeometry, Fused};
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Lowering {
+pub(in crate::ops::conv) enum Lowering {
     Direct,
     Im2col,
 }
 
 impl Lowering {
     /// The workspace any pass over `g` takes.
-    pub(super) fn workspace(self, g: &ConvGeometry) -> WorkspaceSize {
+    pub(in crate::ops::conv) fn workspace(self, g: &ConvGeometry) -> WorkspaceSize {
         weight_grad_workspace(g.out_channels * g.patch_len(), self.scratch_len(g))
     }
 
@@ -78,7 +78,7 @@ fn gather_output_grad(g: &ConvGeometry, dy: Images<'_>, first: usize, count: usi
     }
 }
 
-pub(super) fn forward(
+pub(in crate::ops::conv) fn forward(
     g: &ConvGeometry,
     lowering: Lowering,
     x: Images<'_>,
@@ -144,7 +144,7 @@ pub(super) fn forward(
 }
 
 /// Adds the input gradient into `dx`.
-pub(super) fn backward_input(
+pub(in crate::ops::conv) fn backward_input(
     g: &ConvGeometry,
     lowering: Lowering,
     w: &[f32],
@@ -209,7 +209,7 @@ pub(super) fn backward_input(
 }
 
 /// Adds the weight gradient into `dw`.
-pub(super) fn backward_weight(
+pub(in crate::ops::conv) fn backward_weight(
     g: &ConvGeometry,
     lowering: Lowering,
     x: Images<'_>,

@@ -9,17 +9,17 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::ConvGeometry;
+use crate::ops::conv::ConvGeometry;
 use crate::parallel::{Threads, for_each_part};
 use crate::tensor::ImagesMut;
 use crate::workspace::{Workspace, WorkspaceSize};
 
 /// The GEMM width (output pixels of the images in one chunk) that small maps are grouped up to.
-pub(super) const COLUMNS: usize = 256;
+pub(in crate::ops::conv) const COLUMNS: usize = 256;
 
 /// How one call splits its batch: `per` images to a GEMM.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Chunking {
+pub(in crate::ops::conv) struct Chunking {
     pub per: usize,
 }
 
@@ -40,7 +40,7 @@ impl Chunking {
 /// Runs `f(first image, the chunk's images, region, threads)` over the chunks of `out`, in the static
 /// parts [`crate::parallel::for_each_part`] cuts, each part's chunks one after another in its own
 /// `region_len` values of `ws`'s regions.
-pub(super) fn for_each_chunk<F>(
+pub(in crate::ops::conv) fn for_each_chunk<F>(
     out: &mut ImagesMut<'_>,
     chunking: Chunking,
     ws: &mut Workspace,
@@ -68,7 +68,7 @@ const MAX_PARTS: usize = 12;
 
 /// What [`accumulate_weight_grad`] takes of a workspace for a gradient of `grad_len` values and
 /// regions of `region_len`.
-pub(super) fn weight_grad_workspace(grad_len: usize, region_len: usize) -> WorkspaceSize {
+pub(in crate::ops::conv) fn weight_grad_workspace(grad_len: usize, region_len: usize) -> WorkspaceSize {
     WorkspaceSize {
         partials: MAX_PARTS * grad_len,
         ..WorkspaceSize::regions(region_len)
@@ -83,7 +83,7 @@ pub(super) fn weight_grad_workspace(grad_len: usize, region_len: usize) -> Works
 /// afterwards. The cut depends on the batch and the chunking alone, never on the thread count, so the
 /// result has the same bits on any number of threads; the threads share the parts statically, each
 /// running its parts in order in its own region.
-pub(super) fn accumulate_weight_grad<F>(
+pub(in crate::ops::conv) fn accumulate_weight_grad<F>(
     batch: usize,
     chunking: Chunking,
     dw: &mut [f32],

@@ -16,16 +16,16 @@
 //! The input gradient runs the taps the other way (`dX_t += W_tᵀ · dY`, each tap adding into the padded
 //! buffer `t` rows down), and the weight gradient is `dW_t += dY · X_tᵀ`.
 
-use super::batching::{Chunking, accumulate_weight_grad, for_each_chunk, weight_grad_workspace};
-use super::{ConvGeometry, Fused};
 use crate::geometry::Axis;
 use crate::matmul::{MatMut, MatRef, matmul};
+use crate::ops::conv::batching::{Chunking, accumulate_weight_grad, for_each_chunk, weight_grad_workspace};
+use crate::ops::conv::{ConvGeometry, Fused};
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
 
 /// Whether `g` is a `k×1` or `1×k` convolution (`k > 1`) with stride 1 and no dilation, and no padding
 /// along its unit axis.
-pub(super) fn eligible(g: &ConvGeometry) -> bool {
+pub(in crate::ops::conv) fn eligible(g: &ConvGeometry) -> bool {
     let unit = |a: &Axis| a.kernel == 1 && a.stride == 1 && a.pad_lo == 0 && a.pad_hi == 0;
     let long = |a: &Axis| a.kernel > 1 && a.stride == 1 && a.dilation == 1;
     (long(&g.h) && unit(&g.w)) || (unit(&g.h) && long(&g.w))
@@ -179,7 +179,7 @@ impl Layout {
 }
 
 /// The workspace any pass over `g` takes.
-pub(super) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
+pub(in crate::ops::conv) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
     weight_grad_workspace(g.out_channels * g.patch_len(), scratch_len(g))
 }
 
@@ -195,7 +195,7 @@ fn output_in_place(layout: &Layout, n: usize) -> bool {
     Chunking::in_place(n) && !layout.transposed
 }
 
-pub(super) fn forward(
+pub(in crate::ops::conv) fn forward(
     g: &ConvGeometry,
     x: Images<'_>,
     w: &[f32],
@@ -242,7 +242,13 @@ pub(super) fn forward(
 }
 
 /// Adds the input gradient into `dx`.
-pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>, ws: &mut Workspace) {
+pub(in crate::ops::conv) fn backward_input(
+    g: &ConvGeometry,
+    w: &[f32],
+    dy: Images<'_>,
+    dx: &mut ImagesMut<'_>,
+    ws: &mut Workspace,
+) {
     let layout = Layout::new(g);
     let chunking = Chunking::new(g);
     for_each_chunk(dx, chunking, ws, scratch_len(g), |first, images, scratch, threads| {
@@ -270,7 +276,13 @@ pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &m
 }
 
 /// Adds the weight gradient into `dw`.
-pub(super) fn backward_weight(g: &ConvGeometry, x: Images<'_>, dy: Images<'_>, dw: &mut [f32], ws: &mut Workspace) {
+pub(in crate::ops::conv) fn backward_weight(
+    g: &ConvGeometry,
+    x: Images<'_>,
+    dy: Images<'_>,
+    dw: &mut [f32],
+    ws: &mut Workspace,
+) {
     let layout = Layout::new(g);
     let chunking = Chunking::new(g);
     let (o, c, k) = (g.out_channels, g.in_channels, layout.taps);

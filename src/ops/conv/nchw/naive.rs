@@ -1,7 +1,7 @@
 //! The reference convolution: plain loops over every (output, tap) pair, accumulating in f64. Slow and
 //! obviously right; every fast path is tested against it.
 
-use super::ConvGeometry;
+use crate::ops::conv::ConvGeometry;
 use crate::tensor::{Images, ImagesMut};
 
 /// Calls `f(input index, weight index, output index)` for every contributing tap of one image, with
@@ -28,7 +28,13 @@ fn for_each_tap(g: &ConvGeometry, mut f: impl FnMut(usize, usize, usize)) {
     }
 }
 
-pub(super) fn forward(g: &ConvGeometry, x: Images<'_>, w: &[f32], b: Option<&[f32]>, y: &mut ImagesMut<'_>) {
+pub(in crate::ops::conv) fn forward(
+    g: &ConvGeometry,
+    x: Images<'_>,
+    w: &[f32],
+    b: Option<&[f32]>,
+    y: &mut ImagesMut<'_>,
+) {
     let pixels = g.output_pixels();
     for (n, y_img) in y.iter_mut() {
         let x_img = x.get(n);
@@ -43,7 +49,7 @@ pub(super) fn forward(g: &ConvGeometry, x: Images<'_>, w: &[f32], b: Option<&[f3
 }
 
 /// Adds the input gradient into `dx`.
-pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>) {
+pub(in crate::ops::conv) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &mut ImagesMut<'_>) {
     for (n, dx_img) in dx.iter_mut() {
         let dy_img = dy.get(n);
         let mut acc = vec![0f64; dx_img.len()];
@@ -55,7 +61,7 @@ pub(super) fn backward_input(g: &ConvGeometry, w: &[f32], dy: Images<'_>, dx: &m
 }
 
 /// Adds the weight gradient into `dw`.
-pub(super) fn backward_weight(g: &ConvGeometry, x: Images<'_>, dy: Images<'_>, dw: &mut [f32]) {
+pub(in crate::ops::conv) fn backward_weight(g: &ConvGeometry, x: Images<'_>, dy: Images<'_>, dw: &mut [f32]) {
     let mut acc = vec![0f64; dw.len()];
     for n in 0..x.count() {
         let (x_img, dy_img) = (x.get(n), dy.get(n));

@@ -12,11 +12,11 @@
 
 use rayon::prelude::*;
 
-use super::ConvGeometry;
-use super::direct::{group_blocks, halo, pack_bias, weight_grad_chunk};
 use crate::blocked::{self, Halo, Layout};
 use crate::geometry::Pads;
 use crate::microkernel::{self, Epilogue, Isa, LANES, MAX_PIXELS, Tile, TileShape};
+use crate::ops::conv::ConvGeometry;
+use crate::ops::conv::direct::{group_blocks, halo, pack_bias, weight_grad_chunk};
 use crate::ops::shape;
 use crate::parallel::{self, for_each_part};
 use crate::tensor::{Images, ImagesMut};
@@ -24,7 +24,7 @@ use crate::workspace::{Workspace, WorkspaceSize};
 
 /// Whether `g` takes this path: fewer than 16 input channels and a kernel row the weight-gradient tile
 /// holds.
-pub(super) fn eligible(g: &ConvGeometry) -> bool {
+pub(in crate::ops::conv) fn eligible(g: &ConvGeometry) -> bool {
     g.in_channels < LANES && g.w.kernel <= MAX_PIXELS
 }
 
@@ -298,7 +298,7 @@ fn padded_map(g: &ConvGeometry) -> [usize; 2] {
 }
 
 /// The workspace of this path's passes over `g` (at the batch `g` holds).
-pub(super) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
+pub(in crate::ops::conv) fn workspace(g: &ConvGeometry) -> WorkspaceSize {
     let [hp, wp] = padded_map(g);
     let in_len = g.in_channels * hp * wp;
     let out_len = blocked::image_len(g.out_channels, [g.h.output, g.w.output], Halo::default());
