@@ -5,7 +5,7 @@
 //! stay zero forward and get no gradient.
 
 use incept::Padding;
-use incept::blocked::{self, Halo};
+use incept::blocked::{self, Halo, Layout};
 use incept::geometry::Pads;
 use incept::ops::batchnorm::{BatchNorm2d, ChannelStats};
 use incept::ops::pool::{AvgPool2d, PoolWindow};
@@ -192,9 +192,9 @@ fn blocked_batch_norm_matches_the_nchw_one_in_training_and_eval() {
             let what = format!("{shape:?} relu {relu} train {train}");
             let (mut stats, mut stats_b) = (ChannelStats::default(), ChannelStats::default());
             if train {
-                bn.batch_statistics(Images::dense(&x, n, len), pixels, &mut stats)
+                bn.batch_statistics(Images::dense(&x, n, len), pixels, Layout::Nchw, &mut stats)
                     .unwrap();
-                bn.batch_statistics_blocked(Images::dense(&xb, n, blen), pixels, &mut stats_b)
+                bn.batch_statistics(Images::dense(&xb, n, blen), pixels, Layout::Blocked, &mut stats_b)
                     .unwrap();
                 assert!(max_rel_error(&stats_b.mean, &stats.mean) <= 1e-6, "{what}: mean");
                 assert!(max_rel_error(&stats_b.var, &stats.var) <= 1e-6, "{what}: variance");
@@ -207,6 +207,7 @@ fn blocked_batch_norm_matches_the_nchw_one_in_training_and_eval() {
             bn.normalize_images(
                 Images::dense(&x, n, len),
                 pixels,
+                Layout::Nchw,
                 &stats,
                 &gamma,
                 &beta,
@@ -215,9 +216,10 @@ fn blocked_batch_norm_matches_the_nchw_one_in_training_and_eval() {
             );
             let mut yb = vec![f32::NAN; n * blen];
             let mut ybi = ImagesMut::dense(&mut yb, n, blen);
-            bn.normalize_images_blocked(
+            bn.normalize_images(
                 Images::dense(&xb, n, blen),
                 pixels,
+                Layout::Blocked,
                 &stats_b,
                 &gamma,
                 &beta,
@@ -235,16 +237,18 @@ fn blocked_batch_norm_matches_the_nchw_one_in_training_and_eval() {
                 Images::dense(&x, n, len),
                 Images::dense(&dy, n, len),
                 pixels,
+                Layout::Nchw,
                 &stats,
                 &gamma,
                 (&mut dgamma, &mut dbeta),
                 Some(&mut ImagesMut::dense(&mut dx, n, len)),
             );
             let (mut dgamma_b, mut dbeta_b, mut dxb) = (vec![0.0; c], vec![0.0; c], vec![0.0; n * blen]);
-            bn.backward_images_blocked(
+            bn.backward_images(
                 Images::dense(&xb, n, blen),
                 Images::dense(&dyb, n, blen),
                 pixels,
+                Layout::Blocked,
                 &stats_b,
                 &gamma,
                 (&mut dgamma_b, &mut dbeta_b),

@@ -9,6 +9,7 @@
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut1};
 use rayon::prelude::*;
 
+use crate::blocked::Layout;
 use crate::error::{Error, Result, expect_shape};
 use crate::kernels;
 use crate::tensor::{Images, ImagesMut, contiguous, dims4, with_contiguous_mut};
@@ -111,7 +112,7 @@ impl BatchNorm2d {
     ) -> Result<(Array4<f32>, BatchNormCache)> {
         let running = [running_mean.shape(), running_var.shape()];
         let (y, stats) = self.forward_with(x, gamma, beta, running, |x, plane, stats| {
-            self.batch_statistics(x, plane, stats)
+            self.batch_statistics(x, plane, Layout::Nchw, stats)
         })?;
         with_contiguous_mut(running_mean, |rm| {
             with_contiguous_mut(running_var, |rv| self.update_running_statistics(&stats, rm, rv))
@@ -170,6 +171,7 @@ impl BatchNorm2d {
         self.normalize_images(
             x,
             h * w,
+            Layout::Nchw,
             stats,
             &gamma,
             &beta,
@@ -198,6 +200,7 @@ impl BatchNorm2d {
             Images::dense(&xs, n, c * h * w),
             Images::dense(&dys, n, c * h * w),
             h * w,
+            Layout::Nchw,
             cache,
             &gamma.to_vec(),
             (&mut dgamma, &mut dbeta),
@@ -229,6 +232,7 @@ impl BatchNorm2d {
                     Images::dense(&xs, n, c * h * w),
                     Images::dense(&dys, n, c * h * w),
                     h * w,
+                    Layout::Nchw,
                     cache,
                     &gamma,
                     (dg, db),
@@ -254,21 +258,53 @@ impl BatchNorm2d {
     // The slice-level passes, shared by the ndarray API above and the graph executor. Images hold
     // `channels * pixels` values each.
 
-    /// The batch's statistics of `x` into `stats` (reusing its vectors): per channel, two passes in f64,
-    /// the mean and then the sum of squared deviations (no cancellation).
-    pub fn batch_statistics(&self, x: Images<'_>, pixels: usize, stats: &mut ChannelStats) -> Result<()> {
+    // Each pass below is written once; `layout` only chooses how it walks memory: the NCHW walks are
+    // here, the blocked ones (a block's 16 channels side by side) in `batchnorm_blocked.rs`, each
+    // summing a channel in float64 in pixel order within an image and image order within the batch.
+
+    /// The batch's statistics of `x` (images in `layout`) into `stats` (reusing its vectors): per
+    /// channel, two passes in f64, the mean and then the sum of squared deviations (no cancellation).
+    pub fn batch_statistics(
+        &self,
+        x: Images<'_>,
+        pixels: usize,
+        layout: Layout,
+        stats: &mut ChannelStats,
+    ) -> Result<()> {
         let count = self.start_batch_statistics(x.count(), pixels, stats)?;
         let mut sums = vec![0f64; self.channels];
-        self.channel_sums(x, pixels, &mut sums);
+        self.channel_sums(x, pixels, layout, &mut sums);
         let means: Vec<f64> = sums.iter().map(|s| s / count as f64).collect();
-        self.channel_squared_deviations(x, pixels, &means, &mut sums);
+        self.channel_squared_deviations(x, pixels, layout, &means, &mut sums);
         self.finish_statistics(&means, &sums, count, stats);
         Ok(())
     }
 
     /// Writes per channel `Σ x` over the images of `x` (f64, pixel order within an image, then image
     /// order) into `sums`.
-    pub(crate) fn channel_sums(&self, x: Images<'_>, pixels: usize, sums: &mut [f64]) {
+    pub(crate) fn channel_sums(&self, x: Images<'_>, pixels: usize, layout: Layout, sums: &mut [f64]) {
+        match layout {
+            Layout::Nchw => self.channel_sums_nchw(x, pixels, sums),
+            Layout::Blocked => self.channel_sums_blocked(x, pixels, sums),
+        }
+    }
+
+    /// Writes per channel `Σ (x - means[ch])²` over the images of `x` into `squares`.
+    pub(crate) fn channel_squared_deviations(
+        &self,
+        x: Images<'_>,
+        pixels: usize,
+        layout: Layout,
+        means: &[f64],
+        squares: &mut [f64],
+    ) {
+        match layout {
+            Layout::Nchw => self.channel_squared_deviations_nchw(x, pixels, means, squares),
+            Layout::Blocked => self.channel_squared_deviations_blocked(x, pixels, means, squares),
+        }
+    }
+
+    fn channel_sums_nchw(&self, x: Images<'_>, pixels: usize, sums: &mut [f64]) {
         sums[..self.channels].par_iter_mut().enumerate().for_each(|(ch, sum)| {
             *sum = (0..x.count())
                 .map(|n| kernels::sum(plane(x, n, ch, pixels)))
@@ -276,8 +312,7 @@ impl BatchNorm2d {
         });
     }
 
-    /// Writes per channel `Σ (x - means[ch])²` over the images of `x` into `squares`.
-    pub(crate) fn channel_squared_deviations(&self, x: Images<'_>, pixels: usize, means: &[f64], squares: &mut [f64]) {
+    fn channel_squared_deviations_nchw(&self, x: Images<'_>, pixels: usize, means: &[f64], squares: &mut [f64]) {
         squares[..self.channels]
             .par_iter_mut()
             .enumerate()
@@ -346,9 +381,28 @@ impl BatchNorm2d {
         }
     }
 
-    /// `y = gamma * (x - mean) * rstd + beta` per channel, then `max(y, 0)` if `relu`.
+    /// `y = gamma * (x - mean) * rstd + beta` per channel, then `max(y, 0)` if `relu`, on images in
+    /// `layout` (padding channels of blocked images stay zero).
     #[allow(clippy::too_many_arguments)]
     pub fn normalize_images(
+        &self,
+        x: Images<'_>,
+        pixels: usize,
+        layout: Layout,
+        stats: &ChannelStats,
+        gamma: &[f32],
+        beta: &[f32],
+        relu: bool,
+        y: &mut ImagesMut<'_>,
+    ) {
+        match layout {
+            Layout::Nchw => self.normalize_images_nchw(x, pixels, stats, gamma, beta, relu, y),
+            Layout::Blocked => self.normalize_images_blocked(x, pixels, stats, gamma, beta, relu, y),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn normalize_images_nchw(
         &self,
         x: Images<'_>,
         pixels: usize,
@@ -380,18 +434,20 @@ impl BatchNorm2d {
         x: Images<'_>,
         dy: Images<'_>,
         pixels: usize,
+        layout: Layout,
         stats: &ChannelStats,
         gamma: &[f32],
         (dgamma, dbeta): (&mut [f32], &mut [f32]),
         dx: Option<&mut ImagesMut<'_>>,
     ) {
-        let sums = self.grad_sums(x, dy, pixels, stats);
+        let sums = self.grad_sums(x, dy, pixels, layout, stats);
         for (ch, &(sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
             dbeta[ch] += sum_dy as f32;
             dgamma[ch] += sum_dy_xhat as f32;
         }
         if let Some(dx) = dx {
-            self.add_input_grad(x, dy, pixels, stats, gamma, &sums, (x.count() * pixels) as f64, dx);
+            let m = (x.count() * pixels) as f64;
+            self.add_input_grad(x, dy, pixels, layout, stats, gamma, &sums, m, dx);
         }
     }
 
@@ -402,8 +458,16 @@ impl BatchNorm2d {
         x: Images<'_>,
         dy: Images<'_>,
         pixels: usize,
+        layout: Layout,
         stats: &ChannelStats,
     ) -> Vec<(f64, f64)> {
+        match layout {
+            Layout::Nchw => self.grad_sums_nchw(x, dy, pixels, stats),
+            Layout::Blocked => self.grad_sums_blocked(x, dy, pixels, stats),
+        }
+    }
+
+    fn grad_sums_nchw(&self, x: Images<'_>, dy: Images<'_>, pixels: usize, stats: &ChannelStats) -> Vec<(f64, f64)> {
         (0..self.channels)
             .into_par_iter()
             .map(|ch| {
@@ -426,6 +490,25 @@ impl BatchNorm2d {
     /// ([`BatchNorm2d::grad_sums`]) over the `m` values per channel the statistics span.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn add_input_grad(
+        &self,
+        x: Images<'_>,
+        dy: Images<'_>,
+        pixels: usize,
+        layout: Layout,
+        stats: &ChannelStats,
+        gamma: &[f32],
+        sums: &[(f64, f64)],
+        m: f64,
+        dx: &mut ImagesMut<'_>,
+    ) {
+        match layout {
+            Layout::Nchw => self.add_input_grad_nchw(x, dy, pixels, stats, gamma, sums, m, dx),
+            Layout::Blocked => self.add_input_grad_blocked(x, dy, pixels, stats, gamma, sums, m, dx),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_input_grad_nchw(
         &self,
         x: Images<'_>,
         dy: Images<'_>,

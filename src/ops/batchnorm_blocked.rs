@@ -1,5 +1,5 @@
-//! Batch norm on the blocked layout (`crate::blocked`): the same statistics, normalization and
-//! gradients as `batchnorm.rs`, with the 16 channels of a block handled side by side, each summed in
+//! How batch norm walks the blocked layout (`crate::blocked`): the passes of `batchnorm.rs` (which
+//! chooses the walk by layout) with the 16 channels of a block handled side by side, each summed in
 //! float64 in pixel order within an image and image order within the batch. Padding channels get a
 //! scale and shift of zero, so they stay zero, and no statistic or gradient.
 
@@ -7,7 +7,6 @@ use rayon::prelude::*;
 
 use super::batchnorm::{BatchNorm2d, ChannelStats, input_grad_coefficients, scale_shift};
 use crate::blocked;
-use crate::error::Result;
 use crate::microkernel::LANES;
 use crate::tensor::{Images, ImagesMut};
 
@@ -22,20 +21,9 @@ fn block_plane(images: Images<'_>, n: usize, b: usize, pixels: usize) -> &[f32] 
 }
 
 impl BatchNorm2d {
-    /// [`BatchNorm2d::batch_statistics`] of blocked images.
-    pub fn batch_statistics_blocked(&self, x: Images<'_>, pixels: usize, stats: &mut ChannelStats) -> Result<()> {
-        let count = self.start_batch_statistics(x.count(), pixels, stats)?;
-        let mut sums = vec![0f64; self.channels];
-        self.channel_sums_blocked(x, pixels, &mut sums);
-        let means: Vec<f64> = sums.iter().map(|s| s / count as f64).collect();
-        self.channel_squared_deviations_blocked(x, pixels, &means, &mut sums);
-        self.finish_statistics(&means, &sums, count, stats);
-        Ok(())
-    }
-
     /// [`BatchNorm2d::channel_sums`] of blocked images (each channel summed in pixel order, then image
     /// order, a block's 16 side by side).
-    pub(crate) fn channel_sums_blocked(&self, x: Images<'_>, pixels: usize, sums: &mut [f64]) {
+    pub(super) fn channel_sums_blocked(&self, x: Images<'_>, pixels: usize, sums: &mut [f64]) {
         sums[..self.channels]
             .par_chunks_mut(LANES)
             .enumerate()
@@ -51,7 +39,7 @@ impl BatchNorm2d {
     }
 
     /// [`BatchNorm2d::channel_squared_deviations`] of blocked images.
-    pub(crate) fn channel_squared_deviations_blocked(
+    pub(super) fn channel_squared_deviations_blocked(
         &self,
         x: Images<'_>,
         pixels: usize,
@@ -77,7 +65,7 @@ impl BatchNorm2d {
 
     /// [`BatchNorm2d::normalize_images`] of blocked images.
     #[allow(clippy::too_many_arguments)]
-    pub fn normalize_images_blocked(
+    pub(super) fn normalize_images_blocked(
         &self,
         x: Images<'_>,
         pixels: usize,
@@ -107,39 +95,15 @@ impl BatchNorm2d {
         });
     }
 
-    /// [`BatchNorm2d::backward_images`] of blocked images.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward_images_blocked(
-        &self,
-        x: Images<'_>,
-        dy: Images<'_>,
-        pixels: usize,
-        stats: &ChannelStats,
-        gamma: &[f32],
-        (dgamma, dbeta): (&mut [f32], &mut [f32]),
-        dx: Option<&mut ImagesMut<'_>>,
-    ) {
-        let sums = self.grad_sums_blocked(x, dy, pixels, stats);
-        for ch in 0..self.channels {
-            let (sum_dy, sum_dy_xhat) = sums[ch / LANES][ch % LANES];
-            dbeta[ch] += sum_dy as f32;
-            dgamma[ch] += sum_dy_xhat as f32;
-        }
-        if let Some(dx) = dx {
-            let m = (x.count() * pixels) as f64;
-            self.add_input_grad_blocked(x, dy, pixels, stats, gamma, &sums, m, dx);
-        }
-    }
-
     /// [`BatchNorm2d::grad_sums`] of blocked images, a block's 16 channels side by side.
-    pub(crate) fn grad_sums_blocked(
+    pub(super) fn grad_sums_blocked(
         &self,
         x: Images<'_>,
         dy: Images<'_>,
         pixels: usize,
         stats: &ChannelStats,
-    ) -> Vec<[(f64, f64); LANES]> {
-        (0..blocked::blocks(self.channels))
+    ) -> Vec<(f64, f64)> {
+        let blocks: Vec<[(f64, f64); LANES]> = (0..blocked::blocks(self.channels))
             .into_par_iter()
             .map(|b| {
                 let mean = block_mean(stats, b);
@@ -158,29 +122,29 @@ impl BatchNorm2d {
                     (sum_dy[lane], sum_centered[lane] * rstd as f64)
                 })
             })
-            .collect()
+            .collect();
+        (0..self.channels).map(|ch| blocks[ch / LANES][ch % LANES]).collect()
     }
 
     /// [`BatchNorm2d::add_input_grad`] of blocked images.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn add_input_grad_blocked(
+    pub(super) fn add_input_grad_blocked(
         &self,
         x: Images<'_>,
         dy: Images<'_>,
         pixels: usize,
         stats: &ChannelStats,
         gamma: &[f32],
-        sums: &[[(f64, f64); LANES]],
+        sums: &[(f64, f64)],
         m: f64,
         dx: &mut ImagesMut<'_>,
     ) {
-        let channels = self.channels;
         dx.par_iter_mut().for_each(|(n, dx_image)| {
-            for (b, block_sums) in sums.iter().enumerate() {
+            for (b, block_sums) in sums.chunks(LANES).enumerate() {
                 let mean = block_mean(stats, b);
                 // dx = a·dy + b·(x - mean) + c per channel, coefficients folded in f64; zero for padding.
                 let mut coefficients = [[0f32; 3]; LANES];
-                for (lane, &sums) in block_sums.iter().enumerate().take(channels - b * LANES) {
+                for (lane, &sums) in block_sums.iter().enumerate() {
                     coefficients[lane] = input_grad_coefficients(stats, gamma, b * LANES + lane, sums, m);
                 }
                 let out = &mut dx_image[b * pixels * LANES..][..pixels * LANES];

@@ -205,7 +205,7 @@ impl State {
                     let (dgamma, dbeta) = two_mut(param_grads, *gamma, *beta);
                     let stats = &bn_stats[id];
                     let gamma = &params[*gamma];
-                    let blocked = in_layout == Layout::Blocked;
+                    let layout = in_layout;
                     if let (Some(cluster), true) = (sync, stats.batch_statistics) {
                         let mut sync = SyncBn {
                             cluster,
@@ -218,7 +218,7 @@ impl State {
                             bn,
                             x,
                             pixels: h * w,
-                            blocked,
+                            layout,
                         };
                         let param_grads = (&mut dgamma[..], &mut dbeta[..]);
                         if input_needs_grad {
@@ -233,19 +233,11 @@ impl State {
                         if input_needs_grad {
                             add_input_grad(grads, p, ip, batch, |dy, dx| {
                                 let (grads, dx) = ((&mut dgamma[..], &mut dbeta[..]), Some(dx));
-                                if blocked {
-                                    bn.backward_images_blocked(x, dy, h * w, stats, gamma, grads, dx)
-                                } else {
-                                    bn.backward_images(x, dy, h * w, stats, gamma, grads, dx)
-                                }
+                                bn.backward_images(x, dy, h * w, layout, stats, gamma, grads, dx)
                             });
                         } else {
                             let dy = images(grads, p, batch);
-                            if blocked {
-                                bn.backward_images_blocked(x, dy, h * w, stats, gamma, (dgamma, dbeta), None)
-                            } else {
-                                bn.backward_images(x, dy, h * w, stats, gamma, (dgamma, dbeta), None)
-                            }
+                            bn.backward_images(x, dy, h * w, layout, stats, gamma, (dgamma, dbeta), None)
                         }
                         Ok(())
                     }

@@ -130,25 +130,20 @@ pub(super) fn forward_node(
             running_var,
             relu,
         } => {
-            let blocked = run.input == Layout::Blocked;
+            let layout = run.input;
             let input = BatchNormInput {
                 bn,
                 x,
                 pixels: h * w,
-                blocked,
+                layout,
             };
             match (mode, saved.sync) {
                 (Mode::Train, Some(mut sync)) => sync.batch_statistics(input, saved.stats)?,
-                (Mode::Train, None) if blocked => bn.batch_statistics_blocked(x, h * w, saved.stats)?,
-                (Mode::Train, None) => bn.batch_statistics(x, h * w, saved.stats)?,
+                (Mode::Train, None) => bn.batch_statistics(x, h * w, layout, saved.stats)?,
                 (Mode::Eval, _) => bn.running_statistics(&params[*running_mean], &params[*running_var], saved.stats),
             }
             let (stats, gamma, beta) = (&*saved.stats, &params[*gamma], &params[*beta]);
-            if blocked {
-                bn.normalize_images_blocked(x, h * w, stats, gamma, beta, *relu, y);
-            } else {
-                bn.normalize_images(x, h * w, stats, gamma, beta, *relu, y);
-            }
+            bn.normalize_images(x, h * w, layout, stats, gamma, beta, *relu, y);
         }
         Layer::ZeroPad(pads) => match run.output {
             Layout::Blocked => shape::zero_pad_blocked_images(x, [h, w], *pads, y),

@@ -11,9 +11,9 @@
 
 use std::ops::Range;
 
+use crate::blocked::Layout;
 use crate::distributed::Cluster;
 use crate::error::Result;
-use crate::microkernel::LANES;
 use crate::ops::batchnorm::{BatchNorm2d, ChannelStats};
 use crate::reduction::TreeSum;
 use crate::tensor::{Images, ImagesMut};
@@ -36,38 +36,25 @@ pub(super) struct BatchNormInput<'a> {
     pub(super) bn: &'a BatchNorm2d,
     pub(super) x: Images<'a>,
     pub(super) pixels: usize,
-    pub(super) blocked: bool,
+    pub(super) layout: Layout,
 }
 
 impl BatchNormInput<'_> {
     fn channel_sums(&self, images: Range<usize>, sums: &mut [f64]) {
-        let x = self.x.range(images);
-        match self.blocked {
-            true => self.bn.channel_sums_blocked(x, self.pixels, sums),
-            false => self.bn.channel_sums(x, self.pixels, sums),
-        }
+        self.bn
+            .channel_sums(self.x.range(images), self.pixels, self.layout, sums)
     }
 
     fn channel_squared_deviations(&self, images: Range<usize>, means: &[f64], squares: &mut [f64]) {
         let x = self.x.range(images);
-        match self.blocked {
-            true => self
-                .bn
-                .channel_squared_deviations_blocked(x, self.pixels, means, squares),
-            false => self.bn.channel_squared_deviations(x, self.pixels, means, squares),
-        }
+        self.bn
+            .channel_squared_deviations(x, self.pixels, self.layout, means, squares)
     }
 
     /// Per channel `(Σ dy, Σ dy·x̂)` over `images`.
     fn grad_sums(&self, dy: Images<'_>, images: Range<usize>, stats: &ChannelStats) -> Vec<(f64, f64)> {
         let (x, dy) = (self.x.range(images.clone()), dy.range(images));
-        match self.blocked {
-            true => {
-                let blocks = self.bn.grad_sums_blocked(x, dy, self.pixels, stats);
-                (0..self.bn.channels).map(|ch| blocks[ch / LANES][ch % LANES]).collect()
-            }
-            false => self.bn.grad_sums(x, dy, self.pixels, stats),
-        }
+        self.bn.grad_sums(x, dy, self.pixels, self.layout, stats)
     }
 }
 
@@ -134,15 +121,7 @@ impl SyncBn<'_> {
         })?;
         let m = (self.images * input.pixels) as f64;
         let pairs: Vec<(f64, f64)> = (0..channels).map(|ch| (sums[ch], sums[channels + ch])).collect();
-        if input.blocked {
-            let blocks: Vec<[(f64, f64); LANES]> = pairs
-                .chunks(LANES)
-                .map(|c| std::array::from_fn(|lane| c.get(lane).copied().unwrap_or((0.0, 0.0))))
-                .collect();
-            bn.add_input_grad_blocked(input.x, dy, input.pixels, stats, gamma, &blocks, m, dx);
-        } else {
-            bn.add_input_grad(input.x, dy, input.pixels, stats, gamma, &pairs, m, dx);
-        }
+        bn.add_input_grad(input.x, dy, input.pixels, input.layout, stats, gamma, &pairs, m, dx);
         Ok(())
     }
 }
