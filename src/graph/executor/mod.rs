@@ -146,7 +146,8 @@ impl Executor {
         what: &str,
         advice: impl Fn(Option<usize>) -> String,
     ) -> Result<()> {
-        state::check_memory(graph, options, capacity, training, what, advice)
+        let need = |b| state::memory_need(graph, options, b, training);
+        crate::memory::check_batch(capacity, what, need, advice)
     }
 
     /// The graph this executor runs.

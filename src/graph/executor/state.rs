@@ -346,7 +346,7 @@ fn buffers(graph: &Graph, plan: &Plan, capacity: usize) -> Result<(Buffers<f32>,
 /// not fit in the memory available, naming the need and the largest capacity that fits.
 fn memory_check(graph: &Graph, options: PlanOptions, capacity: usize) -> Result<()> {
     let [c, h, w] = graph.input_shape();
-    check_memory(
+    super::Executor::check_memory(
         graph,
         options,
         capacity,
@@ -357,18 +357,6 @@ fn memory_check(graph: &Graph, options: PlanOptions, capacity: usize) -> Result<
             None => "use a smaller input size".to_string(),
         },
     )
-}
-
-/// See [`super::Executor::check_memory`].
-pub(super) fn check_memory(
-    graph: &Graph,
-    options: PlanOptions,
-    capacity: usize,
-    training: bool,
-    what: &str,
-    advice: impl Fn(Option<usize>) -> String,
-) -> Result<()> {
-    memory::check_batch(capacity, what, |b| memory_need(graph, options, b, training), advice)
 }
 
 /// What an executor for `graph` planned with `options` at batch `capacity` allocates, in bytes
