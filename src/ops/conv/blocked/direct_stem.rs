@@ -16,7 +16,7 @@ use crate::blocked::{self, Halo, Layout};
 use crate::geometry::Pads;
 use crate::microkernel::{self, Epilogue, Isa, LANES, MAX_PIXELS, Tile, TileShape};
 use crate::ops::conv::ConvGeometry;
-use crate::ops::conv::direct::{group_blocks, halo, pack_bias, weight_grad_chunk};
+use crate::ops::conv::direct::{fill_blocks, group_blocks, halo, pack_bias, weight_grad_chunk};
 use crate::ops::shape;
 use crate::parallel::{self, for_each_part};
 use crate::tensor::{Images, ImagesMut};
@@ -67,22 +67,13 @@ impl StemWeights {
         let g = &self.geometry;
         let (inputs, outputs, taps) = (g.in_channels, g.out_channels, g.h.kernel * g.w.kernel);
         assert_eq!(w.len(), outputs * inputs * taps, "conv weights [out, in, kh, kw]");
-        self.weights
-            .par_chunks_mut(self.block_stride)
-            .enumerate()
-            .for_each(|(ob, block)| {
-                for (i, v) in block.iter_mut().enumerate() {
-                    // i = (c · taps + tap) · 16 + oc, zeros past the real channels and in the padding.
-                    let (oc, rest) = (i % LANES, i / LANES);
-                    let (tap, c) = (rest % taps, rest / taps);
-                    let o = ob * LANES + oc;
-                    *v = if o < outputs && c < inputs {
-                        w[(o * inputs + c) * taps + tap]
-                    } else {
-                        0.0
-                    };
-                }
-            });
+        // i = (c · taps + tap) · 16 + oc within output block ob.
+        fill_blocks(&mut self.weights, self.block_stride, |ob, i| {
+            let (oc, rest) = (i % LANES, i / LANES);
+            let (tap, c) = (rest % taps, rest / taps);
+            let o = ob * LANES + oc;
+            (o < outputs && c < inputs).then(|| w[(o * inputs + c) * taps + tap])
+        });
         pack_bias(&mut self.bias, b, outputs);
     }
 

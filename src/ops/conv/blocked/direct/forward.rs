@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::packing::{PackedConv, group_blocks, halo};
 use super::weight_grad::InPlace;
-use super::{DirectWeights, Packed};
+use super::{DirectWeights, Kernels};
 use crate::blocked::{self, Halo, Layout};
 use crate::microkernel::{self, Epilogue, Isa, LANES, Tile, TileShape};
 use crate::parallel::{self, Threads, for_each_chunk_mut, for_each_part};
@@ -179,12 +179,9 @@ pub fn forward_images(
     ws: &mut Workspace,
     isa: Isa,
 ) {
-    let packed = match &weights.0 {
-        Packed::Blocked { forward, .. } => forward,
-        Packed::FewChannels(stem) => {
-            assert_eq!(x_layout, Layout::Nchw, "the few-channel path reads NCHW");
-            return stem.forward_images(x, relu, y, y_layout, ws, isa);
-        }
+    let packed = match weights.kernels(x_layout) {
+        Kernels::Blocked(packed) => packed,
+        Kernels::FewChannels(stem) => return stem.forward_images(x, relu, y, y_layout, ws, isa),
     };
     let source = Source::of(packed, x, x_layout);
     let out = Output {

@@ -28,9 +28,10 @@ mod weight_grad;
 pub use forward::{forward_blocked, forward_images};
 pub use input_grad::{add_input_grad_images, add_input_grad_via_im2col};
 pub use packing::{PackedConv, direct_input_grad, few_channels, halo};
-pub(in crate::ops::conv) use packing::{group_blocks, pack_bias, weight_grad_chunk, workspace};
+pub(in crate::ops::conv) use packing::{fill_blocks, group_blocks, pack_bias, weight_grad_chunk, workspace};
 pub use weight_grad::{add_weight_grad_images, bias_grad_blocked, relu_mask_and_bias_grad_blocked};
 
+use crate::blocked::Layout;
 use crate::ops::conv::ConvGeometry;
 use crate::ops::conv::direct_stem::{self, StemWeights};
 
@@ -49,6 +50,12 @@ enum Packed {
         input_grad: Option<Box<PackedConv>>,
     },
     FewChannels(Box<StemWeights>),
+}
+
+/// Which kernels a [`DirectWeights`] runs: the blocked layout's, or the few-channel ones.
+enum Kernels<'a> {
+    Blocked(&'a PackedConv),
+    FewChannels(&'a StemWeights),
 }
 
 impl DirectWeights {
@@ -74,6 +81,17 @@ impl DirectWeights {
             forward: Box::new(PackedConv::zeros(g)),
             input_grad: None,
         })
+    }
+
+    /// The kernels these weights run, for an input in `x_layout` (the few-channel ones read NCHW).
+    fn kernels(&self, x_layout: Layout) -> Kernels<'_> {
+        match &self.0 {
+            Packed::Blocked { forward, .. } => Kernels::Blocked(forward),
+            Packed::FewChannels(stem) => {
+                assert_eq!(x_layout, Layout::Nchw, "the few-channel path reads NCHW");
+                Kernels::FewChannels(stem)
+            }
+        }
     }
 
     /// Packs new values of the same weights into the existing buffers (no allocation).

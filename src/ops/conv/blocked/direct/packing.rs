@@ -72,24 +72,14 @@ impl PackedConv {
         let g = &self.geometry;
         let (inputs, outputs) = (g.in_channels, g.out_channels);
         let taps = g.h.kernel * g.w.kernel;
-        self.weights
-            .par_chunks_mut(self.block_stride)
-            .enumerate()
-            .for_each(|(ob, block)| {
-                for (i, v) in block.iter_mut().enumerate() {
-                    // i = ((icb · taps + tap) · 16 + ic) · 16 + oc, with zeros past the real channels
-                    // and in the stride's padding.
-                    let (oc, rest) = (i % LANES, i / LANES);
-                    let (ic, rest) = (rest % LANES, rest / LANES);
-                    let (tap, icb) = (rest % taps, rest / taps);
-                    let (o, c) = (ob * LANES + oc, icb * LANES + ic);
-                    *v = if o < outputs && c < inputs {
-                        weight(o, c, tap)
-                    } else {
-                        0.0
-                    };
-                }
-            });
+        // i = ((icb · taps + tap) · 16 + ic) · 16 + oc within output block ob.
+        fill_blocks(&mut self.weights, self.block_stride, |ob, i| {
+            let (oc, rest) = (i % LANES, i / LANES);
+            let (ic, rest) = (rest % LANES, rest / LANES);
+            let (tap, icb) = (rest % taps, rest / taps);
+            let (o, c) = (ob * LANES + oc, icb * LANES + ic);
+            (o < outputs && c < inputs).then(|| weight(o, c, tap))
+        });
     }
 
     /// The convolution that computes `g`'s input gradient, packed: over the output gradient (as its
@@ -153,6 +143,24 @@ impl PackedConv {
             *v += packed[ob * self.block_stride + ((icb * taps + tap) * LANES + ic) * LANES + oc];
         }
     }
+}
+
+/// Fills packed weights, one output block per `block_stride` values (in parallel): value `i` of output
+/// block `ob` is `value(ob, i)`, and zero where that is `None` (channels past the real counts, and the
+/// stride's padding).
+pub(in crate::ops::conv) fn fill_blocks(
+    weights: &mut [f32],
+    block_stride: usize,
+    value: impl Fn(usize, usize) -> Option<f32> + Sync,
+) {
+    weights
+        .par_chunks_mut(block_stride)
+        .enumerate()
+        .for_each(|(ob, block)| {
+            for (i, v) in block.iter_mut().enumerate() {
+                *v = value(ob, i).unwrap_or(0.0);
+            }
+        });
 }
 
 /// Writes the bias `b` (`outputs` values; zeros without one) into packed `bias`, padded with zeros to

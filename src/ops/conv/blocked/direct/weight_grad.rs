@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::forward::Source;
 use super::packing::{PackedConv, group_blocks, halo, weight_grad_chunk};
-use super::{DirectWeights, Packed};
+use super::{DirectWeights, Kernels};
 use crate::blocked::{self, Halo, Layout};
 use crate::kernels;
 use crate::microkernel::{self, Epilogue, Isa, LANES, Tile, TileShape};
@@ -168,12 +168,9 @@ pub fn add_weight_grad_images(
     ws: &mut Workspace,
     isa: Isa,
 ) {
-    let packed = match &weights.0 {
-        Packed::Blocked { forward, .. } => forward,
-        Packed::FewChannels(stem) => {
-            assert_eq!(x_layout, Layout::Nchw, "the few-channel path reads NCHW");
-            return stem.add_weight_grad_images(x, dy, dy_layout, dw, ws, isa);
-        }
+    let packed = match weights.kernels(x_layout) {
+        Kernels::Blocked(packed) => packed,
+        Kernels::FewChannels(stem) => return stem.add_weight_grad_images(x, dy, dy_layout, dw, ws, isa),
     };
     let g = &packed.geometry;
     let source = Source::of(packed, x, x_layout);
