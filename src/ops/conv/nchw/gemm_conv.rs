@@ -10,6 +10,7 @@ use crate::matmul::{MatMut, MatRef, matmul};
 use crate::ops::conv::batching::{Chunking, accumulate_weight_grad, for_each_chunk, weight_grad_workspace};
 use crate::ops::conv::im2col::{Block, col2im, im2col};
 use crate::ops::conv::{ConvGeometry, Fused};
+use crate::parallel::Threads;
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
 
@@ -20,6 +21,14 @@ pub(in crate::ops::conv) enum Lowering {
 }
 
 impl Lowering {
+    /// [`for_each_chunk`] over the images of `out` (`g`'s chunks), each with this lowering's scratch.
+    fn for_each_chunk<F>(self, g: &ConvGeometry, out: &mut ImagesMut<'_>, ws: &mut Workspace, f: F)
+    where
+        F: Fn(usize, &mut [&mut [f32]], &mut [f32], Threads) + Sync,
+    {
+        for_each_chunk(out, Chunking::new(g), ws, self.scratch_len(g), f)
+    }
+
     /// The workspace any pass over `g` takes.
     pub(in crate::ops::conv) fn workspace(self, g: &ConvGeometry) -> WorkspaceSize {
         weight_grad_workspace(g.out_channels * g.patch_len(), self.scratch_len(g))
@@ -89,58 +98,51 @@ pub(in crate::ops::conv) fn forward(
 ) {
     let Fused { bias: b, relu } = fused;
     let (k, m, pixels) = (g.patch_len(), g.out_channels, g.output_pixels());
-    let chunking = Chunking::new(g);
-    for_each_chunk(
-        y,
-        chunking,
-        ws,
-        lowering.scratch_len(g),
-        |first, images, scratch, threads| {
-            let count = images.len();
-            let cols = count * pixels;
-            let in_place = Chunking::in_place(count);
-            let (col_scratch, out_scratch) = scratch.split_at_mut(if in_place && lowering == Lowering::Direct {
-                0
-            } else {
-                k * cols
-            });
-            let col: &[f32] = if in_place && lowering == Lowering::Direct {
-                x.get(first)
-            } else {
-                lower(g, lowering, x, first, count, col_scratch);
-                col_scratch
-            };
-            let product = |out: &mut [f32]| {
-                // The bias is written first and the product accumulated onto it: no second pass.
-                if let Some(b) = b {
-                    for (row, &bias) in out.chunks_exact_mut(cols).zip(b) {
-                        row.fill(bias);
-                    }
-                }
-                matmul(
-                    MatMut::row_major(out, m, cols),
-                    MatRef::row_major(w, m, k),
-                    MatRef::row_major(&col[..k * cols], k, cols),
-                    b.is_some(),
-                    threads,
-                );
-            };
-            if in_place {
-                product(&mut *images[0]);
-            } else {
-                let out = &mut out_scratch[..m * cols];
-                product(out);
-                for (j, image) in images.iter_mut().enumerate() {
-                    for (o, plane) in image.chunks_exact_mut(pixels).enumerate() {
-                        plane.copy_from_slice(&out[o * cols + j * pixels..][..pixels]);
-                    }
+    lowering.for_each_chunk(g, y, ws, |first, images, scratch, threads| {
+        let count = images.len();
+        let cols = count * pixels;
+        let in_place = Chunking::in_place(count);
+        let (col_scratch, out_scratch) = scratch.split_at_mut(if in_place && lowering == Lowering::Direct {
+            0
+        } else {
+            k * cols
+        });
+        let col: &[f32] = if in_place && lowering == Lowering::Direct {
+            x.get(first)
+        } else {
+            lower(g, lowering, x, first, count, col_scratch);
+            col_scratch
+        };
+        let product = |out: &mut [f32]| {
+            // The bias is written first and the product accumulated onto it: no second pass.
+            if let Some(b) = b {
+                for (row, &bias) in out.chunks_exact_mut(cols).zip(b) {
+                    row.fill(bias);
                 }
             }
-            if relu {
-                images.iter_mut().for_each(|image| crate::kernels::relu_in_place(image));
+            matmul(
+                MatMut::row_major(out, m, cols),
+                MatRef::row_major(w, m, k),
+                MatRef::row_major(&col[..k * cols], k, cols),
+                b.is_some(),
+                threads,
+            );
+        };
+        if in_place {
+            product(&mut *images[0]);
+        } else {
+            let out = &mut out_scratch[..m * cols];
+            product(out);
+            for (j, image) in images.iter_mut().enumerate() {
+                for (o, plane) in image.chunks_exact_mut(pixels).enumerate() {
+                    plane.copy_from_slice(&out[o * cols + j * pixels..][..pixels]);
+                }
             }
-        },
-    );
+        }
+        if relu {
+            images.iter_mut().for_each(|image| crate::kernels::relu_in_place(image));
+        }
+    });
 }
 
 /// Adds the input gradient into `dx`.
@@ -153,59 +155,52 @@ pub(in crate::ops::conv) fn backward_input(
     ws: &mut Workspace,
 ) {
     let (k, m, pixels) = (g.patch_len(), g.out_channels, g.output_pixels());
-    let chunking = Chunking::new(g);
     let w_t = MatRef::row_major(w, m, k).t();
-    for_each_chunk(
-        dx,
-        chunking,
-        ws,
-        lowering.scratch_len(g),
-        |first, images, scratch, threads| {
-            let count = images.len();
-            let cols = count * pixels;
-            if Chunking::in_place(count) {
-                let dy_img = MatRef::row_major(dy.get(first), m, pixels);
-                match lowering {
-                    Lowering::Direct => matmul(MatMut::row_major(images[0], k, pixels), w_t, dy_img, true, threads),
-                    Lowering::Im2col => {
-                        let dcol = &mut scratch[..k * pixels];
-                        matmul(MatMut::row_major(dcol, k, pixels), w_t, dy_img, false, threads);
-                        col2im(g, dcol, Block::dense(g), images[0]);
-                    }
+    lowering.for_each_chunk(g, dx, ws, |first, images, scratch, threads| {
+        let count = images.len();
+        let cols = count * pixels;
+        if Chunking::in_place(count) {
+            let dy_img = MatRef::row_major(dy.get(first), m, pixels);
+            match lowering {
+                Lowering::Direct => matmul(MatMut::row_major(images[0], k, pixels), w_t, dy_img, true, threads),
+                Lowering::Im2col => {
+                    let dcol = &mut scratch[..k * pixels];
+                    matmul(MatMut::row_major(dcol, k, pixels), w_t, dy_img, false, threads);
+                    col2im(g, dcol, Block::dense(g), images[0]);
                 }
-                return;
             }
-            let (dy_chunk, dcol) = scratch.split_at_mut(m * cols);
-            gather_output_grad(g, dy, first, count, dy_chunk);
-            let dcol = &mut dcol[..k * cols];
-            matmul(
-                MatMut::row_major(dcol, k, cols),
-                w_t,
-                MatRef::row_major(dy_chunk, m, cols),
-                false,
-                threads,
-            );
-            for (j, image) in images.iter_mut().enumerate() {
-                match lowering {
-                    Lowering::Im2col => col2im(
-                        g,
-                        dcol,
-                        Block {
-                            row_stride: cols,
-                            column: j * pixels,
-                        },
-                        image,
-                    ),
-                    Lowering::Direct => {
-                        for (c, plane) in image.chunks_exact_mut(pixels).enumerate().take(k) {
-                            let src = &dcol[c * cols + j * pixels..][..pixels];
-                            plane.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                        }
+            return;
+        }
+        let (dy_chunk, dcol) = scratch.split_at_mut(m * cols);
+        gather_output_grad(g, dy, first, count, dy_chunk);
+        let dcol = &mut dcol[..k * cols];
+        matmul(
+            MatMut::row_major(dcol, k, cols),
+            w_t,
+            MatRef::row_major(dy_chunk, m, cols),
+            false,
+            threads,
+        );
+        for (j, image) in images.iter_mut().enumerate() {
+            match lowering {
+                Lowering::Im2col => col2im(
+                    g,
+                    dcol,
+                    Block {
+                        row_stride: cols,
+                        column: j * pixels,
+                    },
+                    image,
+                ),
+                Lowering::Direct => {
+                    for (c, plane) in image.chunks_exact_mut(pixels).enumerate().take(k) {
+                        let src = &dcol[c * cols + j * pixels..][..pixels];
+                        plane.iter_mut().zip(src).for_each(|(d, s)| *d += s);
                     }
                 }
             }
-        },
-    );
+        }
+    });
 }
 
 /// Adds the weight gradient into `dw`.
