@@ -46,6 +46,28 @@ pub struct ModelEntry {
     pub pretrained: Option<pretrained::Pretrained>,
 }
 
+/// A model of `../shared/reference/models.py` (3 input channels, no auxiliary heads, no other
+/// library's weights), at native input `size`, whose first and last weights are named as given.
+const fn reference_model(
+    name: &'static str,
+    build: fn(ModelConfig) -> Result<Graph>,
+    size: usize,
+    stem_weight: &'static str,
+    classifier_weight: &'static str,
+) -> ModelEntry {
+    ModelEntry {
+        name,
+        build,
+        in_channels: 3,
+        size,
+        stem_weight,
+        classifier_weight,
+        weight_names: "the reference PyTorch model (models.py)",
+        aux_prefixes: &[],
+        pretrained: None,
+    }
+}
+
 /// Every model incept can build, in the order the documentation lists them.
 pub const MODELS: &[ModelEntry] = &[
     ModelEntry {
@@ -59,39 +81,9 @@ pub const MODELS: &[ModelEntry] = &[
         aux_prefixes: &[],
         pretrained: None,
     },
-    ModelEntry {
-        name: "googlenet-bn",
-        build: googlenet_bn,
-        in_channels: 3,
-        size: 96,
-        stem_weight: "0.0.0.weight",
-        classifier_weight: "6.weight",
-        weight_names: "the reference PyTorch model (models.py)",
-        aux_prefixes: &[],
-        pretrained: None,
-    },
-    ModelEntry {
-        name: "inception-v2",
-        build: inception_v2,
-        in_channels: 3,
-        size: 96,
-        stem_weight: "0.0.0.weight",
-        classifier_weight: "6.weight",
-        weight_names: "the reference PyTorch model (models.py)",
-        aux_prefixes: &[],
-        pretrained: None,
-    },
-    ModelEntry {
-        name: "inception-tf-cifar",
-        build: inception_tf_cifar,
-        in_channels: 3,
-        size: 32,
-        stem_weight: "0.weight",
-        classifier_weight: "10.weight",
-        weight_names: "the reference PyTorch model (models.py)",
-        aux_prefixes: &[],
-        pretrained: None,
-    },
+    reference_model("googlenet-bn", googlenet_bn, 96, "0.0.0.weight", "6.weight"),
+    reference_model("inception-v2", inception_v2, 96, "0.0.0.weight", "6.weight"),
+    reference_model("inception-tf-cifar", inception_tf_cifar, 32, "0.weight", "10.weight"),
     ModelEntry {
         name: "inception-v3",
         build: inception_v3,

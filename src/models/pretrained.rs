@@ -37,28 +37,37 @@ pub const TIMM_INCEPTION_V4: Pretrained = timm(341);
 pub const TIMM_INCEPTION_RESNET_V2: Pretrained = timm(333);
 
 const fn torchvision(shorter_side: usize) -> Pretrained {
-    Pretrained {
-        source: "torchvision",
-        recipe: ImageRecipe {
-            fit: Fit::ResizeThenCenterCrop { shorter_side },
-            filter: Filter::Bilinear,
-        },
-        mean: IMAGENET_MEAN,
-        std: IMAGENET_STD,
-        transform_input: true,
-    }
+    resize_and_crop(
+        "torchvision",
+        shorter_side,
+        Filter::Bilinear,
+        [IMAGENET_MEAN, IMAGENET_STD],
+        true,
+    )
 }
 
 const fn timm(shorter_side: usize) -> Pretrained {
+    resize_and_crop("timm", shorter_side, Filter::Bicubic, [[0.5; 3], [0.5; 3]], false)
+}
+
+/// A library's evaluation transform: the shorter side resized to `shorter_side` with `filter`, the centre
+/// crop, then `(x - mean) / std`.
+const fn resize_and_crop(
+    source: &'static str,
+    shorter_side: usize,
+    filter: Filter,
+    [mean, std]: [[f32; 3]; 2],
+    transform_input: bool,
+) -> Pretrained {
     Pretrained {
-        source: "timm",
+        source,
         recipe: ImageRecipe {
             fit: Fit::ResizeThenCenterCrop { shorter_side },
-            filter: Filter::Bicubic,
+            filter,
         },
-        mean: [0.5; 3],
-        std: [0.5; 3],
-        transform_input: false,
+        mean,
+        std,
+        transform_input,
     }
 }
 
