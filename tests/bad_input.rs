@@ -262,7 +262,17 @@ fn a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(
 fn the_command_line_reports_bad_input_without_panicking() {
     let dir = TempDir::new("bad-cli");
     let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_incept")).args(args).output().unwrap();
-    let out = run(&["train", "--data", "/nonexistent/fashion", "--quiet"]);
+    // An --out that can be written (the working directory may not be: a read-only checkout), so the
+    // data is what is wrong.
+    let run_dir = dir.join("run");
+    let out = run(&[
+        "train",
+        "--data",
+        "/nonexistent/fashion",
+        "--quiet",
+        "--out",
+        run_dir.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("/nonexistent/fashion") && err.contains("--data DIR"),
@@ -321,7 +331,7 @@ fn the_command_line_reports_bad_input_without_panicking() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(expected), "{flag} {value}: {err}");
     }
-    let out = run(&["train", "--model", "resnet-50"]);
+    let out = run(&["train", "--model", "resnet-50", "--out", run_dir.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("unknown model") && err.contains("googlenet-d2l"),

@@ -130,7 +130,7 @@ fn npy_images_train_at_their_own_size_and_the_checkpoint_sets_evals_size() {
         args.extend_from_slice(extra);
         incept(&args)
     };
-    fails_with(&resume(&["--resize", "64"]), &["32x32", "64x64"]);
+    fails_with(&resume(&["--resize", "64", "--out", &dir_name]), &["32x32", "64x64"]);
     let out = resume(&["--save", &ck, "--out", &dir_name]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("inception-tf-cifar"));
@@ -167,6 +167,7 @@ fn an_input_too_small_for_the_network_names_the_layer_where_the_map_empties() {
 fn numeric_flags_are_checked_where_they_are_parsed() {
     let dir = TempDir::new("flags");
     let (x, y) = npy_data(&dir, 4, 32);
+    let run_dir = dir.join("run").display().to_string();
     let train = |extra: &[&str]| {
         let mut args = vec![
             "train",
@@ -178,6 +179,8 @@ fn numeric_flags_are_checked_where_they_are_parsed() {
             "--quiet",
             "--steps",
             "1",
+            "--out",
+            &run_dir,
         ];
         args.extend_from_slice(extra);
         incept(&args)
@@ -248,6 +251,7 @@ fn a_resume_checkpoint_with_a_broken_header_is_named() {
         let path = dir.join(name);
         std::fs::write(&path, &bytes[..cut]).unwrap();
         let path = path.display().to_string();
+        let run_dir = dir.join("run").display().to_string();
         fails_with(
             &incept(&[
                 "train",
@@ -259,6 +263,8 @@ fn a_resume_checkpoint_with_a_broken_header_is_named() {
                 "--batch",
                 "4",
                 "--quiet",
+                "--out",
+                &run_dir,
             ]),
             &[&path, expected],
         );
