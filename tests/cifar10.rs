@@ -161,7 +161,14 @@ fn incept_trains_inception_tf_cifar_on_cifar_files() {
         (eval_loss - train_test_loss).abs() < 2e-4,
         "eval {eval_loss} vs training's {train_test_loss}"
     );
-    let out = run(&["train", "--dataset", "cifar10", "--quiet"]);
+    let out = run(&[
+        "train",
+        "--dataset",
+        "cifar10",
+        "--quiet",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("--dataset cifar10 needs --data DIR"),
