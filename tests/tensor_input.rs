@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::TempDir;
@@ -30,6 +31,24 @@ fn input(size: usize) -> Array4<f32> {
         .map(|u| (4.0 * u - 2.0) as f32)
         .collect();
     Array4::from_shape_vec(shape, values).unwrap()
+}
+
+/// `incept predict --weights W --input X --output Y` with `extra` flags, which must succeed: the logits
+/// it wrote and its stderr.
+fn predict(weights: &Path, x: &Path, y: &Path, extra: &[&str]) -> (Array2<f32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_incept"))
+        .arg("predict")
+        .args(["--weights", weights.to_str().unwrap()])
+        .args(["--input", x.to_str().unwrap(), "--output", y.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    (
+        Array2::<f32>::read_npy(std::fs::File::open(y).unwrap()).unwrap(),
+        stderr,
+    )
 }
 
 /// Checks `model` with a `classes`-class head through the library and through `incept predict`.
@@ -64,18 +83,7 @@ fn check(model: &str, size: usize, classes: usize, torchvision: bool) {
     // The command line: the same tensor through a .npy, with the preprocessing named on stderr.
     let (x_path, y_path) = (dir.join("x.npy"), dir.join("y.npy"));
     x.write_npy(std::fs::File::create(&x_path).unwrap()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_incept"))
-        .arg("predict")
-        .arg("--weights")
-        .arg(&weights)
-        .arg("--input")
-        .arg(&x_path)
-        .arg("--output")
-        .arg(&y_path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (y, stderr) = predict(&weights, &x_path, &y_path, &[]);
     assert!(
         stderr.contains("preprocessing of") && stderr.contains("goes to the network as given"),
         "{key}: {stderr}"
@@ -89,7 +97,6 @@ fn check(model: &str, size: usize, classes: usize, torchvision: bool) {
     if torchvision {
         assert!(stderr.contains("--transform-input"), "{key}: {stderr}");
     }
-    let y = Array2::<f32>::read_npy(std::fs::File::open(&y_path).unwrap()).unwrap();
     assert_eq!(y.shape(), &[2, classes]);
     let error = common::relative_to_largest(y.as_slice().unwrap(), &reference);
     assert!(
@@ -150,29 +157,10 @@ fn flags_change_what_the_tensor_gets() {
     let x = input(224).mapv(|v| (v + 2.0) / 4.0); // in [0, 1)
     let x_path = dir.join("x.npy");
     x.write_npy(std::fs::File::create(&x_path).unwrap()).unwrap();
-    let predict = |extra: &[&str]| -> (Array2<f32>, String) {
-        let y_path = dir.join("y.npy");
-        let out = Command::new(env!("CARGO_BIN_EXE_incept"))
-            .arg("predict")
-            .arg("--weights")
-            .arg(&weights)
-            .arg("--input")
-            .arg(&x_path)
-            .arg("--output")
-            .arg(&y_path)
-            .args(extra)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(out.status.success(), "{stderr}");
-        (
-            Array2::<f32>::read_npy(std::fs::File::open(&y_path).unwrap()).unwrap(),
-            stderr,
-        )
-    };
+    let y_path = dir.join("y.npy");
     let mut classifier = Classifier::from_safetensors(None, &weights).unwrap();
 
-    let (y, stderr) = predict(&["--transform-input", "true"]);
+    let (y, stderr) = predict(&weights, &x_path, &y_path, &["--transform-input", "true"]);
     assert!(!stderr.contains("assumed"), "{stderr}");
     assert!(
         stderr.contains("transform_input (part of the model) runs first"),
@@ -181,7 +169,12 @@ fn flags_change_what_the_tensor_gets() {
     classifier.set_transform_input(true).unwrap();
     assert_eq!(y, classifier.forward_tensor(x.view()).unwrap());
 
-    let (y, stderr) = predict(&["--transform-input", "false", "--normalize-input"]);
+    let (y, stderr) = predict(
+        &weights,
+        &x_path,
+        &y_path,
+        &["--transform-input", "false", "--normalize-input"],
+    );
     assert!(
         stderr.contains("--normalize-input") && stderr.contains("0.485"),
         "{stderr}"
