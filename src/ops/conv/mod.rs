@@ -432,6 +432,15 @@ pub struct Fused<'a> {
     pub relu: bool,
 }
 
+/// One forward pass's operands, as each algorithm takes them: the input images, the weights in PyTorch's
+/// layout, and what is fused into the output pass.
+#[derive(Clone, Copy)]
+pub(crate) struct Operands<'a> {
+    x: Images<'a>,
+    w: &'a [f32],
+    fused: Fused<'a>,
+}
+
 /// [`forward_images`], with the bias and ReLU of `fused` applied in the output pass.
 pub fn forward_images_fused(
     g: &ConvGeometry,
@@ -451,14 +460,14 @@ pub fn forward_images_fused(
                     .for_each(|(_, img)| img.iter_mut().for_each(|v| *v = v.max(0.0)));
             }
         }
-        ConvAlgo::Winograd => winograd::forward(g, x, w, fused, y, ws),
-        ConvAlgo::Factorized => factorized::forward(g, x, w, fused, y, ws),
+        ConvAlgo::Winograd => winograd::forward(g, Operands { x, w, fused }, y, ws),
+        ConvAlgo::Factorized => factorized::forward(g, Operands { x, w, fused }, y, ws),
         // Packed per call here; the executor packs once and calls `direct` itself.
         ConvAlgo::Direct => {
             let packed = direct::DirectWeights::new(g, w, fused.bias);
             direct::forward_images(&packed, x, Layout::Nchw, fused.relu, y, Layout::Nchw, ws, Isa::best());
         }
-        _ => gemm_conv::forward(g, lowering(g, algo), x, w, fused, y, ws),
+        _ => gemm_conv::forward(g, lowering(g, algo), Operands { x, w, fused }, y, ws),
     }
 }
 

@@ -19,7 +19,7 @@
 use crate::geometry::Axis;
 use crate::matmul::{MatMut, MatRef, matmul};
 use crate::ops::conv::batching::{Chunking, accumulate_weight_grad, for_each_chunk, weight_grad_workspace};
-use crate::ops::conv::{ConvGeometry, Fused};
+use crate::ops::conv::{ConvGeometry, Fused, Operands};
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
 
@@ -195,15 +195,12 @@ fn output_in_place(layout: &Layout, n: usize) -> bool {
     Chunking::in_place(n) && !layout.transposed
 }
 
-pub(in crate::ops::conv) fn forward(
-    g: &ConvGeometry,
-    x: Images<'_>,
-    w: &[f32],
-    fused: Fused<'_>,
-    y: &mut ImagesMut<'_>,
-    ws: &mut Workspace,
-) {
-    let Fused { bias: b, relu } = fused;
+pub(in crate::ops::conv) fn forward(g: &ConvGeometry, op: Operands<'_>, y: &mut ImagesMut<'_>, ws: &mut Workspace) {
+    let Operands {
+        x,
+        w,
+        fused: Fused { bias: b, relu },
+    } = op;
     let layout = Layout::new(g);
     let chunking = Chunking::new(g);
     for_each_chunk(y, chunking, ws, scratch_len(g), |first, images, scratch, threads| {

@@ -9,7 +9,7 @@
 use crate::matmul::{MatMut, MatRef, matmul};
 use crate::ops::conv::batching::{Chunking, accumulate_weight_grad, for_each_chunk, weight_grad_workspace};
 use crate::ops::conv::im2col::{Block, col2im, im2col};
-use crate::ops::conv::{ConvGeometry, Fused};
+use crate::ops::conv::{ConvGeometry, Fused, Operands};
 use crate::parallel::Threads;
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
@@ -90,13 +90,15 @@ fn gather_output_grad(g: &ConvGeometry, dy: Images<'_>, first: usize, count: usi
 pub(in crate::ops::conv) fn forward(
     g: &ConvGeometry,
     lowering: Lowering,
-    x: Images<'_>,
-    w: &[f32],
-    fused: Fused<'_>,
+    op: Operands<'_>,
     y: &mut ImagesMut<'_>,
     ws: &mut Workspace,
 ) {
-    let Fused { bias: b, relu } = fused;
+    let Operands {
+        x,
+        w,
+        fused: Fused { bias: b, relu },
+    } = op;
     let (k, m, pixels) = (g.patch_len(), g.out_channels, g.output_pixels());
     lowering.for_each_chunk(g, y, ws, |first, images, scratch, threads| {
         let count = images.len();

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::kernels::vectorize;
 use crate::matmul::{MatMut, MatRef, Threads, matmul};
-use crate::ops::conv::{ConvGeometry, Fused, winograd_math};
+use crate::ops::conv::{ConvGeometry, Fused, Operands, winograd_math};
 use crate::parallel::{for_each_chunk_mut, for_each_part};
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
@@ -67,15 +67,12 @@ fn chunking(g: &ConvGeometry, tiles: usize, batch: usize) -> (usize, usize) {
 }
 
 /// `y = conv(x, w)`, with `fused`'s bias and ReLU applied as each output tile is written.
-pub(in crate::ops::conv) fn forward(
-    g: &ConvGeometry,
-    x: Images<'_>,
-    w: &[f32],
-    fused: Fused<'_>,
-    y: &mut ImagesMut<'_>,
-    ws: &mut Workspace,
-) {
-    let Fused { bias: b, relu } = fused;
+pub(in crate::ops::conv) fn forward(g: &ConvGeometry, op: Operands<'_>, y: &mut ImagesMut<'_>, ws: &mut Workspace) {
+    let Operands {
+        x,
+        w,
+        fused: Fused { bias: b, relu },
+    } = op;
     debug_assert!(eligible(g));
     let (inputs, outputs) = (g.in_channels, g.out_channels);
     let (u, regions) = ws.shared_and_regions(POINTS * outputs * inputs, region_len(g, x.count()));
