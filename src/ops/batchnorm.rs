@@ -9,6 +9,7 @@
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut1};
 use rayon::prelude::*;
 
+use super::batchnorm_blocked::{add_input_grad_blocked, normalize_images_blocked};
 use crate::blocked::Layout;
 use crate::error::{Error, Result, expect_shape};
 use crate::kernels;
@@ -395,27 +396,15 @@ impl BatchNorm2d {
         relu: bool,
         y: &mut ImagesMut<'_>,
     ) {
-        match layout {
-            Layout::Nchw => self.normalize_images_nchw(x, pixels, stats, gamma, beta, relu, y),
-            Layout::Blocked => self.normalize_images_blocked(x, pixels, stats, gamma, beta, relu, y),
+        let affine: Vec<(f32, f32)> = (0..self.channels)
+            .map(|ch| scale_shift(stats, gamma, beta, ch))
+            .collect();
+        if layout == Layout::Blocked {
+            return normalize_images_blocked(x, pixels, &affine, relu, y);
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn normalize_images_nchw(
-        &self,
-        x: Images<'_>,
-        pixels: usize,
-        stats: &ChannelStats,
-        gamma: &[f32],
-        beta: &[f32],
-        relu: bool,
-        y: &mut ImagesMut<'_>,
-    ) {
         y.par_iter_mut().for_each(|(n, out)| {
             let image = x.get(n);
-            for ch in 0..self.channels {
-                let (scale, shift) = scale_shift(stats, gamma, beta, ch);
+            for (ch, &(scale, shift)) in affine.iter().enumerate() {
                 let out = &mut out[ch * pixels..][..pixels];
                 kernels::scale_shift(out, &image[ch * pixels..][..pixels], scale, shift);
                 if relu {
@@ -446,8 +435,8 @@ impl BatchNorm2d {
             dgamma[ch] += sum_dy_xhat as f32;
         }
         if let Some(dx) = dx {
-            let m = (x.count() * pixels) as f64;
-            self.add_input_grad(x, dy, pixels, layout, stats, gamma, &sums, m, dx);
+            let coefficients = input_grad_coefficients_all(stats, gamma, &sums, (x.count() * pixels) as f64);
+            self.add_input_grad(x, dy, pixels, layout, &stats.mean, &coefficients, dx);
         }
     }
 
@@ -486,8 +475,9 @@ impl BatchNorm2d {
             .collect()
     }
 
-    /// Adds the input gradient of the images of `x` and `dy` into `dx`, from the channels' `sums`
-    /// ([`BatchNorm2d::grad_sums`]) over the `m` values per channel the statistics span.
+    /// Adds the input gradient of the images of `x` and `dy` into `dx`: per channel
+    /// `dx = a·dy + b·(x - mean) + c` with its `coefficients` `[a, b, c]`
+    /// ([`input_grad_coefficients_all`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn add_input_grad(
         &self,
@@ -495,39 +485,33 @@ impl BatchNorm2d {
         dy: Images<'_>,
         pixels: usize,
         layout: Layout,
-        stats: &ChannelStats,
-        gamma: &[f32],
-        sums: &[(f64, f64)],
-        m: f64,
+        mean: &[f32],
+        coefficients: &[[f32; 3]],
         dx: &mut ImagesMut<'_>,
     ) {
-        match layout {
-            Layout::Nchw => self.add_input_grad_nchw(x, dy, pixels, stats, gamma, sums, m, dx),
-            Layout::Blocked => self.add_input_grad_blocked(x, dy, pixels, stats, gamma, sums, m, dx),
+        if layout == Layout::Blocked {
+            return add_input_grad_blocked(x, dy, pixels, mean, coefficients, dx);
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn add_input_grad_nchw(
-        &self,
-        x: Images<'_>,
-        dy: Images<'_>,
-        pixels: usize,
-        stats: &ChannelStats,
-        gamma: &[f32],
-        sums: &[(f64, f64)],
-        m: f64,
-        dx: &mut ImagesMut<'_>,
-    ) {
         dx.par_iter_mut().for_each(|(n, dx_image)| {
-            for (ch, &(sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
-                let coefficients = input_grad_coefficients(stats, gamma, ch, (sum_dy, sum_dy_xhat), m);
+            for (ch, &k) in coefficients.iter().enumerate() {
                 let out = &mut dx_image[ch * pixels..][..pixels];
                 let (dy, x) = (plane(dy, n, ch, pixels), plane(x, n, ch, pixels));
-                kernels::add_affine_of_two(out, dy, x, stats.mean[ch], coefficients);
+                kernels::add_affine_of_two(out, dy, x, mean[ch], k);
             }
         });
     }
+}
+
+/// Every channel's [`input_grad_coefficients`] from its `sums` over `m` values.
+pub(crate) fn input_grad_coefficients_all(
+    stats: &ChannelStats,
+    gamma: &[f32],
+    sums: &[(f64, f64)],
+    m: f64,
+) -> Vec<[f32; 3]> {
+    (0..sums.len())
+        .map(|ch| input_grad_coefficients(stats, gamma, ch, sums[ch], m))
+        .collect()
 }
 
 /// `(scale, shift)` with `y = scale·x + shift` the normalization of channel `ch`.

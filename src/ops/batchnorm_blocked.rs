@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::batchnorm::{BatchNorm2d, ChannelStats, input_grad_coefficients, scale_shift};
+use super::batchnorm::{BatchNorm2d, ChannelStats};
 use crate::blocked;
 use crate::microkernel::LANES;
 use crate::tensor::{Images, ImagesMut};
@@ -63,38 +63,6 @@ impl BatchNorm2d {
             });
     }
 
-    /// [`BatchNorm2d::normalize_images`] of blocked images.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn normalize_images_blocked(
-        &self,
-        x: Images<'_>,
-        pixels: usize,
-        stats: &ChannelStats,
-        gamma: &[f32],
-        beta: &[f32],
-        relu: bool,
-        y: &mut ImagesMut<'_>,
-    ) {
-        y.par_iter_mut().for_each(|(n, out)| {
-            for b in 0..blocked::blocks(self.channels) {
-                let (mut scale, mut shift) = ([0f32; LANES], [0f32; LANES]);
-                for lane in 0..LANES.min(self.channels - b * LANES) {
-                    (scale[lane], shift[lane]) = scale_shift(stats, gamma, beta, b * LANES + lane);
-                }
-                let out = &mut out[b * pixels * LANES..][..pixels * LANES];
-                for (o, v) in out
-                    .chunks_exact_mut(LANES)
-                    .zip(block_plane(x, n, b, pixels).chunks_exact(LANES))
-                {
-                    for lane in 0..LANES {
-                        let y = v[lane] * scale[lane] + shift[lane];
-                        o[lane] = if relu { y.max(0.0) } else { y };
-                    }
-                }
-            }
-        });
-    }
-
     /// [`BatchNorm2d::grad_sums`] of blocked images, a block's 16 channels side by side.
     pub(super) fn grad_sums_blocked(
         &self,
@@ -125,41 +93,65 @@ impl BatchNorm2d {
             .collect();
         (0..self.channels).map(|ch| blocks[ch / LANES][ch % LANES]).collect()
     }
+}
 
-    /// [`BatchNorm2d::add_input_grad`] of blocked images.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn add_input_grad_blocked(
-        &self,
-        x: Images<'_>,
-        dy: Images<'_>,
-        pixels: usize,
-        stats: &ChannelStats,
-        gamma: &[f32],
-        sums: &[(f64, f64)],
-        m: f64,
-        dx: &mut ImagesMut<'_>,
-    ) {
-        dx.par_iter_mut().for_each(|(n, dx_image)| {
-            for (b, block_sums) in sums.chunks(LANES).enumerate() {
-                let mean = block_mean(stats, b);
-                // dx = a·dy + b·(x - mean) + c per channel, coefficients folded in f64; zero for padding.
-                let mut coefficients = [[0f32; 3]; LANES];
-                for (lane, &sums) in block_sums.iter().enumerate() {
-                    coefficients[lane] = input_grad_coefficients(stats, gamma, b * LANES + lane, sums, m);
-                }
-                let out = &mut dx_image[b * pixels * LANES..][..pixels * LANES];
-                let (dy, x) = (block_plane(dy, n, b, pixels), block_plane(x, n, b, pixels));
-                for ((o, g), v) in out
-                    .chunks_exact_mut(LANES)
-                    .zip(dy.chunks_exact(LANES))
-                    .zip(x.chunks_exact(LANES))
-                {
-                    for lane in 0..LANES {
-                        let [a, bb, c] = coefficients[lane];
-                        o[lane] += a * g[lane] + bb * (v[lane] - mean[lane]) + c;
-                    }
+/// [`BatchNorm2d::add_input_grad`] of blocked images: the channels' `mean` and `coefficients`, zero for
+/// the padding channels.
+pub(super) fn add_input_grad_blocked(
+    x: Images<'_>,
+    dy: Images<'_>,
+    pixels: usize,
+    mean: &[f32],
+    coefficients: &[[f32; 3]],
+    dx: &mut ImagesMut<'_>,
+) {
+    dx.par_iter_mut().for_each(|(n, dx_image)| {
+        for (b, block_coefficients) in coefficients.chunks(LANES).enumerate() {
+            let lane_mean: [f32; LANES] =
+                std::array::from_fn(|lane| mean.get(b * LANES + lane).copied().unwrap_or(0.0));
+            let mut k = [[0f32; 3]; LANES];
+            k[..block_coefficients.len()].copy_from_slice(block_coefficients);
+            let out = &mut dx_image[b * pixels * LANES..][..pixels * LANES];
+            let (dy, x) = (block_plane(dy, n, b, pixels), block_plane(x, n, b, pixels));
+            for ((o, g), v) in out
+                .chunks_exact_mut(LANES)
+                .zip(dy.chunks_exact(LANES))
+                .zip(x.chunks_exact(LANES))
+            {
+                for lane in 0..LANES {
+                    let [a, bb, c] = k[lane];
+                    o[lane] += a * g[lane] + bb * (v[lane] - lane_mean[lane]) + c;
                 }
             }
-        });
-    }
+        }
+    });
+}
+
+/// [`BatchNorm2d::normalize_images`] of blocked images, with each channel's `(scale, shift)` in `affine`
+/// (zero for the padding channels).
+pub(super) fn normalize_images_blocked(
+    x: Images<'_>,
+    pixels: usize,
+    affine: &[(f32, f32)],
+    relu: bool,
+    y: &mut ImagesMut<'_>,
+) {
+    y.par_iter_mut().for_each(|(n, out)| {
+        for (b, block_affine) in affine.chunks(LANES).enumerate() {
+            let (mut scale, mut shift) = ([0f32; LANES], [0f32; LANES]);
+            for (lane, &(a, c)) in block_affine.iter().enumerate() {
+                (scale[lane], shift[lane]) = (a, c);
+            }
+            let out = &mut out[b * pixels * LANES..][..pixels * LANES];
+            for (o, v) in out
+                .chunks_exact_mut(LANES)
+                .zip(block_plane(x, n, b, pixels).chunks_exact(LANES))
+            {
+                for lane in 0..LANES {
+                    let y = v[lane] * scale[lane] + shift[lane];
+                    o[lane] = if relu { y.max(0.0) } else { y };
+                }
+            }
+        }
+    });
 }

@@ -14,7 +14,7 @@ use std::ops::Range;
 use crate::blocked::Layout;
 use crate::distributed::Cluster;
 use crate::error::Result;
-use crate::ops::batchnorm::{BatchNorm2d, ChannelStats};
+use crate::ops::batchnorm::{BatchNorm2d, ChannelStats, input_grad_coefficients_all};
 use crate::reduction::TreeSum;
 use crate::tensor::{Images, ImagesMut};
 
@@ -121,7 +121,8 @@ impl SyncBn<'_> {
         })?;
         let m = (self.images * input.pixels) as f64;
         let pairs: Vec<(f64, f64)> = (0..channels).map(|ch| (sums[ch], sums[channels + ch])).collect();
-        bn.add_input_grad(input.x, dy, input.pixels, input.layout, stats, gamma, &pairs, m, dx);
+        let coefficients = input_grad_coefficients_all(stats, gamma, &pairs, m);
+        bn.add_input_grad(input.x, dy, input.pixels, input.layout, &stats.mean, &coefficients, dx);
         Ok(())
     }
 }
