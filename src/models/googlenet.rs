@@ -18,16 +18,8 @@ use crate::ops::pool::MaxPool2d;
 /// Weight of each auxiliary classifier's loss in training.
 pub const AUX_WEIGHT: f32 = 0.3;
 
-/// `BasicConv2d` with a square kernel and padding.
-fn basic(
-    b: &mut GraphBuilder,
-    name: &str,
-    x: NodeId,
-    out: usize,
-    kernel: usize,
-    stride: usize,
-    pad: usize,
-) -> Result<NodeId> {
+/// `BasicConv2d` with a square kernel and padding: `[out channels, kernel, stride, pad]`.
+fn basic(b: &mut GraphBuilder, name: &str, x: NodeId, [out, kernel, stride, pad]: [usize; 4]) -> Result<NodeId> {
     basic_conv(b, name, x, out, [kernel, kernel], stride, [pad, pad])
 }
 
@@ -41,13 +33,13 @@ fn ceil_pool(b: &mut GraphBuilder, name: &str, x: NodeId, kernel: usize, stride:
 /// torchvision's `Inception(in, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj)`.
 fn inception(b: &mut GraphBuilder, name: &str, x: NodeId, [c1, c3r, c3, c5r, c5, pool]: [usize; 6]) -> Result<NodeId> {
     let n = |s: &str| format!("{name}.{s}");
-    let b1 = basic(b, &n("branch1"), x, c1, 1, 1, 0)?;
-    let b2 = basic(b, &n("branch2.0"), x, c3r, 1, 1, 0)?;
-    let b2 = basic(b, &n("branch2.1"), b2, c3, 3, 1, 1)?;
-    let b3 = basic(b, &n("branch3.0"), x, c5r, 1, 1, 0)?;
-    let b3 = basic(b, &n("branch3.1"), b3, c5, 3, 1, 1)?;
+    let b1 = basic(b, &n("branch1"), x, [c1, 1, 1, 0])?;
+    let b2 = basic(b, &n("branch2.0"), x, [c3r, 1, 1, 0])?;
+    let b2 = basic(b, &n("branch2.1"), b2, [c3, 3, 1, 1])?;
+    let b3 = basic(b, &n("branch3.0"), x, [c5r, 1, 1, 0])?;
+    let b3 = basic(b, &n("branch3.1"), b3, [c5, 3, 1, 1])?;
     let b4 = ceil_pool(b, &n("branch4.0"), x, 3, 1, 1)?;
-    let b4 = basic(b, &n("branch4.1"), b4, pool, 1, 1, 0)?;
+    let b4 = basic(b, &n("branch4.1"), b4, [pool, 1, 1, 0])?;
     b.concat(name, &[b1, b2, b3, b4])
 }
 
@@ -56,7 +48,7 @@ fn inception(b: &mut GraphBuilder, name: &str, x: NodeId, [c1, c3r, c3, c5r, c5,
 fn aux_head(b: &mut GraphBuilder, name: &str, x: NodeId, classes: usize) -> Result<NodeId> {
     let n = |s: &str| format!("{name}.{s}");
     let y = b.adaptive_avg_pool(&n("pool"), x, [4, 4])?;
-    let y = basic(b, &n("conv"), y, 128, 1, 1, 0)?;
+    let y = basic(b, &n("conv"), y, [128, 1, 1, 0])?;
     let y = b.flatten(&n("flatten"), y)?;
     let y = b.linear(&n("fc1"), y, 1024, true)?;
     let y = b.relu(&n("relu"), y)?;
@@ -69,10 +61,10 @@ pub fn googlenet(config: ModelConfig) -> Result<Graph> {
     let mut b = GraphBuilder::new();
     let [h, w] = config.size;
     let x = b.input("input", [config.in_channels, h, w])?;
-    let x = basic(&mut b, "conv1", x, 64, 7, 2, 3)?;
+    let x = basic(&mut b, "conv1", x, [64, 7, 2, 3])?;
     let x = ceil_pool(&mut b, "maxpool1", x, 3, 2, 0)?;
-    let x = basic(&mut b, "conv2", x, 64, 1, 1, 0)?;
-    let x = basic(&mut b, "conv3", x, 192, 3, 1, 1)?;
+    let x = basic(&mut b, "conv2", x, [64, 1, 1, 0])?;
+    let x = basic(&mut b, "conv3", x, [192, 3, 1, 1])?;
     let x = ceil_pool(&mut b, "maxpool2", x, 3, 2, 0)?;
     b.mark("stem", x);
     let x = inception(&mut b, "inception3a", x, [64, 96, 128, 16, 32, 32])?;

@@ -19,16 +19,9 @@ enum Variant {
     InceptionV2,
 }
 
-/// `conv_bn_relu`: the convolution as `{name}.0` (with bias), batch norm + ReLU as `{name}.1`.
-fn conv_bn_relu(
-    b: &mut GraphBuilder,
-    name: &str,
-    x: NodeId,
-    out: usize,
-    kernel: usize,
-    stride: usize,
-    pad: usize,
-) -> Result<NodeId> {
+/// `conv_bn_relu`: the convolution as `{name}.0` (with bias), batch norm + ReLU as `{name}.1`; a square
+/// kernel and padding, `[out channels, kernel, stride, pad]`.
+fn conv_bn_relu(b: &mut GraphBuilder, name: &str, x: NodeId, [out, kernel, stride, pad]: [usize; 4]) -> Result<NodeId> {
     let (conv, bn) = (format!("{name}.0"), format!("{name}.1"));
     blocks::conv_bn_relu(b, [&conv, &bn], x, out, [kernel, kernel], stride, [pad, pad], true)
 }
@@ -44,20 +37,20 @@ fn inception(
     x: NodeId,
     (o1, o2, o3, o4): Channels,
 ) -> Result<NodeId> {
-    let p1 = conv_bn_relu(b, &format!("{name}.branch1x1"), x, o1, 1, 1, 0)?;
-    let p2 = conv_bn_relu(b, &format!("{name}.branch3x3.0"), x, o2.0, 1, 1, 0)?;
-    let p2 = conv_bn_relu(b, &format!("{name}.branch3x3.1"), p2, o2.1, 3, 1, 1)?;
-    let p3 = conv_bn_relu(b, &format!("{name}.branch5x5.0"), x, o3.0, 1, 1, 0)?;
+    let p1 = conv_bn_relu(b, &format!("{name}.branch1x1"), x, [o1, 1, 1, 0])?;
+    let p2 = conv_bn_relu(b, &format!("{name}.branch3x3.0"), x, [o2.0, 1, 1, 0])?;
+    let p2 = conv_bn_relu(b, &format!("{name}.branch3x3.1"), p2, [o2.1, 3, 1, 1])?;
+    let p3 = conv_bn_relu(b, &format!("{name}.branch5x5.0"), x, [o3.0, 1, 1, 0])?;
     let p3 = match variant {
-        Variant::GoogLeNetBn => conv_bn_relu(b, &format!("{name}.branch5x5.1"), p3, o3.1, 5, 1, 2)?,
+        Variant::GoogLeNetBn => conv_bn_relu(b, &format!("{name}.branch5x5.1"), p3, [o3.1, 5, 1, 2])?,
         Variant::InceptionV2 => {
-            let p3 = conv_bn_relu(b, &format!("{name}.branch5x5.1"), p3, o3.1, 3, 1, 1)?;
-            conv_bn_relu(b, &format!("{name}.branch5x5.2"), p3, o3.1, 3, 1, 1)?
+            let p3 = conv_bn_relu(b, &format!("{name}.branch5x5.1"), p3, [o3.1, 3, 1, 1])?;
+            conv_bn_relu(b, &format!("{name}.branch5x5.2"), p3, [o3.1, 3, 1, 1])?
         }
     };
     let pool = MaxPool2d::new([3, 3], [1, 1]).with_padding(Padding::symmetric(1, 1));
     let p4 = b.max_pool(&format!("{name}.branch_pool.0"), x, pool)?;
-    let p4 = conv_bn_relu(b, &format!("{name}.branch_pool.1"), p4, o4, 1, 1, 0)?;
+    let p4 = conv_bn_relu(b, &format!("{name}.branch_pool.1"), p4, [o4, 1, 1, 0])?;
     b.concat(name, &[p1, p2, p3, p4])
 }
 
@@ -76,11 +69,11 @@ fn build(variant: Variant, config: ModelConfig) -> Result<Graph> {
     let [h, w] = config.size;
     let x = b.input("input", [config.in_channels, h, w])?;
     let block = |b: &mut GraphBuilder, name: &str, x, channels| inception(b, variant, name, x, channels);
-    let x = conv_bn_relu(&mut b, "0.0", x, 64, 7, 2, 3)?;
+    let x = conv_bn_relu(&mut b, "0.0", x, [64, 7, 2, 3])?;
     let x = down(&mut b, "0.1", x)?;
     b.mark("b1", x);
-    let x = conv_bn_relu(&mut b, "1.0", x, 64, 1, 1, 0)?;
-    let x = conv_bn_relu(&mut b, "1.1", x, 192, 3, 1, 1)?;
+    let x = conv_bn_relu(&mut b, "1.0", x, [64, 1, 1, 0])?;
+    let x = conv_bn_relu(&mut b, "1.1", x, [192, 3, 1, 1])?;
     let x = down(&mut b, "1.2", x)?;
     b.mark("b2", x);
     let x = block(&mut b, "2.0", x, (64, (96, 128), (16, 32), 32))?;
