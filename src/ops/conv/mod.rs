@@ -441,6 +441,14 @@ pub(crate) struct Operands<'a> {
     fused: Fused<'a>,
 }
 
+/// One input-gradient pass's operands, as each algorithm takes them: the weights in PyTorch's layout and
+/// the output gradient.
+#[derive(Clone, Copy)]
+pub(crate) struct GradOperands<'a> {
+    w: &'a [f32],
+    dy: Images<'a>,
+}
+
 /// [`forward_images`], with the bias and ReLU of `fused` applied in the output pass.
 pub fn forward_images_fused(
     g: &ConvGeometry,
@@ -482,13 +490,13 @@ pub fn backward_input_images(
 ) {
     match algo {
         ConvAlgo::Naive => naive::backward_input(g, w, dy, dx),
-        ConvAlgo::Winograd => winograd::backward_input(g, w, dy, dx, ws),
-        ConvAlgo::Factorized => factorized::backward_input(g, w, dy, dx, ws),
+        ConvAlgo::Winograd => winograd::backward_input(g, GradOperands { w, dy }, dx, ws),
+        ConvAlgo::Factorized => factorized::backward_input(g, GradOperands { w, dy }, dx, ws),
         ConvAlgo::Direct if direct::direct_input_grad(g) => {
             let packed = direct::DirectWeights::new(g, w, None);
             direct::add_input_grad_images(&packed, dy, Layout::Nchw, dx, Layout::Nchw, ws, Isa::best());
         }
-        _ => gemm_conv::backward_input(g, lowering(g, algo), w, dy, dx, ws),
+        _ => gemm_conv::backward_input(g, lowering(g, algo), GradOperands { w, dy }, dx, ws),
     }
 }
 
@@ -508,7 +516,7 @@ pub fn backward_weight_images(
             let packed = direct::DirectWeights::layout(g);
             direct::add_weight_grad_images(&packed, x, Layout::Nchw, dy, Layout::Nchw, dw, ws, Isa::best());
         }
-        _ => gemm_conv::backward_weight(g, lowering(g, algo), x, dy, dw, ws),
+        _ => lowering(g, algo).backward_weight(g, x, dy, dw, ws),
     }
 }
 

@@ -19,7 +19,7 @@
 use crate::geometry::Axis;
 use crate::matmul::{MatMut, MatRef, matmul};
 use crate::ops::conv::batching::{Chunking, accumulate_weight_grad, for_each_chunk, weight_grad_workspace};
-use crate::ops::conv::{ConvGeometry, Fused, Operands};
+use crate::ops::conv::{ConvGeometry, Fused, GradOperands, Operands};
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
 
@@ -239,13 +239,8 @@ pub(in crate::ops::conv) fn forward(g: &ConvGeometry, op: Operands<'_>, y: &mut 
 }
 
 /// Adds the input gradient into `dx`.
-pub(in crate::ops::conv) fn backward_input(
-    g: &ConvGeometry,
-    w: &[f32],
-    dy: Images<'_>,
-    dx: &mut ImagesMut<'_>,
-    ws: &mut Workspace,
-) {
+pub(crate) fn backward_input(g: &ConvGeometry, op: GradOperands<'_>, dx: &mut ImagesMut<'_>, ws: &mut Workspace) {
+    let GradOperands { w, dy } = op;
     let layout = Layout::new(g);
     let chunking = Chunking::new(g);
     for_each_chunk(dx, chunking, ws, scratch_len(g), |first, images, scratch, threads| {

@@ -9,7 +9,7 @@
 use crate::matmul::{MatMut, MatRef, matmul};
 use crate::ops::conv::batching::{Chunking, accumulate_weight_grad, for_each_chunk, weight_grad_workspace};
 use crate::ops::conv::im2col::{Block, col2im, im2col};
-use crate::ops::conv::{ConvGeometry, Fused, Operands};
+use crate::ops::conv::{ConvGeometry, Fused, GradOperands, Operands};
 use crate::parallel::Threads;
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
@@ -21,6 +21,52 @@ pub(in crate::ops::conv) enum Lowering {
 }
 
 impl Lowering {
+    /// Adds the weight gradient into `dw`.
+    pub(crate) fn backward_weight(
+        self,
+        g: &ConvGeometry,
+        x: Images<'_>,
+        dy: Images<'_>,
+        dw: &mut [f32],
+        ws: &mut Workspace,
+    ) {
+        let lowering = self;
+        let (k, m, pixels) = (g.patch_len(), g.out_channels, g.output_pixels());
+        let chunking = Chunking::new(g);
+        // dw += dy_chunk · col_chunkᵀ, over the chunks of the images in `images`.
+        let accumulate_images = |images: std::ops::Range<usize>, dw: &mut [f32], scratch: &mut [f32], threads| {
+            let mut first = images.start;
+            while first < images.end {
+                let count = chunking.per.min(images.end - first);
+                let cols = count * pixels;
+                let (dy_mat, col_mat) = if Chunking::in_place(count) {
+                    let col = match lowering {
+                        Lowering::Direct => x.get(first),
+                        Lowering::Im2col => {
+                            im2col(g, x.get(first), scratch, Block::dense(g));
+                            &scratch[..k * pixels]
+                        }
+                    };
+                    (dy.get(first), col)
+                } else {
+                    let (dy_chunk, col) = scratch.split_at_mut(m * cols);
+                    gather_output_grad(g, dy, first, count, dy_chunk);
+                    lower(g, lowering, x, first, count, col);
+                    (&*dy_chunk, &col[..k * cols])
+                };
+                matmul(
+                    MatMut::row_major(dw, m, k),
+                    MatRef::row_major(dy_mat, m, cols),
+                    MatRef::row_major(col_mat, k, cols).t(),
+                    true,
+                    threads,
+                );
+                first += count;
+            }
+        };
+        accumulate_weight_grad(x.count(), chunking, dw, ws, lowering.scratch_len(g), accumulate_images);
+    }
+
     /// [`for_each_chunk`] over the images of `out` (`g`'s chunks), each with this lowering's scratch.
     fn for_each_chunk<F>(self, g: &ConvGeometry, out: &mut ImagesMut<'_>, ws: &mut Workspace, f: F)
     where
@@ -151,11 +197,11 @@ pub(in crate::ops::conv) fn forward(
 pub(in crate::ops::conv) fn backward_input(
     g: &ConvGeometry,
     lowering: Lowering,
-    w: &[f32],
-    dy: Images<'_>,
+    op: GradOperands<'_>,
     dx: &mut ImagesMut<'_>,
     ws: &mut Workspace,
 ) {
+    let GradOperands { w, dy } = op;
     let (k, m, pixels) = (g.patch_len(), g.out_channels, g.output_pixels());
     let w_t = MatRef::row_major(w, m, k).t();
     lowering.for_each_chunk(g, dx, ws, |first, images, scratch, threads| {
@@ -203,49 +249,4 @@ pub(in crate::ops::conv) fn backward_input(
             }
         }
     });
-}
-
-/// Adds the weight gradient into `dw`.
-pub(in crate::ops::conv) fn backward_weight(
-    g: &ConvGeometry,
-    lowering: Lowering,
-    x: Images<'_>,
-    dy: Images<'_>,
-    dw: &mut [f32],
-    ws: &mut Workspace,
-) {
-    let (k, m, pixels) = (g.patch_len(), g.out_channels, g.output_pixels());
-    let chunking = Chunking::new(g);
-    // dw += dy_chunk · col_chunkᵀ, over the chunks of the images in `images`.
-    let accumulate_images = |images: std::ops::Range<usize>, dw: &mut [f32], scratch: &mut [f32], threads| {
-        let mut first = images.start;
-        while first < images.end {
-            let count = chunking.per.min(images.end - first);
-            let cols = count * pixels;
-            let (dy_mat, col_mat) = if Chunking::in_place(count) {
-                let col = match lowering {
-                    Lowering::Direct => x.get(first),
-                    Lowering::Im2col => {
-                        im2col(g, x.get(first), scratch, Block::dense(g));
-                        &scratch[..k * pixels]
-                    }
-                };
-                (dy.get(first), col)
-            } else {
-                let (dy_chunk, col) = scratch.split_at_mut(m * cols);
-                gather_output_grad(g, dy, first, count, dy_chunk);
-                lower(g, lowering, x, first, count, col);
-                (&*dy_chunk, &col[..k * cols])
-            };
-            matmul(
-                MatMut::row_major(dw, m, k),
-                MatRef::row_major(dy_mat, m, cols),
-                MatRef::row_major(col_mat, k, cols).t(),
-                true,
-                threads,
-            );
-            first += count;
-        }
-    };
-    accumulate_weight_grad(x.count(), chunking, dw, ws, lowering.scratch_len(g), accumulate_images);
 }

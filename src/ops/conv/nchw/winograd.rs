@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::kernels::vectorize;
 use crate::matmul::{MatMut, MatRef, Threads, matmul};
-use crate::ops::conv::{ConvGeometry, Fused, Operands, winograd_math};
+use crate::ops::conv::{ConvGeometry, Fused, GradOperands, Operands, winograd_math};
 use crate::parallel::{for_each_chunk_mut, for_each_part};
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::{Workspace, WorkspaceSize};
@@ -82,13 +82,8 @@ pub(in crate::ops::conv) fn forward(g: &ConvGeometry, op: Operands<'_>, y: &mut 
 
 /// Adds the input gradient of the convolution `g` into `dx`: a Winograd convolution of `dy` with the
 /// flipped, transposed weights and the mirrored padding.
-pub(in crate::ops::conv) fn backward_input(
-    g: &ConvGeometry,
-    w: &[f32],
-    dy: Images<'_>,
-    dx: &mut ImagesMut<'_>,
-    ws: &mut Workspace,
-) {
+pub(crate) fn backward_input(g: &ConvGeometry, op: GradOperands<'_>, dx: &mut ImagesMut<'_>, ws: &mut Workspace) {
+    let GradOperands { w, dy } = op;
     debug_assert!(eligible(g));
     let (inputs, outputs) = (g.in_channels, g.out_channels);
     let back = g
