@@ -67,21 +67,19 @@ pub fn bench(model: Model, options: BenchOptions) -> Result<BenchResult> {
     }
     let graph = &model.graph;
     let len = graph.nodes[0].image_len();
-    // Refused before anything is allocated: the executor's buffers, the optimizer's state (at most three
-    // values per parameter) and the random batch.
+    // Refused before anything is allocated: the executor's buffers (with the optimizer's state when
+    // training) and the random batch.
     let plan_options = PlanOptions {
         conv_algo: options.conv_algo,
         winograd: options.winograd,
         ..PlanOptions::default()
     };
-    let params: u64 = graph.params.iter().map(|p| p.len() as u64 * 4).sum();
     let [_, h, w] = graph.input_shape();
     crate::memory::check_batch(
         batch,
         &format!("batch {batch} at {h}x{w}"),
         |b| {
             let mut need = Executor::memory_need(graph, plan_options, b, train)?;
-            need.parameters = need.parameters.saturating_add(if train { 3 * params } else { 0 });
             need.inputs = (4 * len as u64).saturating_mul(b as u64);
             Ok(need)
         },

@@ -306,7 +306,19 @@ impl Classifier {
     /// [`Classifier::input_shape`], as PyTorch's `model(x)` computes them: fed as given, nothing
     /// normalized (`transform_input`, part of torchvision's model, runs when on).
     pub fn forward_tensor(&mut self, x: ArrayView4<f32>) -> Result<Array2<f32>> {
-        let mut x = self.checked(x)?;
+        let x = self.checked(x)?;
+        self.forward_flat(x)
+    }
+
+    /// Eval-mode logits of images `[n, c, h, w]` with values in [0, 1] (as [`Classifier::read_images`]
+    /// returns them): [`Classifier::preprocess`], then [`Classifier::forward_tensor`].
+    pub fn forward_images(&mut self, x: ArrayView4<f32>) -> Result<Array2<f32>> {
+        let x = self.preprocessed(x)?;
+        self.forward_flat(x)
+    }
+
+    /// [`Classifier::forward_tensor`] of the checked input `x`, flat.
+    fn forward_flat(&mut self, mut x: Vec<f32>) -> Result<Array2<f32>> {
         self.apply_transform_input(&mut x);
         let image = self.image_len();
         let count = x.len() / image;
@@ -319,23 +331,22 @@ impl Classifier {
         Ok(Array2::from_shape_vec([count, self.config.classes], logits).expect("one row per image"))
     }
 
-    /// Eval-mode logits of images `[n, c, h, w]` with values in [0, 1] (as [`Classifier::read_images`]
-    /// returns them): [`Classifier::preprocess`], then [`Classifier::forward_tensor`].
-    pub fn forward_images(&mut self, x: ArrayView4<f32>) -> Result<Array2<f32>> {
-        let x = self.preprocess(x)?;
-        self.forward_tensor(x.view())
-    }
-
     /// Images `[n, c, h, w]` with values in [0, 1] as the network's input tensor: normalized as the
     /// checkpoint's run normalized them (a torchvision or timm state_dict: its library's ImageNet
     /// normalization; weights that record none: unchanged). [`Classifier::preprocessing`] says which.
     pub fn preprocess(&self, x: ArrayView4<f32>) -> Result<Array4<f32>> {
+        let x = self.preprocessed(x)?;
+        let [c, h, w] = self.input_shape();
+        Ok(Array4::from_shape_vec([x.len() / self.image_len(), c, h, w], x).expect("whole images"))
+    }
+
+    /// [`Classifier::preprocess`], flat.
+    fn preprocessed(&self, x: ArrayView4<f32>) -> Result<Vec<f32>> {
         let mut x = self.checked(x)?;
         if let Some(n) = &self.normalization {
             x.chunks_exact_mut(self.image_len()).for_each(|img| n.apply(img));
         }
-        let [c, h, w] = self.input_shape();
-        Ok(Array4::from_shape_vec([x.len() / self.image_len(), c, h, w], x).expect("whole images"))
+        Ok(x)
     }
 
     /// The `top_k` most likely classes of each image file (PNG, JPEG), most likely first: each image
@@ -368,8 +379,8 @@ impl Classifier {
         optimizer: &mut Optimizer,
         lr: f32,
     ) -> Result<BatchLoss> {
-        let x = self.preprocess(x)?;
-        self.train_step_tensor(x.view(), labels, optimizer, lr)
+        let x = self.preprocessed(x)?;
+        self.train_step_flat(x, labels, optimizer, lr)
     }
 
     /// One training step (fine-tuning) on the network's input tensor `[n, c, h, w]`, fed as given as
@@ -385,7 +396,18 @@ impl Classifier {
         optimizer: &mut Optimizer,
         lr: f32,
     ) -> Result<BatchLoss> {
-        let mut x = self.checked(x)?;
+        let x = self.checked(x)?;
+        self.train_step_flat(x, labels, optimizer, lr)
+    }
+
+    /// [`Classifier::train_step_tensor`] of the checked input `x`, flat.
+    fn train_step_flat(
+        &mut self,
+        mut x: Vec<f32>,
+        labels: &[usize],
+        optimizer: &mut Optimizer,
+        lr: f32,
+    ) -> Result<BatchLoss> {
         self.apply_transform_input(&mut x);
         let image = self.image_len();
         let count = x.len() / image;

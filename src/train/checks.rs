@@ -127,10 +127,7 @@ pub fn check_memory(cfg: &TrainConfig, images: usize, ranks: usize) -> Result<()
     let image_bytes = 4 * graph.input_shape().iter().product::<usize>() as u64;
     let need = |b: usize| {
         let mut need = Executor::memory_need(graph, options, b, true)?;
-        need.parameters =
-            need.parameters
-                .saturating_add(3 * params)
-                .saturating_add(if ranks > 1 { 2 * params } else { 0 });
+        need.parameters = need.parameters.saturating_add(if ranks > 1 { 2 * params } else { 0 });
         need.inputs = image_bytes.saturating_mul(5 * b as u64);
         Ok(need)
     };

@@ -122,9 +122,9 @@ impl Executor {
     }
 
     /// What an executor for `graph` planned with `options` allocates for batches of up to `capacity`
-    /// images, in bytes: for inference, or with `training` also the gradients (not the optimizer's state,
-    /// which [`crate::optim`] holds). [`Executor::new`] refuses a capacity whose inference need exceeds
-    /// [`crate::memory::available`]; a training caller checks this need first.
+    /// images, in bytes: for inference, or with `training` also the gradients and the optimizer's state
+    /// (at most three values per parameter). [`Executor::new`] refuses a capacity whose inference need
+    /// exceeds [`crate::memory::available`]; a training caller checks this need first.
     pub fn memory_need(
         graph: &Graph,
         options: PlanOptions,

@@ -410,6 +410,9 @@ pub(super) fn memory_need(graph: &Graph, options: PlanOptions, capacity: usize, 
             }
         }
     }
+    // A training run's optimizer holds at most three values per parameter (centered RMSProp with
+    // momentum; Adam two).
+    let optimizer = if training { 3 * params } else { 0 };
     Ok(MemoryNeed {
         activations,
         gradients: if training {
@@ -418,7 +421,7 @@ pub(super) fn memory_need(graph: &Graph, options: PlanOptions, capacity: usize, 
             0
         },
         workspace,
-        parameters: bytes(params + packed),
+        parameters: bytes(params + packed + optimizer),
         inputs: 0,
     })
 }
