@@ -5,8 +5,9 @@
 //! Each of the four library models (torchvision's googlenet and inception_v3, timm's inception_v4 and
 //! inception_resnet_v2) as a state_dict with hashed weights, once with a 10-class head (torchvision's
 //! `transform_input` off, as its constructor leaves it) and once with a 1000-class head (on, as with its
-//! ImageNet weights): the logits of a tensor in [-2, 2) against PyTorch's float64 `model(x)`, held to 10
-//! times PyTorch float32's own distance from it.
+//! ImageNet weights): the logits of a tensor in [-2, 2) against PyTorch's float64 `model(x)`, held to 4
+//! times PyTorch float32's own distance from it (the issue asked for 10; measured 0.7 to 1.6 times, as in
+//! `tests/pretrained_weights.rs`, which holds the same models on a photo to 4 times).
 
 mod common;
 
@@ -19,8 +20,8 @@ use incept::classifier::{Classifier, TransformInputRule};
 use incept::ndarray::{Array2, Array4};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
-/// Our distance from float64 over PyTorch float32's, at most (the issue's bar).
-const TIMES_PYTORCH: f64 = 10.0;
+/// Our distance from float64 over PyTorch float32's, at most.
+const TIMES_PYTORCH: f64 = 4.0;
 /// The splitmix stream of the input (`INPUT_STREAM` in the generator).
 const INPUT_STREAM: usize = 7777;
 
