@@ -136,6 +136,68 @@ fn microkernel(c: &mut Criterion) {
             100.0 * rate / peak
         );
     }
+    bf16_summary(&problem);
+}
+
+/// The bf16 builds on the same problem (its values rounded to bf16, weights re-laid as pairs), against
+/// the float32 FMA peak and, where the CPU has it, the `vdpbf16ps` peak.
+fn bf16_summary(problem: &Problem) {
+    use incept::microkernel::{Bf16Isa, bf16::dot_peak_flops, run_bf16};
+    let mut w = vec![0u16; problem.w.len()];
+    // The same 16 × 16 block per run, as [8 pairs][16 lanes][2]: index (k/2)·32 + 2·lane + k%2.
+    for (block, out) in problem
+        .w
+        .chunks_exact(LANES * LANES)
+        .zip(w.chunks_exact_mut(LANES * LANES))
+    {
+        for k in 0..LANES {
+            for lane in 0..LANES {
+                out[(k / 2) * 2 * LANES + 2 * lane + k % 2] = incept::bf16::from_f32(block[k * LANES + lane]);
+            }
+        }
+    }
+    let x: Vec<u16> = problem.x.iter().map(|&v| incept::bf16::from_f32(v)).collect();
+    let f32_peak = {
+        let isa = Isa::best();
+        let mut flops = 0;
+        let s = median_seconds(|| flops = microkernel::fma_peak_flops(isa, PEAK_ITERATIONS), 21);
+        flops as f64 / s / 1e9
+    };
+    println!("\nbf16 microkernel (medians of 21), against the float32 FMA peak {f32_peak:.1} GFLOP/s:");
+    if Bf16Isa::Avx512Bf16.available() {
+        let mut flops = 0;
+        let s = median_seconds(|| flops = dot_peak_flops(PEAK_ITERATIONS), 21);
+        let peak = flops as f64 / s / 1e9;
+        println!(
+            "  vdpbf16ps peak {peak:.1} GFLOP/s = {:.2}x the float32 FMA peak",
+            peak / f32_peak
+        );
+    }
+    for isa in Bf16Isa::ALL
+        .into_iter()
+        .filter(|i| i.available() && *i != Bf16Isa::Scalar)
+    {
+        let shape = isa.preferred_tile();
+        let mut tile = problem.tile(shape);
+        tile.depth = LANES / 2;
+        let mut out = problem.c.clone();
+        let reps = 50;
+        let s = median_seconds(
+            || {
+                for _ in 0..reps {
+                    run_bf16(isa, &tile, &w, &x, &mut out);
+                }
+            },
+            21,
+        );
+        let rate = problem.flops(shape) as f64 * reps as f64 / s / 1e9;
+        println!(
+            "  {isa:?}: tile {}x{} {rate:.1} GFLOP/s = {:.2}x the float32 FMA peak",
+            shape.blocks,
+            shape.pixels,
+            rate / f32_peak
+        );
+    }
 }
 
 criterion_group!(benches, microkernel);

@@ -41,6 +41,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod bf16;
 pub mod blocked;
 pub mod classifier;
 pub mod data;

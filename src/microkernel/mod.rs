@@ -100,6 +100,11 @@ macro_rules! every_shape {
 mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_bf16;
+
+pub mod bf16;
+pub use bf16::{Bf16Isa, run_bf16};
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -169,7 +174,8 @@ impl Isa {
         let limit = match LIMIT.load(Ordering::Relaxed) {
             0 => Isa::Neon,
             n => Isa::ALL[usize::from(n - 1)],
-        };
+        }
+        .min(isa_cap().f32);
         Isa::ALL
             .into_iter()
             .rev()
@@ -197,15 +203,62 @@ impl Isa {
     /// blocks than [`Isa::preferred_tile`]'s): as many accumulators as the preferred tile's, up to
     /// [`max_pixels`]. On AVX-512 one block runs 16 pixels, two blocks 12.
     pub fn tile_pixels(self, blocks: usize) -> usize {
-        let TileShape {
-            blocks: preferred,
-            pixels,
-        } = self.preferred_tile();
-        if blocks >= preferred {
-            return pixels;
-        }
-        (preferred * pixels / blocks.max(1)).clamp(pixels, max_pixels(blocks))
+        pixels_for(self.preferred_tile(), blocks)
     }
+}
+
+/// The pixels of a tile of `blocks` blocks for a build whose best tile is `preferred`: its pixels when
+/// `blocks` is at least as many, else as many accumulators as `preferred` has, up to [`max_pixels`].
+fn pixels_for(preferred: TileShape, blocks: usize) -> usize {
+    let TileShape {
+        blocks: preferred,
+        pixels,
+    } = preferred;
+    if blocks >= preferred {
+        return pixels;
+    }
+    (preferred * pixels / blocks.max(1)).clamp(pixels, max_pixels(blocks))
+}
+
+/// The fastest builds `INCEPT_MAX_ISA` allows (read once): like oneDNN's `ONEDNN_MAX_CPU_ISA`, it caps
+/// what [`Isa::best`] and [`Bf16Isa::best`] pick, so every tier can be run on one machine. Its values,
+/// from the slowest: `scalar`, `avx2`, `avx512`, `avx512_bf16`, `amx` (and `neon` on aarch64). Unset,
+/// nothing is capped; an unknown value is reported once on stderr and ignored.
+pub struct IsaCap {
+    /// The float32 microkernel's cap.
+    pub f32: Isa,
+    /// The bf16 microkernel's cap.
+    pub bf16: Bf16Isa,
+}
+
+/// See [`IsaCap`].
+pub fn isa_cap() -> &'static IsaCap {
+    static CAP: std::sync::OnceLock<IsaCap> = std::sync::OnceLock::new();
+    CAP.get_or_init(|| {
+        let value = std::env::var("INCEPT_MAX_ISA").unwrap_or_default();
+        match parse_isa_cap(&value) {
+            Some(cap) => cap,
+            None => {
+                eprintln!(
+                    "INCEPT_MAX_ISA={value:?} is not one of scalar, avx2, avx512, avx512_bf16, amx, neon: ignored"
+                );
+                parse_isa_cap("").expect("no cap")
+            }
+        }
+    })
+}
+
+/// The cap an `INCEPT_MAX_ISA` value names (the empty string: none), or `None` for an unknown name.
+pub fn parse_isa_cap(value: &str) -> Option<IsaCap> {
+    let (f32, bf16) = match value.trim().to_ascii_lowercase().as_str() {
+        "" | "amx" | "neon" => (Isa::Neon, Bf16Isa::Avx512Bf16),
+        "scalar" => (Isa::Scalar, Bf16Isa::Scalar),
+        "avx2" => (Isa::Avx2, Bf16Isa::Scalar),
+        "avx512" => (Isa::Avx512, Bf16Isa::Avx512),
+        "avx512_bf16" => (Isa::Avx512, Bf16Isa::Avx512Bf16),
+        _ => return None,
+    };
+    Some(IsaCap { f32, bf16 })
 }
 
 /// A tile's size: `blocks` blocks of 16 output channels by `pixels` output pixels.

@@ -1,0 +1,233 @@
+//! The microkernel on bf16 operands: the same tiles, runs and epilogue as the float32 one, with weights
+//! and inputs in bf16 and the sums in float32.
+//!
+//! A reduction step takes a *pair* of input channels. At step `k` of a run at `(w, x)`, in bf16 values:
+//! - the weights of output channel `16 b + lane` are the pair at `w + b · w_block_stride + 32 k + 2 lane`
+//!   (a 16 × 16 block of float32 weights becomes `[8 pairs][16 lanes][2]`, oneDNN's `8i16o2i`);
+//! - the input pair of pixel `p` is at `x + p · x_pixel_stride + 2 k` (two adjacent channels of the
+//!   blocked layout, broadcast to all lanes).
+//!
+//! Each step adds `w[2k+1]·x[2k+1] + w[2k]·x[2k]` into the lane's float32 sum by [`crate::bf16::dot_pair`].
+//! The builds, each equal to that model bit for bit:
+//! - [`Bf16Isa::Scalar`]: the model itself, one lane at a time, on every CPU;
+//! - [`Bf16Isa::Avx512`]: AVX-512F without bf16 arithmetic, each pair as two float32 FMAs (the odd
+//!   element first), as oneDNN emulates `vdpbf16ps`; equal to the model when denormals are flushed
+//!   (the `incept` command flushes them);
+//! - [`Bf16Isa::Avx512Bf16`]: `vdpbf16ps`, 32 products per instruction. On an AMD Zen 5 it runs 2.0× the
+//!   FLOP rate of float32 FMAs (`cargo bench --bench microkernel`); on Intel's Emerald Rapids 0.49×
+//!   (LOWPREC.md §2), where AMX is the faster unit.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::{LANES, MAX_BLOCKS, MAX_PIXELS_ONE_BLOCK, Tile, TileShape, max_pixels};
+use crate::bf16;
+
+/// An instruction set the bf16 microkernel is built for, from the slowest to the fastest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Bf16Isa {
+    /// Plain Rust, the model of the instruction: every machine.
+    Scalar,
+    /// AVX-512F, float32 FMAs on the widened pairs.
+    Avx512,
+    /// AVX512-BF16's `vdpbf16ps`.
+    Avx512Bf16,
+}
+
+/// `0` = no limit, else `1 + Bf16Isa as u8`: the fastest set [`Bf16Isa::best`] may return.
+static LIMIT: AtomicU8 = AtomicU8::new(0);
+
+impl Bf16Isa {
+    /// Every build, the slowest first.
+    pub const ALL: [Bf16Isa; 3] = [Bf16Isa::Scalar, Bf16Isa::Avx512, Bf16Isa::Avx512Bf16];
+
+    /// Whether this CPU runs it.
+    pub fn available(self) -> bool {
+        match self {
+            Bf16Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Bf16Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Bf16Isa::Avx512Bf16 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512bf16")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest available build within [`Bf16Isa::set_limit`]'s limit and `INCEPT_MAX_ISA`
+    /// ([`super::isa_cap`]), or the model when [`crate::kernels::scalar_only`] forces the baseline.
+    pub fn best() -> Bf16Isa {
+        if crate::kernels::scalar_only() {
+            return Bf16Isa::Scalar;
+        }
+        let set = match LIMIT.load(Ordering::Relaxed) {
+            0 => Bf16Isa::Avx512Bf16,
+            n => Bf16Isa::ALL[usize::from(n - 1)],
+        };
+        let limit = set.min(super::isa_cap().bf16);
+        Bf16Isa::ALL
+            .into_iter()
+            .rev()
+            .find(|&isa| isa <= limit && isa.available())
+            .unwrap_or(Bf16Isa::Scalar)
+    }
+
+    /// Caps [`Bf16Isa::best`] at `limit` (`None` lifts the cap), so tests and benches can run each build.
+    pub fn set_limit(limit: Option<Bf16Isa>) {
+        LIMIT.store(limit.map_or(0, |isa| isa as u8 + 1), Ordering::Relaxed);
+    }
+
+    /// The name `summary` and `bench` print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Isa::Scalar => "scalar bf16 model",
+            Bf16Isa::Avx512 => "AVX-512 (bf16 widened to f32)",
+            Bf16Isa::Avx512Bf16 => "AVX512-BF16",
+        }
+    }
+
+    /// The tile this build runs best. `vdpbf16ps` needs one register per block's weights, like the
+    /// float32 FMA: 4 × 6 accumulators, 4 weights and a broadcast of 32 zmm. The widened pairs need
+    /// two weight and two input registers: 4 × 4.
+    pub fn preferred_tile(self) -> TileShape {
+        match self {
+            Bf16Isa::Avx512Bf16 => TileShape { blocks: 4, pixels: 6 },
+            Bf16Isa::Avx512 => TileShape { blocks: 4, pixels: 4 },
+            Bf16Isa::Scalar => TileShape { blocks: 1, pixels: 4 },
+        }
+    }
+
+    /// The pixels of this build's tile for a group of only `blocks` output blocks (see
+    /// [`super::Isa::tile_pixels`]).
+    pub fn tile_pixels(self, blocks: usize) -> usize {
+        super::pixels_for(self.preferred_tile(), blocks)
+    }
+}
+
+/// The tile with its operands checked, as the builds receive it.
+#[derive(Clone, Copy)]
+pub(super) struct CheckedBf16<'a> {
+    pub(super) tile: &'a Tile<'a>,
+    pub(super) w: *const u16,
+    pub(super) x: *const u16,
+    pub(super) c: *mut f32,
+}
+
+/// Why [`run_bf16`] refused a tile (a bug in the caller, so a panic message).
+fn check(tile: &Tile<'_>, isa: Bf16Isa, w: &[u16], x: &[u16], c: &[f32]) -> Result<(), String> {
+    let TileShape { blocks, pixels } = tile.shape;
+    if !(1..=MAX_BLOCKS).contains(&blocks) || !(1..=max_pixels(blocks)).contains(&pixels) {
+        return Err(format!("bf16 tile {blocks}x{pixels} out of range"));
+    }
+    if !isa.available() {
+        return Err(format!("{isa:?} is not available on this CPU"));
+    }
+    if tile.x_depth_stride != 1 {
+        return Err("bf16 tiles read adjacent input pairs (x_depth_stride 1)".into());
+    }
+    if tile.depth > 0 {
+        let w_span = (blocks - 1) * tile.w_block_stride + tile.depth * 2 * LANES;
+        let x_span = (pixels - 1) * tile.x_pixel_stride + 2 * tile.depth;
+        for &(wo, xo) in tile.runs {
+            if wo.checked_add(w_span).is_none_or(|end| end > w.len()) {
+                return Err(format!("a run at weight offset {wo} reads {w_span} of {}", w.len()));
+            }
+            if xo.checked_add(x_span).is_none_or(|end| end > x.len()) {
+                return Err(format!("a run at input offset {xo} reads {x_span} of {}", x.len()));
+            }
+        }
+    }
+    let c_span = (blocks - 1) * tile.c_block_stride + pixels * LANES;
+    if tile.c_offset.checked_add(c_span).is_none_or(|end| end > c.len()) {
+        return Err(format!("the output at {} spans {c_span} of {}", tile.c_offset, c.len()));
+    }
+    if tile.epilogue.bias.is_some_and(|bias| bias.len() < blocks * LANES) {
+        return Err("fewer bias values than output channels".into());
+    }
+    Ok(())
+}
+
+/// Computes one tile on bf16 weights `w` and inputs `x` into float32 `c` with `isa`'s build. Panics,
+/// naming the operand, if the tile does not fit its slices or `isa` is not available.
+pub fn run_bf16(isa: Bf16Isa, tile: &Tile<'_>, w: &[u16], x: &[u16], c: &mut [f32]) {
+    if let Err(why) = check(tile, isa, w, x, c) {
+        panic!("bf16 microkernel: {why}");
+    }
+    let checked = CheckedBf16 {
+        tile,
+        w: w.as_ptr(),
+        x: x.as_ptr(),
+        c: c.as_mut_ptr(),
+    };
+    match isa {
+        Bf16Isa::Scalar => scalar(checked),
+        #[cfg(target_arch = "x86_64")]
+        Bf16Isa::Avx512 => super::x86_bf16::dispatch_avx512(checked),
+        #[cfg(target_arch = "x86_64")]
+        Bf16Isa::Avx512Bf16 => super::x86_bf16::dispatch_avx512bf16(checked),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("check() refused an unavailable instruction set"),
+    }
+}
+
+/// The model: [`bf16::dot_pair`] per lane, in the vector builds' order.
+fn scalar(k: CheckedBf16<'_>) {
+    let t = k.tile;
+    let TileShape { blocks, pixels } = t.shape;
+    let mut acc = [[[0f32; LANES]; MAX_PIXELS_ONE_BLOCK]; MAX_BLOCKS];
+    let out = |b: usize, p: usize, lane: usize| t.c_offset + b * t.c_block_stride + p * LANES + lane;
+    // SAFETY (every raw access below): `check` proved each run's weight and input spans and the output
+    // span lie inside the slices these pointers came from.
+    if t.epilogue.accumulate {
+        for (b, acc_b) in acc.iter_mut().enumerate().take(blocks) {
+            for (p, acc_bp) in acc_b.iter_mut().enumerate().take(pixels) {
+                for (lane, a) in acc_bp.iter_mut().enumerate() {
+                    *a = unsafe { *k.c.add(out(b, p, lane)) };
+                }
+            }
+        }
+    }
+    for &(wo, xo) in t.runs {
+        for step in 0..t.depth {
+            for p in 0..pixels {
+                let at = xo + p * t.x_pixel_stride + 2 * step;
+                let xv = unsafe { [*k.x.add(at), *k.x.add(at + 1)] };
+                for (b, acc_b) in acc.iter_mut().enumerate().take(blocks) {
+                    let w = wo + b * t.w_block_stride + step * 2 * LANES;
+                    for (lane, a) in acc_b[p].iter_mut().enumerate() {
+                        let wv = unsafe { [*k.w.add(w + 2 * lane), *k.w.add(w + 2 * lane + 1)] };
+                        *a = bf16::dot_pair(*a, wv, xv);
+                    }
+                }
+            }
+        }
+    }
+    for (b, acc_b) in acc.iter().enumerate().take(blocks) {
+        for (p, acc_bp) in acc_b.iter().enumerate().take(pixels) {
+            for (lane, &a) in acc_bp.iter().enumerate() {
+                // No bias, no addition: `-0 + 0` would turn a negative zero positive.
+                let mut v = t.epilogue.bias.map_or(a, |bias| a + bias[b * LANES + lane]);
+                if t.epilogue.relu {
+                    v = v.max(0.0);
+                }
+                unsafe { *k.c.add(out(b, p, lane)) = v };
+            }
+        }
+    }
+}
+
+/// Measures one thread's `vdpbf16ps` throughput: `iterations` rounds on 24 accumulators. Returns the
+/// FLOPs done (2 per product, 32 products per instruction).
+pub fn dot_peak_flops(iterations: u64) -> u64 {
+    assert!(
+        Bf16Isa::Avx512Bf16.available(),
+        "AVX512-BF16 is not available on this CPU"
+    );
+    #[cfg(target_arch = "x86_64")]
+    return super::x86_bf16::dot_loop(iterations);
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("checked above")
+}

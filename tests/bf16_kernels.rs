@@ -1,0 +1,239 @@
+//! The bf16 number format and microkernel: the CPU's own bf16 instructions against the scalar model of
+//! `incept::bf16` bit for bit, every build of the bf16 microkernel against that model for every tile
+//! shape, and the model against float64 (the sums stay float32: a sum bf16 could not hold comes out
+//! exact).
+
+use incept::bf16;
+use incept::microkernel::{Bf16Isa, Epilogue, LANES, MAX_BLOCKS, Tile, TileShape, max_pixels, run_bf16};
+
+/// Random float32 bit patterns over every exponent, with a share of denormals, zeros, infinities.
+fn wild_floats(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n)
+        .map(|_| match rng.u8(0..10) {
+            0 => f32::from_bits(rng.u32(..) & 0x807f_ffff),
+            1 => [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY][rng.usize(0..4)],
+            _ => f32::from_bits(rng.u32(..)),
+        })
+        .filter(|v| !v.is_nan())
+        .collect()
+}
+
+/// bf16 values of moderate size (exponents of 2^-20..2^20), signed: sums of their products neither
+/// overflow nor go denormal.
+fn moderate_bf16(n: usize, seed: u64) -> Vec<u16> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n)
+        .map(|_| bf16::from_f32((rng.f32() * 2.0 - 1.0) * 2f32.powi(rng.i32(-20..20))))
+        .collect()
+}
+
+#[test]
+fn conversion_matches_the_model() {
+    // `convert` runs `vcvtneps2bf16` where the CPU has it, the model elsewhere; both must give the model.
+    let x = wild_floats(1 << 16, 1);
+    let mut found = vec![0u16; x.len()];
+    bf16::convert(&x, &mut found);
+    let ran = Bf16Isa::Avx512Bf16.available();
+    println!(
+        "vcvtneps2bf16 {}",
+        if ran {
+            "ran on this CPU"
+        } else {
+            "skipped: no AVX512-BF16 here"
+        }
+    );
+    for (i, (&v, &b)) in x.iter().zip(&found).enumerate() {
+        assert_eq!(b, bf16::from_f32(v), "value {i}: {v:e} ({:#010x})", v.to_bits());
+    }
+}
+
+/// One bf16 tile problem with gaps between operands, so a wrong stride reads a wrong value.
+struct Case {
+    shape: TileShape,
+    runs: Vec<(usize, usize)>,
+    depth: usize,
+    w_block_stride: usize,
+    x_pixel_stride: usize,
+    c_offset: usize,
+    c_block_stride: usize,
+    w: Vec<u16>,
+    x: Vec<u16>,
+    c: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Case {
+    fn new(shape: TileShape, seed: u64, values: impl Fn(usize, u64) -> Vec<u16>) -> Case {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let depth = rng.usize(1..12);
+        let w_block_stride = depth * 2 * LANES + rng.usize(0..3) * 2;
+        let x_pixel_stride = 2 * depth + rng.usize(0..4);
+        let w_run = shape.blocks * w_block_stride;
+        let x_run = shape.pixels * x_pixel_stride;
+        let runs: Vec<(usize, usize)> = (0..rng.usize(1..5)).map(|r| (r * w_run + 3, r * x_run + 5)).collect();
+        let c_block_stride = shape.pixels * LANES + rng.usize(0..2) * LANES;
+        let c_offset = 7;
+        let c = moderate_bf16(c_offset + shape.blocks * c_block_stride, seed ^ 3);
+        Case {
+            shape,
+            depth,
+            w_block_stride,
+            x_pixel_stride,
+            c_offset,
+            c_block_stride,
+            w: values(runs.len() * w_run + 3, seed ^ 1),
+            x: values(runs.len() * x_run + 5, seed ^ 2),
+            c: c.into_iter().map(bf16::to_f32).collect(),
+            bias: moderate_bf16(shape.blocks * LANES, seed ^ 4)
+                .into_iter()
+                .map(bf16::to_f32)
+                .collect(),
+            runs,
+        }
+    }
+
+    fn tile<'a>(&'a self, epilogue: Epilogue<'a>) -> Tile<'a> {
+        Tile {
+            shape: self.shape,
+            runs: &self.runs,
+            depth: self.depth,
+            w_block_stride: self.w_block_stride,
+            x_pixel_stride: self.x_pixel_stride,
+            x_depth_stride: 1,
+            c_offset: self.c_offset,
+            c_block_stride: self.c_block_stride,
+            epilogue,
+        }
+    }
+
+    fn run(&self, isa: Bf16Isa, epilogue: Epilogue<'_>) -> Vec<f32> {
+        let mut c = self.c.clone();
+        run_bf16(isa, &self.tile(epilogue), &self.w, &self.x, &mut c);
+        c
+    }
+}
+
+fn every_shape() -> impl Iterator<Item = TileShape> {
+    (1..=MAX_BLOCKS).flat_map(|blocks| (1..=max_pixels(blocks)).map(move |pixels| TileShape { blocks, pixels }))
+}
+
+fn epilogues(bias: &[f32]) -> [Epilogue<'_>; 3] {
+    [
+        Epilogue::default(),
+        Epilogue {
+            accumulate: true,
+            bias: Some(bias),
+            relu: false,
+        },
+        Epilogue {
+            accumulate: true,
+            bias: None,
+            relu: true,
+        },
+    ]
+}
+
+#[test]
+fn every_build_equals_the_model_bit_for_bit() {
+    // The widened build equals the model only with denormals flushed, as the incept command runs.
+    incept::kernels::flush_denormals_on_this_thread();
+    let builds: Vec<Bf16Isa> = Bf16Isa::ALL.into_iter().filter(|isa| isa.available()).collect();
+    println!("bf16 builds run natively on this CPU: {builds:?}");
+    for (s, shape) in every_shape().enumerate() {
+        // Moderate values for the sums' sake, then raw bit patterns (every exponent, overflow, zero
+        // products, bf16 denormals read as zero) for the instruction's corner cases.
+        let cases = [
+            Case::new(shape, s as u64, moderate_bf16),
+            Case::new(shape, 1000 + s as u64, |n, seed| {
+                wild_floats(n * 2, seed)
+                    .into_iter()
+                    .take(n)
+                    .map(|v| (v.to_bits() >> 16) as u16)
+                    .collect()
+            }),
+        ];
+        for case in &cases {
+            for epilogue in epilogues(&case.bias) {
+                let model = case.run(Bf16Isa::Scalar, epilogue);
+                for &isa in &builds[1..] {
+                    let found = case.run(isa, epilogue);
+                    for (i, (f, m)) in found.iter().zip(&model).enumerate() {
+                        assert!(
+                            f.to_bits() == m.to_bits() || (f.is_nan() && m.is_nan()),
+                            "{isa:?}, tile {shape:?}, {epilogue:?}, output {i}: {f:e} against the model's {m:e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn model_sums_in_float32_within_its_rounding_bound() {
+    // Against float64 on the same bf16 values: each output within the float32 bound of a sum of that
+    // many terms (2 per step), γ_n · Σ|terms| with γ_n = n·u/(1 - n·u), u = 2^-24.
+    for (s, shape) in every_shape().enumerate().step_by(5) {
+        let case = Case::new(shape, 77 + s as u64, moderate_bf16);
+        let found = case.run(Bf16Isa::best(), Epilogue::default());
+        for b in 0..shape.blocks {
+            for p in 0..shape.pixels {
+                for lane in 0..LANES {
+                    let (mut sum, mut magnitude) = (0f64, 0f64);
+                    for &(wo, xo) in &case.runs {
+                        for k in 0..2 * case.depth {
+                            let w = bf16::to_f32(
+                                case.w[wo + b * case.w_block_stride + (k / 2) * 2 * LANES + 2 * lane + k % 2],
+                            );
+                            let x = bf16::to_f32(case.x[xo + p * case.x_pixel_stride + k]);
+                            sum += f64::from(w) * f64::from(x);
+                            magnitude += (f64::from(w) * f64::from(x)).abs();
+                        }
+                    }
+                    let n = (2 * case.depth * case.runs.len()) as f64;
+                    let u = 2f64.powi(-24);
+                    let bound = n * u / (1.0 - n * u) * magnitude;
+                    let at = case.c_offset + b * case.c_block_stride + p * LANES + lane;
+                    let error = (f64::from(found[at]) - sum).abs();
+                    assert!(
+                        error <= bound,
+                        "tile {shape:?} output {at}: error {error:e} > bound {bound:e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_sum_bf16_could_not_hold_is_exact() {
+    // 257 products of 1·1: 257 needs 9 significant bits, bf16 has 8, so an accumulator in bf16 would
+    // stop at 256; float32 holds it exactly. Then one product of 2^-10 on top (257 + 2^-10 needs 19 bits).
+    let depth = 129; // 258 products: 257 ones, then 2^-10 · 1
+    let mut w = vec![0u16; depth * 2 * LANES];
+    let mut x = vec![0u16; 2 * depth];
+    for k in 0..2 * depth {
+        let value = if k < 257 { 1.0 } else { 2f32.powi(-10) };
+        x[k] = bf16::from_f32(value);
+        for lane in 0..LANES {
+            w[(k / 2) * 2 * LANES + 2 * lane + k % 2] = bf16::from_f32(1.0);
+        }
+    }
+    for isa in Bf16Isa::ALL.into_iter().filter(|isa| isa.available()) {
+        let mut c = vec![0f32; LANES];
+        let tile = Tile {
+            shape: TileShape { blocks: 1, pixels: 1 },
+            runs: &[(0, 0)],
+            depth,
+            w_block_stride: depth * 2 * LANES,
+            x_pixel_stride: 2 * depth,
+            x_depth_stride: 1,
+            c_offset: 0,
+            c_block_stride: LANES,
+            epilogue: Epilogue::default(),
+        };
+        run_bf16(isa, &tile, &w, &x, &mut c);
+        assert!(c.iter().all(|&v| v == 257.0 + 2f32.powi(-10)), "{isa:?}: {c:?}");
+    }
+}
