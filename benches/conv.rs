@@ -19,7 +19,8 @@
 //! For the 3×3 stride-1 layers the table also gives Winograd F(2,3) and F(4,3) on the blocked layout
 //! (`winograd_blocked`, same input, bias and ReLU): the forward, and forward + backward (the same ReLU
 //! mask and bias gradient, Winograd's weight gradient and input gradient), in GF/s of the direct FLOPs
-//! so the columns compare as times do. `PARTS=1` prints Winograd's gradient parts too.
+//! so the columns compare as times do. `PARTS=1` prints Winograd's gradient parts too. `PRECISION=bf16`
+//! runs the direct path in bf16 (`incept::graph::Precision::Bf16`).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -185,7 +186,13 @@ impl LayerRun {
         LayerRun {
             winograd,
             winograd_input,
-            packed: DirectWeights::new(&g, &weights, Some(&bias)),
+            // `PRECISION=bf16`: the direct path in bf16 (Winograd stays float32, as the plan keeps it).
+            packed: DirectWeights::with_precision(
+                &g,
+                &weights,
+                Some(&bias),
+                (std::env::var("PRECISION").as_deref() == Ok("bf16")).then(incept::microkernel::Bf16Isa::best),
+            ),
             ws: Workspace::with_size(conv::workspace(&g, ConvAlgo::Direct)),
             y: vec![0.0; batch * out_len],
             dy: blocked::batch_from_nchw(&dy_nchw, g.out_channels, [g.h.output, g.w.output], Halo::default()),
@@ -290,6 +297,7 @@ impl LayerRun {
                 &mut dx,
                 self.in_layout,
                 &mut self.ws,
+                false,
             );
         }
     }

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::graph::{BranchSchedule, Executor, Graph, Mode, NodeTime, PlanOptions, WinogradPolicy};
-use crate::microkernel::Isa;
+use crate::graph::{BranchSchedule, Executor, Graph, Mode, NodeTime, PlanOptions, Precision, WinogradPolicy};
+use crate::microkernel::{Bf16Isa, Isa};
 use crate::models::Model;
 use crate::ops::conv::ConvAlgo;
 use crate::optim::{Adam, Optimizer};
@@ -30,6 +30,8 @@ pub struct BenchOptions {
     pub conv_algo: ConvAlgo,
     /// Which Winograd transforms inference may run.
     pub winograd: WinogradPolicy,
+    /// The arithmetic of the convolutions.
+    pub precision: Precision,
 }
 
 /// Median milliseconds per batch and images per second of the timed steps.
@@ -45,6 +47,8 @@ pub struct BenchResult {
     pub times: Vec<f64>,
     /// The instruction set the microkernel ran on.
     pub isa: Isa,
+    /// The bf16 microkernel's build, when the convolutions ran in bf16.
+    pub bf16_isa: Option<Bf16Isa>,
 }
 
 /// Mean and standard deviation of step times as the chapter's `time_compute` computes them:
@@ -72,6 +76,7 @@ pub fn bench(model: Model, options: BenchOptions) -> Result<BenchResult> {
     let plan_options = PlanOptions {
         conv_algo: options.conv_algo,
         winograd: options.winograd,
+        precision: options.precision,
         ..PlanOptions::default()
     };
     let [_, h, w] = graph.input_shape();
@@ -98,6 +103,7 @@ pub fn bench(model: Model, options: BenchOptions) -> Result<BenchResult> {
     exec.set_plan_options(PlanOptions {
         conv_algo: options.conv_algo,
         winograd: options.winograd,
+        precision: options.precision,
         ..exec.plan().options
     })?;
     let mut opt = Optimizer::Adam(Adam::new(&lens));
@@ -127,6 +133,7 @@ pub fn bench(model: Model, options: BenchOptions) -> Result<BenchResult> {
         profile: exec.profile().map(<[NodeTime]>::to_vec),
         times: in_order,
         isa: exec.plan().options.isa,
+        bf16_isa: exec.plan().options.bf16_kernel(),
     })
 }
 

@@ -20,16 +20,22 @@
 #[inline]
 pub fn from_f32(x: f32) -> u16 {
     let bits = x.to_bits();
-    if x.is_nan() {
-        // Keep the sign and the top of the payload, and make sure a fraction bit survives.
-        return ((bits >> 16) | 0x40) as u16;
-    }
-    if x.is_subnormal() {
-        return ((bits >> 16) & 0x8000) as u16;
-    }
+    let magnitude = bits & 0x7fff_ffff;
     // Adding 0x7fff plus the lowest kept bit rounds the dropped half to nearest, ties to even; a carry
     // into the exponent is the correct rounding up (to infinity past the largest finite value).
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+    let rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
+    // Selects rather than branches, so loops over slices vectorize: a NaN keeps its sign and the top
+    // of its payload with a fraction bit forced (quiet); a denormal (or zero) keeps only its sign.
+    let nan = (bits >> 16) | 0x40;
+    let flushed = (bits >> 16) & 0x8000;
+    let out = if magnitude > 0x7f80_0000 {
+        nan
+    } else if magnitude < 0x0080_0000 {
+        flushed
+    } else {
+        rounded
+    };
+    out as u16
 }
 
 /// The float32 value of bf16 bits `b` (exact).
@@ -71,6 +77,108 @@ pub fn convert(src: &[f32], dst: &mut [u16]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = from_f32(s);
     }
+}
+
+/// Converts `buf` to bf16 in place ([`from_f32`] on each value) and returns the bf16 values, which
+/// occupy the first half of its bytes: a float32 scratch image becomes the bf16 image a kernel reads,
+/// without a second buffer.
+pub fn convert_in_place(buf: &mut [f32]) -> &[u16] {
+    let (len, f32s) = (buf.len(), buf.as_mut_ptr());
+    let u16s = f32s.cast::<u16>();
+    #[cfg(target_arch = "x86_64")]
+    let whole = if crate::microkernel::Bf16Isa::Avx512Bf16.available() {
+        // SAFETY: the CPU has AVX512-BF16; see the loop below for why writing behind the reads is sound.
+        unsafe { convert_in_place_avx512bf16(f32s, len) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let whole = 0;
+    for i in whole..len {
+        // SAFETY: value `i` is read before bf16 `i` (bytes 2i..2i+2) is written, and those bytes belong
+        // to float32 values `≤ i`, already read; both are inside `buf`, which is exclusively borrowed.
+        unsafe { u16s.add(i).write(from_f32(f32s.add(i).read())) };
+    }
+    // SAFETY: the first `len` bf16 values were all written above, inside `buf`'s bytes, and the returned
+    // slice keeps `buf` borrowed.
+    unsafe { std::slice::from_raw_parts(u16s, len) }
+}
+
+/// The first `len / 16 · 16` values of [`convert_in_place`] with `vcvtneps2bf16`; returns that count.
+///
+/// # Safety
+/// The CPU has AVX512-BF16, and `f32s` points to `len` writable values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+#[allow(clippy::incompatible_msrv)]
+unsafe fn convert_in_place_avx512bf16(f32s: *mut f32, len: usize) -> usize {
+    use std::arch::x86_64::*;
+    let whole = len / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        // SAFETY: 16 values at `i` are read into a register before 32 bytes at bf16 `i` are written:
+        // bytes 2i..2i+32, float32 values i/2..i/2+8, which this step or an earlier one has read.
+        unsafe {
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(f32s.add(i)));
+            _mm256_storeu_si256(
+                f32s.cast::<u16>().add(i).cast(),
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
+        }
+    }
+    whole
+}
+
+/// Converts pairs of 16-lane pixels to bf16 interleaved by lane: for each 32 values of `src` (pixel
+/// `a` then pixel `b`, 16 lanes each), `out` gets `a[0], b[0], a[1], b[1], ...`, each [`from_f32`]. The
+/// layout of a pair of pixels in bf16 weight gradients; `vcvtne2ps2bf16` and a word permute where the
+/// CPU has AVX512-BF16.
+pub fn interleave_pixel_pairs(src: &[f32], out: &mut [u16]) {
+    assert_eq!(src.len(), out.len(), "bf16 interleave: one output per input");
+    assert_eq!(src.len() % 32, 0, "bf16 interleave: whole pairs of 16-lane pixels");
+    #[cfg(target_arch = "x86_64")]
+    if crate::microkernel::Bf16Isa::Avx512Bf16.available() {
+        // SAFETY: the CPU has AVX512-BF16; the lengths were checked above.
+        unsafe { interleave_avx512bf16(src, out) };
+        return;
+    }
+    for (s, o) in src.chunks_exact(32).zip(out.chunks_exact_mut(32)) {
+        let (a, b) = s.split_at(16);
+        for (lane, pair) in o.chunks_exact_mut(2).enumerate() {
+            pair[0] = from_f32(a[lane]);
+            pair[1] = from_f32(b[lane]);
+        }
+    }
+}
+
+/// [`interleave_pixel_pairs`] with AVX512-BF16.
+///
+/// # Safety
+/// The CPU has AVX512-BF16; `src` and `out` have the same length, a multiple of 32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+#[allow(clippy::incompatible_msrv)]
+unsafe fn interleave_avx512bf16(src: &[f32], out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    // Word i of the result takes word i/2 of a (the low half) for even i, 16 + i/2 (b) for odd i.
+    let order: [i16; 32] = std::array::from_fn(|i| (i / 2 + 16 * (i % 2)) as i16);
+    // SAFETY: `order` holds 32 words, one zmm.
+    let order = unsafe { _mm512_loadu_si512(order.as_ptr().cast()) };
+    for (s, o) in src.chunks_exact(32).zip(out.chunks_exact_mut(32)) {
+        // SAFETY: each chunk holds 32 floats in (two zmm) and 32 bf16 out (one zmm).
+        unsafe {
+            let (a, b) = (_mm512_loadu_ps(s.as_ptr()), _mm512_loadu_ps(s.as_ptr().add(16)));
+            // b's words in the high half, a's in the low half.
+            let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
+            _mm512_storeu_si512(o.as_mut_ptr().cast(), _mm512_permutexvar_epi16(order, both));
+        }
+    }
+}
+
+/// A float32 scratch buffer as bf16 storage for twice as many values.
+pub fn as_bf16_scratch(buf: &mut [f32]) -> &mut [u16] {
+    // SAFETY: u16 has no invalid bit patterns and a smaller alignment than f32; the bytes are the same
+    // and the borrow is carried over.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u16>(), buf.len() * 2) }
 }
 
 /// Rounds every value of `x` to bf16 in place ([`round`]).
@@ -117,6 +225,27 @@ mod tests {
         assert!(round(f32::NAN).is_nan());
         assert_eq!(round(f32::from_bits(1)).to_bits(), 0);
         assert_eq!(round(-f32::from_bits(1)).to_bits(), 0x8000_0000);
+    }
+
+    #[test]
+    fn conversion_in_place_equals_conversion() {
+        let x: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.377).sin() * 1e3).collect();
+        let expected: Vec<u16> = x.iter().map(|&v| from_f32(v)).collect();
+        let mut buf = x.clone();
+        assert_eq!(convert_in_place(&mut buf), expected);
+    }
+
+    #[test]
+    fn interleaving_pairs_equals_converting_each_value() {
+        let src: Vec<f32> = (0..32 * 5).map(|i| (i as f32 * 0.731).cos() * 7.0).collect();
+        let mut out = vec![0u16; src.len()];
+        interleave_pixel_pairs(&src, &mut out);
+        for (p, (s, o)) in src.chunks_exact(32).zip(out.chunks_exact(32)).enumerate() {
+            for lane in 0..16 {
+                assert_eq!(o[2 * lane], from_f32(s[lane]), "pair {p} lane {lane}");
+                assert_eq!(o[2 * lane + 1], from_f32(s[16 + lane]), "pair {p} lane {lane}");
+            }
+        }
     }
 
     #[test]

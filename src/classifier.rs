@@ -37,7 +37,7 @@ use ndarray::{Array2, Array4, ArrayView4};
 use crate::data::images::{self, ImageRecipe};
 use crate::data::transforms::Normalization;
 use crate::error::{Error, Result};
-use crate::graph::{BatchLoss, Executor, Mode, PlanOptions};
+use crate::graph::{BatchLoss, Executor, Mode, PlanOptions, Precision};
 use crate::io::checkpoint::{InputSize, TensorFile};
 use crate::memory;
 use crate::models::{self, Model, ModelConfig, pretrained};
@@ -262,6 +262,22 @@ impl Classifier {
             true => "torchvision's transform_input (part of the model) runs first",
             false => "no transform_input",
         }
+    }
+
+    /// Runs the convolutions in `precision` from the next call on ([`Precision`]; the default is
+    /// float32, the precision every checkpoint is stored in).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        self.exec.set_precision(precision)
+    }
+
+    /// The precision the convolutions run in.
+    pub fn precision(&self) -> Precision {
+        self.exec.plan().options.precision
+    }
+
+    /// The bf16 microkernel build the convolutions run on, `None` in float32.
+    pub fn bf16_kernel(&self) -> Option<crate::microkernel::Bf16Isa> {
+        self.exec.plan().options.bf16_kernel()
     }
 
     /// Turns `transform_input` on or off (for torchvision weights trained with it off; an error for a

@@ -55,6 +55,7 @@ struct Case {
     depth: usize,
     w_block_stride: usize,
     x_pixel_stride: usize,
+    x_depth_stride: usize,
     c_offset: usize,
     c_block_stride: usize,
     w: Vec<u16>,
@@ -68,7 +69,9 @@ impl Case {
         let mut rng = fastrand::Rng::with_seed(seed);
         let depth = rng.usize(1..12);
         let w_block_stride = depth * 2 * LANES + rng.usize(0..3) * 2;
-        let x_pixel_stride = 2 * depth + rng.usize(0..4);
+        // Pairs of channels (a convolution) or of pixels 16 channels apart (a weight gradient).
+        let x_depth_stride = [1, 16][rng.usize(0..2)];
+        let x_pixel_stride = 2 * depth * x_depth_stride + rng.usize(0..4);
         let w_run = shape.blocks * w_block_stride;
         let x_run = shape.pixels * x_pixel_stride;
         let runs: Vec<(usize, usize)> = (0..rng.usize(1..5)).map(|r| (r * w_run + 3, r * x_run + 5)).collect();
@@ -80,6 +83,7 @@ impl Case {
             depth,
             w_block_stride,
             x_pixel_stride,
+            x_depth_stride,
             c_offset,
             c_block_stride,
             w: values(runs.len() * w_run + 3, seed ^ 1),
@@ -100,7 +104,7 @@ impl Case {
             depth: self.depth,
             w_block_stride: self.w_block_stride,
             x_pixel_stride: self.x_pixel_stride,
-            x_depth_stride: 1,
+            x_depth_stride: self.x_depth_stride,
             c_offset: self.c_offset,
             c_block_stride: self.c_block_stride,
             epilogue,
@@ -186,7 +190,8 @@ fn model_sums_in_float32_within_its_rounding_bound() {
                             let w = bf16::to_f32(
                                 case.w[wo + b * case.w_block_stride + (k / 2) * 2 * LANES + 2 * lane + k % 2],
                             );
-                            let x = bf16::to_f32(case.x[xo + p * case.x_pixel_stride + k]);
+                            let pair = xo + p * case.x_pixel_stride + (k / 2) * 2 * case.x_depth_stride;
+                            let x = bf16::to_f32(case.x[pair + k % 2]);
                             sum += f64::from(w) * f64::from(x);
                             magnitude += (f64::from(w) * f64::from(x)).abs();
                         }

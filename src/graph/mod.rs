@@ -8,4 +8,4 @@ pub mod plan;
 
 pub use builder::{Graph, GraphBuilder, Init, Layer, Node, NodeId, ParamId, ParamSpec};
 pub use executor::{BatchLoss, BranchSchedule, Executor, Mode, NodeTime, NodeValues};
-pub use plan::{PlanOptions, WinogradPolicy};
+pub use plan::{PlanOptions, Precision, WinogradPolicy};

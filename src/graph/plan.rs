@@ -9,7 +9,7 @@
 use super::builder::{Graph, Layer, NodeId};
 pub use crate::blocked::Layout;
 use crate::error::{Error, Result};
-use crate::microkernel::{Isa, LANES};
+use crate::microkernel::{Bf16Isa, Isa, LANES};
 use crate::ops::conv::{self, ConvAlgo, ConvGeometry, direct, winograd_blocked};
 
 /// Where a node's output lives: image `n` is `buffer[n * stride + offset..][..len]`.
@@ -79,6 +79,10 @@ pub struct PlanOptions {
     pub isa: Isa,
     /// Which Winograd transforms inference may run ([`WinogradPolicy`]).
     pub winograd: WinogradPolicy,
+    /// The arithmetic of the convolutions ([`Precision`]).
+    pub precision: Precision,
+    /// The bf16 microkernel's build, for [`Precision::Bf16`]; the default is [`Bf16Isa::best`].
+    pub bf16_isa: Bf16Isa,
 }
 
 impl Default for PlanOptions {
@@ -87,6 +91,55 @@ impl Default for PlanOptions {
             conv_algo: ConvAlgo::Auto,
             isa: Isa::best(),
             winograd: WinogradPolicy::Accurate,
+            precision: Precision::F32,
+            bf16_isa: Bf16Isa::best(),
+        }
+    }
+}
+
+impl PlanOptions {
+    /// The bf16 build a direct convolution of this plan runs, `None` in float32.
+    pub fn bf16_kernel(&self) -> Option<Bf16Isa> {
+        (self.precision == Precision::Bf16).then_some(self.bf16_isa)
+    }
+}
+
+/// The arithmetic of a plan's convolutions.
+///
+/// In [`Precision::Bf16`] ("mixed precision", as PyTorch's `torch.autocast("cpu", torch.bfloat16)` and
+/// the bf16 training literature do it), every convolution that runs [`ConvAlgo::Direct`] on the blocked
+/// layout reads its inputs, its weights and (in training) its output gradients rounded to bf16 (nearest
+/// even), and sums their products in float32: the forward pass and the input gradient on the bf16
+/// microkernel ([`crate::microkernel::bf16`]), the weight gradient on the float32 one over the rounded
+/// values (the same products; the sums in float32 either way). Everything else stays float32: the
+/// master weights, the optimizer's state, the gradients, batch norm and its statistics, pooling, the
+/// loss; and Winograd (its transforms amplify rounding), the few-channel first convolution, the
+/// convolutions that run a GEMM-based algorithm on NCHW, and the linear classifier: together under 1%
+/// of the multiply-adds of the eight models, where bf16 would buy nothing but a conversion pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// float32 everywhere: the default, and what every result of incept before bf16 was computed in.
+    #[default]
+    F32,
+    /// bf16 products with float32 sums in the direct convolutions; float32 elsewhere.
+    Bf16,
+}
+
+impl Precision {
+    /// Reads `f32` or `bf16` (as `--precision` takes them).
+    pub fn parse(name: &str) -> Option<Precision> {
+        match name {
+            "f32" | "fp32" | "float32" => Some(Precision::F32),
+            "bf16" | "bfloat16" => Some(Precision::Bf16),
+            _ => None,
+        }
+    }
+
+    /// `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
         }
     }
 }
@@ -280,6 +333,9 @@ impl Plan {
             // F(2,3) unless asked for speed, and training stays direct.
             let before_batch_norm = feeds_batch_norm(graph, id);
             let (inference, training) = match self.options.winograd {
+                // Winograd's transforms amplify rounding; bf16 layers run direct (oneDNN removed its
+                // Winograd for that among other reasons).
+                _ if self.options.precision == Precision::Bf16 => (None, None),
                 WinogradPolicy::Off => (None, None),
                 _ if !chosen => (None, None),
                 policy => (

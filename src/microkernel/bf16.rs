@@ -4,8 +4,9 @@
 //! A reduction step takes a *pair* of input channels. At step `k` of a run at `(w, x)`, in bf16 values:
 //! - the weights of output channel `16 b + lane` are the pair at `w + b · w_block_stride + 32 k + 2 lane`
 //!   (a 16 × 16 block of float32 weights becomes `[8 pairs][16 lanes][2]`, oneDNN's `8i16o2i`);
-//! - the input pair of pixel `p` is at `x + p · x_pixel_stride + 2 k` (two adjacent channels of the
-//!   blocked layout, broadcast to all lanes).
+//! - the input pair of pixel `p` is at `x + p · x_pixel_stride + 2 k · x_depth_stride`, broadcast to all
+//!   lanes: two adjacent channels of the blocked layout (`x_depth_stride` 1) in a convolution; two
+//!   adjacent pixels of one channel in a weight gradient, whose pairs lie 16 channels apart.
 //!
 //! Each step adds `w[2k+1]·x[2k+1] + w[2k]·x[2k]` into the lane's float32 sum by [`crate::bf16::dot_pair`].
 //! The builds, each equal to that model bit for bit:
@@ -125,12 +126,9 @@ fn check(tile: &Tile<'_>, isa: Bf16Isa, w: &[u16], x: &[u16], c: &[f32]) -> Resu
     if !isa.available() {
         return Err(format!("{isa:?} is not available on this CPU"));
     }
-    if tile.x_depth_stride != 1 {
-        return Err("bf16 tiles read adjacent input pairs (x_depth_stride 1)".into());
-    }
     if tile.depth > 0 {
         let w_span = (blocks - 1) * tile.w_block_stride + tile.depth * 2 * LANES;
-        let x_span = (pixels - 1) * tile.x_pixel_stride + 2 * tile.depth;
+        let x_span = (pixels - 1) * tile.x_pixel_stride + 2 * (tile.depth - 1) * tile.x_depth_stride + 2;
         for &(wo, xo) in tile.runs {
             if wo.checked_add(w_span).is_none_or(|end| end > w.len()) {
                 return Err(format!("a run at weight offset {wo} reads {w_span} of {}", w.len()));
@@ -193,7 +191,7 @@ fn scalar(k: CheckedBf16<'_>) {
     for &(wo, xo) in t.runs {
         for step in 0..t.depth {
             for p in 0..pixels {
-                let at = xo + p * t.x_pixel_stride + 2 * step;
+                let at = xo + p * t.x_pixel_stride + 2 * step * t.x_depth_stride;
                 let xv = unsafe { [*k.x.add(at), *k.x.add(at + 1)] };
                 for (b, acc_b) in acc.iter_mut().enumerate().take(blocks) {
                     let w = wo + b * t.w_block_stride + step * 2 * LANES;

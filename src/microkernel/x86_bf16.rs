@@ -9,10 +9,10 @@ use std::arch::x86_64::*;
 use super::LANES;
 use super::bf16::CheckedBf16 as Checked;
 
-/// The input pair of pixel `p` at step `step`, as one 32-bit value (two bf16, the even one low).
+/// The input pair at `x + at`, as one 32-bit value (two bf16, the even one low).
 ///
 /// # Safety
-/// `x + p·stride + 2·step + 1` is inside the input slice (`check` bounded it).
+/// `x + at + 1` is inside the input slice (`check` bounded it).
 #[inline(always)]
 unsafe fn pair(x: *const u16, at: usize) -> i32 {
     // SAFETY: the caller's bound; bf16 values are 2-byte aligned, so the pair may not be 4-byte aligned.
@@ -58,8 +58,8 @@ macro_rules! bf16_tile_body {
 
 /// `acc[b][p] = vdpbf16ps(acc[b][p], w[b], pair(p))` for every listed block and pixel.
 macro_rules! dots {
-    ($acc:ident, $w:ident, $x:ident, $stride:expr, $step:ident, $bs:tt, [$($p:literal),+]) => {
-        $( dots!(@pixel $acc, $w, _mm512_set1_epi32(pair($x, $p * $stride + 2 * $step)), $p, $bs); )+
+    ($acc:ident, $w:ident, $x:ident, $stride:expr, $step:expr, $bs:tt, [$($p:literal),+]) => {
+        $( dots!(@pixel $acc, $w, _mm512_set1_epi32(pair($x, $p * $stride + $step)), $p, $bs); )+
     };
     (@pixel $acc:ident, $w:ident, $xv:expr, $p:literal, [$($b:literal),+]) => {{
         let xv = std::mem::transmute::<__m512i, __m512bh>($xv);
@@ -78,7 +78,7 @@ macro_rules! avx512bf16_tile {
                 let wv: [__m512bh; [$($b),+].len()] = [$(
                     std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(w.add($b * t.w_block_stride + step * 2 * LANES).cast()))
                 ),+];
-                dots!(acc, wv, x, t.x_pixel_stride, step, [$($b),+], $ps);
+                dots!(acc, wv, x, t.x_pixel_stride, 2 * step * t.x_depth_stride, [$($b),+], $ps);
             })
         }
     };
@@ -86,8 +86,8 @@ macro_rules! avx512bf16_tile {
 
 /// `acc[b][p] += w_odd[b]·x_odd(p)`, then `+= w_even[b]·x_even(p)`, for every listed block and pixel.
 macro_rules! widened_fmas {
-    ($acc:ident, $odd:ident, $even:ident, $x:ident, $stride:expr, $step:ident, $bs:tt, [$($p:literal),+]) => {
-        $( widened_fmas!(@pixel $acc, $odd, $even, pair($x, $p * $stride + 2 * $step), $p, $bs); )+
+    ($acc:ident, $odd:ident, $even:ident, $x:ident, $stride:expr, $step:expr, $bs:tt, [$($p:literal),+]) => {
+        $( widened_fmas!(@pixel $acc, $odd, $even, pair($x, $p * $stride + $step), $p, $bs); )+
     };
     (@pixel $acc:ident, $odd:ident, $even:ident, $pair:expr, $p:literal, [$($b:literal),+]) => {{
         let pair = $pair as u32;
@@ -113,7 +113,7 @@ macro_rules! avx512_widened_tile {
                 let wv = [$( _mm512_loadu_si512(w.add($b * t.w_block_stride + step * 2 * LANES).cast()) ),+];
                 let odd = [$( _mm512_castsi512_ps(_mm512_and_si512(wv[$b], high)) ),+];
                 let even = [$( _mm512_castsi512_ps(_mm512_slli_epi32::<16>(wv[$b])) ),+];
-                widened_fmas!(acc, odd, even, x, t.x_pixel_stride, step, [$($b),+], $ps);
+                widened_fmas!(acc, odd, even, x, t.x_pixel_stride, 2 * step * t.x_depth_stride, [$($b),+], $ps);
             })
         }
     };

@@ -121,6 +121,7 @@ pub fn check_memory(cfg: &TrainConfig, images: usize, ranks: usize) -> Result<()
     let capacity = cfg.batch.min(images).max(1);
     let options = crate::graph::PlanOptions {
         conv_algo: cfg.conv_algo,
+        precision: cfg.precision,
         ..Default::default()
     };
     let params: u64 = graph.params.iter().map(|p| p.len() as u64 * 4).sum();

@@ -102,6 +102,9 @@ pub struct TrainConfig {
     /// Convolution algorithm forced on every layer (`Auto`: the plan's choice per layer). `Naive`
     /// accumulates in float64: slow, but its rounding is far below float32's, for checking gradients.
     pub conv_algo: crate::ops::conv::ConvAlgo,
+    /// The arithmetic of the convolutions ([`crate::graph::Precision`]): float32, or bf16 products
+    /// summed in float32 with float32 master weights (mixed precision).
+    pub precision: crate::graph::Precision,
     /// The name of each class, in label order, recorded in checkpoints for `incept predict` (empty:
     /// unknown; predictions then name classes by number).
     pub class_names: Vec<String>,
@@ -154,6 +157,7 @@ impl Default for TrainConfig {
             progress: false,
             progress_every: std::time::Duration::from_secs(10),
             conv_algo: crate::ops::conv::ConvAlgo::Auto,
+            precision: crate::graph::Precision::F32,
             class_names: Vec::new(),
             checkpoint_every: None,
             gradient_groups: None,
@@ -297,6 +301,8 @@ fn metadata(cfg: &TrainConfig, opt: &Optimizer, pos: &Position) -> HashMap<Strin
         ("correct", pos.correct.to_string()),
         ("seen", pos.seen.to_string()),
         ("seconds", format!("{:x}", pos.seconds.to_bits())),
+        // What the convolutions computed in; the weights are float32 either way.
+        ("precision", cfg.precision.name().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -416,7 +422,11 @@ pub fn train_across(
     // The last checkpoint on disk and the step it holds: what a run stopped by a NaN loss leaves.
     let mut kept: Option<(PathBuf, u64)> = cfg.resume.clone().map(|p| (p, pos.global_step));
     let mut exec = Executor::new(model, capacity)?;
-    exec.set_conv_algo(cfg.conv_algo)?;
+    exec.set_plan_options(crate::graph::PlanOptions {
+        conv_algo: cfg.conv_algo,
+        precision: cfg.precision,
+        ..exec.plan().options
+    })?;
     exec.set_label_smoothing(cfg.label_smoothing)?;
     exec.set_gradient_groups(groups)?;
     exec.set_sync_batch_norm(cfg.sync_bn);

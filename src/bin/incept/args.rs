@@ -38,6 +38,26 @@ impl ConvAlgoArg {
     }
 }
 
+/// `--precision`: the arithmetic of the convolutions ([`incept::graph::Precision`]).
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub(crate) enum PrecisionArg {
+    /// float32 everywhere.
+    F32,
+    /// Mixed precision: the direct convolutions multiply bf16 inputs, weights and output gradients and
+    /// sum in float32 (AVX512-BF16 where the CPU has it); weights, optimizer, batch norm and loss stay
+    /// float32.
+    Bf16,
+}
+
+impl PrecisionArg {
+    pub(crate) fn precision(self) -> incept::graph::Precision {
+        match self {
+            PrecisionArg::F32 => incept::graph::Precision::F32,
+            PrecisionArg::Bf16 => incept::graph::Precision::Bf16,
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum DatasetArg {
     /// (Fashion-)MNIST IDX files.

@@ -1,6 +1,6 @@
 //! `incept bench`: median step times, the chapter's timing protocol, and the per-node profile.
 
-use crate::args::ConvAlgoArg;
+use crate::args::{ConvAlgoArg, PrecisionArg};
 use clap::ValueEnum;
 use incept::Result;
 use incept::bench::{self, BenchOptions};
@@ -52,6 +52,9 @@ pub(crate) struct BenchArgs {
     /// F(4,3) before batch norms too in inference; `off`.
     #[arg(long, value_enum, default_value = "accurate")]
     winograd: WinogradArg,
+    /// The arithmetic of the convolutions: f32, or bf16 products summed in float32 (no Winograd).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
 }
 
 /// `--winograd`: see [`WinogradPolicy`].
@@ -93,6 +96,11 @@ struct BenchRecord<'a> {
     isa: String,
     /// The instruction set of the element-wise kernels (`pulp`'s dispatch).
     simd: &'static str,
+    /// `f32` or `bf16`.
+    precision: &'static str,
+    /// The bf16 microkernel's build (bf16 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bf16_isa: Option<&'static str>,
 }
 
 /// `incept bench`: time per batch, and where it goes with `--profile`.
@@ -109,6 +117,7 @@ pub(crate) fn bench_command(args: BenchArgs) -> Result<()> {
         protocol,
         conv_algo,
         winograd,
+        precision,
     } = args;
     let (warmup, steps) = match protocol {
         Protocol::Median => (warmup, steps),
@@ -134,6 +143,7 @@ pub(crate) fn bench_command(args: BenchArgs) -> Result<()> {
             WinogradArg::Accurate => WinogradPolicy::Accurate,
             WinogradArg::Fast => WinogradPolicy::Fast,
         },
+        precision: precision.precision(),
     };
     let r = bench::bench(m, options)?;
     let mode = if mode == BenchMode::Train { "train" } else { "infer" };
@@ -158,12 +168,21 @@ pub(crate) fn bench_command(args: BenchArgs) -> Result<()> {
             img_per_s: r.img_per_s,
             isa: format!("{:?}", r.isa),
             simd: incept::kernels::instruction_set(),
+            precision: precision.precision().name(),
+            bf16_isa: r.bf16_isa.map(|isa| isa.name()),
         };
         println!("{}", serde_json::to_string(&record).expect("plain values"));
     } else {
+        let kernels = match r.bf16_isa {
+            Some(bf16) => format!(
+                "bf16 convolutions on {}, float32 microkernel on {:?}",
+                bf16.name(),
+                r.isa
+            ),
+            None => format!("microkernel on {:?}", r.isa),
+        };
         println!(
-            "{model} {mode} batch {batch}, {threads} threads, microkernel on {:?}, element-wise kernels on {}: {:.1} ms per batch (median of {steps}), {:.1} img/s",
-            r.isa,
+            "{model} {mode} batch {batch}, {threads} threads, {kernels}, element-wise kernels on {}: {:.1} ms per batch (median of {steps}), {:.1} img/s",
             incept::kernels::instruction_set(),
             r.ms_per_batch,
             r.img_per_s

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::args::{DataArgs, limit, load_data, resolve_model, resolve_size};
+use crate::args::{DataArgs, PrecisionArg, limit, load_data, resolve_model, resolve_size};
 use incept::graph::Executor;
 use incept::io::checkpoint::TensorFile;
 use incept::models::{self, Model};
@@ -27,6 +27,9 @@ pub(crate) struct EvalArgs {
     /// Use only the first N test images.
     #[arg(long)]
     test_limit: Option<usize>,
+    /// The arithmetic of the convolutions: f32, or bf16 products summed in float32 (no Winograd).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -39,6 +42,7 @@ pub(crate) fn eval_command(args: EvalArgs) -> Result<()> {
         resize,
         batch,
         test_limit,
+        precision,
         data,
     } = args;
     // One read of the weights: channels, classes, parameters and normalization all come from it.
@@ -58,9 +62,13 @@ pub(crate) fn eval_command(args: EvalArgs) -> Result<()> {
     // Checked with the parameters loaded, as Executor::new checks.
     let params = file.params_for(&graph, &weights)?;
     let [_, h, w] = graph.input_shape();
+    let options = incept::graph::PlanOptions {
+        precision: precision.precision(),
+        ..Default::default()
+    };
     Executor::check_memory(
         &graph,
-        Default::default(),
+        options,
         capacity,
         false,
         &format!("batch {batch} at {h}x{w}"),
@@ -70,8 +78,17 @@ pub(crate) fn eval_command(args: EvalArgs) -> Result<()> {
         },
     )?;
     let mut exec = Executor::new(Model { graph, params }, capacity)?;
+    exec.set_plan_options(options)?;
     let normalization = file.normalization(&weights)?;
     let (loss, acc) = train::evaluate(&mut exec, &test_set, batch, normalization.as_ref())?;
-    println!("test loss {loss:.4}, test acc {acc:.4} ({} images)", test_set.len());
+    // float32 says nothing, as before bf16 existed.
+    let arithmetic = match exec.plan().options.bf16_kernel() {
+        Some(isa) => format!(", bf16 convolutions on {}", isa.name()),
+        None => String::new(),
+    };
+    println!(
+        "test loss {loss:.4}, test acc {acc:.4} ({} images{arithmetic})",
+        test_set.len()
+    );
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::args::PrecisionArg;
 use incept::classifier::Classifier;
 use incept::data::{self, images, npy};
 use incept::io::output::check_file;
@@ -48,6 +49,9 @@ pub(crate) struct PredictArgs {
     /// weights only) and false with any other (printed when assumed); false for every other model.
     #[arg(long, value_name = "BOOL")]
     transform_input: Option<bool>,
+    /// The arithmetic of the convolutions: f32, or bf16 products summed in float32 (no Winograd).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
 }
 
 /// `incept predict`: eval-mode logits of a .npy batch.
@@ -63,6 +67,7 @@ pub(crate) fn predict_command(args: PredictArgs) -> Result<()> {
         classes,
         transform_input,
         normalize_input,
+        precision,
     } = args;
     if top_k == 0 {
         return Err(Error::config("top-k", "--top-k must be at least 1"));
@@ -79,6 +84,10 @@ pub(crate) fn predict_command(args: PredictArgs) -> Result<()> {
         }
         (_, e) => e,
     })?;
+    classifier.set_precision(precision.precision())?;
+    if let Some(isa) = classifier.bf16_kernel() {
+        eprintln!("convolutions in bf16 on {} (float32 sums)", isa.name());
+    }
     match transform_input {
         Some(on) => classifier.set_transform_input(on)?,
         None => {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::args::{ConvAlgoArg, DataArgs, class_names, limit, load_data, resolve_size};
+use crate::args::{ConvAlgoArg, DataArgs, PrecisionArg, class_names, limit, load_data, resolve_size};
 use clap::ValueEnum;
 use incept::data::Dataset;
 use incept::data::augment::Augmentation;
@@ -144,6 +144,10 @@ pub(crate) struct TrainArgs {
     /// Force one convolution algorithm on every layer.
     #[arg(long, value_enum, default_value = "auto")]
     conv_algo: ConvAlgoArg,
+    /// The arithmetic of the convolutions: f32, or bf16 mixed precision (bf16 products summed in
+    /// float32; float32 master weights, optimizer, batch norm and loss; no Winograd).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
     /// Cut each batch into N groups whose gradients are summed in a fixed tree (default: one per
     /// rank). The weights depend on N, not on the ranks: one process with `--gradient-groups 2` ends
     /// with the bits of `mpirun -np 2`, and 8 groups give the same bits on 1, 2, 4 or 8 ranks. Each
@@ -285,6 +289,7 @@ pub(crate) fn train_command(args: TrainArgs) -> Result<()> {
         quiet,
         progress_every,
         conv_algo,
+        precision,
         gradient_groups,
         sync_bn,
         data,
@@ -401,6 +406,7 @@ pub(crate) fn train_command(args: TrainArgs) -> Result<()> {
             progress: !quiet,
             progress_every: std::time::Duration::from_secs(progress_every),
             conv_algo: conv_algo.algo(),
+            precision: precision.precision(),
             class_names,
             checkpoint_every: Some(checkpoint_every),
             gradient_groups: gradient_groups.map(|g| g as usize),
@@ -425,8 +431,16 @@ pub(crate) fn train_command(args: TrainArgs) -> Result<()> {
                 1 => String::new(),
                 n => format!(" on {n} ranks (each {} threads)", incept::parallel::threads()),
             };
+            // float32 says nothing, as before bf16 existed.
+            let arithmetic = match cfg.precision {
+                incept::graph::Precision::F32 => String::new(),
+                incept::graph::Precision::Bf16 => format!(
+                    ", bf16 mixed precision ({})",
+                    incept::microkernel::Bf16Isa::best().name()
+                ),
+            };
             println!(
-                "training {model} on {} images ({} test), {size}, batch {batch}, lr {lr}, {} epochs, {} threads{ranks}",
+                "training {model} on {} images ({} test), {size}, batch {batch}, lr {lr}, {} epochs, {} threads{ranks}{arithmetic}",
                 train_set.len(),
                 test_set.len(),
                 epochs,

@@ -160,8 +160,8 @@ impl State {
                             }
                             // A strided direct convolution on blocked activations.
                             (None, Some(_)) if (in_layout, out_layout) != (Layout::Nchw, Layout::Nchw) => {
-                                let w = &params[*weight];
-                                direct::add_input_grad_via_im2col(&g, w, dy, out_layout, dx, in_layout, workspace)
+                                let (w, bf16) = (&params[*weight], packed.is_some_and(|p| p.bf16_isa().is_some()));
+                                direct::add_input_grad_via_im2col(&g, w, dy, out_layout, dx, in_layout, workspace, bf16)
                             }
                             _ => conv::backward_input_images(&g, algo, &params[*weight], dy, dx, workspace),
                         });

@@ -7,7 +7,7 @@
 //! the backward pass in `backward.rs`, concurrent Inception branches in `branches.rs`.
 
 use super::builder::Graph;
-use super::plan::{Layout, Place, Plan, PlanOptions};
+use super::plan::{Layout, Place, Plan, PlanOptions, Precision};
 use crate::distributed::{Cluster, SingleProcess};
 use crate::error::{Error, Result};
 use crate::microkernel::Isa;
@@ -201,6 +201,15 @@ impl Executor {
     pub fn set_isa(&mut self, isa: Isa) -> Result<()> {
         let options = PlanOptions {
             isa,
+            ..self.state.plan.options
+        };
+        self.set_plan_options(options)
+    }
+
+    /// Runs the convolutions in `precision` ([`Precision`]; the default is float32).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        let options = PlanOptions {
+            precision,
             ..self.state.plan.options
         };
         self.set_plan_options(options)

@@ -199,7 +199,10 @@ impl State {
                 let (w, b) = (&params[*weight], bias.map(|b| params[b].as_slice()));
                 match &mut self.packed.direct[id] {
                     Some(packed) => packed.repack(w, b),
-                    slot => *slot = Some(DirectWeights::new(&one_image_geometry(graph, node, conv)?, w, b)),
+                    slot => {
+                        let g = one_image_geometry(graph, node, conv)?;
+                        *slot = Some(DirectWeights::with_precision(&g, w, b, self.plan.options.bf16_kernel()))
+                    }
                 }
             }
             self.packed_stale = false;
@@ -404,7 +407,13 @@ pub(super) fn memory_need(graph: &Graph, options: PlanOptions, capacity: usize, 
             let [ic, ..] = graph.nodes[node.inputs[0]].shape;
             let blocked = blocked::blocks(ic) * blocked::blocks(conv.out_channels) * LANES * LANES;
             let copies = if training { 2 } else { 1 };
-            packed += copies * blocked * conv.kernel[0] * conv.kernel[1];
+            let direct = copies * blocked * conv.kernel[0] * conv.kernel[1];
+            // bf16 keeps a bf16 copy beside the float32 packing: half as many bytes again.
+            packed += if plan.options.bf16_kernel().is_some() {
+                direct + direct / 2
+            } else {
+                direct
+            };
             if let Some(tile) = plan.winograd_tiles[id].or(plan.winograd_training_tiles[id]) {
                 packed += copies * blocked * (tile + 2) * (tile + 2);
             }

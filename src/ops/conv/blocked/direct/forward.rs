@@ -6,8 +6,9 @@ use rayon::prelude::*;
 use super::packing::{PackedConv, group_blocks, halo};
 use super::weight_grad::InPlace;
 use super::{DirectWeights, Kernels};
+use crate::bf16;
 use crate::blocked::{self, Halo, Layout};
-use crate::microkernel::{self, Epilogue, Isa, LANES, Tile, TileShape};
+use crate::microkernel::{self, Bf16Isa, Epilogue, Isa, LANES, Tile, TileShape};
 use crate::parallel::{self, Threads, for_each_chunk_mut, for_each_part};
 use crate::tensor::{Images, ImagesMut};
 use crate::workspace::Workspace;
@@ -20,13 +21,64 @@ pub fn forward_blocked(packed: &PackedConv, x: &[f32], y: &mut [f32], accumulate
     let batch = x.len() / in_len;
     assert_eq!(x.len(), batch * in_len, "blocked input with halo");
     assert_eq!(y.len(), batch * out_len, "blocked output");
+    let one = |x_img: &[f32], y_img: &mut [f32], threads| match packed.bf16_isa() {
+        None => forward_image(packed, Pixels::F32(x_img), y_img, accumulate, relu, isa, threads),
+        Some(_) => {
+            let mut x_bf16 = vec![0; x_img.len()];
+            bf16::convert(x_img, &mut x_bf16);
+            forward_image(packed, Pixels::Bf16(&x_bf16), y_img, accumulate, relu, isa, threads)
+        }
+    };
     if parallel::pieces_fill_threads(batch) {
         y.par_chunks_mut(out_len)
             .zip(x.par_chunks(in_len))
-            .for_each(|(y_img, x_img)| forward_image(packed, x_img, y_img, accumulate, relu, isa, Threads::One));
+            .for_each(|(y_img, x_img)| one(x_img, y_img, Threads::One));
     } else {
         for (y_img, x_img) in y.chunks_mut(out_len).zip(x.chunks(in_len)) {
-            forward_image(packed, x_img, y_img, accumulate, relu, isa, Threads::Pool);
+            one(x_img, y_img, Threads::Pool);
+        }
+    }
+}
+
+/// A blocked input image as a kernel reads it: float32, or bf16 for weights packed in bf16.
+#[derive(Clone, Copy)]
+pub(super) enum Pixels<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
+/// Which microkernel build a pass runs: the float32 one, or the bf16 one its weights were packed for.
+#[derive(Clone, Copy)]
+pub(super) enum Build {
+    F32(Isa),
+    Bf16(Bf16Isa),
+}
+
+impl Build {
+    /// The build `packed` runs with float32 instruction set `isa`.
+    pub(super) fn of(packed: &PackedConv, isa: Isa) -> Build {
+        packed.bf16_isa().map_or(Build::F32(isa), Build::Bf16)
+    }
+
+    fn preferred_tile(self) -> TileShape {
+        match self {
+            Build::F32(isa) => isa.preferred_tile(),
+            Build::Bf16(isa) => isa.preferred_tile(),
+        }
+    }
+
+    fn tile_pixels(self, blocks: usize) -> usize {
+        match self {
+            Build::F32(isa) => isa.tile_pixels(blocks),
+            Build::Bf16(isa) => isa.tile_pixels(blocks),
+        }
+    }
+
+    /// Bytes of one weight value.
+    fn weight_size(self) -> usize {
+        match self {
+            Build::F32(_) => 4,
+            Build::Bf16(_) => 2,
         }
     }
 }
@@ -35,7 +87,7 @@ pub fn forward_blocked(packed: &PackedConv, x: &[f32], y: &mut [f32], accumulate
 /// pool (as many groups as keep every thread busy) or in order on this thread.
 pub(super) fn forward_image(
     packed: &PackedConv,
-    x_img: &[f32],
+    x_img: Pixels<'_>,
     y_img: &mut [f32],
     accumulate: bool,
     relu: bool,
@@ -46,7 +98,8 @@ pub(super) fn forward_image(
     let (oh, ow) = (g.h.output, g.w.output);
     let plane = oh * ow * LANES;
     let [_, wp] = halo(g).padded([g.h.input, g.w.input]);
-    let TileShape { blocks, .. } = isa.preferred_tile();
+    let build = Build::of(packed, isa);
+    let TileShape { blocks, .. } = build.preferred_tile();
     let blocks = match threads {
         Threads::One => blocks,
         Threads::Pool => group_blocks(blocked::blocks(g.out_channels), blocks),
@@ -59,7 +112,7 @@ pub(super) fn forward_image(
     // instead of streaming all of them from L2 for its few pixels. A tile's sums go through the output
     // between chunks (stored and reloaded exactly, in the same order), so the result has the same bits.
     let taps = g.h.kernel * g.w.kernel;
-    let block_weights = blocks * taps * LANES * LANES * std::mem::size_of::<f32>();
+    let block_weights = blocks * taps * LANES * LANES * build.weight_size();
     let chunk_runs = (24 * 1024 / block_weights).max(1) * taps;
     let total_runs = packed.runs.len();
     // Each group of `blocks` output blocks writes only its own planes.
@@ -68,7 +121,7 @@ pub(super) fn forward_image(
         let shape_blocks = y_group.len() / plane;
         // As wide as the set allows for this many blocks, split evenly along the row (a 32-pixel row in
         // two tiles of 16 rather than 16, 16 and nothing; 24 in two of 12 rather than 16 and 8).
-        let widest = isa.tile_pixels(shape_blocks);
+        let widest = build.tile_pixels(shape_blocks);
         let pixels = cols.div_ceil(cols.div_ceil(widest));
         let weights = &packed.weights[first_block * packed.block_stride..];
         let bias = &packed.bias[first_block * LANES..];
@@ -88,7 +141,12 @@ pub(super) fn forward_image(
                             pixels: pixels.min(cols - ox),
                         },
                         runs,
-                        depth: LANES,
+                        // bf16 steps take input channels in pairs.
+                        depth: if matches!(build, Build::Bf16(_)) {
+                            LANES / 2
+                        } else {
+                            LANES
+                        },
                         w_block_stride: packed.block_stride,
                         x_pixel_stride: g.w.stride * LANES,
                         x_depth_stride: 1,
@@ -96,8 +154,15 @@ pub(super) fn forward_image(
                         c_block_stride: plane,
                         epilogue,
                     };
-                    let x_tile = &x_img[(oy * g.h.stride * wp + ox * g.w.stride) * LANES..];
-                    microkernel::run(isa, &tile, weights, x_tile, y_group);
+                    let x_at = (oy * g.h.stride * wp + ox * g.w.stride) * LANES;
+                    match (x_img, &packed.bf16) {
+                        (Pixels::F32(x), None) => microkernel::run(isa, &tile, weights, &x[x_at..], y_group),
+                        (Pixels::Bf16(x), Some(b)) => {
+                            let weights = &b.weights[first_block * packed.block_stride..];
+                            microkernel::run_bf16(b.isa, &tile, weights, &x[x_at..], y_group)
+                        }
+                        _ => unreachable!("bf16 weights read bf16 inputs, float32 weights float32 ones"),
+                    }
                 }
             }
         }
@@ -113,6 +178,8 @@ pub(super) struct Source<'a> {
     pub(super) channels: usize,
     pub(super) map: [usize; 2],
     pub(super) halo: Halo,
+    /// The convolution reads these images as bf16: never in place, rounded when written.
+    pub(super) bf16: bool,
 }
 
 impl<'a> Source<'a> {
@@ -125,22 +192,57 @@ impl<'a> Source<'a> {
             channels: g.in_channels,
             map: [g.h.input, g.w.input],
             halo: halo(g),
+            bf16: packed.bf16_isa().is_some(),
         }
     }
 
-    /// Writes image `n` into `out` as a blocked image with the halo.
+    /// Writes image `n` into `out` as a blocked image with the halo (its values rounded to bf16 for a
+    /// bf16 convolution).
     pub(super) fn write_blocked(&self, n: usize, out: &mut [f32]) {
         let image = self.images.get(n);
         match self.layout {
             Layout::Nchw => blocked::from_nchw(image, self.channels, self.map, self.halo, out),
             Layout::Blocked => blocked::add_halo(image, self.channels, self.map, self.halo, out),
         }
+        if self.bf16 {
+            bf16::round_slice(out);
+        }
     }
 
     /// Whether the images already are blocked images with the halo (a blocked layout, and no halo to
-    /// add), so they can be read where they lie.
+    /// add), so they can be read where they lie (in float32).
     pub(super) fn readable_in_place(&self) -> bool {
-        self.layout == Layout::Blocked && self.halo == Halo::default()
+        self.layout == Layout::Blocked && self.halo == Halo::default() && !self.bf16
+    }
+
+    /// Image `n` as a bf16 blocked image with the halo, converted into `scratch` (a float32 image's
+    /// worth, of which the bf16 image takes half).
+    pub(super) fn blocked_bf16<'r>(&self, n: usize, scratch: &'r mut [f32]) -> &'r [u16] {
+        if self.layout == Layout::Blocked && self.halo == Halo::default() {
+            let image = self.images.get(n);
+            let out = &mut bf16::as_bf16_scratch(scratch)[..image.len()];
+            bf16::convert(image, out);
+            return out;
+        }
+        let image = self.images.get(n);
+        match self.layout {
+            Layout::Nchw => blocked::from_nchw(image, self.channels, self.map, self.halo, scratch),
+            Layout::Blocked => blocked::add_halo(image, self.channels, self.map, self.halo, scratch),
+        }
+        bf16::convert_in_place(scratch)
+    }
+
+    /// Image `n` as the kernel of a convolution packed like `packed` reads it: [`Source::blocked`] in
+    /// float32, [`Source::blocked_bf16`] in bf16.
+    pub(super) fn pixels<'r>(&self, n: usize, scratch: &'r mut [f32]) -> Pixels<'r>
+    where
+        'a: 'r,
+    {
+        if self.bf16 {
+            Pixels::Bf16(self.blocked_bf16(n, scratch))
+        } else {
+            Pixels::F32(self.blocked(n, scratch))
+        }
     }
 
     /// The images as they lie, when they already are blocked images with the halo.
@@ -225,7 +327,7 @@ pub(super) fn run_images(
         |first, run, region, threads| {
             let (xb, yb) = region.split_at_mut(in_len);
             for (i, img) in run.iter_mut().enumerate() {
-                let x_img = source.blocked(first + i, xb);
+                let x_img = source.pixels(first + i, xb);
                 match output.layout {
                     Layout::Blocked => forward_image(packed, x_img, img, output.add, output.relu, isa, threads),
                     Layout::Nchw => {

@@ -39,7 +39,8 @@ pub fn add_input_grad_images(
 /// Adds the input gradient of a convolution whose direct weights have no input-gradient packing (a
 /// strided one, or a few-channel one) into `dx`, through im2col + GEMM one image at a time: each
 /// image's `dy` reordered to NCHW (from `dy_layout`), its NCHW input gradient added into `dx` (in
-/// `dx_layout`).
+/// `dx_layout`). With `bf16`, the weights and output gradients are rounded to bf16 first, as the
+/// bf16 kernels read them, and the products summed in float32.
 #[allow(clippy::too_many_arguments)]
 pub fn add_input_grad_via_im2col(
     g: &ConvGeometry,
@@ -49,16 +50,32 @@ pub fn add_input_grad_via_im2col(
     dx: &mut ImagesMut<'_>,
     dx_layout: Layout,
     ws: &mut Workspace,
+    bf16: bool,
 ) {
+    let rounded;
+    let w = if bf16 {
+        rounded = w.iter().map(|&v| crate::bf16::round(v)).collect::<Vec<f32>>();
+        &rounded
+    } else {
+        w
+    };
     let one = ConvGeometry { batch: 1, ..*g };
     let (in_len, out_len) = (g.input_image_len(), g.output_image_len());
     let (map_in, map_out) = ([g.h.input, g.w.input], [g.h.output, g.w.output]);
     let (mut dy_image, mut dx_image) = (vec![0.0; out_len], vec![0.0; in_len]);
     for n in 0..dy.count() {
-        let dy_nchw: &[f32] = match dy_layout {
-            Layout::Nchw => dy.get(n),
-            Layout::Blocked => {
+        let dy_nchw: &[f32] = match (dy_layout, bf16) {
+            (Layout::Nchw, false) => dy.get(n),
+            (Layout::Nchw, true) => {
+                dy_image.copy_from_slice(dy.get(n));
+                crate::bf16::round_slice(&mut dy_image);
+                &dy_image
+            }
+            (Layout::Blocked, _) => {
                 blocked::to_nchw(dy.get(n), g.out_channels, map_out, &mut dy_image);
+                if bf16 {
+                    crate::bf16::round_slice(&mut dy_image);
+                }
                 &dy_image
             }
         };

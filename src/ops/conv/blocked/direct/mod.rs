@@ -24,6 +24,7 @@ mod forward;
 mod input_grad;
 mod packing;
 mod weight_grad;
+mod weight_grad_bf16;
 
 pub use forward::{forward_blocked, forward_images};
 pub use input_grad::{add_input_grad_images, add_input_grad_via_im2col};
@@ -32,6 +33,7 @@ pub(in crate::ops::conv) use packing::{fill_blocks, group_blocks, pack_bias, wei
 pub use weight_grad::{add_weight_grad_images, bias_grad_blocked, relu_mask_and_bias_grad_blocked};
 
 use crate::blocked::Layout;
+use crate::microkernel::Bf16Isa;
 use crate::ops::conv::ConvGeometry;
 use crate::ops::conv::direct_stem::{self, StemWeights};
 
@@ -61,14 +63,30 @@ enum Kernels<'a> {
 impl DirectWeights {
     /// Packs `w` (`[out, in, kh, kw]`) and `b` for `g` (whose batch size does not matter).
     pub fn new(g: &ConvGeometry, w: &[f32], b: Option<&[f32]>) -> DirectWeights {
+        DirectWeights::with_precision(g, w, b, None)
+    }
+
+    /// [`DirectWeights::new`] for the bf16 microkernel's `isa` (`None`: float32): the forward pass and
+    /// the input gradient then read bf16 weights and bf16 inputs and sum in float32, and the weight
+    /// gradient sums products of bf16-rounded inputs and output gradients in float32. A few-channel
+    /// first layer stays float32 (`direct_stem.rs` reads NCHW float32 images).
+    pub fn with_precision(g: &ConvGeometry, w: &[f32], b: Option<&[f32]>, bf16: Option<Bf16Isa>) -> DirectWeights {
         DirectWeights(if direct_stem::eligible(g) {
             Packed::FewChannels(Box::new(StemWeights::new(g, w, b)))
         } else {
             Packed::Blocked {
-                forward: Box::new(PackedConv::new(g, w, b)),
-                input_grad: PackedConv::input_grad(g, w).map(Box::new),
+                forward: Box::new(PackedConv::with_precision(g, w, b, bf16)),
+                input_grad: PackedConv::input_grad_with_precision(g, w, bf16).map(Box::new),
             }
         })
+    }
+
+    /// The bf16 build these weights run on, `None` for float32 (and for a few-channel first layer).
+    pub fn bf16_isa(&self) -> Option<Bf16Isa> {
+        match &self.0 {
+            Packed::Blocked { forward, .. } => forward.bf16_isa(),
+            Packed::FewChannels(_) => None,
+        }
     }
 
     /// Zero weights in `g`'s layout: enough for a weight gradient, which does not read them.

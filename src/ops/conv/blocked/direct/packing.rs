@@ -4,8 +4,9 @@
 
 use rayon::prelude::*;
 
+use crate::bf16;
 use crate::blocked::{self, Halo};
-use crate::microkernel::{self, LANES};
+use crate::microkernel::{self, Bf16Isa, LANES};
 use crate::ops::conv::ConvGeometry;
 use crate::ops::conv::direct_stem;
 use crate::parallel;
@@ -23,14 +24,46 @@ pub struct PackedConv {
     /// `(weight offset, input offset)` per (input block, tap), relative to the tile's first weight and
     /// its first input pixel.
     pub(super) runs: Vec<(usize, usize)>,
+    /// For a convolution that runs in bf16: the weights again, as bf16 pairs for `isa`'s kernels.
+    pub(super) bf16: Option<Bf16Weights>,
+}
+
+/// A [`PackedConv`]'s weights in bf16, and the build that runs them. Each 16 × 16 block of the float32
+/// packing (`[16 in][16 out]`) becomes `[8 input pairs][16 out][2]` (oneDNN's `8i16o2i`), the pairs
+/// the bf16 microkernel's reduction steps take; the blocks stay where they were, so the runs' weight
+/// offsets hold for both.
+#[derive(Debug, Clone)]
+pub(super) struct Bf16Weights {
+    pub(super) isa: Bf16Isa,
+    pub(super) weights: Vec<u16>,
 }
 
 impl PackedConv {
     /// Packs PyTorch-layout weights `[out, in, kh, kw]` (and a bias) for the convolution `g`.
     pub fn new(g: &ConvGeometry, w: &[f32], b: Option<&[f32]>) -> PackedConv {
-        let mut packed = PackedConv::zeros(g);
+        PackedConv::with_precision(g, w, b, None)
+    }
+
+    /// [`PackedConv::new`] for the bf16 microkernel's `isa` (`None`: float32). In bf16 the float32
+    /// packing holds the weights rounded to bf16 too, so both say which values the convolution used.
+    pub fn with_precision(g: &ConvGeometry, w: &[f32], b: Option<&[f32]>, bf16: Option<Bf16Isa>) -> PackedConv {
+        let mut packed = PackedConv::zeros(g).in_bf16(bf16);
         packed.repack(w, b);
         packed
+    }
+
+    /// These buffers for the bf16 microkernel's `isa` (`None`: float32 only).
+    pub(super) fn in_bf16(mut self, isa: Option<Bf16Isa>) -> PackedConv {
+        self.bf16 = isa.map(|isa| Bf16Weights {
+            isa,
+            weights: vec![0; self.weights.len()],
+        });
+        self
+    }
+
+    /// The bf16 build these weights run on, `None` for float32.
+    pub fn bf16_isa(&self) -> Option<Bf16Isa> {
+        self.bf16.as_ref().map(|b| b.isa)
     }
 
     /// Buffers for `g`'s packed weights, all zero, and the runs of its tiles.
@@ -53,6 +86,7 @@ impl PackedConv {
             weights: vec![0.0; packed_len(g)],
             bias: vec![0.0; blocked::blocks(g.out_channels) * LANES],
             runs,
+            bf16: None,
         }
     }
 
@@ -80,6 +114,9 @@ impl PackedConv {
             let (o, c) = (ob * LANES + oc, icb * LANES + ic);
             (o < outputs && c < inputs).then(|| weight(o, c, tap))
         });
+        if let Some(bf16) = &mut self.bf16 {
+            to_bf16_pairs(&mut self.weights, &mut bf16.weights, self.block_stride);
+        }
     }
 
     /// The convolution that computes `g`'s input gradient, packed: over the output gradient (as its
@@ -87,7 +124,12 @@ impl PackedConv {
     /// no bias. `None` when `g` has a stride above 1 or more padding than its kernel reaches (those need a
     /// transposed convolution, not built yet).
     pub fn input_grad(g: &ConvGeometry, w: &[f32]) -> Option<PackedConv> {
-        let mut back = PackedConv::zeros(&g.input_grad_geometry()?);
+        PackedConv::input_grad_with_precision(g, w, None)
+    }
+
+    /// [`PackedConv::input_grad`] for the bf16 microkernel's `isa` (`None`: float32).
+    pub fn input_grad_with_precision(g: &ConvGeometry, w: &[f32], bf16: Option<Bf16Isa>) -> Option<PackedConv> {
+        let mut back = PackedConv::zeros(&g.input_grad_geometry()?).in_bf16(bf16);
         back.repack_flipped(w);
         Some(back)
     }
@@ -143,6 +185,35 @@ impl PackedConv {
             *v += packed[ob * self.block_stride + ((icb * taps + tap) * LANES + ic) * LANES + oc];
         }
     }
+}
+
+/// Rounds float32 packed weights to bf16 in place, and writes them as bf16 pairs into `pairs`: value
+/// `ic · 16 + oc` of each 16 × 16 block goes to `(ic / 2) · 32 + 2 · oc + ic % 2`.
+fn to_bf16_pairs(weights: &mut [f32], pairs: &mut [u16], block_stride: usize) {
+    const BLOCK: usize = LANES * LANES;
+    weights
+        .par_chunks_mut(block_stride)
+        .zip(pairs.par_chunks_mut(block_stride))
+        .for_each(|(w, p)| {
+            let whole = w.len() / BLOCK * BLOCK;
+            for (w, p) in w[..whole]
+                .chunks_exact_mut(BLOCK)
+                .zip(p[..whole].chunks_exact_mut(BLOCK))
+            {
+                // Written in order, read two rows at a time.
+                for (pair, out) in p.chunks_exact_mut(2 * LANES).enumerate() {
+                    let (even, odd) = w[2 * pair * LANES..][..2 * LANES].split_at(LANES);
+                    for (oc, o) in out.chunks_exact_mut(2).enumerate() {
+                        o[0] = bf16::from_f32(even[oc]);
+                        o[1] = bf16::from_f32(odd[oc]);
+                    }
+                }
+                for v in w.iter_mut() {
+                    *v = bf16::round(*v);
+                }
+            }
+            // The stride's padding after the last whole block is zero in both.
+        });
 }
 
 /// Fills packed weights, one output block per `block_stride` values (in parallel): value `i` of output

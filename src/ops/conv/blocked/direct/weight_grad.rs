@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::forward::Source;
 use super::packing::{PackedConv, group_blocks, halo, weight_grad_chunk};
-use super::{DirectWeights, Kernels};
+use super::{DirectWeights, Kernels, weight_grad_bf16};
 use crate::blocked::{self, Halo, Layout};
 use crate::kernels;
 use crate::microkernel::{self, Epilogue, Isa, LANES, Tile, TileShape};
@@ -66,12 +66,10 @@ impl PackedConv {
         let g = &self.geometry;
         let (oh, ow) = (g.h.output, g.w.output);
         let plane = oh * ow * LANES;
-        let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
         assert_eq!(dw.len(), self.weights.len(), "weight gradient in the packed layout");
         let [hp, wp] = halo(g).padded([g.h.input, g.w.input]);
         let taps = g.h.kernel * g.w.kernel;
         let stride = self.block_stride;
-        let per_icb = taps * LANES * LANES;
         // Where x's rows are as wide as dy's (no padding across the width, stride 1: every 1×1 layer),
         // consecutive rows continue each other in both, so one run per image and tap walks every pixel;
         // otherwise one run per output row. (Padding dy's rows to x's width instead would let every
@@ -129,13 +127,29 @@ impl PackedConv {
                 }
             }
         };
-        // Every output element's sum runs over the same runs and steps in the same order however the
-        // tiles are grouped, so the split below does not change the result.
+        self.for_each_weight_grad_part(dw, 3.min(isa.preferred_tile().blocks), accumulate);
+    }
+
+    /// Splits the packed-layout weight gradient `dw` into parts across the pool and calls
+    /// `accumulate(first output block, output blocks, input blocks, the part of dw)` on each: groups of
+    /// up to `most_blocks` output blocks, or (output block, input block) pairs when there are too few
+    /// output blocks to share. Every output element's sum runs over the same runs and steps in the
+    /// same order however the tiles are grouped, so the split does not change the result.
+    pub(super) fn for_each_weight_grad_part(
+        &self,
+        dw: &mut [f32],
+        most_blocks: usize,
+        accumulate: impl Fn(usize, usize, std::ops::Range<usize>, &mut [f32]) + Sync,
+    ) {
+        let g = &self.geometry;
+        let (in_blocks, out_blocks) = (blocked::blocks(g.in_channels), blocked::blocks(g.out_channels));
+        let stride = self.block_stride;
+        let per_icb = g.h.kernel * g.w.kernel * LANES * LANES;
         let threads = parallel::threads();
         if out_blocks >= 2 * threads {
-            // Tiles of up to 3 output blocks × 8 input channels (fewer blocks when that is what gives
-            // every thread a group of its own): one task per group, each owning its blocks of `dw`.
-            let blocks = group_blocks(out_blocks, 3.min(isa.preferred_tile().blocks));
+            // Tiles of up to `most_blocks` output blocks (fewer when that is what gives every thread a
+            // group of its own): one task per group, each owning its blocks of `dw`.
+            let blocks = group_blocks(out_blocks, most_blocks);
             dw.par_chunks_mut(blocks * stride)
                 .enumerate()
                 .for_each(|(grp, dw_group)| {
@@ -180,10 +194,29 @@ pub fn add_weight_grad_images(
         channels: g.out_channels,
         map: [g.h.output, g.w.output],
         halo: Halo::default(),
+        bf16: packed.bf16_isa().is_some(),
     };
     let (in_len, out_len) = packed.image_lens();
     let batch = x.count();
     let chunk = packed.weight_grad_chunk().min(batch.max(1));
+    if let (true, Some(bf16_isa)) = (weight_grad_bf16::pairs_apply(packed), packed.bf16_isa()) {
+        // bf16 operands in pair layouts, in the same workspace (they take less than the float32 copies).
+        let lines = weight_grad_bf16::Lines::of(packed);
+        let (x_len, dy_len) = (lines.x_len(g.in_channels), lines.dy_len(g.out_channels));
+        let (xs_f32, dys_f32) = ((chunk * x_len).div_ceil(2), (chunk * dy_len).div_ceil(2));
+        let (dw_packed, region) = ws.partials_and_regions(packed.weights.len(), xs_f32 + dys_f32);
+        dw_packed.fill(0.0);
+        let (xs, dys) = region[..xs_f32 + dys_f32].split_at_mut(xs_f32);
+        let (xs, dys) = (crate::bf16::as_bf16_scratch(xs), crate::bf16::as_bf16_scratch(dys));
+        for first in (0..batch).step_by(chunk) {
+            let count = chunk.min(batch - first);
+            let (xs, dys) = (&mut xs[..count * x_len], &mut dys[..count * dy_len]);
+            weight_grad_bf16::write_operands(&source, &gradient, &lines, first, count, xs, dys);
+            packed.accumulate_weight_grad_bf16(xs, dys, count, dw_packed, bf16_isa);
+        }
+        packed.unpack_add(dw_packed, dw);
+        return;
+    }
     // Blocked images that need no halo are read where they lie; the others are copied a chunk at a
     // time (on googlenet-d2l's 1x1 layers copying both took a third of the weight gradient's time).
     let (x_in_place, dy_in_place) = (source.in_place(), gradient.in_place());
