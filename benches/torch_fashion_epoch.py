@@ -5,6 +5,9 @@ Adam 1e-3, batch 128, shuffled, 2 threads. Prints the chapter's epoch line with 
 the first step whose training loss fell below 2.0 (the end of the initial plateau).
 
     SEED=0 /tmp/peers-venv/bin/python benches/torch_fashion_epoch.py [EPOCHS] [DATA_DIR]
+
+BF16=1 runs the forward passes (training and test) under `torch.autocast("cpu", dtype=torch.bfloat16)`:
+PyTorch's bf16 mixed precision, the peer of `incept train --precision bf16`.
 """
 import gzip, os, sys, time
 import numpy as np
@@ -45,13 +48,16 @@ test = torch.utils.data.DataLoader(Fashion("t10k"), batch_size=128)
 net = models.googlenet_d2l()
 opt = torch.optim.Adam(net.parameters(), lr=1e-3)
 loss_fn = nn.CrossEntropyLoss()
+bf16 = os.environ.get("BF16") == "1"
+autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 step, below_2 = 0, None
 for epoch in range(epochs):
     net.train()
     start, loss_sum, correct, n = time.time(), 0.0, 0, 0
     for x, y in train:
-        out = net(x)
-        loss = loss_fn(out, y)
+        with autocast():
+            out = net(x)
+            loss = loss_fn(out, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -64,6 +70,7 @@ for epoch in range(epochs):
         n += len(y)
     net.eval()
     with torch.no_grad():
-        test_correct = sum((net(x).argmax(1) == y).sum().item() for x, y in test)
+        with autocast():
+            test_correct = sum((net(x).argmax(1) == y).sum().item() for x, y in test)
     print(f"epoch {epoch + 1}, loss {loss_sum / n:.4f}, train acc {correct / n:.3f}, "
           f"test acc {test_correct / 10000:.3f}, time {time.time() - start:.1f} sec", flush=True)

@@ -3,7 +3,16 @@
 //! bound of a float32 sum of its terms. That bound is about 1e-6 of the terms' magnitudes, far below
 //! bf16's own step (2^-8 = 4e-3): it holds only if the kernels read exactly the bf16 values of the
 //! operands (rounded to nearest even) and sum every product in float32.
+//!
+//! And against PyTorch: per convolution kind of the eight models, incept's bf16 result (the plan's
+//! bf16 build, the executor's blocked layout) no further from float64 than twice PyTorch's
+//! `torch.autocast` bf16 result is (`fixtures/generate_bf16_layers.py` measures PyTorch's distance on
+//! operands both sides compute by formula).
 
+mod common;
+
+use common::fixture::Fixture;
+use common::splitmix_uniform;
 use incept::Padding;
 use incept::bf16;
 use incept::blocked::{self, Halo, Layout};
@@ -210,6 +219,144 @@ fn bf16_convolutions_sum_the_bf16_operands_in_float32() {
                     pixels,
                 );
             }
+        }
+    }
+}
+
+/// `max|found - exact| / max|exact|`.
+fn distance(found: &[f32], exact: &[f32]) -> f64 {
+    let largest = exact.iter().fold(0f64, |m, &e| m.max(f64::from(e).abs()));
+    let worst = found
+        .iter()
+        .zip(exact)
+        .fold(0f64, |m, (&f, &e)| m.max((f64::from(f) - f64::from(e)).abs()));
+    worst / largest
+}
+
+#[test]
+fn bf16_convolutions_are_within_twice_pytorch_bf16_distance_from_float64() {
+    let fixture = Fixture::open("bf16_layers");
+    let isa = Bf16Isa::best();
+    println!("bf16 build: {isa:?}");
+    for case in fixture
+        .cases()
+        .into_iter()
+        .filter(|c| fixture.metadata(c).contains("index="))
+    {
+        let index = fixture.usizes(&case, "index")[0];
+        let [cin, cout] = [fixture.usizes(&case, "in")[0], fixture.usizes(&case, "out")[0]];
+        let kernel = fixture.pair(&case, "kernel");
+        let stride = fixture.usizes(&case, "stride")[0];
+        let [ph, pw] = fixture.pair(&case, "pad");
+        let input: [usize; 4] = fixture.usizes(&case, "input").try_into().unwrap();
+        let conv = Conv2d::new(cin, cout, kernel)
+            .with_stride([stride, stride])
+            .with_padding(Padding::explicit(ph, ph, pw, pw));
+        let naive = conv.with_algo(ConvAlgo::Naive);
+        let g = naive.geometry(input).unwrap();
+        let [n, c, h, w] = input;
+        let map_out = [g.h.output, g.w.output];
+        // The fixture's formula: tensor numbers 3k, 3k + 1, 3k + 2 of splitmix64.
+        let uniform = |p: usize, len: usize, scale: f64| -> Vec<f32> {
+            splitmix_uniform(3 * index + p, len)
+                .map(|u| ((2.0 * u - 1.0) * scale) as f32)
+                .collect()
+        };
+        let x = uniform(0, n * c * h * w, 1.0);
+        let wt = uniform(
+            1,
+            cout * cin * kernel[0] * kernel[1],
+            (6.0 / (cin * kernel[0] * kernel[1]) as f64).sqrt(),
+        );
+        let dy = uniform(2, n * cout * map_out[0] * map_out[1], 1.0);
+        let x4 = Array4::from_shape_vec(input, x.clone()).unwrap();
+        let w4 = Array4::from_shape_vec(naive.weight_shape(), wt.clone()).unwrap();
+        let dy4 = Array4::from_shape_vec([n, cout, map_out[0], map_out[1]], dy.clone()).unwrap();
+        let exact_y = naive
+            .forward(x4.view(), w4.view(), None)
+            .unwrap()
+            .into_raw_vec_and_offset()
+            .0;
+        let exact_dx = naive
+            .backward_input(w4.view(), dy4.view(), input)
+            .unwrap()
+            .into_raw_vec_and_offset()
+            .0;
+        let mut exact_dw = Array4::zeros(naive.weight_shape());
+        naive
+            .backward_weight(x4.view(), dy4.view(), exact_dw.view_mut())
+            .unwrap();
+        let exact_dw = exact_dw.into_raw_vec_and_offset().0;
+
+        // As the executor runs it: blocked activations, except the few-channel first layer's NCHW input.
+        let weights = DirectWeights::with_precision(&g, &wt, None, Some(isa));
+        let (x_layout, y_layout) = if c < 16 {
+            (Layout::Nchw, Layout::Nchw)
+        } else {
+            (Layout::Blocked, Layout::Blocked)
+        };
+        let to = |v: &[f32], channels: usize, map: [usize; 2], layout: Layout| match layout {
+            Layout::Blocked => blocked::batch_from_nchw(v, channels, map, Halo::default()),
+            Layout::Nchw => v.to_vec(),
+        };
+        let back = |v: Vec<f32>, channels: usize, map: [usize; 2], layout: Layout| match layout {
+            Layout::Blocked => blocked::batch_to_nchw(&v, channels, map),
+            Layout::Nchw => v,
+        };
+        let (xb, dyb) = (to(&x, c, [h, w], x_layout), to(&dy, cout, map_out, y_layout));
+        let (in_len, out_len) = (xb.len() / n, dyb.len() / n);
+        let mut ws = Workspace::default();
+        let f32_isa = Isa::best();
+        let mut y = vec![0.0; n * out_len];
+        let x_images = Images::dense(&xb, n, in_len);
+        direct::forward_images(
+            &weights,
+            x_images,
+            x_layout,
+            false,
+            &mut ImagesMut::dense(&mut y, n, out_len),
+            y_layout,
+            &mut ws,
+            f32_isa,
+        );
+        let mut dx = vec![0.0; n * in_len];
+        let dy_images = Images::dense(&dyb, n, out_len);
+        let mut dx_images = ImagesMut::dense(&mut dx, n, in_len);
+        if weights.has_direct_input_grad() {
+            direct::add_input_grad_images(
+                &weights,
+                dy_images,
+                y_layout,
+                &mut dx_images,
+                x_layout,
+                &mut ws,
+                f32_isa,
+            );
+        } else {
+            let bf16 = weights.bf16_isa().is_some();
+            direct::add_input_grad_via_im2col(&g, &wt, dy_images, y_layout, &mut dx_images, x_layout, &mut ws, bf16);
+        }
+        let mut dw = vec![0.0; wt.len()];
+        direct::add_weight_grad_images(
+            &weights, x_images, x_layout, dy_images, y_layout, &mut dw, &mut ws, f32_isa,
+        );
+        let ours = [
+            distance(&back(y, cout, map_out, y_layout), &exact_y),
+            distance(&back(dx, c, [h, w], x_layout), &exact_dx),
+            distance(&dw, &exact_dw),
+        ];
+        let torch = fixture.named_f64(&format!("{case}/torch_bf16"));
+        for (k, part) in ["forward", "input gradient", "weight gradient"].iter().enumerate() {
+            println!(
+                "{case} {part}: incept bf16 {:.2e}, PyTorch bf16 {:.2e} from float64",
+                ours[k], torch[k]
+            );
+            assert!(
+                ours[k] <= 2.0 * torch[k],
+                "{case} {part}: incept's bf16 result is {:.2e} from float64, more than twice PyTorch bf16's {:.2e}",
+                ours[k],
+                torch[k]
+            );
         }
     }
 }

@@ -103,6 +103,7 @@ mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_bf16;
 
+pub mod amx;
 pub mod bf16;
 pub use bf16::{Bf16Isa, run_bf16};
 

@@ -1,7 +1,10 @@
 //! `incept summary`: the per-block shape trace, parameters and FLOPs, and the plan's algorithms.
 
+use crate::args::PrecisionArg;
+use incept::graph::Layer;
 use incept::graph::plan::{Layout, Plan, PlanOptions};
 use incept::models;
+use incept::ops::conv::{ConvAlgo, direct};
 use incept::{Error, Result};
 
 #[derive(clap::Args)]
@@ -15,11 +18,19 @@ pub(crate) struct SummaryArgs {
     /// Also list every convolution with the algorithm the plan chose for it.
     #[arg(long)]
     algos: bool,
+    /// The arithmetic the plan is made for (with --algos).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
 }
 
 /// `incept summary`: shape trace, parameters, FLOPs and the plan's algorithms.
 pub(crate) fn summary_command(args: SummaryArgs) -> Result<()> {
-    let SummaryArgs { model, input, algos } = args;
+    let SummaryArgs {
+        model,
+        input,
+        algos,
+        precision,
+    } = args;
     let mut config = models::default_config(&model)?;
     let mut batch = 1;
     if let Some(spec) = input {
@@ -45,11 +56,15 @@ pub(crate) fn summary_command(args: SummaryArgs) -> Result<()> {
     println!("parameters: {}", graph.parameter_count());
     println!("GFLOP per image (forward): {:.4}", graph.flops_per_image() as f64 / 1e9);
     if algos {
-        let plan = Plan::for_capacity(&graph, PlanOptions::default(), batch)?;
+        let options = PlanOptions {
+            precision: precision.precision(),
+            ..PlanOptions::default()
+        };
+        let plan = Plan::for_capacity(&graph, options, batch)?;
         let total = graph.flops_per_image() as f64;
         println!(
-            "{:<14} {:<26} {:>9} {:<13} {:<13} {:<15} {:>6}",
-            "conv", "op", "output", "inference", "training", "layout in->out", "FLOPs"
+            "{:<14} {:<26} {:>9} {:<13} {:<13} {:<15} {:<24} {:>6}",
+            "conv", "op", "output", "inference", "training", "layout in->out", "arithmetic", "FLOPs"
         );
         for (id, (node, algo)) in graph.nodes.iter().zip(&plan.conv_algos).enumerate() {
             let Some(algo) = algo else { continue };
@@ -59,14 +74,28 @@ pub(crate) fn summary_command(args: SummaryArgs) -> Result<()> {
                 Some(tile) => format!("{algo:?}+F({tile},3)"),
                 None => format!("{algo:?}"),
             };
+            // What the convolution multiplies in, on which instruction set (see `Precision`).
+            let few_channels = match &node.layer {
+                Layer::Conv { conv, .. } => {
+                    let [c, ih, iw] = graph.nodes[node.inputs[0]].shape;
+                    direct::few_channels(&conv.geometry([1, c, ih, iw])?)
+                }
+                _ => false,
+            };
+            let arithmetic = match (algo, plan.options.bf16_kernel()) {
+                (ConvAlgo::Direct, Some(bf16)) if !few_channels => format!("bf16 {}", bf16.name()),
+                (ConvAlgo::Direct, _) => format!("f32 {:?}", plan.options.isa),
+                _ => "f32 GEMM".to_string(),
+            };
             println!(
-                "{:<14} {:<26} {:>9} {:<13} {:<13} {:<15} {:>5.1}%",
+                "{:<14} {:<26} {:>9} {:<13} {:<13} {:<15} {:<24} {:>5.1}%",
                 node.name,
                 node.layer.describe(),
                 format!("{h}x{w}"),
                 algorithm(false),
                 algorithm(true),
                 layouts,
+                arithmetic,
                 100.0 * graph.node_flops(node) as f64 / total
             );
         }

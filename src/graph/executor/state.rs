@@ -176,6 +176,10 @@ impl State {
             self.grads = Vec::new();
             self.labels.clear();
         }
+        // Weights packed for another precision are packed afresh (repacking keeps a packing's precision).
+        if plan.options.bf16_kernel() != self.plan.options.bf16_kernel() {
+            self.packed.direct.iter_mut().for_each(|direct| *direct = None);
+        }
         self.plan = plan;
         self.packed_stale = true;
         Ok(())
