@@ -218,18 +218,29 @@ impl<'a> Source<'a> {
     /// Image `n` as a bf16 blocked image with the halo, converted into `scratch` (a float32 image's
     /// worth, of which the bf16 image takes half).
     pub(super) fn blocked_bf16<'r>(&self, n: usize, scratch: &'r mut [f32]) -> &'r [u16] {
-        if self.layout == Layout::Blocked && self.halo == Halo::default() {
-            let image = self.images.get(n);
-            let out = &mut bf16::as_bf16_scratch(scratch)[..image.len()];
+        let image = self.images.get(n);
+        if self.layout == Layout::Nchw {
+            blocked::from_nchw(image, self.channels, self.map, self.halo, scratch);
+            return bf16::convert_in_place(scratch);
+        }
+        // Blocked: each row converted straight into its place in the padded bf16 image (one pass; the
+        // halo is zero).
+        let [h, w] = self.map;
+        let [hp, wp] = self.halo.padded(self.map);
+        let [top, _, left, _] = self.halo.0;
+        let len = blocked::image_len(self.channels, self.map, self.halo);
+        let out = &mut bf16::as_bf16_scratch(scratch)[..len];
+        if self.halo == Halo::default() {
             bf16::convert(image, out);
             return out;
         }
-        let image = self.images.get(n);
-        match self.layout {
-            Layout::Nchw => blocked::from_nchw(image, self.channels, self.map, self.halo, scratch),
-            Layout::Blocked => blocked::add_halo(image, self.channels, self.map, self.halo, scratch),
+        out.fill(0);
+        for (b, plane) in image.chunks_exact(h * w * LANES).enumerate() {
+            for (y, row) in plane.chunks_exact(w * LANES).enumerate() {
+                bf16::convert(row, &mut out[((b * hp + y + top) * wp + left) * LANES..][..w * LANES]);
+            }
         }
-        bf16::convert_in_place(scratch)
+        out
     }
 
     /// Image `n` as the kernel of a convolution packed like `packed` reads it: [`Source::blocked`] in
