@@ -12,43 +12,19 @@
 mod common;
 
 use common::fixture::Fixture;
-use common::formula_params;
-use incept::data::{idx, resample};
+use common::loss_curve::Run;
 use incept::graph::{Executor, PlanOptions, Precision, WinogradPolicy};
-use incept::models::{self, Model};
-use incept::optim::{Adam, Optimizer};
-use incept::tensor::Images;
-use std::path::Path;
 
 /// The loss of every step of the fixture's run, in `precision`, without Winograd.
-fn losses(model: &Model, images: &[f32], labels: &[usize], precision: Precision, f: &Fixture) -> Vec<f64> {
-    let steps: usize = f.metadata("steps").parse().unwrap();
-    let batch: usize = f.metadata("batch").parse().unwrap();
-    let lr: f32 = f.metadata("lr").parse().unwrap();
-    let eps: f32 = f.metadata("eps").parse().unwrap();
-    let len = images.len() / labels.len();
-    let mut exec = Executor::new(model.clone(), batch).unwrap();
-    exec.set_plan_options(PlanOptions {
-        winograd: WinogradPolicy::Off,
-        precision,
-        ..exec.plan().options
-    })
-    .unwrap();
-    let lens: Vec<usize> = exec.params().iter().map(Vec::len).collect();
-    let mut optimizer = Optimizer::Adam(Adam {
-        eps,
-        ..Adam::new(&lens)
-    });
-    (0..steps)
-        .map(|step| {
-            let first = (step * batch) % labels.len();
-            let x = &images[first * len..(first + batch) * len];
-            let y = &labels[first..first + batch];
-            exec.train_step(Images::dense(x, batch, len), y, &mut optimizer, lr)
-                .unwrap()
-                .loss
+fn losses(run: &Run, precision: Precision, f: &Fixture) -> Vec<f64> {
+    run.losses(f, |exec: &mut Executor| {
+        exec.set_plan_options(PlanOptions {
+            winograd: WinogradPolicy::Off,
+            precision,
+            ..exec.plan().options
         })
-        .collect()
+        .unwrap()
+    })
 }
 
 #[test]
@@ -56,31 +32,9 @@ fn bf16_training_follows_the_float32_loss_curve_as_pytorchs_bf16_follows_float64
     incept::kernels::flush_denormals_everywhere();
     let f = Fixture::open("loss_curve");
     let bf = Fixture::open("loss_curve_bf16");
-    let size: usize = f.metadata("size").parse().unwrap();
-    let count: usize = f.metadata("images").parse().unwrap();
-    let (train, _) =
-        idx::read_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fashion-mnist-slice")).unwrap();
-    let [_, h, w] = train.shape;
-    let images: Vec<f32> = train.images[..count * h * w]
-        .chunks_exact(h * w)
-        .flat_map(|image| {
-            let bytes: Vec<u8> = image.iter().map(|&v| (v * 255.0).round() as u8).collect();
-            resample::resize(&bytes, 1, [h, w], [size, size], resample::Filter::Bilinear)
-        })
-        .map(|b| f32::from(b) / 255.0)
-        .collect();
-    let labels = &train.labels[..count];
-    let config = models::ModelConfig {
-        size: [size, size],
-        ..models::default_config("googlenet-d2l").unwrap()
-    };
-    let graph = models::build("googlenet-d2l", config).unwrap();
-    let model = Model {
-        params: formula_params(&graph),
-        graph,
-    };
-    let f32_run = losses(&model, &images, labels, Precision::F32, &f);
-    let bf16_run = losses(&model, &images, labels, Precision::Bf16, &f);
+    let run = Run::new(&f);
+    let f32_run = losses(&run, Precision::F32, &f);
+    let bf16_run = losses(&run, Precision::Bf16, &f);
     let steps = f32_run.len();
     let (torch_f64, torch_f32) = (f.named_f64("loss_f64"), f.named_f64("loss_f32"));
     let torch_bf16: Vec<Vec<f64>> = bf

@@ -14,79 +14,32 @@
 mod common;
 
 use common::fixture::Fixture;
-use common::formula_params;
-use incept::data::{idx, resample};
+use common::loss_curve::Run;
 use incept::graph::{Executor, PlanOptions, WinogradPolicy};
-use incept::models::{self, Model};
-use incept::optim::{Adam, Optimizer};
-use incept::tensor::Images;
-use std::path::Path;
 
 /// The loss of every step of the fixture's run, with Winograd as `policy` allows.
-fn losses(model: &Model, images: &[f32], labels: &[usize], policy: WinogradPolicy, f: &Fixture) -> Vec<f64> {
-    let steps: usize = f.metadata("steps").parse().unwrap();
-    let batch: usize = f.metadata("batch").parse().unwrap();
-    let lr: f32 = f.metadata("lr").parse().unwrap();
-    let eps: f32 = f.metadata("eps").parse().unwrap();
-    let len = images.len() / labels.len();
-    let mut exec = Executor::new(model.clone(), batch).unwrap();
-    exec.set_plan_options(PlanOptions {
-        winograd: policy,
-        ..exec.plan().options
-    })
-    .unwrap();
-    let winograd_layers = exec.plan().winograd_training_tiles.iter().flatten().count();
-    assert_eq!(
-        winograd_layers > 0,
-        policy != WinogradPolicy::Off,
-        "{policy:?}: {winograd_layers} layers train with Winograd"
-    );
-    let lens: Vec<usize> = exec.params().iter().map(Vec::len).collect();
-    let mut optimizer = Optimizer::Adam(Adam {
-        eps,
-        ..Adam::new(&lens)
-    });
-    (0..steps)
-        .map(|step| {
-            let first = (step * batch) % labels.len();
-            let x = &images[first * len..(first + batch) * len];
-            let y = &labels[first..first + batch];
-            exec.train_step(Images::dense(x, batch, len), y, &mut optimizer, lr)
-                .unwrap()
-                .loss
+fn losses(run: &Run, policy: WinogradPolicy, f: &Fixture) -> Vec<f64> {
+    run.losses(f, |exec: &mut Executor| {
+        exec.set_plan_options(PlanOptions {
+            winograd: policy,
+            ..exec.plan().options
         })
-        .collect()
+        .unwrap();
+        let winograd_layers = exec.plan().winograd_training_tiles.iter().flatten().count();
+        assert_eq!(
+            winograd_layers > 0,
+            policy != WinogradPolicy::Off,
+            "{policy:?}: {winograd_layers} layers train with Winograd"
+        );
+    })
 }
 
 #[test]
 fn training_with_winograd_follows_the_direct_loss_curve_within_pytorchs_float32_spread() {
     let f = Fixture::open("loss_curve");
-    let size: usize = f.metadata("size").parse().unwrap();
-    let count: usize = f.metadata("images").parse().unwrap();
-    let (train, _) =
-        idx::read_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fashion-mnist-slice")).unwrap();
-    let [_, h, w] = train.shape;
-    // Pillow's bilinear resize of the bytes, as the fixture's `Image.resize` does.
-    let images: Vec<f32> = train.images[..count * h * w]
-        .chunks_exact(h * w)
-        .flat_map(|image| {
-            let bytes: Vec<u8> = image.iter().map(|&v| (v * 255.0).round() as u8).collect();
-            resample::resize(&bytes, 1, [h, w], [size, size], resample::Filter::Bilinear)
-        })
-        .map(|b| f32::from(b) / 255.0)
-        .collect();
-    let labels = &train.labels[..count];
-    let config = models::ModelConfig {
-        size: [size, size],
-        ..models::default_config("googlenet-d2l").unwrap()
-    };
-    let graph = models::build("googlenet-d2l", config).unwrap();
-    let model = Model {
-        params: formula_params(&graph),
-        graph,
-    };
-    let direct = losses(&model, &images, labels, WinogradPolicy::Off, &f);
-    let winograd = losses(&model, &images, labels, WinogradPolicy::Accurate, &f);
+    let run = Run::new(&f);
+    let direct = losses(&run, WinogradPolicy::Off, &f);
+    let winograd = losses(&run, WinogradPolicy::Accurate, &f);
     let steps = direct.len();
     // PyTorch's runs: float64, float32, float32 with its own convolutions instead of oneDNN's, and
     // float32 with the inputs moved by an ulp.

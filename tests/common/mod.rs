@@ -4,6 +4,7 @@
 
 pub mod checks;
 pub mod fixture;
+pub mod loss_curve;
 pub mod parity;
 
 use incept::ndarray::{Array, Array4, Dimension};
