@@ -61,19 +61,7 @@ impl Bf16Isa {
     /// The fastest available build within [`Bf16Isa::set_limit`]'s limit and `INCEPT_MAX_ISA`
     /// ([`super::isa_cap`]), or the model when [`crate::kernels::scalar_only`] forces the baseline.
     pub fn best() -> Bf16Isa {
-        if crate::kernels::scalar_only() {
-            return Bf16Isa::Scalar;
-        }
-        let set = match LIMIT.load(Ordering::Relaxed) {
-            0 => Bf16Isa::Avx512Bf16,
-            n => Bf16Isa::ALL[usize::from(n - 1)],
-        };
-        let limit = set.min(super::isa_cap().bf16);
-        Bf16Isa::ALL
-            .into_iter()
-            .rev()
-            .find(|&isa| isa <= limit && isa.available())
-            .unwrap_or(Bf16Isa::Scalar)
+        super::fastest(&Bf16Isa::ALL, &LIMIT, super::isa_cap().bf16, Bf16Isa::available)
     }
 
     /// Caps [`Bf16Isa::best`] at `limit` (`None` lifts the cap), so tests and benches can run each build.

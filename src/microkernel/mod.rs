@@ -169,19 +169,7 @@ impl Isa {
     /// The fastest available set, within the limit [`Isa::set_limit`] set (and scalar when
     /// [`crate::kernels::scalar_only`] forces the baseline everywhere).
     pub fn best() -> Isa {
-        if crate::kernels::scalar_only() {
-            return Isa::Scalar;
-        }
-        let limit = match LIMIT.load(Ordering::Relaxed) {
-            0 => Isa::Neon,
-            n => Isa::ALL[usize::from(n - 1)],
-        }
-        .min(isa_cap().f32);
-        Isa::ALL
-            .into_iter()
-            .rev()
-            .find(|&isa| isa <= limit && isa.available())
-            .unwrap_or(Isa::Scalar)
+        fastest(&Isa::ALL, &LIMIT, isa_cap().f32, Isa::available)
     }
 
     /// Caps [`Isa::best`] at `limit` (`None` lifts the cap), so tests and benches can run each build.
@@ -206,6 +194,25 @@ impl Isa {
     pub fn tile_pixels(self, blocks: usize) -> usize {
         pixels_for(self.preferred_tile(), blocks)
     }
+}
+
+/// The fastest of `all` (the slowest first, in the order of their discriminants) that this CPU runs, within
+/// the limit stored in `limit` (0: none, else 1 + the limit's index) and `cap`; the slowest (the scalar
+/// build) when [`crate::kernels::scalar_only`] forces the baseline everywhere.
+fn fastest<T: Copy + Ord>(all: &[T], limit: &AtomicU8, cap: T, available: impl Fn(T) -> bool) -> T {
+    if crate::kernels::scalar_only() {
+        return all[0];
+    }
+    let set = match limit.load(Ordering::Relaxed) {
+        0 => all[all.len() - 1],
+        n => all[usize::from(n - 1)],
+    };
+    let most = set.min(cap);
+    all.iter()
+        .rev()
+        .copied()
+        .find(|&t| t <= most && available(t))
+        .unwrap_or(all[0])
 }
 
 /// The pixels of a tile of `blocks` blocks for a build whose best tile is `preferred`: its pixels when
