@@ -65,6 +65,17 @@ fn cases() -> Vec<(&'static str, Conv2d, [usize; 4])> {
             Conv2d::new(20, 12, [7, 1]).with_padding(Padding::explicit(3, 3, 0, 0)),
             [1, 20, 9, 5],
         ),
+        // A one-pixel map (inception-v3's last blocks at 75x75): one row, which is not a whole map.
+        (
+            "1x3 pad (0, 1) on a 1x1 map, 24->24",
+            Conv2d::new(24, 24, [1, 3]).with_padding(Padding::explicit(0, 0, 1, 1)),
+            [2, 24, 1, 1],
+        ),
+        (
+            "3x1 pad (1, 0) on a 1x1 map, 24->24",
+            Conv2d::new(24, 24, [3, 1]).with_padding(Padding::explicit(1, 1, 0, 0)),
+            [2, 24, 1, 1],
+        ),
         (
             "1x3 pad 1, 24->24 (inception-v3's split)",
             Conv2d::new(24, 24, [1, 3]).with_padding(Padding::explicit(0, 0, 1, 1)),

@@ -16,7 +16,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use incept::graph::Layer;
-use incept::graph::{Executor, Mode};
+use incept::graph::{Executor, Mode, Precision};
 use incept::models::{self, Model, ModelConfig};
 use incept::ops::conv::ConvAlgo;
 use incept::optim::{Adam, Optimizer};
@@ -84,16 +84,20 @@ fn warm_steps_allocate_the_same_each_time_and_never_grow_the_workspace() {
 
 fn every_algorithm_allocates_the_same_each_step() {
     // googlenet-d2l has no 1×k / k×1 layer: the factorized path runs on inception-v3's.
+    let f32 = Precision::F32;
     let runs = [
-        ("googlenet-d2l", 32, ConvAlgo::Auto),
-        ("googlenet-d2l", 32, ConvAlgo::Im2colGemm),
-        ("googlenet-d2l", 32, ConvAlgo::Gemm1x1),
-        ("googlenet-d2l", 32, ConvAlgo::Winograd),
-        ("googlenet-d2l", 32, ConvAlgo::Naive),
-        ("googlenet-d2l", 32, ConvAlgo::Direct),
-        ("inception-v3", 75, ConvAlgo::Factorized),
+        ("googlenet-d2l", 32, ConvAlgo::Auto, f32),
+        ("googlenet-d2l", 32, ConvAlgo::Im2colGemm, f32),
+        ("googlenet-d2l", 32, ConvAlgo::Gemm1x1, f32),
+        ("googlenet-d2l", 32, ConvAlgo::Winograd, f32),
+        ("googlenet-d2l", 32, ConvAlgo::Naive, f32),
+        ("googlenet-d2l", 32, ConvAlgo::Direct, f32),
+        ("inception-v3", 75, ConvAlgo::Factorized, f32),
+        // bf16 mixed precision: its own packings and pair layouts, in the workspace the plan sized.
+        ("googlenet-d2l", 32, ConvAlgo::Auto, Precision::Bf16),
+        ("inception-v3", 75, ConvAlgo::Auto, Precision::Bf16),
     ];
-    for (name, size, algo) in runs {
+    for (name, size, algo, precision) in runs {
         let (model, forced) = model_with(name, size, algo);
         assert!(algo == ConvAlgo::Auto || forced > 0, "{algo:?} runs no layer of {name}");
         let batch = 8;
@@ -101,6 +105,7 @@ fn every_algorithm_allocates_the_same_each_step() {
         let len = channels * size * size;
         let lens: Vec<usize> = model.graph.params.iter().map(|p| p.len()).collect();
         let mut exec = Executor::new(model, batch).unwrap();
+        exec.set_precision(precision).unwrap();
         let planned = exec.workspace_size();
         let mut opt = Optimizer::Adam(Adam::new(&lens));
         let x: Vec<f32> = (0..batch * len).map(|i| (i % 97) as f32 / 97.0).collect();
@@ -125,7 +130,7 @@ fn every_algorithm_allocates_the_same_each_step() {
         let first = measure();
         let second = measure();
         eprintln!(
-            "{name} {size}x{size}, {algo:?} on {forced} layers: a warm step (training batch 8 and inference batch 1): {} allocations, {:.1} MB (the gemm crate allocates its packing buffers inside each call, the naive reference its float64 accumulators, the direct path small bookkeeping lists)",
+            "{name} {size}x{size}, {algo:?} on {forced} layers, {precision:?}: a warm step (training batch 8 and inference batch 1): {} allocations, {:.1} MB (the gemm crate allocates its packing buffers inside each call, the naive reference its float64 accumulators, the direct path small bookkeeping lists)",
             first.0,
             first.1 as f64 / 1e6
         );

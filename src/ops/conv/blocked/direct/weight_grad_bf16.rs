@@ -32,6 +32,8 @@ pub(super) fn pairs_apply(packed: &PackedConv) -> bool {
 /// The lines of one image, and the sizes of its pair layouts.
 #[derive(Clone, Copy)]
 pub(super) struct Lines {
+    /// A line is the whole map (else one row). Not `in_lines == 1`: a one-row map has rows too.
+    whole: bool,
     /// Output lines per image.
     out_lines: usize,
     /// Pairs per output line.
@@ -59,6 +61,7 @@ impl Lines {
         };
         let odd = (0..g.h.kernel * g.w.kernel).any(|tap| Lines::start(g, whole, wp, tap) % 2 == 1);
         Lines {
+            whole,
             out_lines,
             pairs: out_len.div_ceil(2),
             in_lines,
@@ -94,19 +97,16 @@ impl Lines {
 /// Writes image `n` of `source` as bf16 pairs of pixels starting at pixel `offset` of each line:
 /// value `((block · lines + line) · pairs + j) · 32 + 2 · lane + t` is channel `16 · block + lane` at
 /// pixel `offset + 2j + t` of the line (with the source's halo), zero outside the image.
-fn write_pairs(source: &Source<'_>, n: usize, lines: usize, pairs: usize, offset: usize, out: &mut [u16]) {
+fn write_pairs(source: &Source<'_>, n: usize, whole: bool, lines: usize, pairs: usize, offset: usize, out: &mut [u16]) {
     let image = source.images.get(n);
     let [h, w] = source.map;
-    let [hp, wp] = source.halo.padded(source.map);
+    let [_, wp] = source.halo.padded(source.map);
     let [top, _, left, _] = source.halo.0;
     // The pixels of line `line` that lie in the image: padded positions `a..b`, the first being image
     // pixel `base` (row after row). A whole-map line has no halo across the width (`w == wp`).
     let interior = |line: usize| -> Option<(usize, usize, usize)> {
-        if lines == 1 {
-            debug_assert!(
-                w == wp || hp * wp == h * w,
-                "a whole-map line has no halo across the width"
-            );
+        if whole {
+            debug_assert_eq!(w, wp, "a whole-map line has no halo across the width");
             Some((top * wp, (top + h) * wp, 0))
         } else {
             (top..top + h)
@@ -180,15 +180,15 @@ pub(super) fn write_operands(
         .enumerate()
         .for_each(|(i, out)| {
             let (even, odd) = out.split_at_mut(x_copy);
-            write_pairs(x, first + i, lines.in_lines, lines.in_pairs, 0, even);
+            write_pairs(x, first + i, lines.whole, lines.in_lines, lines.in_pairs, 0, even);
             if lines.odd {
-                write_pairs(x, first + i, lines.in_lines, lines.in_pairs, 1, odd);
+                write_pairs(x, first + i, lines.whole, lines.in_lines, lines.in_pairs, 1, odd);
             }
         });
     dys[..count * dy_len]
         .par_chunks_mut(dy_len)
         .enumerate()
-        .for_each(|(i, out)| write_pairs(dy, first + i, lines.out_lines, lines.pairs, 0, out));
+        .for_each(|(i, out)| write_pairs(dy, first + i, lines.whole, lines.out_lines, lines.pairs, 0, out));
 }
 
 impl PackedConv {
@@ -211,7 +211,7 @@ impl PackedConv {
         assert_eq!(dys.len(), count * dy_len, "bf16 output-gradient pairs");
         assert_eq!(dw.len(), self.weights.len(), "weight gradient in the packed layout");
         let [_, wp] = halo(g).padded([g.h.input, g.w.input]);
-        let whole = lines.in_lines == 1;
+        let whole = lines.whole;
         let taps = g.h.kernel * g.w.kernel;
         let (pair, stride) = (2 * LANES, self.block_stride);
         let accumulate = |first_block: usize, blocks: usize, icbs: std::ops::Range<usize>, dw_part: &mut [f32]| {
