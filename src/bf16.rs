@@ -52,7 +52,7 @@ pub fn round(x: f32) -> f32 {
 
 /// Zero of the same sign for a denormal, else `x`: how the bf16 dot products read and write values.
 #[inline]
-fn flush(x: f32) -> f32 {
+pub(crate) fn flush(x: f32) -> f32 {
     if x.is_subnormal() { 0f32.copysign(x) } else { x }
 }
 

@@ -109,9 +109,9 @@ impl PlanOptions {
 /// In [`Precision::Bf16`] ("mixed precision", as PyTorch's `torch.autocast("cpu", torch.bfloat16)` and
 /// the bf16 training literature do it), every convolution that runs [`ConvAlgo::Direct`] on the blocked
 /// layout reads its inputs, its weights and (in training) its output gradients rounded to bf16 (nearest
-/// even), and sums their products in float32: the forward pass and the input gradient on the bf16
-/// microkernel ([`crate::microkernel::bf16`]), the weight gradient on the float32 one over the rounded
-/// values (the same products; the sums in float32 either way). Everything else stays float32: the
+/// even), and sums their products in float32 on the bf16 microkernel ([`crate::microkernel::bf16`]):
+/// the forward pass, the input gradient, and the weight gradient where the horizontal stride is 1 (a
+/// strided one sums the same rounded products on the float32 kernel). Everything else stays float32: the
 /// master weights, the optimizer's state, the gradients, batch norm and its statistics, pooling, the
 /// loss; and Winograd (its transforms amplify rounding), the few-channel first convolution, the
 /// convolutions that run a GEMM-based algorithm on NCHW, and the linear classifier: together under 1%
@@ -126,15 +126,6 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// Reads `f32` or `bf16` (as `--precision` takes them).
-    pub fn parse(name: &str) -> Option<Precision> {
-        match name {
-            "f32" | "fp32" | "float32" => Some(Precision::F32),
-            "bf16" | "bfloat16" => Some(Precision::Bf16),
-            _ => None,
-        }
-    }
-
     /// `f32` or `bf16`.
     pub fn name(self) -> &'static str {
         match self {

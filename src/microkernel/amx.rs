@@ -32,7 +32,7 @@ pub const TILES: usize = 8;
 /// flushed from results.
 #[inline]
 pub fn dot_pair_even_first(acc: f32, a: [u16; 2], b: [u16; 2]) -> f32 {
-    let flush = |x: f32| if x.is_subnormal() { 0f32.copysign(x) } else { x };
+    let flush = bf16::flush;
     let even = flush(bf16::to_f32(a[0])).mul_add(flush(bf16::to_f32(b[0])), flush(acc));
     flush(flush(bf16::to_f32(a[1])).mul_add(flush(bf16::to_f32(b[1])), flush(even)))
 }

@@ -20,7 +20,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::{LANES, MAX_BLOCKS, MAX_PIXELS_ONE_BLOCK, Tile, TileShape, max_pixels};
+use super::{LANES, MAX_BLOCKS, MAX_PIXELS_ONE_BLOCK, Tile, TileShape};
 use crate::bf16;
 
 /// An instruction set the bf16 microkernel is built for, from the slowest to the fastest.
@@ -105,35 +105,16 @@ pub(super) struct CheckedBf16<'a> {
     pub(super) c: *mut f32,
 }
 
-/// Why [`run_bf16`] refused a tile (a bug in the caller, so a panic message).
+/// Why [`run_bf16`] refused a tile (a bug in the caller, so a panic message): the float32 kernel's
+/// checks, with a step reading 32 bf16 weights per block and an input pair per pixel.
 fn check(tile: &Tile<'_>, isa: Bf16Isa, w: &[u16], x: &[u16], c: &[f32]) -> Result<(), String> {
     let TileShape { blocks, pixels } = tile.shape;
-    if !(1..=MAX_BLOCKS).contains(&blocks) || !(1..=max_pixels(blocks)).contains(&pixels) {
-        return Err(format!("bf16 tile {blocks}x{pixels} out of range"));
-    }
-    if !isa.available() {
-        return Err(format!("{isa:?} is not available on this CPU"));
-    }
-    if tile.depth > 0 {
-        let w_span = (blocks - 1) * tile.w_block_stride + tile.depth * 2 * LANES;
-        let x_span = (pixels - 1) * tile.x_pixel_stride + 2 * (tile.depth - 1) * tile.x_depth_stride + 2;
-        for &(wo, xo) in tile.runs {
-            if wo.checked_add(w_span).is_none_or(|end| end > w.len()) {
-                return Err(format!("a run at weight offset {wo} reads {w_span} of {}", w.len()));
-            }
-            if xo.checked_add(x_span).is_none_or(|end| end > x.len()) {
-                return Err(format!("a run at input offset {xo} reads {x_span} of {}", x.len()));
-            }
-        }
-    }
-    let c_span = (blocks - 1) * tile.c_block_stride + pixels * LANES;
-    if tile.c_offset.checked_add(c_span).is_none_or(|end| end > c.len()) {
-        return Err(format!("the output at {} spans {c_span} of {}", tile.c_offset, c.len()));
-    }
-    if tile.epilogue.bias.is_some_and(|bias| bias.len() < blocks * LANES) {
-        return Err("fewer bias values than output channels".into());
-    }
-    Ok(())
+    let spans = |depth: usize| {
+        let w_span = (blocks - 1) * tile.w_block_stride + depth * 2 * LANES;
+        let x_span = (pixels - 1) * tile.x_pixel_stride + 2 * (depth - 1) * tile.x_depth_stride + 2;
+        (w_span, x_span)
+    };
+    super::check_tile(tile, (isa.available(), &isa), spans, [w.len(), x.len(), c.len()])
 }
 
 /// Computes one tile on bf16 weights `w` and inputs `x` into float32 `c` with `isa`'s build. Panics,

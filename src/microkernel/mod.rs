@@ -343,39 +343,51 @@ struct Checked<'a> {
 /// is out of range. A bug in the caller (the plan sizes every tile), so it is a panic message.
 fn check(tile: &Tile<'_>, isa: Isa, w: &[f32], x: &[f32], c: &[f32]) -> Result<(), String> {
     let TileShape { blocks, pixels } = tile.shape;
+    // Values one run reads, from its offsets: 16 weights per block and step, one input per pixel and step.
+    let spans = |depth: usize| {
+        let w_span = (blocks - 1) * tile.w_block_stride + depth * LANES;
+        let x_span = (pixels - 1) * tile.x_pixel_stride + (depth - 1) * tile.x_depth_stride + 1;
+        (w_span, x_span)
+    };
+    check_tile(tile, (isa.available(), &isa), spans, [w.len(), x.len(), c.len()])
+}
+
+/// The checks every microkernel's tile shares: its shape, that the CPU runs the build (`available`,
+/// named by `build`), that each run reads inside the weights and inputs (`spans(depth)`: the values one
+/// run reads from its offsets, in the build's own elements), and that the output and the bias hold the
+/// tile. `lens`: the weights', inputs' and output's lengths.
+fn check_tile(
+    tile: &Tile<'_>,
+    (available, build): (bool, &dyn std::fmt::Debug),
+    spans: impl Fn(usize) -> (usize, usize),
+    [w_len, x_len, c_len]: [usize; 3],
+) -> Result<(), String> {
+    let TileShape { blocks, pixels } = tile.shape;
     if !(1..=MAX_BLOCKS).contains(&blocks) || !(1..=max_pixels(blocks)).contains(&pixels) {
         return Err(format!(
             "tile {blocks}x{pixels}: blocks must be 1..={MAX_BLOCKS}, pixels 1..={}",
             max_pixels(blocks)
         ));
     }
-    if !isa.available() {
-        return Err(format!("{isa:?} is not available on this CPU"));
+    if !available {
+        return Err(format!("{build:?} is not available on this CPU"));
     }
     if tile.depth > 0 {
-        let w_span = (blocks - 1) * tile.w_block_stride + tile.depth * LANES;
-        let x_span = (pixels - 1) * tile.x_pixel_stride + (tile.depth - 1) * tile.x_depth_stride + 1;
+        let (w_span, x_span) = spans(tile.depth);
         for &(wo, xo) in tile.runs {
-            if wo.checked_add(w_span).is_none_or(|end| end > w.len()) {
-                return Err(format!(
-                    "a run at weight offset {wo} reads {w_span} values of {}",
-                    w.len()
-                ));
+            if wo.checked_add(w_span).is_none_or(|end| end > w_len) {
+                return Err(format!("a run at weight offset {wo} reads {w_span} values of {w_len}"));
             }
-            if xo.checked_add(x_span).is_none_or(|end| end > x.len()) {
-                return Err(format!(
-                    "a run at input offset {xo} reads {x_span} values of {}",
-                    x.len()
-                ));
+            if xo.checked_add(x_span).is_none_or(|end| end > x_len) {
+                return Err(format!("a run at input offset {xo} reads {x_span} values of {x_len}"));
             }
         }
     }
     let c_span = (blocks - 1) * tile.c_block_stride + pixels * LANES;
-    if tile.c_offset.checked_add(c_span).is_none_or(|end| end > c.len()) {
+    if tile.c_offset.checked_add(c_span).is_none_or(|end| end > c_len) {
         return Err(format!(
-            "the output at {} spans {c_span} values of {}",
-            tile.c_offset,
-            c.len()
+            "the output at {} spans {c_span} values of {c_len}",
+            tile.c_offset
         ));
     }
     if let Some(bias) = tile.epilogue.bias {

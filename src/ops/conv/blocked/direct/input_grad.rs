@@ -64,20 +64,17 @@ pub fn add_input_grad_via_im2col(
     let (map_in, map_out) = ([g.h.input, g.w.input], [g.h.output, g.w.output]);
     let (mut dy_image, mut dx_image) = (vec![0.0; out_len], vec![0.0; in_len]);
     for n in 0..dy.count() {
-        let dy_nchw: &[f32] = match (dy_layout, bf16) {
-            (Layout::Nchw, false) => dy.get(n),
-            (Layout::Nchw, true) => {
-                dy_image.copy_from_slice(dy.get(n));
+        let dy_nchw: &[f32] = if dy_layout == Layout::Nchw && !bf16 {
+            dy.get(n)
+        } else {
+            match dy_layout {
+                Layout::Nchw => dy_image.copy_from_slice(dy.get(n)),
+                Layout::Blocked => blocked::to_nchw(dy.get(n), g.out_channels, map_out, &mut dy_image),
+            }
+            if bf16 {
                 crate::bf16::round_slice(&mut dy_image);
-                &dy_image
             }
-            (Layout::Blocked, _) => {
-                blocked::to_nchw(dy.get(n), g.out_channels, map_out, &mut dy_image);
-                if bf16 {
-                    crate::bf16::round_slice(&mut dy_image);
-                }
-                &dy_image
-            }
+            &dy_image
         };
         dx_image.fill(0.0);
         let mut dx_one = ImagesMut::dense(&mut dx_image, 1, in_len);
