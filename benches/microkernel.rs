@@ -42,7 +42,8 @@ impl Problem {
         Problem {
             w: values(4 * microkernel::block_stride(runs_len * LANES * LANES)),
             x: values(IN_BLOCKS * MAP * MAP * LANES),
-            c: vec![0.0; 4 * 8 * LANES],
+            // Room for the widest tile: AMX's 2 blocks × 32 pixels.
+            c: vec![0.0; 4 * 32 * LANES],
             runs,
         }
     }
@@ -56,7 +57,7 @@ impl Problem {
             x_pixel_stride: LANES,
             x_depth_stride: 1,
             c_offset: 0,
-            c_block_stride: 8 * LANES,
+            c_block_stride: 32 * LANES,
             epilogue: Epilogue::default(),
         }
     }
@@ -170,6 +171,18 @@ fn bf16_summary(problem: &Problem) {
         let peak = flops as f64 / s / 1e9;
         println!(
             "  vdpbf16ps peak {peak:.1} GFLOP/s = {:.2}x the float32 FMA peak",
+            peak / f32_peak
+        );
+    }
+    if Bf16Isa::Amx.available() {
+        let mut flops = 0;
+        let s = median_seconds(
+            || flops = incept::microkernel::amx::dot_peak_flops(PEAK_ITERATIONS / 16),
+            21,
+        );
+        let peak = flops as f64 / s / 1e9;
+        println!(
+            "  tdpbf16ps peak {peak:.1} GFLOP/s = {:.2}x the float32 FMA peak",
             peak / f32_peak
         );
     }

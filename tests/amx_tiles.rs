@@ -1,97 +1,28 @@
-//! AMX tiles: the 2×2 tile program (`microkernel::amx::run_amx`) on the scalar model of the tile
-//! registers, on every CPU, against a plain loop over the same pairs in `tdpbf16ps`'s order and against
-//! float64; and on the CPU's own tiles wherever it has AMX-BF16 and Linux grants the permission, bit for bit
-//! against the model (the test output says whether that ran or was skipped).
+//! AMX tiles: the tile program (`microkernel::amx`, run through `run_bf16` as `Bf16Isa::AmxModel`) on
+//! the scalar model of the tile registers on every CPU, against a plain loop over the same pairs in
+//! `tdpbf16ps`'s order and against float64; and as `Bf16Isa::Amx` on the CPU's own tiles wherever it has
+//! AMX-BF16 and Linux grants the permission, bit for bit against the model (the test output says
+//! whether that ran or was skipped).
 
+mod common;
+
+use common::bf16_tile::{Case, Draw, epilogues, moderate_bf16, wild_floats};
 use incept::bf16;
-use incept::microkernel::amx::{self, AmxTile, TileConfig, TileModel, run_amx};
+use incept::microkernel::amx::{self, TileConfig};
+use incept::microkernel::{Bf16Isa, Epilogue, LANES, TileShape};
 
-fn bf16_values(n: usize, seed: u64) -> Vec<u16> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..n)
-        .map(|_| bf16::from_f32((rng.f32() * 2.0 - 1.0) * 2f32.powi(rng.i32(-6..6))))
-        .collect()
+/// Every shape the tile program takes: 1 or 2 blocks of 16 outputs, 1 to 32 pixels (two groups of 16).
+fn amx_shapes() -> impl Iterator<Item = TileShape> {
+    let most = amx::MAX_SHAPE;
+    (1..=most.blocks).flat_map(move |blocks| (1..=most.pixels).map(move |pixels| TileShape { blocks, pixels }))
 }
 
-/// A problem with gaps between rows, groups, blocks and runs, so a wrong stride reads a wrong value.
-struct Case {
-    rows: usize,
-    runs: Vec<(usize, usize)>,
-    a: Vec<u16>,
-    b: Vec<u16>,
-    c: Vec<f32>,
-    a_row_stride: usize,
-    a_group_stride: usize,
-    b_block_stride: usize,
-    c_block_stride: usize,
-    c_group_stride: usize,
-}
-
-impl Case {
-    fn new(rows: usize, runs: usize, seed: u64) -> Case {
-        let a_row_stride = 32 + 8;
-        let a_group_stride = 16 * a_row_stride + 4;
-        let a_run = 2 * a_group_stride;
-        let b_block_stride = 512 + 32;
-        let b_run = 2 * b_block_stride;
-        let (c_block_stride, c_group_stride) = (16 * 16 + 16, 2 * (16 * 16 + 16));
-        Case {
-            rows,
-            runs: (0..runs).map(|r| (r * b_run + 64, r * a_run + 2)).collect(),
-            a: bf16_values(runs * a_run + 2, seed),
-            b: bf16_values(runs * b_run + 64, seed ^ 1),
-            c: bf16_values(3 + 2 * c_group_stride, seed ^ 2)
-                .into_iter()
-                .map(bf16::to_f32)
-                .collect(),
-            a_row_stride,
-            a_group_stride,
-            b_block_stride,
-            c_block_stride,
-            c_group_stride,
-        }
-    }
-
-    fn tile(&self, accumulate: bool) -> AmxTile<'_> {
-        AmxTile {
-            rows: self.rows,
-            runs: &self.runs,
-            a_row_stride: self.a_row_stride,
-            a_group_stride: self.a_group_stride,
-            b_block_stride: self.b_block_stride,
-            c_offset: 3,
-            c_block_stride: self.c_block_stride,
-            c_group_stride: self.c_group_stride,
-            accumulate,
-        }
-    }
-
-    /// Output (group, block, row, column) by a plain loop: `tdpbf16ps`'s pairs in order, run after run.
-    fn expected(&self, accumulate: bool) -> Vec<f32> {
-        let mut c = self.c.clone();
-        for group in 0..2 {
-            for block in 0..2 {
-                for row in 0..self.rows {
-                    for col in 0..16 {
-                        let at = 3 + group * self.c_group_stride + block * self.c_block_stride + row * 16 + col;
-                        let mut acc = if accumulate { self.c[at] } else { 0.0 };
-                        for &(bo, ao) in &self.runs {
-                            let a_row = ao + group * self.a_group_stride + row * self.a_row_stride;
-                            let b_col = bo + block * self.b_block_stride + 2 * col;
-                            for k in 0..16 {
-                                let a = [self.a[a_row + 2 * k], self.a[a_row + 2 * k + 1]];
-                                let b = [self.b[b_col + 32 * k], self.b[b_col + 32 * k + 1]];
-                                acc = amx::dot_pair_even_first(acc, a, b);
-                            }
-                        }
-                        c[at] = acc;
-                    }
-                }
-            }
-        }
-        c
-    }
-}
+/// Pairs of channels only (a pixel's pairs are a tile row), depths up to past two steps of 16 pairs
+/// (a depth such as 13 or 23 runs in steps of 1; 24 in steps of 12).
+const TILES: Draw = Draw {
+    depths: 1..34,
+    x_depth_strides: &[1],
+};
 
 #[test]
 fn the_configuration_is_the_64_bytes_ldtilecfg_reads() {
@@ -113,58 +44,44 @@ fn the_configuration_is_the_64_bytes_ldtilecfg_reads() {
 
 #[test]
 fn the_tile_program_on_the_model_sums_every_pair_in_order() {
-    for (rows, runs) in [(16, 1), (16, 3), (7, 2), (1, 1)] {
-        let case = Case::new(rows, runs, rows as u64 * 31 + runs as u64);
-        for accumulate in [false, true] {
-            let mut c = case.c.clone();
-            run_amx(
-                &mut TileModel::default(),
-                &case.tile(accumulate),
-                &case.a,
-                &case.b,
-                &mut c,
-            );
-            let expected = case.expected(accumulate);
-            for (i, (f, e)) in c.iter().zip(&expected).enumerate() {
+    for (s, shape) in amx_shapes().enumerate() {
+        let case = Case::new(shape, 500 + s as u64, &TILES, moderate_bf16);
+        for epilogue in epilogues(&case.bias) {
+            let found = case.run(Bf16Isa::AmxModel, epilogue);
+            let expected = case.by_loop(|acc, w, x| amx::dot_pair_even_first(acc, x, w), epilogue);
+            for (i, (f, e)) in found.iter().zip(&expected).enumerate() {
                 assert_eq!(
                     f.to_bits(),
                     e.to_bits(),
-                    "rows {rows} runs {runs} accumulate {accumulate}: value {i}: {f} against {e}"
+                    "tile {shape:?}, depth {}, {epilogue:?}: value {i}: {f} against {e}",
+                    case.depth
                 );
             }
-            // And the sums are float32's: within its rounding bound of float64's.
-            let u = f64::from(f32::EPSILON) / 2.0;
-            for group in 0..2 {
-                for block in 0..2 {
-                    for row in 0..rows {
-                        for col in 0..16 {
-                            let at = 3 + group * case.c_group_stride + block * case.c_block_stride + row * 16 + col;
-                            let (mut sum, mut magnitude) = if accumulate {
-                                (f64::from(case.c[at]), f64::from(case.c[at]).abs())
-                            } else {
-                                (0.0, 0.0)
-                            };
-                            for &(bo, ao) in &case.runs {
-                                for k in 0..32 {
-                                    let a = bf16::to_f32(
-                                        case.a[ao + group * case.a_group_stride + row * case.a_row_stride + k],
-                                    );
-                                    let b = bf16::to_f32(
-                                        case.b[bo + block * case.b_block_stride + 32 * (k / 2) + 2 * col + k % 2],
-                                    );
-                                    sum += f64::from(a) * f64::from(b);
-                                    magnitude += (f64::from(a) * f64::from(b)).abs();
-                                }
-                            }
-                            let n = (32 * runs + 1) as f64;
-                            let bound = n * u / (1.0 - n * u) * magnitude;
-                            assert!(
-                                (f64::from(c[at]) - sum).abs() <= bound,
-                                "value {at}: {} against float64 {sum}",
-                                c[at]
-                            );
+        }
+        // And the sums are float32's: within its rounding bound of float64's (from zero, no epilogue).
+        let found = case.run(Bf16Isa::AmxModel, Epilogue::default());
+        let u = f64::from(f32::EPSILON) / 2.0;
+        for b in 0..shape.blocks {
+            for p in 0..shape.pixels {
+                for lane in 0..LANES {
+                    let (mut sum, mut magnitude) = (0f64, 0f64);
+                    for &(wo, xo) in &case.runs {
+                        for k in 0..2 * case.depth {
+                            let w = case.w[wo + b * case.w_block_stride + (k / 2) * 2 * LANES + 2 * lane + k % 2];
+                            let x = case.x[xo + p * case.x_pixel_stride + k];
+                            let product = f64::from(bf16::to_f32(w)) * f64::from(bf16::to_f32(x));
+                            sum += product;
+                            magnitude += product.abs();
                         }
                     }
+                    let n = (2 * case.depth * case.runs.len()) as f64;
+                    let bound = n * u / (1.0 - n * u) * magnitude;
+                    let at = case.c_offset + b * case.c_block_stride + p * LANES + lane;
+                    assert!(
+                        (f64::from(found[at]) - sum).abs() <= bound,
+                        "tile {shape:?} value {at}: {} against float64 {sum}",
+                        found[at]
+                    );
                 }
             }
         }
@@ -173,32 +90,49 @@ fn the_tile_program_on_the_model_sums_every_pair_in_order() {
 
 #[test]
 fn the_cpus_tiles_equal_the_model_where_it_has_amx() {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(mut hardware) = amx::Hardware::new() {
-        println!("AMX-BF16 tiles ran natively on this CPU");
-        incept::kernels::flush_denormals_on_this_thread();
-        for (rows, runs) in [(16, 1), (16, 4), (5, 2)] {
-            let case = Case::new(rows, runs, 7 + rows as u64);
-            for accumulate in [false, true] {
-                let (mut model, mut native) = (case.c.clone(), case.c.clone());
-                run_amx(
-                    &mut TileModel::default(),
-                    &case.tile(accumulate),
-                    &case.a,
-                    &case.b,
-                    &mut model,
-                );
-                run_amx(&mut hardware, &case.tile(accumulate), &case.a, &case.b, &mut native);
+    if !Bf16Isa::Amx.available() {
+        println!("AMX tiles skipped: this CPU has no AMX-BF16 (or Linux refused the tile permission)");
+        return;
+    }
+    println!("AMX-BF16 tiles ran natively on this CPU");
+    for (s, shape) in amx_shapes().enumerate() {
+        // Moderate values, then raw bit patterns (every exponent, overflow, denormals read as zero).
+        let cases = [
+            Case::new(shape, 900 + s as u64, &TILES, moderate_bf16),
+            Case::new(shape, 1900 + s as u64, &TILES, |n, seed| {
+                wild_floats(n * 2, seed)
+                    .into_iter()
+                    .take(n)
+                    .map(|v| (v.to_bits() >> 16) as u16)
+                    .collect()
+            }),
+        ];
+        for case in &cases {
+            for epilogue in epilogues(&case.bias) {
+                let (native, model) = (case.run(Bf16Isa::Amx, epilogue), case.run(Bf16Isa::AmxModel, epilogue));
                 for (i, (n, m)) in native.iter().zip(&model).enumerate() {
-                    assert_eq!(
-                        n.to_bits(),
-                        m.to_bits(),
-                        "rows {rows} runs {runs}: value {i}: AMX {n} against the model's {m}"
+                    assert!(
+                        n.to_bits() == m.to_bits() || (n.is_nan() && m.is_nan()),
+                        "tile {shape:?}, depth {}, {epilogue:?}: value {i}: AMX {n:e} against the model's {m:e}",
+                        case.depth
                     );
                 }
             }
         }
-        return;
     }
-    println!("AMX tiles skipped: this CPU has no AMX-BF16 (or Linux refused the tile permission)");
+}
+
+#[test]
+fn the_tile_program_refuses_pairs_that_are_not_a_row() {
+    // A weight gradient's pairs lie 16 channels apart: a tile row cannot load them.
+    let shape = TileShape { blocks: 1, pixels: 4 };
+    let strided = Draw {
+        depths: 4..5,
+        x_depth_strides: &[16],
+    };
+    let case = Case::new(shape, 3, &strided, moderate_bf16);
+    let refused = std::panic::catch_unwind(|| case.run(Bf16Isa::AmxModel, Epilogue::default()));
+    let message = refused.expect_err("refused").downcast::<String>().expect("a message");
+    assert!(message.contains("contiguously"), "{message}");
+    assert_eq!(Bf16Isa::AmxModel.for_strided_pairs(), Bf16Isa::Scalar);
 }

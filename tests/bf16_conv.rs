@@ -40,6 +40,12 @@ fn abs(v: &[f32]) -> Vec<f32> {
 fn cases() -> Vec<(&'static str, Conv2d, [usize; 4])> {
     vec![
         ("1x1, 40->70", Conv2d::new(40, 70, [1, 1]), [2, 40, 5, 3]),
+        // Rows of more than 16 pixels: the AMX tile program's second group of pixels.
+        (
+            "3x3 pad 1 on 21-pixel rows, 32->40",
+            Conv2d::new(32, 40, [3, 3]).with_padding(Padding::symmetric(1, 1)),
+            [1, 32, 3, 21],
+        ),
         (
             "3x3 pad 1, 64->96",
             Conv2d::new(64, 96, [3, 3]).with_padding(Padding::symmetric(1, 1)),
@@ -101,8 +107,12 @@ fn assert_within(what: &str, found: &[f32], exact: &[f32], magnitude: &[f32], te
 
 #[test]
 fn bf16_convolutions_sum_the_bf16_operands_in_float32() {
-    let builds: Vec<Bf16Isa> = Bf16Isa::ALL.into_iter().filter(|i| i.available()).collect();
-    println!("bf16 builds run natively on this CPU: {builds:?}");
+    let builds: Vec<Bf16Isa> = Bf16Isa::ALL
+        .into_iter()
+        .filter(|i| i.available())
+        .chain([Bf16Isa::AmxModel])
+        .collect();
+    println!("bf16 builds run on this CPU (the last on the tile model): {builds:?}");
     incept::kernels::flush_denormals_on_this_thread();
     for (name, conv, input) in cases() {
         let naive = conv.with_algo(ConvAlgo::Naive);

@@ -6,27 +6,8 @@
 use incept::bf16;
 use incept::microkernel::{Bf16Isa, Epilogue, LANES, MAX_BLOCKS, Tile, TileShape, max_pixels, run_bf16};
 
-/// Random float32 bit patterns over every exponent, with a share of denormals, zeros, infinities.
-fn wild_floats(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..n)
-        .map(|_| match rng.u8(0..10) {
-            0 => f32::from_bits(rng.u32(..) & 0x807f_ffff),
-            1 => [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY][rng.usize(0..4)],
-            _ => f32::from_bits(rng.u32(..)),
-        })
-        .filter(|v| !v.is_nan())
-        .collect()
-}
-
-/// bf16 values of moderate size (exponents of 2^-20..2^20), signed: sums of their products neither
-/// overflow nor go denormal.
-fn moderate_bf16(n: usize, seed: u64) -> Vec<u16> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..n)
-        .map(|_| bf16::from_f32((rng.f32() * 2.0 - 1.0) * 2f32.powi(rng.i32(-20..20))))
-        .collect()
-}
+mod common;
+use common::bf16_tile::{Case, VECTOR, epilogues, moderate_bf16, wild_floats};
 
 #[test]
 fn conversion_matches_the_model() {
@@ -48,108 +29,26 @@ fn conversion_matches_the_model() {
     }
 }
 
-/// One bf16 tile problem with gaps between operands, so a wrong stride reads a wrong value.
-struct Case {
-    shape: TileShape,
-    runs: Vec<(usize, usize)>,
-    depth: usize,
-    w_block_stride: usize,
-    x_pixel_stride: usize,
-    x_depth_stride: usize,
-    c_offset: usize,
-    c_block_stride: usize,
-    w: Vec<u16>,
-    x: Vec<u16>,
-    c: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-impl Case {
-    fn new(shape: TileShape, seed: u64, values: impl Fn(usize, u64) -> Vec<u16>) -> Case {
-        let mut rng = fastrand::Rng::with_seed(seed);
-        let depth = rng.usize(1..12);
-        let w_block_stride = depth * 2 * LANES + rng.usize(0..3) * 2;
-        // Pairs of channels (a convolution) or of pixels 16 channels apart (a weight gradient).
-        let x_depth_stride = [1, 16][rng.usize(0..2)];
-        let x_pixel_stride = 2 * depth * x_depth_stride + rng.usize(0..4);
-        let w_run = shape.blocks * w_block_stride;
-        let x_run = shape.pixels * x_pixel_stride;
-        let runs: Vec<(usize, usize)> = (0..rng.usize(1..5)).map(|r| (r * w_run + 3, r * x_run + 5)).collect();
-        let c_block_stride = shape.pixels * LANES + rng.usize(0..2) * LANES;
-        let c_offset = 7;
-        let c = moderate_bf16(c_offset + shape.blocks * c_block_stride, seed ^ 3);
-        Case {
-            shape,
-            depth,
-            w_block_stride,
-            x_pixel_stride,
-            x_depth_stride,
-            c_offset,
-            c_block_stride,
-            w: values(runs.len() * w_run + 3, seed ^ 1),
-            x: values(runs.len() * x_run + 5, seed ^ 2),
-            c: c.into_iter().map(bf16::to_f32).collect(),
-            bias: moderate_bf16(shape.blocks * LANES, seed ^ 4)
-                .into_iter()
-                .map(bf16::to_f32)
-                .collect(),
-            runs,
-        }
-    }
-
-    fn tile<'a>(&'a self, epilogue: Epilogue<'a>) -> Tile<'a> {
-        Tile {
-            shape: self.shape,
-            runs: &self.runs,
-            depth: self.depth,
-            w_block_stride: self.w_block_stride,
-            x_pixel_stride: self.x_pixel_stride,
-            x_depth_stride: self.x_depth_stride,
-            c_offset: self.c_offset,
-            c_block_stride: self.c_block_stride,
-            epilogue,
-        }
-    }
-
-    fn run(&self, isa: Bf16Isa, epilogue: Epilogue<'_>) -> Vec<f32> {
-        let mut c = self.c.clone();
-        run_bf16(isa, &self.tile(epilogue), &self.w, &self.x, &mut c);
-        c
-    }
-}
-
 fn every_shape() -> impl Iterator<Item = TileShape> {
     (1..=MAX_BLOCKS).flat_map(|blocks| (1..=max_pixels(blocks)).map(move |pixels| TileShape { blocks, pixels }))
-}
-
-fn epilogues(bias: &[f32]) -> [Epilogue<'_>; 3] {
-    [
-        Epilogue::default(),
-        Epilogue {
-            accumulate: true,
-            bias: Some(bias),
-            relu: false,
-        },
-        Epilogue {
-            accumulate: true,
-            bias: None,
-            relu: true,
-        },
-    ]
 }
 
 #[test]
 fn every_build_equals_the_model_bit_for_bit() {
     // The widened build equals the model only with denormals flushed, as the incept command runs.
     incept::kernels::flush_denormals_on_this_thread();
-    let builds: Vec<Bf16Isa> = Bf16Isa::ALL.into_iter().filter(|isa| isa.available()).collect();
-    println!("bf16 builds run natively on this CPU: {builds:?}");
+    // The vector builds (the tile program has its own model: tests/amx_tiles.rs).
+    let builds: Vec<Bf16Isa> = Bf16Isa::ALL
+        .into_iter()
+        .filter(|isa| isa.available() && isa.model() == Bf16Isa::Scalar)
+        .collect();
+    println!("bf16 vector builds run natively on this CPU: {builds:?}");
     for (s, shape) in every_shape().enumerate() {
         // Moderate values for the sums' sake, then raw bit patterns (every exponent, overflow, zero
         // products, bf16 denormals read as zero) for the instruction's corner cases.
         let cases = [
-            Case::new(shape, s as u64, moderate_bf16),
-            Case::new(shape, 1000 + s as u64, |n, seed| {
+            Case::new(shape, s as u64, &VECTOR, moderate_bf16),
+            Case::new(shape, 1000 + s as u64, &VECTOR, |n, seed| {
                 wild_floats(n * 2, seed)
                     .into_iter()
                     .take(n)
@@ -179,8 +78,8 @@ fn model_sums_in_float32_within_its_rounding_bound() {
     // Against float64 on the same bf16 values: each output within the float32 bound of a sum of that
     // many terms (2 per step), γ_n · Σ|terms| with γ_n = n·u/(1 - n·u), u = 2^-24.
     for (s, shape) in every_shape().enumerate().step_by(5) {
-        let case = Case::new(shape, 77 + s as u64, moderate_bf16);
-        let found = case.run(Bf16Isa::best(), Epilogue::default());
+        let case = Case::new(shape, 77 + s as u64, &VECTOR, moderate_bf16);
+        let found = case.run(Bf16Isa::best().for_strided_pairs(), Epilogue::default());
         for b in 0..shape.blocks {
             for p in 0..shape.pixels {
                 for lane in 0..LANES {
@@ -225,7 +124,11 @@ fn a_sum_bf16_could_not_hold_is_exact() {
             w[(k / 2) * 2 * LANES + 2 * lane + k % 2] = bf16::from_f32(1.0);
         }
     }
-    for isa in Bf16Isa::ALL.into_iter().filter(|isa| isa.available()) {
+    for isa in Bf16Isa::ALL
+        .into_iter()
+        .chain([Bf16Isa::AmxModel])
+        .filter(|isa| isa.available())
+    {
         let mut c = vec![0f32; LANES];
         let tile = Tile {
             shape: TileShape { blocks: 1, pixels: 1 },

@@ -7,6 +7,14 @@
 //! their addressing is tested on every CPU; where the CPU has AMX, the tests hold the two to the same bits.
 //! A program is written once against [`TileUnit`].
 //!
+//! [`run_tile`] is the bf16 microkernel's tile as such a program: `run_bf16` runs it as
+//! [`super::Bf16Isa::Amx`] on the CPU's tiles and as [`super::Bf16Isa::AmxModel`] on the model. It
+//! takes the 16-channel blocked layout as it is (a tile row holds a pixel's 8 pairs, half of the 64
+//! bytes a row can hold, so each `tdpbf16ps` does half the work it could: 32-channel blocks are the
+//! next step once an AMX CPU can time it). The convolutions' forward passes and input gradients run on
+//! it; a weight gradient's pairs are two pixels of one channel 16 channels apart, which a tile row
+//! cannot load, so those tiles go to a vector build ([`super::Bf16Isa::for_strided_pairs`]).
+//!
 //! Linux enables AMX per process: [`available`] asks for the tile data permission once
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); without it the first tile instruction
 //! raises SIGILL. Detection reads CPUID and XCR0 directly (`is_x86_feature_detected!` has no AMX names
@@ -18,6 +26,8 @@
 //! `vdpbf16ps`'s as measured on AMD Zen 5 ([`crate::bf16::dot_pair`]); whether AMX hardware follows its
 //! pseudo-code this exactly is checked where the tests meet an AMX CPU (`tests/amx_tiles.rs`).
 
+use super::bf16::CheckedBf16;
+use super::{LANES, TileShape};
 use crate::bf16;
 
 /// Rows of a tile register.
@@ -292,91 +302,149 @@ unsafe impl TileUnit for Hardware {
     }
 }
 
-/// Where the operands of one 2×2 AMX tile lie, in elements (bf16 for `a` and `b`, float32 for `c`): two
-/// groups of `rows` pixels (rows of A and C) by two blocks of 16 output channels (columns of B and C),
-/// summed over `runs` of 32 input channels each.
-#[derive(Debug, Clone, Copy)]
-pub struct AmxTile<'a> {
-    /// Pixels per group, 1 to 16.
-    pub rows: usize,
-    /// `(b offset, a offset)` of each run: 16 pairs of input channels at one kernel tap.
-    pub runs: &'a [(usize, usize)],
-    /// Between consecutive pixels' 32 input channels in `a`.
-    pub a_row_stride: usize,
-    /// Between the first pixels of the two groups in `a`.
-    pub a_group_stride: usize,
-    /// Between the two output blocks' weights in `b` (each `[16 pairs][16 outputs][2]`).
-    pub b_block_stride: usize,
-    /// Where pixel 0, output block 0 of `c` is; pixels are 16 float32 apart.
-    pub c_offset: usize,
-    /// Between the two output blocks in `c`.
-    pub c_block_stride: usize,
-    /// Between the first pixels of the two groups in `c`.
-    pub c_group_stride: usize,
-    /// Start from `c` instead of zero.
-    pub accumulate: bool,
-}
+/// Pairs a tile row holds: 64 bytes of bf16.
+pub const MAX_PAIRS: usize = 16;
+/// Pixels of one accumulator tile (its rows).
+const GROUP: usize = TILE_ROWS;
 
-/// Computes one 2×2 tile on `unit` (the CPU's tiles, or the model). Panics, naming the operand, if a run
-/// or the output would reach outside its slice.
-pub fn run_amx<U: TileUnit>(unit: &mut U, tile: &AmxTile<'_>, a: &[u16], b: &[u16], c: &mut [f32]) {
-    const PAIRS: usize = 16;
-    let rows = tile.rows;
-    assert!((1..=TILE_ROWS).contains(&rows), "AMX tile: {rows} rows");
-    let a_span = tile.a_group_stride + (rows - 1) * tile.a_row_stride + 2 * PAIRS;
-    let b_span = tile.b_block_stride + PAIRS * 2 * 16;
-    for &(bo, ao) in tile.runs {
-        assert!(
-            ao.checked_add(a_span).is_some_and(|end| end <= a.len()),
-            "AMX tile: a run at input {ao}"
-        );
-        assert!(
-            bo.checked_add(b_span).is_some_and(|end| end <= b.len()),
-            "AMX tile: a run at weight {bo}"
-        );
+/// The most output blocks and pixels of one AMX tile call: 2 × 2 accumulator tiles of 16 pixels × 16
+/// output channels.
+pub const MAX_SHAPE: TileShape = TileShape {
+    blocks: 2,
+    pixels: 2 * GROUP,
+};
+
+/// The bf16 microkernel's tile (the addressing of [`super::bf16`]) as a tile program on `unit`: oneDNN's
+/// and MLAS's 2 × 2 plan, accumulator `2 g + b` for pixel group `g` (pixels `16 g ..`) and output block
+/// `b`, the inputs of group `g` in tile `4 + g` (a row per pixel: its pairs, contiguous, as
+/// `x_depth_stride` 1 lays them), the weights of block `b` in tile `6 + b` (a row per pair: the block's
+/// 16 lanes × 2, as the packing lays them). Each run goes in equal steps of at most 16 pairs (one
+/// configuration holds the whole call, and `ldtilecfg` would zero the sums). The sums are stored into
+/// `c`, then the bias and the ReLU are applied there.
+pub(super) fn run_tile<U: TileUnit>(unit: &mut U, k: CheckedBf16<'_>) {
+    let t = k.tile;
+    let TileShape { blocks, pixels } = t.shape;
+    let rows = [pixels.min(GROUP), pixels.saturating_sub(GROUP)];
+    let groups = if rows[1] > 0 { 2 } else { 1 };
+    // The largest step that divides the depth: 8 pairs for a 16-channel block, 16 for two.
+    let step = (1..=MAX_PAIRS).rev().find(|s| t.depth % s == 0).unwrap_or(1);
+    let (mut tile_rows, mut colsb) = ([0u8; TILES], [0u16; TILES]);
+    for g in 0..groups {
+        for b in 0..blocks {
+            (tile_rows[2 * g + b], colsb[2 * g + b]) = (rows[g] as u8, 64);
+        }
+        (tile_rows[4 + g], colsb[4 + g]) = (rows[g] as u8, (4 * step) as u16);
     }
-    let c_span = tile.c_group_stride + tile.c_block_stride + rows * 16;
-    assert!(
-        tile.c_offset.checked_add(c_span).is_some_and(|end| end <= c.len()),
-        "AMX tile: the output"
-    );
-    let r = rows as u8;
-    // Accumulators and inputs: `rows` rows of 64 bytes; weights: 16 rows of 16 outputs × 2.
-    unit.configure(&TileConfig::new([r, r, r, r, r, r, 16, 16], [64; TILES]));
-    let (a, b) = (a.as_ptr().cast::<u8>(), b.as_ptr().cast::<u8>());
-    let c_at = |group: usize, block: usize| tile.c_offset + group * tile.c_group_stride + block * tile.c_block_stride;
-    let c_ptr = c.as_mut_ptr();
-    const F32_ROW: usize = 16 * 4;
-    // SAFETY (every load and store below): the spans were checked against the slices just above; each
-    // tile row is 64 bytes at most, inside the checked span.
+    for b in 0..blocks {
+        (tile_rows[6 + b], colsb[6 + b]) = (step as u8, 64);
+    }
+    unit.configure(&TileConfig::new(tile_rows, colsb));
+    const F32_ROW: usize = LANES * 4;
+    const PAIR_ROW: usize = LANES * 4;
+    let c_at = |g: usize, b: usize| t.c_offset + b * t.c_block_stride + g * GROUP * LANES;
+    // SAFETY (every load and store): `run_bf16`'s check proved each run's weight span
+    // (`(blocks - 1) · w_block_stride + 32 · depth`), input span (`(pixels - 1) · x_pixel_stride +
+    // 2 · depth` with `x_depth_stride` 1) and the output span lie inside the slices these pointers came
+    // from; every tile row below is within them.
     unsafe {
-        if tile.accumulate {
-            unit.load::<0>(c_ptr.add(c_at(0, 0)).cast(), F32_ROW);
-            unit.load::<1>(c_ptr.add(c_at(0, 1)).cast(), F32_ROW);
-            unit.load::<2>(c_ptr.add(c_at(1, 0)).cast(), F32_ROW);
-            unit.load::<3>(c_ptr.add(c_at(1, 1)).cast(), F32_ROW);
-        } else {
-            unit.zero::<0>();
-            unit.zero::<1>();
-            unit.zero::<2>();
-            unit.zero::<3>();
+        for g in 0..groups {
+            for b in 0..blocks {
+                let c = k.c.add(c_at(g, b)).cast::<u8>();
+                match (t.epilogue.accumulate, g, b) {
+                    (true, 0, 0) => unit.load::<0>(c, F32_ROW),
+                    (true, 0, 1) => unit.load::<1>(c, F32_ROW),
+                    (true, 1, 0) => unit.load::<2>(c, F32_ROW),
+                    (true, 1, 1) => unit.load::<3>(c, F32_ROW),
+                    (false, 0, 0) => unit.zero::<0>(),
+                    (false, 0, 1) => unit.zero::<1>(),
+                    (false, 1, 0) => unit.zero::<2>(),
+                    (false, 1, 1) => unit.zero::<3>(),
+                    _ => unreachable!("2 x 2 tiles"),
+                }
+            }
         }
-        for &(bo, ao) in tile.runs {
-            unit.load::<4>(a.add(2 * ao), 2 * tile.a_row_stride);
-            unit.load::<5>(a.add(2 * (ao + tile.a_group_stride)), 2 * tile.a_row_stride);
-            unit.load::<6>(b.add(2 * bo), 64);
-            unit.load::<7>(b.add(2 * (bo + tile.b_block_stride)), 64);
-            unit.dot_bf16::<0, 4, 6>();
-            unit.dot_bf16::<1, 4, 7>();
-            unit.dot_bf16::<2, 5, 6>();
-            unit.dot_bf16::<3, 5, 7>();
+        let x_row = 2 * t.x_pixel_stride;
+        for &(wo, xo) in t.runs {
+            for first in (0..t.depth).step_by(step) {
+                let (w, x) = (k.w.add(wo + 2 * LANES * first), k.x.add(xo + 2 * first));
+                unit.load::<4>(x.cast(), x_row);
+                if groups == 2 {
+                    unit.load::<5>(x.add(GROUP * t.x_pixel_stride).cast(), x_row);
+                }
+                unit.load::<6>(w.cast(), PAIR_ROW);
+                if blocks == 2 {
+                    unit.load::<7>(w.add(t.w_block_stride).cast(), PAIR_ROW);
+                }
+                unit.dot_bf16::<0, 4, 6>();
+                if blocks == 2 {
+                    unit.dot_bf16::<1, 4, 7>();
+                }
+                if groups == 2 {
+                    unit.dot_bf16::<2, 5, 6>();
+                    if blocks == 2 {
+                        unit.dot_bf16::<3, 5, 7>();
+                    }
+                }
+            }
         }
-        unit.store::<0>(c_ptr.add(c_at(0, 0)).cast(), F32_ROW);
-        unit.store::<1>(c_ptr.add(c_at(0, 1)).cast(), F32_ROW);
-        unit.store::<2>(c_ptr.add(c_at(1, 0)).cast(), F32_ROW);
-        unit.store::<3>(c_ptr.add(c_at(1, 1)).cast(), F32_ROW);
+        for g in 0..groups {
+            for b in 0..blocks {
+                let c = k.c.add(c_at(g, b)).cast::<u8>();
+                match (g, b) {
+                    (0, 0) => unit.store::<0>(c, F32_ROW),
+                    (0, 1) => unit.store::<1>(c, F32_ROW),
+                    (1, 0) => unit.store::<2>(c, F32_ROW),
+                    _ => unit.store::<3>(c, F32_ROW),
+                }
+            }
+        }
     }
     unit.release();
+    if t.epilogue.bias.is_none() && !t.epilogue.relu {
+        return;
+    }
+    for b in 0..blocks {
+        for p in 0..pixels {
+            for lane in 0..LANES {
+                // SAFETY: inside the output span `run_bf16` checked.
+                let v = unsafe { &mut *k.c.add(t.c_offset + b * t.c_block_stride + p * LANES + lane) };
+                // As the vector builds: no bias, no addition (`-0 + 0` would turn a negative zero positive).
+                *v = t.epilogue.bias.map_or(*v, |bias| *v + bias[b * LANES + lane]);
+                if t.epilogue.relu {
+                    *v = v.max(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// [`run_tile`] on the scalar model ([`super::Bf16Isa::AmxModel`]).
+pub(super) fn run_on_model(k: CheckedBf16<'_>) {
+    run_tile(&mut TileModel::default(), k);
+}
+
+/// [`run_tile`] on the CPU's tiles ([`super::Bf16Isa::Amx`]).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn run_on_hardware(k: CheckedBf16<'_>) {
+    let mut tiles = Hardware::new().expect("run_bf16 checked that this CPU has AMX");
+    run_tile(&mut tiles, k);
+}
+
+/// Measures one thread's `tdpbf16ps` throughput: `iterations` rounds of four on register-resident 16 × 16
+/// tiles (the 2 × 2 plan). Returns the FLOPs done (2 per product, 16 · 16 · 32 products per instruction).
+/// Panics without AMX.
+#[cfg(target_arch = "x86_64")]
+pub fn dot_peak_flops(iterations: u64) -> u64 {
+    let mut tiles = Hardware::new().expect("AMX-BF16 is not available on this CPU");
+    tiles.configure(&TileConfig::new([16; TILES], [64; TILES]));
+    for _ in 0..iterations {
+        tiles.dot_bf16::<0, 4, 6>();
+        tiles.dot_bf16::<1, 4, 7>();
+        tiles.dot_bf16::<2, 5, 6>();
+        tiles.dot_bf16::<3, 5, 7>();
+    }
+    tiles.release();
+    iterations * 4 * (TILE_ROWS * LANES * 32 * 2) as u64
 }
 
 /// Whether this CPU has AMX-BF16 and this process may use it (asked of Linux once, on the first call).

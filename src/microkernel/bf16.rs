@@ -32,14 +32,49 @@ pub enum Bf16Isa {
     Avx512,
     /// AVX512-BF16's `vdpbf16ps`.
     Avx512Bf16,
+    /// AMX-BF16's tiles (`tdpbf16ps`), through [`super::amx`]'s tile program.
+    Amx,
+    /// The same tile program on the scalar model of the tiles: every machine, for tests. Never picked
+    /// by [`Bf16Isa::best`] (it is the slowest build of all).
+    AmxModel,
 }
 
 /// `0` = no limit, else `1 + Bf16Isa as u8`: the fastest set [`Bf16Isa::best`] may return.
 static LIMIT: AtomicU8 = AtomicU8::new(0);
 
 impl Bf16Isa {
-    /// Every build, the slowest first.
-    pub const ALL: [Bf16Isa; 3] = [Bf16Isa::Scalar, Bf16Isa::Avx512, Bf16Isa::Avx512Bf16];
+    /// Every build [`Bf16Isa::best`] may pick, the slowest first (the tile model is not one).
+    pub const ALL: [Bf16Isa; 4] = [Bf16Isa::Scalar, Bf16Isa::Avx512, Bf16Isa::Avx512Bf16, Bf16Isa::Amx];
+
+    /// The model this build equals bit for bit: [`Bf16Isa::Scalar`] for the vector builds, which
+    /// take each pair's odd product first as `vdpbf16ps` does; [`Bf16Isa::AmxModel`] for the tiles,
+    /// whose `tdpbf16ps` takes the even one first.
+    pub fn model(self) -> Bf16Isa {
+        match self {
+            Bf16Isa::Amx | Bf16Isa::AmxModel => Bf16Isa::AmxModel,
+            _ => Bf16Isa::Scalar,
+        }
+    }
+
+    /// Whether this build runs AMX's tile program, whose tiles are at most
+    /// [`super::amx::MAX_SHAPE`] and read each pixel's pairs contiguously (`x_depth_stride` 1).
+    pub fn is_tiles(self) -> bool {
+        self.model() == Bf16Isa::AmxModel
+    }
+
+    /// The build for tiles whose input pairs are not contiguous (the weight gradient's, whose pairs
+    /// are two pixels of one channel, 16 channels apart): this one, or for the tile program the
+    /// fastest vector build (the tile model's: the scalar model).
+    pub fn for_strided_pairs(self) -> Bf16Isa {
+        match self {
+            Bf16Isa::Amx => [Bf16Isa::Avx512Bf16, Bf16Isa::Avx512]
+                .into_iter()
+                .find(|isa| isa.available())
+                .unwrap_or(Bf16Isa::Scalar),
+            Bf16Isa::AmxModel => Bf16Isa::Scalar,
+            isa => isa,
+        }
+    }
 
     /// Whether this CPU runs it.
     pub fn available(self) -> bool {
@@ -53,6 +88,9 @@ impl Bf16Isa {
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512bf16")
             }
+            #[cfg(target_arch = "x86_64")]
+            Bf16Isa::Amx => super::amx::available(),
+            Bf16Isa::AmxModel => true,
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -66,7 +104,11 @@ impl Bf16Isa {
 
     /// Caps [`Bf16Isa::best`] at `limit` (`None` lifts the cap), so tests and benches can run each build.
     pub fn set_limit(limit: Option<Bf16Isa>) {
-        LIMIT.store(limit.map_or(0, |isa| isa as u8 + 1), Ordering::Relaxed);
+        // The tile model is no build `best` picks: as a limit, it stands for the tiles.
+        LIMIT.store(
+            limit.map_or(0, |isa| isa.min(Bf16Isa::Amx) as u8 + 1),
+            Ordering::Relaxed,
+        );
     }
 
     /// The name `summary` and `bench` print.
@@ -75,6 +117,8 @@ impl Bf16Isa {
             Bf16Isa::Scalar => "scalar bf16 model",
             Bf16Isa::Avx512 => "AVX-512 (bf16 widened to f32)",
             Bf16Isa::Avx512Bf16 => "AVX512-BF16",
+            Bf16Isa::Amx => "AMX-BF16",
+            Bf16Isa::AmxModel => "AMX tile model",
         }
     }
 
@@ -83,6 +127,7 @@ impl Bf16Isa {
     /// two weight and two input registers: 4 × 4.
     pub fn preferred_tile(self) -> TileShape {
         match self {
+            Bf16Isa::Amx | Bf16Isa::AmxModel => super::amx::MAX_SHAPE,
             Bf16Isa::Avx512Bf16 => TileShape { blocks: 4, pixels: 6 },
             Bf16Isa::Avx512 => TileShape { blocks: 4, pixels: 4 },
             Bf16Isa::Scalar => TileShape { blocks: 1, pixels: 4 },
@@ -92,6 +137,10 @@ impl Bf16Isa {
     /// The pixels of this build's tile for a group of only `blocks` output blocks (see
     /// [`super::Isa::tile_pixels`]).
     pub fn tile_pixels(self, blocks: usize) -> usize {
+        if self.is_tiles() {
+            // Each accumulator tile holds 16 pixels of one block whatever the blocks.
+            return super::amx::MAX_SHAPE.pixels;
+        }
         super::pixels_for(self.preferred_tile(), blocks)
     }
 }
@@ -114,7 +163,24 @@ fn check(tile: &Tile<'_>, isa: Bf16Isa, w: &[u16], x: &[u16], c: &[f32]) -> Resu
         let x_span = (pixels - 1) * tile.x_pixel_stride + 2 * (depth - 1) * tile.x_depth_stride + 2;
         (w_span, x_span)
     };
-    super::check_tile(tile, (isa.available(), &isa), spans, [w.len(), x.len(), c.len()])
+    let most_pixels = |blocks: usize| match isa.is_tiles() {
+        true if blocks <= super::amx::MAX_SHAPE.blocks => super::amx::MAX_SHAPE.pixels,
+        true => 0,
+        false => super::max_pixels(blocks),
+    };
+    if isa.is_tiles() && tile.x_depth_stride != 1 {
+        return Err(format!(
+            "{isa:?} reads each pixel's pairs contiguously, not {} apart",
+            tile.x_depth_stride
+        ));
+    }
+    super::check_tile(
+        tile,
+        (isa.available(), &isa),
+        most_pixels,
+        spans,
+        [w.len(), x.len(), c.len()],
+    )
 }
 
 /// Computes one tile on bf16 weights `w` and inputs `x` into float32 `c` with `isa`'s build. Panics,
@@ -135,6 +201,9 @@ pub fn run_bf16(isa: Bf16Isa, tile: &Tile<'_>, w: &[u16], x: &[u16], c: &mut [f3
         Bf16Isa::Avx512 => super::x86_bf16::dispatch_avx512(checked),
         #[cfg(target_arch = "x86_64")]
         Bf16Isa::Avx512Bf16 => super::x86_bf16::dispatch_avx512bf16(checked),
+        #[cfg(target_arch = "x86_64")]
+        Bf16Isa::Amx => super::amx::run_on_hardware(checked),
+        Bf16Isa::AmxModel => super::amx::run_on_model(checked),
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("check() refused an unavailable instruction set"),
     }

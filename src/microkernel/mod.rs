@@ -259,7 +259,7 @@ pub fn isa_cap() -> &'static IsaCap {
 /// The cap an `INCEPT_MAX_ISA` value names (the empty string: none), or `None` for an unknown name.
 pub fn parse_isa_cap(value: &str) -> Option<IsaCap> {
     let (f32, bf16) = match value.trim().to_ascii_lowercase().as_str() {
-        "" | "amx" | "neon" => (Isa::Neon, Bf16Isa::Avx512Bf16),
+        "" | "amx" | "neon" => (Isa::Neon, Bf16Isa::Amx),
         "scalar" => (Isa::Scalar, Bf16Isa::Scalar),
         "avx2" => (Isa::Avx2, Bf16Isa::Scalar),
         "avx512" => (Isa::Avx512, Bf16Isa::Avx512),
@@ -349,24 +349,33 @@ fn check(tile: &Tile<'_>, isa: Isa, w: &[f32], x: &[f32], c: &[f32]) -> Result<(
         let x_span = (pixels - 1) * tile.x_pixel_stride + (depth - 1) * tile.x_depth_stride + 1;
         (w_span, x_span)
     };
-    check_tile(tile, (isa.available(), &isa), spans, [w.len(), x.len(), c.len()])
+    check_tile(
+        tile,
+        (isa.available(), &isa),
+        max_pixels,
+        spans,
+        [w.len(), x.len(), c.len()],
+    )
 }
 
-/// The checks every microkernel's tile shares: its shape, that the CPU runs the build (`available`,
+/// The checks every microkernel's tile shares: its shape (1 to `most_pixels(blocks)` pixels, of 1 to
+/// [`MAX_BLOCKS`] blocks while `most_pixels` allows any), that the CPU runs the build (`available`,
 /// named by `build`), that each run reads inside the weights and inputs (`spans(depth)`: the values one
 /// run reads from its offsets, in the build's own elements), and that the output and the bias hold the
 /// tile. `lens`: the weights', inputs' and output's lengths.
 fn check_tile(
     tile: &Tile<'_>,
     (available, build): (bool, &dyn std::fmt::Debug),
+    most_pixels: impl Fn(usize) -> usize,
     spans: impl Fn(usize) -> (usize, usize),
     [w_len, x_len, c_len]: [usize; 3],
 ) -> Result<(), String> {
     let TileShape { blocks, pixels } = tile.shape;
-    if !(1..=MAX_BLOCKS).contains(&blocks) || !(1..=max_pixels(blocks)).contains(&pixels) {
+    let most_blocks = (1..=MAX_BLOCKS).rev().find(|&b| most_pixels(b) > 0).unwrap_or(0);
+    if !(1..=most_blocks).contains(&blocks) || !(1..=most_pixels(blocks)).contains(&pixels) {
         return Err(format!(
-            "tile {blocks}x{pixels}: blocks must be 1..={MAX_BLOCKS}, pixels 1..={}",
-            max_pixels(blocks)
+            "tile {blocks}x{pixels}: {build:?} runs 1..={most_blocks} blocks of 1..={} pixels",
+            most_pixels(blocks.clamp(1, most_blocks.max(1)))
         ));
     }
     if !available {

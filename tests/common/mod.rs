@@ -2,6 +2,7 @@
 //! gradient checker.
 #![allow(dead_code)]
 
+pub mod bf16_tile;
 pub mod checks;
 pub mod fixture;
 pub mod loss_curve;

@@ -203,6 +203,9 @@ impl PackedConv {
         dw: &mut [f32],
         isa: Bf16Isa,
     ) {
+        // A tile's pairs here are two pixels of one channel, 16 channels apart: AMX reads a row's pairs
+        // contiguously, so its builds hand these tiles to a vector build.
+        let isa = isa.for_strided_pairs();
         let g = &self.geometry;
         let lines = Lines::of(self);
         let (x_len, dy_len) = (lines.x_len(g.in_channels), lines.dy_len(g.out_channels));
