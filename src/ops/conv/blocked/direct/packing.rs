@@ -178,12 +178,21 @@ impl PackedConv {
             g.out_channels * g.in_channels * taps,
             "conv weights [out, in, kh, kw]"
         );
-        for (i, v) in w.iter_mut().enumerate() {
-            let (tap, rest) = (i % taps, i / taps);
-            let (c, o) = (rest % g.in_channels, rest / g.in_channels);
-            let (ob, oc, icb, ic) = (o / LANES, o % LANES, c / LANES, c % LANES);
-            *v += packed[ob * self.block_stride + ((icb * taps + tap) * LANES + ic) * LANES + oc];
-        }
+        // One task per output block, its 16 rows of `w` written in order: value (oc, c, tap) of block ob
+        // is at ((icb · taps + tap) · 16 + ic) · 16 + oc of the block's packing.
+        let per_output = g.in_channels * taps;
+        w.par_chunks_mut(LANES * per_output)
+            .zip(packed.par_chunks(self.block_stride))
+            .for_each(|(w_block, block)| {
+                for (oc, w_o) in w_block.chunks_exact_mut(per_output).enumerate() {
+                    for (c, w_c) in w_o.chunks_exact_mut(taps).enumerate() {
+                        let first = ((c / LANES) * taps * LANES + c % LANES) * LANES + oc;
+                        for (tap, v) in w_c.iter_mut().enumerate() {
+                            *v += block[first + tap * LANES * LANES];
+                        }
+                    }
+                }
+            });
     }
 }
 
