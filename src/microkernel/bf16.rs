@@ -63,11 +63,13 @@ impl Bf16Isa {
     }
 
     /// The build for tiles whose input pairs are not contiguous (the weight gradient's, whose pairs
-    /// are two pixels of one channel, 16 channels apart): this one, or for the tile program the
-    /// fastest vector build (the tile model's: the scalar model).
+    /// are two pixels of one channel, 16 channels apart): this one, or for the tile program a vector
+    /// build (the tile model's: the scalar model). Every AMX CPU so far is an Intel Xeon, where
+    /// `vdpbf16ps` runs 0.49× the FLOP rate of float32 FMAs (LOWPREC.md §2) and the widened pairs, two
+    /// FMAs per pair, run at the FMA rate: so the widened build, until an AMX session measures both.
     pub fn for_strided_pairs(self) -> Bf16Isa {
         match self {
-            Bf16Isa::Amx => [Bf16Isa::Avx512Bf16, Bf16Isa::Avx512]
+            Bf16Isa::Amx => [Bf16Isa::Avx512]
                 .into_iter()
                 .find(|isa| isa.available())
                 .unwrap_or(Bf16Isa::Scalar),
