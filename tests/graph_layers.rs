@@ -1,6 +1,7 @@
 //! Graph-level behaviour of dropout and auxiliary outputs: dropout zeroes about `p` of the values and
 //! scales the rest by `1/(1-p)` in training, passes them through in eval, and sends gradients back
-//! through the same mask; an auxiliary head adds its weighted loss in training only.
+//! through the same mask; an auxiliary head adds its weighted loss in training only. Gradient buffers
+//! that share memory give the same gradients as buffers of their own.
 
 use incept::graph::{Executor, GraphBuilder, Mode};
 use incept::models::Model;
@@ -23,6 +24,7 @@ fn dropout_masks_scales_and_passes_gradients_through_its_mask() {
     let model = Model::init(b.build(out).unwrap(), 1);
     let images = random(2 * 3 * 256, 2);
     let mut exec = Executor::new(model.clone(), 2).unwrap();
+    exec.set_keep_node_grads(true);
     let input = Images::dense(&images, 2, 3 * 256);
 
     exec.forward(input, Mode::Eval).unwrap();
@@ -138,6 +140,7 @@ fn a_scaled_residual_add_passes_dy_to_the_residual_and_scale_dy_to_the_branch() 
     let model = Model::init(b.build(out).unwrap(), 5);
     let images = random(2 * 75, 6);
     let mut exec = Executor::new(model.clone(), 2).unwrap();
+    exec.set_keep_node_grads(true);
     exec.forward(Images::dense(&images, 2, 75), Mode::Train).unwrap();
     let (r, br, y) = (
         exec.node_output(residual),
@@ -169,5 +172,40 @@ fn a_scaled_residual_add_passes_dy_to_the_residual_and_scale_dy_to_the_branch() 
                 "{dr}, {db} vs {g}"
             );
         }
+    }
+}
+
+#[test]
+fn shared_gradient_buffers_give_the_same_gradients() {
+    // googlenet-d2l (Inception blocks: in-place concats, four branches) and inception-v3's auxiliary
+    // head, two steps each, with and without shared gradient buffers: the same bits.
+    for name in ["googlenet-d2l", "inception-v3"] {
+        let mut config = incept::models::default_config(name).unwrap();
+        let size = if name == "inception-v3" { 75 } else { 32 };
+        config.size = [size, size];
+        let model = Model::init(incept::models::build(name, config).unwrap(), 3);
+        let [c, h, w] = model.graph.input_shape();
+        let images = random(2 * c * h * w, 4);
+        let run = |keep: bool| {
+            let mut exec = Executor::new(model.clone(), 2).unwrap();
+            exec.set_keep_node_grads(keep);
+            let mut grads = Vec::new();
+            for labels in [[1, 7], [3, 0]] {
+                exec.forward(Images::dense(&images, 2, c * h * w), Mode::Train).unwrap();
+                exec.loss(&labels).unwrap();
+                exec.backward().unwrap();
+                grads.push(exec.param_grads().to_vec());
+            }
+            let first_conv = 1;
+            (
+                grads,
+                exec.node_grad(first_conv).is_some(),
+                exec.node_grad(exec.graph().output).is_some(),
+            )
+        };
+        let (kept, shared) = (run(true), run(false));
+        assert!(kept.0 == shared.0, "{name}: the parameter gradients differ");
+        assert!(kept.1 && kept.2, "{name}: kept gradients are readable");
+        assert!(!shared.2, "{name}: the output's gradient was released once used");
     }
 }

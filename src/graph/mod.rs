@@ -4,6 +4,7 @@
 
 mod builder;
 mod executor;
+pub mod gradient_slots;
 pub mod plan;
 
 pub use builder::{Graph, GraphBuilder, Init, Layer, Node, NodeId, ParamId, ParamSpec};

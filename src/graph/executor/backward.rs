@@ -1,7 +1,7 @@
 //! The backward pass: every node's input, weight and bias gradients in exact reverse order of the
 //! forward pass, each computed by its op in `ops/`.
 
-use super::state::State;
+use super::state::{State, close_gradient, open_gradient};
 use super::sync_bn::{BatchNormInput, SyncBn};
 use super::{Mode, images, images_mut, two_mut, with_buffer};
 use crate::blocked;
@@ -29,16 +29,18 @@ impl State {
             ));
         }
         let batch = self.batch;
-        if self.grads.is_empty() {
-            self.grads = self
-                .plan
-                .buffer_image_len
-                .iter()
-                .map(|&len| crate::memory::zeroed(len * self.capacity, "activation gradients"))
-                .collect::<Result<_>>()?;
-        }
-        for (g, &len) in self.grads.iter_mut().zip(&self.plan.buffer_image_len) {
-            g[..len * batch].fill(0.0);
+        // Gradient buffers open (zeroed) as the pass reaches them and close once read (GradientSlots).
+        self.reset_gradient_slots()?;
+        for &b in &self.gradient_slots.from_start {
+            let len = self.plan.buffer_image_len[b];
+            open_gradient(
+                &self.gradient_slots,
+                &mut self.grad_store,
+                &mut self.grads,
+                b,
+                len,
+                batch,
+            );
         }
         for g in &mut self.param_grads {
             g.fill(0.0);
@@ -76,11 +78,20 @@ impl State {
             tree,
             tree_f64,
             loss_images,
+            gradient_slots,
+            grad_store,
             ..
         } = self;
         let groups = &gradient_groups[..];
         let places = &plan.places;
         for (id, node) in graph.nodes.iter().enumerate().rev() {
+            // The buffers whose span ended with the previous step close; this step's open.
+            for &b in gradient_slots.closes.get(id + 1).into_iter().flatten() {
+                close_gradient(gradient_slots, grad_store, grads, b);
+            }
+            for &b in &gradient_slots.opens[id] {
+                open_gradient(gradient_slots, grad_store, grads, b, plan.buffer_image_len[b], batch);
+            }
             let p = places[id];
             let Some(&input) = node.inputs.first() else { continue };
             // An auxiliary head skipped by an eval forward has nothing to pass back.

@@ -425,10 +425,25 @@ impl Executor {
 
     /// The gradient of the loss with respect to node `node`'s output, from the last backward pass
     /// (for a ReLU-fused convolution, the gradient before its ReLU once backward has passed it), in
-    /// NCHW order.
+    /// NCHW order. `None` before a backward pass, and for a gradient the pass released once it was
+    /// used (as PyTorch frees non-leaf gradients): [`Executor::set_keep_node_grads`] keeps them all.
     pub fn node_grad(&self, node: usize) -> Option<NodeValues> {
         let s = &self.state;
-        (!s.grads.is_empty()).then(|| self.node_values(&s.grads, node))
+        let buffer = s.plan.places[node].buffer;
+        s.grads
+            .get(buffer)
+            .is_some_and(|g| !g.is_empty())
+            .then(|| self.node_values(&s.grads, node))
+    }
+
+    /// Keep every node's gradient after backward for [`Executor::node_grad`] (`true`), or let gradient
+    /// buffers whose uses do not overlap share memory (`false`, the default: the backward pass then
+    /// holds about a third of googlenet-d2l's activation gradients at once). The values computed are
+    /// the same either way. Changing it drops the gradients held now.
+    pub fn set_keep_node_grads(&mut self, keep: bool) {
+        let s = &mut self.state;
+        s.keep_node_grads = keep;
+        s.set_gradient_slots(state::gradient_slots(&self.model.graph, &s.plan, keep));
     }
 
     fn node_values(&self, bufs: &[Vec<f32>], node: usize) -> NodeValues {

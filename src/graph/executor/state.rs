@@ -5,6 +5,7 @@ use super::{BatchLoss, BranchSchedule, Mode, NodeTime};
 use crate::blocked;
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer, Node, NodeId};
+use crate::graph::gradient_slots::GradientSlots;
 use crate::graph::plan::{Plan, PlanOptions};
 use crate::memory::{self, MemoryNeed};
 use crate::microkernel::LANES;
@@ -58,7 +59,14 @@ pub(super) struct State {
     pub(super) branches: BranchSchedule,
     pub(super) profile: Option<Vec<NodeTime>>,
     pub(super) acts: Vec<Vec<f32>>,
+    /// Per buffer: its gradient while its slot is lent to it in a backward pass (else empty).
     pub(super) grads: Vec<Vec<f32>>,
+    /// Which gradient buffers share memory ([`GradientSlots`]), and the slots' memory while no buffer
+    /// holds it (allocated on the first backward pass).
+    pub(super) gradient_slots: GradientSlots,
+    pub(super) grad_store: Vec<Vec<f32>>,
+    /// Every gradient buffer in its own slot, kept after backward ([`super::Executor::set_keep_node_grads`]).
+    pub(super) keep_node_grads: bool,
     pub(super) argmax: Vec<Vec<u32>>,
     /// Per batch-norm node, the statistics its last forward pass normalized with.
     pub(super) bn_stats: Vec<ChannelStats>,
@@ -118,6 +126,9 @@ impl State {
             profile: None,
             acts,
             grads: Vec::new(),
+            gradient_slots: gradient_slots(graph, &plan, false),
+            grad_store: Vec::new(),
+            keep_node_grads: false,
             argmax,
             bn_stats: vec![ChannelStats::default(); graph.nodes.len()],
             mode: Mode::Eval,
@@ -173,9 +184,9 @@ impl State {
         self.chain_workspaces.truncate(chains);
         if plan.buffer_image_len != self.plan.buffer_image_len || plan.lens != self.plan.lens {
             (self.acts, self.argmax) = buffers(graph, &plan, self.capacity)?;
-            self.grads = Vec::new();
             self.labels.clear();
         }
+        self.set_gradient_slots(gradient_slots(graph, &plan, self.keep_node_grads));
         // Weights packed for another precision are packed afresh (repacking keeps a packing's precision).
         if plan.options.bf16_kernel() != self.plan.options.bf16_kernel() {
             self.packed.direct.iter_mut().for_each(|direct| *direct = None);
@@ -312,6 +323,74 @@ impl State {
     }
 }
 
+/// The gradient slots of `plan`: shared, or one per buffer when every node's gradient is kept.
+pub(super) fn gradient_slots(graph: &Graph, plan: &Plan, keep_node_grads: bool) -> GradientSlots {
+    if keep_node_grads {
+        GradientSlots::unshared(graph, plan)
+    } else {
+        GradientSlots::shared(graph, plan)
+    }
+}
+
+impl State {
+    /// Uses `slots` from the next backward pass on (the gradients held now are dropped if they change).
+    pub(super) fn set_gradient_slots(&mut self, slots: GradientSlots) {
+        if slots != self.gradient_slots {
+            self.gradient_slots = slots;
+            self.grads = Vec::new();
+            self.grad_store = Vec::new();
+        }
+    }
+
+    /// Lends every buffer's slot back (the end of the last backward pass), allocating the slots the
+    /// first time, so a backward pass can open its buffers.
+    pub(super) fn reset_gradient_slots(&mut self) -> Result<()> {
+        let buffers = self.plan.buffer_image_len.len();
+        if self.grads.len() != buffers {
+            self.grads = vec![Vec::new(); buffers];
+        }
+        if self.grad_store.is_empty() {
+            self.grad_store = self
+                .gradient_slots
+                .slot_image_len
+                .iter()
+                .map(|&len| crate::memory::zeroed(len * self.capacity, "activation gradients"))
+                .collect::<Result<_>>()?;
+        }
+        for (b, grad) in self.grads.iter_mut().enumerate() {
+            if let (false, Some(s)) = (grad.is_empty(), self.gradient_slots.slot[b]) {
+                self.grad_store[s] = std::mem::take(grad);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens buffer `b`'s gradient: its slot's memory, lent to it, zeroed for `batch` images.
+pub(super) fn open_gradient(
+    slots: &GradientSlots,
+    store: &mut [Vec<f32>],
+    grads: &mut [Vec<f32>],
+    b: usize,
+    image_len: usize,
+    batch: usize,
+) {
+    let s = slots.slot[b].expect("an opened buffer has a slot");
+    let mut memory = std::mem::take(&mut store[s]);
+    assert!(
+        !memory.is_empty() || image_len * batch == 0,
+        "gradient slot {s} is lent twice"
+    );
+    memory[..image_len * batch].fill(0.0);
+    grads[b] = memory;
+}
+
+/// Closes buffer `b`'s gradient: its memory goes back to its slot.
+pub(super) fn close_gradient(slots: &GradientSlots, store: &mut [Vec<f32>], grads: &mut [Vec<f32>], b: usize) {
+    let s = slots.slot[b].expect("a closed buffer has a slot");
+    store[s] = std::mem::take(&mut grads[b]);
+}
+
 /// Whether each node is needed for the graph's main output.
 fn main_path(graph: &Graph) -> Vec<bool> {
     let mut needed = vec![false; graph.nodes.len()];
@@ -429,7 +508,8 @@ pub(super) fn memory_need(graph: &Graph, options: PlanOptions, capacity: usize, 
     Ok(MemoryNeed {
         activations,
         gradients: if training {
-            per_batch(act_values).saturating_add(bytes(trainable))
+            let slots = GradientSlots::shared(graph, &plan);
+            per_batch(slots.image_len()).saturating_add(bytes(trainable))
         } else {
             0
         },
