@@ -193,11 +193,18 @@ fn check_batch_within(
 /// What a suggested batch leaves spare of the memory available: 256 MiB.
 const SUGGESTION_SPARE: u64 = 256 << 20;
 
-/// The largest batch up to `batch` whose `need` fits in the memory available (`batch` itself when
-/// nothing says how much is available), `None` when not even one image fits.
+/// The largest batch up to `batch` whose `need` fits in the memory available less the spare a
+/// suggestion leaves ([`SUGGESTION_SPARE`]: the run checks again after the process has mapped more),
+/// `batch` itself when nothing says how much is available, `None` when not even one image fits.
 pub fn largest_batch(batch: usize, need: impl Fn(usize) -> Result<MemoryNeed>) -> Result<Option<usize>> {
     match available() {
-        Some(available) => largest_batch_within(available, batch, &need),
+        Some(available) => {
+            let spared = Available {
+                bytes: available.bytes.saturating_sub(SUGGESTION_SPARE),
+                ..available
+            };
+            largest_batch_within(spared, batch, &need)
+        }
         None => Ok(Some(batch)),
     }
 }

@@ -1,12 +1,16 @@
 //! Max pooling on the blocked layout against the NCHW max pool the executor runs today: the same
 //! outputs, argmaxes and input gradients, bit for bit, with ties, NaNs, padding, `ceil_mode`, TF `SAME`
-//! and channel counts that are not multiples of 16.
+//! and channel counts that are not multiples of 16; and the executor's pair that keeps a u16 per
+//! output (each maximum's offset from its window's corner) instead of an argmax, the same bits as well.
 
 use incept::Padding;
 use incept::blocked::{self, Halo};
 use incept::ndarray::Array4;
 use incept::ops::pool::MaxPool2d;
-use incept::ops::pool_blocked::{max_pool_backward_blocked, max_pool_forward_blocked};
+use incept::ops::pool_blocked::{
+    max_pool_backward_blocked, max_pool_backward_blocked_offsets, max_pool_forward_blocked,
+    max_pool_forward_blocked_offsets,
+};
 
 fn to_blocked(x: &[f32], [_, c, h, w]: [usize; 4]) -> Vec<f32> {
     blocked::batch_from_nchw(x, c, [h, w], Halo::default())
@@ -56,8 +60,13 @@ fn blocked_max_pool_matches_the_nchw_one_bit_for_bit() {
         let mut rng = fastrand::Rng::with_seed(3);
         // Few distinct values, so windows hold ties; and two NaNs.
         let mut x: Vec<f32> = (0..n * c * h * w).map(|_| rng.usize(0..5) as f32 - 2.0).collect();
+        // Two NaNs side by side (a window's last NaN wins), one more alone, zeros of both signs, -inf.
         x[7] = f32::NAN;
+        x[8] = f32::NAN;
         x[n * c * h * w / 2] = f32::NAN;
+        for (i, v) in x.iter_mut().enumerate().skip(20).step_by(29) {
+            *v = [-0.0, 0.0, f32::NEG_INFINITY][i % 3];
+        }
         let (y_ref, cache) = pool
             .forward(Array4::from_shape_vec(shape, x.clone()).unwrap().view())
             .unwrap();
@@ -91,6 +100,27 @@ fn blocked_max_pool_matches_the_nchw_one_bit_for_bit() {
         assert!(
             dx.iter().zip(dx_ref.iter()).all(|(&a, &b)| a.to_bits() == b.to_bits()),
             "{name}: input gradients differ"
+        );
+
+        // With offsets instead of argmaxes: the same outputs and the same gradient.
+        let (mut y_taps, mut taps) = (vec![0.0; out_len], vec![0u16; out_len]);
+        max_pool_forward_blocked_offsets(&g, &to_blocked(&x, shape), &mut y_taps, &mut taps);
+        assert!(
+            from_blocked(&y_taps, [n, c, oh, ow])
+                .iter()
+                .zip(y_ref.iter())
+                .all(|(&a, &b)| same(a, b)),
+            "{name}: outputs with offsets differ"
+        );
+        let mut dx_taps = vec![0.0; n * blocked::image_len(c, [h, w], Halo::default())];
+        max_pool_backward_blocked_offsets(&g, &taps, &to_blocked(&dy, [n, c, oh, ow]), &mut dx_taps);
+        let dx_taps = from_blocked(&dx_taps, shape);
+        assert!(
+            dx_taps
+                .iter()
+                .zip(dx_ref.iter())
+                .all(|(&a, &b)| a.to_bits() == b.to_bits()),
+            "{name}: input gradients from the offsets differ"
         );
     }
 }

@@ -3,6 +3,11 @@
 //! as minus infinity, ties go to the first maximum in row-major window order, NaN propagates (the last
 //! NaN of a window wins, as PyTorch's `val > max || isnan(val)` gives), and each argmax is the maximum's
 //! index within its input plane, so the two layouts' argmaxes are equal.
+//!
+//! The executor keeps *offsets* instead of argmaxes on this layout: per output value, the maximum's
+//! distance in pixels from its window's corner (padding included) in a u16, half a u32 argmax's memory
+//! (googlenet-d2l's training at batch 128: 67 MB, not 134). Windows that span 65,536 pixels or more
+//! of their input keep argmaxes ([`offsets_fit`]).
 
 use rayon::prelude::*;
 
@@ -29,8 +34,61 @@ pub fn max_pool_forward_blocked(g: &PoolGeometry, x: &[f32], y: &mut [f32], argm
         .zip(argmax.par_chunks_mut(out_plane))
         .zip(x.par_chunks(in_plane.max(1)))
         .for_each(|((y, argmax), x)| {
-            crate::kernels::vectorize(Plane { g, x, y, argmax });
+            crate::kernels::vectorize(Plane {
+                g,
+                x,
+                y,
+                record: Record::Argmax(argmax),
+            });
         });
+}
+
+/// Whether the distance from a max-pool window's corner to its farthest pixel fits a u16
+/// ([`max_pool_forward_blocked_offsets`]).
+pub fn offsets_fit(g: &PoolGeometry) -> bool {
+    (g.h.kernel.max(1) - 1) * g.w.input + g.w.kernel < 1 << 16
+}
+
+/// [`max_pool_forward_blocked`] recording each maximum's offset from its window's corner (in pixels of
+/// the input plane, padding counted) in a u16 instead of its argmax. Panics unless [`offsets_fit`].
+pub fn max_pool_forward_blocked_offsets(g: &PoolGeometry, x: &[f32], y: &mut [f32], offsets: &mut [u16]) {
+    assert!(offsets_fit(g), "max-pool windows span more than 65,535 pixels");
+    let (in_plane, out_plane) = (g.h.input * g.w.input * LANES, g.h.output * g.w.output * LANES);
+    let planes = g.batch * blocked::blocks(g.channels);
+    assert_eq!(x.len(), planes * in_plane, "blocked max-pool input");
+    assert_eq!(
+        (y.len(), offsets.len()),
+        (planes * out_plane, planes * out_plane),
+        "blocked max-pool output"
+    );
+    if out_plane == 0 {
+        return;
+    }
+    y.par_chunks_mut(out_plane)
+        .zip(offsets.par_chunks_mut(out_plane))
+        .zip(x.par_chunks(in_plane.max(1)))
+        .for_each(|((y, offsets), x)| {
+            crate::kernels::vectorize(Plane {
+                g,
+                x,
+                y,
+                record: Record::Offsets(offsets),
+            });
+        });
+}
+
+/// Where a window's corner (its first tap, padding counted) lies in the input plane, in pixels: the
+/// origin of [`max_pool_forward_blocked_offsets`]' offsets.
+fn corner(g: &PoolGeometry, oy: usize, ox: usize) -> isize {
+    g.h.window_start(oy) * g.w.input as isize + g.w.window_start(ox)
+}
+
+/// What a forward pass keeps of where each maximum was.
+enum Record<'a> {
+    /// Its index within the input plane.
+    Argmax(&'a mut [u32]),
+    /// Its offset from its window's corner.
+    Offsets(&'a mut [u16]),
 }
 
 /// One block plane, compiled for the best instruction set (the lane loops vectorize).
@@ -38,14 +96,14 @@ struct Plane<'a> {
     g: &'a PoolGeometry,
     x: &'a [f32],
     y: &'a mut [f32],
-    argmax: &'a mut [u32],
+    record: Record<'a>,
 }
 
 impl pulp::WithSimd for Plane<'_> {
     type Output = ();
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        let Plane { g, x, y, argmax } = self;
+        let Plane { g, x, y, mut record } = self;
         for oy in 0..g.h.output {
             let rows = clipped(&g.h, oy);
             for ox in 0..g.w.output {
@@ -65,7 +123,16 @@ impl pulp::WithSimd for Plane<'_> {
                 }
                 let o = (oy * g.w.output + ox) * LANES;
                 y[o..o + LANES].copy_from_slice(&best);
-                argmax[o..o + LANES].copy_from_slice(&best_at);
+                match &mut record {
+                    Record::Argmax(argmax) => argmax[o..o + LANES].copy_from_slice(&best_at),
+                    Record::Offsets(offsets) => {
+                        // Within the window, so at most `offsets_fit`'s bound from its corner.
+                        let corner = corner(g, oy, ox);
+                        for (out, &at) in offsets[o..o + LANES].iter_mut().zip(&best_at) {
+                            *out = (at as isize - corner) as u16;
+                        }
+                    }
+                }
             }
         }
     }
@@ -90,6 +157,35 @@ pub fn max_pool_backward_blocked(g: &PoolGeometry, argmax: &[u32], dy: &[f32], d
         .for_each(|(dx, (dy, argmax))| {
             for (i, (&d, &at)) in dy.iter().zip(argmax).enumerate() {
                 dx[at as usize * LANES + i % LANES] += d;
+            }
+        });
+}
+
+/// [`max_pool_backward_blocked`] from the offsets [`max_pool_forward_blocked_offsets`] recorded: the
+/// same positions, added in the same order, so the same bits.
+pub fn max_pool_backward_blocked_offsets(g: &PoolGeometry, offsets: &[u16], dy: &[f32], dx: &mut [f32]) {
+    let (in_plane, out_plane) = (g.h.input * g.w.input * LANES, g.h.output * g.w.output * LANES);
+    let planes = g.batch * blocked::blocks(g.channels);
+    assert_eq!(dx.len(), planes * in_plane, "blocked max-pool input gradient");
+    assert_eq!(
+        (dy.len(), offsets.len()),
+        (planes * out_plane, planes * out_plane),
+        "blocked max-pool output"
+    );
+    if out_plane == 0 || in_plane == 0 {
+        return;
+    }
+    dx.par_chunks_mut(in_plane)
+        .zip(dy.par_chunks(out_plane).zip(offsets.par_chunks(out_plane)))
+        .for_each(|(dx, (dy, offsets))| {
+            for oy in 0..g.h.output {
+                for ox in 0..g.w.output {
+                    let (corner, o) = (corner(g, oy, ox), (oy * g.w.output + ox) * LANES);
+                    for lane in 0..LANES {
+                        let at = (corner + offsets[o + lane] as isize) as usize;
+                        dx[at * LANES + lane] += dy[o + lane];
+                    }
+                }
             }
         });
 }
@@ -164,6 +260,36 @@ pub fn max_pool_backward_blocked_images(g: &PoolGeometry, argmax: &[u32], dy: Im
     dx.par_iter_mut()
         .zip(argmax.par_chunks(len.max(1)))
         .for_each(|((n, dx), argmax)| max_pool_backward_blocked(&one, argmax, dy.get(n), dx));
+}
+
+/// [`max_pool_forward_blocked_offsets`] on a batch of blocked images that need not lie one after
+/// another.
+pub fn max_pool_forward_blocked_offsets_images(
+    g: &PoolGeometry,
+    x: Images<'_>,
+    y: &mut ImagesMut<'_>,
+    offsets: &mut [u16],
+) {
+    let one = PoolGeometry { batch: 1, ..*g };
+    let len = y.len();
+    y.par_iter_mut()
+        .zip(offsets.par_chunks_mut(len.max(1)))
+        .for_each(|((n, y), offsets)| max_pool_forward_blocked_offsets(&one, x.get(n), y, offsets));
+}
+
+/// [`max_pool_backward_blocked_offsets`] on a batch of blocked images that need not lie one after
+/// another.
+pub fn max_pool_backward_blocked_offsets_images(
+    g: &PoolGeometry,
+    offsets: &[u16],
+    dy: Images<'_>,
+    dx: &mut ImagesMut<'_>,
+) {
+    let one = PoolGeometry { batch: 1, ..*g };
+    let len = dy.len();
+    dx.par_iter_mut()
+        .zip(offsets.par_chunks(len.max(1)))
+        .for_each(|((n, dx), offsets)| max_pool_backward_blocked_offsets(&one, offsets, dy.get(n), dx));
 }
 
 /// [`global_avg_pool_forward_blocked`] on a batch of images that need not lie one after another.

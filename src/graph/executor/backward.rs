@@ -1,7 +1,7 @@
 //! The backward pass: every node's input, weight and bias gradients in exact reverse order of the
 //! forward pass, each computed by its op in `ops/`.
 
-use super::state::{State, close_gradient, open_gradient};
+use super::state::{self, State, close_gradient, open_gradient};
 use super::sync_bn::{BatchNormInput, SyncBn};
 use super::{Mode, images, images_mut, two_mut, with_buffer};
 use crate::blocked;
@@ -298,6 +298,10 @@ impl State {
                 }
                 Layer::MaxPool(pool) => pool.window.geometry("max_pool2d", [batch, c, h, w]).map(|g| {
                     add_input_grad(grads, p, ip, batch, |dy, dx| match out_layout {
+                        Layout::Blocked if pool_blocked::offsets_fit(&g) => {
+                            let offsets = state::as_u16(&argmax[id]);
+                            pool_blocked::max_pool_backward_blocked_offsets_images(&g, offsets, dy, dx)
+                        }
                         Layout::Blocked => pool_blocked::max_pool_backward_blocked_images(&g, &argmax[id], dy, dx),
                         Layout::Nchw => max_pool_backward(&g, &argmax[id], dy, dx),
                     })

@@ -134,11 +134,12 @@ impl BranchRun<'_> {
     ) -> Result<()> {
         let node = &self.graph.nodes[id];
         let len = self.plan.lens[id];
-        // Max pools keep argmaxes and dropouts kept flags, one per output value; the others have none.
+        // Max pools keep argmaxes or taps, dropouts kept flags; the others nothing.
+        let saved_len = super::state::saved_image_len(self.graph, id, self.plan.layouts[id], len);
         let argmax = if argmax.is_empty() {
             argmax
         } else {
-            &mut argmax[n * len..][..len]
+            &mut argmax[n * saved_len..][..saved_len]
         };
         let saved = Saved {
             argmax,

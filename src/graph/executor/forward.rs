@@ -2,7 +2,7 @@
 //! concurrently (`branches.rs`); each node's arithmetic is a call into its op in `ops/`.
 
 use super::branches::BranchRun;
-use super::state::{PackedWeights, State};
+use super::state::{self, PackedWeights, State};
 use super::sync_bn::{BatchNormInput, SyncBn};
 use super::{BranchSchedule, Mode, images, images_mut, with_buffer};
 use crate::blocked;
@@ -152,6 +152,9 @@ pub(super) fn forward_node(
         Layer::MaxPool(pool) => {
             let g = pool.window.geometry("max_pool2d", [batch, c, h, w])?;
             match run.output {
+                Layout::Blocked if pool_blocked::offsets_fit(&g) => {
+                    pool_blocked::max_pool_forward_blocked_offsets_images(&g, x, y, state::as_u16_mut(saved.argmax))
+                }
                 Layout::Blocked => pool_blocked::max_pool_forward_blocked_images(&g, x, y, saved.argmax),
                 Layout::Nchw => max_pool_forward(&g, x, y, saved.argmax, ws),
             }

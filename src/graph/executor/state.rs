@@ -6,7 +6,7 @@ use crate::blocked;
 use crate::error::{Error, Result};
 use crate::graph::builder::{Graph, Layer, Node, NodeId};
 use crate::graph::gradient_slots::GradientSlots;
-use crate::graph::plan::{Plan, PlanOptions};
+use crate::graph::plan::{Layout, Plan, PlanOptions};
 use crate::memory::{self, MemoryNeed};
 use crate::microkernel::LANES;
 use crate::ops::batchnorm::ChannelStats;
@@ -420,14 +420,57 @@ fn buffers(graph: &Graph, plan: &Plan, capacity: usize) -> Result<(Buffers<f32>,
         .nodes
         .iter()
         .zip(&plan.lens)
-        .map(|(n, &len)| match n.layer {
-            Layer::MaxPool(_) | Layer::Dropout(_) => memory::zeroed(len * capacity, "max-pool argmaxes"),
-            _ => Ok(Vec::new()),
-        })
+        .zip(&plan.layouts)
+        .enumerate()
+        .map(
+            |(id, ((_, &len), &layout))| match saved_image_len(graph, id, layout, len) {
+                0 => Ok(Vec::new()),
+                saved => memory::zeroed(saved * capacity, "max-pool argmaxes"),
+            },
+        )
         .collect::<Result<_>>()?;
     Ok((acts, argmax))
 }
 
+/// What node `id` (`len` output values per image in `layout`) keeps from its forward pass for its
+/// backward, in u32s per image: a dropout its kept flags and a max pool its argmaxes, one per output
+/// value; a max pool on the blocked layout its offsets, a u16 per output value ([`keeps_offsets`]).
+pub(super) fn saved_image_len(graph: &Graph, id: NodeId, layout: Layout, len: usize) -> usize {
+    match &graph.nodes[id].layer {
+        Layer::MaxPool(_) if keeps_offsets(graph, id, layout) => len.div_ceil(2),
+        Layer::MaxPool(_) | Layer::Dropout(_) => len,
+        _ => 0,
+    }
+}
+
+/// Whether max pool `id` keeps each maximum's offset from its window's corner in a u16
+/// ([`crate::ops::pool_blocked::max_pool_forward_blocked_offsets`]) rather than its argmax: on the
+/// blocked layout, where the offsets fit.
+pub(super) fn keeps_offsets(graph: &Graph, id: NodeId, layout: Layout) -> bool {
+    let node = &graph.nodes[id];
+    let (Layer::MaxPool(pool), Some(&input)) = (&node.layer, node.inputs.first()) else {
+        return false;
+    };
+    let [c, h, w] = graph.nodes[input].shape;
+    layout == Layout::Blocked
+        && pool
+            .window
+            .geometry("max_pool2d", [1, c, h, w])
+            .is_ok_and(|g| crate::ops::pool_blocked::offsets_fit(&g))
+}
+
+/// A u32 buffer as u16s: where a max pool keeps its offsets, two to a u32.
+pub(super) fn as_u16_mut(values: &mut [u32]) -> &mut [u16] {
+    // SAFETY: u16 has no validity requirement and half u32's alignment; the halves cover exactly the
+    // same memory, borrowed mutably for the same lifetime.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u16>(), 2 * values.len()) }
+}
+
+/// See [`as_u16_mut`].
+pub(super) fn as_u16(values: &[u32]) -> &[u16] {
+    // SAFETY: as for `as_u16_mut`, read only.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u16>(), 2 * values.len()) }
+}
 /// Refuses a `capacity` whose inference buffers (activations, workspace, parameters' packed copies) do
 /// not fit in the memory available, naming the need and the largest capacity that fits.
 fn memory_check(graph: &Graph, options: PlanOptions, capacity: usize) -> Result<()> {
@@ -468,8 +511,9 @@ pub(super) fn memory_need(graph: &Graph, options: PlanOptions, capacity: usize, 
         .nodes
         .iter()
         .zip(&plan.lens)
-        .filter(|(n, _)| matches!(n.layer, Layer::MaxPool(_) | Layer::Dropout(_)))
-        .map(|(_, &len)| len)
+        .zip(&plan.layouts)
+        .enumerate()
+        .map(|(id, ((_, &len), &layout))| saved_image_len(graph, id, layout, len))
         .sum();
     let heads = 1 + graph.aux_outputs.len();
     let activations = per_batch(act_values)
