@@ -115,6 +115,37 @@ fn blocked_average_pooling_matches_the_nchw_one_bit_for_bit() {
         pool_blocked::avg_pool_backward_blocked_images(&pool, &g, Images::dense(&dyb, shape[0], bout), &mut dxbi);
 
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // The NCHW pool against a plain loop in its documented order (each window row summed, the
+        // rows summed, divided by PyTorch's divisor), so the vectorized builds are held to it too.
+        let [n, c, h, w] = shape;
+        let [_, _, oh, ow] = out;
+        let mut plain = vec![0.0f32; y.len()];
+        for plane in 0..n * c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (ys, xs) = (g.h.window_start(oy), g.w.window_start(ox));
+                    let (mut sum, mut cells) = (0.0f32, 0usize);
+                    for iy in ys.max(0)..(ys + g.h.kernel as isize).min(h as isize) {
+                        let mut row = 0.0f32;
+                        for ix in xs.max(0)..(xs + g.w.kernel as isize).min(w as isize) {
+                            row += x[(plane * h + iy as usize) * w + ix as usize];
+                            cells += 1;
+                        }
+                        sum += row;
+                    }
+                    let padded = |s: isize, k: usize, len: usize, pad: usize| {
+                        ((s + k as isize).min((len + pad) as isize) - s) as usize
+                    };
+                    let divisor = if count_pad {
+                        padded(ys, g.h.kernel, h, g.h.pad_hi) * padded(xs, g.w.kernel, w, g.w.pad_hi)
+                    } else {
+                        cells
+                    };
+                    plain[(plane * oh + oy) * ow + ox] = sum / divisor as f32;
+                }
+            }
+        }
+        assert_eq!(bits(&y), bits(&plain), "{name}: NCHW forward against the plain loop");
         assert_eq!(bits(&from_blocked(&yb, out)), bits(&y), "{name}: forward");
         assert_eq!(bits(&from_blocked(&dxb, shape)), bits(&dx), "{name}: input gradient");
         assert!(

@@ -534,29 +534,26 @@ impl AvgPool2d {
     /// [`AvgPool2d::forward_images`] on planes whose pixels are `lanes` values each (1 for NCHW, 16
     /// for the blocked layout), every lane summed alone in the same order.
     pub(crate) fn forward_pixels(&self, g: &PoolGeometry, x: Images<'_>, y: &mut ImagesMut<'_>, lanes: usize) {
-        let (in_plane, out_plane) = (g.h.input * g.w.input * lanes, g.h.output * g.w.output * lanes);
-        if out_plane == 0 {
+        if g.h.output * g.w.output == 0 {
             return;
         }
-        y.par_iter_mut().for_each(|(n, y_img)| {
-            for (x_plane, y_plane) in x.get(n).chunks_exact(in_plane).zip(y_img.chunks_exact_mut(out_plane)) {
-                for oy in 0..g.h.output {
-                    for ox in 0..g.w.output {
-                        let mut sum = [0.0f32; MAX_LANES];
-                        for iy in clipped(&g.h, oy) {
-                            let mut row = [0.0f32; MAX_LANES];
-                            for ix in clipped(&g.w, ox) {
-                                let v = &x_plane[(iy * g.w.input + ix) * lanes..][..lanes];
-                                row.iter_mut().zip(v).for_each(|(r, &v)| *r += v);
-                            }
-                            sum.iter_mut().zip(row).for_each(|(s, r)| *s += r);
-                        }
-                        let divisor = self.divisor(g, oy, ox);
-                        let out = &mut y_plane[(oy * g.w.output + ox) * lanes..][..lanes];
-                        out.iter_mut().zip(sum).for_each(|(o, s)| *o = s / divisor);
-                    }
-                }
-            }
+        // One image on each task, its planes compiled for the best instruction set with the lanes a
+        // constant (16 on the blocked layout), so each pixel's lanes are one vector: the same sums in
+        // the same order as lane by lane.
+        y.par_iter_mut().for_each(|(n, y_img)| match lanes {
+            1 => crate::kernels::vectorize(AvgForward::<1> {
+                pool: self,
+                g,
+                x: x.get(n),
+                y: y_img,
+            }),
+            MAX_LANES => crate::kernels::vectorize(AvgForward::<MAX_LANES> {
+                pool: self,
+                g,
+                x: x.get(n),
+                y: y_img,
+            }),
+            _ => unreachable!("pixels of 1 or 16 values"),
         });
     }
 
@@ -567,28 +564,93 @@ impl AvgPool2d {
 
     /// [`AvgPool2d::backward_images`] on planes whose pixels are `lanes` values each.
     pub(crate) fn backward_pixels(&self, g: &PoolGeometry, dy: Images<'_>, dx: &mut ImagesMut<'_>, lanes: usize) {
-        let (in_plane, out_plane) = (g.h.input * g.w.input * lanes, g.h.output * g.w.output * lanes);
-        if in_plane == 0 || out_plane == 0 {
+        if g.h.input * g.w.input == 0 || g.h.output * g.w.output == 0 {
             return;
         }
-        dx.par_iter_mut().for_each(|(n, dx_img)| {
-            for (dx_plane, dy_plane) in dx_img.chunks_exact_mut(in_plane).zip(dy.get(n).chunks_exact(out_plane)) {
-                for oy in 0..g.h.output {
-                    for ox in 0..g.w.output {
-                        let divisor = self.divisor(g, oy, ox);
-                        let d = &dy_plane[(oy * g.w.output + ox) * lanes..][..lanes];
-                        let mut share = [0.0f32; MAX_LANES];
-                        share.iter_mut().zip(d).for_each(|(s, &d)| *s = d / divisor);
-                        for iy in clipped(&g.h, oy) {
-                            for ix in clipped(&g.w, ox) {
-                                let out = &mut dx_plane[(iy * g.w.input + ix) * lanes..][..lanes];
-                                out.iter_mut().zip(share).for_each(|(o, s)| *o += s);
-                            }
+        // As the forward pass: one image per task, the lanes a constant.
+        dx.par_iter_mut().for_each(|(n, dx_img)| match lanes {
+            1 => crate::kernels::vectorize(AvgBackward::<1> {
+                pool: self,
+                g,
+                dy: dy.get(n),
+                dx: dx_img,
+            }),
+            MAX_LANES => crate::kernels::vectorize(AvgBackward::<MAX_LANES> {
+                pool: self,
+                g,
+                dy: dy.get(n),
+                dx: dx_img,
+            }),
+            _ => unreachable!("pixels of 1 or 16 values"),
+        });
+    }
+}
+
+/// One image of [`AvgPool2d::forward_pixels`], pixels of `L` values.
+struct AvgForward<'a, const L: usize> {
+    pool: &'a AvgPool2d,
+    g: &'a PoolGeometry,
+    x: &'a [f32],
+    y: &'a mut [f32],
+}
+
+impl<const L: usize> pulp::WithSimd for AvgForward<'_, L> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let AvgForward { pool, g, x, y } = self;
+        let (in_plane, out_plane) = (g.h.input * g.w.input * L, g.h.output * g.w.output * L);
+        for (x_plane, y_plane) in x.chunks_exact(in_plane).zip(y.chunks_exact_mut(out_plane)) {
+            for oy in 0..g.h.output {
+                for ox in 0..g.w.output {
+                    let mut sum = [0.0f32; L];
+                    for iy in clipped(&g.h, oy) {
+                        let mut row = [0.0f32; L];
+                        for ix in clipped(&g.w, ox) {
+                            let v: &[f32; L] = x_plane[(iy * g.w.input + ix) * L..][..L].try_into().expect("a pixel");
+                            row.iter_mut().zip(v).for_each(|(r, &v)| *r += v);
+                        }
+                        sum.iter_mut().zip(row).for_each(|(s, r)| *s += r);
+                    }
+                    let divisor = pool.divisor(g, oy, ox);
+                    let out = &mut y_plane[(oy * g.w.output + ox) * L..][..L];
+                    out.iter_mut().zip(sum).for_each(|(o, s)| *o = s / divisor);
+                }
+            }
+        }
+    }
+}
+
+/// One image of [`AvgPool2d::backward_pixels`], pixels of `L` values.
+struct AvgBackward<'a, const L: usize> {
+    pool: &'a AvgPool2d,
+    g: &'a PoolGeometry,
+    dy: &'a [f32],
+    dx: &'a mut [f32],
+}
+
+impl<const L: usize> pulp::WithSimd for AvgBackward<'_, L> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let AvgBackward { pool, g, dy, dx } = self;
+        let (in_plane, out_plane) = (g.h.input * g.w.input * L, g.h.output * g.w.output * L);
+        for (dx_plane, dy_plane) in dx.chunks_exact_mut(in_plane).zip(dy.chunks_exact(out_plane)) {
+            for oy in 0..g.h.output {
+                for ox in 0..g.w.output {
+                    let divisor = pool.divisor(g, oy, ox);
+                    let d: &[f32; L] = dy_plane[(oy * g.w.output + ox) * L..][..L].try_into().expect("a pixel");
+                    let mut share = [0.0f32; L];
+                    share.iter_mut().zip(d).for_each(|(s, &d)| *s = d / divisor);
+                    for iy in clipped(&g.h, oy) {
+                        for ix in clipped(&g.w, ox) {
+                            let out = &mut dx_plane[(iy * g.w.input + ix) * L..][..L];
+                            out.iter_mut().zip(share).for_each(|(o, s)| *o += s);
                         }
                     }
                 }
             }
-        });
+        }
     }
 }
 
