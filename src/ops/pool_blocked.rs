@@ -9,6 +9,7 @@
 //! (googlenet-d2l's training at batch 128: 67 MB, not 134). Windows that span 65,536 pixels or more
 //! of their input keep argmaxes ([`offsets_fit`]).
 
+use rayon::iter::Either;
 use rayon::prelude::*;
 
 use super::pool::{AvgPool2d, PoolGeometry, clipped};
@@ -19,28 +20,34 @@ use crate::tensor::{Images, ImagesMut};
 /// Max pooling of a batch of blocked images without halo into `y`, recording the argmaxes (one per
 /// output value, in `y`'s layout).
 pub fn max_pool_forward_blocked(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+    forward_recording(g, x, y, Record::Argmax(argmax));
+}
+
+/// Max pooling of blocked planes, keeping `record` for the backward pass (one value per output).
+fn forward_recording(g: &PoolGeometry, x: &[f32], y: &mut [f32], record: Record<'_>) {
     let (in_plane, out_plane) = (g.h.input * g.w.input * LANES, g.h.output * g.w.output * LANES);
     let planes = g.batch * blocked::blocks(g.channels);
     assert_eq!(x.len(), planes * in_plane, "blocked max-pool input");
+    let recorded = match &record {
+        Record::Argmax(argmax) => argmax.len(),
+        Record::Offsets(offsets) => offsets.len(),
+    };
     assert_eq!(
-        (y.len(), argmax.len()),
+        (y.len(), recorded),
         (planes * out_plane, planes * out_plane),
         "blocked max-pool output"
     );
     if out_plane == 0 {
         return;
     }
+    let records = match record {
+        Record::Argmax(argmax) => Either::Left(argmax.par_chunks_mut(out_plane).map(Record::Argmax)),
+        Record::Offsets(offsets) => Either::Right(offsets.par_chunks_mut(out_plane).map(Record::Offsets)),
+    };
     y.par_chunks_mut(out_plane)
-        .zip(argmax.par_chunks_mut(out_plane))
+        .zip(records)
         .zip(x.par_chunks(in_plane.max(1)))
-        .for_each(|((y, argmax), x)| {
-            crate::kernels::vectorize(Plane {
-                g,
-                x,
-                y,
-                record: Record::Argmax(argmax),
-            });
-        });
+        .for_each(|((y, record), x)| crate::kernels::vectorize(Plane { g, x, y, record }));
 }
 
 /// Whether the distance from a max-pool window's corner to its farthest pixel fits a u16
@@ -53,28 +60,7 @@ pub fn offsets_fit(g: &PoolGeometry) -> bool {
 /// the input plane, padding counted) in a u16 instead of its argmax. Panics unless [`offsets_fit`].
 pub fn max_pool_forward_blocked_offsets(g: &PoolGeometry, x: &[f32], y: &mut [f32], offsets: &mut [u16]) {
     assert!(offsets_fit(g), "max-pool windows span more than 65,535 pixels");
-    let (in_plane, out_plane) = (g.h.input * g.w.input * LANES, g.h.output * g.w.output * LANES);
-    let planes = g.batch * blocked::blocks(g.channels);
-    assert_eq!(x.len(), planes * in_plane, "blocked max-pool input");
-    assert_eq!(
-        (y.len(), offsets.len()),
-        (planes * out_plane, planes * out_plane),
-        "blocked max-pool output"
-    );
-    if out_plane == 0 {
-        return;
-    }
-    y.par_chunks_mut(out_plane)
-        .zip(offsets.par_chunks_mut(out_plane))
-        .zip(x.par_chunks(in_plane.max(1)))
-        .for_each(|((y, offsets), x)| {
-            crate::kernels::vectorize(Plane {
-                g,
-                x,
-                y,
-                record: Record::Offsets(offsets),
-            });
-        });
+    forward_recording(g, x, y, Record::Offsets(offsets));
 }
 
 /// Where a window's corner (its first tap, padding counted) lies in the input plane, in pixels: the

@@ -17,6 +17,16 @@ pub fn wild_floats(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Raw bf16 bit patterns (the top halves of [`wild_floats`]): every exponent, overflow, zero products,
+/// denormals the instructions read as zero.
+pub fn wild_bf16(n: usize, seed: u64) -> Vec<u16> {
+    wild_floats(n * 2, seed)
+        .into_iter()
+        .take(n)
+        .map(|v| (v.to_bits() >> 16) as u16)
+        .collect()
+}
+
 /// bf16 values of moderate size (exponents of 2^-20..2^20), signed: sums of their products neither
 /// overflow nor go denormal.
 pub fn moderate_bf16(n: usize, seed: u64) -> Vec<u16> {
@@ -152,5 +162,37 @@ impl Case {
             }
         }
         c
+    }
+
+    /// Asserts that `found` (this tile from zero, no epilogue) is within float32's rounding bound of the
+    /// float64 sum of the same bf16 products: γ_n · Σ|terms|, γ_n = n·u/(1 - n·u), u = 2^-24, n terms.
+    pub fn assert_within_float32_bound(&self, found: &[f32], what: &str) {
+        let u = 2f64.powi(-24);
+        let n = (2 * self.depth * self.runs.len()) as f64;
+        for b in 0..self.shape.blocks {
+            for p in 0..self.shape.pixels {
+                for lane in 0..LANES {
+                    let (mut sum, mut magnitude) = (0f64, 0f64);
+                    for &(wo, xo) in &self.runs {
+                        for k in 0..2 * self.depth {
+                            let w = self.w[wo + b * self.w_block_stride + (k / 2) * 2 * LANES + 2 * lane + k % 2];
+                            let x = self.x[xo + p * self.x_pixel_stride + (k / 2) * 2 * self.x_depth_stride + k % 2];
+                            let product = f64::from(bf16::to_f32(w)) * f64::from(bf16::to_f32(x));
+                            sum += product;
+                            magnitude += product.abs();
+                        }
+                    }
+                    let bound = n * u / (1.0 - n * u) * magnitude;
+                    let at = self.c_offset + b * self.c_block_stride + p * LANES + lane;
+                    let error = (f64::from(found[at]) - sum).abs();
+                    assert!(
+                        error <= bound,
+                        "{what}, tile {:?} output {at}: {} against float64 {sum} (error {error:e} > bound {bound:e})",
+                        self.shape,
+                        found[at]
+                    );
+                }
+            }
+        }
     }
 }
