@@ -138,6 +138,59 @@ fn microkernel(c: &mut Criterion) {
         );
     }
     bf16_summary(&problem);
+    int8_summary(&problem);
+}
+
+/// The int8 builds on the same problem (weights as signed bytes re-laid as quads `[4 quads][16 lanes][4]`,
+/// inputs as unsigned bytes), in operations per second (2 per multiply-add, as the FLOP rates), against
+/// the float32 FMA peak.
+fn int8_summary(problem: &Problem) {
+    use incept::microkernel::{Int8Isa, run_int8};
+    let mut w = vec![0i8; problem.w.len()];
+    // Index (k/4)·64 + 4·lane + k%4 of each 16 × 16 block holds input k, output lane.
+    for (block, out) in problem
+        .w
+        .chunks_exact(LANES * LANES)
+        .zip(w.chunks_exact_mut(LANES * LANES))
+    {
+        for k in 0..LANES {
+            for lane in 0..LANES {
+                out[(k / 4) * 4 * LANES + 4 * lane + k % 4] = (block[k * LANES + lane] * 254.0) as i8;
+            }
+        }
+    }
+    let x: Vec<u8> = problem.x.iter().map(|&v| ((v + 0.5) * 255.0) as u8).collect();
+    let f32_peak = {
+        let mut flops = 0;
+        let s = median_seconds(|| flops = microkernel::fma_peak_flops(Isa::best(), PEAK_ITERATIONS), 21);
+        flops as f64 / s / 1e9
+    };
+    println!("\nint8 microkernel (medians of 21), against the float32 FMA peak {f32_peak:.1} GFLOP/s:");
+    for isa in Int8Isa::ALL
+        .into_iter()
+        .filter(|i| i.available() && *i != Int8Isa::Scalar)
+    {
+        let shape = isa.preferred_tile();
+        let mut tile = problem.tile(shape);
+        tile.depth = LANES / 4;
+        let mut out = vec![0i32; problem.c.len()];
+        let reps = 50;
+        let s = median_seconds(
+            || {
+                for _ in 0..reps {
+                    run_int8(isa, &tile, &w, &x, &mut out);
+                }
+            },
+            21,
+        );
+        let rate = problem.flops(shape) as f64 * reps as f64 / s / 1e9;
+        println!(
+            "  {isa:?}: tile {}x{} {rate:.1} GOP/s = {:.2}x the float32 FMA peak",
+            shape.blocks,
+            shape.pixels,
+            rate / f32_peak
+        );
+    }
 }
 
 /// The bf16 builds on the same problem (its values rounded to bf16, weights re-laid as pairs), against

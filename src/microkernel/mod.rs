@@ -102,10 +102,14 @@ mod neon;
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_bf16;
+#[cfg(target_arch = "x86_64")]
+mod x86_int8;
 
 pub mod amx;
 pub mod bf16;
+pub mod int8;
 pub use bf16::{Bf16Isa, run_bf16};
+pub use int8::{Int8Isa, run_int8};
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -237,6 +241,8 @@ pub struct IsaCap {
     pub f32: Isa,
     /// The bf16 microkernel's cap.
     pub bf16: Bf16Isa,
+    /// The int8 microkernel's cap.
+    pub int8: Int8Isa,
 }
 
 /// See [`IsaCap`].
@@ -258,15 +264,17 @@ pub fn isa_cap() -> &'static IsaCap {
 
 /// The cap an `INCEPT_MAX_ISA` value names (the empty string: none), or `None` for an unknown name.
 pub fn parse_isa_cap(value: &str) -> Option<IsaCap> {
-    let (f32, bf16) = match value.trim().to_ascii_lowercase().as_str() {
-        "" | "amx" | "neon" => (Isa::Neon, Bf16Isa::Amx),
-        "scalar" => (Isa::Scalar, Bf16Isa::Scalar),
-        "avx2" => (Isa::Avx2, Bf16Isa::Scalar),
-        "avx512" => (Isa::Avx512, Bf16Isa::Avx512),
-        "avx512_bf16" => (Isa::Avx512, Bf16Isa::Avx512Bf16),
+    // AVX512-VNNI comes with AVX512-BF16 on every CPU that has the latter (Zen 4 and 5, Sapphire and
+    // Emerald Rapids); plain AVX-512 (Skylake-SP) has no VNNI.
+    let (f32, bf16, int8) = match value.trim().to_ascii_lowercase().as_str() {
+        "" | "amx" | "neon" => (Isa::Neon, Bf16Isa::Amx, Int8Isa::Avx512Vnni),
+        "scalar" => (Isa::Scalar, Bf16Isa::Scalar, Int8Isa::Scalar),
+        "avx2" => (Isa::Avx2, Bf16Isa::Scalar, Int8Isa::Scalar),
+        "avx512" => (Isa::Avx512, Bf16Isa::Avx512, Int8Isa::Scalar),
+        "avx512_bf16" => (Isa::Avx512, Bf16Isa::Avx512Bf16, Int8Isa::Avx512Vnni),
         _ => return None,
     };
-    Some(IsaCap { f32, bf16 })
+    Some(IsaCap { f32, bf16, int8 })
 }
 
 /// A tile's size: `blocks` blocks of 16 output channels by `pixels` output pixels.
