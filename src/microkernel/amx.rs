@@ -433,18 +433,22 @@ pub(super) fn run_on_hardware(k: CheckedBf16<'_>) {
 /// Measures one thread's `tdpbf16ps` throughput: `iterations` rounds of four on register-resident 16 × 16
 /// tiles (the 2 × 2 plan). Returns the FLOPs done (2 per product, 16 · 16 · 32 products per instruction).
 /// Panics without AMX.
-#[cfg(target_arch = "x86_64")]
 pub fn dot_peak_flops(iterations: u64) -> u64 {
-    let mut tiles = Hardware::new().expect("AMX-BF16 is not available on this CPU");
-    tiles.configure(&TileConfig::new([16; TILES], [64; TILES]));
-    for _ in 0..iterations {
-        tiles.dot_bf16::<0, 4, 6>();
-        tiles.dot_bf16::<1, 4, 7>();
-        tiles.dot_bf16::<2, 5, 6>();
-        tiles.dot_bf16::<3, 5, 7>();
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut tiles = Hardware::new().expect("AMX-BF16 is not available on this CPU");
+        tiles.configure(&TileConfig::new([16; TILES], [64; TILES]));
+        for _ in 0..iterations {
+            tiles.dot_bf16::<0, 4, 6>();
+            tiles.dot_bf16::<1, 4, 7>();
+            tiles.dot_bf16::<2, 5, 6>();
+            tiles.dot_bf16::<3, 5, 7>();
+        }
+        tiles.release();
+        iterations * 4 * (TILE_ROWS * LANES * 32 * 2) as u64
     }
-    tiles.release();
-    iterations * 4 * (TILE_ROWS * LANES * 32 * 2) as u64
+    #[cfg(not(target_arch = "x86_64"))]
+    panic!("AMX-BF16 is not available on this CPU ({iterations} iterations asked)")
 }
 
 /// Whether this CPU has AMX-BF16 and this process may use it (asked of Linux once, on the first call).
