@@ -49,6 +49,7 @@ pub mod distributed;
 pub mod error;
 pub mod geometry;
 pub mod graph;
+pub mod int8;
 pub mod io;
 pub mod kernels;
 pub(crate) mod matmul;
