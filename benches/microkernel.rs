@@ -114,22 +114,13 @@ fn microkernel(c: &mut Criterion) {
 
     println!("\nmicrokernel vs this machine's single-thread FMA peak (medians of 21):");
     for &isa in &isas {
-        let mut flops = 0;
-        let peak_s = median_seconds(|| flops = microkernel::fma_peak_flops(isa, PEAK_ITERATIONS), 21);
-        let peak = flops as f64 / peak_s / 1e9;
+        let peak = peak_gflops(|| microkernel::fma_peak_flops(isa, PEAK_ITERATIONS));
         let shape = isa.preferred_tile();
         let mut out = problem.c.clone();
         let tile = problem.tile(shape);
-        let reps = 50;
-        let s = median_seconds(
-            || {
-                for _ in 0..reps {
-                    microkernel::run(isa, &tile, &problem.w, &problem.x, &mut out);
-                }
-            },
-            21,
-        );
-        let rate = problem.flops(shape) as f64 * reps as f64 / s / 1e9;
+        let rate = tile_gflops(&problem, shape, || {
+            microkernel::run(isa, &tile, &problem.w, &problem.x, &mut out)
+        });
         println!(
             "  {isa:?}: peak {peak:.1} GFLOP/s; tile {}x{} {rate:.1} GFLOP/s = {:.0}% of peak",
             shape.blocks,
@@ -137,14 +128,38 @@ fn microkernel(c: &mut Criterion) {
             100.0 * rate / peak
         );
     }
-    bf16_summary(&problem);
-    int8_summary(&problem);
+    // The reduced-precision builds against the best float32 build's FMA peak, measured once.
+    let f32_peak = peak_gflops(|| microkernel::fma_peak_flops(Isa::best(), PEAK_ITERATIONS));
+    bf16_summary(&problem, f32_peak);
+    int8_summary(&problem, f32_peak);
+}
+
+/// GFLOP/s of a peak loop `measure` (which returns the FLOPs it did), the median of 21 timings.
+fn peak_gflops(mut measure: impl FnMut() -> u64) -> f64 {
+    let mut flops = 0;
+    let s = median_seconds(|| flops = measure(), 21);
+    flops as f64 / s / 1e9
+}
+
+/// GFLOP/s of `run`, one call of a `shape` tile on `problem` (2 operations per multiply-add for any
+/// element type), the median of 21 timings of 50 calls.
+fn tile_gflops(problem: &Problem, shape: TileShape, mut run: impl FnMut()) -> f64 {
+    const REPS: usize = 50;
+    let s = median_seconds(
+        || {
+            for _ in 0..REPS {
+                run();
+            }
+        },
+        21,
+    );
+    problem.flops(shape) as f64 * REPS as f64 / s / 1e9
 }
 
 /// The int8 builds on the same problem (weights as signed bytes re-laid as quads `[4 quads][16 lanes][4]`,
 /// inputs as unsigned bytes), in operations per second (2 per multiply-add, as the FLOP rates), against
 /// the float32 FMA peak.
-fn int8_summary(problem: &Problem) {
+fn int8_summary(problem: &Problem, f32_peak: f64) {
     use incept::microkernel::{Int8Isa, run_int8};
     let mut w = vec![0i8; problem.w.len()];
     // Index (k/4)·64 + 4·lane + k%4 of each 16 × 16 block holds input k, output lane.
@@ -160,11 +175,6 @@ fn int8_summary(problem: &Problem) {
         }
     }
     let x: Vec<u8> = problem.x.iter().map(|&v| ((v + 0.5) * 255.0) as u8).collect();
-    let f32_peak = {
-        let mut flops = 0;
-        let s = median_seconds(|| flops = microkernel::fma_peak_flops(Isa::best(), PEAK_ITERATIONS), 21);
-        flops as f64 / s / 1e9
-    };
     println!("\nint8 microkernel (medians of 21), against the float32 FMA peak {f32_peak:.1} GFLOP/s:");
     for isa in Int8Isa::ALL
         .into_iter()
@@ -174,16 +184,7 @@ fn int8_summary(problem: &Problem) {
         let mut tile = problem.tile(shape);
         tile.depth = LANES / 4;
         let mut out = vec![0i32; problem.c.len()];
-        let reps = 50;
-        let s = median_seconds(
-            || {
-                for _ in 0..reps {
-                    run_int8(isa, &tile, &w, &x, &mut out);
-                }
-            },
-            21,
-        );
-        let rate = problem.flops(shape) as f64 * reps as f64 / s / 1e9;
+        let rate = tile_gflops(problem, shape, || run_int8(isa, &tile, &w, &x, &mut out));
         println!(
             "  {isa:?}: tile {}x{} {rate:.1} GOP/s = {:.2}x the float32 FMA peak",
             shape.blocks,
@@ -195,7 +196,7 @@ fn int8_summary(problem: &Problem) {
 
 /// The bf16 builds on the same problem (its values rounded to bf16, weights re-laid as pairs), against
 /// the float32 FMA peak and, where the CPU has it, the `vdpbf16ps` peak.
-fn bf16_summary(problem: &Problem) {
+fn bf16_summary(problem: &Problem, f32_peak: f64) {
     use incept::microkernel::{Bf16Isa, bf16::dot_peak_flops, run_bf16};
     let mut w = vec![0u16; problem.w.len()];
     // The same 16 × 16 block per run, as [8 pairs][16 lanes][2]: index (k/2)·32 + 2·lane + k%2.
@@ -211,29 +212,16 @@ fn bf16_summary(problem: &Problem) {
         }
     }
     let x: Vec<u16> = problem.x.iter().map(|&v| incept::bf16::from_f32(v)).collect();
-    let f32_peak = {
-        let isa = Isa::best();
-        let mut flops = 0;
-        let s = median_seconds(|| flops = microkernel::fma_peak_flops(isa, PEAK_ITERATIONS), 21);
-        flops as f64 / s / 1e9
-    };
     println!("\nbf16 microkernel (medians of 21), against the float32 FMA peak {f32_peak:.1} GFLOP/s:");
     if Bf16Isa::Avx512Bf16.available() {
-        let mut flops = 0;
-        let s = median_seconds(|| flops = dot_peak_flops(PEAK_ITERATIONS), 21);
-        let peak = flops as f64 / s / 1e9;
+        let peak = peak_gflops(|| dot_peak_flops(PEAK_ITERATIONS));
         println!(
             "  vdpbf16ps peak {peak:.1} GFLOP/s = {:.2}x the float32 FMA peak",
             peak / f32_peak
         );
     }
     if Bf16Isa::Amx.available() {
-        let mut flops = 0;
-        let s = median_seconds(
-            || flops = incept::microkernel::amx::dot_peak_flops(PEAK_ITERATIONS / 16),
-            21,
-        );
-        let peak = flops as f64 / s / 1e9;
+        let peak = peak_gflops(|| incept::microkernel::amx::dot_peak_flops(PEAK_ITERATIONS / 16));
         println!(
             "  tdpbf16ps peak {peak:.1} GFLOP/s = {:.2}x the float32 FMA peak",
             peak / f32_peak
@@ -247,16 +235,7 @@ fn bf16_summary(problem: &Problem) {
         let mut tile = problem.tile(shape);
         tile.depth = LANES / 2;
         let mut out = problem.c.clone();
-        let reps = 50;
-        let s = median_seconds(
-            || {
-                for _ in 0..reps {
-                    run_bf16(isa, &tile, &w, &x, &mut out);
-                }
-            },
-            21,
-        );
-        let rate = problem.flops(shape) as f64 * reps as f64 / s / 1e9;
+        let rate = tile_gflops(problem, shape, || run_bf16(isa, &tile, &w, &x, &mut out));
         println!(
             "  {isa:?}: tile {}x{} {rate:.1} GFLOP/s = {:.2}x the float32 FMA peak",
             shape.blocks,
