@@ -124,6 +124,21 @@ fn every_build_equals_the_model_and_the_model_the_exact_sums() {
     }
 }
 
+/// A tile of one block and one pixel over one input quad: 64 weight bytes, 4 input bytes, 16 sums.
+fn one_quad(epilogue: Epilogue<'_>) -> Tile<'_> {
+    Tile {
+        shape: TileShape { blocks: 1, pixels: 1 },
+        runs: &[(0, 0)],
+        depth: 1,
+        w_block_stride: 4 * LANES,
+        x_pixel_stride: 4,
+        x_depth_stride: 1,
+        c_offset: 0,
+        c_block_stride: LANES,
+        epilogue,
+    }
+}
+
 #[test]
 fn a_sum_wraps_at_32_bits_as_vpdpbusd_does() {
     // The model: four products into the accumulator, wrapping (vpdpbusd does not saturate; vpdpbusds would).
@@ -133,21 +148,11 @@ fn a_sum_wraps_at_32_bits_as_vpdpbusd_does() {
     let (w, x) = (vec![127i8; 4 * LANES], vec![255u8; 4]);
     for isa in Int8Isa::ALL.into_iter().filter(|isa| isa.available()) {
         let mut c = vec![i32::MAX - 10; LANES];
-        let tile = Tile {
-            shape: TileShape { blocks: 1, pixels: 1 },
-            runs: &[(0, 0)],
-            depth: 1,
-            w_block_stride: 4 * LANES,
-            x_pixel_stride: 4,
-            x_depth_stride: 1,
-            c_offset: 0,
-            c_block_stride: LANES,
-            epilogue: Epilogue {
-                accumulate: true,
-                bias: None,
-                relu: false,
-            },
-        };
+        let tile = one_quad(Epilogue {
+            accumulate: true,
+            bias: None,
+            relu: false,
+        });
         run_int8(isa, &tile, &w, &x, &mut c);
         let expected = (i32::MAX - 10).wrapping_add(4 * 255 * 127);
         assert!(c.iter().all(|&v| v == expected), "{isa:?}: {c:?}");
@@ -158,21 +163,11 @@ fn a_sum_wraps_at_32_bits_as_vpdpbusd_does() {
 fn a_bias_or_relu_is_refused() {
     let (w, x, mut c) = (vec![0i8; 4 * LANES], vec![0u8; 4], vec![0i32; LANES]);
     let bias = [0.0f32; LANES];
-    let tile = Tile {
-        shape: TileShape { blocks: 1, pixels: 1 },
-        runs: &[(0, 0)],
-        depth: 1,
-        w_block_stride: 4 * LANES,
-        x_pixel_stride: 4,
-        x_depth_stride: 1,
-        c_offset: 0,
-        c_block_stride: LANES,
-        epilogue: Epilogue {
-            accumulate: false,
-            bias: Some(&bias),
-            relu: false,
-        },
-    };
+    let tile = one_quad(Epilogue {
+        accumulate: false,
+        bias: Some(&bias),
+        relu: false,
+    });
     let refused = std::panic::catch_unwind(move || run_int8(Int8Isa::Scalar, &tile, &w, &x, &mut c));
     let message = refused.expect_err("refused").downcast::<String>().expect("a message");
     assert!(message.contains("raw sums"), "{message}");
