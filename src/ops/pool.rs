@@ -494,7 +494,7 @@ impl AvgPool2d {
     }
 
     /// The divisor of output `(oy, ox)`.
-    fn divisor(&self, g: &PoolGeometry, oy: usize, ox: usize) -> f32 {
+    pub(crate) fn divisor(&self, g: &PoolGeometry, oy: usize, ox: usize) -> f32 {
         let count = if self.count_include_pad {
             padded_extent(&g.h, oy) * padded_extent(&g.w, ox)
         } else {

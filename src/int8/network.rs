@@ -1,0 +1,507 @@
+//! A float32 graph compiled into integer steps, and run: convolutions (with a following batch norm
+//! folded in) on u8 images, pooling and concatenation on bytes, and from global pooling on, the
+//! classifier in float32. Each thread runs whole images through every step, so one image's activations
+//! stay in its caches.
+
+use rayon::prelude::*;
+
+use super::{ConcatPart, QConv, QuantParams, Ranges, RequantizeIsa, avg_pool_u8, concat_u8, max_pool_u8};
+use crate::blocked::{self, Halo};
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Layer, NodeId};
+use crate::microkernel::{Int8Isa, LANES};
+use crate::ops::pool::{AvgPool2d, PoolGeometry};
+use crate::parallel::{self, Threads};
+
+/// What one node of the graph computes in the int8 network.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// The float32 images fed to the network.
+    Input,
+    /// A node that is not on the path to the output (an auxiliary head) or whose value is another
+    /// node's: flatten, dropout, a batch norm folded into its convolution.
+    Same(NodeId),
+    /// A convolution on bytes into bytes.
+    Conv(Box<QConv>),
+    /// Max pooling on bytes.
+    MaxPool(PoolGeometry),
+    /// Average pooling on bytes.
+    AvgPool(AvgPool2d, PoolGeometry),
+    /// A ReLU on bytes: `max(q, zero_point)`.
+    Relu,
+    /// Concatenation of byte images.
+    Concat,
+    /// Global average pooling of bytes into float32 values.
+    GlobalAvgPool,
+    /// Bytes as the real values they stand for, in NCHW order (a flatten of bytes).
+    Dequantize,
+    /// `y = x · Wᵀ + b` in float32.
+    Linear {
+        /// `[out, in]`.
+        weight: Vec<f32>,
+        /// `[out]`.
+        bias: Option<Vec<f32>>,
+    },
+    /// Not computed: off the path to the output.
+    Unused,
+}
+
+/// How a node's value is held: bytes (blocked, with their parameters) or float32 (NCHW).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Bytes(QuantParams),
+    Float,
+}
+
+/// A graph compiled for int8 inference.
+#[derive(Debug, Clone)]
+pub struct QuantizedNetwork {
+    graph: Graph,
+    steps: Vec<Step>,
+    kinds: Vec<Kind>,
+    isa: Int8Isa,
+    requantize: RequantizeIsa,
+}
+
+impl QuantizedNetwork {
+    /// Compiles `graph` with float32 `params` for u8 activations with the parameters `ranges` gives each
+    /// node. An error names the first node whose layer int8 inference does not run yet.
+    pub fn new(graph: &Graph, params: &[Vec<f32>], ranges: &Ranges) -> Result<QuantizedNetwork> {
+        let nodes = &graph.nodes;
+        let readers = |id: NodeId| nodes.iter().filter(|n| n.inputs.contains(&id)).count();
+        let needed = needed(graph);
+        // A batch norm folds into the convolution before it when it is that convolution's only reader and
+        // no ReLU sits between them.
+        let folded_into: Vec<Option<NodeId>> = (0..nodes.len())
+            .map(|id| match (&nodes[id].layer, nodes[id].inputs.first()) {
+                (Layer::BatchNorm { .. }, Some(&src))
+                    if matches!(nodes[src].layer, Layer::Conv { relu: false, .. }) && readers(src) == 1 =>
+                {
+                    Some(src)
+                }
+                _ => None,
+            })
+            .collect();
+        let folds: Vec<Option<NodeId>> = (0..nodes.len())
+            .map(|id| folded_into.iter().position(|&f| f == Some(id)))
+            .collect();
+        // Parameters: a convolution's output (after its folded batch norm) and a concatenation take their
+        // own range; a convolution read only by a concatenation takes the concatenation's, so the concat
+        // copies bytes; pooling, ReLU and shape nodes keep their input's.
+        let own = |id: NodeId| -> Result<QuantParams> {
+            let (min, max) = ranges
+                .get(id)
+                .ok_or_else(|| Error::config("int8", format!("no calibration range for node {}", nodes[id].name)))?;
+            Ok(QuantParams::from_range(min, max))
+        };
+        let mut kinds = vec![Kind::Float; nodes.len()];
+        let mut steps = Vec::with_capacity(nodes.len());
+        for (id, node) in nodes.iter().enumerate() {
+            let input = node.inputs.first().copied();
+            let input_kind = input.map(|i| kinds[i]);
+            let unsupported =
+                |what: &str| Error::config("int8", format!("node {} ({what}) does not run in int8 yet", node.name));
+            if !needed[id] {
+                steps.push(Step::Unused);
+                continue;
+            }
+            let (step, kind) = match &node.layer {
+                Layer::Input => (Step::Input, Kind::Float),
+                Layer::Conv {
+                    conv,
+                    weight,
+                    bias,
+                    relu,
+                } => {
+                    let i = input.expect("a convolution has an input");
+                    let x_params = match kinds[i] {
+                        Kind::Bytes(p) => p,
+                        Kind::Float => own(i)?,
+                    };
+                    let [c, h, w] = nodes[i].shape;
+                    let g = conv.geometry([1, c, h, w]).map_err(|e| e.in_node(&node.name))?;
+                    let (mut w_eff, mut b_eff) = (params[*weight].clone(), bias.map(|b| params[b].clone()));
+                    let mut relu = *relu;
+                    let mut out_node = id;
+                    if let Some(bn) = folds[id] {
+                        if let Layer::BatchNorm {
+                            bn: spec,
+                            gamma,
+                            beta,
+                            running_mean,
+                            running_var,
+                            relu: bn_relu,
+                        } = &nodes[bn].layer
+                        {
+                            let per_output = w_eff.len() / g.out_channels;
+                            let mut b = b_eff.unwrap_or_else(|| vec![0.0; g.out_channels]);
+                            for o in 0..g.out_channels {
+                                let k = params[*gamma][o] / (params[*running_var][o] + spec.eps).sqrt();
+                                w_eff[o * per_output..][..per_output].iter_mut().for_each(|v| *v *= k);
+                                b[o] = (b[o] - params[*running_mean][o]) * k + params[*beta][o];
+                            }
+                            b_eff = Some(b);
+                            relu = *bn_relu;
+                            out_node = bn;
+                        }
+                    }
+                    let y_params = concat_reader(graph, id, out_node, &readers).map_or_else(|| own(out_node), own)?;
+                    let conv = QConv::new(&g, &w_eff, b_eff.as_deref(), relu, x_params, y_params);
+                    (Step::Conv(Box::new(conv)), Kind::Bytes(y_params))
+                }
+                Layer::BatchNorm { .. } => match folded_into[id] {
+                    Some(conv) => (Step::Same(conv), kinds[conv]),
+                    None => return Err(unsupported("a batch norm not right after a convolution")),
+                },
+                Layer::MaxPool(pool) => {
+                    let Some(Kind::Bytes(p)) = input_kind else {
+                        return Err(unsupported("max pooling of float values"));
+                    };
+                    let g = pool_geometry(&pool.window, nodes[input.unwrap()].shape, &node.name)?;
+                    (Step::MaxPool(g), Kind::Bytes(p))
+                }
+                Layer::AvgPool(pool) => {
+                    let Some(Kind::Bytes(p)) = input_kind else {
+                        return Err(unsupported("average pooling of float values"));
+                    };
+                    let g = pool_geometry(&pool.window, nodes[input.unwrap()].shape, &node.name)?;
+                    (Step::AvgPool(*pool, g), Kind::Bytes(p))
+                }
+                Layer::Relu => {
+                    let Some(Kind::Bytes(p)) = input_kind else {
+                        return Err(unsupported("a ReLU of float values"));
+                    };
+                    (Step::Relu, Kind::Bytes(p))
+                }
+                Layer::Concat => {
+                    if node.inputs.iter().any(|&i| kinds[i] == Kind::Float) {
+                        return Err(unsupported("concatenation of float values"));
+                    }
+                    (Step::Concat, Kind::Bytes(own(id)?))
+                }
+                Layer::GlobalAvgPool | Layer::AdaptiveAvgPool([1, 1]) => {
+                    if input_kind == Some(Kind::Float) {
+                        return Err(unsupported("global pooling of float values"));
+                    }
+                    (Step::GlobalAvgPool, Kind::Float)
+                }
+                Layer::Flatten | Layer::Dropout(_) => {
+                    let i = input.expect("one input");
+                    match kinds[i] {
+                        Kind::Float => (Step::Same(i), Kind::Float),
+                        Kind::Bytes(_) if matches!(node.layer, Layer::Flatten) => (Step::Dequantize, Kind::Float),
+                        Kind::Bytes(p) => (Step::Same(i), Kind::Bytes(p)),
+                    }
+                }
+                Layer::Linear { weight, bias, .. } => {
+                    if input_kind != Some(Kind::Float) {
+                        return Err(unsupported("a linear layer on bytes"));
+                    }
+                    let step = Step::Linear {
+                        weight: params[*weight].clone(),
+                        bias: bias.map(|b| params[b].clone()),
+                    };
+                    (step, Kind::Float)
+                }
+                Layer::ZeroPad(_) => return Err(unsupported("zero padding")),
+                Layer::AdaptiveAvgPool(_) => return Err(unsupported("adaptive average pooling")),
+                Layer::AddScaled { .. } => return Err(unsupported("a scaled residual sum")),
+            };
+            kinds[id] = kind;
+            steps.push(step);
+        }
+        if kinds[graph.output] != Kind::Float {
+            return Err(Error::config(
+                "int8",
+                "the network's output must be float values (a classifier)",
+            ));
+        }
+        Ok(QuantizedNetwork {
+            graph: graph.clone(),
+            steps,
+            kinds,
+            isa: Int8Isa::best(),
+            requantize: RequantizeIsa::best(),
+        })
+    }
+
+    /// The graph this network was compiled from.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Each node's step.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// The int8 microkernel build the convolutions run.
+    pub fn isa(&self) -> Int8Isa {
+        self.isa
+    }
+
+    /// Runs the convolutions on `isa`'s build (tests compare the builds); panics if it is not available.
+    pub fn set_isa(&mut self, isa: Int8Isa, requantize: RequantizeIsa) {
+        assert!(
+            isa.available() && requantize.available(),
+            "{isa:?}/{requantize:?} not available"
+        );
+        (self.isa, self.requantize) = (isa, requantize);
+    }
+
+    /// The parameters of node `id`'s bytes, `None` for a float32 node.
+    pub fn node_params(&self, id: NodeId) -> Option<QuantParams> {
+        match self.kinds[id] {
+            Kind::Bytes(p) => Some(p),
+            Kind::Float => None,
+        }
+    }
+
+    /// The logits of `images` (NCHW float32, the network's input as given, one image after another):
+    /// `[n, outputs]` as one vector. Images run in parallel across the pool when they fill it, else one
+    /// at a time with each convolution's work across the pool.
+    pub fn forward(&self, images: &[f32]) -> Result<Vec<f32>> {
+        let [c, h, w] = self.graph.input_shape();
+        let per_image = c * h * w;
+        if per_image == 0 || images.len() % per_image != 0 {
+            return Err(Error::shape(
+                "int8 network input",
+                format!("whole images of [{c}, {h}, {w}] = {per_image} values"),
+                format!("{} values", images.len()),
+            ));
+        }
+        let n = images.len() / per_image;
+        let outputs = self.graph.output_len();
+        let mut logits = vec![0.0; n * outputs];
+        let parts = parallel::parts(n);
+        let per_part = n.div_ceil(parts.max(1)).max(1);
+        let run = |first: usize, out: &mut [f32], threads: Threads| {
+            let mut values = Values::new(self);
+            for (i, out) in out.chunks_exact_mut(outputs).enumerate() {
+                self.forward_image(&images[(first + i) * per_image..][..per_image], &mut values, threads);
+                out.copy_from_slice(values.float(self.graph.output));
+            }
+        };
+        if parts <= 1 {
+            run(0, &mut logits, Threads::Pool);
+        } else {
+            logits
+                .par_chunks_mut(per_part * outputs)
+                .enumerate()
+                .for_each(|(p, out)| run(p * per_part, out, Threads::One));
+        }
+        Ok(logits)
+    }
+
+    /// One image through every step into `values`.
+    fn forward_image(&self, image: &[f32], values: &mut Values, threads: Threads) {
+        let builds = (self.isa, self.requantize);
+        for (id, step) in self.steps.iter().enumerate() {
+            let node = &self.graph.nodes[id];
+            let input = node.inputs.first().copied();
+            match step {
+                Step::Input => values.floats[id].copy_from_slice(image),
+                Step::Same(_) | Step::Unused => {}
+                Step::Conv(conv) => {
+                    let i = input.expect("a convolution has an input");
+                    let mut scratch = std::mem::take(&mut values.scratch);
+                    let x = &mut scratch[..conv.input_len()];
+                    match self.kinds[values.source(i)] {
+                        Kind::Float => conv.input_from_nchw(values.float(i), x),
+                        Kind::Bytes(_) => conv.input_from_blocked(values.bytes(i), x),
+                    }
+                    conv.forward_image_on(x, &mut values.bytes[id], builds, threads);
+                    values.scratch = scratch;
+                }
+                Step::MaxPool(g) => {
+                    let (x, y) = values.input_and_output(input.unwrap(), id);
+                    max_pool_u8(g, x, y);
+                }
+                Step::AvgPool(pool, g) => {
+                    let params = self.node_params(id).expect("bytes");
+                    let (x, y) = values.input_and_output(input.unwrap(), id);
+                    avg_pool_u8(pool, g, params, x, y);
+                }
+                Step::Relu => {
+                    let zero_point = self.node_params(id).expect("bytes").zero_point;
+                    let (x, y) = values.input_and_output(input.unwrap(), id);
+                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x.max(zero_point));
+                }
+                Step::Concat => {
+                    let params = self.node_params(id).expect("bytes");
+                    let [_, h, w] = node.shape;
+                    let mut out = std::mem::take(&mut values.bytes[id]);
+                    let parts: Vec<ConcatPart<'_>> = node
+                        .inputs
+                        .iter()
+                        .map(|&i| ConcatPart {
+                            image: values.bytes(i),
+                            channels: self.graph.nodes[i].shape[0],
+                            params: self.node_params(i).expect("bytes"),
+                        })
+                        .collect();
+                    concat_u8(&parts, [h, w], params, &mut out);
+                    values.bytes[id] = out;
+                }
+                Step::GlobalAvgPool => {
+                    let i = input.unwrap();
+                    let params = self.node_params(i).expect("bytes");
+                    let [c, h, w] = self.graph.nodes[i].shape;
+                    let mut out = std::mem::take(&mut values.floats[id]);
+                    global_pool_u8(values.bytes(i), c, h * w, params, &mut out);
+                    values.floats[id] = out;
+                }
+                Step::Dequantize => {
+                    let i = input.unwrap();
+                    let params = self.node_params(i).expect("bytes");
+                    let [_, h, w] = self.graph.nodes[i].shape;
+                    let mut out = std::mem::take(&mut values.floats[id]);
+                    let x = values.bytes(i);
+                    for (ch, plane) in out.chunks_exact_mut(h * w).enumerate() {
+                        let (b, lane) = (ch / LANES, ch % LANES);
+                        for (p, v) in plane.iter_mut().enumerate() {
+                            *v = params.dequantize(x[(b * h * w + p) * LANES + lane]);
+                        }
+                    }
+                    values.floats[id] = out;
+                }
+                Step::Linear { weight, bias } => {
+                    let mut out = std::mem::take(&mut values.floats[id]);
+                    let x = values.float(input.unwrap());
+                    for (o, y) in out.iter_mut().enumerate() {
+                        let row = &weight[o * x.len()..][..x.len()];
+                        let dot: f32 = row.iter().zip(x).map(|(w, x)| w * x).sum();
+                        *y = dot + bias.as_ref().map_or(0.0, |b| b[o]);
+                    }
+                    values.floats[id] = out;
+                }
+            }
+        }
+    }
+}
+
+/// The concatenation that is the only reader of convolution `conv`'s output node `out_node`, if any
+/// (its range then is the convolution's).
+fn concat_reader(graph: &Graph, conv: NodeId, out_node: NodeId, readers: &dyn Fn(NodeId) -> usize) -> Option<NodeId> {
+    let _ = conv;
+    if readers(out_node) != 1 {
+        return None;
+    }
+    graph
+        .nodes
+        .iter()
+        .position(|n| n.inputs.contains(&out_node) && matches!(n.layer, Layer::Concat))
+}
+
+/// The nodes on the path to the output.
+fn needed(graph: &Graph) -> Vec<bool> {
+    let mut needed = vec![false; graph.nodes.len()];
+    needed[graph.output] = true;
+    for id in (0..graph.nodes.len()).rev() {
+        if needed[id] {
+            for &i in &graph.nodes[id].inputs {
+                needed[i] = true;
+            }
+        }
+    }
+    needed
+}
+
+fn pool_geometry(window: &crate::ops::pool::PoolWindow, [c, h, w]: [usize; 3], node: &str) -> Result<PoolGeometry> {
+    window.geometry("pool", [1, c, h, w]).map_err(|e| e.in_node(node))
+}
+
+/// The mean of each channel of a blocked u8 image, in real values.
+fn global_pool_u8(x: &[u8], channels: usize, pixels: usize, params: QuantParams, out: &mut [f32]) {
+    for (b, plane) in x.chunks_exact(pixels * LANES).enumerate() {
+        let mut sums = [0u32; LANES];
+        for pixel in plane.chunks_exact(LANES) {
+            sums.iter_mut().zip(pixel).for_each(|(s, &q)| *s += u32::from(q));
+        }
+        for (lane, &s) in sums.iter().enumerate() {
+            let c = b * LANES + lane;
+            if c < channels {
+                let mean = s as f32 / pixels as f32 - f32::from(params.zero_point);
+                out[c] = params.scale * mean;
+            }
+        }
+    }
+}
+
+/// One thread's values of every node for one image: bytes for byte nodes, floats for float nodes, and
+/// a convolution's input with its halo.
+struct Values {
+    bytes: Vec<Vec<u8>>,
+    floats: Vec<Vec<f32>>,
+    scratch: Vec<u8>,
+    /// The node whose buffer holds each node's value ([`Step::Same`] chains resolved).
+    sources: Vec<NodeId>,
+}
+
+impl Values {
+    fn new(net: &QuantizedNetwork) -> Values {
+        let nodes = &net.graph.nodes;
+        let mut sources: Vec<NodeId> = (0..nodes.len()).collect();
+        for (id, step) in net.steps.iter().enumerate() {
+            if let Step::Same(of) = step {
+                sources[id] = sources[*of];
+            }
+        }
+        let owns = |id: usize| sources[id] == id && !matches!(net.steps[id], Step::Unused);
+        let bytes = (0..nodes.len())
+            .map(|id| match net.kinds[id] {
+                Kind::Bytes(_) if owns(id) => {
+                    let [c, h, w] = nodes[id].shape;
+                    vec![0; blocked::image_len(c, [h, w], Halo::default())]
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        let floats = (0..nodes.len())
+            .map(|id| match net.kinds[id] {
+                Kind::Float if owns(id) => vec![0.0; nodes[id].image_len()],
+                _ => Vec::new(),
+            })
+            .collect();
+        let scratch_len = net
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Conv(conv) => conv.input_len(),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        Values {
+            bytes,
+            floats,
+            scratch: vec![0; scratch_len],
+            sources,
+        }
+    }
+
+    fn source(&self, id: NodeId) -> NodeId {
+        self.sources[id]
+    }
+
+    fn bytes(&self, id: NodeId) -> &[u8] {
+        &self.bytes[self.sources[id]]
+    }
+
+    fn float(&self, id: NodeId) -> &[f32] {
+        &self.floats[self.sources[id]]
+    }
+
+    /// Node `input`'s bytes to read and node `output`'s to write (distinct nodes).
+    fn input_and_output(&mut self, input: NodeId, output: NodeId) -> (&[u8], &mut [u8]) {
+        let input = self.sources[input];
+        assert_ne!(input, output, "a node reads another's value");
+        if input < output {
+            let (low, high) = self.bytes.split_at_mut(output);
+            (&low[input], &mut high[0])
+        } else {
+            let (low, high) = self.bytes.split_at_mut(input);
+            (&high[0], &mut low[output])
+        }
+    }
+}
