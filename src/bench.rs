@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::graph::{BranchSchedule, Executor, Graph, Mode, NodeTime, PlanOptions, Precision, WinogradPolicy};
-use crate::microkernel::{Bf16Isa, Isa};
+use crate::int8::{CalibrationMethod, QuantizedNetwork, Ranges};
+use crate::microkernel::{Bf16Isa, Int8Isa, Isa};
 use crate::models::Model;
 use crate::ops::conv::ConvAlgo;
 use crate::optim::{Adam, Optimizer};
@@ -49,6 +50,8 @@ pub struct BenchResult {
     pub isa: Isa,
     /// The bf16 microkernel's build, when the convolutions ran in bf16.
     pub bf16_isa: Option<Bf16Isa>,
+    /// The int8 microkernel's build, when the network ran in int8 ([`bench_int8`]).
+    pub int8_isa: Option<Int8Isa>,
 }
 
 /// Mean and standard deviation of step times as the chapter's `time_compute` computes them:
@@ -134,6 +137,56 @@ pub fn bench(model: Model, options: BenchOptions) -> Result<BenchResult> {
         times: in_order,
         isa: exec.plan().options.isa,
         bf16_isa: exec.plan().options.bf16_kernel(),
+        int8_isa: None,
+    })
+}
+
+/// Images the int8 benchmark calibrates on (random, as its weights are).
+const INT8_CALIBRATION_IMAGES: usize = 16;
+
+/// Times int8 inference of `model`: its weights quantized after a MinMax calibration on random images
+/// (as random as the weights: the time does not depend on the values), then `options.steps` batches of
+/// random images after `options.warmup` untimed ones. Only `batch`, `warmup` and `steps` apply.
+pub fn bench_int8(model: Model, options: BenchOptions) -> Result<BenchResult> {
+    let BenchOptions { batch, .. } = options;
+    if options.steps == 0 || batch == 0 {
+        return Err(Error::config("bench", "--steps and --batch must be at least 1"));
+    }
+    if options.train || options.profile {
+        return Err(Error::config(
+            "bench",
+            "int8 runs inference only, without a per-node profile (yet): drop --mode train / --profile",
+        ));
+    }
+    let len = model.graph.nodes[0].image_len();
+    let mut rng = fastrand::Rng::with_seed(1);
+    let calibration: Vec<f32> = (0..INT8_CALIBRATION_IMAGES * len).map(|_| rng.f32()).collect();
+    let (graph, params) = (model.graph.clone(), model.params.clone());
+    let mut exec = Executor::new(model, INT8_CALIBRATION_IMAGES)?;
+    let ranges = Ranges::measure(&mut exec, &calibration, CalibrationMethod::MinMax)?;
+    drop(exec);
+    let network = QuantizedNetwork::new(&graph, &params, &ranges)?;
+    let mut images: Vec<f32> = crate::memory::zeroed(batch * len, "the benchmark's batch of images")?;
+    images.iter_mut().for_each(|v| *v = rng.f32());
+    let mut times = Vec::with_capacity(options.steps);
+    for i in 0..options.warmup + options.steps {
+        let t = Instant::now();
+        std::hint::black_box(network.forward(&images)?);
+        if i >= options.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let in_order = times.clone();
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    Ok(BenchResult {
+        ms_per_batch: median * 1e3,
+        img_per_s: batch as f64 / median,
+        profile: None,
+        times: in_order,
+        isa: Isa::best(),
+        bf16_isa: None,
+        int8_isa: Some(network.isa()),
     })
 }
 

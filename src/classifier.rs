@@ -38,6 +38,7 @@ use crate::data::images::{self, ImageRecipe};
 use crate::data::transforms::Normalization;
 use crate::error::{Error, Result};
 use crate::graph::{BatchLoss, Executor, Mode, PlanOptions, Precision};
+use crate::int8::{Int8Checkpoint, QuantizedNetwork};
 use crate::io::checkpoint::{InputSize, TensorFile};
 use crate::memory;
 use crate::models::{self, Model, ModelConfig, pretrained};
@@ -75,7 +76,7 @@ pub enum TransformInputRule {
 
 /// A model with its weights, in eval mode, at one input size.
 pub struct Classifier {
-    exec: Executor,
+    engine: Engine,
     model: String,
     config: ModelConfig,
     normalization: Option<Normalization>,
@@ -89,6 +90,14 @@ pub struct Classifier {
     class_names: Vec<String>,
 }
 
+/// What computes a classifier's logits.
+enum Engine {
+    /// The float32 (or bf16) executor, which also trains.
+    Float(Box<Executor>),
+    /// An int8 network from an int8 checkpoint (`incept quantize`): inference only.
+    Int8(Box<QuantizedNetwork>),
+}
+
 impl Classifier {
     /// Loads the weights at `path` as model `name` (`None`: the one the checkpoint records, else the one
     /// whose state_dict the file holds), at the input size the checkpoint records (else the model's
@@ -100,7 +109,18 @@ impl Classifier {
     /// [`Classifier::from_safetensors`] at input `size` when the weights record none (PyTorch's); an
     /// error naming both sizes when they record another.
     pub fn at_size(name: Option<&str>, path: &Path, size: Option<[usize; 2]>) -> Result<Classifier> {
-        let file = TensorFile::read(path)?;
+        // An int8 checkpoint's tensors are bytes and 32-bit integers; its metadata is read as any other's.
+        let int8 = match crate::int8::is_int8(&TensorFile::read_metadata(path)?) {
+            true => Some(Int8Checkpoint::read(path)?),
+            false => None,
+        };
+        let file = match &int8 {
+            Some(checkpoint) => TensorFile {
+                tensors: Default::default(),
+                metadata: checkpoint.metadata.clone(),
+            },
+            None => TensorFile::read(path)?,
+        };
         let recorded = file.recorded(path)?;
         let model = match (name, &recorded.model) {
             (Some(n), Some(r)) if n != r => {
@@ -113,7 +133,10 @@ impl Classifier {
             (None, Some(r)) => r.clone(),
             (None, None) => models::detect(&file, path)?.to_string(),
         };
-        let mut config = models::config_from_weights(&model, &file)?;
+        let mut config = match &int8 {
+            Some(checkpoint) => checkpoint.config,
+            None => models::config_from_weights(&model, &file)?,
+        };
         config.size = match (recorded.size, size) {
             (Some(r), Some(s)) if r != s => {
                 return Err(Error::config(
@@ -173,6 +196,20 @@ impl Classifier {
             None if pretrained.is_some() && config.classes == 1000 => pretrained::imagenet_classes(),
             None => (0..config.classes).map(|c| format!("class {c}")).collect(),
         };
+        if let Some(checkpoint) = int8 {
+            return Ok(Classifier {
+                engine: Engine::Int8(Box::new(checkpoint.network)),
+                capacity: BATCH,
+                model,
+                config,
+                normalization,
+                transform_input,
+                transform_input_rule,
+                source: pretrained.map(|p| p.source),
+                recipe,
+                class_names,
+            });
+        }
         let graph = models::build(&model, config)?;
         // Huge inputs run in smaller batches rather than not at all.
         let need = |b| Executor::memory_need(&graph, PlanOptions::default(), b, false);
@@ -188,7 +225,7 @@ impl Classifier {
         };
         let params = file.params_for(&graph, path)?;
         Ok(Classifier {
-            exec: Executor::new(Model { graph, params }, capacity)?,
+            engine: Engine::Float(Box::new(Executor::new(Model { graph, params }, capacity)?)),
             capacity,
             model,
             config,
@@ -265,19 +302,40 @@ impl Classifier {
     }
 
     /// Runs the convolutions in `precision` from the next call on ([`Precision`]; the default is
-    /// float32, the precision every checkpoint is stored in).
+    /// float32, the precision every float checkpoint is stored in). An int8 classifier runs in int8
+    /// only: an error.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
-        self.exec.set_precision(precision)
+        match &mut self.engine {
+            Engine::Float(exec) => exec.set_precision(precision),
+            Engine::Int8(_) => Err(Error::config(
+                "precision",
+                format!("an int8 checkpoint runs in int8, not {}", precision.name()),
+            )),
+        }
     }
 
-    /// The precision the convolutions run in.
-    pub fn precision(&self) -> Precision {
-        self.exec.plan().options.precision
+    /// The float precision the convolutions run in (`None` for an int8 checkpoint: [`Classifier::int8_kernel`]).
+    pub fn precision(&self) -> Option<Precision> {
+        match &self.engine {
+            Engine::Float(exec) => Some(exec.plan().options.precision),
+            Engine::Int8(_) => None,
+        }
     }
 
-    /// The bf16 microkernel build the convolutions run on, `None` in float32.
+    /// The bf16 microkernel build the convolutions run on, `None` in float32 and int8.
     pub fn bf16_kernel(&self) -> Option<crate::microkernel::Bf16Isa> {
-        self.exec.plan().options.bf16_kernel()
+        match &self.engine {
+            Engine::Float(exec) => exec.plan().options.bf16_kernel(),
+            Engine::Int8(_) => None,
+        }
+    }
+
+    /// The int8 microkernel build the convolutions run on, for an int8 checkpoint.
+    pub fn int8_kernel(&self) -> Option<crate::microkernel::Int8Isa> {
+        match &self.engine {
+            Engine::Float(_) => None,
+            Engine::Int8(network) => Some(network.isa()),
+        }
     }
 
     /// Turns `transform_input` on or off (for torchvision weights trained with it off; an error for a
@@ -340,9 +398,13 @@ impl Classifier {
         let count = x.len() / image;
         let mut logits = Vec::with_capacity(count * self.config.classes);
         for chunk in x.chunks(self.capacity * image) {
-            self.exec
-                .forward(Images::dense(chunk, chunk.len() / image, image), Mode::Eval)?;
-            logits.extend(self.exec.output_vec());
+            match &mut self.engine {
+                Engine::Float(exec) => {
+                    exec.forward(Images::dense(chunk, chunk.len() / image, image), Mode::Eval)?;
+                    logits.extend(exec.output_vec());
+                }
+                Engine::Int8(network) => logits.extend(network.forward(chunk)?),
+            }
         }
         Ok(Array2::from_shape_vec([count, self.config.classes], logits).expect("one row per image"))
     }
@@ -434,13 +496,22 @@ impl Classifier {
                 format!("{count} images, {} labels", labels.len()),
             ));
         }
-        self.exec
-            .train_step(Images::dense(&x, count, image), labels, optimizer, lr)
+        match &mut self.engine {
+            Engine::Float(exec) => exec.train_step(Images::dense(&x, count, image), labels, optimizer, lr),
+            Engine::Int8(_) => Err(Error::config(
+                "classifier train_step",
+                "an int8 checkpoint runs inference only: fine-tune its float32 checkpoint, then quantize it again",
+            )),
+        }
     }
 
     /// An Adam optimizer with PyTorch's defaults (betas 0.9, 0.999, eps 1e-8) for this model's parameters.
     pub fn adam(&self) -> Optimizer {
-        let lens: Vec<usize> = self.exec.params().iter().map(Vec::len).collect();
+        let graph = match &self.engine {
+            Engine::Float(exec) => exec.graph(),
+            Engine::Int8(network) => network.graph(),
+        };
+        let lens: Vec<usize> = graph.params.iter().map(|p| p.len()).collect();
         Optimizer::Adam(crate::optim::Adam::new(&lens))
     }
 
@@ -463,8 +534,13 @@ impl Classifier {
         if let Some(n) = &self.normalization {
             metadata.insert("normalization".into(), n.to_metadata());
         }
-        let model = self.exec.model();
-        crate::io::checkpoint::save(path.as_ref(), &model.graph, &model.params, None, &metadata)
+        match &self.engine {
+            Engine::Float(exec) => {
+                let model = exec.model();
+                crate::io::checkpoint::save(path.as_ref(), &model.graph, &model.params, None, &metadata)
+            }
+            Engine::Int8(network) => network.save(path.as_ref(), &metadata),
+        }
     }
 
     /// The `top_k` most likely classes of each row of `logits`, most likely first.

@@ -44,7 +44,7 @@ fn check(model: &str, size: usize) {
         &reference,
     );
     classifier.set_precision(Precision::Bf16).unwrap();
-    assert_eq!(classifier.precision(), Precision::Bf16);
+    assert_eq!(classifier.precision(), Some(Precision::Bf16));
     let logits = classifier.forward_tensor(x.view()).unwrap();
     let error = common::relative_to_largest(logits.as_slice().unwrap(), &reference);
     eprintln!(

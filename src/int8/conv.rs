@@ -33,8 +33,9 @@ pub struct QConv {
     packed: Vec<i8>,
     /// The quantized weights in PyTorch's `[out, in, kh, kw]` order, and their scales.
     weights: QuantizedWeights,
-    /// Per output channel (padded to whole blocks): the bias at the product scale, minus
-    /// `zero_point(x) · Σ q`.
+    /// Per output channel: the bias at the product scale `x_scale · w_scale[o]`.
+    product_bias: Vec<i32>,
+    /// Per output channel (padded to whole blocks): `product_bias` minus `zero_point(x) · Σ q`.
     bias: Vec<i32>,
     /// Per output channel (padded): `x_scale · w_scale[o] / y_scale`.
     multiplier: Vec<f32>,
@@ -45,7 +46,8 @@ pub struct QConv {
 
 impl QConv {
     /// Quantizes the float32 convolution `g` (`w` as `[out, in, kh, kw]`, `b` per output, then a ReLU
-    /// with `relu`) for inputs in `input`'s parameters and outputs in `output`'s.
+    /// with `relu`) for inputs in `input`'s parameters and outputs in `output`'s: per-channel symmetric
+    /// weights ([`QuantizedWeights::new`]) and the bias rounded at the product scale.
     pub fn new(
         g: &ConvGeometry,
         w: &[f32],
@@ -54,12 +56,40 @@ impl QConv {
         input: QuantParams,
         output: QuantParams,
     ) -> QConv {
+        let weights = QuantizedWeights::new(w, g.out_channels);
+        let bias = (0..g.out_channels)
+            .map(|o| {
+                let product_scale = f64::from(input.scale) * f64::from(weights.scales[o]);
+                let real = b.map_or(0.0, |b| f64::from(b[o]));
+                (real / product_scale)
+                    .round_ties_even()
+                    .clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32
+            })
+            .collect();
+        QConv::from_quantized(g, weights, bias, relu, input, output)
+    }
+
+    /// The convolution `g` with weights already quantized and `bias` at the product scale
+    /// (`x_scale · w_scale[o]`, without the input's zero point), as an int8 checkpoint holds them.
+    pub fn from_quantized(
+        g: &ConvGeometry,
+        weights: QuantizedWeights,
+        bias: Vec<i32>,
+        relu: bool,
+        input: QuantParams,
+        output: QuantParams,
+    ) -> QConv {
         let g = ConvGeometry { batch: 1, ..*g };
         let taps = g.h.kernel * g.w.kernel;
+        let per_output = g.in_channels * taps;
         assert_eq!(
-            w.len(),
-            g.out_channels * g.in_channels * taps,
+            weights.values.len(),
+            g.out_channels * per_output,
             "conv weights [out, in, kh, kw]"
+        );
+        assert!(
+            weights.scales.len() == g.out_channels && bias.len() == g.out_channels,
+            "one per output"
         );
         let group = if g.in_channels <= 4 { 4 } else { LANES };
         let groups = g.in_channels.div_ceil(group);
@@ -78,7 +108,6 @@ impl QConv {
         let bytes = (runs.len() * group * LANES).next_multiple_of(64);
         let block_stride = if bytes % 4096 == 0 { bytes + 64 } else { bytes };
         let out_blocks = blocked::blocks(g.out_channels);
-        let weights = QuantizedWeights::new(w, g.out_channels);
         let mut packed = vec![0i8; out_blocks * block_stride];
         for o in 0..g.out_channels {
             let (ob, lane) = (o / LANES, o % LANES);
@@ -91,18 +120,15 @@ impl QConv {
             }
         }
         let padded = out_blocks * LANES;
-        let (mut bias, mut multiplier) = (vec![0i32; padded], vec![0f32; padded]);
-        let per_output = g.in_channels * taps;
+        let (mut folded, mut multiplier) = (vec![0i32; padded], vec![0f32; padded]);
         for o in 0..g.out_channels {
-            let product_scale = f64::from(input.scale) * f64::from(weights.scales[o]);
-            let real_bias = b.map_or(0.0, |b| f64::from(b[o]));
             let weight_sum: i64 = weights.values[o * per_output..][..per_output]
                 .iter()
                 .map(|&q| i64::from(q))
                 .sum();
-            let folded =
-                (real_bias / product_scale).round_ties_even() - (i64::from(input.zero_point) * weight_sum) as f64;
-            bias[o] = folded.clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32;
+            let with_zero_point = i64::from(bias[o]) - i64::from(input.zero_point) * weight_sum;
+            folded[o] = with_zero_point.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+            let product_scale = f64::from(input.scale) * f64::from(weights.scales[o]);
             multiplier[o] = (product_scale / f64::from(output.scale)) as f32;
         }
         QConv {
@@ -112,7 +138,8 @@ impl QConv {
             block_stride,
             packed,
             weights,
-            bias,
+            product_bias: bias,
+            bias: folded,
             multiplier,
             input,
             output,
@@ -148,6 +175,12 @@ impl QConv {
     /// The 32-bit bias per output channel, with the input's zero point folded in.
     pub fn bias(&self) -> &[i32] {
         &self.bias[..self.geometry.out_channels]
+    }
+
+    /// The bias per output channel at the product scale, without the input's zero point (as a
+    /// checkpoint stores it).
+    pub fn product_bias(&self) -> &[i32] {
+        &self.product_bias
     }
 
     /// The requantization multiplier per output channel.

@@ -14,12 +14,14 @@
 
 mod calibrate;
 mod conv;
+mod file;
 mod network;
 mod pool;
 mod requantize_rows;
 
 pub use calibrate::{Calibration, CalibrationMethod, Ranges};
 pub use conv::QConv;
+pub use file::{Int8Checkpoint, PRECISION_KEY, is_int8};
 pub use network::{QuantizedNetwork, Step};
 pub use pool::{ConcatPart, avg_pool_u8, concat_u8, max_pool_u8};
 pub use requantize_rows::{RequantizeIsa, requantize_pixels};

@@ -10,6 +10,7 @@ use crate::blocked::{self, Halo};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Layer, NodeId};
 use crate::microkernel::{Int8Isa, LANES};
+use crate::ops::conv::ConvGeometry;
 use crate::ops::pool::{AvgPool2d, PoolGeometry};
 use crate::parallel::{self, Threads};
 
@@ -59,6 +60,9 @@ pub struct QuantizedNetwork {
     graph: Graph,
     steps: Vec<Step>,
     kinds: Vec<Kind>,
+    /// The parameters chosen from each calibrated range (the input's, convolutions' and concats'),
+    /// by node: what a checkpoint stores.
+    chosen: std::collections::BTreeMap<NodeId, QuantParams>,
     isa: Int8Isa,
     requantize: RequantizeIsa,
 }
@@ -67,6 +71,11 @@ impl QuantizedNetwork {
     /// Compiles `graph` with float32 `params` for u8 activations with the parameters `ranges` gives each
     /// node. An error names the first node whose layer int8 inference does not run yet.
     pub fn new(graph: &Graph, params: &[Vec<f32>], ranges: &Ranges) -> Result<QuantizedNetwork> {
+        QuantizedNetwork::compile(graph, &FromFloat { graph, params, ranges })
+    }
+
+    /// Compiles `graph` with each convolution, linear layer and node parameter from `source`.
+    pub(super) fn compile(graph: &Graph, source: &dyn Source) -> Result<QuantizedNetwork> {
         let nodes = &graph.nodes;
         let readers = |id: NodeId| nodes.iter().filter(|n| n.inputs.contains(&id)).count();
         let needed = needed(graph);
@@ -88,11 +97,11 @@ impl QuantizedNetwork {
         // Parameters: a convolution's output (after its folded batch norm) and a concatenation take their
         // own range; a convolution read only by a concatenation takes the concatenation's, so the concat
         // copies bytes; pooling, ReLU and shape nodes keep their input's.
+        let chosen = std::cell::RefCell::new(std::collections::BTreeMap::new());
         let own = |id: NodeId| -> Result<QuantParams> {
-            let (min, max) = ranges
-                .get(id)
-                .ok_or_else(|| Error::config("int8", format!("no calibration range for node {}", nodes[id].name)))?;
-            Ok(QuantParams::from_range(min, max))
+            let params = source.params(id)?;
+            chosen.borrow_mut().insert(id, params);
+            Ok(params)
         };
         let mut kinds = vec![Kind::Float; nodes.len()];
         let mut steps = Vec::with_capacity(nodes.len());
@@ -107,12 +116,7 @@ impl QuantizedNetwork {
             }
             let (step, kind) = match &node.layer {
                 Layer::Input => (Step::Input, Kind::Float),
-                Layer::Conv {
-                    conv,
-                    weight,
-                    bias,
-                    relu,
-                } => {
+                Layer::Conv { conv, relu, .. } => {
                     let i = input.expect("a convolution has an input");
                     let x_params = match kinds[i] {
                         Kind::Bytes(p) => p,
@@ -120,33 +124,15 @@ impl QuantizedNetwork {
                     };
                     let [c, h, w] = nodes[i].shape;
                     let g = conv.geometry([1, c, h, w]).map_err(|e| e.in_node(&node.name))?;
-                    let (mut w_eff, mut b_eff) = (params[*weight].clone(), bias.map(|b| params[b].clone()));
-                    let mut relu = *relu;
-                    let mut out_node = id;
-                    if let Some(bn) = folds[id] {
-                        if let Layer::BatchNorm {
-                            bn: spec,
-                            gamma,
-                            beta,
-                            running_mean,
-                            running_var,
-                            relu: bn_relu,
-                        } = &nodes[bn].layer
-                        {
-                            let per_output = w_eff.len() / g.out_channels;
-                            let mut b = b_eff.unwrap_or_else(|| vec![0.0; g.out_channels]);
-                            for o in 0..g.out_channels {
-                                let k = params[*gamma][o] / (params[*running_var][o] + spec.eps).sqrt();
-                                w_eff[o * per_output..][..per_output].iter_mut().for_each(|v| *v *= k);
-                                b[o] = (b[o] - params[*running_mean][o]) * k + params[*beta][o];
-                            }
-                            b_eff = Some(b);
-                            relu = *bn_relu;
-                            out_node = bn;
-                        }
-                    }
-                    let y_params = concat_reader(graph, id, out_node, &readers).map_or_else(|| own(out_node), own)?;
-                    let conv = QConv::new(&g, &w_eff, b_eff.as_deref(), relu, x_params, y_params);
+                    let (relu, out_node) = match folds[id] {
+                        Some(bn) => match &nodes[bn].layer {
+                            Layer::BatchNorm { relu, .. } => (*relu, bn),
+                            _ => unreachable!("folds are batch norms"),
+                        },
+                        None => (*relu, id),
+                    };
+                    let y_params = concat_reader(graph, out_node, &readers).map_or_else(|| own(out_node), own)?;
+                    let conv = source.conv(id, folds[id], &g, relu, (x_params, y_params))?;
                     (Step::Conv(Box::new(conv)), Kind::Bytes(y_params))
                 }
                 Layer::BatchNorm { .. } => match folded_into[id] {
@@ -193,15 +179,12 @@ impl QuantizedNetwork {
                         Kind::Bytes(p) => (Step::Same(i), Kind::Bytes(p)),
                     }
                 }
-                Layer::Linear { weight, bias, .. } => {
+                Layer::Linear { .. } => {
                     if input_kind != Some(Kind::Float) {
                         return Err(unsupported("a linear layer on bytes"));
                     }
-                    let step = Step::Linear {
-                        weight: params[*weight].clone(),
-                        bias: bias.map(|b| params[b].clone()),
-                    };
-                    (step, Kind::Float)
+                    let (weight, bias) = source.linear(id)?;
+                    (Step::Linear { weight, bias }, Kind::Float)
                 }
                 Layer::ZeroPad(_) => return Err(unsupported("zero padding")),
                 Layer::AdaptiveAvgPool(_) => return Err(unsupported("adaptive average pooling")),
@@ -220,6 +203,7 @@ impl QuantizedNetwork {
             graph: graph.clone(),
             steps,
             kinds,
+            chosen: chosen.into_inner(),
             isa: Int8Isa::best(),
             requantize: RequantizeIsa::best(),
         })
@@ -247,6 +231,12 @@ impl QuantizedNetwork {
             "{isa:?}/{requantize:?} not available"
         );
         (self.isa, self.requantize) = (isa, requantize);
+    }
+
+    /// The parameters chosen from calibrated ranges, by node (the input's, every convolution's output
+    /// and every concatenation's; the others keep their input's).
+    pub fn chosen_params(&self) -> &std::collections::BTreeMap<NodeId, QuantParams> {
+        &self.chosen
     }
 
     /// The parameters of node `id`'s bytes, `None` for a float32 node.
@@ -380,10 +370,93 @@ impl QuantizedNetwork {
     }
 }
 
-/// The concatenation that is the only reader of convolution `conv`'s output node `out_node`, if any
-/// (its range then is the convolution's).
-fn concat_reader(graph: &Graph, conv: NodeId, out_node: NodeId, readers: &dyn Fn(NodeId) -> usize) -> Option<NodeId> {
-    let _ = conv;
+/// Where [`QuantizedNetwork::compile`] takes each part of the network from: float32 weights and
+/// calibrated ranges ([`FromFloat`]), or an int8 checkpoint (`file.rs`).
+pub(super) trait Source {
+    /// The parameters of node `id`'s bytes.
+    fn params(&self, id: NodeId) -> Result<QuantParams>;
+    /// Convolution node `id` (with batch norm node `fold` folded in) on geometry `g`, then a ReLU with
+    /// `relu`, from input bytes in `x` to output bytes in `y`.
+    fn conv(
+        &self,
+        id: NodeId,
+        fold: Option<NodeId>,
+        g: &ConvGeometry,
+        relu: bool,
+        xy: (QuantParams, QuantParams),
+    ) -> Result<QConv>;
+    /// Linear node `id`'s float32 weight and bias.
+    fn linear(&self, id: NodeId) -> Result<(Vec<f32>, Option<Vec<f32>>)>;
+}
+
+/// A float32 network's weights and the ranges calibration measured.
+struct FromFloat<'a> {
+    graph: &'a Graph,
+    params: &'a [Vec<f32>],
+    ranges: &'a Ranges,
+}
+
+impl Source for FromFloat<'_> {
+    fn params(&self, id: NodeId) -> Result<QuantParams> {
+        let (min, max) = self.ranges.get(id).ok_or_else(|| {
+            Error::config(
+                "int8",
+                format!("no calibration range for node {}", self.graph.nodes[id].name),
+            )
+        })?;
+        Ok(QuantParams::from_range(min, max))
+    }
+
+    fn conv(
+        &self,
+        id: NodeId,
+        fold: Option<NodeId>,
+        g: &ConvGeometry,
+        relu: bool,
+        (x, y): (QuantParams, QuantParams),
+    ) -> Result<QConv> {
+        let Layer::Conv { weight, bias, .. } = &self.graph.nodes[id].layer else {
+            unreachable!("node {id} is a convolution")
+        };
+        let p = self.params;
+        let (mut w, mut b) = (p[*weight].clone(), bias.map(|b| p[b].clone()));
+        // Eval-mode batch norm is `k · (v - mean) + beta` per channel, `k = gamma / sqrt(var + eps)`:
+        // the weights scale by `k`, the bias becomes `k · (b - mean) + beta`.
+        if let Some(bn) = fold {
+            let Layer::BatchNorm {
+                bn: spec,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                ..
+            } = &self.graph.nodes[bn].layer
+            else {
+                unreachable!("folds are batch norms")
+            };
+            let per_output = w.len() / g.out_channels;
+            let mut folded = b.unwrap_or_else(|| vec![0.0; g.out_channels]);
+            for o in 0..g.out_channels {
+                let k = p[*gamma][o] / (p[*running_var][o] + spec.eps).sqrt();
+                w[o * per_output..][..per_output].iter_mut().for_each(|v| *v *= k);
+                folded[o] = (folded[o] - p[*running_mean][o]) * k + p[*beta][o];
+            }
+            b = Some(folded);
+        }
+        Ok(QConv::new(g, &w, b.as_deref(), relu, x, y))
+    }
+
+    fn linear(&self, id: NodeId) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let Layer::Linear { weight, bias, .. } = &self.graph.nodes[id].layer else {
+            unreachable!("node {id} is a linear layer")
+        };
+        Ok((self.params[*weight].clone(), bias.map(|b| self.params[b].clone())))
+    }
+}
+
+/// The concatenation that is the only reader of a convolution's output node `out_node`, if any (the
+/// convolution then takes its parameters).
+fn concat_reader(graph: &Graph, out_node: NodeId, readers: &dyn Fn(NodeId) -> usize) -> Option<NodeId> {
     if readers(out_node) != 1 {
         return None;
     }

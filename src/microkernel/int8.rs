@@ -36,6 +36,14 @@ impl Int8Isa {
     /// Every build, the slowest first.
     pub const ALL: [Int8Isa; 2] = [Int8Isa::Scalar, Int8Isa::Avx512Vnni];
 
+    /// The name the commands print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Isa::Scalar => "the scalar vpdpbusd model",
+            Int8Isa::Avx512Vnni => "AVX512-VNNI",
+        }
+    }
+
     /// Whether this CPU runs it.
     pub fn available(self) -> bool {
         match self {

@@ -649,20 +649,41 @@ pub fn evaluate(
     let mut images = crate::memory::zeroed(batch * c * h * w, "a batch of evaluation images")?;
     for start in (0..data.len()).step_by(batch) {
         let n = batch.min(data.len() - start);
-        for i in 0..n {
-            let src = &data.images[(start + i) * data.image_len()..][..data.image_len()];
-            let dst = &mut images[i * c * h * w..][..c * h * w];
-            resize_bilinear(src, c, [data.shape[1], data.shape[2]], dst, [h, w], data.from_bytes);
-            if let Some(n) = normalization {
-                n.apply(dst);
-            }
-        }
-        exec.forward(Images::dense(&images[..n * c * h * w], n, c * h * w), Mode::Eval)?;
+        let images = &mut images[..n * c * h * w];
+        network_inputs(data, start..start + n, [c, h, w], normalization, images);
+        exec.forward(Images::dense(images, n, c * h * w), Mode::Eval)?;
         let l = exec.loss(&data.labels[start..start + n])?;
         loss_sum += l.loss * n as f64;
         correct += l.correct;
     }
     Ok((loss_sum / data.len() as f64, correct as f64 / data.len() as f64))
+}
+
+/// Images `range` of `data` as a network of input `[c, h, w]` takes them: resized (as torchvision's
+/// `Resize`) and normalized with `normalization`, one after another into `out`.
+pub fn network_inputs(
+    data: &Dataset,
+    range: std::ops::Range<usize>,
+    [c, h, w]: [usize; 3],
+    normalization: Option<&Normalization>,
+    out: &mut [f32],
+) {
+    for (i, dst) in range.zip(out.chunks_exact_mut(c * h * w)) {
+        let src = &data.images[i * data.image_len()..][..data.image_len()];
+        resize_bilinear(src, c, [data.shape[1], data.shape[2]], dst, [h, w], data.from_bytes);
+        if let Some(n) = normalization {
+            n.apply(dst);
+        }
+    }
+}
+
+/// The mean cross-entropy loss and the accuracy of `logits` (rows of `classes`) against `labels`.
+pub fn loss_and_accuracy(logits: &[f32], classes: usize, labels: &[usize]) -> Result<(f64, f64)> {
+    crate::ops::loss::check_labels("evaluation", labels, logits.len() / classes.max(1), classes)?;
+    let mut probabilities = vec![0.0; logits.len()];
+    let loss = crate::ops::loss::forward_rows(logits, classes, classes, labels, 0.0, &mut probabilities);
+    let correct = crate::ops::loss::correct_rows(logits, classes, classes, labels);
+    Ok((loss, correct as f64 / labels.len().max(1) as f64))
 }
 
 fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {

@@ -47,13 +47,25 @@ pub(crate) enum PrecisionArg {
     /// sum in float32 (AVX512-BF16 where the CPU has it); weights, optimizer, batch norm and loss stay
     /// float32.
     Bf16,
+    /// int8 inference: an int8 checkpoint written by `incept quantize` (eval, predict), or for bench,
+    /// the weights quantized on random calibration inputs.
+    Int8,
 }
 
 impl PrecisionArg {
-    pub(crate) fn precision(self) -> incept::graph::Precision {
+    /// The float arithmetic this flag asks for; `--precision int8` is an error where `flag_use` (the
+    /// command) runs float weights only.
+    pub(crate) fn precision(self, flag_use: &str) -> Result<incept::graph::Precision> {
         match self {
-            PrecisionArg::F32 => incept::graph::Precision::F32,
-            PrecisionArg::Bf16 => incept::graph::Precision::Bf16,
+            PrecisionArg::F32 => Ok(incept::graph::Precision::F32),
+            PrecisionArg::Bf16 => Ok(incept::graph::Precision::Bf16),
+            PrecisionArg::Int8 => Err(Error::config(
+                "--precision",
+                format!(
+                    "int8 runs int8 checkpoints (eval, predict) and bench; {flag_use} runs f32 or bf16 \
+                     (`incept quantize` makes an int8 checkpoint of trained weights)"
+                ),
+            )),
         }
     }
 }

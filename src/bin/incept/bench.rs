@@ -96,11 +96,14 @@ struct BenchRecord<'a> {
     isa: String,
     /// The instruction set of the element-wise kernels (`pulp`'s dispatch).
     simd: &'static str,
-    /// `f32` or `bf16`.
+    /// `f32`, `bf16` or `int8`.
     precision: &'static str,
     /// The bf16 microkernel's build (bf16 only).
     #[serde(skip_serializing_if = "Option::is_none")]
     bf16_isa: Option<&'static str>,
+    /// The int8 microkernel's build (int8 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    int8_isa: Option<&'static str>,
 }
 
 /// `incept bench`: time per batch, and where it goes with `--profile`.
@@ -143,9 +146,19 @@ pub(crate) fn bench_command(args: BenchArgs) -> Result<()> {
             WinogradArg::Accurate => WinogradPolicy::Accurate,
             WinogradArg::Fast => WinogradPolicy::Fast,
         },
-        precision: precision.precision(),
+        precision: match precision {
+            PrecisionArg::Int8 => incept::graph::Precision::F32,
+            other => other.precision("bench")?,
+        },
     };
-    let r = bench::bench(m, options)?;
+    let r = match precision {
+        PrecisionArg::Int8 => bench::bench_int8(m, options)?,
+        _ => bench::bench(m, options)?,
+    };
+    let precision_name = match precision {
+        PrecisionArg::Int8 => "int8",
+        _ => options.precision.name(),
+    };
     let mode = if mode == BenchMode::Train { "train" } else { "infer" };
     let threads = incept::parallel::threads();
     if protocol == Protocol::Chapter {
@@ -168,18 +181,23 @@ pub(crate) fn bench_command(args: BenchArgs) -> Result<()> {
             img_per_s: r.img_per_s,
             isa: format!("{:?}", r.isa),
             simd: incept::kernels::instruction_set(),
-            precision: precision.precision().name(),
+            precision: precision_name,
             bf16_isa: r.bf16_isa.map(|isa| isa.name()),
+            int8_isa: r.int8_isa.map(|isa| isa.name()),
         };
         println!("{}", serde_json::to_string(&record).expect("plain values"));
     } else {
-        let kernels = match r.bf16_isa {
-            Some(bf16) => format!(
+        let kernels = match (r.bf16_isa, r.int8_isa) {
+            (_, Some(int8)) => format!(
+                "int8 convolutions on {} (weights quantized after calibration on random images)",
+                int8.name()
+            ),
+            (Some(bf16), None) => format!(
                 "bf16 convolutions on {}, float32 microkernel on {:?}",
                 bf16.name(),
                 r.isa
             ),
-            None => format!("microkernel on {:?}", r.isa),
+            (None, None) => format!("microkernel on {:?}", r.isa),
         };
         println!(
             "{model} {mode} batch {batch}, {threads} threads, {kernels}, element-wise kernels on {}: {:.1} ms per batch (median of {steps}), {:.1} img/s",

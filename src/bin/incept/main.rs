@@ -1,4 +1,4 @@
-//! The `incept` command: train, eval, predict, summary, bench, models. `main` parses the flags and
+//! The `incept` command: train, eval, predict, summary, bench, models, quantize. `main` parses the flags and
 //! dispatches; each subcommand is a module of its own, and `args` holds what they share.
 
 mod args;
@@ -6,6 +6,7 @@ mod bench;
 mod eval;
 mod models;
 mod predict;
+mod quantize;
 mod summary;
 mod train;
 
@@ -42,6 +43,9 @@ enum Command {
     Summary(summary::SummaryArgs),
     /// Median time per batch and images per second.
     Bench(bench::BenchArgs),
+    /// Quantize float32 weights to an int8 checkpoint (calibrated on training images) and compare
+    /// the two on the test set.
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -52,6 +56,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Predict(args) => predict::predict_command(args),
         Command::Summary(args) => summary::summary_command(args),
         Command::Bench(args) => bench::bench_command(args),
+        Command::Quantize(args) => quantize::quantize_command(args),
     }
 }
 

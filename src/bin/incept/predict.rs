@@ -49,9 +49,10 @@ pub(crate) struct PredictArgs {
     /// weights only) and false with any other (printed when assumed); false for every other model.
     #[arg(long, value_name = "BOOL")]
     transform_input: Option<bool>,
-    /// The arithmetic of the convolutions: f32, or bf16 products summed in float32 (no Winograd).
-    #[arg(long, value_enum, default_value = "f32")]
-    precision: PrecisionArg,
+    /// The arithmetic of the convolutions: f32, or bf16 products summed in float32 (no Winograd); int8
+    /// for an int8 checkpoint (default: int8 for an int8 checkpoint, else f32).
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
 }
 
 /// `incept predict`: eval-mode logits of a .npy batch.
@@ -84,9 +85,25 @@ pub(crate) fn predict_command(args: PredictArgs) -> Result<()> {
         }
         (_, e) => e,
     })?;
-    classifier.set_precision(precision.precision())?;
+    match (precision, classifier.int8_kernel()) {
+        (None | Some(PrecisionArg::Int8), Some(_)) | (None, None) => {}
+        (Some(PrecisionArg::Int8), None) => {
+            return Err(Error::config(
+                "--precision",
+                format!(
+                    "{} holds float weights; `incept quantize --weights {} --out FILE` makes an int8 checkpoint",
+                    weights.display(),
+                    weights.display()
+                ),
+            ));
+        }
+        (Some(p), _) => classifier.set_precision(p.precision("predict")?)?,
+    }
     if let Some(isa) = classifier.bf16_kernel() {
         eprintln!("convolutions in bf16 on {} (float32 sums)", isa.name());
+    }
+    if let Some(isa) = classifier.int8_kernel() {
+        eprintln!("convolutions in int8 on {} (an int8 checkpoint)", isa.name());
     }
     match transform_input {
         Some(on) => classifier.set_transform_input(on)?,

@@ -57,7 +57,7 @@ pub(crate) fn summary_command(args: SummaryArgs) -> Result<()> {
     println!("GFLOP per image (forward): {:.4}", graph.flops_per_image() as f64 / 1e9);
     if algos {
         let options = PlanOptions {
-            precision: precision.precision(),
+            precision: precision.precision("summary")?,
             ..PlanOptions::default()
         };
         let plan = Plan::for_capacity(&graph, options, batch)?;

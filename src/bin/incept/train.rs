@@ -406,7 +406,7 @@ pub(crate) fn train_command(args: TrainArgs) -> Result<()> {
             progress: !quiet,
             progress_every: std::time::Duration::from_secs(progress_every),
             conv_algo: conv_algo.algo(),
-            precision: precision.precision(),
+            precision: precision.precision("training")?,
             class_names,
             checkpoint_every: Some(checkpoint_every),
             gradient_groups: gradient_groups.map(|g| g as usize),
