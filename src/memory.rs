@@ -239,6 +239,7 @@ pub trait ZeroBits: Copy {}
 impl ZeroBits for f32 {}
 impl ZeroBits for f64 {}
 impl ZeroBits for u32 {}
+impl ZeroBits for u8 {}
 
 /// `len` zeros, allocated fallibly: an error naming `what` and the size when the allocator refuses,
 /// instead of an abort. Zeroed by the allocator (`calloc`), so pages are only touched when written, as

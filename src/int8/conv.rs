@@ -206,6 +206,12 @@ impl QConv {
         blocked::image_len(g.out_channels, [g.h.output, g.w.output], Halo::default())
     }
 
+    /// Whether a blocked u8 image without halo already is this convolution's input image (no padding,
+    /// 16-channel groups), so it can be read where it lies.
+    pub fn reads_blocked_in_place(&self) -> bool {
+        self.group == LANES && halo(&self.geometry) == Halo::default()
+    }
+
     /// Writes a blocked u8 image without halo (`x`, in the input's parameters) as this convolution's
     /// input image: the halo at the zero point.
     pub fn input_from_blocked(&self, x: &[u8], out: &mut [u8]) {

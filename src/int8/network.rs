@@ -262,8 +262,23 @@ impl QuantizedNetwork {
         }
         let n = images.len() / per_image;
         let outputs = self.graph.output_len();
-        let mut logits = vec![0.0; n * outputs];
         let parts = parallel::parts(n);
+        // Refused before anything is allocated: each part's values of every node for one image, and the
+        // logits.
+        let need = (parts as u64)
+            .saturating_mul(self.values_bytes())
+            .saturating_add((4 * n as u64).saturating_mul(outputs as u64));
+        if let Some(available) = crate::memory::available().filter(|a| need > a.bytes) {
+            return Err(Error::Memory {
+                reason: format!(
+                    "int8 inference of {n} images of [{c}, {h}, {w}] needs {}; {} are available ({})",
+                    crate::memory::gib(need),
+                    crate::memory::gib(available.bytes),
+                    available.source
+                ),
+            });
+        }
+        let mut logits = crate::memory::zeroed(n * outputs, "the int8 network's logits")?;
         let per_part = n.div_ceil(parts.max(1)).max(1);
         let run = |first: usize, out: &mut [f32], threads: Threads| {
             let mut values = Values::new(self);
@@ -283,6 +298,25 @@ impl QuantizedNetwork {
         Ok(logits)
     }
 
+    /// Bytes one thread's [`Values`] take: every node's value for one image and a convolution's input.
+    fn values_bytes(&self) -> u64 {
+        let nodes = &self.graph.nodes;
+        let mut bytes = 0u64;
+        for (id, step) in self.steps.iter().enumerate() {
+            let [c, h, w] = nodes[id].shape;
+            bytes += match (step, self.kinds[id]) {
+                (Step::Same(_) | Step::Unused, _) => 0,
+                (_, Kind::Bytes(_)) => blocked::image_len(c, [h, w], Halo::default()) as u64,
+                (_, Kind::Float) => 4 * nodes[id].image_len() as u64,
+            };
+        }
+        let scratch = self.steps.iter().filter_map(|s| match s {
+            Step::Conv(conv) => Some(conv.input_len() as u64),
+            _ => None,
+        });
+        bytes + scratch.max().unwrap_or(0)
+    }
+
     /// One image through every step into `values`.
     fn forward_image(&self, image: &[f32], values: &mut Values, threads: Threads) {
         let builds = (self.isa, self.requantize);
@@ -294,14 +328,21 @@ impl QuantizedNetwork {
                 Step::Same(_) | Step::Unused => {}
                 Step::Conv(conv) => {
                     let i = input.expect("a convolution has an input");
-                    let mut scratch = std::mem::take(&mut values.scratch);
-                    let x = &mut scratch[..conv.input_len()];
-                    match self.kinds[values.source(i)] {
-                        Kind::Float => conv.input_from_nchw(values.float(i), x),
-                        Kind::Bytes(_) => conv.input_from_blocked(values.bytes(i), x),
+                    let bytes_in = matches!(self.kinds[values.source(i)], Kind::Bytes(_));
+                    if bytes_in && conv.reads_blocked_in_place() {
+                        // A 1×1 unpadded convolution reads its input's bytes as they lie.
+                        let (x, y) = values.input_and_output(i, id);
+                        conv.forward_image_on(x, y, builds, threads);
+                    } else {
+                        let mut scratch = std::mem::take(&mut values.scratch);
+                        let x = &mut scratch[..conv.input_len()];
+                        match bytes_in {
+                            false => conv.input_from_nchw(values.float(i), x),
+                            true => conv.input_from_blocked(values.bytes(i), x),
+                        }
+                        conv.forward_image_on(x, &mut values.bytes[id], builds, threads);
+                        values.scratch = scratch;
                     }
-                    conv.forward_image_on(x, &mut values.bytes[id], builds, threads);
-                    values.scratch = scratch;
                 }
                 Step::MaxPool(g) => {
                     let (x, y) = values.input_and_output(input.unwrap(), id);
