@@ -152,11 +152,8 @@ pub fn bench_int8(model: Model, options: BenchOptions) -> Result<BenchResult> {
     if options.steps == 0 || batch == 0 {
         return Err(Error::config("bench", "--steps and --batch must be at least 1"));
     }
-    if options.train || options.profile {
-        return Err(Error::config(
-            "bench",
-            "int8 runs inference only, without a per-node profile (yet): drop --mode train / --profile",
-        ));
+    if options.train {
+        return Err(Error::config("bench", "int8 runs inference only: drop --mode train"));
     }
     let len = model.graph.nodes[0].image_len();
     let mut rng = fastrand::Rng::with_seed(1);
@@ -169,11 +166,23 @@ pub fn bench_int8(model: Model, options: BenchOptions) -> Result<BenchResult> {
     let mut images: Vec<f32> = crate::memory::zeroed(batch * len, "the benchmark's batch of images")?;
     images.iter_mut().for_each(|v| *v = rng.f32());
     let mut times = Vec::with_capacity(options.steps);
+    let mut profile: Option<Vec<NodeTime>> = None;
     for i in 0..options.warmup + options.steps {
+        let timed = options.profile && i >= options.warmup;
         let t = Instant::now();
-        std::hint::black_box(network.forward(&images)?);
+        let (logits, node_times) = network.forward_timed(&images, timed)?;
+        std::hint::black_box(logits);
         if i >= options.warmup {
             times.push(t.elapsed().as_secs_f64());
+        }
+        if timed {
+            // Thread time over the threads the images ran on: about the wall time per node.
+            let threads = crate::parallel::parts(batch) as u32;
+            let profile = profile.get_or_insert_with(|| vec![NodeTime::default(); node_times.len()]);
+            for (p, t) in profile.iter_mut().zip(node_times) {
+                p.calls += 1;
+                p.forward += t / threads;
+            }
         }
     }
     let in_order = times.clone();
@@ -182,7 +191,7 @@ pub fn bench_int8(model: Model, options: BenchOptions) -> Result<BenchResult> {
     Ok(BenchResult {
         ms_per_batch: median * 1e3,
         img_per_s: batch as f64 / median,
-        profile: None,
+        profile,
         times: in_order,
         isa: Isa::best(),
         bf16_isa: None,

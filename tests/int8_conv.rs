@@ -18,7 +18,7 @@ struct Shape {
     pad: [usize; 2],
 }
 
-const SHAPES: [Shape; 8] = [
+const SHAPES: [Shape; 9] = [
     // A grey image (the 4-channel group) and a colour one, 7×7 stride 2 pad 3 (the stems).
     Shape {
         inputs: 1,
@@ -27,6 +27,15 @@ const SHAPES: [Shape; 8] = [
         kernel: [7, 7],
         stride: 2,
         pad: [3, 3],
+    },
+    // A grey image with a 3-wide kernel: one quad per kernel row, its last tap empty.
+    Shape {
+        inputs: 1,
+        outputs: 16,
+        map: [11, 13],
+        kernel: [5, 3],
+        stride: 1,
+        pad: [2, 1],
     },
     Shape {
         inputs: 3,

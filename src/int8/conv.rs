@@ -2,11 +2,13 @@
 //! the next layer's bytes ([`super::requantize_pixels`]).
 //!
 //! The input is read in *channel groups* of 16 (the blocked layout, `[c/16][h][w][16]`) or, for an input
-//! of at most 4 channels (an image), of 4 (`[1][h][w][4]`: one quad per pixel, so a grey image wastes 3
-//! lanes of 4 rather than 15 of 16), with a halo of the zero point as wide as the padding: padding is
-//! real 0, and the bias's zero-point term then holds at every tap. The output is blocked u8 without
-//! halo. Each tile's runs walk every (input group, tap) pair in place, as the float32 direct
-//! convolution's; a weight block is `[group / 4 quads][16 outputs][4]`.
+//! of 2 to 4 channels (a colour image), of 4 (`[1][h][w][4]`: one quad per pixel), with a halo of the
+//! zero point as wide as the padding: padding is real 0, and the bias's zero-point term then holds at
+//! every tap. Each tile's runs walk every (input group, tap) pair in place, as the float32 direct
+//! convolution's; a weight block is `[group / 4 quads][16 outputs][4]`. A grey image (one channel) is
+//! read as a plain `[h][w]` plane whose quads are four horizontal taps: one run per kernel row of
+//! `⌈kw / 4⌉` quads (a 7×7 kernel: 14 quad steps per pixel instead of 49 quads three quarters empty).
+//! The output is blocked u8 without halo.
 
 use std::cell::RefCell;
 
@@ -23,8 +25,14 @@ use crate::parallel::{self, Threads};
 #[derive(Debug, Clone)]
 pub struct QConv {
     geometry: ConvGeometry,
-    /// Input channels per group: 16, or 4 for an input of at most 4 channels.
+    /// Input channels per group: 16; 4 for an input of 2 to 4 channels; 1 for a grey image, whose quads
+    /// are four horizontal taps.
     group: usize,
+    /// Pixels per row of the input image: the padded width, and for a grey image enough more that the
+    /// last quad of a row stays inside it.
+    row_len: usize,
+    /// Quad steps per run.
+    depth: usize,
     /// `(weight offset, input offset)` per (input group, tap), in bytes from the tile's first weight
     /// and first input pixel.
     runs: Vec<(usize, usize)>,
@@ -91,31 +99,52 @@ impl QConv {
             weights.scales.len() == g.out_channels && bias.len() == g.out_channels,
             "one per output"
         );
-        let group = if g.in_channels <= 4 { 4 } else { LANES };
+        let group = match g.in_channels {
+            1 if g.w.dilation == 1 => 1,
+            1..=4 => 4,
+            _ => LANES,
+        };
         let groups = g.in_channels.div_ceil(group);
         let [hp, wp] = halo(&g).padded([g.h.input, g.w.input]);
-        let runs: Vec<(usize, usize)> = (0..groups)
-            .flat_map(|icg| (0..taps).map(move |tap| (icg, tap)))
-            .map(|(icg, tap)| {
-                let (ky, kx) = (tap / g.w.kernel, tap % g.w.kernel);
-                let w_offset = (icg * taps + tap) * group * LANES;
-                let x_offset = ((icg * hp + ky * g.h.dilation) * wp + kx * g.w.dilation) * group;
-                (w_offset, x_offset)
-            })
-            .collect();
+        let (runs, depth, row_len): (Vec<(usize, usize)>, usize, usize) = if group == 1 {
+            let quads = g.w.kernel.div_ceil(4);
+            let row_len = wp.max((g.w.output.max(1) - 1) * g.w.stride + 4 * quads);
+            let runs = (0..g.h.kernel)
+                .map(|ky| (ky * quads * 4 * LANES, ky * g.h.dilation * row_len))
+                .collect();
+            (runs, quads, row_len)
+        } else {
+            let runs = (0..groups)
+                .flat_map(|icg| (0..taps).map(move |tap| (icg, tap)))
+                .map(|(icg, tap)| {
+                    let (ky, kx) = (tap / g.w.kernel, tap % g.w.kernel);
+                    let w_offset = (icg * taps + tap) * group * LANES;
+                    let x_offset = ((icg * hp + ky * g.h.dilation) * wp + kx * g.w.dilation) * group;
+                    (w_offset, x_offset)
+                })
+                .collect();
+            (runs, group / 4, wp)
+        };
         // Whole 64-byte lines, and off a 4 KiB multiple, where every block's stream would map to the
         // same L1 sets (see `microkernel::block_stride`).
-        let bytes = (runs.len() * group * LANES).next_multiple_of(64);
+        let bytes = (runs.len() * depth * 4 * LANES).next_multiple_of(64);
         let block_stride = if bytes % 4096 == 0 { bytes + 64 } else { bytes };
         let out_blocks = blocked::blocks(g.out_channels);
         let mut packed = vec![0i8; out_blocks * block_stride];
         for o in 0..g.out_channels {
             let (ob, lane) = (o / LANES, o % LANES);
             for c in 0..g.in_channels {
-                let (icg, ic) = (c / group, c % group);
                 for tap in 0..taps {
-                    let at = ob * block_stride + (icg * taps + tap) * group * LANES + (ic / 4) * 4 * LANES;
-                    packed[at + 4 * lane + ic % 4] = weights.values[(o * g.in_channels + c) * taps + tap];
+                    // The quad (from the block's first weight) and the byte within it.
+                    let (quad, byte) = if group == 1 {
+                        let (ky, kx) = (tap / g.w.kernel, tap % g.w.kernel);
+                        (ky * depth + kx / 4, kx % 4)
+                    } else {
+                        let (icg, ic) = (c / group, c % group);
+                        ((icg * taps + tap) * depth + ic / 4, ic % 4)
+                    };
+                    let at = ob * block_stride + quad * 4 * LANES + 4 * lane + byte;
+                    packed[at] = weights.values[(o * g.in_channels + c) * taps + tap];
                 }
             }
         }
@@ -134,6 +163,8 @@ impl QConv {
         QConv {
             geometry: g,
             group,
+            row_len,
+            depth,
             runs,
             block_stride,
             packed,
@@ -152,7 +183,8 @@ impl QConv {
         &self.geometry
     }
 
-    /// Input channels per group of the input image: 16 (blocked), or 4 for an input of at most 4.
+    /// Input channels per group of the input image: 16 (blocked), 4 for an input of 2 to 4 channels, 1
+    /// for a grey image.
     pub fn input_group(&self) -> usize {
         self.group
     }
@@ -196,8 +228,8 @@ impl QConv {
     /// Bytes of one input image in the group layout with its halo.
     pub fn input_len(&self) -> usize {
         let g = &self.geometry;
-        let [hp, wp] = halo(g).padded([g.h.input, g.w.input]);
-        g.in_channels.div_ceil(self.group) * hp * wp * self.group
+        let [hp, _] = halo(g).padded([g.h.input, g.w.input]);
+        g.in_channels.div_ceil(self.group) * hp * self.row_len * self.group
     }
 
     /// Bytes of one output image (blocked, no halo).
@@ -246,13 +278,13 @@ impl QConv {
         let (h, w) = (g.h.input, g.w.input);
         assert_eq!(x.len(), g.in_channels * h * w, "NCHW input");
         assert_eq!(out.len(), self.input_len(), "input with halo");
-        let [hp, wp] = halo(g).padded([h, w]);
+        let [hp, _] = halo(g).padded([h, w]);
         let [top, _, left, _] = halo(g).0;
         out.fill(self.input.zero_point);
         for (c, plane) in x.chunks_exact(h * w).enumerate() {
             let (icg, ic) = (c / self.group, c % self.group);
             for (y, row) in plane.chunks_exact(w).enumerate() {
-                let first = ((icg * hp + y + top) * wp + left) * self.group + ic;
+                let first = ((icg * hp + y + top) * self.row_len + left) * self.group + ic;
                 for (xx, &v) in row.iter().enumerate() {
                     out[first + xx * self.group] = self.input.quantize(v);
                 }
@@ -283,7 +315,7 @@ impl QConv {
         if plane == 0 {
             return;
         }
-        let [_, wp] = halo(g).padded([g.h.input, g.w.input]);
+        let wp = self.row_len;
         let out_blocks = blocked::blocks(g.out_channels);
         let most = isa.preferred_tile().blocks;
         let blocks = match threads {
@@ -298,9 +330,8 @@ impl QConv {
         let (rows, cols) = if g.is_pointwise() { (1, oh * ow) } else { (oh, ow) };
         // The runs in chunks whose weights (for a group's blocks) stay within ~24 KB of L1, the sums
         // carried between chunks in 32-bit integers (exact), as the float32 kernel does.
-        let taps = g.h.kernel * g.w.kernel;
-        let group_weights = blocks * taps * self.group * LANES;
-        let chunk_runs = (24 * 1024 / group_weights).max(1) * taps;
+        let run_weights = blocks * self.depth * 4 * LANES;
+        let chunk_runs = (24 * 1024 / run_weights).max(1);
         let group = |first: usize, y_group: &mut [u8]| {
             let group_blocks = y_group.len() / plane;
             let widest = pixels_for(isa, group_blocks);
@@ -320,7 +351,7 @@ impl QConv {
                                     pixels: pixels.min(cols - ox),
                                 },
                                 runs,
-                                depth: self.group / 4,
+                                depth: self.depth,
                                 w_block_stride: self.block_stride,
                                 x_pixel_stride: g.w.stride * self.group,
                                 x_depth_stride: 1,

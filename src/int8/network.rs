@@ -3,6 +3,8 @@
 //! classifier in float32. Each thread runs whole images through every step, so one image's activations
 //! stay in its caches.
 
+use std::time::{Duration, Instant};
+
 use rayon::prelude::*;
 
 use super::{ConcatPart, QConv, QuantParams, Ranges, RequantizeIsa, avg_pool_u8, concat_u8, max_pool_u8};
@@ -251,6 +253,12 @@ impl QuantizedNetwork {
     /// `[n, outputs]` as one vector. Images run in parallel across the pool when they fill it, else one
     /// at a time with each convolution's work across the pool.
     pub fn forward(&self, images: &[f32]) -> Result<Vec<f32>> {
+        self.forward_timed(images, false).map(|(logits, _)| logits)
+    }
+
+    /// [`QuantizedNetwork::forward`], and with `timed` each node's time summed over the images and the
+    /// threads that ran them (thread time: with images across two threads, about twice the wall time).
+    pub fn forward_timed(&self, images: &[f32], timed: bool) -> Result<(Vec<f32>, Vec<Duration>)> {
         let [c, h, w] = self.graph.input_shape();
         let per_image = c * h * w;
         if per_image == 0 || images.len() % per_image != 0 {
@@ -280,22 +288,31 @@ impl QuantizedNetwork {
         }
         let mut logits = crate::memory::zeroed(n * outputs, "the int8 network's logits")?;
         let per_part = n.div_ceil(parts.max(1)).max(1);
+        let nodes = self.graph.nodes.len();
         let run = |first: usize, out: &mut [f32], threads: Threads| {
             let mut values = Values::new(self);
+            let mut times = timed.then(|| vec![Duration::ZERO; nodes]);
             for (i, out) in out.chunks_exact_mut(outputs).enumerate() {
-                self.forward_image(&images[(first + i) * per_image..][..per_image], &mut values, threads);
+                let image = &images[(first + i) * per_image..][..per_image];
+                self.forward_image(image, &mut values, threads, times.as_deref_mut());
                 out.copy_from_slice(values.float(self.graph.output));
             }
+            times.unwrap_or_default()
         };
-        if parts <= 1 {
-            run(0, &mut logits, Threads::Pool);
+        let part_times: Vec<Vec<Duration>> = if parts <= 1 {
+            vec![run(0, &mut logits, Threads::Pool)]
         } else {
             logits
                 .par_chunks_mut(per_part * outputs)
                 .enumerate()
-                .for_each(|(p, out)| run(p * per_part, out, Threads::One));
+                .map(|(p, out)| run(p * per_part, out, Threads::One))
+                .collect()
+        };
+        let mut times = vec![Duration::ZERO; if timed { nodes } else { 0 }];
+        for part in part_times {
+            times.iter_mut().zip(part).for_each(|(t, p)| *t += p);
         }
-        Ok(logits)
+        Ok((logits, times))
     }
 
     /// Bytes one thread's [`Values`] take: every node's value for one image and a convolution's input.
@@ -318,9 +335,10 @@ impl QuantizedNetwork {
     }
 
     /// One image through every step into `values`.
-    fn forward_image(&self, image: &[f32], values: &mut Values, threads: Threads) {
+    fn forward_image(&self, image: &[f32], values: &mut Values, threads: Threads, mut times: Option<&mut [Duration]>) {
         let builds = (self.isa, self.requantize);
         for (id, step) in self.steps.iter().enumerate() {
+            let start = times.is_some().then(Instant::now);
             let node = &self.graph.nodes[id];
             let input = node.inputs.first().copied();
             match step {
@@ -406,6 +424,9 @@ impl QuantizedNetwork {
                     }
                     values.floats[id] = out;
                 }
+            }
+            if let (Some(times), Some(start)) = (times.as_deref_mut(), start) {
+                times[id] += start.elapsed();
             }
         }
     }
