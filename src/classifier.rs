@@ -1,6 +1,8 @@
-//! A trained model ready to answer: weights from a safetensors file (an incept checkpoint, or a PyTorch
-//! state_dict), with what the checkpoint records (model, input size, normalization, class names), behind
-//! an images-in, classes-out API. `incept predict` is built on it.
+//! A trained model ready to answer: weights from a safetensors file (an incept checkpoint, an int8
+//! checkpoint from `incept quantize`, or a PyTorch state_dict), with what the checkpoint records (model,
+//! input size, normalization, class names), behind an images-in, classes-out API. `incept predict` is
+//! built on it. An int8 checkpoint runs in int8 ([`Classifier::int8_kernel`]) and answers only: its
+//! training steps are refused.
 //!
 //! Two kinds of input, kept apart:
 //! - **Tensors** ([`Classifier::forward_tensor`], [`Classifier::train_step_tensor`]) are the network's

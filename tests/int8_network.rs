@@ -5,8 +5,8 @@
 use incept::geometry::Padding;
 use incept::graph::Executor;
 use incept::int8::{
-    CalibrationMethod, ConcatPart, QuantParams, QuantizedNetwork, Ranges, RequantizeIsa, avg_pool_u8, concat_u8,
-    max_pool_u8,
+    CalibrationMethod, ConcatPart, QuantParams, QuantizedNetwork, Ranges, RequantizeIsa, add_scaled_u8, avg_pool_u8,
+    concat_u8, max_pool_u8, zero_pad_u8,
 };
 use incept::microkernel::{Int8Isa, LANES};
 use incept::models::{self, Model, ModelConfig};
@@ -163,6 +163,71 @@ fn concatenation_copies_or_requantizes_each_part() {
             }
         }
         first += c;
+    }
+}
+
+#[test]
+fn zero_padding_bytes_pads_with_the_zero_point() {
+    let params = QuantParams {
+        scale: 0.1,
+        zero_point: 57,
+    };
+    let (c, map) = (20, [4, 5]);
+    let (bytes, real) = image(c, map, params, 30);
+    let pads = incept::geometry::Pads {
+        top: 1,
+        bottom: 2,
+        left: 3,
+        right: 0,
+    };
+    let (oh, ow) = (7, 8);
+    let mut y = vec![0u8; c.div_ceil(LANES) * oh * ow * LANES];
+    zero_pad_u8(&bytes, c, map, pads, params.zero_point, &mut y);
+    for ch in 0..c {
+        for yy in 0..oh {
+            for x in 0..ow {
+                let inside = (1..5).contains(&yy) && (3..8).contains(&x);
+                let want = if inside { real[[0, ch, yy - 1, x - 3]] } else { 0.0 };
+                assert_eq!(real_at(&y, params, [oh, ow], ch, yy, x), want, "{ch},{yy},{x}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_scaled_residual_sum_of_bytes_rounds_the_sum_of_their_values() {
+    let (pa, pb) = (
+        QuantParams {
+            scale: 0.05,
+            zero_point: 120,
+        },
+        QuantParams {
+            scale: 0.02,
+            zero_point: 0,
+        },
+    );
+    let out = QuantParams {
+        scale: 0.06,
+        zero_point: 100,
+    };
+    let (c, map) = (24, [3, 3]);
+    let ((a, ra), (b, rb)) = (image(c, map, pa, 31), image(c, map, pb, 32));
+    for relu in [false, true] {
+        let mut y = vec![0u8; a.len()];
+        add_scaled_u8((&a, pa), (&b, pb), 0.17, relu, out, &mut y);
+        for ch in 0..c {
+            for yy in 0..3 {
+                for x in 0..3 {
+                    let mut want = ra[[0, ch, yy, x]] + 0.17 * rb[[0, ch, yy, x]];
+                    if relu {
+                        want = want.max(0.0);
+                    }
+                    let want = want.clamp(out.dequantize(0), out.dequantize(255));
+                    let error = (real_at(&y, out, map, ch, yy, x) - want).abs();
+                    assert!(error <= out.scale * 0.5 + 1e-5, "{ch},{yy},{x}: {error}");
+                }
+            }
+        }
     }
 }
 

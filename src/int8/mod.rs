@@ -9,7 +9,7 @@
 //! [`requantize`]d into the next layer's bytes.
 //!
 //! The rooms: `conv.rs` the convolution on u8 images, `requantize_rows.rs` its epilogue in vectors,
-//! `pool.rs` pooling and concatenation on u8 images, `calibrate.rs` the activation ranges,
+//! `pool.rs` pooling, concatenation, zero padding and residual sums on u8 images, `calibrate.rs` the activation ranges,
 //! `network.rs` a graph compiled to integer steps and run.
 
 mod calibrate;
@@ -23,7 +23,7 @@ pub use calibrate::{Calibration, CalibrationMethod, Ranges};
 pub use conv::QConv;
 pub use file::{Int8Checkpoint, PRECISION_KEY, is_int8};
 pub use network::{QuantizedNetwork, Step};
-pub use pool::{ConcatPart, avg_pool_u8, concat_u8, max_pool_u8};
+pub use pool::{ConcatPart, add_scaled_u8, avg_pool_u8, concat_u8, max_pool_u8, zero_pad_u8};
 pub use requantize_rows::{RequantizeIsa, requantize_pixels};
 
 /// Requantizes a convolution's 32-bit sum `acc` plus `bias` into an unsigned byte: `(acc + bias) ·

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use super::{ConcatPart, QConv, QuantParams, Ranges, RequantizeIsa, avg_pool_u8, concat_u8, max_pool_u8};
+use super::{
+    ConcatPart, QConv, QuantParams, Ranges, RequantizeIsa, add_scaled_u8, avg_pool_u8, concat_u8, max_pool_u8,
+    zero_pad_u8,
+};
 use crate::blocked::{self, Halo};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Layer, NodeId};
@@ -38,6 +41,16 @@ pub enum Step {
     GlobalAvgPool,
     /// Bytes as the real values they stand for, in NCHW order (a flatten of bytes).
     Dequantize,
+    /// Zero padding of bytes: the new border is the zero point.
+    ZeroPad(crate::geometry::Pads),
+    /// `a + scale · b` of two byte images (Inception-ResNet's scaled residual), then a ReLU with `relu`,
+    /// in float32 on their real values, requantized into this node's parameters.
+    AddScaled {
+        /// Weight of the branch.
+        scale: f32,
+        /// Clamp at 0.
+        relu: bool,
+    },
     /// `y = x · Wᵀ + b` in float32.
     Linear {
         /// `[out, in]`.
@@ -188,9 +201,25 @@ impl QuantizedNetwork {
                     let (weight, bias) = source.linear(id)?;
                     (Step::Linear { weight, bias }, Kind::Float)
                 }
-                Layer::ZeroPad(_) => return Err(unsupported("zero padding")),
+                Layer::ZeroPad(pads) => {
+                    let Some(Kind::Bytes(p)) = input_kind else {
+                        return Err(unsupported("zero padding of float values"));
+                    };
+                    (Step::ZeroPad(*pads), Kind::Bytes(p))
+                }
                 Layer::AdaptiveAvgPool(_) => return Err(unsupported("adaptive average pooling")),
-                Layer::AddScaled { .. } => return Err(unsupported("a scaled residual sum")),
+                Layer::AddScaled { scale, relu } => {
+                    if node.inputs.iter().any(|&i| kinds[i] == Kind::Float) {
+                        return Err(unsupported("a scaled residual sum of float values"));
+                    }
+                    (
+                        Step::AddScaled {
+                            scale: *scale,
+                            relu: *relu,
+                        },
+                        Kind::Bytes(own(id)?),
+                    )
+                }
             };
             kinds[id] = kind;
             steps.push(step);
@@ -413,6 +442,20 @@ impl QuantizedNetwork {
                         }
                     }
                     values.floats[id] = out;
+                }
+                Step::ZeroPad(pads) => {
+                    let zero_point = self.node_params(id).expect("bytes").zero_point;
+                    let [c, h, w] = self.graph.nodes[input.unwrap()].shape;
+                    let (x, y) = values.input_and_output(input.unwrap(), id);
+                    zero_pad_u8(x, c, [h, w], *pads, zero_point, y);
+                }
+                Step::AddScaled { scale, relu } => {
+                    let params = self.node_params(id).expect("bytes");
+                    let [a, b] = [node.inputs[0], node.inputs[1]].map(|i| self.node_params(i).expect("bytes"));
+                    let mut out = std::mem::take(&mut values.bytes[id]);
+                    let (xa, xb) = (values.bytes(node.inputs[0]), values.bytes(node.inputs[1]));
+                    add_scaled_u8((xa, a), (xb, b), *scale, *relu, params, &mut out);
+                    values.bytes[id] = out;
                 }
                 Step::Linear { weight, bias } => {
                     let mut out = std::mem::take(&mut values.floats[id]);

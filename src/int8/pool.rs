@@ -1,4 +1,4 @@
-//! Pooling and concatenation on blocked u8 images (`[c/16][h][w][16]`, no halo), one image at a time.
+//! Pooling, concatenation, zero padding and the scaled residual sum on blocked u8 images (`[c/16][h][w][16]`, no halo), one image at a time.
 //! Max pooling is exact on bytes (the order of bytes is the order of the values they stand for);
 //! average pooling rounds the window's mean to the nearest byte in the same parameters; a
 //! concatenation copies each part, requantizing those whose parameters differ from the output's.
@@ -109,5 +109,47 @@ pub fn concat_u8(parts: &[ConcatPart<'_>], [h, w]: [usize; 2], params: QuantPara
             }
         }
         first += part.channels;
+    }
+}
+
+/// Zero padding of one blocked u8 image `x` of `channels` channels on `[h, w]` into `y` by `pads`: the
+/// new border is the zero point (real 0), the values are copied.
+pub fn zero_pad_u8(
+    x: &[u8],
+    channels: usize,
+    [h, w]: [usize; 2],
+    pads: crate::geometry::Pads,
+    zero_point: u8,
+    y: &mut [u8],
+) {
+    let (oh, ow) = (h + pads.top + pads.bottom, w + pads.left + pads.right);
+    let blocks = channels.div_ceil(LANES);
+    assert_eq!(x.len(), blocks * h * w * LANES, "blocked u8 input");
+    assert_eq!(y.len(), blocks * oh * ow * LANES, "blocked u8 output");
+    y.fill(zero_point);
+    let at = pads.top * ow + pads.left;
+    for (x_plane, y_plane) in x.chunks_exact(h * w * LANES).zip(y.chunks_exact_mut(oh * ow * LANES)) {
+        for (row, x_row) in x_plane.chunks_exact(w * LANES).enumerate() {
+            y_plane[(at + row * ow) * LANES..][..w * LANES].copy_from_slice(x_row);
+        }
+    }
+}
+
+/// `a + scale · b` (then `max(·, 0)` with `relu`) of two byte images of the same shape, each with its
+/// parameters, on their real values in float32, rounded to the nearest byte of `params`, saturated.
+pub fn add_scaled_u8(
+    (a, a_params): (&[u8], QuantParams),
+    (b, b_params): (&[u8], QuantParams),
+    scale: f32,
+    relu: bool,
+    params: QuantParams,
+    out: &mut [u8],
+) {
+    assert!(a.len() == b.len() && a.len() == out.len(), "images of the same shape");
+    let floor = if relu { f32::from(params.zero_point) } else { 0.0 };
+    for ((y, &qa), &qb) in out.iter_mut().zip(a).zip(b) {
+        let real = a_params.dequantize(qa) + scale * b_params.dequantize(qb);
+        let q = (real / params.scale).round_ties_even() + f32::from(params.zero_point);
+        *y = q.clamp(floor, 255.0) as u8;
     }
 }
