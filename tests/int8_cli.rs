@@ -110,11 +110,12 @@ fn quantize_eval_and_predict_run_the_network_the_library_builds() {
         16,
     )
     .unwrap();
-    let ranges = Ranges::measure(&mut exec, &images, CalibrationMethod::MinMax).unwrap();
+    // The default calibration.
+    let ranges = Ranges::measure(&mut exec, &images, CalibrationMethod::Percentile(99.999)).unwrap();
     let built = QuantizedNetwork::new(&graph, &params, &ranges).unwrap();
     let loaded = Int8Checkpoint::read(&int8).unwrap();
     assert_eq!(loaded.model, "googlenet-d2l");
-    assert_eq!(loaded.metadata["calibration"], "minmax");
+    assert_eq!(loaded.metadata["calibration"], "percentile-99.999");
     assert_eq!(loaded.metadata["calibration_images"], calibration);
 
     let mut x = vec![0.0; test.len() * 1024];

@@ -274,3 +274,40 @@ fn a_batch_of_the_wrong_size_is_refused() {
     let err = net.forward(&images[..100]).unwrap_err().to_string();
     assert!(err.contains("9216") && err.contains("100 values"), "{err}");
 }
+
+#[test]
+fn percentile_calibration_clips_outliers_that_minmax_keeps() {
+    let config = ModelConfig {
+        in_channels: 1,
+        size: [32, 32],
+        classes: 10,
+        aux_heads: false,
+    };
+    let model = Model::init(models::build("googlenet-d2l", config).unwrap(), 5);
+    let mut rng = fastrand::Rng::with_seed(8);
+    // The input node's values: uniform in [0, 1), and 3 outliers of 100 among 4096.
+    let mut images: Vec<f32> = (0..4 * 1024).map(|_| rng.f32()).collect();
+    for i in 0..3 {
+        images[i * 800] = 100.0;
+    }
+    let mut executor = Executor::new(model, 4).unwrap();
+    let minmax = Ranges::measure(&mut executor, &images, CalibrationMethod::MinMax).unwrap();
+    let (_, top) = minmax.get(0).unwrap();
+    assert_eq!(top, 100.0);
+    // 99.9%: up to 4 values may lie outside the range on each side, so the 3 outliers do; the range ends
+    // at the first edge of the 2048 bins of [min, 100) above the other values.
+    let clipped = Ranges::measure(&mut executor, &images, CalibrationMethod::Percentile(99.9)).unwrap();
+    let (low, high) = clipped.get(0).unwrap();
+    assert_eq!(
+        low,
+        minmax.get(0).unwrap().0,
+        "the lowest bin holds far more than 0.1%: not clipped"
+    );
+    assert!((1.0..=1.0 + 100.0 / 2048.0).contains(&high), "{high}");
+    let clipped = Ranges::measure(&mut executor, &images, CalibrationMethod::Percentile(99.99)).unwrap();
+    assert_eq!(
+        clipped.get(0).unwrap().1,
+        100.0,
+        "0.01% of 4096 is less than one value: nothing clipped"
+    );
+}
