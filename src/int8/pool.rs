@@ -14,20 +14,25 @@ pub fn max_pool_u8(g: &PoolGeometry, x: &[u8], y: &mut [u8]) {
     assert_eq!(x.len(), blocks * h * w * LANES, "blocked u8 input");
     assert_eq!(y.len(), blocks * oh * ow * LANES, "blocked u8 output");
     for (x_plane, y_plane) in x.chunks_exact(h * w * LANES).zip(y.chunks_exact_mut(oh * ow * LANES)) {
+        let pixel = |iy: usize, ix: usize| -> &[u8; LANES] {
+            x_plane[(iy * w + ix) * LANES..][..LANES].try_into().expect("16 lanes")
+        };
         for oy in 0..oh {
             let rows = clipped(&g.h, oy);
-            for ox in 0..ow {
+            for (ox, out) in y_plane[oy * ow * LANES..][..ow * LANES]
+                .chunks_exact_mut(LANES)
+                .enumerate()
+            {
                 let cols = clipped(&g.w, ox);
+                // Whole 16-byte pixels, maxed as one vector each.
                 let mut best = [0u8; LANES];
                 for iy in rows.clone() {
                     for ix in cols.clone() {
-                        let pixel = &x_plane[(iy * w + ix) * LANES..][..LANES];
-                        for (b, &v) in best.iter_mut().zip(pixel) {
-                            *b = (*b).max(v);
-                        }
+                        let p = pixel(iy, ix);
+                        best = std::array::from_fn(|lane| best[lane].max(p[lane]));
                     }
                 }
-                y_plane[(oy * ow + ox) * LANES..][..LANES].copy_from_slice(&best);
+                out.copy_from_slice(&best);
             }
         }
     }
