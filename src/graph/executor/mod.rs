@@ -261,9 +261,13 @@ impl Executor {
 
     /// Runs the graph on `input` (`count` images of `c*h*w` values each).
     pub fn forward(&mut self, input: Images<'_>, mode: Mode) -> Result<()> {
-        let sync = self.state.sync_batch_norm.then_some(&SingleProcess as &dyn Cluster);
-        self.state
-            .forward(&self.model.graph, &self.model.params, input, mode, None, sync)
+        let (state, model) = (&mut self.state, &self.model);
+        // On a worker of the pool, so each op's parallel loop starts from inside it instead of being
+        // handed from the calling thread to the pool and back (dozens of hand-offs per pass).
+        rayon::scope(move |_| {
+            let sync = state.sync_batch_norm.then_some(&SingleProcess as &dyn Cluster);
+            state.forward(&model.graph, &model.params, input, mode, None, sync)
+        })
     }
 
     /// Softmax cross-entropy of the last forward's output against `labels`, batch-averaged (with the
