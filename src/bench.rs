@@ -127,18 +127,24 @@ pub fn bench(model: Model, options: BenchOptions) -> Result<BenchResult> {
             times.push(t.elapsed().as_secs_f64());
         }
     }
-    let in_order = times.clone();
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let (ms_per_batch, img_per_s) = median_rates(&times, batch);
     Ok(BenchResult {
-        ms_per_batch: median * 1e3,
-        img_per_s: batch as f64 / median,
+        ms_per_batch,
+        img_per_s,
         profile: exec.profile().map(<[NodeTime]>::to_vec),
-        times: in_order,
+        times,
         isa: exec.plan().options.isa,
         bf16_isa: exec.plan().options.bf16_kernel(),
         int8_isa: None,
     })
+}
+
+/// Median milliseconds per batch and images per second of step times `times` (seconds, at least one).
+fn median_rates(times: &[f64], batch: usize) -> (f64, f64) {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    (median * 1e3, batch as f64 / median)
 }
 
 /// Images the int8 benchmark calibrates on (random, as its weights are).
@@ -185,14 +191,12 @@ pub fn bench_int8(model: Model, options: BenchOptions) -> Result<BenchResult> {
             }
         }
     }
-    let in_order = times.clone();
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let (ms_per_batch, img_per_s) = median_rates(&times, batch);
     Ok(BenchResult {
-        ms_per_batch: median * 1e3,
-        img_per_s: batch as f64 / median,
+        ms_per_batch,
+        img_per_s,
         profile,
-        times: in_order,
+        times,
         isa: Isa::best(),
         bf16_isa: None,
         int8_isa: Some(network.isa()),

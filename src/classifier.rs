@@ -198,19 +198,20 @@ impl Classifier {
             None if pretrained.is_some() && config.classes == 1000 => pretrained::imagenet_classes(),
             None => (0..config.classes).map(|c| format!("class {c}")).collect(),
         };
+        let classifier = |engine, capacity| Classifier {
+            engine,
+            capacity,
+            model: model.clone(),
+            config,
+            normalization,
+            transform_input,
+            transform_input_rule,
+            source: pretrained.map(|p| p.source),
+            recipe,
+            class_names,
+        };
         if let Some(checkpoint) = int8 {
-            return Ok(Classifier {
-                engine: Engine::Int8(Box::new(checkpoint.network)),
-                capacity: BATCH,
-                model,
-                config,
-                normalization,
-                transform_input,
-                transform_input_rule,
-                source: pretrained.map(|p| p.source),
-                recipe,
-                class_names,
-            });
+            return Ok(classifier(Engine::Int8(Box::new(checkpoint.network)), BATCH));
         }
         let graph = models::build(&model, config)?;
         // Huge inputs run in smaller batches rather than not at all.
@@ -226,18 +227,8 @@ impl Classifier {
             });
         };
         let params = file.params_for(&graph, path)?;
-        Ok(Classifier {
-            engine: Engine::Float(Box::new(Executor::new(Model { graph, params }, capacity)?)),
-            capacity,
-            model,
-            config,
-            normalization,
-            transform_input,
-            transform_input_rule,
-            source: pretrained.map(|p| p.source),
-            recipe,
-            class_names,
-        })
+        let executor = Executor::new(Model { graph, params }, capacity)?;
+        Ok(classifier(Engine::Float(Box::new(executor)), capacity))
     }
 
     /// The input the model takes: `[channels, height, width]`.
