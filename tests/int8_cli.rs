@@ -278,3 +278,23 @@ fn bench_times_int8_on_random_weights() {
         "{record}"
     );
 }
+
+#[test]
+fn a_torchvision_state_dict_is_refused_before_any_work() {
+    let f = common::fixture::Fixture::open("tensor_input");
+    let dir = TempDir::new("int8_torchvision");
+    let weights = dir.join("googlenet.safetensors");
+    common::write_state_dict(&f, "googlenet/10", &weights);
+    fails_with(
+        incept(&[
+            "quantize",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--out",
+            dir.join("q.safetensors").to_str().unwrap(),
+            "--data",
+            SLICE,
+        ]),
+        &["googlenet.safetensors", "ImageNet preprocessing"],
+    );
+}

@@ -18,7 +18,9 @@ pub(crate) struct QuantizeArgs {
     /// The model (default: the one the checkpoint records, else the one whose state_dict the file holds).
     #[arg(long)]
     model: Option<String>,
-    /// The float32 weights: an incept checkpoint, or a PyTorch state_dict saved as safetensors.
+    /// The float32 weights: an incept checkpoint, or a PyTorch state_dict of one of the chapter's models
+    /// saved as safetensors (torchvision's and timm's are refused: their preprocessing is not applied to
+    /// the calibration images yet).
     #[arg(long)]
     weights: PathBuf,
     /// Where to write the int8 checkpoint.
@@ -70,6 +72,26 @@ pub(crate) fn quantize_command(args: QuantizeArgs) -> Result<()> {
     let file = TensorFile::read(&weights)?;
     let recorded = file.recorded(&weights)?;
     let model = resolve_model(model, &recorded, &file, &weights)?;
+    // torchvision's and timm's state_dicts expect their library's preprocessing and, for googlenet and
+    // inception_v3, transform_input, which the classifier applies outside the network: calibrating on
+    // the data as given would measure ranges the network never sees. Refused, with the way round.
+    let foreign = recorded.model.is_none() && models::entry(&model)?.pretrained.is_some();
+    let transform_input = file.metadata.get("transform_input").is_some_and(|v| v == "true");
+    if foreign || transform_input {
+        return Err(Error::config(
+            "quantize",
+            format!(
+                "{} expects {}, which incept quantize does not apply to its calibration images yet; \
+                 quantize weights trained with incept (or fine-tuned with transform_input off)",
+                weights.display(),
+                if transform_input {
+                    "torchvision's transform_input"
+                } else {
+                    "its library's ImageNet preprocessing"
+                }
+            ),
+        ));
+    }
     let mut config = models::config_from_weights(&model, &file)?;
     config.size = resolve_size(resize, &recorded, &weights, config.size)?.0;
     let graph = models::build(&model, config)?;
