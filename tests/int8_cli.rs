@@ -211,8 +211,19 @@ fn quantize_eval_and_predict_run_the_network_the_library_builds() {
         ]),
         &["percentile-40", "minmax"],
     );
+    let out = dir.join("train-int8");
     fails_with(
-        incept(&["train", "--data", SLICE, "--precision", "int8", "--steps", "1"]),
+        incept(&[
+            "train",
+            "--data",
+            SLICE,
+            "--precision",
+            "int8",
+            "--steps",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ]),
         &["int8", "incept quantize"],
     );
 }
