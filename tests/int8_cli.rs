@@ -7,9 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use common::TempDir;
+use common::cli::{fails_with, incept, ok};
 use incept::classifier::Classifier;
 use incept::data::idx;
 use incept::data::transforms::Normalization;
@@ -21,24 +21,6 @@ use incept::train::{loss_and_accuracy, network_inputs};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
 const SLICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/fashion-mnist-slice");
-
-fn incept(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_incept")).args(args).output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails_with(out: Output, expected: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected a failure: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for e in expected {
-        assert!(err.contains(e), "expected {e:?} in: {err}");
-    }
-}
 
 /// googlenet-d2l trained a few steps on the slice at 32×32, normalized; the checkpoint's path.
 fn checkpoint(dir: &Path) -> String {

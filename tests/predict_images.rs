@@ -7,9 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use common::TempDir;
+use common::cli::{fails_with, incept, ok};
 use incept::data::idx;
 use incept::data::transforms::{Normalization, resize_bilinear};
 use incept::graph::{Executor, Mode};
@@ -18,24 +18,6 @@ use incept::models::{self, Model};
 use incept::tensor::Images;
 
 const SLICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/fashion-mnist-slice");
-
-fn incept(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_incept")).args(args).output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails_with(out: Output, expected: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected a failure: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for e in expected {
-        assert!(err.contains(e), "expected {e:?} in: {err}");
-    }
-}
 
 /// Trains googlenet-d2l for a few steps on the committed slice at 32×32 (normalized, so predict must
 /// apply the recorded statistics too) and returns the checkpoint's path.

@@ -4,6 +4,7 @@
 
 pub mod bf16_tile;
 pub mod checks;
+pub mod cli;
 pub mod fixture;
 pub mod loss_curve;
 pub mod parity;
