@@ -100,6 +100,93 @@ enum Engine {
     Int8(Box<QuantizedNetwork>),
 }
 
+/// What a weights file says about its inputs and outputs, or its library's defaults for a state_dict
+/// from torchvision or timm (`pretrained`).
+struct Preprocessing {
+    normalization: Option<Normalization>,
+    recipe: ImageRecipe,
+    transform_input: bool,
+    transform_input_rule: TransformInputRule,
+    class_names: Vec<String>,
+}
+
+impl Preprocessing {
+    /// Reads `file`'s metadata for a model of `config` whose native input size is `native`.
+    fn read(
+        file: &TensorFile,
+        path: &Path,
+        config: &ModelConfig,
+        pretrained: Option<pretrained::Pretrained>,
+        native: usize,
+    ) -> Result<Preprocessing> {
+        let normalization = match (file.normalization(path)?, pretrained) {
+            (Some(recorded), _) => Some(recorded),
+            (None, Some(p)) if config.in_channels == 3 => Some(p.normalization()),
+            (None, _) => None,
+        };
+        let recipe = match (file.metadata.get("image_recipe"), pretrained) {
+            (Some(text), _) => ImageRecipe::from_metadata(text).map_err(|e| Error::file(path.display(), e))?,
+            (None, Some(p)) => p.recipe_at(native, config.size),
+            (None, None) => ImageRecipe::STRETCH,
+        };
+        let (transform_input, transform_input_rule) = match file.metadata.get("transform_input") {
+            Some(_) => (
+                file.meta::<bool>("transform_input", path)?,
+                TransformInputRule::Recorded,
+            ),
+            None if pretrained.is_some_and(|p| p.transform_input) && config.in_channels == 3 => {
+                (config.classes == 1000, TransformInputRule::AssumedFromHead)
+            }
+            None => (false, TransformInputRule::NotPartOfModel),
+        };
+        let class_names = match file.metadata.get("class_names") {
+            Some(text) => {
+                let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
+                    Error::file(
+                        path.display(),
+                        format!("metadata class_names: not a list of names: {e}"),
+                    )
+                })?;
+                if names.len() != config.classes {
+                    return Err(Error::file(
+                        path.display(),
+                        format!("{} class names for {} classes", names.len(), config.classes),
+                    ));
+                }
+                names
+            }
+            None if pretrained.is_some() && config.classes == 1000 => pretrained::imagenet_classes(),
+            None => (0..config.classes).map(|c| format!("class {c}")).collect(),
+        };
+        Ok(Preprocessing {
+            normalization,
+            recipe,
+            transform_input,
+            transform_input_rule,
+            class_names,
+        })
+    }
+}
+
+/// The float32 executor of `model` (named `name` in errors), planned for as many images per pass as
+/// fit in memory, up to [`BATCH`]: huge inputs run in smaller batches rather than not at all.
+fn float_engine(name: &str, model: Model) -> Result<(Engine, usize)> {
+    let graph = &model.graph;
+    let need = |b| Executor::memory_need(graph, PlanOptions::default(), b, false);
+    let Some(capacity) = memory::largest_batch(BATCH, need)? else {
+        let [c, h, w] = graph.input_shape();
+        return Err(Error::Memory {
+            reason: format!(
+                "{name} at {c}x{h}x{w} needs {} for the activations of one image; {} are available",
+                memory::gib(need(1)?.total()),
+                memory::available().map_or("less".to_string(), |a| memory::gib(a.bytes))
+            ),
+        });
+    };
+    let executor = Executor::new(model, capacity)?;
+    Ok((Engine::Float(Box::new(executor)), capacity))
+}
+
 impl Classifier {
     /// Loads the weights at `path` as model `name` (`None`: the one the checkpoint records, else the one
     /// whose state_dict the file holds), at the input size the checkpoint records (else the model's
@@ -111,6 +198,9 @@ impl Classifier {
     /// [`Classifier::from_safetensors`] at input `size` when the weights record none (PyTorch's); an
     /// error naming both sizes when they record another.
     pub fn at_size(name: Option<&str>, path: &Path, size: Option<[usize; 2]>) -> Result<Classifier> {
+        if crate::onnx::is_onnx(path) {
+            return Classifier::from_onnx(name, path, size);
+        }
         // An int8 checkpoint's tensors are bytes and 32-bit integers; its metadata is read as any other's.
         let int8 = match crate::int8::is_int8(&TensorFile::read_metadata(path)?) {
             true => Some(Int8Checkpoint::read(path)?),
@@ -158,77 +248,93 @@ impl Classifier {
         // A state_dict from torchvision or timm records nothing: it gets its library's preprocessing.
         let foreign = recorded.model.is_none();
         let pretrained = models::entry(&model)?.pretrained.filter(|_| foreign);
-        let normalization = match (file.normalization(path)?, pretrained) {
-            (Some(recorded), _) => Some(recorded),
-            (None, Some(p)) if config.in_channels == 3 => Some(p.normalization()),
-            (None, _) => None,
-        };
         let native = models::default_config(&model)?.size[0];
-        let recipe = match (file.metadata.get("image_recipe"), pretrained) {
-            (Some(text), _) => ImageRecipe::from_metadata(text).map_err(|e| Error::file(path.display(), e))?,
-            (None, Some(p)) => p.recipe_at(native, config.size),
-            (None, None) => ImageRecipe::STRETCH,
-        };
-        let (transform_input, transform_input_rule) = match file.metadata.get("transform_input") {
-            Some(_) => (
-                file.meta::<bool>("transform_input", path)?,
-                TransformInputRule::Recorded,
-            ),
-            None if pretrained.is_some_and(|p| p.transform_input) && config.in_channels == 3 => {
-                (config.classes == 1000, TransformInputRule::AssumedFromHead)
-            }
-            None => (false, TransformInputRule::NotPartOfModel),
-        };
-        let class_names = match file.metadata.get("class_names") {
-            Some(text) => {
-                let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
-                    Error::file(
-                        path.display(),
-                        format!("metadata class_names: not a list of names: {e}"),
-                    )
-                })?;
-                if names.len() != config.classes {
-                    return Err(Error::file(
-                        path.display(),
-                        format!("{} class names for {} classes", names.len(), config.classes),
-                    ));
-                }
-                names
-            }
-            None if pretrained.is_some() && config.classes == 1000 => pretrained::imagenet_classes(),
-            None => (0..config.classes).map(|c| format!("class {c}")).collect(),
-        };
-        let classifier = |engine, capacity| Classifier {
-            engine,
-            capacity,
-            model: model.clone(),
-            config,
-            normalization,
-            transform_input,
-            transform_input_rule,
-            source: pretrained.map(|p| p.source),
-            recipe,
-            class_names,
-        };
+        let recorded = Preprocessing::read(&file, path, &config, pretrained, native)?;
         if let Some(checkpoint) = int8 {
-            return Ok(classifier(Engine::Int8(Box::new(checkpoint.network)), BATCH));
+            return Ok(Classifier::assemble(
+                Engine::Int8(Box::new(checkpoint.network)),
+                BATCH,
+                model,
+                config,
+                recorded,
+                pretrained,
+            ));
         }
         let graph = models::build(&model, config)?;
-        // Huge inputs run in smaller batches rather than not at all.
-        let need = |b| Executor::memory_need(&graph, PlanOptions::default(), b, false);
-        let Some(capacity) = memory::largest_batch(BATCH, need)? else {
-            let [c, h, w] = graph.input_shape();
-            return Err(Error::Memory {
-                reason: format!(
-                    "{model} at {c}x{h}x{w} needs {} for the activations of one image; {} are available",
-                    memory::gib(need(1)?.total()),
-                    memory::available().map_or("less".to_string(), |a| memory::gib(a.bytes))
-                ),
-            });
-        };
         let params = file.params_for(&graph, path)?;
-        let executor = Executor::new(Model { graph, params }, capacity)?;
-        Ok(classifier(Engine::Float(Box::new(executor)), capacity))
+        let (engine, capacity) = float_engine(&model, Model { graph, params })?;
+        Ok(Classifier::assemble(
+            engine, capacity, model, config, recorded, pretrained,
+        ))
+    }
+
+    /// An ONNX model ([`crate::onnx::import`]): its own graph, with the preprocessing and class names
+    /// its `metadata_props` record (an `incept export` records its checkpoint's; a file exported
+    /// elsewhere records none, and its tensors go to the network as given, images only scaled to [0, 1]).
+    fn from_onnx(name: Option<&str>, path: &Path, size: Option<[usize; 2]>) -> Result<Classifier> {
+        let imported = crate::onnx::read(path, size)?;
+        let file = TensorFile {
+            tensors: Default::default(),
+            metadata: imported.metadata,
+        };
+        let recorded_model = file.metadata.get("model").cloned();
+        let model = match (name, recorded_model) {
+            (Some(n), Some(r)) if n != r => {
+                return Err(Error::config(
+                    "model",
+                    format!("{} holds a {r} graph, not {n}", path.display()),
+                ));
+            }
+            (Some(n), None) => {
+                return Err(Error::config(
+                    "model",
+                    format!(
+                        "{} is an ONNX model: its graph is its own, not {n}; drop --model",
+                        path.display()
+                    ),
+                ));
+            }
+            (_, Some(r)) => r,
+            (None, None) => "onnx".to_string(),
+        };
+        let [c, h, w] = imported.graph.input_shape();
+        let config = ModelConfig {
+            in_channels: c,
+            size: [h, w],
+            classes: imported.graph.output_len(),
+            aux_heads: false,
+        };
+        let recorded = Preprocessing::read(&file, path, &config, None, h)?;
+        let (engine, capacity) = float_engine(
+            &model,
+            Model {
+                graph: imported.graph,
+                params: imported.params,
+            },
+        )?;
+        Ok(Classifier::assemble(engine, capacity, model, config, recorded, None))
+    }
+
+    fn assemble(
+        engine: Engine,
+        capacity: usize,
+        model: String,
+        config: ModelConfig,
+        p: Preprocessing,
+        pretrained: Option<pretrained::Pretrained>,
+    ) -> Classifier {
+        Classifier {
+            engine,
+            capacity,
+            model,
+            config,
+            normalization: p.normalization,
+            transform_input: p.transform_input,
+            transform_input_rule: p.transform_input_rule,
+            source: pretrained.map(|p| p.source),
+            recipe: p.recipe,
+            class_names: p.class_names,
+        }
     }
 
     /// The input the model takes: `[channels, height, width]`.
@@ -275,6 +381,11 @@ impl Classifier {
                 format!("shorter side resized to {shorter_side} ({filter}), centre crop {h}x{w}")
             }
         }
+    }
+
+    /// The model's name (`onnx` for an ONNX file that records none).
+    pub fn model_name(&self) -> &str {
+        &self.model
     }
 
     /// What [`Classifier::preprocess`] does to an image in [0, 1], in one line.
@@ -534,6 +645,51 @@ impl Classifier {
             }
             Engine::Int8(network) => network.save(path.as_ref(), &metadata),
         }
+    }
+
+    /// Writes the network as an ONNX model at `opset` ([`crate::onnx::export`]): the eval graph, the
+    /// weights under their state_dict names, a dynamic batch axis, and as `metadata_props` what
+    /// [`Classifier::save`] records (model, input size, normalization, image recipe, class names), so
+    /// loading the file back answers as this classifier does. Refused for what the graph cannot carry
+    /// yet: torchvision's `transform_input` (it runs before the network) and int8 weights.
+    pub fn export_onnx(&self, path: impl AsRef<Path>, opset: i64) -> Result<()> {
+        let exec = match &self.engine {
+            Engine::Float(exec) => exec,
+            Engine::Int8(_) => {
+                return Err(Error::config(
+                    "export",
+                    "int8 checkpoints do not export to ONNX yet; export the float32 checkpoint it was quantized from",
+                ));
+            }
+        };
+        if self.transform_input {
+            return Err(Error::config(
+                "export",
+                format!(
+                    "{} with transform_input on: that input transform is not part of the exported graph yet, \
+                     so ONNX Runtime would answer differently; export with transform_input off only if the \
+                     weights were trained so",
+                    self.model
+                ),
+            ));
+        }
+        let mut metadata: std::collections::HashMap<String, String> = [
+            ("image_recipe", self.recipe.to_metadata()),
+            (
+                "class_names",
+                serde_json::to_string(&self.class_names).expect("strings serialize"),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(crate::io::checkpoint::model_metadata(&self.model, &self.config))
+        .filter(|(k, _)| k != "format")
+        .collect();
+        if let Some(n) = &self.normalization {
+            metadata.insert("normalization".into(), n.to_metadata());
+        }
+        let model = exec.model();
+        crate::onnx::write(path.as_ref(), &model.graph, &model.params, &metadata, opset)
     }
 
     /// The `top_k` most likely classes of each row of `logits`, most likely first.

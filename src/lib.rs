@@ -56,6 +56,7 @@ pub(crate) mod matmul;
 pub mod memory;
 pub mod microkernel;
 pub mod models;
+pub mod onnx;
 pub mod ops;
 pub mod optim;
 pub mod parallel;

@@ -298,17 +298,30 @@ impl GraphBuilder {
 
     /// A convolution with parameters `{name}.weight` (and `{name}.bias`), optionally with a fused ReLU.
     pub fn conv(&mut self, name: &str, x: NodeId, conv: Conv2d, bias: bool, relu: bool) -> Result<NodeId> {
+        let bias_name = bias.then(|| format!("{name}.bias"));
+        self.conv_with_params(name, x, conv, &format!("{name}.weight"), bias_name.as_deref(), relu)
+    }
+
+    /// [`GraphBuilder::conv`] with the parameters named as given (an imported graph's initializers).
+    pub fn conv_with_params(
+        &mut self,
+        name: &str,
+        x: NodeId,
+        conv: Conv2d,
+        weight_name: &str,
+        bias_name: Option<&str>,
+        relu: bool,
+    ) -> Result<NodeId> {
         let [c, h, w] = self.shape(x).map_err(|e| e.in_node(name))?;
         let g = conv.geometry([1, c, h, w]).map_err(|e| e.in_node(name))?;
         let fan_in = g.patch_len();
         let init = Init::Uniform {
             bound: 1.0 / (fan_in as f32).sqrt(),
         };
-        let weight = self.param(format!("{name}.weight"), conv.weight_shape().to_vec(), init)?;
-        let bias = if bias {
-            Some(self.param(format!("{name}.bias"), vec![conv.out_channels], init)?)
-        } else {
-            None
+        let weight = self.param(weight_name.to_string(), conv.weight_shape().to_vec(), init)?;
+        let bias = match bias_name {
+            Some(b) => Some(self.param(b.to_string(), vec![conv.out_channels], init)?),
+            None => None,
         };
         let [_, c, h, w] = g.output_shape();
         self.add(
@@ -326,6 +339,19 @@ impl GraphBuilder {
 
     /// A linear layer on a flat input (`[features, 1, 1]`, e.g. after [`GraphBuilder::flatten`]).
     pub fn linear(&mut self, name: &str, x: NodeId, out_features: usize, bias: bool) -> Result<NodeId> {
+        let bias_name = bias.then(|| format!("{name}.bias"));
+        self.linear_with_params(name, x, out_features, &format!("{name}.weight"), bias_name.as_deref())
+    }
+
+    /// [`GraphBuilder::linear`] with the parameters named as given (an imported graph's initializers).
+    pub fn linear_with_params(
+        &mut self,
+        name: &str,
+        x: NodeId,
+        out_features: usize,
+        weight_name: &str,
+        bias_name: Option<&str>,
+    ) -> Result<NodeId> {
         let shape = self.shape(x).map_err(|e| e.in_node(name))?;
         if shape[1] != 1 || shape[2] != 1 {
             return Err(
@@ -336,11 +362,10 @@ impl GraphBuilder {
         let init = Init::Uniform {
             bound: 1.0 / (shape[0] as f32).sqrt(),
         };
-        let weight = self.param(format!("{name}.weight"), vec![out_features, shape[0]], init)?;
-        let bias = if bias {
-            Some(self.param(format!("{name}.bias"), vec![out_features], init)?)
-        } else {
-            None
+        let weight = self.param(weight_name.to_string(), vec![out_features, shape[0]], init)?;
+        let bias = match bias_name {
+            Some(b) => Some(self.param(b.to_string(), vec![out_features], init)?),
+            None => None,
         };
         self.add(
             name,
@@ -355,12 +380,31 @@ impl GraphBuilder {
     /// a fused ReLU.
     pub fn batch_norm(&mut self, name: &str, x: NodeId, eps: f32, relu: bool) -> Result<NodeId> {
         let shape = self.shape(x).map_err(|e| e.in_node(name))?;
+        let bn = BatchNorm2d::new(shape[0]).with_eps(eps);
+        let names = ["weight", "bias", "running_mean", "running_var"].map(|p| format!("{name}.{p}"));
+        self.batch_norm_with_params(name, x, bn, &names, relu)
+    }
+
+    /// [`GraphBuilder::batch_norm`] with its settings and the parameters named as given, in the order
+    /// scale, shift, running mean, running variance (an imported graph's initializers).
+    pub fn batch_norm_with_params(
+        &mut self,
+        name: &str,
+        x: NodeId,
+        bn: BatchNorm2d,
+        names: &[String; 4],
+        relu: bool,
+    ) -> Result<NodeId> {
+        let shape = self.shape(x).map_err(|e| e.in_node(name))?;
         let c = shape[0];
-        let bn = BatchNorm2d::new(c).with_eps(eps);
-        let gamma = self.param(format!("{name}.weight"), vec![c], Init::Ones)?;
-        let beta = self.param(format!("{name}.bias"), vec![c], Init::Zeros)?;
-        let running_mean = self.add_param(format!("{name}.running_mean"), vec![c], Init::Zeros, false)?;
-        let running_var = self.add_param(format!("{name}.running_var"), vec![c], Init::Ones, false)?;
+        if bn.channels != c {
+            return Err(Error::shape("batch norm channels", c.to_string(), bn.channels.to_string()).in_node(name));
+        }
+        let [g, b, m, v] = names.clone();
+        let gamma = self.param(g, vec![c], Init::Ones)?;
+        let beta = self.param(b, vec![c], Init::Zeros)?;
+        let running_mean = self.add_param(m, vec![c], Init::Zeros, false)?;
+        let running_var = self.add_param(v, vec![c], Init::Ones, false)?;
         let layer = Layer::BatchNorm {
             bn,
             gamma,
@@ -467,6 +511,29 @@ impl GraphBuilder {
     pub fn flatten(&mut self, name: &str, x: NodeId) -> Result<NodeId> {
         let shape = self.shape(x).map_err(|e| e.in_node(name))?;
         self.add(name, Layer::Flatten, vec![x], [shape.iter().product(), 1, 1])
+    }
+
+    /// Applies ReLU to `node`'s output in place when its layer can fuse one (convolution, batch norm,
+    /// residual sum) and it has none yet; false otherwise. The caller makes sure no other node has
+    /// read the pre-activation value.
+    pub fn fuse_relu(&mut self, node: NodeId) -> bool {
+        match self.nodes.get_mut(node).map(|n| &mut n.layer) {
+            Some(Layer::Conv { relu, .. } | Layer::BatchNorm { relu, .. } | Layer::AddScaled { relu, .. })
+                if !*relu =>
+            {
+                *relu = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many nodes read `node`.
+    pub fn readers(&self, node: NodeId) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| n.inputs.iter().filter(|&&i| i == node).count())
+            .sum()
     }
 
     /// Makes `node` an auxiliary classifier whose loss counts `weight` times in training.

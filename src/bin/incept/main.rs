@@ -1,9 +1,10 @@
-//! The `incept` command: train, eval, predict, summary, bench, models, quantize. `main` parses the flags and
+//! The `incept` command: train, eval, predict, summary, bench, models, quantize, export. `main` parses the flags and
 //! dispatches; each subcommand is a module of its own, and `args` holds what they share.
 
 mod args;
 mod bench;
 mod eval;
+mod export;
 mod models;
 mod predict;
 mod quantize;
@@ -46,6 +47,8 @@ enum Command {
     /// Quantize float32 weights to an int8 checkpoint (calibrated on training images) and compare
     /// the two on the test set.
     Quantize(quantize::QuantizeArgs),
+    /// Write weights as an ONNX model (ONNX Runtime, OpenVINO, TensorRT run it).
+    Export(export::ExportArgs),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -57,6 +60,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Summary(args) => summary::summary_command(args),
         Command::Bench(args) => bench::bench_command(args),
         Command::Quantize(args) => quantize::quantize_command(args),
+        Command::Export(args) => export::export_command(args),
     }
 }
 
