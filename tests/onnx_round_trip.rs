@@ -9,21 +9,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use incept::graph::{Executor, Mode};
-use incept::models::{self, Model};
+use incept::models::Model;
 use incept::tensor::Images;
-
-/// Each model at a size that keeps the test quick but exercises every block (the 299 models' reduction
-/// blocks need 75 at least).
-const MODELS: &[(&str, usize)] = &[
-    ("googlenet-d2l", 96),
-    ("googlenet-bn", 96),
-    ("inception-v2", 96),
-    ("inception-tf-cifar", 32),
-    ("inception-v3", 107),
-    ("googlenet", 64),
-    ("inception-v4", 107),
-    ("inception-resnet-v2", 107),
-];
 
 fn logits(model: Model, x: &[f32], n: usize) -> Vec<f32> {
     let per_image = x.len() / n;
@@ -34,13 +21,8 @@ fn logits(model: Model, x: &[f32], n: usize) -> Vec<f32> {
 
 #[test]
 fn every_model_comes_back_from_onnx_with_the_same_bits() {
-    for &(name, size) in MODELS {
-        let mut config = models::default_config(name).unwrap();
-        config.size = [size, size];
-        // Export writes the eval path; auxiliary heads read its nodes and so change their plan.
-        config.aux_heads = false;
-        let graph = models::build(name, config).unwrap();
-        let params = common::hashed_params(&graph);
+    for &(name, size) in common::ONNX_MODELS {
+        let Model { graph, params } = common::onnx_model(name, size);
         let metadata = HashMap::from([("model".to_string(), name.to_string())]);
         let bytes = incept::onnx::export(&graph, &params, &metadata, incept::onnx::DEFAULT_OPSET).unwrap();
         let imported = incept::onnx::import(&bytes, Path::new("round-trip.onnx"), None).unwrap();
@@ -57,9 +39,7 @@ fn every_model_comes_back_from_onnx_with_the_same_bits() {
             assert_eq!(values, &params[p], "{name}: {}", spec.name);
         }
         let n = 2;
-        let x: Vec<f32> = (0..n * graph.input_shape().iter().product::<usize>())
-            .map(|i| ((i * 37) % 101) as f32 / 101.0 - 0.5)
-            .collect();
+        let x = common::onnx_input(n, graph.input_shape().iter().product());
         let native = logits(
             Model {
                 graph: graph.clone(),
@@ -89,5 +69,29 @@ fn every_model_comes_back_from_onnx_with_the_same_bits() {
             needed.iter().filter(|&&b| b).count()
         };
         assert_eq!(imported.graph.nodes.len(), eval_nodes(&graph), "{name}: nodes");
+    }
+}
+
+/// ONNX Runtime ran the files `examples/export_zoo.rs` writes (`fixtures/generate_onnx.py`, after
+/// `onnx.checker` passed each): its logits are incept's, to 1e-5 of the largest.
+#[test]
+fn onnx_runtime_gives_incepts_logits_on_every_exported_model() {
+    let f = common::fixture::Fixture::open("onnx_export");
+    for &(name, _) in common::ONNX_MODELS {
+        assert!(f.metadata(name).contains("full_check passed"), "{name}: onnx.checker");
+    }
+    for &(name, size) in common::ONNX_MODELS {
+        let model = common::onnx_model(name, size);
+        let n = 2;
+        let x = common::onnx_input(n, model.graph.input_shape().iter().product());
+        let ours = logits(model, &x, n);
+        let ort: Vec<f32> = f.tensor(name, "ort").iter().copied().collect();
+        let largest = ort.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = ours.iter().zip(&ort).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / largest;
+        eprintln!("{name}: ONNX Runtime within {worst:.2e} of the largest logit");
+        assert!(
+            worst <= 1e-5,
+            "{name}: ONNX Runtime's logits differ by {worst:.3e} of the largest"
+        );
     }
 }
