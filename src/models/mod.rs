@@ -137,6 +137,13 @@ pub fn model_names() -> Vec<&'static str> {
 
 /// The entry of model `name`, or an error listing the names there are.
 pub fn entry(name: &str) -> Result<&'static ModelEntry> {
+    if name == "onnx" {
+        return Err(Error::config(
+            "model",
+            "these weights belong to a graph imported from ONNX, which the zoo cannot build; run the ONNX file \
+             (a training run from one writes OUT/model.onnx with its weights)",
+        ));
+    }
     MODELS.iter().find(|m| m.name == name).ok_or_else(|| {
         Error::config(
             "model",

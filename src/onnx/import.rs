@@ -67,6 +67,22 @@ pub struct Imported {
     pub producer: String,
 }
 
+impl Imported {
+    /// The weights by name, with the metadata, as a safetensors file's would be read.
+    pub fn tensor_file(&self) -> crate::io::checkpoint::TensorFile {
+        crate::io::checkpoint::TensorFile {
+            tensors: self
+                .graph
+                .params
+                .iter()
+                .zip(&self.params)
+                .map(|(spec, values)| (spec.name.clone(), (spec.shape.clone(), values.clone())))
+                .collect(),
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
 /// Reads the ONNX model at `path` (see [`import`]).
 pub fn read(path: &Path, size: Option<[usize; 2]>) -> Result<Imported> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path.display(), e))?;

@@ -70,7 +70,7 @@ pub fn check_before_work(cfg: &TrainConfig, images: usize, cluster: &dyn Cluster
             }
         }
     }
-    if let Some(init) = &cfg.init {
+    if let Some(init) = cfg.init.as_deref().filter(|p| !crate::onnx::is_onnx(p)) {
         TensorFile::read_metadata(init)?;
     }
     if let Some(resume) = &cfg.resume {
@@ -117,7 +117,7 @@ fn check_optimizer(cfg: &TrainConfig) -> Result<()> {
 /// batches (the loader's queue of two, the one it fills, the step's, evaluation's). A batch larger than
 /// the training set is planned as the one batch of all of it that it is. [`train`] checks this first.
 pub fn check_memory(cfg: &TrainConfig, images: usize, ranks: usize) -> Result<()> {
-    let graph = &crate::models::build(&cfg.model, cfg.config)?;
+    let graph = &cfg.build_graph()?;
     let capacity = cfg.batch.min(images).max(1);
     let options = crate::graph::PlanOptions {
         conv_algo: cfg.conv_algo,

@@ -57,8 +57,11 @@ pub enum OptimizerKind {
 /// Everything a training run needs besides the data.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
-    /// Model name (see [`crate::models::MODELS`]).
+    /// Model name (see [`crate::models::MODELS`]); `onnx` for a graph imported from an ONNX file.
     pub model: String,
+    /// The graph, when it is not the zoo's `model` at `config`: one imported from an ONNX file
+    /// (`train --init model.onnx`), whose configuration `config` must describe.
+    pub graph: Option<crate::graph::Graph>,
     /// Model configuration (input channels, size, classes).
     pub config: ModelConfig,
     /// Epochs to run.
@@ -130,6 +133,16 @@ pub enum CheckpointEvery {
     Time(std::time::Duration),
 }
 
+impl TrainConfig {
+    /// The graph this run trains: the imported one, or the zoo's `model` at `config`.
+    pub fn build_graph(&self) -> Result<crate::graph::Graph> {
+        match &self.graph {
+            Some(graph) => Ok(graph.clone()),
+            None => crate::models::build(&self.model, self.config),
+        }
+    }
+}
+
 impl Default for TrainConfig {
     /// The chapter's recipe: googlenet-d2l at 96×96, 5 epochs, batch 128, Adam with learning rate 1e-3,
     /// shuffled, seed 0; nothing written, no progress bar.
@@ -150,6 +163,7 @@ impl Default for TrainConfig {
             shuffle: true,
             max_steps: None,
             init: None,
+            graph: None,
             resume: None,
             save: None,
             metrics: None,
@@ -390,16 +404,20 @@ pub fn train_across(
     }
     check_data("training data", &train, cfg.config)?;
     check_data("test data", test, cfg.config)?;
-    let graph = crate::models::build(&cfg.model, cfg.config)?;
+    let graph = cfg.build_graph()?;
     // A batch larger than the training set is one short batch per epoch (as PyTorch's DataLoader
     // without drop_last): the buffers are planned for the images a batch can hold.
     let capacity = cfg.batch.min(train.len());
     let mut model = Model::init(graph, cfg.seed);
     if let Some(init) = &cfg.init {
         // Weights saved for inference lack the auxiliary heads training needs: those start fresh.
-        let optional = crate::models::entry(&cfg.model)?.aux_prefixes;
+        let optional = crate::models::entry(&cfg.model).map_or(&[][..], |e| e.aux_prefixes);
         let fresh = std::mem::take(&mut model.params);
-        let (params, kept_fresh) = TensorFile::read(init)?.params_or_fresh(&model.graph, init, optional, fresh)?;
+        let file = match crate::onnx::is_onnx(init) {
+            true => crate::onnx::read(init, Some(cfg.config.size))?.tensor_file(),
+            false => TensorFile::read(init)?,
+        };
+        let (params, kept_fresh) = file.params_or_fresh(&model.graph, init, optional, fresh)?;
         model.params = params;
         if !kept_fresh.is_empty() {
             println!(

@@ -183,3 +183,36 @@ pub(crate) fn resolve_size(
         Ok(InputSize(native))
     })
 }
+
+/// The graph and weights a `--weights` file holds, with the model's name: an ONNX model's own graph
+/// (named by the model its metadata records, else by the file), or the model a safetensors file records
+/// (else the one whose state_dict it holds, or `--model`) at the input size it records.
+pub(crate) fn load_weights(model: Option<String>, weights: &Path) -> Result<(String, models::Model)> {
+    if incept::onnx::is_onnx(weights) {
+        let imported = incept::onnx::read(weights, None)?;
+        let recorded = imported.metadata.get("model").cloned();
+        if let Some(m) = model.filter(|m| recorded.as_ref() != Some(m)) {
+            return Err(Error::config(
+                "--model",
+                format!(
+                    "{} is an ONNX model with a graph of its own, not {m}; drop --model",
+                    weights.display()
+                ),
+            ));
+        }
+        let name = recorded.unwrap_or_else(|| weights.display().to_string());
+        let model = models::Model {
+            graph: imported.graph,
+            params: imported.params,
+        };
+        return Ok((name, model));
+    }
+    let file = TensorFile::read(weights)?;
+    let recorded = file.recorded(weights)?;
+    let name = resolve_model(model, &recorded, &file, weights)?;
+    let mut config = models::config_from_weights(&name, &file)?;
+    config.size = recorded.size.unwrap_or(config.size);
+    let graph = models::build(&name, config)?;
+    let params = file.params_for(&graph, weights)?;
+    Ok((name, models::Model { graph, params }))
+}

@@ -15,9 +15,14 @@ enum BenchMode {
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
-    /// The model (googlenet-d2l, googlenet-bn, inception-v2, inception-tf-cifar, inception-v3, googlenet, inception-v4, inception-resnet-v2).
-    #[arg(long, default_value = "googlenet-d2l")]
-    model: String,
+    /// The model (googlenet-d2l, googlenet-bn, inception-v2, inception-tf-cifar, inception-v3, googlenet,
+    /// inception-v4, inception-resnet-v2; default googlenet-d2l, or with --weights the one they record).
+    #[arg(long)]
+    model: Option<String>,
+    /// Time these weights' network instead of random weights (an incept checkpoint, a state_dict, or an
+    /// ONNX model with its own graph), at the input size they record.
+    #[arg(long)]
+    weights: Option<std::path::PathBuf>,
     /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch: usize,
@@ -110,6 +115,7 @@ struct BenchRecord<'a> {
 pub(crate) fn bench_command(args: BenchArgs) -> Result<()> {
     let BenchArgs {
         model,
+        weights,
         batch,
         mode,
         warmup,
@@ -126,8 +132,15 @@ pub(crate) fn bench_command(args: BenchArgs) -> Result<()> {
         Protocol::Median => (warmup, steps),
         Protocol::Chapter => (10, 100),
     };
-    let graph = models::build(&model, models::default_config(&model)?)?;
-    let m = Model::init(graph.clone(), 0);
+    let (model, m) = match &weights {
+        Some(path) => crate::args::load_weights(model, path)?,
+        None => {
+            let model = model.unwrap_or_else(|| "googlenet-d2l".to_string());
+            let graph = models::build(&model, models::default_config(&model)?)?;
+            (model, Model::init(graph, 0))
+        }
+    };
+    let graph = m.graph.clone();
     let branches = match branches {
         Branches::Auto => BranchSchedule::Auto,
         Branches::Sequential => BranchSchedule::Sequential,

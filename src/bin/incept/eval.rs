@@ -16,7 +16,8 @@ pub(crate) struct EvalArgs {
     /// The model (default: the one the checkpoint records, else the one whose state_dict the file holds).
     #[arg(long)]
     model: Option<String>,
-    /// The weights: an incept checkpoint, or a PyTorch state_dict saved as safetensors.
+    /// The weights: an incept checkpoint, a PyTorch state_dict saved as safetensors, or an ONNX model
+    /// (its own graph).
     #[arg(long)]
     weights: PathBuf,
     /// Input size (square) the test images are resized to (default: the checkpoint's, else the
@@ -51,7 +52,8 @@ pub(crate) fn eval_command(args: EvalArgs) -> Result<()> {
     if batch == 0 {
         return Err(Error::config("--batch", "--batch must be at least 1"));
     }
-    if incept::int8::is_int8(&TensorFile::read_metadata(&weights)?) {
+    let onnx = incept::onnx::is_onnx(&weights);
+    if !onnx && incept::int8::is_int8(&TensorFile::read_metadata(&weights)?) {
         if let Some(p) = precision.filter(|&p| p != PrecisionArg::Int8) {
             let name = p.precision("eval").map(|p| p.name()).unwrap_or("int8");
             return Err(Error::config(
@@ -76,18 +78,39 @@ pub(crate) fn eval_command(args: EvalArgs) -> Result<()> {
         ));
     }
     // One read of the weights: channels, classes, parameters and normalization all come from it.
-    let file = TensorFile::read(&weights)?;
-    let recorded = file.recorded(&weights)?;
-    let model = resolve_model(model, &recorded, &file, &weights)?;
-    let mut config = models::config_from_weights(&model, &file)?;
-    config.size = resolve_size(resize, &recorded, &weights, config.size)?.0;
-    let graph = models::build(&model, config)?;
+    let (graph, params, normalization) = if incept::onnx::is_onnx(&weights) {
+        // An ONNX file's graph is its own; its metadata_props may record what an incept checkpoint does.
+        let imported = incept::onnx::read(&weights, resize.map(|s| [s, s]))?;
+        let file = TensorFile {
+            tensors: Default::default(),
+            metadata: imported.metadata,
+        };
+        if let Some(m) = model.filter(|m| file.metadata.get("model") != Some(m)) {
+            return Err(Error::config(
+                "--model",
+                format!(
+                    "{} is an ONNX model with a graph of its own, not {m}; drop --model",
+                    weights.display()
+                ),
+            ));
+        }
+        let normalization = file.normalization(&weights)?;
+        (imported.graph, imported.params, normalization)
+    } else {
+        let file = TensorFile::read(&weights)?;
+        let recorded = file.recorded(&weights)?;
+        let model = resolve_model(model, &recorded, &file, &weights)?;
+        let mut config = models::config_from_weights(&model, &file)?;
+        config.size = resolve_size(resize, &recorded, &weights, config.size)?.0;
+        let graph = models::build(&model, config)?;
+        // Checked with the parameters loaded, as Executor::new checks.
+        let params = file.params_for(&graph, &weights)?;
+        (graph, params, file.normalization(&weights)?)
+    };
     let (_, test_set) = load_data(&data, graph.output_len())?;
     let test_set = limit(test_set, test_limit, "--test-limit")?;
     // Planned for the batch that occurs: a batch beyond the test set is all of it.
     let capacity = batch.min(test_set.len()).max(1);
-    // Checked with the parameters loaded, as Executor::new checks.
-    let params = file.params_for(&graph, &weights)?;
     let [_, h, w] = graph.input_shape();
     let options = incept::graph::PlanOptions {
         precision: precision.precision("eval")?,
@@ -106,7 +129,6 @@ pub(crate) fn eval_command(args: EvalArgs) -> Result<()> {
     )?;
     let mut exec = Executor::new(Model { graph, params }, capacity)?;
     exec.set_plan_options(options)?;
-    let normalization = file.normalization(&weights)?;
     let (loss, acc) = train::evaluate(&mut exec, &test_set, batch, normalization.as_ref())?;
     // float32 says nothing, as before bf16 existed.
     let arithmetic = match exec.plan().options.bf16_kernel() {

@@ -13,7 +13,8 @@ pub(crate) struct PredictArgs {
     /// The model (default: the one the checkpoint records, else the one whose state_dict the file holds).
     #[arg(long)]
     model: Option<String>,
-    /// The weights: an incept checkpoint, or a PyTorch state_dict saved as safetensors.
+    /// The weights: an incept checkpoint, a PyTorch state_dict saved as safetensors, or an ONNX model
+    /// (its own graph).
     #[arg(long)]
     weights: PathBuf,
     /// Image files (PNG, JPEG) or directories of them: each is converted to the model's channels,

@@ -63,6 +63,16 @@ pub(crate) fn quantize_command(args: QuantizeArgs) -> Result<()> {
         data,
     } = args;
     output::check_file("--out", &out)?;
+    if incept::onnx::is_onnx(&weights) {
+        return Err(Error::config(
+            "--weights",
+            format!(
+                "{} is an ONNX model; quantize takes float32 safetensors weights of a zoo model (an imported \
+                 graph is not quantized yet; quantize the checkpoint an incept export was written from)",
+                weights.display()
+            ),
+        ));
+    }
     if batch == 0 || calibration_images == 0 {
         return Err(Error::config(
             "quantize",

@@ -12,6 +12,10 @@ pub(crate) struct SummaryArgs {
     /// The model (googlenet-d2l, googlenet-bn, inception-v2, inception-tf-cifar, inception-v3, googlenet, inception-v4, inception-resnet-v2).
     #[arg(long, default_value = "googlenet-d2l")]
     model: String,
+    /// Summarize the network of these weights instead: an ONNX model's own graph (every node listed with
+    /// its output shape), or the model a checkpoint records at its input size.
+    #[arg(long, conflicts_with_all = ["model", "input"])]
+    weights: Option<std::path::PathBuf>,
     /// Input as NxCxHxW, e.g. 1x1x96x96.
     #[arg(long)]
     input: Option<String>,
@@ -27,12 +31,33 @@ pub(crate) struct SummaryArgs {
 pub(crate) fn summary_command(args: SummaryArgs) -> Result<()> {
     let SummaryArgs {
         model,
+        weights,
         input,
         algos,
         precision,
     } = args;
-    let mut config = models::default_config(&model)?;
     let mut batch = 1;
+    let graph = match &weights {
+        Some(path) => {
+            let (name, m) = crate::args::load_weights(None, path)?;
+            if m.graph.trace.is_empty() {
+                // An imported graph marks no blocks: every node, as the file's ops became ours.
+                println!("{name}: {} nodes", m.graph.nodes.len());
+                for node in &m.graph.nodes {
+                    let [c, h, w] = node.shape;
+                    println!("{:<40} {:<32} [{c}, {h}, {w}]", node.name, node.layer.describe());
+                }
+            }
+            m.graph
+        }
+        None => graph_of(&model, input.as_deref(), &mut batch)?,
+    };
+    summarize(&graph, batch, algos, precision)
+}
+
+/// Model `model` at `--input` (`NxCxHxW`, whose N goes to `batch`), or at its native size.
+fn graph_of(model: &str, input: Option<&str>, batch: &mut usize) -> Result<incept::graph::Graph> {
+    let mut config = models::default_config(model)?;
     if let Some(spec) = input {
         let dims: Vec<usize> = spec
             .split('x')
@@ -45,12 +70,15 @@ pub(crate) fn summary_command(args: SummaryArgs) -> Result<()> {
                 format!("--input needs 4 sizes NxCxHxW, found {spec:?}"),
             ));
         };
-        batch = n.max(1);
+        *batch = n.max(1);
         config.in_channels = c;
         config.size = [h, w];
     }
-    let graph = models::build(&model, config)?;
-    for line in models::shape_trace(&graph) {
+    models::build(model, config)
+}
+
+fn summarize(graph: &incept::graph::Graph, batch: usize, algos: bool, precision: PrecisionArg) -> Result<()> {
+    for line in models::shape_trace(graph) {
         println!("{line}");
     }
     println!("parameters: {}", graph.parameter_count());
@@ -60,7 +88,7 @@ pub(crate) fn summary_command(args: SummaryArgs) -> Result<()> {
             precision: precision.precision("summary")?,
             ..PlanOptions::default()
         };
-        let plan = Plan::for_capacity(&graph, options, batch)?;
+        let plan = Plan::for_capacity(graph, options, batch)?;
         let total = graph.flops_per_image() as f64;
         println!(
             "{:<14} {:<26} {:>9} {:<13} {:<13} {:<15} {:<24} {:>6}",

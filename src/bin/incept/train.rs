@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use incept::data::Dataset;
 use incept::data::augment::Augmentation;
 use incept::distributed::{Cluster, SingleProcess};
-use incept::io::checkpoint::{Recorded, resolve};
+use incept::io::checkpoint::{InputSize, Recorded, resolve};
 use incept::io::output::{check_dir, check_file};
 use incept::models;
 use incept::optim::Schedule;
@@ -344,10 +344,53 @@ pub(crate) fn train_command(args: TrainArgs) -> Result<()> {
             Some(path) => (Recorded::read(path)?, path.clone()),
             None => (Recorded::default(), PathBuf::new()),
         };
-        let model = resolve("model", model, recorded.model.clone(), &checkpoint, || {
-            Ok("googlenet-d2l".to_string())
-        })?;
-        let mut config = models::default_config(&model)?;
+        // An ONNX file to start from brings its own graph, trained as it is (the run records model `onnx`).
+        let imported = match init.as_deref().filter(|p| incept::onnx::is_onnx(p)) {
+            Some(path) => {
+                if let Some(m) = &model {
+                    return Err(Error::config(
+                        "--model",
+                        format!(
+                            "--init {} is an ONNX model with a graph of its own, not {m}; drop --model",
+                            path.display()
+                        ),
+                    ));
+                }
+                if lead {
+                    check_file("--out", &out.join("model.onnx"))?;
+                }
+                Some(incept::onnx::read(path, resize.map(|s| [s, s]))?)
+            }
+            None => None,
+        };
+        let model = match &imported {
+            Some(_) => "onnx".to_string(),
+            None => resolve("model", model, recorded.model.clone(), &checkpoint, || {
+                Ok("googlenet-d2l".to_string())
+            })?,
+        };
+        if recorded.model.as_deref().is_some_and(|r| r != model) {
+            return Err(Error::config(
+                "--resume",
+                format!(
+                    "{} continues a run of {}, this one trains {model}",
+                    checkpoint.display(),
+                    recorded.model.as_deref().unwrap_or("")
+                ),
+            ));
+        }
+        let mut config = match &imported {
+            Some(i) => {
+                let [c, h, w] = i.graph.input_shape();
+                incept::models::ModelConfig {
+                    in_channels: c,
+                    size: [h, w],
+                    classes: i.graph.output_len(),
+                    aux_heads: false,
+                }
+            }
+            None => models::default_config(&model)?,
+        };
         let (train_set, test_set) = load_data(&data, config.classes)?;
         let class_names = class_names(&data, config.classes)?;
         config.in_channels = train_set.shape[0];
@@ -357,7 +400,19 @@ pub(crate) fn train_command(args: TrainArgs) -> Result<()> {
         } else {
             config.size
         };
-        let size = resolve_size(resize, &recorded, &checkpoint, native)?;
+        let size = match &imported {
+            Some(_) => InputSize(config.size),
+            None => resolve_size(resize, &recorded, &checkpoint, native)?,
+        };
+        if imported.is_some() && train_set.shape[0] != config.in_channels {
+            return Err(Error::config(
+                "--init",
+                format!(
+                    "the ONNX graph takes {} channel(s), the training images have {}",
+                    config.in_channels, train_set.shape[0]
+                ),
+            ));
+        }
         config.size = size.0;
         let train_set = limit(train_set, train_limit, "--train-limit")?;
         let test_set = limit(test_set, test_limit, "--test-limit")?;
@@ -381,6 +436,7 @@ pub(crate) fn train_command(args: TrainArgs) -> Result<()> {
         };
         let cfg = TrainConfig {
             model: model.clone(),
+            graph: imported.map(|i| i.graph),
             config,
             epochs,
             batch,
@@ -484,6 +540,16 @@ pub(crate) fn train_command(args: TrainArgs) -> Result<()> {
         report.global_step,
         out.join("metrics.jsonl").display()
     );
+    if let Some(graph) = &cfg.graph {
+        // An imported graph goes back out as ONNX: the zoo cannot rebuild it from the checkpoint.
+        let path = out.join("model.onnx");
+        let save = cfg.save.as_deref().expect("every run saves");
+        let file = incept::io::checkpoint::TensorFile::read(save)?;
+        let params = file.params_for(graph, save)?;
+        let metadata = file.metadata.into_iter().filter(|(k, _)| k != "format").collect();
+        incept::onnx::write(&path, graph, &params, &metadata, incept::onnx::DEFAULT_OPSET)?;
+        println!("the fine-tuned graph as ONNX: {}", path.display());
+    }
     if let Some(t) = report.step_times.filter(|t| t.steps > 0) {
         let per_step = |d: std::time::Duration| d.as_secs_f64() * 1e3 / t.steps as f64;
         let share = |d: std::time::Duration| 100.0 * d.as_secs_f64() / t.total().as_secs_f64().max(1e-9);
