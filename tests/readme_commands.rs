@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 const DOCUMENTS: [&str; 2] = ["README.md", "docs/usage.md"];
-const SUBCOMMANDS: [&str; 7] = ["train", "eval", "predict", "summary", "bench", "models", "quantize"];
+const SUBCOMMANDS: [&str; 8] = [
+    "train", "eval", "predict", "summary", "bench", "models", "quantize", "export",
+];
 /// Flags that exist only with a cargo feature this build may lack (the documents say which).
 const FEATURE_FLAGS: [(&str, &str); 1] = [("--collective-timeout", "mpi")];
 

@@ -325,6 +325,13 @@ fn metadata(cfg: &TrainConfig, opt: &Optimizer, pos: &Position) -> HashMap<Strin
         let names = serde_json::to_string(&cfg.class_names).expect("strings serialize");
         ("class_names".to_string(), names)
     }))
+    // An imported graph is rebuilt from its file when the run is resumed.
+    .chain(
+        cfg.graph
+            .as_ref()
+            .and(cfg.init.as_ref())
+            .map(|init| ("onnx_graph".to_string(), init.display().to_string())),
+    )
     .collect()
 }
 

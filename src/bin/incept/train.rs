@@ -344,7 +344,21 @@ pub(crate) fn train_command(args: TrainArgs) -> Result<()> {
             Some(path) => (Recorded::read(path)?, path.clone()),
             None => (Recorded::default(), PathBuf::new()),
         };
-        // An ONNX file to start from brings its own graph, trained as it is (the run records model `onnx`).
+        // An ONNX file to start from brings its own graph, trained as it is (the run records model `onnx`
+        // and the file, which a resumed run must be given again).
+        if recorded.model.as_deref() == Some("onnx") && init.is_none() {
+            let source = incept::io::checkpoint::TensorFile::read_metadata(&checkpoint)?
+                .get("onnx_graph")
+                .cloned()
+                .unwrap_or_else(|| "the ONNX file".into());
+            return Err(Error::config(
+                "--resume",
+                format!(
+                    "{} continues a run on the graph imported from {source}; add --init {source}",
+                    checkpoint.display()
+                ),
+            ));
+        }
         let imported = match init.as_deref().filter(|p| incept::onnx::is_onnx(p)) {
             Some(path) => {
                 if let Some(m) = &model {
