@@ -1,4 +1,5 @@
-//! Writes every model of the zoo as ONNX, with the ONNX tests' hashed weights and sizes, for
+//! Writes every model of the zoo as ONNX, float32 and int8 (QDQ), with the ONNX tests' hashed weights
+//! and sizes, for
 //! `fixtures/generate_onnx.py` to check with `onnx.checker` and run in ONNX Runtime:
 //!
 //!     cargo run --release --example export_zoo -- DIR
@@ -10,7 +11,7 @@ mod hashed;
 mod onnx_models;
 
 use hashed::hashed_params;
-use onnx_models::{ONNX_MODELS, onnx_model};
+use onnx_models::{ONNX_MODELS, onnx_int8_model, onnx_model};
 
 fn main() -> incept::Result<()> {
     let dir = std::path::PathBuf::from(std::env::args().nth(1).expect("usage: export_zoo DIR"));
@@ -23,6 +24,15 @@ fn main() -> incept::Result<()> {
             &path,
             &model.graph,
             &model.params,
+            &metadata,
+            incept::onnx::DEFAULT_OPSET,
+        )?;
+        println!("{}", path.display());
+        // The same weights in int8, written as QDQ.
+        let path = dir.join(format!("{name}-int8.onnx"));
+        incept::onnx::write_int8(
+            &path,
+            &onnx_int8_model(name, size),
             &metadata,
             incept::onnx::DEFAULT_OPSET,
         )?;

@@ -650,18 +650,10 @@ impl Classifier {
     /// Writes the network as an ONNX model at `opset` ([`crate::onnx::export`]): the eval graph, the
     /// weights under their state_dict names, a dynamic batch axis, and as `metadata_props` what
     /// [`Classifier::save`] records (model, input size, normalization, image recipe, class names), so
-    /// loading the file back answers as this classifier does. Refused for what the graph cannot carry
-    /// yet: torchvision's `transform_input` (it runs before the network) and int8 weights.
+    /// loading the file back answers as this classifier does. An int8 classifier is written in QDQ form
+    /// ([`crate::onnx::export_int8`]), which ONNX Runtime runs in int8. Refused for what the graph cannot
+    /// carry yet: torchvision's `transform_input` (it runs before the network).
     pub fn export_onnx(&self, path: impl AsRef<Path>, opset: i64) -> Result<()> {
-        let exec = match &self.engine {
-            Engine::Float(exec) => exec,
-            Engine::Int8(_) => {
-                return Err(Error::config(
-                    "export",
-                    "int8 checkpoints do not export to ONNX yet; export the float32 checkpoint it was quantized from",
-                ));
-            }
-        };
         if self.transform_input {
             return Err(Error::config(
                 "export",
@@ -688,8 +680,16 @@ impl Classifier {
         if let Some(n) = &self.normalization {
             metadata.insert("normalization".into(), n.to_metadata());
         }
-        let model = exec.model();
-        crate::onnx::write(path.as_ref(), &model.graph, &model.params, &metadata, opset)
+        match &self.engine {
+            Engine::Float(exec) => {
+                let model = exec.model();
+                crate::onnx::write(path.as_ref(), &model.graph, &model.params, &metadata, opset)
+            }
+            Engine::Int8(network) => {
+                metadata.insert(crate::int8::PRECISION_KEY.into(), "int8".into());
+                crate::onnx::write_int8(path.as_ref(), network, &metadata, opset)
+            }
+        }
     }
 
     /// The `top_k` most likely classes of each row of `logits`, most likely first.

@@ -2,6 +2,12 @@
 //! own), weights as initializers under their PyTorch names, a dynamic batch axis, and the checkpoint's
 //! metadata (preprocessing, class names, model) as `metadata_props`. Only what the eval output needs is
 //! written: auxiliary classifiers serve training and are left out.
+//!
+//! An int8 network ([`export_int8`]) is written in ONNX's QDQ form, which ONNX Runtime fuses into its
+//! integer kernels: every byte tensor of ours is a `QuantizeLinear` / `DequantizeLinear` pair with its
+//! scale and zero point, a convolution's weights are int8 initializers behind a per-channel
+//! `DequantizeLinear`, its bias int32 at the product scale, and batch norms are the ones folded into the
+//! convolutions; global pooling and the classifier stay float32, as in incept.
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -15,10 +21,11 @@ use super::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
     TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType, type_proto,
 };
-use super::tensor::{f32_tensor, i64_tensor};
+use super::tensor::{f32_tensor, i64_tensor, raw_tensor};
 use crate::error::{Error, Result};
 use crate::geometry::Pads;
 use crate::graph::{Graph, Layer, NodeId};
+use crate::int8::{QuantParams, QuantizedNetwork, Step};
 use crate::ops::pool::PoolWindow;
 
 /// The opset `incept export` writes unless asked for another.
@@ -30,7 +37,12 @@ pub const EXPORT_OPSETS: RangeInclusive<i64> = 13..=22;
 /// The ONNX model of `graph` with `params` (in [`Graph::params`] order) and `metadata` as
 /// `metadata_props`, at `opset`, serialized.
 pub fn export(graph: &Graph, params: &[Vec<f32>], metadata: &HashMap<String, String>, opset: i64) -> Result<Vec<u8>> {
-    Ok(model_proto(graph, params, metadata, opset)?.encode_to_vec())
+    Ok(model_proto(graph, params, None, metadata, opset)?.encode_to_vec())
+}
+
+/// The int8 `network` as a QDQ ONNX model (see the module's documentation), serialized.
+pub fn export_int8(network: &QuantizedNetwork, metadata: &HashMap<String, String>, opset: i64) -> Result<Vec<u8>> {
+    Ok(model_proto(network.graph(), &[], Some(network), metadata, opset)?.encode_to_vec())
 }
 
 /// [`export`] written to `path` atomically (through `<path>.tmp`).
@@ -41,7 +53,20 @@ pub fn write(
     metadata: &HashMap<String, String>,
     opset: i64,
 ) -> Result<()> {
-    let bytes = export(graph, params, metadata, opset)?;
+    save(path, &export(graph, params, metadata, opset)?)
+}
+
+/// [`export_int8`] written to `path` atomically.
+pub fn write_int8(
+    path: &Path,
+    network: &QuantizedNetwork,
+    metadata: &HashMap<String, String>,
+    opset: i64,
+) -> Result<()> {
+    save(path, &export_int8(network, metadata, opset)?)
+}
+
+fn save(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("onnx.tmp");
     std::fs::write(&tmp, bytes).map_err(|e| Error::file(tmp.display(), e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::file(path.display(), e))
@@ -50,6 +75,7 @@ pub fn write(
 fn model_proto(
     graph: &Graph,
     params: &[Vec<f32>],
+    int8: Option<&QuantizedNetwork>,
     metadata: &HashMap<String, String>,
     opset: i64,
 ) -> Result<ModelProto> {
@@ -63,7 +89,7 @@ fn model_proto(
             ),
         ));
     }
-    if params.len() != graph.params.len() {
+    if int8.is_none() && params.len() != graph.params.len() {
         return Err(Error::config(
             "export",
             format!(
@@ -76,6 +102,8 @@ fn model_proto(
     let mut writer = Writer {
         graph,
         params,
+        int8,
+        quantized_floats: HashMap::new(),
         nodes: Vec::new(),
         initializers: Vec::new(),
         names: vec![String::new(); graph.nodes.len()],
@@ -158,6 +186,10 @@ fn needed_nodes(graph: &Graph) -> Vec<NodeId> {
 struct Writer<'g> {
     graph: &'g Graph,
     params: &'g [Vec<f32>],
+    /// The int8 network being written in QDQ form (its float32 `params` are then unused).
+    int8: Option<&'g QuantizedNetwork>,
+    /// Float values quantized where a convolution reads them (the input), by node.
+    quantized_floats: HashMap<NodeId, String>,
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     /// The ONNX value holding each node's output.
@@ -170,6 +202,186 @@ struct Writer<'g> {
 
 impl Writer<'_> {
     fn node(&mut self, id: NodeId) -> Result<()> {
+        if let Some(network) = self.int8 {
+            return self.int8_node(network, id);
+        }
+        self.float_node(id)
+    }
+
+    /// Node `id` of an int8 network: the float op where it is one, the integer form where ours is
+    /// (convolutions), then the Q/DQ pair of the node's bytes.
+    fn int8_node(&mut self, network: &QuantizedNetwork, id: NodeId) -> Result<()> {
+        let graph = self.graph;
+        let node = &graph.nodes[id];
+        match (&network.steps()[id], &node.layer) {
+            (Step::Conv(qc), Layer::Conv { conv, weight, .. }) => {
+                let input = node.inputs[0];
+                let x = match network.node_params(input) {
+                    Some(_) => self.names[input].clone(),
+                    None => self.quantize_float(input, qc.input_params()),
+                };
+                let name = node.name.as_str();
+                let w = qc.weights();
+                let outputs = w.scales.len();
+                let spec = &graph.params[*weight];
+                let w_bytes = w.values.iter().map(|&v| v as u8).collect();
+                self.initializers
+                    .push(raw_tensor(&spec.name, &spec.shape, DataType::Int8, w_bytes));
+                self.initializers
+                    .push(f32_tensor(&format!("{name}.weight_scale"), &[outputs], &w.scales));
+                let zeros = vec![0u8; outputs];
+                self.initializers.push(raw_tensor(
+                    &format!("{name}.weight_zero_point"),
+                    &[outputs],
+                    DataType::Int8,
+                    zeros,
+                ));
+                let w_dq = self.emit(
+                    "DequantizeLinear",
+                    &format!("{name}.weight_dq"),
+                    vec![
+                        spec.name.clone(),
+                        format!("{name}.weight_scale"),
+                        format!("{name}.weight_zero_point"),
+                    ],
+                    vec![int("axis", 0)],
+                    false,
+                );
+                // The bias at the product scale, as ONNX Runtime's QLinearConv takes it.
+                let x_scale = qc.input_params().scale;
+                let b_scales: Vec<f32> = w.scales.iter().map(|s| x_scale * s).collect();
+                let b_bytes = qc.product_bias().iter().flat_map(|b| b.to_le_bytes()).collect();
+                self.initializers.push(raw_tensor(
+                    &format!("{name}.bias_int32"),
+                    &[outputs],
+                    DataType::Int32,
+                    b_bytes,
+                ));
+                self.initializers
+                    .push(f32_tensor(&format!("{name}.bias_scale"), &[outputs], &b_scales));
+                let zeros = vec![0u8; 4 * outputs];
+                self.initializers.push(raw_tensor(
+                    &format!("{name}.bias_zero_point"),
+                    &[outputs],
+                    DataType::Int32,
+                    zeros,
+                ));
+                let b_dq = self.emit(
+                    "DequantizeLinear",
+                    &format!("{name}.bias_dq"),
+                    vec![
+                        format!("{name}.bias_int32"),
+                        format!("{name}.bias_scale"),
+                        format!("{name}.bias_zero_point"),
+                    ],
+                    vec![int("axis", 0)],
+                    false,
+                );
+                let [_, h, w_in] = graph.nodes[input].shape;
+                let pads = conv.padding.resolve([h, w_in], conv.kernel, conv.stride, conv.dilation);
+                let attrs = vec![
+                    ints("kernel_shape", &conv.kernel),
+                    ints("strides", &conv.stride),
+                    ints("dilations", &conv.dilation),
+                    onnx_pads(pads),
+                    int("group", 1),
+                ];
+                let relu = qc.relu();
+                let y = self.emit("Conv", name, vec![x, w_dq, b_dq], attrs, relu);
+                self.names[id] = if relu {
+                    self.emit("Relu", &format!("{name}.relu"), vec![y], vec![], false)
+                } else {
+                    y
+                };
+            }
+            (
+                Step::Linear { weight, bias },
+                Layer::Linear {
+                    weight: w_id,
+                    bias: b_id,
+                    ..
+                },
+            ) => {
+                let x = self.flat_input(node.inputs[0], &node.name);
+                let spec = &graph.params[*w_id];
+                self.initializers.push(f32_tensor(&spec.name, &spec.shape, weight));
+                let mut inputs = vec![x, spec.name.clone()];
+                if let (Some(b), Some(b_id)) = (bias, b_id) {
+                    let spec = &graph.params[*b_id];
+                    self.initializers.push(f32_tensor(&spec.name, &spec.shape, b));
+                    inputs.push(spec.name.clone());
+                }
+                self.flat[id] = true;
+                self.names[id] = self.emit("Gemm", &node.name, inputs, vec![int("transB", 1)], false);
+                return Ok(());
+            }
+            // A batch norm folded into its convolution, a dropout: the value of the node they follow.
+            (Step::Same(src), Layer::BatchNorm { .. } | Layer::Dropout(_)) => {
+                self.names[id] = self.names[*src].clone();
+                self.flat[id] = self.flat[*src];
+                return Ok(());
+            }
+            (Step::Input | Step::Same(_) | Step::Dequantize | Step::GlobalAvgPool, _) => return self.float_node(id),
+            (
+                Step::MaxPool(_)
+                | Step::AvgPool(..)
+                | Step::Relu
+                | Step::Concat
+                | Step::ZeroPad(_)
+                | Step::AddScaled { .. },
+                _,
+            ) => self.float_node(id)?,
+            (step, layer) => {
+                return Err(Error::config(
+                    "export",
+                    format!("int8 step {step:?} of a {} node has no QDQ form", layer.describe()),
+                )
+                .in_node(&node.name));
+            }
+        }
+        // The node's bytes: its value quantized and dequantized with their parameters.
+        if let Some(p) = network.node_params(id) {
+            let value = self.names[id].clone();
+            self.names[id] = self.qdq(&value, &node.name, p);
+        }
+        Ok(())
+    }
+
+    /// A float value quantized with `p` for the convolutions that read it (once per node).
+    fn quantize_float(&mut self, node: NodeId, p: QuantParams) -> String {
+        if let Some(q) = self.quantized_floats.get(&node) {
+            return q.clone();
+        }
+        let value = self.names[node].clone();
+        let name = self.graph.nodes[node].name.clone();
+        let q = self.qdq(&value, &name, p);
+        self.quantized_floats.insert(node, q.clone());
+        q
+    }
+
+    /// `value` through QuantizeLinear and DequantizeLinear with `p`: what a byte tensor of ours holds.
+    fn qdq(&mut self, value: &str, name: &str, p: QuantParams) -> String {
+        let (scale, zero_point) = (format!("{name}.act_scale"), format!("{name}.act_zero_point"));
+        self.initializers.push(f32_tensor(&scale, &[], &[p.scale]));
+        self.initializers
+            .push(raw_tensor(&zero_point, &[], DataType::Uint8, vec![p.zero_point]));
+        let q = self.emit(
+            "QuantizeLinear",
+            &format!("{name}.quantize"),
+            vec![value.to_string(), scale.clone(), zero_point.clone()],
+            vec![],
+            false,
+        );
+        self.emit(
+            "DequantizeLinear",
+            &format!("{name}.dequantize"),
+            vec![q, scale, zero_point],
+            vec![],
+            false,
+        )
+    }
+
+    fn float_node(&mut self, id: NodeId) -> Result<()> {
         let graph = self.graph;
         let node = &graph.nodes[id];
         let name = node.name.as_str();

@@ -131,9 +131,14 @@ pub fn import(bytes: &[u8], path: &Path, size: Option<[usize; 2]>) -> Result<Imp
     };
     for init in &graph.initializer {
         let name = init.name.clone().unwrap_or_default();
-        reader
-            .values
-            .insert(name, Value::Const(Constant::from_proto(init, path)?));
+        // A tensor of a type we do not read (a QDQ file's int8 weights) is refused where a node uses it,
+        // so the message names that node.
+        let value = match Constant::from_proto(init, path) {
+            Ok(c) => Value::Const(c),
+            Err(Error::File { reason, .. }) => Value::Unreadable(reason),
+            Err(e) => return Err(e),
+        };
+        reader.values.insert(name, value);
     }
     for n in &graph.node {
         for i in n.input.iter().filter(|i| !i.is_empty()) {
@@ -228,6 +233,8 @@ enum Value {
     Scaled { id: NodeId, scale: f32 },
     /// A constant: an initializer, a `Constant` node, or folded shape arithmetic.
     Const(Constant),
+    /// An initializer that could not be read, and why.
+    Unreadable(String),
 }
 
 /// The batch size in folded shape arithmetic (it stays symbolic).
@@ -315,10 +322,17 @@ impl Reader<'_> {
     }
 
     fn value(&self, name: &str) -> Result<Value> {
-        self.values
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::config("onnx", format!("input {name:?} is not computed by any earlier node")))
+        match self.values.get(name) {
+            Some(Value::Unreadable(reason)) => Err(Error::File {
+                path: self.path.display().to_string(),
+                reason: reason.clone(),
+            }),
+            Some(v) => Ok(v.clone()),
+            None => Err(Error::config(
+                "onnx",
+                format!("input {name:?} is not computed by any earlier node"),
+            )),
+        }
     }
 
     /// Input `k` of `node` as a per-image tensor.
@@ -329,7 +343,7 @@ impl Reader<'_> {
                 "onnx",
                 "a Mul by a constant is supported only as the branch of a residual sum (x + s * branch)",
             )),
-            Value::Const(_) => Err(Error::config(
+            Value::Const(_) | Value::Unreadable(_) => Err(Error::config(
                 "onnx",
                 format!("input {k} is a constant, where the op needs a tensor computed from the images"),
             )),

@@ -23,7 +23,7 @@ pub mod proto {
     include!("onnx_proto.rs");
 }
 
-pub use export::{DEFAULT_OPSET, EXPORT_OPSETS, export, write};
+pub use export::{DEFAULT_OPSET, EXPORT_OPSETS, export, export_int8, write, write_int8};
 pub use import::{IMPORT_OPSETS, Imported, SUPPORTED_OPS, import, read};
 
 /// Whether `path` names an ONNX model (by its `.onnx` extension, as every exporter writes it).

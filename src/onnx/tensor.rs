@@ -157,6 +157,17 @@ pub(crate) fn f32_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorPr
     }
 }
 
+/// An initializer of `dtype` from its little-endian bytes (int8 weights, uint8 zero points, int32 biases).
+pub(crate) fn raw_tensor(name: &str, dims: &[usize], dtype: DataType, bytes: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(dtype as i32),
+        raw_data: Some(bytes),
+        ..Default::default()
+    }
+}
+
 /// An int64 initializer named `name` (pads, shapes).
 pub(crate) fn i64_tensor(name: &str, dims: &[usize], values: &[i64]) -> TensorProto {
     TensorProto {

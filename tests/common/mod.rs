@@ -14,7 +14,7 @@ pub mod parity;
 #[allow(unused_imports)]
 pub use hashed::{hashed_params, hashed_tensor, splitmix_uniform};
 #[allow(unused_imports)]
-pub use onnx_models::{ONNX_MODELS, onnx_input, onnx_model};
+pub use onnx_models::{ONNX_MODELS, onnx_input, onnx_int8_model, onnx_model};
 
 use incept::ndarray::{Array, Array4, Dimension};
 

@@ -33,3 +33,13 @@ pub fn onnx_model(name: &str, size: usize) -> incept::models::Model {
     let params = hashed_params(&graph);
     incept::models::Model { graph, params }
 }
+
+/// [`onnx_model`] quantized to int8: MinMax ranges measured on `onnx_input(4, ..)`.
+pub fn onnx_int8_model(name: &str, size: usize) -> incept::int8::QuantizedNetwork {
+    use incept::int8::{CalibrationMethod, QuantizedNetwork, Ranges};
+    let model = onnx_model(name, size);
+    let images = onnx_input(4, model.graph.input_shape().iter().product());
+    let mut exec = incept::graph::Executor::new(model.clone(), 4).unwrap();
+    let ranges = Ranges::measure(&mut exec, &images, CalibrationMethod::MinMax).unwrap();
+    QuantizedNetwork::new(&model.graph, &model.params, &ranges).unwrap()
+}
