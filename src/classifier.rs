@@ -619,10 +619,9 @@ impl Classifier {
         Optimizer::Adam(crate::optim::Adam::new(&lens))
     }
 
-    /// Writes the weights as an incept checkpoint that records the model, input size, normalization,
-    /// image recipe, `transform_input` and class names, so [`Classifier::from_safetensors`] loads it
-    /// back as it is (and PyTorch loads its tensors under their state_dict names).
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+    /// What [`Classifier::save`] records: model, input size, normalization, image recipe,
+    /// `transform_input` and class names.
+    fn metadata(&self) -> std::collections::HashMap<String, String> {
         let mut metadata: std::collections::HashMap<String, String> = [
             ("image_recipe", self.recipe.to_metadata()),
             ("transform_input", self.transform_input.to_string()),
@@ -638,6 +637,14 @@ impl Classifier {
         if let Some(n) = &self.normalization {
             metadata.insert("normalization".into(), n.to_metadata());
         }
+        metadata
+    }
+
+    /// Writes the weights as an incept checkpoint that records the model, input size, normalization,
+    /// image recipe, `transform_input` and class names, so [`Classifier::from_safetensors`] loads it
+    /// back as it is (and PyTorch loads its tensors under their state_dict names).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let metadata = self.metadata();
         match &self.engine {
             Engine::Float(exec) => {
                 let model = exec.model();
@@ -658,28 +665,16 @@ impl Classifier {
             return Err(Error::config(
                 "export",
                 format!(
-                    "{} with transform_input on: that input transform is not part of the exported graph yet, \
-                     so ONNX Runtime would answer differently; export with transform_input off only if the \
-                     weights were trained so",
+                    "{} with transform_input on: that input transform runs before the network in incept and \
+                     is not part of the exported graph yet, so ONNX Runtime would answer differently; \
+                     torch.onnx.export of the torchvision model puts it in the graph",
                     self.model
                 ),
             ));
         }
-        let mut metadata: std::collections::HashMap<String, String> = [
-            ("image_recipe", self.recipe.to_metadata()),
-            (
-                "class_names",
-                serde_json::to_string(&self.class_names).expect("strings serialize"),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .chain(crate::io::checkpoint::model_metadata(&self.model, &self.config))
-        .filter(|(k, _)| k != "format")
-        .collect();
-        if let Some(n) = &self.normalization {
-            metadata.insert("normalization".into(), n.to_metadata());
-        }
+        // What a checkpoint records, less incept's file format: the file is ONNX.
+        let mut metadata = self.metadata();
+        metadata.remove("format");
         match &self.engine {
             Engine::Float(exec) => {
                 let model = exec.model();

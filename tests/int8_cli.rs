@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::TempDir;
-use common::cli::{fails_with, incept, ok};
+use common::cli::{SLICE, fails_with, incept, ok, trained_on_slice};
 use incept::classifier::Classifier;
 use incept::data::idx;
 use incept::data::transforms::Normalization;
@@ -20,35 +20,12 @@ use incept::models::{self, Model};
 use incept::train::{loss_and_accuracy, network_inputs};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
-const SLICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/fashion-mnist-slice");
-
-/// googlenet-d2l trained a few steps on the slice at 32×32, normalized; the checkpoint's path.
-fn checkpoint(dir: &Path) -> String {
-    let out = dir.join("run");
-    ok(incept(&[
-        "train",
-        "--data",
-        SLICE,
-        "--resize",
-        "32",
-        "--normalize",
-        "--steps",
-        "6",
-        "--batch",
-        "16",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]));
-    out.join("checkpoint.safetensors").display().to_string()
-}
-
 const CALIBRATION: usize = 48;
 
 #[test]
 fn quantize_eval_and_predict_run_the_network_the_library_builds() {
     let dir = TempDir::new("int8_cli");
-    let weights = checkpoint(&dir);
+    let weights = trained_on_slice(&dir, 6);
     let int8 = dir.join("int8.safetensors");
     let int8_arg = int8.to_str().unwrap();
     let calibration = CALIBRATION.to_string();
@@ -213,7 +190,7 @@ fn quantize_eval_and_predict_run_the_network_the_library_builds() {
 #[test]
 fn a_damaged_int8_checkpoint_is_refused_naming_the_tensor() {
     let dir = TempDir::new("int8_damaged");
-    let weights = checkpoint(&dir);
+    let weights = trained_on_slice(&dir, 6);
     let int8 = dir.join("int8.safetensors");
     ok(incept(&[
         "quantize",

@@ -8,31 +8,13 @@ mod common;
 
 use std::path::Path;
 
-use common::cli::{fails_with, incept, ok};
+use common::cli::{SLICE, fails_with, incept, ok, trained_on_slice};
 
-const SLICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/fashion-mnist-slice");
 const PHOTO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/photo.png");
 
 /// googlenet-d2l trained a few steps on the slice at 32x32, normalized, and its ONNX export.
 fn trained(dir: &Path) -> (String, String) {
-    let out = dir.join("run");
-    let out = out.to_str().unwrap();
-    ok(incept(&[
-        "train",
-        "--data",
-        SLICE,
-        "--resize",
-        "32",
-        "--normalize",
-        "--steps",
-        "4",
-        "--batch",
-        "16",
-        "--quiet",
-        "--out",
-        out,
-    ]));
-    let checkpoint = format!("{out}/checkpoint.safetensors");
+    let checkpoint = trained_on_slice(dir, 4);
     let onnx = dir.join("model.onnx").display().to_string();
     let text = ok(incept(&["export", "--weights", &checkpoint, "--out", &onnx]));
     assert!(
@@ -229,4 +211,25 @@ fn what_cannot_be_exported_or_imported_is_refused_before_any_work() {
         &["holds a googlenet-d2l graph, not googlenet-bn"],
     );
     assert!(!Path::new(&out).exists());
+}
+
+/// torchvision's googlenet with its ImageNet head runs transform_input before the network, which the
+/// exported graph cannot carry yet: refused, not written without it.
+#[test]
+fn a_model_with_transform_input_on_is_not_exported_without_it() {
+    let dir = common::TempDir::new("onnx-cli-transform-input");
+    let weights = dir.join("googlenet.safetensors");
+    common::write_state_dict(&common::fixture::Fixture::open("pretrained"), "googlenet", &weights);
+    let out = dir.join("googlenet.onnx");
+    fails_with(
+        incept(&[
+            "export",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        &["transform_input on", "torch.onnx.export"],
+    );
+    assert!(!out.exists());
 }

@@ -9,37 +9,13 @@ mod common;
 use std::path::Path;
 
 use common::TempDir;
-use common::cli::{fails_with, incept, ok};
+use common::cli::{SLICE, fails_with, incept, ok, trained_on_slice};
 use incept::data::idx;
 use incept::data::transforms::{Normalization, resize_bilinear};
 use incept::graph::{Executor, Mode};
 use incept::io::checkpoint::TensorFile;
 use incept::models::{self, Model};
 use incept::tensor::Images;
-
-const SLICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/fashion-mnist-slice");
-
-/// Trains googlenet-d2l for a few steps on the committed slice at 32×32 (normalized, so predict must
-/// apply the recorded statistics too) and returns the checkpoint's path.
-fn checkpoint(dir: &Path) -> String {
-    let out = dir.join("run");
-    ok(incept(&[
-        "train",
-        "--data",
-        SLICE,
-        "--resize",
-        "32",
-        "--normalize",
-        "--steps",
-        "4",
-        "--batch",
-        "16",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]));
-    out.join("checkpoint.safetensors").display().to_string()
-}
 
 /// One image's answer: its file, and (class name, index, probability) most likely first.
 type Answer = (String, Vec<(String, usize, f64)>);
@@ -70,7 +46,7 @@ fn parse(stdout: &str) -> Vec<Answer> {
 #[test]
 fn images_get_the_probabilities_of_the_dataset_pipeline_with_the_runs_class_names() {
     let dir = TempDir::new("predict_images");
-    let weights = checkpoint(&dir);
+    let weights = trained_on_slice(&dir, 4);
     let (_, test) = idx::read_dir(Path::new(SLICE)).unwrap();
     // Three test images as 28×28 grey PNGs, and the first also as a 3-channel JPEG-free RGB PNG.
     let mut files = Vec::new();
@@ -163,7 +139,7 @@ fn images_get_the_probabilities_of_the_dataset_pipeline_with_the_runs_class_name
 #[test]
 fn bad_images_and_flags_are_refused_naming_the_file() {
     let dir = TempDir::new("predict_bad_images");
-    let weights = checkpoint(&dir);
+    let weights = trained_on_slice(&dir, 4);
     let missing = dir.join("missing.png");
     fails_with(
         incept(&["predict", "--weights", &weights, missing.to_str().unwrap()]),

@@ -22,3 +22,29 @@ pub fn fails_with(out: Output, expected: &[&str]) {
         assert!(err.contains(e), "expected {e:?} in: {err}");
     }
 }
+
+/// The committed Fashion-MNIST slice (512 training and 256 test images).
+pub const SLICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/fashion-mnist-slice");
+
+/// googlenet-d2l trained `steps` steps on the slice at 32×32, normalized (so what reads the checkpoint
+/// must apply the recorded statistics too), into `dir/run`; the checkpoint's path.
+pub fn trained_on_slice(dir: &std::path::Path, steps: usize) -> String {
+    let out = dir.join("run");
+    let steps = steps.to_string();
+    ok(incept(&[
+        "train",
+        "--data",
+        SLICE,
+        "--resize",
+        "32",
+        "--normalize",
+        "--steps",
+        &steps,
+        "--batch",
+        "16",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    out.join("checkpoint.safetensors").display().to_string()
+}
