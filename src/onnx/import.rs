@@ -167,8 +167,13 @@ pub fn import(bytes: &[u8], path: &Path, size: Option<[usize; 2]>) -> Result<Imp
     reader.input(input, size)?;
     for node in &graph.node {
         reader.node(node).map_err(|e| match e {
-            // Errors of the graph builder name our node; the file's own name is what the user can find.
             e @ Error::File { .. } => e,
+            // The graph builder names our node; the file's own name (given below) is what the user can find.
+            Error::Node { source, .. } => file_error(format!(
+                "node {:?} ({}): {source}",
+                node.name.as_deref().unwrap_or(""),
+                node.op_type.as_deref().unwrap_or("")
+            )),
             e => file_error(format!(
                 "node {:?} ({}): {e}",
                 node.name.as_deref().unwrap_or(""),
