@@ -36,7 +36,8 @@
 //!
 //! To answer with a trained model, [`classifier::Classifier`] loads a checkpoint (or PyTorch weights saved
 //! as safetensors) and classifies image files or arrays; `examples/classify.rs` does it in ten lines.
-//! [`graph::Executor`] trains and runs any model of [`models`] step by step.
+//! [`graph::Executor`] trains and runs any model of [`models`] step by step. [`onnx`] writes a model as
+//! ONNX and turns an ONNX file exported elsewhere into the same static graph the models build.
 
 #![warn(missing_docs)]
 
