@@ -60,17 +60,8 @@ fn every_model_comes_back_from_onnx_with_the_same_bits() {
         );
         assert_eq!(back, native, "{name}: logits after export and import");
         // The same nodes, ReLUs fused as before: as many as the native graph's eval path.
-        let eval_nodes = |g: &incept::graph::Graph| {
-            let mut needed = vec![false; g.nodes.len()];
-            needed[g.output] = true;
-            for id in (0..g.nodes.len()).rev() {
-                if needed[id] {
-                    g.nodes[id].inputs.iter().for_each(|&i| needed[i] = true);
-                }
-            }
-            needed.iter().filter(|&&b| b).count()
-        };
-        assert_eq!(imported.graph.nodes.len(), eval_nodes(&graph), "{name}: nodes");
+        let eval_nodes = graph.main_path().iter().filter(|&&on| on).count();
+        assert_eq!(imported.graph.nodes.len(), eval_nodes, "{name}: nodes");
     }
 }
 

@@ -218,6 +218,21 @@ impl Graph {
         }
     }
 
+    /// Whether each node is on the main output's path (read by it, directly or not): what eval computes,
+    /// and what an export writes. Auxiliary heads are off it.
+    pub fn main_path(&self) -> Vec<bool> {
+        let mut needed = vec![false; self.nodes.len()];
+        needed[self.output] = true;
+        for id in (0..self.nodes.len()).rev() {
+            if needed[id] {
+                for &input in &self.nodes[id].inputs {
+                    needed[input] = true;
+                }
+            }
+        }
+        needed
+    }
+
     /// Total number of trainable parameter values (PyTorch's `sum(p.numel() for p in m.parameters())`;
     /// batch norm's running statistics are buffers, not parameters).
     pub fn parameter_count(&self) -> usize {

@@ -112,7 +112,7 @@ impl QuantizedNetwork {
     pub(super) fn compile(graph: &Graph, source: &dyn Source) -> Result<QuantizedNetwork> {
         let nodes = &graph.nodes;
         let readers = |id: NodeId| nodes.iter().filter(|n| n.inputs.contains(&id)).count();
-        let needed = needed(graph);
+        let needed = graph.main_path();
         // A batch norm folds into the convolution before it when it is that convolution's only reader and
         // no ReLU sits between them.
         let folded_into: Vec<Option<NodeId>> = (0..nodes.len())
@@ -604,20 +604,6 @@ fn concat_reader(graph: &Graph, out_node: NodeId, readers: &dyn Fn(NodeId) -> us
         .nodes
         .iter()
         .position(|n| n.inputs.contains(&out_node) && matches!(n.layer, Layer::Concat))
-}
-
-/// The nodes on the path to the output.
-fn needed(graph: &Graph) -> Vec<bool> {
-    let mut needed = vec![false; graph.nodes.len()];
-    needed[graph.output] = true;
-    for id in (0..graph.nodes.len()).rev() {
-        if needed[id] {
-            for &i in &graph.nodes[id].inputs {
-                needed[i] = true;
-            }
-        }
-    }
-    needed
 }
 
 fn pool_geometry(window: &crate::ops::pool::PoolWindow, [c, h, w]: [usize; 3], node: &str) -> Result<PoolGeometry> {

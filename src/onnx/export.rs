@@ -110,7 +110,8 @@ fn model_proto(
         flat: vec![false; graph.nodes.len()],
         written: vec![false; graph.params.len()],
     };
-    for id in needed_nodes(graph) {
+    let needed = graph.main_path();
+    for id in (0..graph.nodes.len()).filter(|&id| needed[id]) {
         writer.node(id)?;
     }
     let Writer {
@@ -168,20 +169,6 @@ fn model_proto(
 /// The graph input's and output's names in the file.
 const INPUT: &str = "input";
 const OUTPUT: &str = "logits";
-
-/// The nodes the eval output reads, directly or not, in execution order.
-fn needed_nodes(graph: &Graph) -> Vec<NodeId> {
-    let mut needed = vec![false; graph.nodes.len()];
-    needed[graph.output] = true;
-    for id in (0..graph.nodes.len()).rev() {
-        if needed[id] {
-            for &i in &graph.nodes[id].inputs {
-                needed[i] = true;
-            }
-        }
-    }
-    (0..graph.nodes.len()).filter(|&i| needed[i]).collect()
-}
 
 struct Writer<'g> {
     graph: &'g Graph,

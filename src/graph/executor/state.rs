@@ -136,7 +136,7 @@ impl State {
             probabilities: (0..1 + graph.aux_outputs.len())
                 .map(|_| memory::zeroed(classes * capacity, "softmax probabilities"))
                 .collect::<Result<_>>()?,
-            main_path: main_path(graph),
+            main_path: graph.main_path(),
             labels: Vec::with_capacity(capacity),
             label_smoothing: 0.0,
             loss_images: 0,
@@ -389,20 +389,6 @@ pub(super) fn open_gradient(
 pub(super) fn close_gradient(slots: &GradientSlots, store: &mut [Vec<f32>], grads: &mut [Vec<f32>], b: usize) {
     let s = slots.slot[b].expect("a closed buffer has a slot");
     store[s] = std::mem::take(&mut grads[b]);
-}
-
-/// Whether each node is needed for the graph's main output.
-fn main_path(graph: &Graph) -> Vec<bool> {
-    let mut needed = vec![false; graph.nodes.len()];
-    needed[graph.output] = true;
-    for id in (0..graph.nodes.len()).rev() {
-        if needed[id] {
-            for &input in &graph.nodes[id].inputs {
-                needed[input] = true;
-            }
-        }
-    }
-    needed
 }
 
 /// Per buffer (activations) or node (argmaxes), its values for every image.
