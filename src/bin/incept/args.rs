@@ -184,12 +184,17 @@ pub(crate) fn resolve_size(
     })
 }
 
-/// The graph and weights a `--weights` file holds, with the model's name: an ONNX model's own graph
-/// (named by the model its metadata records, else by the file), or the model a safetensors file records
-/// (else the one whose state_dict it holds, or `--model`) at the input size it records.
-pub(crate) fn load_weights(model: Option<String>, weights: &Path) -> Result<(String, models::Model)> {
+/// The graph and weights a `--weights` file holds, with the model's name and the file's metadata (its
+/// tensors taken out): an ONNX model's own graph (named by the model its metadata records, else by the
+/// file), or the model a safetensors file records (else the one whose state_dict it holds, or `--model`),
+/// at `--resize` or the input size the file records.
+pub(crate) fn load_weights(
+    model: Option<String>,
+    weights: &Path,
+    resize: Option<usize>,
+) -> Result<(String, models::Model, TensorFile)> {
     if incept::onnx::is_onnx(weights) {
-        let imported = incept::onnx::read(weights, None)?;
+        let imported = incept::onnx::read(weights, resize.map(|s| [s, s]))?;
         let recorded = imported.metadata.get("model").cloned();
         if let Some(m) = model.filter(|m| recorded.as_ref() != Some(m)) {
             return Err(Error::config(
@@ -205,14 +210,20 @@ pub(crate) fn load_weights(model: Option<String>, weights: &Path) -> Result<(Str
             graph: imported.graph,
             params: imported.params,
         };
-        return Ok((name, model));
+        let file = TensorFile {
+            tensors: Default::default(),
+            metadata: imported.metadata,
+        };
+        return Ok((name, model, file));
     }
-    let file = TensorFile::read(weights)?;
+    let mut file = TensorFile::read(weights)?;
     let recorded = file.recorded(weights)?;
     let name = resolve_model(model, &recorded, &file, weights)?;
     let mut config = models::config_from_weights(&name, &file)?;
-    config.size = recorded.size.unwrap_or(config.size);
+    config.size = resolve_size(resize, &recorded, weights, config.size)?.0;
     let graph = models::build(&name, config)?;
+    // Checked with the parameters loaded, as Executor::new checks.
     let params = file.params_for(&graph, weights)?;
-    Ok((name, models::Model { graph, params }))
+    file.tensors.clear();
+    Ok((name, models::Model { graph, params }, file))
 }

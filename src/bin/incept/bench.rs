@@ -133,7 +133,10 @@ pub(crate) fn bench_command(args: BenchArgs) -> Result<()> {
         Protocol::Chapter => (10, 100),
     };
     let (model, m) = match &weights {
-        Some(path) => crate::args::load_weights(model, path)?,
+        Some(path) => {
+            let (name, m, _) = crate::args::load_weights(model, path, None)?;
+            (name, m)
+        }
         None => {
             let model = model.unwrap_or_else(|| "googlenet-d2l".to_string());
             let graph = models::build(&model, models::default_config(&model)?)?;

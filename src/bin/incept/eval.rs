@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::args::{DataArgs, PrecisionArg, limit, load_data, resolve_model, resolve_size};
+use crate::args::{DataArgs, PrecisionArg, limit, load_data, load_weights, resolve_size};
 use incept::data::transforms::Normalization;
 use incept::graph::Executor;
 use incept::int8::Int8Checkpoint;
 use incept::io::checkpoint::{Recorded, TensorFile};
-use incept::models::{self, Model};
+use incept::models::Model;
 use incept::train::{self, loss_and_accuracy, network_inputs};
 use incept::{Error, Result};
 
@@ -78,35 +78,8 @@ pub(crate) fn eval_command(args: EvalArgs) -> Result<()> {
         ));
     }
     // One read of the weights: channels, classes, parameters and normalization all come from it.
-    let (graph, params, normalization) = if incept::onnx::is_onnx(&weights) {
-        // An ONNX file's graph is its own; its metadata_props may record what an incept checkpoint does.
-        let imported = incept::onnx::read(&weights, resize.map(|s| [s, s]))?;
-        let file = TensorFile {
-            tensors: Default::default(),
-            metadata: imported.metadata,
-        };
-        if let Some(m) = model.filter(|m| file.metadata.get("model") != Some(m)) {
-            return Err(Error::config(
-                "--model",
-                format!(
-                    "{} is an ONNX model with a graph of its own, not {m}; drop --model",
-                    weights.display()
-                ),
-            ));
-        }
-        let normalization = file.normalization(&weights)?;
-        (imported.graph, imported.params, normalization)
-    } else {
-        let file = TensorFile::read(&weights)?;
-        let recorded = file.recorded(&weights)?;
-        let model = resolve_model(model, &recorded, &file, &weights)?;
-        let mut config = models::config_from_weights(&model, &file)?;
-        config.size = resolve_size(resize, &recorded, &weights, config.size)?.0;
-        let graph = models::build(&model, config)?;
-        // Checked with the parameters loaded, as Executor::new checks.
-        let params = file.params_for(&graph, &weights)?;
-        (graph, params, file.normalization(&weights)?)
-    };
+    let (_, Model { graph, params }, file) = load_weights(model, &weights, resize)?;
+    let normalization = file.normalization(&weights)?;
     let (_, test_set) = load_data(&data, graph.output_len())?;
     let test_set = limit(test_set, test_limit, "--test-limit")?;
     // Planned for the batch that occurs: a batch beyond the test set is all of it.

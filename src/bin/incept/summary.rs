@@ -39,7 +39,7 @@ pub(crate) fn summary_command(args: SummaryArgs) -> Result<()> {
     let mut batch = 1;
     let graph = match &weights {
         Some(path) => {
-            let (name, m) = crate::args::load_weights(None, path)?;
+            let (name, m, _) = crate::args::load_weights(None, path, None)?;
             if m.graph.trace.is_empty() {
                 // An imported graph marks no blocks: every node, as the file's ops became ours.
                 println!("{name}: {} nodes", m.graph.nodes.len());
